@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The project's whole test suite, as CI runs it: `bash tests/run.sh`
+#  1. the package is exactly what the notebooks export (nbdev_export changes nothing in infcam/)
+#  2. the notebooks are clean (nbdev_clean changes nothing in nbs/)
+#  3. every notebook runs top to bottom on the CPU (nbdev_test; cells flagged slow/gpu/notest are skipped)
+#  4. pytest
+set -euo pipefail
+cd "$(dirname "$0")/.."
+snapshot() { find "$1" -type f \( -name "$2" \) -not -path '*/.ipynb_checkpoints/*' -not -path '*/__pycache__/*' -print0 | sort -z | xargs -0 sha256sum; }
+
+echo "== nbdev_export leaves infcam/ unchanged"
+before=$(snapshot infcam '*.py'); nbdev_export; after=$(snapshot infcam '*.py')
+if [ "$before" != "$after" ]; then
+  echo "FAIL: infcam/ differs from what the notebooks export (edit the notebook, run nbdev_export, commit both):"
+  diff <(echo "$before") <(echo "$after") || true; exit 1
+fi
+
+echo "== nbdev_clean leaves nbs/ unchanged"
+before=$(snapshot nbs '*.ipynb'); nbdev_clean; after=$(snapshot nbs '*.ipynb')
+if [ "$before" != "$after" ]; then
+  echo "FAIL: notebooks are not clean (run nbdev_clean and commit):"
+  diff <(echo "$before") <(echo "$after") || true; exit 1
+fi
+
+echo "== README.md is rendered from nbs/index.ipynb"
+python tests/readme.py --check
+
+echo "== nbdev_test: every notebook runs on the CPU"
+export MPLBACKEND=Agg
+nbdev_test --n_workers "${NBDEV_WORKERS:-2}" --timing
+
+echo "== pytest"
+python -m pytest tests -q -p no:cacheprovider "$@"
