@@ -1,0 +1,55 @@
+"The `infcam` command as a user runs it: a real subprocess, real files, one-line errors."
+import subprocess, sys, os
+from pathlib import Path
+import pytest, torch
+from infcam.video import video_info, write_video
+
+SHARED = Path(__file__).resolve().parents[2] / 'shared' / 'reference' / 'sample_data'
+
+def infcam(*args, cwd=None):
+    return subprocess.run([sys.executable, '-c', 'import sys; from infcam.cli import main; sys.exit(main())', *args],
+                          capture_output=True, text=True, cwd=cwd, timeout=300)
+
+def assert_one_line_error(r, *needles):
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('infcam: error:'), r.stderr
+    assert 'Traceback' not in r.stderr
+    for n in needles: assert n in lines[0], (n, lines[0])
+
+def test_preview_defaults_on_builtin_clip(tmp_path):
+    r = infcam('preview', '--frames', '17', '--height', '64', '--width', '112', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / 'outputs' / 'preview_demo_pan_right.mp4'
+    assert video_info(out) == dict(frames=17, fps=16.0, height=64, width=2 * 112 + 4)
+    before = out.read_bytes()
+    r = infcam('preview', '--frames', '17', '--height', '64', '--width', '112', cwd=tmp_path)
+    assert_one_line_error(r, 'already exists', '--overwrite')
+    assert out.read_bytes() == before                       # the existing result is untouched
+    r = infcam('preview', '--frames', '17', '--height', '64', '--width', '112', '--trajectory', 'tilt_down', '--overwrite', cwd=tmp_path)
+    assert r.returncode == 0 and (tmp_path / 'outputs' / 'preview_demo_tilt_down.mp4').exists()
+    assert not list((tmp_path / 'outputs').glob('.*'))     # no temporary files left behind
+
+def test_preview_user_clip_and_errors(tmp_path):
+    clip = torch.rand(9, 3, 40, 72)
+    write_video(tmp_path / 'short.mp4', clip)
+    r = infcam('preview', '--video', str(tmp_path / 'short.mp4'), '--frames', '9', '--height', '32', '--width', '48',
+               '--trajectory', '3', '--out', str(tmp_path / 'ok.mp4'))
+    assert r.returncode == 0, r.stderr
+    assert video_info(tmp_path / 'ok.mp4')['frames'] == 9
+    assert_one_line_error(infcam('preview', '--video', str(tmp_path / 'short.mp4'), '--frames', '17', '--out', str(tmp_path / 'x.mp4')),
+                          'too short', '9 frames')
+    assert_one_line_error(infcam('preview', '--video', str(tmp_path / 'nope.mp4'), '--out', str(tmp_path / 'x.mp4')), 'nope.mp4')
+    assert_one_line_error(infcam('preview', '--video', str(tmp_path / 'short.mp4'), '--frames', '9', '--height', '40',
+                                 '--width', '48', '--out', str(tmp_path / 'x.mp4')), 'multiple of 16')
+    assert_one_line_error(infcam('preview', '--frames', '10', '--out', str(tmp_path / 'x.mp4')), '10')
+    bad = tmp_path / 'bad.yaml'; bad.write_text('keyframes:\n  - {t: 0, yaw: 0}\n')
+    assert_one_line_error(infcam('preview', '--trajectory', str(bad), '--frames', '9', '--out', str(tmp_path / 'x.mp4')), 'bad.yaml')
+    assert not (tmp_path / 'x.mp4').exists()
+
+@pytest.mark.skipif(not SHARED.exists(), reason=f"sample clips not found at {SHARED} (../shared beside the checkout)")
+def test_preview_real_clip(tmp_path):
+    r = infcam('preview', '--video', str(SHARED / 'videos' / 'queen.mp4'), '--frames', '17', '--height', '240', '--width', '416',
+               '--trajectory', 'arc_left', '--out', str(tmp_path / 'queen.mp4'))
+    assert r.returncode == 0, r.stderr
+    assert video_info(tmp_path / 'queen.mp4') == dict(frames=17, fps=16.0, height=240, width=2 * 416 + 4)
