@@ -28,4 +28,5 @@ if __name__ == '__main__':
         Hm = infinite_homography(Km, Km, c2w[:, :3, :3])
         imgs = torch.rand(8, 3, H, W)
         warp = best(lambda: warp_image(imgs, Hm), a.repeat)
-        print(f"| {f"{H}x{W}":>9} | {one*1e3:10.1f} ms | {eight*1e3:11.1f} ms | {warp*1e3:10.1f} ms |")
+        size = f'{H}x{W}'
+        print(f"| {size:>9} | {one*1e3:10.1f} ms | {eight*1e3:11.1f} ms | {warp*1e3:10.1f} ms |")
