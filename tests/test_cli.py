@@ -53,3 +53,30 @@ def test_preview_real_clip(tmp_path):
                '--trajectory', 'arc_left', '--out', str(tmp_path / 'queen.mp4'))
     assert r.returncode == 0, r.stderr
     assert video_info(tmp_path / 'queen.mp4') == dict(frames=17, fps=16.0, height=240, width=2 * 416 + 4)
+
+def test_synth_and_resume(tmp_path):
+    args = ('synth', '--out', str(tmp_path / 'mcv'), '--scenes', '1', '--frames', '9', '--height', '32', '--width', '48')
+    r = infcam(*args)
+    assert r.returncode == 0, r.stderr
+    scene = tmp_path / 'mcv' / 'f24_aperture5' / 'scene1'
+    assert sorted(p.name for p in (scene / 'videos').iterdir()) == [f'cam{i:02d}.mp4' for i in range(1, 11)]
+    assert (scene / 'cameras' / 'camera_extrinsics.json').exists() and (tmp_path / 'mcv' / 'metadata.csv').exists()
+    before = {p: p.stat().st_mtime_ns for p in scene.rglob('*')}
+    assert infcam(*args).returncode == 0
+    assert {p: p.stat().st_mtime_ns for p in scene.rglob('*')} == before      # complete scenes are skipped
+    assert_one_line_error(infcam('synth', '--out', str(tmp_path / 'x'), '--frames', '10'), '10')
+
+def test_weights_check_and_convert(tmp_path):
+    from infcam.weights import make_tiny_release
+    rel = make_tiny_release(tmp_path / 'release')
+    r = infcam('weights', 'check', str(rel), '--size', 'tiny')
+    assert r.returncode == 0 and 'usable' in r.stdout, (r.stdout, r.stderr)
+    r = infcam('weights', 'check', str(rel))                                 # the released shapes: tiny tensors are wrong
+    assert r.returncode == 2 and 'expected' in r.stdout
+    ckpt = next(rel.rglob('*.ckpt'))
+    r = infcam('weights', 'convert', str(ckpt), str(tmp_path / 'out.safetensors'), '--num-heads', '4')
+    assert r.returncode == 0, r.stderr
+    assert_one_line_error(infcam('weights', 'convert', str(ckpt), str(tmp_path / 'out.safetensors'), '--num-heads', '4'), 'already exists')
+    next(rel.rglob('Wan2.1_VAE.pth')).unlink()
+    r = infcam('weights', 'check', str(rel), '--size', 'tiny')
+    assert r.returncode == 2 and 'Wan2.1_VAE.pth' in r.stdout + r.stderr
