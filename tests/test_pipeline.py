@@ -1,0 +1,236 @@
+import copy
+import warnings
+
+import pytest
+import torch
+
+from infcam.cameras import focal_mm_to_px
+from infcam.core import InfcamError
+from infcam.models import InfCamDiT, WanConfig
+from infcam.pipeline import MEMORY_MODES, WAN_NEGATIVE_PROMPT, BlockOffload, InfCamPipeline, RandomTextEncoder
+from infcam.scheduler import FlowMatchScheduler
+from infcam.trajectories import load_trajectory
+from infcam.vae import PixelCodec
+
+F_, H, W = 9, 32, 48
+KW = dict(num_frames=F_, height=H, width=W, steps=3, progress=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    "The models here are tiny: one thread is as fast, and immune to oversubscription on a busy machine."
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_model(seed=0):
+    torch.manual_seed(seed)
+    m = InfCamDiT(WanConfig.preset("tiny", in_dim=192, out_dim=192))
+    with torch.no_grad():  # non-zero camera layers, so cameras and intrinsics change the output
+        for n, p in m.named_parameters():
+            if "cam_encoder" in n or "zero_conv" in n: p.normal_(0, 0.05)
+    return m.eval()
+
+
+class Counter:
+    "Counts forwards (and the batch of each) of a model through a forward pre-hook."
+    def __init__(self, model):
+        self.batches = []
+        self.h = model.register_forward_pre_hook(lambda m, a: self.batches.append(a[0].shape[0]))
+
+
+@pytest.fixture(scope="module")
+def model(): return make_model()
+
+
+@pytest.fixture(scope="module")
+def clip():
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(F_, 3, H, W, generator=g)
+
+
+def pipe_for(model, memory="resident", text=None):
+    return InfCamPipeline(model, PixelCodec(), text or RandomTextEncoder(64), FlowMatchScheduler(), device="cpu", memory=memory)
+
+
+def test_shapes_and_range(model, clip):
+    out = pipe_for(model)(clip, "a street", "pan_right", **KW)
+    assert out.shape == (F_, 3, H, W) and out.dtype == torch.float32 and out.device.type == "cpu"
+    assert out.min() >= 0 and out.max() <= 1 and torch.isfinite(out).all()
+
+
+def test_seed_determinism(model, clip):
+    p = pipe_for(model)
+    a, b = p(clip, "a street", "arc_left", seed=3, **KW), p(clip, "a street", "arc_left", seed=3, **KW)
+    c = p(clip, "a street", "arc_left", seed=4, **KW)
+    assert torch.equal(a, b)
+    assert (a - c).abs().mean() > 1e-2
+
+
+def test_conditioning_matters(model, clip):
+    p = pipe_for(model)
+    base = p(clip, "a street", "pan_right", **KW)
+    for kw in (dict(trajectory="pan_left"), dict(prompt="a forest"), dict(zoom=1.5),
+               dict(intrinsics=[60., 60., W / 2, H / 2])):
+        args = dict(prompt="a street", trajectory="pan_right", **KW) | kw
+        out = p(clip, args.pop("prompt"), args.pop("trajectory"), **args)
+        assert (out - base).abs().max() > 1e-4, kw
+
+
+def test_trajectory_tensor_equals_preset(model, clip):
+    p = pipe_for(model)
+    c2w = load_trajectory("tilt_up", F_)
+    a = p(clip, "x", "tilt_up", **KW)
+    assert torch.equal(a, p(clip, "x", c2w, **KW))
+    assert torch.equal(a, p(clip, "x", c2w[:, :3], **KW))              # (F, 3, 4) works too
+    assert torch.equal(a, p(clip, "x", torch.cat([c2w, c2w]), **KW))   # extra poses are ignored
+
+
+def test_default_intrinsics_are_24mm(model, clip):
+    p = pipe_for(model)
+    d = p._prepare(clip, "pan_right", None, F_, H, W, 3, 5.0, 2.0, 0)
+    f = focal_mm_to_px(24, H, W)
+    assert torch.allclose(d["K_src"], torch.tensor([f, f, W / 2, H / 2]))
+    assert torch.allclose(d["K_tgt"], torch.tensor([2 * f, 2 * f, W / 2, H / 2]))   # zoom scales the focal only
+    assert d["extrinsics"].shape == (3, 12)
+    explicit = p(clip, "x", "pan_right", intrinsics=[f, f, W / 2, H / 2], **KW)
+    assert torch.equal(explicit, p(clip, "x", "pan_right", **KW))
+
+
+def test_cfg_batched_equals_unbatched(model, clip):
+    p = pipe_for(model)
+    cnt = Counter(model)
+    try:
+        a = p(clip, "a street", "pan_right", cfg=5.0, cfg_batch=True, **KW)
+        assert cnt.batches == [2] * 3
+        cnt.batches.clear()
+        b = p(clip, "a street", "pan_right", cfg=5.0, cfg_batch=False, **KW)
+        assert cnt.batches == [1] * 6
+        cnt.batches.clear()
+        c = p(clip, "a street", "pan_right", cfg=1.0, **KW)                 # no guidance: one pass per step
+        assert cnt.batches == [1] * 3
+    finally: cnt.h.remove()
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert (a - c).abs().max() > 1e-4
+
+
+def test_negative_prompt_used(model, clip):
+    te = RandomTextEncoder(64)
+    seen = []
+    enc = te.encode
+    te.encode = lambda prompts: (seen.append(list(prompts)), enc(prompts))[1]
+    p = pipe_for(model, text=te)
+    a = p(clip, "a street", "pan_right", **KW)
+    assert seen == [["a street", WAN_NEGATIVE_PROMPT]]
+    b = p(clip, "a street", "pan_right", negative_prompt="blurry", **KW)
+    assert (a - b).abs().max() > 1e-4
+    seen.clear(); p(clip, "a street", "pan_right", cfg=1, **KW)
+    assert seen == [["a street"]]                                          # cfg=1 never encodes the negative prompt
+
+
+def test_memory_modes_equal():
+    g = torch.Generator().manual_seed(2)
+    clip = torch.rand(F_, 3, H, W, generator=g)
+    outs, base = {}, make_model(5)
+    for mode in MEMORY_MODES:
+        m = copy.deepcopy(base)
+        p = pipe_for(m, mode)
+        outs[mode] = p(clip, "a street", "arc_right", **KW)
+        if mode == "block_offload":
+            assert p._offload.loads == 3 * m.config.num_layers               # one load per block per forward
+            p._offload.remove()
+    assert torch.equal(outs["resident"], outs["model_offload"])
+    assert torch.equal(outs["resident"], outs["block_offload"])
+
+
+def test_block_offload_hooks_move_and_drop():
+    "On CPU the hooks point each block at its host copy again after its forward and load it before."
+    m = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3))
+    ref = m(torch.ones(1, 3))
+    bo = BlockOffload(list(m), "cpu", pin=False)
+    host = [t for _, t in bo.host[m[0]]]
+    out = m(torch.ones(1, 3))
+    assert torch.equal(out, ref) and bo.loads == 2
+    assert all(p.data_ptr() == h.data_ptr() for p, h in zip(m[0].parameters(), host))
+    bo.remove(); m(torch.ones(1, 3)); assert bo.loads == 2
+
+
+def test_callback_called_every_step(model, clip):
+    calls = []
+    pipe_for(model)(clip, "x", "pan_right", callback=lambda i, n, x: calls.append((i, n, tuple(x.shape))), **KW)
+    assert calls == [(i, 3, (1, 192, 3, H // 8, W // 8)) for i in range(3)]
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(num_frames=80), "4k+1"),
+    (dict(num_frames=0), "4k+1"),
+    (dict(height=100), "multiple of 16"),
+    (dict(width=40), "multiple of 16"),
+    (dict(num_frames=13), "too short"),
+    (dict(trajectory="spin_around"), "trajectory"),
+    (dict(trajectory="/nonexistent/path.yaml"), "path.yaml"),
+    (dict(trajectory=torch.eye(4).repeat(5, 1, 1)), "fewer than"),
+    (dict(trajectory=torch.eye(3).repeat(9, 1, 1)), "(F, 4, 4)"),
+    (dict(intrinsics=[100., 100., 0., 16.]), "positive"),
+    (dict(intrinsics=[100., 100., 24.]), "4 numbers"),
+    (dict(steps=0), "steps"),
+    (dict(cfg=float("nan")), "cfg"),
+    (dict(zoom=0), "zoom"),
+    (dict(video=torch.rand(9, 4, H, W)), "(F, 3, H, W)"),
+    (dict(video="/nonexistent/clip.mp4"), "not found"),
+])
+def test_validation_before_any_model(model, clip, kw, msg):
+    te = RandomTextEncoder(64)
+    p = pipe_for(model, text=te)
+    cnt = Counter(model)
+    args = dict(video=clip, prompt="x", trajectory="pan_right", **KW) | kw
+    try:
+        with pytest.raises(InfcamError, match=None) as e:
+            p(args.pop("video"), args.pop("prompt"), args.pop("trajectory"), **args)
+    finally: cnt.h.remove()
+    assert msg in str(e.value) and "\n" not in str(e.value)
+    assert cnt.batches == [] and te.calls == 0
+
+
+def test_constructor_checks(model):
+    with pytest.raises(InfcamError, match="192"):
+        InfCamPipeline(InfCamDiT(WanConfig.preset("tiny")), PixelCodec(), RandomTextEncoder(64), device="cpu")
+    with pytest.raises(InfcamError, match="memory mode"):
+        InfCamPipeline(model, PixelCodec(), RandomTextEncoder(64), device="cpu", memory="swap")
+
+
+def test_video_resized_and_from_file(model, clip, tmp_path):
+    from infcam.video import write_video
+    p = pipe_for(model)
+    big = torch.nn.functional.interpolate(clip, size=(2 * H, 2 * W), mode="bilinear")
+    assert p(big, "x", "pan_right", **KW).shape == (F_, 3, H, W)
+    path = write_video(tmp_path / "clip.mp4", clip)
+    assert p(path, "x", "pan_right", **KW).shape == (F_, 3, H, W)
+
+
+def test_varying_trajectory_zoom_warns(model, clip, monkeypatch):
+    import infcam.pipeline as P
+    c2w = load_trajectory("pan_right", F_)
+    monkeypatch.setattr(P, "load_trajectory", lambda spec, n, with_zoom: (c2w, torch.linspace(1, 2, n)))
+    p = pipe_for(model)
+    with pytest.warns(UserWarning, match="mean over latent frames"):
+        d = p._prepare(clip, "file.yaml", None, F_, H, W, 3, 5.0, 1.0, 0)
+    assert torch.allclose(d["K_tgt"][0], d["K_src"][0] * 1.5)
+
+
+def test_from_pretrained_tiny_release(tmp_path, clip):
+    from infcam.weights import WeightsSpec, make_tiny_release
+    make_tiny_release(tmp_path / "w")
+    spec = WeightsSpec.tiny()
+    p = InfCamPipeline.from_pretrained(tmp_path / "w", device="cpu", dtype=torch.float32, spec=spec,
+                                       text_dtype=torch.float32)
+    assert isinstance(p.model, InfCamDiT) and p.model.config.num_layers == spec.dit.num_layers
+    out = p(clip[:5, :, :32, :32], "a cat sits on a red sofa", "pan_right", num_frames=5, height=32, width=32, steps=2,
+            progress=False)
+    assert out.shape == (5, 3, 32, 32) and torch.isfinite(out).all()
+    with pytest.raises(InfcamError, match="not usable"):
+        InfCamPipeline.from_pretrained(tmp_path / "w", device="cpu")                 # released shapes expected
+    with pytest.raises(InfcamError):
+        InfCamPipeline.from_pretrained(tmp_path / "missing", device="cpu")
