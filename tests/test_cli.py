@@ -80,3 +80,14 @@ def test_weights_check_and_convert(tmp_path):
     next(rel.rglob('Wan2.1_VAE.pth')).unlink()
     r = infcam('weights', 'check', str(rel), '--size', 'tiny')
     assert r.returncode == 2 and 'Wan2.1_VAE.pth' in r.stdout + r.stderr
+
+def test_prepare_caches_and_resumes(tmp_path):
+    assert infcam('synth', '--out', str(tmp_path / 'mcv'), '--scenes', '1', '--frames', '9', '--height', '32', '--width', '48').returncode == 0
+    video = next((tmp_path / 'mcv').rglob('cam03.mp4'))
+    video.write_bytes(b'broken')                                   # one corrupt clip
+    r = infcam('prepare', str(tmp_path / 'mcv'), '--codec', 'pixel', '--frames', '9', '--quiet')
+    assert r.returncode == 0, r.stderr
+    cached = sorted(p.name.split('.')[0] for p in (tmp_path / 'mcv').rglob('latents/*.safetensors'))
+    assert cached == [f'cam{i:02d}' for i in range(1, 11) if i != 3]
+    assert 'cam03' in (tmp_path / 'mcv' / 'prepare_report.json').read_text()
+    assert_one_line_error(infcam('prepare', str(tmp_path / 'mcv'), '--codec', 'pixel', '--frames', '9', '--quiet', '--strict'), 'failed')
