@@ -1,0 +1,191 @@
+import json, os, shutil, subprocess, sys, time
+from pathlib import Path
+
+import pytest
+import torch
+
+import infcam.generate as G
+from infcam.generate import generate_main, run_jobs, Job
+from infcam.video import write_video, read_video
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ['--size', 'tiny', '--frames', '9', '--height', '32', '--width', '48', '--steps', '2', '--dtype', 'fp32',
+         '--device', 'cpu', '--quiet']
+
+
+@pytest.fixture(scope="module", autouse=True)
+def env(tmp_path_factory):
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    old = os.environ.get('INFCAM_CACHE')
+    os.environ['INFCAM_CACHE'] = str(tmp_path_factory.mktemp('cache'))
+    yield
+    torch.set_num_threads(n)
+    if old is None: os.environ.pop('INFCAM_CACHE', None)
+    else: os.environ['INFCAM_CACHE'] = old
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    from infcam.weights import make_tiny_release
+    return make_tiny_release(tmp_path_factory.mktemp('w') / 'weights')
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    d = tmp_path_factory.mktemp('clips')
+    g = torch.Generator().manual_seed(0)
+    write_video(d / 'a.mp4', torch.rand(9, 3, 32, 48, generator=g))
+    return d / 'a.mp4'
+
+
+class Loads:
+    "Counts pipeline loads."
+    def __init__(self, mp):
+        self.n = 0
+        real = G.load_pipeline
+        def f(*a, **k): self.n += 1; return real(*a, **k)
+        mp.setattr(G, 'load_pipeline', f)
+
+
+def single(clip, weights, out, *extra):
+    return ['generate', '--video', str(clip), '--prompt', 'a street', '--trajectory', 'arc_left',
+            '--weights', str(weights), '--out', str(out), *SMALL, *extra]
+
+
+def test_single_outputs_and_sidecar(clip, weights, tmp_path, capsys):
+    out = tmp_path / 'r' / 'y.mp4'
+    assert generate_main(single(clip, weights, out, '--seed', '3', '--focal-mm', '35')) == 0
+    for p in (out, out.with_suffix('.sbs.mp4'), out.with_suffix('.json')): assert p.is_file(), p
+    assert read_video(out).shape == (9, 3, 32, 48)
+    from infcam.video import video_info
+    assert video_info(out.with_suffix('.sbs.mp4'))['width'] >= 2 * 48 + 4     # source | gap | generated
+    s = json.loads(out.with_suffix('.json').read_text())
+    st = s['settings']
+    assert (st['seed'], st['steps'], st['cfg'], st['frames'], st['height'], st['width']) == (3, 2, 5.0, 9, 32, 48)
+    assert st['memory'] == 'resident' and st['dtype'] == 'fp32' and st['negative_prompt']
+    assert s['intrinsics']['method'] == 'explicit' and len(s['intrinsics']['K_src']) == 4
+    assert s['intrinsics']['K_tgt'] == s['intrinsics']['K_src']               # zoom 1
+    assert len(s['extrinsics']) == 3 and len(s['extrinsics'][0]) == 12       # 9 frames -> 3 latent frames
+    assert s['trajectory'] == 'arc_left' and s['prompt'] == 'a street'
+    assert s['versions']['torch'] == torch.__version__ and s['versions']['infcam']
+    files = s['weights']['files']
+    assert set(files) == {'infcam', 'vae', 'text_encoder', 'tokenizer'}
+    import hashlib
+    f = files['vae'][0]
+    assert f['sha256'] == hashlib.sha256(Path(f['file']).read_bytes()).hexdigest()
+    cache = json.loads((Path(os.environ['INFCAM_CACHE']) / 'sha256.json').read_text())
+    assert f['file'] in cache
+
+
+def test_refuses_existing_without_overwrite(clip, weights, tmp_path, capsys, monkeypatch):
+    out = tmp_path / 'y.mp4'
+    assert generate_main(single(clip, weights, out)) == 0
+    loads = Loads(monkeypatch)
+    capsys.readouterr()
+    assert generate_main(single(clip, weights, out)) == 2
+    err = capsys.readouterr().err.strip()
+    assert 'already exists' in err and '--overwrite' in err and len(err.splitlines()) == 1
+    assert loads.n == 0
+    assert generate_main(single(clip, weights, out, '--overwrite')) == 0 and loads.n == 1
+
+
+def test_batch_continues_past_bad_clip_and_skips(clip, weights, tmp_path, capsys, monkeypatch):
+    b = tmp_path / 'batch'; (b / 'videos').mkdir(parents=True)
+    shutil.copy(clip, b / 'videos' / 'good.mp4')
+    (b / 'videos' / 'bad.mp4').write_bytes(b'not a video at all' * 10)
+    write_video(b / 'short.mp4', torch.rand(5, 3, 32, 48))
+    (b / 'metadata.csv').write_text('file_name,text\ngood.mp4,a street\nbad.mp4,a cat\nshort.mp4,a dog\n')
+    argv = ['generate', '--batch', str(b), '--trajectories', 'arc_left,pan_right', '--out-dir', str(tmp_path / 'o'),
+            '--weights', str(weights), *SMALL]
+    loads = Loads(monkeypatch)
+    assert generate_main(argv) == 2
+    cap = capsys.readouterr()
+    assert loads.n == 1
+    assert 'generated 2, skipped 0 (already there), failed 4 of 6' in cap.out
+    assert 'FAILED bad.mp4 x arc_left' in cap.out and 'FAILED short.mp4 x pan_right' in cap.out and 'too short' in cap.out
+    assert '4 of 6 generation(s) failed' in cap.err
+    o = tmp_path / 'o'
+    for t in ('arc_left', 'pan_right'):
+        for ext in ('.mp4', '.sbs.mp4', '.json'): assert (o / f'good_{t}{ext}').is_file()
+    assert not list(o.glob('bad_*')) and not list(o.glob('.*'))           # nothing half-written
+    # rerun: the good results are skipped, nothing is loaded (only bad clips left)
+    assert generate_main(argv) == 2
+    assert 'generated 0, skipped 2' in capsys.readouterr().out and loads.n == 1
+
+
+def test_missing_weights_names_file(clip, weights, tmp_path, capsys):
+    w = tmp_path / 'w'; shutil.copytree(weights, w)
+    (w / 'Wan2.1-T2V-1.3B' / 'Wan2.1_VAE.pth').unlink()
+    assert generate_main(single(clip, w, tmp_path / 'y.mp4')) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and 'Wan2.1_VAE.pth' in err and 'VAE' in err
+    assert not (tmp_path / 'y.mp4').exists()
+
+
+@pytest.mark.parametrize('extra,msg', [(['--height', '40'], 'multiple of 16'), (['--frames', '10'], '4k+1'),
+                                       (['--trajectory', 'spin_around'], 'trajectory'), (['--steps', '0'], 'steps')])
+def test_user_errors_before_loading(clip, weights, tmp_path, capsys, monkeypatch, extra, msg):
+    loads = Loads(monkeypatch)
+    t = time.perf_counter()
+    assert generate_main(single(clip, weights, tmp_path / 'y.mp4') + extra) == 2
+    assert msg in capsys.readouterr().err and loads.n == 0 and time.perf_counter() - t < 5
+
+
+def test_unreadable_and_short_video(weights, tmp_path, capsys, monkeypatch):
+    loads = Loads(monkeypatch)
+    (tmp_path / 'bad.mp4').write_bytes(b'garbage' * 50)
+    assert generate_main(single(tmp_path / 'bad.mp4', weights, tmp_path / 'y.mp4')) == 2
+    assert 'bad.mp4' in capsys.readouterr().err
+    write_video(tmp_path / 's.mp4', torch.rand(5, 3, 32, 48))
+    assert generate_main(single(tmp_path / 's.mp4', weights, tmp_path / 'y.mp4')) == 2
+    assert 'too short' in capsys.readouterr().err and loads.n == 0
+
+
+def test_oom_suggests_lighter_mode(clip, weights, tmp_path, capsys, monkeypatch):
+    def boom(*a, **k): raise torch.OutOfMemoryError("CUDA out of memory")
+    monkeypatch.setattr(G, 'load_pipeline', boom)
+    assert generate_main(single(clip, weights, tmp_path / 'y.mp4', '--memory', 'model_offload')) == 2
+    err = capsys.readouterr().err
+    assert 'out of GPU memory' in err and '--memory block_offload' in err
+
+
+def test_from_sidecar_reproduces(clip, weights, tmp_path, capsys):
+    out = tmp_path / 'y.mp4'
+    assert generate_main(single(clip, weights, out, '--seed', '7', '--cfg', '3')) == 0
+    again = tmp_path / 'again.mp4'
+    assert generate_main(['generate', '--from', str(out.with_suffix('.json')), '--out', str(again), '--quiet']) == 0
+    a, b = json.loads(out.with_suffix('.json').read_text()), json.loads(again.with_suffix('.json').read_text())
+    assert a['settings'] == b['settings'] and a['extrinsics'] == b['extrinsics'] and a['weights'] == b['weights']
+    assert torch.equal(read_video(out), read_video(again))
+
+
+def test_subprocess_exit_code(tmp_path):
+    r = subprocess.run([sys.executable, '-c', 'import sys; from infcam.generate import generate_main; '
+                        'sys.exit(generate_main(sys.argv[1:]))', 'generate', '--video', str(tmp_path / 'none.mp4'),
+                        '--prompt', 'x', '--trajectory', 'arc_left', '--out', str(tmp_path / 'y.mp4'),
+                        '--weights', str(tmp_path), *SMALL], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().startswith('infcam: error:') and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_inference_notebook_papermill(tmp_path, weights):
+    pytest.importorskip('papermill')
+    out = tmp_path / 'out.ipynb'
+    r = subprocess.run([sys.executable, '-m', 'papermill', str(ROOT / 'nbs' / 'inference.ipynb'), str(out),
+                        '-p', 'frames', '9', '-p', 'steps', '2', '-p', 'out_dir', str(tmp_path / 'runs'), '-p', 'weights', str(weights),
+                        '-y', 'trajectories: [arc_left]', '--cwd', str(ROOT / 'nbs'), '-k', 'python3'],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / 'runs' / 'demo_arc_left.mp4').is_file() and (tmp_path / 'runs' / 'demo_arc_left.json').is_file()
+    bad = subprocess.run([sys.executable, '-m', 'papermill', str(ROOT / 'nbs' / 'inference.ipynb'), str(tmp_path / 'bad.ipynb'),
+                          '-p', 'frame', '9', '-p', 'out_dir', str(tmp_path / 'runs2'), '--cwd', str(ROOT / 'nbs'), '-k', 'python3'],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and 'unknown parameter(s) frame;' in bad.stderr + bad.stdout
+    assert not (tmp_path / 'runs2').exists()                                  # stopped before any work
+
+
+def test_estimate_recorded(clip, weights, tmp_path, capsys):
+    out = tmp_path / 'y.mp4'
+    assert generate_main(single(clip, weights, out, '--estimate', 'selfcal')) == 0
+    i = json.loads(out.with_suffix('.json').read_text())['intrinsics']
+    assert i['requested'] == 'selfcal' and i['method'] in ('selfcal', 'default') and i['message']
+    if i['method'] == 'default': assert 'fell back' in capsys.readouterr().err   # random frames: no rotation to calibrate from
