@@ -91,3 +91,15 @@ def test_prepare_caches_and_resumes(tmp_path):
     assert cached == [f'cam{i:02d}' for i in range(1, 11) if i != 3]
     assert 'cam03' in (tmp_path / 'mcv' / 'prepare_report.json').read_text()
     assert_one_line_error(infcam('prepare', str(tmp_path / 'mcv'), '--codec', 'pixel', '--frames', '9', '--quiet', '--strict'), 'failed')
+
+def test_augment_resumes_and_reports(tmp_path):
+    root = tmp_path / 'mcv'
+    assert infcam('synth', '--out', str(root), '--scenes', '1', '--frames', '9', '--height', '32', '--width', '48').returncode == 0
+    args = ('augment', str(root), str(root), '--focal', '50', '--trajectory', 'reverse', '--workers', '1', '--quiet')
+    r = infcam(*args)
+    assert r.returncode == 0, r.stderr
+    assert '2 written' in r.stdout
+    out = root / 'f24_aperture5_aug' / 'scene1_f50'
+    assert len(list((out / 'videos').glob('cam*.mp4'))) == 10 and (out / 'cameras' / 'camera_extrinsics.json').exists()
+    r = infcam(*args)
+    assert r.returncode == 0 and '0 written, 2 skipped' in r.stdout, r.stdout
