@@ -167,3 +167,20 @@ def test_bad_inputs():
     with pytest.raises(InfcamError, match='one time per frame'):
         render_cameras(scene, torch.eye(4).expand(2, 3, 4, 4), torch.ones(4), 16, 32, t=torch.zeros(2))
     with pytest.raises(InfcamError, match='not a complete scene'): load_scene('/nonexistent/scene1')
+
+
+def test_metadata_rebuild_keeps_augmented_captions(tmp_path):
+    "Adding scenes rewrites metadata.csv; captions of augmented copies (which have no scene.json) must survive."
+    import csv
+    from infcam.synthetic import make_dataset
+    from infcam.augment import augment
+    kw = dict(num_frames=9, height=32, width=48, progress=False)
+    make_dataset(tmp_path, 1, **kw)
+    augment(tmp_path, tmp_path, focal_targets=[35], trajectory=None, workers=1, progress=False)
+    read = lambda: {r['file_name']: r['text'] for r in csv.DictReader(open(tmp_path / 'metadata.csv'))}
+    aug = {k: v for k, v in read().items() if '_aug/' in k}
+    assert len(aug) == 10 and all(aug.values())
+    make_dataset(tmp_path, 2, **kw)                       # a second scene: metadata.csv is rebuilt
+    rows = read()
+    assert {k: rows[k] for k in aug} == aug
+    assert sum('scene2/' in k for k in rows) == 10
