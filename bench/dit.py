@@ -22,27 +22,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 from infcam.models import WanConfig, InfCamDiT
+from memory import status_kb, reset_cpu_peak, maxrss_kb   # bench/memory.py
 
 CPU_SIZES = [(3, 16, 24), (5, 30, 52), (11, 30, 52)]
 CUDA_SIZES = [(5, 30, 52), (11, 40, 68), (21, 60, 104)]   # ..., 41x320x544, 81x480x832
 
 
-def _status_kb(key):
-    try:
-        for line in open('/proc/self/status'):
-            if line.startswith(key + ':'): return int(line.split()[1])
-    except OSError: pass
-    return None
 
 
-def _reset_cpu_peak() -> bool:
-    try:
-        with open('/proc/self/clear_refs', 'w') as f: f.write('5')
-        return True
-    except OSError: return False
-
-
-def _maxrss_kb(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def build(name, device, dtype):
@@ -81,11 +68,11 @@ def measure(name, device, dtype, size, repeat, train):
         run(model, args, train); torch.cuda.synchronize()
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20
     else:
-        rss0 = _status_kb('VmRSS')
-        if rss0 is not None and _reset_cpu_peak():
-            run(model, args, train); peak = (_status_kb('VmHWM') - rss0) / 1024
+        rss0 = status_kb('VmRSS')
+        if rss0 is not None and reset_cpu_peak():
+            run(model, args, train); peak = (status_kb('VmHWM') - rss0) / 1024
         else:
-            m0 = _maxrss_kb(); run(model, args, train); peak = (_maxrss_kb() - m0) / 1024
+            m0 = maxrss_kb(); run(model, args, train); peak = (maxrss_kb() - m0) / 1024
     times = []
     for _ in range(repeat):
         if device.type == 'cuda': torch.cuda.synchronize()

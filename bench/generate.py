@@ -30,6 +30,7 @@ from infcam.models import WanConfig, InfCamDiT
 from infcam.pipeline import InfCamPipeline, RandomTextEncoder, MEMORY_MODES
 from infcam.scheduler import FlowMatchScheduler
 from infcam.vae import PixelCodec
+from memory import status_kb, reset_cpu_peak, maxrss_kb   # bench/memory.py
 
 CPU_SIZES = ['17x64x112', '33x128x224', '41x128x224']
 CUDA_SIZES = ['41x320x544', '81x480x832']
@@ -37,19 +38,6 @@ HEAD = f"{'device':6} {'model':16} {'codec':6} {'mode':14} {'size FxHxW':>12} {'
        f"{'enc s':>6} {'dec s':>6} {'peak MiB':>9}"
 
 
-def _status_kb(key):
-    try:
-        for line in open('/proc/self/status'):
-            if line.startswith(key + ':'): return int(line.split()[1])
-    except OSError: pass
-    return None
-
-
-def _reset_cpu_peak() -> bool:
-    try:
-        with open('/proc/self/clear_refs', 'w') as f: f.write('5')
-        return True
-    except OSError: return False
 
 
 def build_dit(name, codec, where, dtype):
@@ -93,10 +81,10 @@ def measure(pipe, size, steps, cfg_batch, device):
         t0 = time.perf_counter(); generate(pipe, size, steps, cfg_batch); torch.cuda.synchronize()
         wall, peak = time.perf_counter() - t0, torch.cuda.max_memory_allocated() / 2**20
     else:
-        rss0 = _status_kb('VmRSS')
-        ok = rss0 is not None and _reset_cpu_peak()
+        rss0 = status_kb('VmRSS')
+        ok = rss0 is not None and reset_cpu_peak()
         t0 = time.perf_counter(); generate(pipe, size, steps, cfg_batch); wall = time.perf_counter() - t0
-        peak = (_status_kb('VmHWM') - rss0) / 1024 if ok else float('nan')
+        peak = (status_kb('VmHWM') - rss0) / 1024 if ok else float('nan')
     return wall, peak, dict(pipe.timings)
 
 
