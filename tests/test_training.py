@@ -178,3 +178,53 @@ def test_build_from_base_module(tmp_path):
         load_trained(save_checkpoint(a, tmp_path / "ck2", 5))
     with pytest.raises(InfcamError, match="cannot change in_dim"):
         build_model("tiny", base=a.model, in_dim=192)
+
+
+# ---- nbs/train.ipynb as papermill runs it: parameters checked, training launched as a script process ----
+NB = Path(__file__).resolve().parents[1] / "nbs" / "train.ipynb"
+
+
+def _papermill(tmp_path, **params):
+    pm = pytest.importorskip("papermill")
+    out = tmp_path / "out.ipynb"
+    pm.execute_notebook(str(NB), str(out), parameters=params, cwd=str(NB.parent), progress_bar=False,
+                        kernel_name="python3")
+    return out
+
+
+def test_train_notebook_two_processes(tmp_path, monkeypatch):
+    import json
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    run = tmp_path / "run"
+    _papermill(tmp_path, devices=2, max_steps=6, every=3, run_dir=str(run))
+    assert [p.name for p in list_checkpoints(run / "ckpt")] == ["step00000003", "step00000006"]
+    steps, losses = read_losses(run)
+    assert list(steps) == list(range(6)) and (losses > 0).all()
+    params = json.loads((run / "notebook_params.json").read_text())
+    assert params["devices"] == 2 and "--devices" in params["command"] and "--num-nodes" in params["command"]
+    ev = json.loads((run / "eval_loss.json").read_text())
+    assert ev["step"] == 6 and ev["after"] != ev["before"]
+    assert (run / "loss.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("params,msg", [(dict(devise=2), "unknown parameter devise"),
+                                        (dict(devices="two"), "parameter devices must be"),
+                                        (dict(max_steps="6"), "parameter max_steps must be int")])
+def test_train_notebook_rejects_bad_parameters(tmp_path, params, msg):
+    pm = pytest.importorskip("papermill")
+    with pytest.raises(pm.PapermillExecutionError, match=msg) as e:
+        _papermill(tmp_path, run_dir=str(tmp_path / "run"), **params)
+    assert e.value.ename == "InfcamError"
+    assert not (tmp_path / "run").exists()                      # nothing ran
+
+
+def test_train_cli_num_nodes(ds, tmp_path, monkeypatch):
+    import os
+    from infcam.train import _num_nodes, build_parser, main
+    assert build_parser().parse_args(["d", "--run-dir", "r", "--max-steps", "1", "--num-nodes", "2"]).num_nodes == 2
+    monkeypatch.delenv("PL_TRAINER_NUM_NODES", raising=False)
+    with _num_nodes(3):
+        assert os.environ["PL_TRAINER_NUM_NODES"] == "3"
+        assert L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, devices=1).num_nodes == 3
+    assert "PL_TRAINER_NUM_NODES" not in os.environ
+    assert main([str(ds.index.roots[0]), "--run-dir", str(tmp_path), "--max-steps", "1", "--num-nodes", "0"]) == 2
