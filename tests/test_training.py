@@ -219,12 +219,17 @@ def test_train_notebook_rejects_bad_parameters(tmp_path, params, msg):
 
 
 def test_train_cli_num_nodes(ds, tmp_path, monkeypatch):
-    import os
-    from infcam.train import _num_nodes, build_parser, main
+    import infcam.training
+    from infcam.train import build_parser, main
     assert build_parser().parse_args(["d", "--run-dir", "r", "--max-steps", "1", "--num-nodes", "2"]).num_nodes == 2
-    monkeypatch.delenv("PL_TRAINER_NUM_NODES", raising=False)
-    with _num_nodes(3):
-        assert os.environ["PL_TRAINER_NUM_NODES"] == "3"
-        assert L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, devices=1).num_nodes == 3
-    assert "PL_TRAINER_NUM_NODES" not in os.environ
+    seen = {}
+    class Stop(Exception): pass
+    def fake_trainer(**kw):                      # capture what fit gives Lightning, without starting 3 nodes
+        seen.update(kw); raise Stop()
+    monkeypatch.setattr(infcam.training.L, "Trainer", fake_trainer)
+    with pytest.raises(Stop):
+        main([str(ds.index.roots[0]), "--run-dir", str(tmp_path / "n3"), "--codec", "pixel", "--random-text",
+              "--num-frames", str(F), "--max-steps", "1", "--num-nodes", "3"])
+    assert seen["num_nodes"] == 3
+    monkeypatch.undo()
     assert main([str(ds.index.roots[0]), "--run-dir", str(tmp_path), "--max-steps", "1", "--num-nodes", "0"]) == 2
