@@ -258,37 +258,32 @@ def test_sharded_dit(release, tmp_path):
     assert check_weights(root, SPEC)["dit"].status == "unreadable"
 
 
-def test_check_reads_no_tensor_data(tmp_path, monkeypatch):
+@pytest.fixture
+def load_calls(monkeypatch):
+    "The keyword arguments of every `torch.load` call made during the test."
+    calls, real_load = [], torch.load
+    def spy(*a, **kw):
+        calls.append(kw)
+        return real_load(*a, **kw)
+    monkeypatch.setattr(torch, "load", spy)
+    return calls
+
+
+def test_check_reads_no_tensor_data(tmp_path, load_calls):
     big = {f"w{i}": torch.randn(1000, 2500) for i in range(10)}          # 100 MB
     torch.save(big, tmp_path / "big.ckpt")
     save_safetensors(big, tmp_path / "big.safetensors")
     del big
-    calls = []
-    real_load = torch.load
-
-    def spy(*a, **kw):
-        calls.append(kw)
-        return real_load(*a, **kw)
-
-    monkeypatch.setattr(torch, "load", spy)
     for f in ("big.ckpt", "big.safetensors"):
         (t, info), grew = _peak(lambda: read_tensors(tmp_path / f), _rss_mb)
         assert t["w9"].is_meta and t["w9"].shape == (1000, 2500)
         assert grew < 10, (f, grew)                                        # << 100 MB
-    assert calls == [dict(map_location="meta", weights_only=True, mmap=True)]
+    assert load_calls == [dict(map_location="meta", weights_only=True, mmap=True)]
 
 
-def test_check_does_not_load_data(release, monkeypatch):
-    calls = []
-    real_load = torch.load
-
-    def spy(*a, **kw):
-        calls.append(kw)
-        return real_load(*a, **kw)
-
-    monkeypatch.setattr(torch, "load", spy)
+def test_check_does_not_load_data(release, load_calls):
     assert check_weights(release, SPEC).usable
-    assert len(calls) == 3 and all(c["map_location"] == "meta" and c["weights_only"] for c in calls)
+    assert len(load_calls) == 3 and all(c["map_location"] == "meta" and c["weights_only"] for c in load_calls)
 
 
 # ---------------------------------------------------------------- the InfCam checkpoint
