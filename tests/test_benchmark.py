@@ -1,0 +1,108 @@
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from infcam.benchmark import (BASELINES, VARIANTS, BenchConfig, homography_warp, markdown_table, run_benchmark, score,
+                              summarize, eval_pairs)
+from infcam.cli import main
+from infcam.core import InfcamError
+
+ROOT = Path(__file__).resolve().parents[1]
+NB = ROOT / "nbs" / "ablations.ipynb"
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    "The ablation notebook run by papermill on the smoke budget (every stage: data, 4 trainings, 7 methods scored)."
+    import papermill as pm
+    d = tmp_path_factory.mktemp("abl")
+    pm.execute_notebook(str(NB), str(d / "out.ipynb"), parameters=dict(budget="smoke", out=str(d / "bench"),
+                        figures=str(d / "fig")), progress_bar=False, kernel_name="python3", cwd=str(ROOT))
+    return d
+
+
+def test_notebook_writes_table_and_figures(smoke):
+    fig = smoke / "fig"
+    for f in ("ablation.csv", "ablation.md", "ablation.png", "ablation_samples.png"):
+        assert (fig / f).stat().st_size > 100, f
+    rows = list(csv.DictReader(open(fig / "ablation.csv")))
+    methods = {r["method"] for r in rows}
+    assert methods == {"ground_truth", *BASELINES, *VARIANTS}
+    assert {r["split"] for r in rows} == {"shared", "different"}
+    by = {(r["method"], r["split"]): r for r in rows}
+    # the pose estimator recovers the rendered target's own path closely
+    assert float(by[("ground_truth", "shared")]["RotErr"]) < 1.5
+    # rotation explained by the homography beats copying the source, with either lens
+    for sp in ("shared", "different"):
+        assert float(by[("homography_warp", sp)]["PSNR"]) > float(by[("copy_source", sp)]["PSNR"])
+    # each variant trained in its own run folder with the flags of its ablation
+    for v in VARIANTS:
+        log = (smoke / "bench" / "runs" / f"{v}-s0" / "train.log").read_text().splitlines()[0]
+        assert all(a in log for a in VARIANTS[v]["args"]), (v, log)
+    cfg = json.loads((smoke / "bench" / "runs" / "no_warp-s0" / "config.json").read_text())
+    assert cfg["model"]["warp_module"] is False
+    cfg = json.loads((smoke / "bench" / "runs" / "exact_warp-s0" / "config.json").read_text())
+    assert cfg["model"]["warp_convention"] == "exact"
+    nb = json.loads((smoke / "out.ipynb").read_text())
+    text = "".join("".join(o.get("text", "")) for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", []))
+    assert "full" in text and ("beats" in text)
+
+
+def test_cli_resumes_and_refuses_other_settings(smoke, capsys):
+    out = smoke / "bench"
+    before = {p: p.stat().st_mtime_ns for p in (out / "eval").glob("*.csv")}
+    assert main(["bench", "smoke", "--out", str(out), "--quiet"]) == 0          # everything is reused
+    assert "| full | different |" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in (out / "eval").glob("*.csv")} == before
+    assert main(["bench", "smoke", "--out", str(out), "--steps", "7", "--quiet"]) == 2
+    assert "other settings (steps)" in capsys.readouterr().err
+
+
+def test_bad_parameters_are_errors(tmp_path):
+    import papermill as pm
+    with pytest.raises(pm.PapermillExecutionError, match="unknown parameter stpes"):
+        pm.execute_notebook(str(NB), str(tmp_path / "bad.ipynb"), parameters=dict(budget="smoke", stpes=3),
+                            progress_bar=False, kernel_name="python3", cwd=str(ROOT))
+    with pytest.raises(InfcamError, match="unknown budget"):
+        BenchConfig.budget("huge")
+    with pytest.raises(InfcamError, match="unknown baseline"):
+        BenchConfig(baselines=["oracle"])
+
+
+def test_score_and_summary_by_hand():
+    g = torch.Generator().manual_seed(0)
+    gt = torch.rand(9, 3, 32, 48, generator=g)
+    noisy = (gt + 0.1).clamp(0, 1)
+    pair = dict(K_tgt=torch.tensor([40., 40., 24., 16.]), ref=torch.eye(4).expand(9, 4, 4))
+    s = score(noisy, gt, pair, 9)
+    mse = ((noisy - gt)[[0, 4, 8]] ** 2).mean()
+    assert abs(s["PSNR"] - float(10 * torch.log10(1 / mse))) < 1e-3
+    assert 0 < s["SSIM"] < 1
+    rows = [dict(method="m", seed=0, split="shared", **s), dict(method="m", seed=0, split="shared", **{**s, "PSNR": s["PSNR"] + 2})]
+    t = summarize(rows)[0]
+    assert abs(t["PSNR"] - (s["PSNR"] + 1)) < 1e-9 and abs(t["PSNR_se"] - 1) < 1e-9
+    assert "| m | shared |" in markdown_table([t])
+
+
+def test_pairs_are_fixed_and_share_cameras_across_splits(tmp_path):
+    from infcam.synthetic import make_dataset
+    cfg = BenchConfig.budget("smoke", pairs_per_scene=2)
+    make_dataset(tmp_path / "test", 1, seed=cfg.test_seed, focal_mms=(cfg.focal_mm, cfg.test_focal_mm),
+                 num_frames=cfg.num_frames, height=cfg.height, width=cfg.width, progress=False)
+    pairs = eval_pairs(tmp_path / "test", cfg)
+    assert [p["split"] for p in pairs] == ["shared", "different"] * 2
+    again = eval_pairs(tmp_path / "test", cfg)
+    assert [(p["source_camera"], p["target_camera"]) for p in pairs] == [(p["source_camera"], p["target_camera"]) for p in again]
+    for a, b in (pairs[:2], pairs[2:]):
+        assert (a["source_camera"], a["target_camera"]) == (b["source_camera"], b["target_camera"])
+        assert a["source_camera"] != a["target_camera"]
+        assert torch.allclose(a["c2w"], b["c2w"], atol=1e-4)             # same cameras, another lens
+        assert torch.allclose(b["K_tgt"][:2], a["K_tgt"][:2] * cfg.test_focal_mm / cfg.focal_mm)
+        assert torch.allclose(a["ref"][0], torch.eye(4), atol=1e-5)
+    with pytest.raises(InfcamError, match="missing"):
+        eval_pairs(tmp_path / "test", BenchConfig.budget("smoke", test_scenes=2))
