@@ -196,7 +196,9 @@ def test_train_notebook_two_processes(tmp_path, monkeypatch):
     import json
     monkeypatch.setenv("MPLBACKEND", "Agg")
     run = tmp_path / "run"
-    _papermill(tmp_path, devices=2, max_steps=6, every=3, run_dir=str(run))
+    out = _papermill(tmp_path, devices=2, max_steps=6, every=3, run_dir=str(run))
+    text = "".join("".join(o.get("text", "")) for c in json.loads(out.read_text())["cells"] for o in c.get("outputs", []))
+    assert text.count("trained to step 6; last checkpoint") == 1          # printed by global rank 0 only
     assert [p.name for p in list_checkpoints(run / "ckpt")] == ["step00000003", "step00000006"]
     steps, losses = read_losses(run)
     assert list(steps) == list(range(6)) and (losses > 0).all()
@@ -233,3 +235,154 @@ def test_train_cli_num_nodes(ds, tmp_path, monkeypatch):
     assert seen["num_nodes"] == 3
     monkeypatch.undo()
     assert main([str(ds.index.roots[0]), "--run-dir", str(tmp_path), "--max-steps", "1", "--num-nodes", "0"]) == 2
+
+
+# ---- Weights & Biases ----
+def test_wandb_offline(ds, tmp_path, monkeypatch):
+    pytest.importorskip("wandb", reason="wandb is a dev requirement (pip install wandb)")
+    for k in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"): monkeypatch.setenv(k, str(tmp_path / k.lower()))
+    monkeypatch.setenv("WANDB_MODE", "offline"); monkeypatch.setenv("WANDB_SILENT", "true")
+    run = tmp_path / "wbrun"
+    fit(module(), ds, run, max_steps=2, batch_size=1, every=0, plot=False, wandb="infcam-test")
+    runs = list((run / "logs" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1
+    rid = (run / "logs" / "wandb_id").read_text().strip()
+    assert runs[0].name == f"run-{rid}.wandb"
+    data = runs[0].read_bytes()
+    steps, losses = read_losses(run)                        # the CSV log of the same run
+    assert list(steps) == [0, 1] and b"train/loss" in data
+    assert all(repr(float(v)).encode() in data for v in losses)    # the logged values themselves
+    fit(module(), ds, run, max_steps=3, batch_size=1, every=0, plot=False, wandb="infcam-test")   # resumes the W&B run
+    assert (run / "logs" / "wandb_id").read_text().strip() == rid
+    assert all(p.name == f"run-{rid}.wandb" for p in (run / "logs" / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+def test_wandb_missing(ds, tmp_path, monkeypatch):
+    import importlib.util
+    from infcam.train import main
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "wandb" else real(n, *a))
+    with pytest.raises(InfcamError, match="pip install wandb"):
+        fit(module(), ds, tmp_path / "run", max_steps=1, plot=False, wandb="proj")
+    assert not (tmp_path / "run").exists()                      # nothing started
+    assert main([str(ds.index.roots[0]), "--run-dir", str(tmp_path / "cli"), "--codec", "pixel", "--random-text",
+                 "--num-frames", str(F), "--max-steps", "1", "--wandb", "proj"]) == 2
+
+
+# ---- model ablation flags of the command line ----
+def test_train_cli_warp_flags(ds, tmp_path, monkeypatch):
+    import infcam.train
+    from infcam.train import build_parser, main
+    a = build_parser().parse_args(["d", "--run-dir", "r", "--max-steps", "1"])
+    assert a.warp_convention is None and not a.no_warp_module
+    seen = {}
+    real = InfCamModule
+    def spy(*args, **kw):
+        seen.clear(); seen.update(kw); return real(*args, **kw)
+    monkeypatch.setattr("infcam.training.InfCamModule", spy)
+    cmd = [str(ds.index.roots[0]), "--codec", "pixel", "--random-text", "--num-frames", str(F), "--max-steps", "1",
+           "--num-workers", "0"]
+    assert main(cmd + ["--run-dir", str(tmp_path / "a")]) == 0
+    assert "warp_module" not in seen and "warp_convention" not in seen     # not passed unless given
+    assert main(cmd + ["--run-dir", str(tmp_path / "b"), "--warp-convention", "exact", "--no-warp-module"]) == 0
+    assert seen["warp_convention"] == "exact" and seen["warp_module"] is False
+    ck = list_checkpoints(tmp_path / "b" / "ckpt")[-1]
+    cfg = load_trained(ck).config
+    assert cfg.warp_convention == "exact" and cfg.warp_module is False
+    assert not any("zero_conv" in n for n in read_checkpoint(ck)[0])       # no warping module: nothing to train there
+
+
+# ---- DeepSpeed ZeRO checkpoints, exercised on the CPU (Lightning's DeepSpeedStrategy needs CUDA) ----
+ZERO_SCRIPT = r'''
+import os, sys, types, warnings
+from pathlib import Path
+os.environ.update(DS_ACCELERATOR='cpu', MASTER_ADDR='127.0.0.1', MASTER_PORT=sys.argv[3], RANK='0', WORLD_SIZE='1',
+                  LOCAL_RANK='0', LOCAL_WORLD_SIZE='1')
+warnings.filterwarnings('ignore')
+import torch, deepspeed
+from infcam.data import CachedPairDataset
+from infcam.pipeline import RandomTextEncoder
+from infcam.training import (InfCamModule, collate, list_checkpoints, read_checkpoint, resume_from, load_zero_shards,
+                             save_zero_checkpoint, zero_full_param)
+deepspeed.init_distributed(dist_backend='gloo', verbose=False)
+root, out = Path(sys.argv[1]), Path(sys.argv[2])
+batch = collate([CachedPairDataset(root, codec='pixel', text=False, num_frames=5)[0]])
+
+def module():
+    m = InfCamModule('tiny', seed=0, lr=1e-2, in_dim=192, out_dim=192, text_len=16, verbose=False,
+                     text_encoder=RandomTextEncoder(64, text_len=16))
+    m.forward = m.loss                                     # the engine's forward: the training loss
+    return m
+
+def engine(m, stage):
+    cfg = dict(train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=1, zero_allow_untested_optimizer=True,
+               zero_optimization=dict(stage=stage, stage3_param_persistence_threshold=0), gradient_clipping=0.0)
+    eng, *_ = deepspeed.initialize(model=m, optimizer=m.configure_optimizers(), config=cfg,
+                                   model_parameters=[p for p in m.parameters() if p.requires_grad])
+    return eng
+
+def steps(eng, ks):
+    for k in ks:
+        loss = eng(batch, torch.Generator().manual_seed(k)); eng.backward(loss); eng.step()
+
+def fake_trainer(eng):
+    strat = types.SimpleNamespace(deepspeed_engine=eng, barrier=lambda *a, **k: None,
+                                  reduce_boolean_decision=lambda d, all=True: d)
+    return types.SimpleNamespace(strategy=strat, global_rank=0, is_global_zero=True, world_size=1)
+
+def moments(eng):
+    sd = eng.optimizer.state_dict()
+    st = sd.get('base_optimizer_state') or sd['optimizer_state_dict']
+    st = st['state'] if isinstance(st, dict) else {i: s for i, s in enumerate(st)}
+    return {i: {k: v.clone() for k, v in s.items() if torch.is_tensor(v)} for i, s in st.items()}
+
+for stage in map(int, sys.argv[4].split(',')):
+    a = module(); ea = engine(a, stage)
+    full = {n: p.shape for n, p in module().model.named_parameters()}
+    steps(ea, [0, 1])
+    ea.optimizer.loss_scaler.cur_scale = 4.0               # a loss scale to restore (a power of 2: exact)
+    ck = save_zero_checkpoint(fake_trainer(ea), a, out / f'z{stage}', 2)
+    assert list_checkpoints(out / f'z{stage}') == [ck] and not list((out / f'z{stage}').glob('.*'))
+    tensors, meta, st = read_checkpoint(ck)
+    assert st['zero'] == dict(world=1, stage=stage) and st['optimizer'] == {}
+    shard = torch.load(ck / 'optim_rank0.pt', weights_only=True)      # plain tensors and containers
+    assert shard['engine']['global_steps'] == 2 and shard['loss_scaler']['cur_scale'] == 4.0
+    params = dict(a.model.named_parameters())
+    assert set(tensors) == set(a.trainable) and all(tensors[n].shape == full[n] for n in tensors)   # gathered
+    if stage == 3: assert all(params[n].data.numel() == 0 for n in tensors)       # the live parameters are shards
+    assert all(torch.equal(tensors[n], zero_full_param(params[n])) for n in tensors)
+    if stage == 3:
+        with deepspeed.zero.GatheredParameters([params[n] for n in tensors]):
+            assert all(torch.equal(tensors[n], params[n].data) for n in tensors)
+    fresh = module().trainable_state()
+    assert any(not torch.equal(tensors[n], fresh[n]) for n in tensors)   # trained values, not the initial ones
+    # resume into a fresh module and engine, then both take the same two steps
+    b = module(); resume_from(b, ck); eb = engine(b, stage)
+    assert b._zero_ckpt == ck
+    b._trainer = fake_trainer(eb); b.on_train_start(); b._trainer = None      # what fit does once the engine exists
+    assert b._zero_ckpt is None
+    assert eb.optimizer.loss_scaler.cur_scale == 4.0 and eb.global_steps == 2
+    ma, mb = moments(ea), moments(eb)
+    assert ma.keys() == mb.keys() and all(torch.equal(ma[i][k], mb[i][k]) for i in ma for k in ma[i])
+    c = module(); resume_from(c, ck); ec = engine(c, stage); c._zero_ckpt = None     # same weights, fresh optimizer
+    for e in (ea, eb, ec): steps(e, [2, 3])
+    ta, tb, tc = a.trainable_state(), b.trainable_state(), c.trainable_state()
+    assert all(torch.equal(ta[n], tb[n]) for n in ta), stage
+    assert not all(torch.equal(ta[n], tc[n]) for n in ta), stage       # the optimizer state matters
+    print('stage', stage, 'ok', flush=True)
+'''
+
+
+def test_zero_checkpoint_round_trip(ds, tmp_path):
+    """DeepSpeed's ZeRO optimizer on the CPU (gloo, one process), stages 1, 2 and 3: every rank's shard is saved plain
+    (weights_only), the trained tensors are the gathered float32 masters (stage 3: from parameter shards), and a fresh
+    engine that loads the shards continues exactly as the original, unlike one with a fresh optimizer."""
+    import importlib.util, socket, subprocess, sys
+    if importlib.util.find_spec("deepspeed") is None: pytest.skip("DeepSpeed is optional (deepspeed_requirements)")
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0)); port = sk.getsockname()[1]
+    (tmp_path / "zero_rt.py").write_text(ZERO_SCRIPT)
+    r = subprocess.run([sys.executable, str(tmp_path / "zero_rt.py"), str(ds.index.roots[0]), str(tmp_path / "out"),
+                        str(port), "1,2,3"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert [l for l in r.stdout.splitlines() if l.endswith(" ok")] == ["stage 1 ok", "stage 2 ok", "stage 3 ok"]
