@@ -50,7 +50,9 @@ def test_notebook_writes_table_and_figures(smoke):
     assert cfg["model"]["warp_convention"] == "exact"
     nb = json.loads((smoke / "out.ipynb").read_text())
     text = "".join("".join(o.get("text", "")) for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", []))
-    assert "full" in text and ("beats" in text)
+    assert "beats no_warp on PSNR (different)" in text or "does not beat no_warp on PSNR (different)" in text
+    sample = smoke / "bench" / "eval" / "full-s0.sample.safetensors"   # kept by the evaluation, not generated again
+    assert sample.is_file()
 
 
 def test_cli_resumes_and_refuses_other_settings(smoke, capsys):
@@ -59,6 +61,8 @@ def test_cli_resumes_and_refuses_other_settings(smoke, capsys):
     assert main(["bench", "smoke", "--out", str(out), "--quiet"]) == 0          # everything is reused
     assert "| full | different |" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in (out / "eval").glob("*.csv")} == before
+    timing = json.loads((out / "timing.json").read_text())
+    assert timing["train full-s0"] > 1 and "eval full-s0" in timing        # the first call's work keeps its timing
     assert main(["bench", "smoke", "--out", str(out), "--steps", "7", "--quiet"]) == 2
     assert "other settings (steps)" in capsys.readouterr().err
 
