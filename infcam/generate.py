@@ -17,12 +17,13 @@ from .video import check_size, read_video, video_info, write_video, write_compar
 # %% auto #0
 __all__ = ['DEFAULTS', 'DTYPES', 'ESTIMATE_METHODS', 'check_settings', 'cache_dir', 'file_sha256', 'weight_hashes', 'Job',
            'JobResult', 'trajectory_name', 'read_batch', 'make_jobs', 'load_pipeline', 'check_weights_usable',
-           'run_jobs', 'settings_from_sidecar', 'add_generate_parser', 'run_generate', 'generate_main']
+           'run_jobs', 'TrainingRun', 'training_run', 'run_settings', 'load_run_pipeline', 'run_hashes',
+           'settings_from_sidecar', 'add_generate_parser', 'run_generate', 'generate_main']
 
 # %% ../nbs/32_generate.ipynb #e2817b00
 DEFAULTS = dict(frames=81, height=480, width=832, steps=20, cfg=5.0, negative_prompt=None, seed=0, zoom=1.0,
                 focal_mm=None, fov=None, fx=None, estimate=None, memory='resident', device=None, dtype='bf16',
-                vae_tiled=False, size='released', checkpoint=None)
+                vae_tiled=False, size='released', checkpoint=None, base_only=False)
 DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16, 'fp32': torch.float32}
 ESTIMATE_METHODS = ('selfcal', 'unidepth')
 
@@ -172,19 +173,22 @@ def load_pipeline(weights, s:dict):
     spec = WeightsSpec.tiny() if s['size'] == 'tiny' else WeightsSpec.released()
     try:
         return InfCamPipeline.from_pretrained(weights, s['checkpoint'], device=s['device'], dtype=DTYPES[s['dtype']],
-                                              memory=s['memory'], vae_tiled=s['vae_tiled'], spec=spec)
+                                              memory=s['memory'], vae_tiled=s['vae_tiled'], spec=spec,
+                                              base_only=bool(s['base_only']))
     except _oom_types(): raise InfcamError(_oom_message(s['memory'], s)) from None
 
 def check_weights_usable(weights, s:dict):
-    "The `WeightsReport` of `weights`, or `InfcamError` naming what blocks generation (the file expected)."
+    """The `WeightsReport` of `weights`, or `InfcamError` naming what blocks generation (the file expected). The InfCam
+    checkpoint is required unless `s['base_only']` asks for generation without camera control."""
     from infcam.weights import check_weights, WeightsSpec, TITLES
     spec = WeightsSpec.tiny() if s['size'] == 'tiny' else WeightsSpec.released()
     if weights is None: raise InfcamError("no weights folder given; pass --weights DIR (see `infcam weights check`)")
     report = check_weights(weights, spec, s['checkpoint'])
-    if not report.usable:
+    if not (report.usable_base_only if s['base_only'] else report.usable):
         c = report.components
         blocking = [k for k in ('vae', 'text_encoder', 'tokenizer') if not c[k].ok]
-        if not (c['infcam'].ok or c['dit'].ok): blocking.insert(0, 'infcam')
+        dit = 'dit' if s['base_only'] else 'infcam'
+        if not c[dit].ok: blocking.insert(0, dit)
         raise InfcamError(f"weights in {weights} are not usable: " + '; '.join(f"{TITLES[k]}: {p}" for k in blocking for p in c[k].problems[:1]))
     return report
 
@@ -232,7 +236,7 @@ def _generate_one(pipe, job:Job, s:dict, weights, hashes:dict, overwrite:bool, p
                         K_tgt=[round(float(v), 6) for v in p['K_tgt']]),
         extrinsics=[[round(float(v), 7) for v in row] for row in p['extrinsics']],
         device=str(pipe.device), model_dtype=str(pipe.dtype).replace('torch.', ''),
-        weights=dict(folder=str(Path(weights).resolve()), files=hashes),
+        weights=dict(folder=str(Path(weights).resolve()) if weights is not None else None, files=hashes),
         outputs={k: v.name for k, v in o.items()}, timings={k: round(v, 3) for k, v in pipe.timings.items()},
         seconds=round(time.perf_counter() - t0, 3))
     with atomic_path(o['sidecar'], overwrite=overwrite) as tmp: tmp.write_text(json.dumps(side, indent=1, ensure_ascii=False) + '\n')
@@ -262,10 +266,12 @@ def run_jobs(jobs:list[Job], weights, settings:dict|None=None, overwrite:bool=Fa
             if strict: raise
             results[id(j)] = JobResult(j, 'failed', str(e))
     if ok:
-        report = check_weights_usable(weights, s)
-        try: pipe = (loader or load_pipeline)(weights, s)
+        if (run := training_run(weights, s['checkpoint'])) is not None:      # a run trained here
+            hashes, load = run_hashes(run), loader or (lambda w, s: load_run_pipeline(run, s, w))
+        else:
+            hashes, load = weight_hashes(check_weights_usable(weights, s)), loader or load_pipeline
+        try: pipe = load(weights, s)
         except _oom_types(): raise InfcamError(_oom_message(s['memory'], s)) from None
-        hashes = weight_hashes(report)
         for i, j in enumerate(ok):
             log(f"[{i + 1}/{len(ok)}] {j.video.name} x {j.trajectory} -> {j.out}")
             t0 = time.perf_counter()
@@ -275,6 +281,86 @@ def run_jobs(jobs:list[Job], weights, settings:dict|None=None, overwrite:bool=Fa
                 results[id(j)] = JobResult(j, 'failed', str(e)); continue
             results[id(j)] = JobResult(j, 'done', '', time.perf_counter() - t0)
     return [results[id(j)] for j in jobs]
+
+# %% ../nbs/32_generate.ipynb #968a83aa
+@dataclass
+class TrainingRun:
+    "A run trained by `python -m infcam.train`: its folder, the checkpoint to generate with, and its `config.json`."
+    run_dir: Path|None
+    checkpoint: Path
+    config: dict
+
+    @property
+    def data(self) -> dict: return self.config.get('data') or {}
+
+def training_run(weights, checkpoint=None) -> TrainingRun|None:
+    """The training run that `--weights RUN_DIR` (its last checkpoint) or `--checkpoint RUN_DIR/ckpt/stepN` names, or
+    None when they name released weights instead."""
+    from infcam.training import list_checkpoints
+    ck = Path(checkpoint) if checkpoint is not None else None
+    if ck is not None and ck.name == 'trainable.safetensors': ck = ck.parent
+    if ck is not None and (ck / 'trainable.safetensors').is_file():
+        run = ck.parent.parent if (ck.parent.parent / 'config.json').is_file() else None
+    elif ck is None and weights is not None and (Path(weights) / 'config.json').is_file() and (Path(weights) / 'ckpt').is_dir():
+        run = Path(weights)
+        cks = list_checkpoints(run / 'ckpt')
+        if not cks: raise InfcamError(f"the training run {run} has no complete checkpoint yet (nothing in {run / 'ckpt'})")
+        ck = cks[-1]
+    else: return None
+    cfg = {}
+    if run is not None:
+        try: cfg = json.loads((run / 'config.json').read_text())
+        except ValueError: raise InfcamError(f"{run / 'config.json'} is not JSON") from None
+    return TrainingRun(run, ck, cfg)
+
+def run_settings(run:TrainingRun, s:dict) -> dict:
+    "Settings `s` with the unset ones taken from the run: its frames and size, float32, and no guidance for random text."
+    d, out = run.data, dict(s)
+    for k, v in (('frames', d.get('num_frames')), ('height', d.get('height')), ('width', d.get('width')), ('dtype', 'fp32'),
+                 ('cfg', 1.0 if d.get('text') == 'random' else None)):
+        if out.get(k) is None and v is not None: out[k] = v
+    return out
+
+def load_run_pipeline(run:TrainingRun, s:dict, weights=None):
+    """An `InfCamPipeline` for a training run: the trained DiT (backbone rebuilt as recorded), its scheduler, and the
+    codec and text encoder it was trained with (`PixelCodec` and `RandomTextEncoder` need no files; the Wan VAE and
+    umT5 come from the released `weights` folder)."""
+    from infcam.pipeline import InfCamPipeline, RandomTextEncoder
+    from infcam.training import load_trained, trained_scheduler
+    from infcam.vae import PixelCodec
+    dev = s['device'] or ('cuda' if torch.cuda.is_available() else 'cpu')
+    model = load_trained(run.checkpoint, dtype=DTYPES[s['dtype']], device='cpu')
+    codec_tag, text = run.data.get('codec'), run.data.get('text')
+    if codec_tag is None or text is None:
+        raise InfcamError(f"{run.run_dir or run.checkpoint}: the run does not record how its data was encoded (an older run); "
+                          "generate with it from Python (infcam.training.load_trained)")
+    codec = PixelCodec() if codec_tag == 'pixel' else None
+    te = RandomTextEncoder(model.config.text_dim, text_len=model.config.text_len) if text == 'random' else None
+    if codec is None or te is None:
+        from infcam.weights import check_weights, WeightsSpec
+        if weights is None or Path(weights) == run.run_dir:
+            raise InfcamError(f"this run was trained on {codec_tag} latents and {text} text states: pass the Wan2.1 weights "
+                              f"folder with --weights and the run's checkpoint with --checkpoint {run.checkpoint}")
+        report = check_weights(weights, WeightsSpec.tiny() if s['size'] == 'tiny' else WeightsSpec.released())
+        c = report.components
+        if bad := [k for k in (['vae'] if codec is None else []) + (['text_encoder', 'tokenizer'] if te is None else []) if not c[k].ok]:
+            raise InfcamError(f"weights in {weights}: " + '; '.join(p for k in bad for p in c[k].problems[:1]))
+        if codec is None:
+            from infcam.vae import load_wan_vae, WanVAECodec
+            codec = WanVAECodec(load_wan_vae(c['vae'].path, torch.float32, 'cpu'), tiled=s['vae_tiled'])
+        if te is None:
+            from infcam.text import TextEncoder
+            te = TextEncoder.load(c['text_encoder'].path, c['tokenizer'].path, dtype=torch.bfloat16, device='cpu',
+                                  text_len=model.config.text_len)
+    return InfCamPipeline(model, codec, te, trained_scheduler(run.checkpoint), device=dev, memory=s['memory'])
+
+def run_hashes(run:TrainingRun) -> dict:
+    "`{component: [{file, bytes, sha256}]}` of a run's trained tensors and the backbone it was trained on (if a file)."
+    files = {'infcam': [run.checkpoint / 'trainable.safetensors']}
+    from infcam.training import read_checkpoint
+    base = read_checkpoint(run.checkpoint)[1].get('base') or ''
+    if base and Path(base).is_file(): files['dit'] = [Path(base)]
+    return {k: [dict(file=str(f), bytes=f.stat().st_size, sha256=file_sha256(f)) for f in v] for k, v in files.items()}
 
 # %% ../nbs/32_generate.ipynb #7ff55199
 def settings_from_sidecar(path) -> dict:
@@ -304,8 +390,8 @@ def add_generate_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument('--trajectories', help='batch mode: comma-separated trajectories (each clip x each)')
     g.add_argument('--out-dir', help='batch mode: folder for the results')
     g.add_argument('--from', dest='from_json', metavar='JSON', help="re-run a result from its JSON sidecar (options given here override)")
-    g.add_argument('--weights', help='weights folder (see `infcam weights check`)')
-    g.add_argument('--checkpoint', help='the InfCam checkpoint, if it is not inside the weights folder')
+    g.add_argument('--weights', help='weights folder (see `infcam weights check`), or a training run folder of `python -m infcam.train`')
+    g.add_argument('--checkpoint', help='the InfCam checkpoint, if it is not inside the weights folder, or a training checkpoint RUN_DIR/ckpt/stepN')
     g.add_argument('--size', choices=['released', 'tiny'], help="expected shapes: released (default) or the tiny test model")
     g.add_argument('--frames', type=int, help=f"frames, 4k+1 (default {d['frames']})")
     g.add_argument('--height', type=int, help=f"height, a multiple of 16 (default {d['height']})")
@@ -325,6 +411,8 @@ def add_generate_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument('--device', help='cuda, cuda:1, cpu (default: cuda if available)')
     g.add_argument('--dtype', choices=list(DTYPES), help='DiT weights dtype (default bf16)')
     g.add_argument('--vae-tiled', action='store_true', default=None, help='decode in tiles (less memory)')
+    g.add_argument('--base-only', action='store_true', default=None,
+                   help='generate WITHOUT camera control from the base Wan DiT (no InfCam checkpoint needed); off by default')
     g.add_argument('--overwrite', action='store_true', help='replace existing outputs')
     g.add_argument('--quiet', action='store_true', help='no progress bars')
     g.set_defaults(func=run_generate)
@@ -342,6 +430,9 @@ def run_generate(args:argparse.Namespace) -> list[JobResult]:
         weights, video, prompt, traj = weights or r['weights'], video or r['video'], prompt if prompt is not None else r['prompt'], traj or r['trajectory']
         hashes = r['hashes']
     log = (lambda *a: None) if args.quiet else print
+    if (run := training_run(weights, s['checkpoint'])) is not None:       # frames, size, dtype from the run when unset
+        s = run_settings(run, s)
+        if prompt is None and not args.batch and run.config.get('caption') is not None: prompt = run.config['caption']
     if args.batch:
         if args.video or args.out or args.prompt is not None:
             raise InfcamError("batch mode takes the clips and prompts from metadata.csv and writes to --out-dir; drop --video/--prompt/--out")

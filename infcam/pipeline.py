@@ -212,17 +212,18 @@ InfCamPipeline._prepare = _prepare
 
 # %% ../nbs/30_pipeline.ipynb #8787ab0c
 @torch.no_grad()
-def _velocity(self:InfCamPipeline, x, x_src, t, ctx, K_src, K_tgt, extr, cfg:float, cfg_batch:bool) -> Tensor:
-    "The guided velocity (1, C, f, h, w) float32 at time `t`; `ctx` is (1 or 2, L, D): conditional then unconditional."
-    m = self.model
+def _velocity(self:InfCamPipeline, x, x_src, t, ctx, K_src, K_tgt, extr, cfg:float, cfg_batch:bool, sigma:float=1.0) -> Tensor:
+    """The guided velocity (1, C, f, h, w) float32 at time `t` (noise level `sigma`); `ctx` is (1 or 2, L, D): conditional
+    then unconditional. A model that predicts the clean sample has its output turned into a velocity by the scheduler."""
+    m, to_v = self.model, lambda out: self.scheduler.to_velocity(out.float(), x, sigma)
     if ctx.shape[0] == 1:
-        return m(x, x_src, t.reshape(1), ctx, K_src, K_tgt, extr).float()
+        return to_v(m(x, x_src, t.reshape(1), ctx, K_src, K_tgt, extr))
     if cfg_batch:
         rep = lambda a: torch.cat([a, a])
-        v_c, v_u = m(rep(x), rep(x_src), t.reshape(1).repeat(2), ctx, rep(K_src), rep(K_tgt), rep(extr)).float().chunk(2)
+        v_c, v_u = map(to_v, m(rep(x), rep(x_src), t.reshape(1).repeat(2), ctx, rep(K_src), rep(K_tgt), rep(extr)).chunk(2))
     else:
-        v_c = m(x, x_src, t.reshape(1), ctx[:1], K_src, K_tgt, extr).float()
-        v_u = m(x, x_src, t.reshape(1), ctx[1:], K_src, K_tgt, extr).float()
+        v_c = to_v(m(x, x_src, t.reshape(1), ctx[:1], K_src, K_tgt, extr))
+        v_u = to_v(m(x, x_src, t.reshape(1), ctx[1:], K_src, K_tgt, extr))
     return v_u + cfg * (v_c - v_u)
 
 InfCamPipeline._velocity = _velocity
@@ -264,7 +265,7 @@ def _call(self:InfCamPipeline, video, prompt:str, trajectory, intrinsics=None, n
     nxt = self.scheduler.next_sigmas(sigmas)
     with self._on_device(self.model):
         for i in tqdm(range(steps), desc='denoising', unit='step', disable=not progress):
-            v = self._velocity(x, x_src, timesteps[i].to(dev), ctx, K_src, K_tgt, extr, float(cfg), cfg_batch)
+            v = self._velocity(x, x_src, timesteps[i].to(dev), ctx, K_src, K_tgt, extr, float(cfg), cfg_batch, float(sigmas[i]))
             x = self.scheduler.step(v, float(sigmas[i]), float(nxt[i]), x)
             if callback is not None: callback(i, steps, x)
     _cuda_sync(dev); T['denoise'] = time.perf_counter() - t
@@ -283,23 +284,25 @@ InfCamPipeline.__call__ = _call
 # %% ../nbs/30_pipeline.ipynb #dfafd412
 def _from_pretrained(cls, folder, infcam_checkpoint=None, device=None, dtype:torch.dtype=torch.bfloat16,
                      memory:str='resident', vae_tiled:bool=False, vae_dtype:torch.dtype=torch.float32,
-                     text_dtype:torch.dtype=torch.bfloat16, spec=None) -> InfCamPipeline:
-    "Load every part from a weights folder (see `infcam.weights.check_weights`); `spec` defaults to the released shapes."
+                     text_dtype:torch.dtype=torch.bfloat16, spec=None, base_only:bool=False) -> InfCamPipeline:
+    """Load every part from a weights folder (see `infcam.weights.check_weights`); `spec` defaults to the released shapes.
+    The InfCam checkpoint is required; `base_only=True` asks explicitly for the base Wan DiT without camera control."""
     from infcam.weights import check_weights, load_dit, WeightsSpec
     from infcam.models import InfCamDiT
     from infcam.vae import load_wan_vae, WanVAECodec
     from infcam.text import TextEncoder
     if memory not in MEMORY_MODES: raise InfcamError(f"unknown memory mode {memory!r}; use one of {', '.join(MEMORY_MODES)}")
     report = check_weights(folder, spec, infcam_checkpoint)
-    if not report.usable:
-        raise InfcamError(f"weights in {folder} are not usable for generation: {'; '.join(report.problems[:3])}")
+    if not (report.usable_base_only if base_only else report.usable):
+        raise InfcamError(f"weights in {folder} are not usable for generation{' (base only)' if base_only else ''}: "
+                          f"{'; '.join(report.problems[:3])}")
     spec = spec or WeightsSpec.released()
     device = torch.device(device if device is not None else ('cuda' if torch.cuda.is_available() else 'cpu'))
     load_dev = device if memory == 'resident' else torch.device('cpu')
     c = report.components
-    if c['infcam'].ok: model = load_dit(c['infcam'].path, dtype=dtype, device=load_dev, config=spec.dit)
+    if not base_only: model = load_dit(c['infcam'].path, dtype=dtype, device=load_dev, config=spec.dit)
     else:
-        warnings.warn(f"no InfCam checkpoint in {folder}: the InfCam DiT is initialised from the base Wan DiT (no camera control)")
+        warnings.warn(f"base_only: the InfCam DiT is initialised from the base Wan DiT in {folder} (no camera control)")
         model = InfCamDiT.from_base(load_dit(c['dit'].path, dtype=dtype, device=load_dev, config=spec.dit), share=True).eval()
     if not isinstance(model, InfCamDiT): raise InfcamError(f"{c['infcam'].path} holds a plain Wan DiT, not InfCam's")
     codec = WanVAECodec(load_wan_vae(c['vae'].path, vae_dtype, load_dev, config=None if c['vae'].path.is_dir() else spec.vae), tiled=vae_tiled)

@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     a('--warp-convention', choices=('released', 'exact'), help="grid normalisation of the warp (default: the model's, 'released')")
     a('--wandb', metavar='PROJECT', help='also log to this Weights & Biases project (needs `pip install wandb`)')
     a('--aug-prob', type=float, default=0.5, help='probability that one side of a pair is the refocused copy')
+    a('--shift', type=float, default=5.0, help="timestep shift of the flow-matching schedule (Wan: 5; small clips: 1-2)")
+    a('--prediction', choices=('velocity', 'sample'), default='velocity', help="what the DiT predicts: Wan's velocity or the clean sample x0")
+    a('--warmup', type=int, default=0, help='linear learning-rate warmup steps')
+    a('--lr-schedule', choices=('constant', 'cosine'), default='constant', help='learning rate after the warmup')
+    a('--grad-clip', type=float, help='clip the gradient norm to this value')
+    a('--caption', help='one fixed caption for every pair (instead of the dataset captions)')
     return p
 
 def run(args) -> Path:
@@ -74,11 +80,14 @@ def run(args) -> Path:
     devices = int(args.devices) if str(args.devices).isdigit() else args.devices
     if args.num_nodes < 1: raise InfcamError(f"--num-nodes must be at least 1, got {args.num_nodes}")
     m = InfCamModule(cfg or args.preset, base=args.base, seed=args.seed, lr=args.lr, weight_decay=args.weight_decay,
-                     text_encoder=te, train_backbone=args.train_backbone, **over)
+                     text_encoder=te, train_backbone=args.train_backbone, shift=args.shift, prediction=args.prediction,
+                     warmup=args.warmup, lr_schedule=args.lr_schedule, caption=args.caption, **over)
+    data = dict(codec=args.codec, text='random' if args.random_text else (args.text or ds.text), num_frames=args.num_frames,
+                height=round(2 * float(item['K_tgt'][3])), width=round(2 * float(item['K_tgt'][2])))   # centred principal point
     fit(m, ds, args.run_dir, args.max_steps, batch_size=args.batch_size, accumulate=args.accumulate, every=args.every,
         keep_last=args.keep_last, keep_every=args.keep_every, strategy=args.strategy, precision=args.precision,
         accelerator=args.accelerator, devices=devices, num_nodes=args.num_nodes, num_workers=args.num_workers,
-        wandb=args.wandb)
+        wandb=args.wandb, grad_clip=args.grad_clip, extra_config=dict(data=data))
     if is_global_zero():                                              # one line per run, not one per rank
         cks = list_checkpoints(Path(args.run_dir) / 'ckpt')
         print(f"trained to step {m.step}; last checkpoint {cks[-1] if cks else None}")

@@ -4,7 +4,7 @@
 
 # %% ../nbs/40_training.ipynb #ddab2a30
 from __future__ import annotations
-import contextlib, csv, enum, hashlib, importlib.util, json, os, random, re, shutil, tempfile, time, warnings
+import contextlib, csv, enum, hashlib, importlib.util, json, math, os, random, re, shutil, tempfile, time, warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,11 +18,12 @@ from .models import WanConfig, WanDiT, InfCamDiT
 from .scheduler import FlowMatchScheduler
 
 # %% auto #0
-__all__ = ['ADAMW_DEFAULTS', 'STRATEGIES', 'build_model', 'collate', 'StepSampler', 'EpochIndexed', 'InfCamModule', 'eval_loss',
-           'list_checkpoints', 'save_checkpoint', 'prune_checkpoints', 'read_checkpoint', 'load_trained',
-           'deepspeed_engine', 'zero_full_param', 'zero_optimizer_state', 'load_zero_optimizer_state',
-           'load_zero_shards', 'save_zero_checkpoint', 'CheckpointCallback', 'lightning_strategy', 'default_precision',
-           'is_global_zero', 'wandb_logger', 'read_losses', 'plot_loss', 'resume_from', 'fit']
+__all__ = ['ADAMW_DEFAULTS', 'LR_SCHEDULES', 'STRATEGIES', 'build_model', 'collate', 'StepSampler', 'EpochIndexed', 'lr_factor',
+           'InfCamModule', 'eval_loss', 'list_checkpoints', 'save_checkpoint', 'prune_checkpoints', 'read_checkpoint',
+           'load_trained', 'trained_scheduler', 'deepspeed_engine', 'zero_full_param', 'zero_optimizer_state',
+           'load_zero_optimizer_state', 'load_zero_shards', 'save_zero_checkpoint', 'CheckpointCallback',
+           'lightning_strategy', 'default_precision', 'is_global_zero', 'wandb_logger', 'read_losses', 'plot_loss',
+           'resume_from', 'fit']
 
 # %% ../nbs/40_training.ipynb #98a914f2
 def _as_config(config, **overrides) -> WanConfig:
@@ -97,6 +98,14 @@ class EpochIndexed(torch.utils.data.Dataset):
 
 # %% ../nbs/40_training.ipynb #033f35f0
 ADAMW_DEFAULTS = dict(lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+LR_SCHEDULES = ('constant', 'cosine')
+
+def lr_factor(step:int, warmup:int=0, schedule:str='constant', max_steps:int|None=None) -> float:
+    "The learning rate of optimizer step `step` as a fraction of the peak: linear warmup, then constant or cosine to 0."
+    f = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    if schedule == 'cosine' and max_steps and step >= warmup:
+        f *= 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, max_steps - warmup))))
+    return f
 
 def _mix(*xs) -> int:
     return int.from_bytes(hashlib.sha256(repr(xs).encode()).digest()[:8], 'little') >> 1
@@ -105,8 +114,11 @@ class InfCamModule(L.LightningModule):
     "Train InfCam's camera modules on a frozen Wan2.1 DiT (see the module docs for the loss and the optimizer)."
     def __init__(self, config:WanConfig|str|dict='tiny', base=None, seed:int=0, lr:float=1e-4,
                  betas:tuple=(0.9, 0.999), eps:float=1e-8, weight_decay:float=0.01, codec=None, text_encoder=None,
-                 verbose:bool=True, train_backbone:bool=False, **overrides):
+                 verbose:bool=True, train_backbone:bool=False, shift:float=5.0, prediction:str='velocity',
+                 warmup:int=0, lr_schedule:str='constant', caption:str|None=None, **overrides):
         super().__init__()
+        if lr_schedule not in LR_SCHEDULES: raise InfcamError(f"unknown lr_schedule {lr_schedule!r}; use one of {', '.join(LR_SCHEDULES)}")
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0: raise InfcamError(f"warmup must be an integer >= 0, got {warmup!r}")
         self.model = build_model(config, base, seed, **overrides)
         self.trainable = self.model.freeze_base()
         self.train_backbone = bool(train_backbone)
@@ -116,7 +128,8 @@ class InfCamModule(L.LightningModule):
             self.trainable = [n for n, p in self.model.named_parameters() if p.requires_grad]
         self.base = None if base is None else str(base) if isinstance(base, (str, Path)) else '<in-memory>'
         self.seed, self.opt_kw = seed, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
-        self.scheduler = FlowMatchScheduler()
+        self.scheduler = FlowMatchScheduler(shift=shift, prediction=prediction)
+        self.warmup, self.lr_schedule, self.max_steps, self.caption = warmup, lr_schedule, None, caption
         self.codec, self.text_encoder = codec, text_encoder
         self.start_step, self._optim_state, self._rng, self.data, self._zero_ckpt = 0, None, None, None, None
         n = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
@@ -144,21 +157,23 @@ class InfCamModule(L.LightningModule):
         if b['target'].shape[1] == 3 and self.config.in_dim != 3:
             if self.codec is None: raise InfcamError("the batch holds videos (3 channels) but the module has no codec")
             with torch.no_grad(): b['target'], b['source'] = (self.codec.encode(b[k].to(self.device)) for k in ('target', 'source'))
+        if self.caption is not None:                                  # one fixed caption for every pair
+            b.pop('context', None); b['caption'] = [self.caption] * len(b['target'])
         if 'context' not in b:
             if self.text_encoder is None: raise InfcamError("the batch has no cached text states and the module has no text_encoder")
             with torch.no_grad(): b['context'] = self.text_encoder.encode(b['caption'])
         return {k: (v.to(self.device) if isinstance(v, Tensor) else v) for k, v in b.items()}
 
     def loss(self, batch:dict, generator:torch.Generator|None=None) -> Tensor:
-        "Weighted flow-matching MSE of the target half (source clean, same timestep)."
+        "Weighted flow-matching MSE of the target half (source clean, same timestep), on the velocity or on `x0`."
         b = self.prepare_batch(batch)
         x0, src = b['target'].float(), b['source'].float()
         B = x0.shape[0]
         _, sigma, t, w = self.scheduler.sample_training(B, generator, device=self.device)
         noise = torch.randn(x0.shape, generator=generator).to(self.device)
         xt = self.scheduler.add_noise(x0, noise, sigma)
-        v = self.model(xt, src, t, b['context'], b['K_src'], b['K_tgt'], b['extrinsics'])
-        err = (v.float() - self.scheduler.velocity_target(x0, noise)) ** 2
+        out = self.model(xt, src, t, b['context'], b['K_src'], b['K_tgt'], b['extrinsics'])
+        err = (out.float() - self.scheduler.training_target(x0, noise)) ** 2
         return (err.flatten(1).mean(1) * w).mean()
 
     def training_step(self, batch:dict, batch_idx:int) -> Tensor:
@@ -194,7 +209,9 @@ class InfCamModule(L.LightningModule):
                               "a ZeRO optimizer: the optimizer starts afresh")
             else: opt.load_state_dict(self._optim_state)
             self._optim_state = None
-        return opt
+        start = self.start_step                                       # the schedule is a function of the absolute step
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(start + k, self.warmup, self.lr_schedule, self.max_steps))
+        return dict(optimizer=opt, lr_scheduler=dict(scheduler=sched, interval='step'))
 
     def on_train_start(self):
         "Restore the ZeRO optimizer shards of a resumed DeepSpeed checkpoint (the engine exists by now)."
@@ -238,7 +255,7 @@ def _set_rng_state(st:dict):
 def _write_checkpoint(module:InfCamModule, tmp:Path, step:int, tensors:dict, optimizer_state:dict, **extra):
     from infcam.weights import save_safetensors
     meta = dict(format='infcam-train/1', step=str(step), seed=str(module.seed), base=module.base or '',
-                config=json.dumps(module.config.to_dict()))
+                config=json.dumps(module.config.to_dict()), scheduler=json.dumps(module.scheduler.to_dict()))
     save_safetensors(tensors, tmp / 'trainable.safetensors', meta)
     torch.save(dict(step=step, seed=module.seed, rng=_rng_state(), optimizer=optimizer_state, **extra), tmp / 'state.pt')
 
@@ -296,6 +313,14 @@ def load_trained(path, base=None, dtype:torch.dtype=torch.float32, device='cpu')
         raise InfcamError(f"{path}: tensors {bad[:3]} do not fit the model of its config")
     model.load_state_dict({**sd, **tensors})
     return model.to(device, dtype).eval()
+
+def trained_scheduler(path) -> FlowMatchScheduler:
+    "The `FlowMatchScheduler` a training checkpoint was trained with (shift, prediction); Wan's for older checkpoints."
+    path = Path(path)
+    if path.suffix == '.safetensors': path = path.parent
+    _, meta, _ = read_checkpoint(path)
+    try: return FlowMatchScheduler.from_dict(json.loads(meta['scheduler']) if meta.get('scheduler') else None)
+    except ValueError: raise InfcamError(f"{path}: the scheduler in its metadata is not JSON") from None
 
 # %% ../nbs/40_training.ipynb #133bd26c
 _ZERO_DROP = ('param_slice_mappings',)    # fragment addresses, for DeepSpeed's universal checkpoints only
@@ -518,10 +543,11 @@ def fit(module:InfCamModule, dataset, run_dir, max_steps:int, batch_size:int=1, 
         every:int=100, keep_last:int=3, keep_every:int|None=None, resume:bool=True, strategy:str='auto',
         precision:str|None=None, accelerator:str='auto', devices='auto', num_nodes:int=1, num_workers:int=0,
         log_every:int=1, callbacks:list|None=None, plot:bool=True, progress:bool=False,
-        wandb:str|None=None) -> InfCamModule:
+        wandb:str|None=None, grad_clip:float|None=None, extra_config:dict|None=None) -> InfCamModule:
     """Train to `max_steps` optimizer steps (`batch_size` per rank, `accumulate` micro-batches per step) in `run_dir`
     (`ckpt/`, `logs/`, `loss.png`), resuming from its last complete checkpoint when `resume`; `wandb`: also log to this
-    Weights & Biases project. Returns `module`."""
+    Weights & Biases project; `grad_clip`: clip the gradient norm; `extra_config`: more entries for `config.json`
+    (e.g. how the data was encoded, so that `infcam generate` can rebuild the run). Returns `module`."""
     if wandb is not None and importlib.util.find_spec('wandb') is None:
         raise InfcamError(f"wandb={wandb!r} needs Weights & Biases: pip install wandb")
     run_dir = Path(run_dir); run_dir.mkdir(parents=True, exist_ok=True)
@@ -530,7 +556,7 @@ def fit(module:InfCamModule, dataset, run_dir, max_steps:int, batch_size:int=1, 
     if resume and (cks := list_checkpoints(ck_dir)): resume_from(module, cks[-1])
     left = max_steps - module.start_step
     if left <= 0: return module
-    module.data = (dataset, batch_size, num_workers)
+    module.data, module.max_steps = (dataset, batch_size, num_workers), max_steps
     from lightning.pytorch.loggers import CSVLogger
     loggers = [CSVLogger(run_dir / 'logs', name='csv')]
     if importlib.util.find_spec('tensorboard') is not None:
@@ -539,11 +565,13 @@ def fit(module:InfCamModule, dataset, run_dir, max_steps:int, batch_size:int=1, 
     if wandb is not None: loggers.append(wb := wandb_logger(run_dir, wandb))
     with open(run_dir / 'config.json', 'w') as fh:
         json.dump(dict(model=module.config.to_dict(), base=module.base, seed=module.seed, optimizer=dict(module.opt_kw),
-                       train_backbone=module.train_backbone,
-                       batch_size=batch_size, accumulate=accumulate, max_steps=max_steps, strategy=strategy), fh, indent=1)
+                       train_backbone=module.train_backbone, scheduler=module.scheduler.to_dict(),
+                       lr_schedule=dict(warmup=module.warmup, schedule=module.lr_schedule), caption=module.caption,
+                       grad_clip=grad_clip, batch_size=batch_size, accumulate=accumulate, max_steps=max_steps,
+                       strategy=strategy, **(extra_config or {})), fh, indent=1)
     trainer = L.Trainer(max_steps=left, accumulate_grad_batches=accumulate, strategy=lightning_strategy(strategy),
                         precision=precision or default_precision(accelerator), accelerator=accelerator, devices=devices,
-                        num_nodes=num_nodes,
+                        num_nodes=num_nodes, gradient_clip_val=grad_clip,
                         logger=loggers, log_every_n_steps=log_every, enable_checkpointing=False,
                         callbacks=[CheckpointCallback(ck_dir, every, keep_last, keep_every), *(callbacks or [])],
                         use_distributed_sampler=False, enable_progress_bar=progress, enable_model_summary=False,

@@ -455,9 +455,15 @@ class WeightsReport:
 
     @property
     def usable(self) -> bool:
-        "True when generation can run: a DiT (InfCam or base), the VAE, the text encoder and the tokenizer are all ok."
+        "True when camera-controlled generation can run: the InfCam DiT, the VAE, the text encoder and the tokenizer are all ok."
         c = self.components
-        return (c['infcam'].ok or c['dit'].ok) and all(c[k].ok for k in ('vae', 'text_encoder', 'tokenizer'))
+        return c['infcam'].ok and all(c[k].ok for k in ('vae', 'text_encoder', 'tokenizer'))
+
+    @property
+    def usable_base_only(self) -> bool:
+        "True when generation WITHOUT camera control can run (asked for explicitly): the base DiT and the encoders are ok."
+        c = self.components
+        return c['dit'].ok and all(c[k].ok for k in ('vae', 'text_encoder', 'tokenizer'))
 
     @property
     def problems(self) -> list[str]:
@@ -471,7 +477,9 @@ class WeightsReport:
         head = ('component', 'status', 'layout', 'tensors', 'dtype', 'file')
         w = [max(len(r[i]) for r in [head, *rows]) for i in range(5)]
         fmt = lambda r: '  '.join(s.ljust(n) for s, n in zip(r, w)) + '  ' + r[5]
-        verdict = 'usable for generation' if self.usable else 'NOT usable for generation'
+        verdict = ('usable for generation' if self.usable else
+                   'NOT usable for generation (only --base-only, without camera control)' if self.usable_base_only else
+                   'NOT usable for generation')
         lines = [f"weights in {self.folder} (expected: {self.spec_name}): {verdict}", fmt(head), *map(fmt, rows)]
         for k, c in self.components.items():
             lines += [f"  {TITLES[k]}: {m}" for m in c.problems] + [f"  {TITLES[k]} (note): {m}" for m in c.notes]
@@ -546,7 +554,7 @@ def check_weights(folder, spec:WeightsSpec|None=None, infcam_checkpoint=None) ->
         except InfcamError as e:
             c.status = 'unreadable'; c.problems.append(str(e))
     if comps['infcam'].status == 'missing' and comps['dit'].ok:
-        comps['infcam'].problems[0] += " (the base DiT alone generates without camera control, as initialised for training)"
+        comps['infcam'].problems[0] += " (the base DiT alone generates only without camera control, if asked for with --base-only)"
     return WeightsReport(folder, comps, 'Wan2.1-T2V-1.3B' if named else f"custom spec (DiT dim {spec.dit.dim}, {spec.dit.num_layers} layers)")
 
 # %% ../nbs/16_weights.ipynb #b4f6e2ec

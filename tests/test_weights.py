@@ -137,13 +137,14 @@ def test_pointing_at_the_wan_folder_itself(release):
     rep = check_weights(release / "Wan2.1-T2V-1.3B", SPEC, infcam_checkpoint=release / "InfCam" / "step35000.ckpt")
     assert rep.usable and rep.problems == []
     rep = check_weights(release / "Wan2.1-T2V-1.3B", SPEC)
-    assert rep["infcam"].status == "missing" and rep.usable        # the base DiT still generates
+    assert rep["infcam"].status == "missing" and not rep.usable    # the base DiT alone: no camera control
+    assert rep.usable_base_only
     assert "step35000.ckpt" in rep.problems[0]
 
 
 def test_diffusers_layout_is_usable(release_diffusers):
     rep = check_weights(release_diffusers, SPEC)
-    assert rep.usable
+    assert rep.usable_base_only and not rep.usable                   # this release has no InfCam checkpoint
     assert {k: c.layout for k, c in rep.components.items() if c.ok} == dict.fromkeys(
         ("dit", "vae", "text_encoder", "tokenizer"), "diffusers")
     assert [c.status for c in rep.components.values()].count("ok") == 4
@@ -171,14 +172,14 @@ def test_missing_file_is_reported(release, tmp_path, victim, component, expected
     assert all(c.ok for k, c in rep.components.items() if k != component)
 
 
-def test_a_dit_is_enough(release, tmp_path):
+def test_the_infcam_checkpoint_is_enough(release, tmp_path):
     root, wan = _copy(release, tmp_path)
     (wan / "diffusion_pytorch_model.safetensors").unlink()
     rep = check_weights(root, SPEC)
-    assert rep.usable and rep["dit"].status == "missing"
+    assert rep.usable and rep["dit"].status == "missing" and not rep.usable_base_only
     shutil.rmtree(root / "InfCam")
     rep = check_weights(root, SPEC)
-    assert not rep.usable
+    assert not rep.usable and not rep.usable_base_only
     assert any("diffusion_pytorch_model.safetensors" in p for p in rep.problems)
     assert any("step35000.ckpt" in p for p in rep.problems)
 
