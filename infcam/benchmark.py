@@ -4,7 +4,7 @@
 
 # %% ../nbs/51_benchmark.ipynb #f5ed9079
 from __future__ import annotations
-import csv, dataclasses, json, math, os, shutil, subprocess, sys, time
+import csv, dataclasses, hashlib, json, math, os, shutil, subprocess, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,9 +17,11 @@ from .cameras import (relative_poses, rigid_inverse, homogeneous, latent_frame_i
                             focal_mm_to_px, pixel_intrinsics)
 
 # %% auto #0
-__all__ = ['VARIANTS', 'BASELINES', 'REFERENCE', 'METRICS', 'ROW_FIELDS', 'BenchConfig', 'make_data', 'eval_pairs',
-           'train_command', 'train_variant', 'copy_source', 'homography_warp', 'TrainedMethod', 'score', 'sample_path',
-           'evaluate', 'summarize', 'markdown_table', 'plot_summary', 'plot_samples', 'run_benchmark']
+__all__ = ['VARIANTS', 'BASELINES', 'REFERENCE', 'METRICS', 'BENCH_CAPTION', 'SMALL_MODEL', 'BACKBONE_DIR', 'ROW_FIELDS',
+           'TEST_SPLITS', 'BenchConfig', 'make_data', 'backbone_settings', 'find_backbone', 'ensure_backbone',
+           'eval_pairs', 'train_command', 'train_variant', 'copy_source', 'homography_warp', 'TrainedMethod', 'score',
+           'sample_path', 'evaluate', 'summarize', 'markdown_table', 'learning_table', 'paired_difference', 'findings',
+           'plot_summary', 'plot_samples', 'run_benchmark']
 
 # %% ../nbs/51_benchmark.ipynb #eb901696
 VARIANTS = {
@@ -36,14 +38,19 @@ REFERENCE = 'ground_truth'
 METRICS = ('PSNR', 'SSIM', 'RotErr', 'TransErr', 'registered')
 
 # %% ../nbs/51_benchmark.ipynb #0c84f5b6
+BENCH_CAPTION = 'a synthetic scene'
+SMALL_MODEL = dict(in_dim=192, out_dim=192, patch_size=(1, 1, 1), text_dim=64, text_len=16)
+
 @dataclass
 class BenchConfig:
-    "Every setting of a benchmark run (data, training budget, generation)."
-    preset: str = 'mini'                 # WanConfig preset of the trained DiT
+    "Every setting of a benchmark run (data, backbone, training budget, generation)."
+    preset: str = 'mini'                 # WanConfig preset of the DiT
+    model: dict = field(default_factory=lambda: dict(SMALL_MODEL))   # WanConfig overrides of the preset
     train_scenes: int = 24               # synthetic training scenes (seeds 0..n-1)
     test_scenes: int = 6                 # held-out scenes (seeds from `test_seed`)
     test_seed: int = 10_000
     pairs_per_scene: int = 2             # (source, target) camera pairs per test scene and split
+    train_pairs: int = 6                 # training pairs scored too (is the model learning?)
     num_frames: int = 17
     height: int = 64
     width: int = 112
@@ -51,17 +58,28 @@ class BenchConfig:
     aug_focals: tuple = (35., 50.)       # refocused training copies (AugMCV)
     test_focal_mm: float = 50.           # target focal length of the 'different' intrinsics split
     random_cameras: int = 4              # random-path cameras per scene, beside the ten presets
-    steps: int = 900                     # training budget per variant (optimizer steps)
+    # the frozen backbone: Wan2.1 weights (`base`), or a small one pretrained here on the training clips
+    base: str|None = None
+    pretrain_steps: int = 3000
+    pretrain_batch: int = 4
+    pretrain_lr: float = 1e-3
+    # diffusion, shared by the backbone and the camera modules
+    shift: float = 2.0                   # timestep shift (Wan: 5 at 480p; 2 suits 64x112)
+    prediction: str = 'sample'           # what the DiT predicts: 'sample' (x0) or 'velocity' (Wan's)
+    caption: str = BENCH_CAPTION         # one fixed caption (random text states): no scene ids in the text
+    # training of the camera modules, per variant and seed
+    steps: int = 600
     batch_size: int = 2
     lr: float = 1e-3
+    warmup: int = 50
+    lr_schedule: str = 'cosine'
+    grad_clip: float|None = 1.0
+    train_backbone: bool = False         # also train the backbone (an experiment; the paper freezes it)
     gen_steps: int = 20                  # Euler steps of the generation
-    cfg: float = 1.0                     # classifier-free guidance (1: off; the text is random here)
+    cfg: float = 1.0                     # classifier-free guidance (1: off; the text is one fixed caption)
     variants: tuple = tuple(VARIANTS)
     baselines: tuple = tuple(BASELINES)
-    seeds: tuple = (0,)
-    patch_size: tuple|None = (1, 1, 1)   # the preset's patch changed: a mini token (192 wide) must hold a whole patch
-    train_backbone: bool = True          # train every weight: the small presets have no pretrained Wan to freeze
-    base: str|None = None                # Wan2.1 DiT weights to start from (the full-size run), frozen unless train_backbone
+    seeds: tuple = (0, 1, 2)
     devices: int|str = 1                 # training processes (GPUs) per variant
     strategy: str = 'auto'
     accelerator: str = 'auto'
@@ -69,10 +87,19 @@ class BenchConfig:
 
     def __post_init__(self):
         self.aug_focals, self.variants, self.baselines, self.seeds = (tuple(x) for x in (self.aug_focals, self.variants, self.baselines, self.seeds))
-        if self.patch_size is not None: self.patch_size = tuple(self.patch_size)
-        for k in ('train_scenes', 'test_scenes', 'pairs_per_scene', 'steps', 'batch_size', 'gen_steps'):
+        self.model = dict(self.model or {})
+        if 'patch_size' in self.model: self.model['patch_size'] = tuple(self.model['patch_size'])
+        for k in ('train_scenes', 'test_scenes', 'pairs_per_scene', 'steps', 'batch_size', 'gen_steps', 'pretrain_steps', 'pretrain_batch'):
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise InfcamError(f"BenchConfig.{k} must be a positive integer, got {v!r}")
+        for k in ('train_pairs', 'warmup'):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0: raise InfcamError(f"BenchConfig.{k} must be an integer >= 0, got {v!r}")
+        for k in ('lr', 'pretrain_lr', 'shift'):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < math.inf): raise InfcamError(f"BenchConfig.{k} must be a positive number, got {v!r}")
+        if self.prediction not in ('sample', 'velocity'): raise InfcamError(f"BenchConfig.prediction must be 'sample' or 'velocity', got {self.prediction!r}")
+        if self.lr_schedule not in ('constant', 'cosine'): raise InfcamError(f"BenchConfig.lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if bad := [v for v in self.variants if v not in VARIANTS]:
             raise InfcamError(f"unknown variant {bad[0]!r}; the variants are {', '.join(VARIANTS)}")
         if bad := [b for b in self.baselines if b not in BASELINES]:
@@ -81,6 +108,8 @@ class BenchConfig:
             raise InfcamError(f"seeds must be a non-empty list of integers >= 0, got {list(self.seeds)}")
         if not self.test_focal_mm > self.focal_mm or any(f <= self.focal_mm for f in self.aug_focals):
             raise InfcamError(f"test_focal_mm and aug_focals must be longer than focal_mm={self.focal_mm} (refocusing crops)")
+        from infcam.models import WanConfig
+        WanConfig.preset(self.preset, **self.model)                  # an unknown preset or field fails here
         if self.preset == 'wan2.1-t2v-1.3b' and self.height * self.width < 256 * 256:
             raise InfcamError("the full-size preset wants real resolutions: set height and width (e.g. 480x832)")
         if self.preset == 'wan2.1-t2v-1.3b' and self.base is None and not self.train_backbone:
@@ -90,16 +119,18 @@ class BenchConfig:
     def budget(cls, name:str='mini', **overrides) -> BenchConfig:
         "A named budget ('smoke', 'mini', 'full') with any field overridden."
         budgets = dict(
-            smoke=dict(preset='tiny', train_scenes=2, test_scenes=1, pairs_per_scene=1, num_frames=9, height=64, width=112,
-                       random_cameras=0, steps=4, gen_steps=2),
+            smoke=dict(train_scenes=4, test_scenes=2, pairs_per_scene=1, train_pairs=2, steps=150, warmup=20,
+                       gen_steps=10, seeds=(0,)),
             mini={},
-            full=dict(preset='wan2.1-t2v-1.3b', train_scenes=64, test_scenes=10, num_frames=81, height=480, width=832,
-                      steps=5000, lr=1e-4, gen_steps=20, devices=4, strategy='deepspeed_stage_1', train_backbone=False,
-                      patch_size=None))
+            full=dict(preset='wan2.1-t2v-1.3b', model={}, train_scenes=64, test_scenes=10, num_frames=81, height=480,
+                      width=832, steps=5000, lr=1e-4, warmup=0, lr_schedule='constant', shift=5.0, prediction='velocity',
+                      gen_steps=20, devices=4, strategy='deepspeed_stage_1', seeds=(0,)))
         if name not in budgets: raise InfcamError(f"unknown budget {name!r}; use one of {', '.join(budgets)}")
         return cls(**{**budgets[name], **overrides})
 
-    def to_dict(self) -> dict: return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else {a: list(b) if isinstance(b, tuple) else b for a, b in v.items()}
+                    if isinstance(v, dict) else v) for k, v in dataclasses.asdict(self).items()}
 
 # %% ../nbs/51_benchmark.ipynb #a6063514
 def make_data(root, cfg:BenchConfig, progress:bool=True) -> dict:
@@ -117,13 +148,70 @@ def make_data(root, cfg:BenchConfig, progress:bool=True) -> dict:
     make_dataset(root / 'test', cfg.test_scenes, seed=cfg.test_seed, focal_mms=(cfg.focal_mm, cfg.test_focal_mm), **kw)
     return dict(train=root / 'train', test=root / 'test')
 
+# %% ../nbs/51_benchmark.ipynb #17750d0c
+def _repo_root() -> Path:
+    import importlib.util
+    return Path(importlib.util.find_spec('infcam').origin).resolve().parents[1]
+
+BACKBONE_DIR = _repo_root() / 'data' / 'backbones'     # backbones committed with a source checkout
+
+def backbone_settings(cfg:BenchConfig) -> dict:
+    "Everything that determines the pretrained backbone: its model, the clips it sees, the pretraining and the diffusion."
+    from infcam.models import WanConfig
+    return dict(model=WanConfig.preset(cfg.preset, **cfg.model).to_dict(), num_frames=cfg.num_frames, height=cfg.height,
+                width=cfg.width, focal_mm=cfg.focal_mm, aug_focals=list(cfg.aug_focals), random_cameras=cfg.random_cameras,
+                steps=cfg.pretrain_steps, batch=cfg.pretrain_batch, lr=cfg.pretrain_lr, shift=cfg.shift,
+                prediction=cfg.prediction, caption=cfg.caption)
+
+def find_backbone(cfg:BenchConfig, folders=None) -> Path|None:
+    "A pretrained backbone of `cfg` (its `backbone_settings` in the file's metadata) in `data/backbones/` or the cache."
+    from safetensors import safe_open
+    from infcam.generate import cache_dir
+    want = backbone_settings(cfg)
+    for folder in folders or (BACKBONE_DIR, cache_dir() / 'backbones'):
+        for f in sorted(Path(folder).glob('*.safetensors')) if Path(folder).is_dir() else []:
+            try:
+                with safe_open(str(f), 'pt') as h: meta = h.metadata() or {}
+                if json.loads(meta.get('bench', 'null')) == want: return f
+            except Exception: continue                                # a broken or foreign file is not ours
+    return None
+
+def ensure_backbone(cfg:BenchConfig, data:dict, progress:bool=True) -> Path:
+    """The frozen backbone of the benchmark: `cfg.base` (Wan2.1 weights), else a pretrained one found by `find_backbone`,
+    else one pretrained now on the training clips (resumable) and kept in the cache for every later run."""
+    if cfg.base is not None:
+        if not Path(cfg.base).exists(): raise InfcamError(f"base weights not found: {cfg.base}")
+        return Path(cfg.base)
+    if (f := find_backbone(cfg)) is not None: return f
+    from infcam.generate import cache_dir
+    from infcam.models import WanConfig
+    from infcam.pretrain import pretrain_backbone
+    settings = backbone_settings(cfg)
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    out = cache_dir() / 'backbones' / f'{cfg.preset}-{key}.safetensors'
+    return pretrain_backbone(data['train'], out, WanConfig.preset(cfg.preset, **cfg.model), cfg.pretrain_steps,
+                             num_frames=cfg.num_frames, batch_size=cfg.pretrain_batch, lr=cfg.pretrain_lr, shift=cfg.shift,
+                             prediction=cfg.prediction, caption=cfg.caption, dtype=torch.bfloat16, progress=progress,
+                             metadata=dict(bench=json.dumps(settings)))
+
 # %% ../nbs/51_benchmark.ipynb #f7e0df49
-def eval_pairs(test_root, cfg:BenchConfig) -> list[dict]:
+def _pair(split:str, scene:str, k:int, src_e, tgt_e, s:str, t:str, f_src:float, f_tgt:float, caption:str, cfg:BenchConfig) -> dict:
+    from infcam.data import scene_poses
+    c_src, c_tgt = scene_poses(src_e)[s], scene_poses(tgt_e)[t]
+    c2w = relative_poses(c_src[0], c_tgt[:cfg.num_frames])
+    return dict(split=split, scene=scene, pair=k, source_camera=s, target_camera=t, source=src_e.cameras[s],
+                target=tgt_e.cameras[t], caption=caption, K_src=_K(f_src, cfg), K_tgt=_K(f_tgt, cfg), c2w=c2w,
+                ref=relative_poses(c2w[0], c2w), src_c2w=relative_poses(c_src[0], c_src[:cfg.num_frames]))
+
+def eval_pairs(test_root, cfg:BenchConfig, train_root=None) -> list[dict]:
     """The evaluation pairs: dicts with `split`, `scene`, `source`/`target` video paths, `caption`, `K_src`/`K_tgt` pixel
-    intrinsics (4,), `c2w` (F, 4, 4) the target path in the source's first camera frame, and `ref` (F, 4, 4) the
-    target path relative to its own first frame."""
+    intrinsics (4,), `c2w` (F, 4, 4) the target path in the source's first camera frame, `ref` (F, 4, 4) the target
+    path relative to its own first frame, and `src_c2w` the source's path. Splits: `shared` and `different` (held-out
+    scenes, target through the source's lens or through `test_focal_mm`); with `train_root`, `train` (pairs of the
+    first training scenes: is the model learning?); with two test scenes or more, `swapped` (the first `shared` pairs
+    with the source of another test scene: does the model use its source?)."""
     from infcam.synthetic import setting_name
-    from infcam.data import MultiCamDataset, scene_poses
+    from infcam.data import MultiCamDataset
     index = MultiCamDataset(test_root, on_error='raise')
     by = {(e.setting, e.path.name): e for e in index.scenes}
     rng = np.random.default_rng(cfg.test_seed)
@@ -136,31 +224,44 @@ def eval_pairs(test_root, cfg:BenchConfig) -> list[dict]:
         for k in range(cfg.pairs_per_scene):
             s, t = rng.choice(len(cams), 2, replace=False)
             for split, f_t in (('shared', cfg.focal_mm), ('different', cfg.test_focal_mm)):
-                tgt_e = by[(setting_name(f_t), name)]
-                c_src, c_tgt = scene_poses(src_e)[cams[s]], scene_poses(tgt_e)[cams[t]]
-                c2w = relative_poses(c_src[0], c_tgt[:cfg.num_frames])
-                pairs.append(dict(split=split, scene=name, pair=k, source_camera=cams[s], target_camera=cams[t],
-                                  source=src_e.cameras[cams[s]], target=tgt_e.cameras[cams[t]],
-                                  caption=index.caption(src_e, cams[s]),
-                                  K_src=_K(cfg.focal_mm, cfg), K_tgt=_K(f_t, cfg), c2w=c2w,
-                                  ref=relative_poses(c2w[0], c2w), src_c2w=relative_poses(c_src[0], c_src[:cfg.num_frames])))
+                pairs.append(_pair(split, name, k, src_e, by[(setting_name(f_t), name)], cams[s], cams[t], cfg.focal_mm,
+                                   f_t, index.caption(src_e, cams[s]), cfg))
+    shared = [p for p in pairs if p['split'] == 'shared']
+    if cfg.test_scenes > 1:
+        n = cfg.pairs_per_scene
+        for j, p in enumerate(shared[:cfg.train_pairs or len(shared)]):
+            other = shared[(j + n) % len(shared)]                     # the same pair of the next scene
+            pairs.append({**p, 'split': 'swapped', 'source': other['source']})
+    if train_root is not None and cfg.train_pairs:
+        tr = MultiCamDataset(train_root, on_error='raise')
+        tby = {(e.setting, e.path.name): e for e in tr.scenes}
+        trng = np.random.default_rng(cfg.test_seed + 1)
+        for j in range(cfg.train_pairs):
+            name = f'scene{j % cfg.train_scenes + 1}'
+            e = tby.get((setting_name(cfg.focal_mm), name))
+            if e is None: raise InfcamError(f"{train_root}: training scene {name} at {cfg.focal_mm} mm is missing (run make_data)")
+            cams = sorted(e.cameras)
+            s, t = trng.choice(len(cams), 2, replace=False)
+            pairs.append(_pair('train', name, j, e, e, cams[s], cams[t], cfg.focal_mm, cfg.focal_mm, tr.caption(e, cams[s]), cfg))
     return pairs
 
 def _K(f_mm:float, cfg:BenchConfig) -> Tensor:
     return pixel_intrinsics(focal_mm_to_px(f_mm, cfg.height, cfg.width), cfg.height, cfg.width).float()
 
 # %% ../nbs/51_benchmark.ipynb #481da991
-def train_command(variant:str, seed:int, data:dict, run_dir, cfg:BenchConfig) -> list[str]:
-    "The `python -m infcam.train` command line of `variant` with `seed`."
+def train_command(variant:str, seed:int, data:dict, run_dir, cfg:BenchConfig, backbone=None) -> list[str]:
+    "The `python -m infcam.train` command line of `variant` with `seed`, on the frozen `backbone` (a weights file)."
     if variant not in VARIANTS: raise InfcamError(f"unknown variant {variant!r}; the variants are {', '.join(VARIANTS)}")
-    return [sys.executable, '-m', 'infcam.train', str(data['train']), '--run-dir', str(run_dir), '--preset', cfg.preset,
-            '--codec', 'pixel', '--random-text', '--num-frames', str(cfg.num_frames), '--height', str(cfg.height),
-            '--width', str(cfg.width), '--max-steps', str(cfg.steps), '--batch-size', str(cfg.batch_size),
-            '--lr', str(cfg.lr), '--seed', str(seed), '--every', str(max(1, cfg.steps // 4)), '--keep-last', '1',
-            '--devices', str(cfg.devices), '--strategy', cfg.strategy, '--accelerator', cfg.accelerator,
-            '--num-workers', '0', *(['--train-backbone'] if cfg.train_backbone else []),
-            *(['--base', str(cfg.base)] if cfg.base else []),
-            *(['--patch-size', *map(str, cfg.patch_size)] if cfg.patch_size else []), *VARIANTS[variant]['args']]
+    return [sys.executable, '-m', 'infcam.train', str(data['train']), '--run-dir', str(run_dir),
+            *(['--base', str(backbone)] if backbone is not None else ['--preset', cfg.preset]),
+            '--codec', 'pixel', '--random-text', '--caption', cfg.caption, '--num-frames', str(cfg.num_frames),
+            '--height', str(cfg.height), '--width', str(cfg.width), '--max-steps', str(cfg.steps),
+            '--batch-size', str(cfg.batch_size), '--lr', str(cfg.lr), '--warmup', str(cfg.warmup),
+            '--lr-schedule', cfg.lr_schedule, *(['--grad-clip', str(cfg.grad_clip)] if cfg.grad_clip else []),
+            '--shift', str(cfg.shift), '--prediction', cfg.prediction, '--seed', str(seed),
+            '--every', str(max(1, cfg.steps // 4)), '--keep-last', '1', '--devices', str(cfg.devices),
+            '--strategy', cfg.strategy, '--accelerator', cfg.accelerator, '--num-workers', '0',
+            *(['--train-backbone'] if cfg.train_backbone else []), *VARIANTS[variant]['args']]
 
 def _logged_step(run_dir:Path) -> int:
     from infcam.training import read_losses
@@ -174,13 +275,13 @@ def _trained(run_dir:Path, steps:int) -> Path|None:
     cks = list_checkpoints(Path(run_dir) / 'ckpt')
     return cks[-1] if cks and int(cks[-1].name[4:]) >= steps else None
 
-def train_variant(variant:str, seed:int, data:dict, run_dir, cfg:BenchConfig, progress:bool=True) -> Path:
+def train_variant(variant:str, seed:int, data:dict, run_dir, cfg:BenchConfig, progress:bool=True, backbone=None) -> Path:
     """Train (or resume, or find finished) `variant` with `seed` in `run_dir`; the process's output goes to
     `run_dir/train.log`. Returns the last checkpoint. A failed run raises `InfcamError` with the log's last lines."""
     from tqdm.auto import tqdm
     run_dir = Path(run_dir); run_dir.mkdir(parents=True, exist_ok=True)
     if (ck := _trained(run_dir, cfg.steps)) is not None: return ck
-    cmd = train_command(variant, seed, data, run_dir, cfg)
+    cmd = train_command(variant, seed, data, run_dir, cfg, backbone)
     log = run_dir / 'train.log'
     bar = tqdm(total=cfg.steps, desc=f'train {variant} s{seed}', unit='step', disable=not progress)
     with open(log, 'a') as fh:
@@ -217,19 +318,19 @@ def homography_warp(pair:dict, frames:Tensor) -> Tensor:
 class TrainedMethod:
     "A trained checkpoint as a method: `method(pair, frames)` generates the target view."
     def __init__(self, ckpt, cfg:BenchConfig, device:str='auto'):
-        from infcam.training import load_trained
+        from infcam.training import load_trained, trained_scheduler
         from infcam.pipeline import InfCamPipeline, RandomTextEncoder
         from infcam.vae import PixelCodec
         dev = ('cuda' if torch.cuda.is_available() else 'cpu') if device == 'auto' else device
         model = load_trained(ckpt, device=dev)
         self.cfg, self.ckpt = cfg, Path(ckpt)
         self.pipe = InfCamPipeline(model, PixelCodec(), RandomTextEncoder(model.config.text_dim, text_len=model.config.text_len),
-                                   device=dev)
+                                   trained_scheduler(ckpt), device=dev)
 
     def __call__(self, pair:dict, frames:Tensor) -> Tensor:
         c = self.cfg
         zoom = float(pair['K_tgt'][0] / pair['K_src'][0])
-        return self.pipe(frames, pair['caption'], pair['c2w'], intrinsics=pair['K_src'], num_frames=c.num_frames,
+        return self.pipe(frames, c.caption, pair['c2w'], intrinsics=pair['K_src'], num_frames=c.num_frames,
                          height=c.height, width=c.width, steps=c.gen_steps, cfg=c.cfg, zoom=zoom, seed=0, progress=False)
 
 # %% ../nbs/51_benchmark.ipynb #a94bbe4a
@@ -306,17 +407,86 @@ def summarize(rows:list[dict]) -> list[dict]:
         out.append(d)
     return out
 
+TEST_SPLITS = ('shared', 'different')
+
 def _fmt(v:float, se:float, digits:int) -> str:
     if not math.isfinite(v): return '—'
     return f"{v:.{digits}f}" + (f" ± {se:.{digits}f}" if math.isfinite(se) else '')
 
-def markdown_table(summary:list[dict]) -> str:
-    "The summary as a markdown table, one row per method and split."
+def markdown_table(summary:list[dict], splits=TEST_SPLITS) -> str:
+    "The summary as a markdown table, one row per method and split (the held-out splits by default)."
     lines = ['| method | split | PSNR ↑ | SSIM ↑ | RotErr (deg) ↓ | TransErr ↓ | registered |', '|---|---|---|---|---|---|---|']
     for d in summary:
+        if splits is not None and d['split'] not in splits: continue
         lines.append(f"| {d['method']} | {d['split']} | {_fmt(d['PSNR'], d['PSNR_se'], 2)} | {_fmt(d['SSIM'], d['SSIM_se'], 3)} | "
                      f"{_fmt(d['RotErr'], d['RotErr_se'], 2)} | {_fmt(d['TransErr'], d['TransErr_se'], 3)} | {d['registered']:.2f} |")
     return '\n'.join(lines) + '\n'
+
+def learning_table(summary:list[dict]) -> str:
+    """PSNR on training pairs, on held-out pairs (`shared`), and on the same held-out pairs given another scene's source
+    (`swapped`), per method: "learning" shows as train vs held-out, "using the source" as the drop when it is swapped."""
+    get = {(d['method'], d['split']): d for d in summary}
+    lines = ['| method | PSNR train | PSNR held-out (shared) | PSNR with another scene\'s source | drop |', '|---|---|---|---|---|']
+    for m in dict.fromkeys(d['method'] for d in summary):
+        if m == REFERENCE: continue
+        tr, ho, sw = (get.get((m, s), {}) for s in ('train', 'shared', 'swapped'))
+        drop = ho.get('PSNR', math.nan) - sw.get('PSNR', math.nan)
+        lines.append(f"| {m} | {_fmt(tr.get('PSNR', math.nan), tr.get('PSNR_se', math.nan), 2)} | "
+                     f"{_fmt(ho.get('PSNR', math.nan), ho.get('PSNR_se', math.nan), 2)} | "
+                     f"{_fmt(sw.get('PSNR', math.nan), sw.get('PSNR_se', math.nan), 2)} | {_fmt(drop, math.nan, 2)} |")
+    return '\n'.join(lines) + '\n'
+
+# %% ../nbs/51_benchmark.ipynb #f7a58c6a
+def _per_clip(rows:list[dict], method:str, split:str, k:str) -> dict:
+    "`{(scene, pair): value of k}` for `method` on `split`, averaged over its seeds."
+    d = {}
+    for r in rows:
+        if r['method'] == method and r['split'] == split and math.isfinite(r[k]): d.setdefault((r['scene'], r['pair']), []).append(r[k])
+    return {c: float(np.mean(v)) for c, v in d.items()}
+
+def paired_difference(rows:list[dict], a:str, b:str, split:str, k:str='PSNR', split_b:str|None=None) -> tuple[float, float, int]:
+    """Mean and standard error of `a - b` in metric `k` over the clips of `split` (of `split_b` for `b`, if given) that
+    both scored, each method's value of a clip averaged over its seeds first; and the number of clips."""
+    pa, pb = _per_clip(rows, a, split, k), _per_clip(rows, b, split_b or split, k)
+    diff = np.array([pa[c] - pb[c] for c in pa if c in pb])
+    if len(diff) == 0: return math.nan, math.nan, 0
+    return float(diff.mean()), (float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else math.nan), len(diff)
+
+def _verdict(d:float, se:float, yes:str, no:str, none:str) -> str:
+    if not math.isfinite(d): return 'cannot be told (not measured)'
+    if not math.isfinite(se): return f"{yes if d > 0 else no} on this one clip ({d:+.2f} dB)"
+    return f"{yes if d > 2 * se else no if d < -2 * se else none} ({d:+.2f} ± {se:.2f} dB)"
+
+def findings(rows:list[dict], summary:list[dict], method:str='full') -> list[str]:
+    """Sentences computed from the rows: does `method` beat the baselines, learn, use its source; do the ablated parts
+    help? A difference counts when it is larger than twice its standard error (clips paired)."""
+    get = {(d['method'], d['split']): d for d in summary}
+    have = {d['method'] for d in summary}
+    out = []
+    if method in have:
+        for sp in TEST_SPLITS:
+            if (method, sp) not in get: continue
+            x = get[(method, sp)]['PSNR']
+            base = [b for b in BASELINES if (b, sp) in get]
+            beats = [b for b in base if x > get[(b, sp)]['PSNR']]
+            lost = [b for b in base if b not in beats]
+            out.append(f"{method} {'beats ' + ' and '.join(beats) if beats else 'beats no baseline'}"
+                       f"{' but not ' + ' or '.join(lost) if beats and lost else ''} on held-out PSNR ({sp}): {x:.2f} dB vs "
+                       + ', '.join(f"{b} {get[(b, sp)]['PSNR']:.2f}" for b in base))
+        if (method, 'train') in get and (method, 'shared') in get:
+            out.append(f"{method} scores {get[(method, 'train')]['PSNR']:.2f} dB on training pairs and "
+                       f"{get[(method, 'shared')]['PSNR']:.2f} dB on held-out pairs (shared)")
+        if (method, 'swapped') in get:
+            d, se, n = paired_difference(rows, method, method, 'shared', split_b='swapped')
+            out.append(f"with another scene's source instead of its own ({n} clips), {method}'s PSNR " + _verdict(d, se,
+                       'drops: it uses its source', 'rises: it ignores its source', 'does not change detectably: it barely uses its source'))
+    for other, part, split in (('no_warp', 'the warping module', 'different'), ('no_aug', 'the refocusing augmentation', 'different'),
+                               ('exact_warp', 'the released warp convention (vs the exact one)', 'shared')):
+        if method in have and other in have:
+            d, se, n = paired_difference(rows, method, other, split)
+            out.append(f"{part}: {method} − {other} on held-out PSNR ({split}, {n} clips): "
+                       + _verdict(d, se, 'helps', 'hurts', 'no detectable difference at this scale'))
+    return out
 
 # %% ../nbs/51_benchmark.ipynb #5798f66d
 def plot_summary(summary:list[dict], path, title:str='') -> Path:
@@ -386,20 +556,29 @@ def _check_out(out:Path, cfg:BenchConfig, overwrite:bool):
     with atomic_path(f) as tmp: Path(tmp).write_text(json.dumps(cfg.to_dict(), indent=1))
 
 def run_benchmark(out, cfg:BenchConfig|None=None, figures=None, overwrite:bool=False, progress:bool=True) -> dict:
-    """Run (or resume) the benchmark `cfg` in `out`; returns dict(summary, rows, table (markdown), files, seconds)."""
+    """Run (or resume) the benchmark `cfg` in `out`; returns dict(summary, rows, table (markdown), learning (markdown),
+    findings (sentences), files, seconds, timing)."""
     t0 = time.perf_counter()
     cfg = cfg or BenchConfig.budget('mini')
     out = Path(out)
     _check_out(out, cfg, overwrite)
+    tf = out / 'timing.json'                                          # stages done earlier keep their first timing
+    old = json.loads(tf.read_text()) if tf.is_file() else {}
+    timing = {}                                                       # seconds of the work this call did
+    t = time.perf_counter(); fresh = not (out / 'data' / 'test').is_dir()
     data = make_data(out / 'data', cfg, progress)
-    pairs = eval_pairs(data['test'], cfg)
-    rows, timing = [], {}                                             # seconds of the work this call did
+    if fresh: timing['data'] = time.perf_counter() - t
+    t = time.perf_counter(); fresh = cfg.base is None and find_backbone(cfg) is None
+    backbone = ensure_backbone(cfg, data, progress)
+    if fresh: timing['pretrain backbone'] = time.perf_counter() - t
+    pairs = eval_pairs(data['test'], cfg, data['train'])
+    rows = []
     methods = [(REFERENCE, None, 0)] + [(b, globals()[b], 0) for b in cfg.baselines]
     for v in cfg.variants:
         for s in cfg.seeds:
             t, run = time.perf_counter(), out / 'runs' / f'{v}-s{s}'
             done = _trained(run, cfg.steps) is not None
-            ck = train_variant(v, s, data, run, cfg, progress)
+            ck = train_variant(v, s, data, run, cfg, progress, backbone)
             if not done: timing[f'train {v}-s{s}'] = time.perf_counter() - t
             methods.append((v, ck, s))
     sample_pair = max(i for i, p in enumerate(pairs) if p['split'] == 'different')   # the last 'different' pair
@@ -418,13 +597,15 @@ def run_benchmark(out, cfg:BenchConfig|None=None, figures=None, overwrite:bool=F
             sp = sample_path(csv_path)
             sample[name] = load_file(str(sp))['frames'] if sp.is_file() else fn(pair, src)
     summary = summarize(rows)
-    table = markdown_table(summary)
+    table, learning, found = markdown_table(summary), learning_table(summary), findings(rows, summary)
     files = dict(csv=out / 'table.csv', md=out / 'table.md', plot=out / 'ablation.png', samples=out / 'samples.png')
     _write_rows(files['csv'], summary, ['method', 'split', 'clips', 'seeds', *[x for k in METRICS for x in (k, k + '_se')]])
+    n_test = sum(p['split'] in TEST_SPLITS for p in pairs)
     title = (f"{cfg.preset}, {cfg.steps} steps x batch {cfg.batch_size}, {cfg.num_frames}x{cfg.height}x{cfg.width}, "
-             f"{len(pairs)} test clips, seeds {list(cfg.seeds)}")
-    with atomic_path(files['md']) as tmp: Path(tmp).write_text(f"{title}\n\n{table}")
-    plot_summary(summary, files['plot'], title)
+             f"{n_test} test clips, seeds {list(cfg.seeds)}")
+    with atomic_path(files['md']) as tmp:
+        Path(tmp).write_text(f"{title}\n\n{table}\n{learning}\n" + ''.join(f"- {s}\n" for s in found))
+    plot_summary([d for d in summary if d['split'] in TEST_SPLITS], files['plot'], title)
     plot_samples(pair, sample, cfg.num_frames, files['samples'])
     if figures is not None:
         figures = Path(figures); figures.mkdir(parents=True, exist_ok=True)
@@ -432,7 +613,6 @@ def run_benchmark(out, cfg:BenchConfig|None=None, figures=None, overwrite:bool=F
             dst = figures / {'csv': 'ablation.csv', 'md': 'ablation.md', 'plot': 'ablation.png', 'samples': 'ablation_samples.png'}[k]
             shutil.copyfile(f, dst); files[k + '_figure'] = dst
     secs = time.perf_counter() - t0
-    tf = out / 'timing.json'                                          # stages done earlier keep their first timing
-    old = json.loads(tf.read_text()) if tf.is_file() else {}
     with atomic_path(tf) as tmp: Path(tmp).write_text(json.dumps({**old, **timing, 'last call': secs}, indent=1))
-    return dict(summary=summary, rows=rows, table=table, files=files, seconds=secs, timing=timing)
+    return dict(summary=summary, rows=rows, table=table, learning=learning, findings=found, files=files, seconds=secs,
+                timing=timing, backbone=backbone)

@@ -5,6 +5,7 @@
 # %% ../nbs/07_cli.ipynb #f89de78f
 from __future__ import annotations
 import argparse, sys
+from pathlib import Path
 from .core import InfcamError
 
 # %% auto #0
@@ -62,12 +63,17 @@ def _prepare(a):
 def _bench(a):
     from infcam.benchmark import BenchConfig, run_benchmark
     over = {k: getattr(a, k) for k in ('steps', 'preset', 'base', 'variants', 'baselines', 'seeds', 'devices', 'strategy', 'train_scenes',
-                                       'test_scenes', 'num_frames', 'height', 'width', 'gen_device') if getattr(a, k) is not None}
+                                       'test_scenes', 'num_frames', 'height', 'width', 'gen_device', 'pretrain_steps', 'shift',
+                                       'prediction', 'lr') if getattr(a, k) is not None}
     if isinstance(over.get('devices'), str) and over['devices'].isdigit(): over['devices'] = int(over['devices'])
     cfg = BenchConfig.budget(a.budget, **over)
     out = a.out or f'runs/bench-{a.budget}'
+    if a.pretrain_only:
+        from infcam.benchmark import make_data, ensure_backbone
+        print(f"backbone: {ensure_backbone(cfg, make_data(Path(out) / 'data', cfg, not a.quiet), not a.quiet)}")
+        return
     res = run_benchmark(out, cfg, figures=a.figures, overwrite=a.overwrite, progress=not a.quiet)
-    print(res['table'], end='')
+    print(res['table'] + '\n' + res['learning'] + '\n' + ''.join(f'- {s}\n' for s in res['findings']), end='')
     print(f"{res['seconds'] / 60:.1f} min; table, plot and samples in {out}" + (f" and {a.figures}" if a.figures else ''))
 
 def _augment(a):
@@ -165,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description='Train the InfCam variants (full, no_warp, no_aug, exact_warp) on synthetic scenes, generate '
                                     'held-out target views, score them (PSNR/SSIM vs the rendered view, RotErr/TransErr vs the '
                                     'requested path) beside the copy-source and homography-warp baselines. Resumable.')
-    be.add_argument('budget', choices=['mini', 'smoke', 'full'], help='mini: within an hour on 2 CPU cores; smoke: a minute; full: GPUs')
+    be.add_argument('budget', choices=['mini', 'smoke', 'full'], help='mini: within an hour on 2 CPU cores; smoke: a few minutes; full: GPUs')
     be.add_argument('--out', help='working folder (default runs/bench-BUDGET); running again resumes')
     be.add_argument('--figures', help='also copy the table (csv, md) and the plots here, e.g. figures')
     be.add_argument('--steps', type=int, help='training steps per variant')
@@ -173,12 +179,16 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument('--base', help='Wan2.1 DiT weights to start from (the full budget needs them)')
     be.add_argument('--variants', nargs='+', help='subset of full no_warp no_aug exact_warp')
     be.add_argument('--baselines', nargs='*', help='subset of copy_source homography_warp')
-    be.add_argument('--seeds', nargs='+', type=int, help='training seeds (default 0)')
+    be.add_argument('--seeds', nargs='+', type=int, help='training seeds (mini: 0 1 2)')
     be.add_argument('--devices', help='training processes (GPUs) per variant')
     be.add_argument('--strategy', help='auto, ddp, deepspeed_stage_1/2/3')
     be.add_argument('--train-scenes', type=int); be.add_argument('--test-scenes', type=int)
     be.add_argument('--num-frames', type=int); be.add_argument('--height', type=int); be.add_argument('--width', type=int)
     be.add_argument('--gen-device', help="device of the generations (default 'auto')")
+    be.add_argument('--pretrain-only', action='store_true', help='only render the training data and pretrain (or find) the small backbone')
+    be.add_argument('--pretrain-steps', type=int, help='steps of the small backbone\'s pretraining')
+    be.add_argument('--shift', type=float, help='timestep shift (mini: 2)'); be.add_argument('--lr', type=float, help='learning rate of the camera modules')
+    be.add_argument('--prediction', choices=['sample', 'velocity'], help="what the DiT predicts (mini: 'sample')")
     be.add_argument('--overwrite', action='store_true', help='start afresh if the folder holds a benchmark with other settings')
     be.add_argument('--quiet', action='store_true', help='no progress bars')
     be.set_defaults(func=_bench)

@@ -71,17 +71,18 @@ def run(args) -> Path:
         over['patch_size'] = tuple(args.patch_size)
     cfg = None if args.base else WanConfig.preset(args.preset, **{k: v for k, v in over.items() if k == 'patch_size'})
     if cfg is not None and cfg.in_dim != ch: over.update(in_dim=ch, out_dim=ch)
-    te = None
-    if args.random_text:
-        from infcam.pipeline import RandomTextEncoder
-        te = RandomTextEncoder((cfg.text_dim if cfg else 4096), text_len=cfg.text_len if cfg else 512)
-    elif cfg is not None and item['context'].shape[-1] != cfg.text_dim:
+    if not args.random_text and cfg is not None and item['context'].shape[-1] != cfg.text_dim:
         raise InfcamError(f"cached text states have width {item['context'].shape[-1]}, preset {args.preset!r} expects {cfg.text_dim}")
     devices = int(args.devices) if str(args.devices).isdigit() else args.devices
     if args.num_nodes < 1: raise InfcamError(f"--num-nodes must be at least 1, got {args.num_nodes}")
     m = InfCamModule(cfg or args.preset, base=args.base, seed=args.seed, lr=args.lr, weight_decay=args.weight_decay,
-                     text_encoder=te, train_backbone=args.train_backbone, shift=args.shift, prediction=args.prediction,
+                     train_backbone=args.train_backbone, shift=args.shift, prediction=args.prediction,
                      warmup=args.warmup, lr_schedule=args.lr_schedule, caption=args.caption, **over)
+    if args.random_text:                                              # sized by the model (a --base sets its own text_dim)
+        from infcam.pipeline import RandomTextEncoder
+        m.text_encoder = RandomTextEncoder(m.config.text_dim, text_len=m.config.text_len)
+    elif item['context'].shape[-1] != m.config.text_dim:
+        raise InfcamError(f"cached text states have width {item['context'].shape[-1]}; the model expects {m.config.text_dim}")
     data = dict(codec=args.codec, text='random' if args.random_text else (args.text or ds.text), num_frames=args.num_frames,
                 height=round(2 * float(item['K_tgt'][3])), width=round(2 * float(item['K_tgt'][2])))   # centred principal point
     fit(m, ds, args.run_dir, args.max_steps, batch_size=args.batch_size, accumulate=args.accumulate, every=args.every,
