@@ -58,6 +58,7 @@ class BenchConfig:
     aug_focals: tuple = (35., 50.)       # refocused training copies (AugMCV)
     test_focal_mm: float = 50.           # target focal length of the 'different' intrinsics split
     random_cameras: int = 4              # random-path cameras per scene, beside the ten presets
+    codec: str = 'pixel'                   # weight-free codec of the small budgets ('dct' or 'pixel'; the full budget: 'wanvae')
     # the frozen backbone: Wan2.1 weights (`base`), or a small one pretrained here on the training clips
     base: str|None = None
     pretrain_steps: int = 3000
@@ -68,14 +69,14 @@ class BenchConfig:
     prediction: str = 'sample'           # what the DiT predicts: 'sample' (x0) or 'velocity' (Wan's)
     caption: str = BENCH_CAPTION         # one fixed caption (random text states): no scene ids in the text
     # training of the camera modules, per variant and seed
-    steps: int = 600
+    steps: int = 500
     batch_size: int = 2
     lr: float = 1e-3
     warmup: int = 50
     lr_schedule: str = 'cosine'
     grad_clip: float|None = 1.0
     train_backbone: bool = False         # also train the backbone (an experiment; the paper freezes it)
-    gen_steps: int = 20                  # Euler steps of the generation
+    gen_steps: int = 10                  # Euler steps of the generation
     cfg: float = 1.0                     # classifier-free guidance (1: off; the text is one fixed caption)
     variants: tuple = tuple(VARIANTS)
     baselines: tuple = tuple(BASELINES)
@@ -99,6 +100,8 @@ class BenchConfig:
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < math.inf): raise InfcamError(f"BenchConfig.{k} must be a positive number, got {v!r}")
         if self.prediction not in ('sample', 'velocity'): raise InfcamError(f"BenchConfig.prediction must be 'sample' or 'velocity', got {self.prediction!r}")
+        from infcam.vae import CODECS
+        if self.codec not in (*CODECS, 'wanvae'): raise InfcamError(f"BenchConfig.codec must be one of {', '.join(CODECS)} or 'wanvae', got {self.codec!r}")
         if self.lr_schedule not in ('constant', 'cosine'): raise InfcamError(f"BenchConfig.lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if bad := [v for v in self.variants if v not in VARIANTS]:
             raise InfcamError(f"unknown variant {bad[0]!r}; the variants are {', '.join(VARIANTS)}")
@@ -124,7 +127,7 @@ class BenchConfig:
             mini={},
             full=dict(preset='wan2.1-t2v-1.3b', model={}, train_scenes=64, test_scenes=10, num_frames=81, height=480,
                       width=832, steps=5000, lr=1e-4, warmup=0, lr_schedule='constant', shift=5.0, prediction='velocity',
-                      gen_steps=20, devices=4, strategy='deepspeed_stage_1', seeds=(0,)))
+                      gen_steps=20, devices=4, strategy='deepspeed_stage_1', seeds=(0,), codec='pixel'))
         if name not in budgets: raise InfcamError(f"unknown budget {name!r}; use one of {', '.join(budgets)}")
         return cls(**{**budgets[name], **overrides})
 
@@ -138,13 +141,13 @@ def make_data(root, cfg:BenchConfig, progress:bool=True) -> dict:
     from infcam.synthetic import make_dataset
     from infcam.augment import augment
     from infcam.data import prepare
-    from infcam.vae import PixelCodec
+    from infcam.vae import weightless_codec
     root = Path(root)
     kw = dict(num_frames=cfg.num_frames, height=cfg.height, width=cfg.width, random_cameras=cfg.random_cameras, progress=progress)
     make_dataset(root / 'train', cfg.train_scenes, seed=0, focal_mms=(cfg.focal_mm,), **kw)
     augment(root / 'train', root / 'train', focal_targets=list(cfg.aug_focals), trajectory=None,
             workers=min(2, os.cpu_count() or 1), progress=False)
-    prepare(root / 'train', PixelCodec(), None, num_frames=cfg.num_frames, progress=progress)
+    prepare(root / 'train', weightless_codec(cfg.codec), None, num_frames=cfg.num_frames, progress=progress)
     make_dataset(root / 'test', cfg.test_scenes, seed=cfg.test_seed, focal_mms=(cfg.focal_mm, cfg.test_focal_mm), **kw)
     return dict(train=root / 'train', test=root / 'test')
 
@@ -158,10 +161,10 @@ BACKBONE_DIR = _repo_root() / 'data' / 'backbones'     # backbones committed wit
 def backbone_settings(cfg:BenchConfig) -> dict:
     "Everything that determines the pretrained backbone: its model, the clips it sees, the pretraining and the diffusion."
     from infcam.models import WanConfig
-    return dict(model=WanConfig.preset(cfg.preset, **cfg.model).to_dict(), num_frames=cfg.num_frames, height=cfg.height,
+    return dict(model=WanConfig.preset(cfg.preset, **cfg.model).to_dict(), codec=cfg.codec, num_frames=cfg.num_frames, height=cfg.height,
                 width=cfg.width, focal_mm=cfg.focal_mm, aug_focals=list(cfg.aug_focals), random_cameras=cfg.random_cameras,
                 steps=cfg.pretrain_steps, batch=cfg.pretrain_batch, lr=cfg.pretrain_lr, shift=cfg.shift,
-                prediction=cfg.prediction, caption=cfg.caption)
+                prediction=cfg.prediction, caption=cfg.caption, clean=0.5)
 
 def find_backbone(cfg:BenchConfig, folders=None) -> Path|None:
     "A pretrained backbone of `cfg` (its `backbone_settings` in the file's metadata) in `data/backbones/` or the cache."
@@ -190,7 +193,7 @@ def ensure_backbone(cfg:BenchConfig, data:dict, progress:bool=True) -> Path:
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     out = cache_dir() / 'backbones' / f'{cfg.preset}-{key}.safetensors'
     return pretrain_backbone(data['train'], out, WanConfig.preset(cfg.preset, **cfg.model), cfg.pretrain_steps,
-                             num_frames=cfg.num_frames, batch_size=cfg.pretrain_batch, lr=cfg.pretrain_lr, shift=cfg.shift,
+                             num_frames=cfg.num_frames, codec=cfg.codec, batch_size=cfg.pretrain_batch, lr=cfg.pretrain_lr, shift=cfg.shift,
                              prediction=cfg.prediction, caption=cfg.caption, dtype=torch.bfloat16, progress=progress,
                              metadata=dict(bench=json.dumps(settings)))
 
@@ -254,7 +257,7 @@ def train_command(variant:str, seed:int, data:dict, run_dir, cfg:BenchConfig, ba
     if variant not in VARIANTS: raise InfcamError(f"unknown variant {variant!r}; the variants are {', '.join(VARIANTS)}")
     return [sys.executable, '-m', 'infcam.train', str(data['train']), '--run-dir', str(run_dir),
             *(['--base', str(backbone)] if backbone is not None else ['--preset', cfg.preset]),
-            '--codec', 'pixel', '--random-text', '--caption', cfg.caption, '--num-frames', str(cfg.num_frames),
+            '--codec', cfg.codec, '--random-text', '--caption', cfg.caption, '--num-frames', str(cfg.num_frames),
             '--height', str(cfg.height), '--width', str(cfg.width), '--max-steps', str(cfg.steps),
             '--batch-size', str(cfg.batch_size), '--lr', str(cfg.lr), '--warmup', str(cfg.warmup),
             '--lr-schedule', cfg.lr_schedule, *(['--grad-clip', str(cfg.grad_clip)] if cfg.grad_clip else []),
@@ -320,11 +323,11 @@ class TrainedMethod:
     def __init__(self, ckpt, cfg:BenchConfig, device:str='auto'):
         from infcam.training import load_trained, trained_scheduler
         from infcam.pipeline import InfCamPipeline, RandomTextEncoder
-        from infcam.vae import PixelCodec
+        from infcam.vae import weightless_codec
         dev = ('cuda' if torch.cuda.is_available() else 'cpu') if device == 'auto' else device
         model = load_trained(ckpt, device=dev)
         self.cfg, self.ckpt = cfg, Path(ckpt)
-        self.pipe = InfCamPipeline(model, PixelCodec(), RandomTextEncoder(model.config.text_dim, text_len=model.config.text_len),
+        self.pipe = InfCamPipeline(model, weightless_codec(cfg.codec), RandomTextEncoder(model.config.text_dim, text_len=model.config.text_len),
                                    trained_scheduler(ckpt), device=dev)
 
     def __call__(self, pair:dict, frames:Tensor) -> Tensor:

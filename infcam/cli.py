@@ -45,9 +45,9 @@ def _prepare(a):
     from infcam.data import prepare
     if a.codec == 'wanvae' and not a.vae: raise InfcamError("--codec wanvae needs --vae PATH (Wan2.1_VAE.pth or a vae/ folder)")
     if bool(a.text_encoder) != bool(a.tokenizer): raise InfcamError("give both --text-encoder and --tokenizer, or neither")
-    if a.codec == 'pixel':
-        from infcam.vae import PixelCodec
-        codec = PixelCodec()
+    if a.codec in ('pixel', 'dct'):
+        from infcam.vae import weightless_codec
+        codec = weightless_codec(a.codec)
     else:
         from infcam.vae import WanVAECodec
         codec = WanVAECodec.load(a.vae, device=a.device, tiled=a.tiled)
@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     'weight-free pixel codec) and every caption with umT5, caching safetensors next to the '
                                     'clips. A killed run continues where it stopped; bad clips are reported and skipped.')
     pr.add_argument('root', help='dataset root (MultiCamVideo/AugMCV layout, or a folder with metadata.csv)')
-    pr.add_argument('--codec', choices=['wanvae', 'pixel'], default='wanvae', help='wanvae (needs --vae) or the weight-free pixel codec')
+    pr.add_argument('--codec', choices=['wanvae', 'pixel', 'dct'], default='wanvae',
+                    help='wanvae (needs --vae), or a weight-free codec: pixel (8x8 blocks), dct (their DCT)')
     pr.add_argument('--vae', help='Wan2.1_VAE.pth or a diffusers vae/ folder')
     pr.add_argument('--tiled', action='store_true', help='tiled VAE encoding (less memory)')
     pr.add_argument('--text-encoder', help='models_t5_umt5-xxl-enc-bf16.pth or a text_encoder/ folder (skip text if omitted)')

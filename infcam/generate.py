@@ -245,8 +245,11 @@ def run_jobs(jobs:list[Job], weights, settings:dict|None=None, overwrite:bool=Fa
              progress:bool=True, log=print, loader=None) -> list[JobResult]:
     """Generate every job with one pipeline (loaded by `loader(weights, settings)`, default `load_pipeline`). Existing
     results are skipped (`strict=False`) or refused (`strict=True`) unless `overwrite`; with `strict=False` a bad clip
-    is recorded as failed and the others go on."""
-    s = check_settings(dict(settings or {}))
+    is recorded as failed and the others go on. With a training run as `weights` (or `checkpoint`), unset settings
+    come from the run (`run_settings`)."""
+    settings = dict(settings or {})
+    if (run := training_run(weights, settings.get('checkpoint'))) is not None: settings = run_settings(run, settings)
+    s = check_settings(settings)
     for t in sorted({j.trajectory for j in jobs}): load_trajectory(t, s['frames'])      # a bad trajectory fails all
     results, todo = {}, []
     for j in jobs:
@@ -323,18 +326,18 @@ def run_settings(run:TrainingRun, s:dict) -> dict:
 
 def load_run_pipeline(run:TrainingRun, s:dict, weights=None):
     """An `InfCamPipeline` for a training run: the trained DiT (backbone rebuilt as recorded), its scheduler, and the
-    codec and text encoder it was trained with (`PixelCodec` and `RandomTextEncoder` need no files; the Wan VAE and
+    codec and text encoder it was trained with (`PixelCodec`, `DCTCodec` and `RandomTextEncoder` need no files; the Wan VAE and
     umT5 come from the released `weights` folder)."""
     from infcam.pipeline import InfCamPipeline, RandomTextEncoder
     from infcam.training import load_trained, trained_scheduler
-    from infcam.vae import PixelCodec
+    from infcam.vae import weightless_codec
     dev = s['device'] or ('cuda' if torch.cuda.is_available() else 'cpu')
     model = load_trained(run.checkpoint, dtype=DTYPES[s['dtype']], device='cpu')
     codec_tag, text = run.data.get('codec'), run.data.get('text')
     if codec_tag is None or text is None:
         raise InfcamError(f"{run.run_dir or run.checkpoint}: the run does not record how its data was encoded (an older run); "
                           "generate with it from Python (infcam.training.load_trained)")
-    codec = PixelCodec() if codec_tag == 'pixel' else None
+    codec = weightless_codec(codec_tag)
     te = RandomTextEncoder(model.config.text_dim, text_len=model.config.text_len) if text == 'random' else None
     if codec is None or te is None:
         from infcam.weights import check_weights, WeightsSpec

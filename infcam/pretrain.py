@@ -54,12 +54,13 @@ def _save_state(folder:Path, model, opt, step:int):
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
 
 def pretrain_backbone(roots, out, config:WanConfig, steps:int, num_frames:int=17, codec:str='pixel', batch_size:int=4,
-                      lr:float=1e-3, warmup:int=100, shift:float=2.0, prediction:str='sample', caption:str='',
+                      lr:float=1e-3, warmup:int=100, shift:float=2.0, prediction:str='sample', caption:str='', clean:float=0.5,
                       seed:int=0, every:int=250, dtype:torch.dtype=torch.float32, progress:bool=True,
                       stop_at:int|None=None, metadata:dict|None=None) -> Path|None:
     """Pretrain a `WanDiT` of `config` to denoise the cached clips under `roots`, one clip at a time (a text-to-video
     backbone; the text is one fixed `caption` through a `RandomTextEncoder`), and write it to `out` (safetensors, the
-    config and training settings in its metadata). Resumes from `out`'s state folder; an existing `out` is returned.
+    config and training settings in its metadata). With probability `clean` a clip keeps its first 1 to f-1 latent
+    frames clean (the rest noisy, the loss on those only). Resumes from `out`'s state folder; an existing `out` is returned.
     `stop_at` stops after that step with the state saved, as a killed run would (returns None); `metadata`: more
     entries for the file's metadata."""
     from tqdm.auto import tqdm
@@ -67,6 +68,7 @@ def pretrain_backbone(roots, out, config:WanConfig, steps:int, num_frames:int=17
     from infcam.weights import save_safetensors
     out = Path(out)
     if out.is_file(): return out
+    out.parent.mkdir(parents=True, exist_ok=True)
     clips = _load_clips(latent_files(roots, num_frames, codec))
     if clips.shape[1] != config.in_dim: raise InfcamError(f"the clips have {clips.shape[1]} channels; the config takes {config.in_dim}")
     with torch.random.fork_rng(devices=[]):
@@ -87,14 +89,18 @@ def pretrain_backbone(roots, out, config:WanConfig, steps:int, num_frames:int=17
         x0 = torch.where(flip[:, None, None, None, None], clips[idx].flip(2), clips[idx])
         _, sigma, t, w = sched.sample_training(batch_size, g)
         noise = torch.randn(x0.shape, generator=g)
-        out_ = model(sched.add_noise(x0, noise, sigma), t, ctx)
-        loss = (((out_.float() - sched.training_target(x0, noise)) ** 2).flatten(1).mean(1) * w).mean()
+        f = x0.shape[2]
+        keep = (torch.rand(batch_size, generator=g) < clean)[:, None] & (torch.arange(f)[None] < torch.randint(1, max(2, f), (batch_size, 1), generator=g))
+        keep = keep[:, None, :, None, None]                           # (B, 1, f, 1, 1): clean conditioning frames
+        out_ = model(torch.where(keep, x0, sched.add_noise(x0, noise, sigma)), t, ctx)
+        err = ((out_.float() - sched.training_target(x0, noise)) ** 2) * ~keep
+        loss = ((err.flatten(1).sum(1) / (~keep).expand_as(err).flatten(1).sum(1)) * w).mean()
         opt.zero_grad(set_to_none=True); loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0); opt.step()
         if (step + 1) % every == 0 and step + 1 < steps or step + 1 == stop_at: _save_state(state, model, opt, step + 1)
         if step + 1 == stop_at: return None
     meta = dict(format='infcam-backbone/1', config=json.dumps(config.to_dict()), scheduler=json.dumps(sched.to_dict()),
-                steps=str(steps), seed=str(seed), caption=caption, codec=codec, num_frames=str(num_frames), clips=str(len(clips)),
+                steps=str(steps), seed=str(seed), caption=caption, clean=str(clean), codec=codec, num_frames=str(num_frames), clips=str(len(clips)),
                 **(metadata or {}))
     save_safetensors(model.state_dict(), out, meta, dtype)
     shutil.rmtree(state, ignore_errors=True)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/15_vae.ipynb #96db5b48
 from __future__ import annotations
-import contextlib, functools, json, re, tempfile
+import contextlib, functools, json, math, re, tempfile
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -14,8 +14,8 @@ from torch import Tensor
 from .core import InfcamError, read_state_dict, _listing
 
 # %% auto #0
-__all__ = ['WAN21_VAE_CONFIG', 'VideoCodec', 'latent_shape', 'PixelCodec', 'wan_vae_config_dir', 'wan_vae_to_original',
-           'wan_vae_from_original', 'load_wan_vae', 'WanVAECodec']
+__all__ = ['CODECS', 'WAN21_VAE_CONFIG', 'VideoCodec', 'latent_shape', 'PixelCodec', 'dct_matrix', 'DCTCodec', 'weightless_codec',
+           'wan_vae_config_dir', 'wan_vae_to_original', 'wan_vae_from_original', 'load_wan_vae', 'WanVAECodec']
 
 # %% ../nbs/15_vae.ipynb #d85a0bee
 @runtime_checkable
@@ -67,6 +67,41 @@ class PixelCodec:
         x = x.reshape(b, f, *x.shape[1:]).transpose(1, 2)
         idx = (torch.arange(self.temporal_stride * (f - 1) + 1, device=x.device) + self.temporal_stride - 1) // self.temporal_stride
         return x[:, :, idx]
+
+# %% ../nbs/15_vae.ipynb #399eb13d
+def dct_matrix(n:int) -> Tensor:
+    "The orthonormal DCT-II matrix `(n, n)`: row `k` is the `k`-th cosine, `D @ D.T = I`."
+    k, x = torch.arange(n, dtype=torch.float64)[:, None], torch.arange(n, dtype=torch.float64)[None]
+    D = torch.cos(math.pi * (2 * x + 1) * k / (2 * n)) * math.sqrt(2 / n)
+    D[0] /= math.sqrt(2)
+    return D.float()
+
+class DCTCodec(PixelCodec):
+    """`PixelCodec` followed by an orthonormal 2D DCT of every `s x s` block and colour channel: the same numbers in
+    frequency order (channel `c*s*s + u*s + v` is frequency `(u, v)` of colour `c`; `u = v = 0` is the block mean)."""
+    def __init__(self, temporal_stride:int=4, spatial_stride:int=8, channels:int=3):
+        super().__init__(temporal_stride, spatial_stride, channels)
+        self.basis = torch.kron(dct_matrix(spatial_stride), dct_matrix(spatial_stride))   # (s*s, s*s) on (dy, dx)
+
+    def _apply(self, z:Tensor, M:Tensor) -> Tensor:
+        b, c, f, h, w = z.shape
+        z = z.reshape(b, self.channels, self.spatial_stride ** 2, f, h, w)
+        return torch.einsum('ij,bcjfhw->bcifhw', M.to(z), z).reshape(b, c, f, h, w)
+
+    def encode(self, video:Tensor) -> Tensor:
+        "`(B, 3, F, H, W)` -> `(B, 3*s*s, (F-1)//t + 1, H/s, W/s)` DCT coefficients of the blocks of frames 0, t, 2t, ..."
+        return self._apply(super().encode(video), self.basis)
+
+    def decode(self, latents:Tensor) -> Tensor:
+        "The inverse DCT of every block, then `PixelCodec.decode`."
+        _check_latents(self, latents)
+        return super().decode(self._apply(latents, self.basis.T))
+
+CODECS = {'pixel': PixelCodec, 'dct': DCTCodec}    # the weight-free codecs, by cache tag
+
+def weightless_codec(tag:str):
+    "The weight-free codec of a cache tag ('pixel', 'dct'), or None for a codec that needs weights ('wanvae')."
+    return CODECS[tag]() if tag in CODECS else None
 
 # %% ../nbs/15_vae.ipynb #08844a11
 WAN21_VAE_CONFIG = {
