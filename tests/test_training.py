@@ -317,7 +317,7 @@ def module():
 def engine(m, stage):
     cfg = dict(train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=1, zero_allow_untested_optimizer=True,
                zero_optimization=dict(stage=stage, stage3_param_persistence_threshold=0), gradient_clipping=0.0)
-    eng, *_ = deepspeed.initialize(model=m, optimizer=m.configure_optimizers(), config=cfg,
+    eng, *_ = deepspeed.initialize(model=m, optimizer=m.configure_optimizers()['optimizer'], config=cfg,
                                    model_parameters=[p for p in m.parameters() if p.requires_grad])
     return eng
 
