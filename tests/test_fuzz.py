@@ -1,6 +1,6 @@
 """Bad input and broken files, as a careful user would try them (issue 16): each case must end in one clear line and a
 non-zero exit (or an `InfcamError`), and must never do the wrong thing quietly. Bounded time, one thread."""
-import os, shutil
+import shutil
 from pathlib import Path
 
 import pytest
@@ -8,34 +8,8 @@ import torch
 
 from infcam.core import InfcamError
 from infcam.generate import generate_main
-from infcam.video import write_video
-
-SMALL = ['--size', 'tiny', '--frames', '9', '--height', '32', '--width', '48', '--steps', '2', '--dtype', 'fp32',
-         '--device', 'cpu', '--quiet']
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread(tmp_path_factory):
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    old = os.environ.get('INFCAM_CACHE')
-    os.environ['INFCAM_CACHE'] = str(tmp_path_factory.mktemp('cache'))
-    yield
-    torch.set_num_threads(n)
-    if old is None: os.environ.pop('INFCAM_CACHE', None)
-    else: os.environ['INFCAM_CACHE'] = old
-
-
-@pytest.fixture(scope="module")
-def release(tmp_path_factory):
-    from infcam.weights import make_tiny_release
-    return make_tiny_release(tmp_path_factory.mktemp('w') / 'weights')
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    d = tmp_path_factory.mktemp('clips')
-    write_video(d / 'a.mp4', torch.rand(9, 3, 32, 48, generator=torch.Generator().manual_seed(0)))
-    return d / 'a.mp4'
+# the same tiny release, clip, small settings and one-thread setup as test_generate
+from test_generate import SMALL, env, weights, clip    # noqa: F401
 
 
 def _generate(clip, weights, out, *extra):
@@ -43,10 +17,10 @@ def _generate(clip, weights, out, *extra):
                           '--weights', str(weights), '--out', str(out), *SMALL, *extra])
 
 
-def _broken_release(release, tmp_path, how:str) -> tuple[Path, list[str]]:
-    "A copy of the tiny release whose InfCam checkpoint is broken `how`; returns (folder, extra generate args)."
+def _broken_release(weights, tmp_path, how:str) -> tuple[Path, list[str]]:
+    "A copy of the tiny weights whose InfCam checkpoint is broken `how`; returns (folder, extra generate args)."
     w = tmp_path / 'weights'
-    shutil.copytree(release, w)
+    shutil.copytree(weights, w)
     ck = w / 'InfCam' / 'step35000.ckpt'
     if how == 'zero_bytes': ck.write_bytes(b'')
     elif how == 'truncated': ck.write_bytes(ck.read_bytes()[: ck.stat().st_size // 2])
@@ -62,8 +36,8 @@ def _broken_release(release, tmp_path, how:str) -> tuple[Path, list[str]]:
 
 # 16.1: never generate without camera control unless asked for
 @pytest.mark.parametrize('how', ['zero_bytes', 'truncated', 'removed', 'refused', 'missing_flag'])
-def test_broken_infcam_checkpoint_is_an_error(release, clip, tmp_path, capsys, how):
-    w, extra = _broken_release(release, tmp_path, how)
+def test_broken_infcam_checkpoint_is_an_error(weights, clip, tmp_path, capsys, how):
+    w, extra = _broken_release(weights, tmp_path, how)
     out = tmp_path / 'out' / 'x.mp4'
     assert _generate(clip, w, out, *extra) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -72,16 +46,16 @@ def test_broken_infcam_checkpoint_is_an_error(release, clip, tmp_path, capsys, h
     assert not out.parent.exists() or not any(out.parent.iterdir())        # nothing written
 
 
-def test_weights_check_does_not_call_a_base_only_folder_usable(release, tmp_path, capsys):
+def test_weights_check_does_not_call_a_base_only_folder_usable(weights, tmp_path, capsys):
     from infcam.cli import main
-    w, _ = _broken_release(release, tmp_path, 'removed')
+    w, _ = _broken_release(weights, tmp_path, 'removed')
     assert main(['weights', 'check', str(w), '--size', 'tiny']) != 0
     out = capsys.readouterr().out
     assert 'NOT usable for generation' in out and '--base-only' in out
 
 
-def test_base_only_generates_when_asked(release, clip, tmp_path):
-    w, _ = _broken_release(release, tmp_path, 'removed')
+def test_base_only_generates_when_asked(weights, clip, tmp_path):
+    w, _ = _broken_release(weights, tmp_path, 'removed')
     out = tmp_path / 'out' / 'x.mp4'
     with pytest.warns(UserWarning, match='no camera control'):
         assert _generate(clip, w, out, '--base-only') == 0
@@ -89,9 +63,9 @@ def test_base_only_generates_when_asked(release, clip, tmp_path):
     assert json.loads(out.with_suffix('.json').read_text())['settings']['base_only'] is True
 
 
-def test_from_pretrained_needs_the_infcam_checkpoint(release, tmp_path):
+def test_from_pretrained_needs_the_infcam_checkpoint(weights, tmp_path):
     from infcam.pipeline import InfCamPipeline
     from infcam.weights import WeightsSpec
-    w, _ = _broken_release(release, tmp_path, 'zero_bytes')
+    w, _ = _broken_release(weights, tmp_path, 'zero_bytes')
     with pytest.raises(InfcamError, match='InfCam'):
         InfCamPipeline.from_pretrained(w, device='cpu', dtype=torch.float32, spec=WeightsSpec.tiny(), text_dtype=torch.float32)
