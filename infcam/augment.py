@@ -4,13 +4,13 @@
 
 # %% ../nbs/22_augment.ipynb #6ccbd457
 from __future__ import annotations
-import concurrent.futures as cf, csv, json, math, multiprocessing as mp, os, re, shutil, uuid
+import concurrent.futures as cf, csv, json, math, multiprocessing as mp, os, re, shutil, time, uuid
 from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from .core import InfcamError, atomic_path
+from .core import InfcamError, atomic_path, folder_lock
 from .cameras import focal_mm_to_px, pixel_intrinsics, num_latent_frames
 from .synthetic import setting_focal_mm, scene_complete
 from .video import video_info
@@ -18,8 +18,8 @@ from .video import video_info
 # %% auto #0
 __all__ = ['FOCAL_TARGETS', 'crop_factor', 'refocus_intrinsics', 'refocus', 'shift_indices', 'reverse_indices',
            'palindrome_indices', 'default_window', 'trajectory_plan', 'retime', 'shift_window', 'reverse_window',
-           'palindrome_window', 'scene_focal_mm', 'source_scenes', 'refocus_uint8', 'augment_scene',
-           'write_aug_metadata', 'augment']
+           'palindrome_window', 'scene_focal_mm', 'source_scenes', 'scene_problem', 'refocus_uint8', 'augment_scene',
+           'write_aug_metadata', 'augment', 'check_focal_targets']
 
 # %% ../nbs/22_augment.ipynb #4f2f99d7
 # MultiCamVideo's lenses and the longer ones each is re-focused to (AugMCV's rule)
@@ -123,16 +123,29 @@ def scene_focal_mm(path) -> float:
 
 def _natural(s:str): return [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', s)]
 
-def source_scenes(src) -> list[Path]:
-    "The complete scenes `<src>/<setting>/<scene>` of a MultiCamVideo root (settings like `f24_aperture5`, not `_aug` ones)."
+def source_scenes(src, incomplete:dict|None=None) -> list[Path]:
+    """The complete scenes `<src>/<setting>/<scene>` of a MultiCamVideo root (settings like `f24_aperture5`, not `_aug`
+    ones); the others go into `incomplete` {'setting/scene': why} when given."""
     src = Path(src)
     if not src.is_dir(): raise InfcamError(f"source dataset not found: {src}")
     out = []
     for st in sorted((p for p in src.iterdir() if p.is_dir() and not p.name.startswith('.')), key=lambda p: _natural(p.name)):
         if not re.fullmatch(r'f\d+(?:\.\d+)?_aperture[\d.]+', st.name): continue
-        out += sorted((p for p in st.iterdir() if p.is_dir() and not p.name.startswith('.') and scene_complete(p)),
-                      key=lambda p: _natural(p.name))
+        for p in sorted((p for p in st.iterdir() if p.is_dir() and not p.name.startswith('.')), key=lambda p: _natural(p.name)):
+            if scene_complete(p): out.append(p)
+            elif incomplete is not None: incomplete[f'{st.name}/{p.name}'] = scene_problem(p)
     return out
+
+def scene_problem(path) -> str:
+    "Why the scene folder `path` is not complete, in words."
+    j = Path(path) / 'cameras' / 'camera_extrinsics.json'
+    if not j.is_file(): return f"incomplete scene (skipped): no camera file {j.name}"
+    try: listed = list(json.loads(j.read_text())['frame0'])
+    except Exception: return f"incomplete scene (skipped): the camera file {j.name} is empty, cut short or not in the MultiCamVideo format"
+    vids = Path(path) / 'videos'
+    bad = [n for n in sorted(set(listed) | {f'cam{i:02d}' for i in range(1, 11)}, key=_natural)
+           if not (vids / f'{n}.mp4').is_file() or not (vids / f'{n}.mp4').stat().st_size]
+    return f"incomplete scene (skipped): missing or empty video {', '.join(f'{n}.mp4' for n in bad[:3])}" + (' ...' if len(bad) > 3 else '')
 
 def _focal_plan(f_src:float, focal_targets) -> list[float]:
     if focal_targets is None: return list(FOCAL_TARGETS.get(float(f_src), tuple(t for t in (24., 35., 50.) if t > f_src)))
@@ -145,8 +158,10 @@ def _read_captions(src:Path) -> dict[str, str]:
     m = src / 'metadata.csv'
     if not m.is_file(): return {}
     try:
-        with open(m, newline='') as f: return {r['file_name']: r.get('text', '') for r in csv.DictReader(f)}
-    except (OSError, csv.Error, KeyError) as e: raise InfcamError(f"cannot read {m}: {e}") from None
+        with open(m, newline='', encoding='utf-8') as f: return {r['file_name']: r.get('text', '') for r in csv.DictReader(f)}
+    except UnicodeDecodeError as e: raise InfcamError(f"cannot read {m}: it is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except KeyError: raise InfcamError(f"cannot read {m}: it has no file_name column") from None
+    except (OSError, csv.Error) as e: raise InfcamError(f"cannot read {m}: {e}") from None
 
 # %% ../nbs/22_augment.ipynb #2c477936
 def _decode(path) -> tuple[Tensor, float]:
@@ -309,12 +324,44 @@ def augment(src, dst, focal_targets=None, trajectory=('shift', 'reverse', 'palin
     from tqdm.auto import tqdm
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0: raise InfcamError(f"workers must be an integer >= 0, got {workers!r}")
     src, dst = Path(src), Path(dst)
-    scenes = source_scenes(src)
+    check_focal_targets(focal_targets)
+    incomplete = {}
+    scenes = source_scenes(src, incomplete)
+    if not scenes and incomplete: raise InfcamError(f"no complete scene under {src}: {next(iter(incomplete))}: {next(iter(incomplete.values()))}")
     if not scenes: raise InfcamError(f"no complete scenes under {src} (expected <setting>/<scene>/cameras and videos, e.g. f24_aperture5/scene1)")
     captions = _read_captions(src)
-    dst.mkdir(parents=True, exist_ok=True)
+    if focal_targets is not None and focal_targets is not False and focal_targets != () and not any(_focal_plan(setting_focal_mm(sc.parent.name), focal_targets) for sc in scenes):
+        fs = sorted({setting_focal_mm(sc.parent.name) for sc in scenes})
+        raise InfcamError(f"focal targets {_mm(focal_targets)} are not longer than any scene's focal length ({_mm(fs)}): "
+                          "refocusing crops the frame, so it can only lengthen the focal length")
+    with folder_lock(dst, 'augment'):
+        return _augment(src, dst, scenes, incomplete, captions, focal_targets, trajectory, workers, overwrite, progress,
+                        shifts, window, mode, crf)
+
+def _mm(fs) -> str:
+    fs = fs.values() if isinstance(fs, dict) else ([fs] if isinstance(fs, (int, float)) else fs)
+    return ', '.join(f'{float(f):g} mm' for f in (x for v in fs for x in (v if isinstance(v, (list, tuple)) else [v])))
+
+def check_focal_targets(focal_targets):
+    "`InfcamError` unless every focal target (mm) is a finite number in (0, 1000]."
+    if focal_targets is None or focal_targets is False: return
+    vals = focal_targets.values() if isinstance(focal_targets, dict) else ([focal_targets] if isinstance(focal_targets, (int, float)) else focal_targets)
+    for v in (x for v in vals for x in (v if isinstance(v, (list, tuple)) else [v])):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 < v <= 1000:
+            raise InfcamError(f"focal target {v!r} must be a focal length in mm, a number in (0, 1000]")
+
+def _die_with_parent(ppid:int):
+    "Worker initializer: exit as soon as the parent is gone (killed with SIGKILL, it cannot stop its pool)."
+    import threading
+    def watch():
+        while os.getppid() == ppid: time.sleep(0.5)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True).start()
+
+def _augment(src, dst, scenes, incomplete, captions, focal_targets, trajectory, workers, overwrite, progress, shifts, window, mode, crf):
+    from tqdm.auto import tqdm
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
-    tasks, failed = [], {}
+    tasks, failed = [], dict(incomplete)
     for sc in scenes:
         rel = f'{sc.parent.name}/{sc.name}'
         try:
@@ -341,7 +388,8 @@ def augment(src, dst, focal_targets=None, trajectory=('shift', 'reverse', 'palin
             for t in tasks: collect(_task(t[:-1] + (old,)))
         finally: torch.set_num_threads(old)
     else:
-        with cf.ProcessPoolExecutor(min(workers, len(tasks)), mp_context=mp.get_context('spawn')) as ex:
+        with cf.ProcessPoolExecutor(min(workers, len(tasks)), mp_context=mp.get_context('spawn'),
+                                    initializer=_die_with_parent, initargs=(os.getpid(),)) as ex:
             futs = {ex.submit(_task, t): t[2] for t in tasks}
             for fut in cf.as_completed(futs):
                 try: collect(fut.result())

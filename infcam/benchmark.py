@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .core import InfcamError, atomic_path
+from .core import InfcamError, LOCK_NAME, atomic_path, check_device, folder_lock
 from .cameras import (relative_poses, rigid_inverse, homogeneous, latent_frame_indices, intrinsics_matrix,
                             focal_mm_to_px, pixel_intrinsics)
 
@@ -112,7 +112,13 @@ class BenchConfig:
         if not self.test_focal_mm > self.focal_mm or any(f <= self.focal_mm for f in self.aug_focals):
             raise InfcamError(f"test_focal_mm and aug_focals must be longer than focal_mm={self.focal_mm} (refocusing crops)")
         from infcam.models import WanConfig
+        from infcam.cameras import num_latent_frames
+        from infcam.video import check_size
+        from infcam.training import check_hardware
         WanConfig.preset(self.preset, **self.model)                  # an unknown preset or field fails here
+        num_latent_frames(self.num_frames); check_size(self.height, self.width)   # before bench.json is written
+        if self.gen_device != 'auto': check_device(self.gen_device, 'gen_device')
+        check_hardware(self.accelerator, self.devices)
         if self.preset == 'wan2.1-t2v-1.3b' and self.height * self.width < 256 * 256:
             raise InfcamError("the full-size preset wants real resolutions: set height and width (e.g. 480x832)")
         if self.preset == 'wan2.1-t2v-1.3b' and self.base is None and not self.train_backbone:
@@ -554,7 +560,9 @@ def _check_out(out:Path, cfg:BenchConfig, overwrite:bool):
         diff = sorted(k for k in cfg.to_dict() if old.get(k) != cfg.to_dict()[k] and k not in ('variants', 'baselines', 'seeds', 'devices', 'gen_device', 'accelerator'))
         if diff and not overwrite:
             raise InfcamError(f"{out} holds a benchmark with other settings ({', '.join(diff)}); use another folder or overwrite")
-        if diff: shutil.rmtree(out)
+        if diff:                                              # start afresh, keeping our lock
+            for p in out.iterdir():
+                if p.name != LOCK_NAME: shutil.rmtree(p) if p.is_dir() else p.unlink()
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(f) as tmp: Path(tmp).write_text(json.dumps(cfg.to_dict(), indent=1))
 
@@ -564,58 +572,59 @@ def run_benchmark(out, cfg:BenchConfig|None=None, figures=None, overwrite:bool=F
     t0 = time.perf_counter()
     cfg = cfg or BenchConfig.budget('mini')
     out = Path(out)
-    _check_out(out, cfg, overwrite)
-    tf = out / 'timing.json'                                          # stages done earlier keep their first timing
-    old = json.loads(tf.read_text()) if tf.is_file() else {}
-    timing = {}                                                       # seconds of the work this call did
-    t = time.perf_counter(); fresh = not (out / 'data' / 'test').is_dir()
-    data = make_data(out / 'data', cfg, progress)
-    if fresh: timing['data'] = time.perf_counter() - t
-    t = time.perf_counter(); fresh = cfg.base is None and find_backbone(cfg) is None
-    backbone = ensure_backbone(cfg, data, progress)
-    if fresh: timing['pretrain backbone'] = time.perf_counter() - t
-    pairs = eval_pairs(data['test'], cfg, data['train'])
-    rows = []
-    methods = [(REFERENCE, None, 0)] + [(b, globals()[b], 0) for b in cfg.baselines]
-    for v in cfg.variants:
-        for s in cfg.seeds:
-            t, run = time.perf_counter(), out / 'runs' / f'{v}-s{s}'
-            done = _trained(run, cfg.steps) is not None
-            ck = train_variant(v, s, data, run, cfg, progress, backbone)
-            if not done: timing[f'train {v}-s{s}'] = time.perf_counter() - t
-            methods.append((v, ck, s))
-    sample_pair = max(i for i, p in enumerate(pairs) if p['split'] == 'different')   # the last 'different' pair
-    pair = pairs[sample_pair]
-    from infcam.video import read_video
-    src = read_video(pair['source'], cfg.num_frames, cfg.height, cfg.width)
-    sample = {'source': src, REFERENCE: read_video(pair['target'], cfg.num_frames, cfg.height, cfg.width)}
-    for name, m, s in methods:
-        fn = TrainedMethod(m, cfg, cfg.gen_device) if isinstance(m, Path) else m
-        t, csv_path = time.perf_counter(), out / 'eval' / f'{name}-s{s}.csv'
-        done = csv_path.is_file()
-        rows += evaluate(name, fn, pairs, cfg, csv_path, seed=s, progress=progress, sample=sample_pair)
-        if not done: timing[f'eval {name}-s{s}'] = time.perf_counter() - t
-        if s == cfg.seeds[0] and fn is not None:
-            from safetensors.torch import load_file
-            sp = sample_path(csv_path)
-            sample[name] = load_file(str(sp))['frames'] if sp.is_file() else fn(pair, src)
-    summary = summarize(rows)
-    table, learning, found = markdown_table(summary), learning_table(summary), findings(rows, summary)
-    files = dict(csv=out / 'table.csv', md=out / 'table.md', plot=out / 'ablation.png', samples=out / 'samples.png')
-    _write_rows(files['csv'], summary, ['method', 'split', 'clips', 'seeds', *[x for k in METRICS for x in (k, k + '_se')]])
-    n_test = sum(p['split'] in TEST_SPLITS for p in pairs)
-    title = (f"{cfg.preset}, {cfg.steps} steps x batch {cfg.batch_size}, {cfg.num_frames}x{cfg.height}x{cfg.width}, "
-             f"{n_test} test clips, seeds {list(cfg.seeds)}")
-    with atomic_path(files['md']) as tmp:
-        Path(tmp).write_text(f"{title}\n\n{table}\n{learning}\n" + ''.join(f"- {s}\n" for s in found))
-    plot_summary([d for d in summary if d['split'] in TEST_SPLITS], files['plot'], title)
-    plot_samples(pair, sample, cfg.num_frames, files['samples'])
-    if figures is not None:
-        figures = Path(figures); figures.mkdir(parents=True, exist_ok=True)
-        for k, f in list(files.items()):
-            dst = figures / {'csv': 'ablation.csv', 'md': 'ablation.md', 'plot': 'ablation.png', 'samples': 'ablation_samples.png'}[k]
-            shutil.copyfile(f, dst); files[k + '_figure'] = dst
-    secs = time.perf_counter() - t0
-    with atomic_path(tf) as tmp: Path(tmp).write_text(json.dumps({**old, **timing, 'last call': secs}, indent=1))
-    return dict(summary=summary, rows=rows, table=table, learning=learning, findings=found, files=files, seconds=secs,
-                timing=timing, backbone=backbone)
+    with folder_lock(out, 'benchmark'):                      # one benchmark per folder at a time
+        _check_out(out, cfg, overwrite)
+        tf = out / 'timing.json'                                          # stages done earlier keep their first timing
+        old = json.loads(tf.read_text()) if tf.is_file() else {}
+        timing = {}                                                       # seconds of the work this call did
+        t = time.perf_counter(); fresh = not (out / 'data' / 'test').is_dir()
+        data = make_data(out / 'data', cfg, progress)
+        if fresh: timing['data'] = time.perf_counter() - t
+        t = time.perf_counter(); fresh = cfg.base is None and find_backbone(cfg) is None
+        backbone = ensure_backbone(cfg, data, progress)
+        if fresh: timing['pretrain backbone'] = time.perf_counter() - t
+        pairs = eval_pairs(data['test'], cfg, data['train'])
+        rows = []
+        methods = [(REFERENCE, None, 0)] + [(b, globals()[b], 0) for b in cfg.baselines]
+        for v in cfg.variants:
+            for s in cfg.seeds:
+                t, run = time.perf_counter(), out / 'runs' / f'{v}-s{s}'
+                done = _trained(run, cfg.steps) is not None
+                ck = train_variant(v, s, data, run, cfg, progress, backbone)
+                if not done: timing[f'train {v}-s{s}'] = time.perf_counter() - t
+                methods.append((v, ck, s))
+        sample_pair = max(i for i, p in enumerate(pairs) if p['split'] == 'different')   # the last 'different' pair
+        pair = pairs[sample_pair]
+        from infcam.video import read_video
+        src = read_video(pair['source'], cfg.num_frames, cfg.height, cfg.width)
+        sample = {'source': src, REFERENCE: read_video(pair['target'], cfg.num_frames, cfg.height, cfg.width)}
+        for name, m, s in methods:
+            fn = TrainedMethod(m, cfg, cfg.gen_device) if isinstance(m, Path) else m
+            t, csv_path = time.perf_counter(), out / 'eval' / f'{name}-s{s}.csv'
+            done = csv_path.is_file()
+            rows += evaluate(name, fn, pairs, cfg, csv_path, seed=s, progress=progress, sample=sample_pair)
+            if not done: timing[f'eval {name}-s{s}'] = time.perf_counter() - t
+            if s == cfg.seeds[0] and fn is not None:
+                from safetensors.torch import load_file
+                sp = sample_path(csv_path)
+                sample[name] = load_file(str(sp))['frames'] if sp.is_file() else fn(pair, src)
+        summary = summarize(rows)
+        table, learning, found = markdown_table(summary), learning_table(summary), findings(rows, summary)
+        files = dict(csv=out / 'table.csv', md=out / 'table.md', plot=out / 'ablation.png', samples=out / 'samples.png')
+        _write_rows(files['csv'], summary, ['method', 'split', 'clips', 'seeds', *[x for k in METRICS for x in (k, k + '_se')]])
+        n_test = sum(p['split'] in TEST_SPLITS for p in pairs)
+        title = (f"{cfg.preset}, {cfg.steps} steps x batch {cfg.batch_size}, {cfg.num_frames}x{cfg.height}x{cfg.width}, "
+                 f"{n_test} test clips, seeds {list(cfg.seeds)}")
+        with atomic_path(files['md']) as tmp:
+            Path(tmp).write_text(f"{title}\n\n{table}\n{learning}\n" + ''.join(f"- {s}\n" for s in found))
+        plot_summary([d for d in summary if d['split'] in TEST_SPLITS], files['plot'], title)
+        plot_samples(pair, sample, cfg.num_frames, files['samples'])
+        if figures is not None:
+            figures = Path(figures); figures.mkdir(parents=True, exist_ok=True)
+            for k, f in list(files.items()):
+                dst = figures / {'csv': 'ablation.csv', 'md': 'ablation.md', 'plot': 'ablation.png', 'samples': 'ablation_samples.png'}[k]
+                shutil.copyfile(f, dst); files[k + '_figure'] = dst
+        secs = time.perf_counter() - t0
+        with atomic_path(tf) as tmp: Path(tmp).write_text(json.dumps({**old, **timing, 'last call': secs}, indent=1))
+        return dict(summary=summary, rows=rows, table=table, learning=learning, findings=found, files=files, seconds=secs,
+                    timing=timing, backbone=backbone)

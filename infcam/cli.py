@@ -6,7 +6,7 @@
 from __future__ import annotations
 import argparse, sys
 from pathlib import Path
-from .core import InfcamError
+from .core import InfcamError, check_device, os_error_message
 
 # %% auto #0
 __all__ = ['build_parser', 'main']
@@ -45,6 +45,7 @@ def _prepare(a):
     from infcam.data import prepare
     if a.codec == 'wanvae' and not a.vae: raise InfcamError("--codec wanvae needs --vae PATH (Wan2.1_VAE.pth or a vae/ folder)")
     if bool(a.text_encoder) != bool(a.tokenizer): raise InfcamError("give both --text-encoder and --tokenizer, or neither")
+    check_device(a.device)
     if a.codec in ('pixel', 'dct'):
         from infcam.vae import weightless_codec
         codec = weightless_codec(a.codec)
@@ -225,6 +226,8 @@ def main(argv:list[str]|None=None) -> int:
         args.func(args)
     except InfcamError as e:
         print(f"infcam: error: {e}", file=sys.stderr); return 2
+    except OSError as e:
+        print(f"infcam: error: {os_error_message(e)}", file=sys.stderr); return 2
     except KeyboardInterrupt:
         print("infcam: interrupted", file=sys.stderr); return 130
     return 0

@@ -4,17 +4,40 @@
 
 # %% ../nbs/00_core.ipynb #ff960e1f
 from __future__ import annotations
-import os, tempfile, contextlib
+import os, re, json, socket, tempfile, contextlib
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['WRAPPER_KEYS', 'InfcamError', 'check_overwrite', 'atomic_path', 'load_pickle', 'unwrap_state_dict', 'read_state_dict',
-           'check_parameters']
+__all__ = ['LOCK_NAME', 'WRAPPER_KEYS', 'InfcamError', 'os_error_message', 'check_device', 'check_overwrite', 'make_folder',
+           'pid_alive', 'clean_stale_temps', 'atomic_path', 'folder_lock', 'load_pickle', 'unwrap_state_dict',
+           'read_state_dict', 'check_parameters']
 
 # %% ../nbs/00_core.ipynb #664726ca
 class InfcamError(Exception):
     "An error caused by the user's input, reported as a single line without a traceback."
     def __init__(self, msg:str): super().__init__(" ".join(str(msg).split()))
+
+# %% ../nbs/00_core.ipynb #0c1e84d7
+def os_error_message(e:OSError) -> str:
+    "One line for a failed file operation: the path(s) and the system's reason (`/out/x.mp4: Permission denied`)."
+    where = ' -> '.join(str(f) for f in (e.filename, e.filename2) if f is not None)
+    why = e.strerror or str(e) or type(e).__name__
+    return f"{where}: {why}" if where else why
+
+# %% ../nbs/00_core.ipynb #aaa6b41c
+def check_device(device, what:str='--device'):
+    "`device` as a `torch.device`, or `InfcamError` if it is not a device name or not present on this machine."
+    import torch
+    try: dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError): dev = None
+    if dev is None or dev.type not in ('cpu', 'cuda', 'mps'):
+        raise InfcamError(f"{what} {device!r} is not a device infcam runs on; use cpu, cuda or cuda:N")
+    if dev.type == 'cuda':
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0: raise InfcamError(f"{what} {device}: no CUDA GPU is visible to PyTorch {torch.__version__} here; use cpu")
+        if dev.index is not None and dev.index >= n: raise InfcamError(f"{what} {device}: this machine has {n} CUDA GPU(s)")
+    if dev.type == 'mps' and not torch.backends.mps.is_available(): raise InfcamError(f"{what} {device}: MPS is not available here")
+    return dev
 
 # %% ../nbs/00_core.ipynb #be132da1
 def check_overwrite(path, overwrite:bool=False) -> Path:
@@ -24,22 +47,96 @@ def check_overwrite(path, overwrite:bool=False) -> Path:
         raise InfcamError(f"{path} already exists; pass --overwrite (overwrite=True) to replace it")
     return path
 
+# %% ../nbs/00_core.ipynb #c0641ed1
+def make_folder(path) -> Path:
+    "Create the folder `path` (and its parents); `InfcamError` naming the file that stands where a folder must be."
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir(): raise InfcamError(f"{p} is a file, not a folder")
+            break
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+# %% ../nbs/00_core.ipynb #d69299f1
+_TEMP = re.compile(r'^\..+\.(\d+)\.[A-Za-z0-9_]{8}\.tmp(\.[^/]*)?$')
+
+def pid_alive(pid:int) -> bool:
+    "Whether a process `pid` runs on this machine."
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True                 # someone else's process
+    except (OverflowError, ValueError): return False
+    return True
+
+def clean_stale_temps(folder) -> list[Path]:
+    "Remove the temporary files of `atomic_path` in `folder` whose writing process is gone; returns what was removed."
+    gone = []
+    try: names = os.listdir(folder)
+    except OSError: return gone
+    for n in names:
+        m = _TEMP.match(n)
+        if m and not pid_alive(int(m.group(1))):
+            with contextlib.suppress(OSError): os.unlink(os.path.join(folder, n)); gone.append(Path(folder) / n)
+    return gone
+
 # %% ../nbs/00_core.ipynb #b38aa838
 @contextlib.contextmanager
 def atomic_path(path, overwrite:bool=True):
     "Yield a temporary path beside `path`; rename it onto `path` only if the block finishes without error."
     path = check_overwrite(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    make_folder(path.parent)
+    clean_stale_temps(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.{os.getpid()}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     umask = os.umask(0); os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)                     # mkstemp makes 0600; give the file normal permissions
     try:
         yield tmp
+        if tmp.is_file(): os.chmod(tmp, 0o666 & ~umask)   # writers that replace the file (safetensors) make it 0600 again
         os.replace(tmp, path)
     finally:
         if tmp.exists(): tmp.unlink()
+
+# %% ../nbs/00_core.ipynb #3045dd44
+LOCK_NAME = '.infcam.lock'
+_held: dict = {}                                        # lock path -> how many times this process holds it
+
+def _lock_owner(lock:Path) -> dict|None:
+    try: return json.loads(lock.read_text())
+    except (OSError, ValueError): return None
+
+@contextlib.contextmanager
+def folder_lock(folder, what:str='run'):
+    "Hold `folder`'s lock for the block; `InfcamError` if a live process holds it. Stale locks are taken over."
+    folder = make_folder(folder)
+    lock = (folder / LOCK_NAME).resolve()
+    if lock in _held:
+        _held[lock] += 1
+        try: yield lock
+        finally: _held[lock] -= 1
+        return
+    me = dict(pid=os.getpid(), host=socket.gethostname(), what=what)
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            o = _lock_owner(lock)
+            if o is None or (o.get('host') == me['host'] and not pid_alive(int(o.get('pid', -1)))):
+                with contextlib.suppress(FileNotFoundError): lock.unlink()   # stale: its run was killed
+                continue
+            raise InfcamError(f"{folder} is in use by another infcam {o.get('what', 'run')} (process {o.get('pid')} on "
+                              f"{o.get('host')}); wait for it to finish, or delete {lock} if that process is gone") from None
+        with os.fdopen(fd, 'w') as fh: json.dump(me, fh)
+        break
+    else: raise InfcamError(f"cannot take the lock {lock}")
+    _held[lock] = 1
+    try: yield lock
+    finally:
+        _held.pop(lock, None)
+        if (_lock_owner(lock) or {}).get('pid') == me['pid']:
+            with contextlib.suppress(OSError): lock.unlink()
 
 # %% ../nbs/00_core.ipynb #3e81bb61
 def _listing(names, n:int=8) -> str:

@@ -4,20 +4,20 @@
 
 # %% ../nbs/21_data.ipynb #4426674e
 from __future__ import annotations
-import csv, functools, hashlib, json, math, re, time, warnings
+import csv, functools, hashlib, json, math, os, re, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from .core import InfcamError, atomic_path
+from .core import InfcamError, atomic_path, folder_lock
 from .cameras import (load_camera_extrinsics, relative_poses, latent_frame_indices, to_extrinsics,
                             focal_mm_to_px, pixel_intrinsics, num_latent_frames)
 from .synthetic import setting_focal_mm
-from .video import read_video, video_info
+from .video import read_video, video_info, check_size, check_video_memory
 
 # %% auto #0
-__all__ = ['is_aug_setting', 'scene_focal_mm', 'scene_id', 'train_size', 'clip_intrinsics', 'Problems', 'read_metadata',
+__all__ = ['is_aug_setting', 'scene_focal_mm', 'scene_id', 'train_size', 'clip_intrinsics', 'Problems', 'read_metadata', 'inside',
            'SceneEntry', 'scene_poses', 'MultiCamDataset', 'add_refocused_copy', 'ClipFolder', 'item_rng',
            'sample_pair', 'pair_extrinsics', 'PairDataset', 'codec_tag', 'text_tag', 'latents_path', 'text_path',
            'load_latents', 'load_context', 'PrepareReport', 'prepare', 'CachedPairDataset']
@@ -82,7 +82,14 @@ def read_metadata(path) -> list[tuple[str, str]]:
             if not r.fieldnames or 'file_name' not in r.fieldnames or 'text' not in r.fieldnames:
                 raise InfcamError(f"{path} must have columns file_name,text; it has {','.join(r.fieldnames or [])}")
             return [((row['file_name'] or '').strip(), row['text'] or '') for row in r]
-    except (OSError, UnicodeDecodeError, csv.Error) as e: raise InfcamError(f"cannot read {path}: {e}") from None
+    except UnicodeDecodeError as e: raise InfcamError(f"cannot read {path}: it is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except (OSError, csv.Error) as e: raise InfcamError(f"cannot read {path}: {e}") from None
+
+def inside(root, rel) -> bool:
+    "Whether the relative path `rel` (from a data file) stays inside `root`: not absolute, no escaping `..`."
+    if Path(rel).is_absolute() or Path(rel).drive: return False
+    r = os.path.normpath(os.path.join(os.path.abspath(root), rel))
+    return r.startswith(os.path.join(os.path.abspath(root), ''))
 
 @dataclass
 class SceneEntry:
@@ -216,6 +223,8 @@ class ClipFolder:
         if not (self.root / 'metadata.csv').is_file(): raise InfcamError(f"{self.root} has no metadata.csv (file_name,text)")
         self.clips = []
         for fn, text in read_metadata(self.root / 'metadata.csv'):
+            if fn and not inside(self.root, fn):                     # never read, or write latents, outside the dataset
+                self.problems.add(self.root / 'metadata.csv', f"row {fn!r} points outside {self.root} (skipped)"); continue
             p = next((q for q in (self.root / fn, self.root / 'videos' / fn) if fn and q.is_file()), None)
             if p is None: self.problems.add(self.root / 'metadata.csv', f"row {fn!r} names no video")
             else: self.clips.append((p, text))
@@ -381,12 +390,14 @@ class PrepareReport:
     texts_encoded: int = 0
     texts_cached: int = 0
     removed_temp: int = 0
+    problems: int = 0              # how many of `failed` are rows or scenes of the layout, not clips
     seconds: float = 0.
     failed: list = field(default_factory=list)
     @property
     def summary(self) -> str:
         s = (f"prepare {self.root}: {self.clips} clips ({self.encoded} encoded, {self.cached} already cached, "
-             f"{len(self.failed)} skipped), {self.captions} captions ({self.texts_encoded} encoded, {self.texts_cached} "
+             f"{len(self.failed) - self.problems} skipped" + (f"; {self.problems} unusable rows or scenes" if self.problems else '') +
+             f"), {self.captions} captions ({self.texts_encoded} encoded, {self.texts_cached} "
              f"already cached) in {self.seconds:.1f} s")
         if self.removed_temp: s += f"; removed {self.removed_temp} unfinished temporary files"
         if self.failed: s += f"; skipped {self.failed[0][0]}: {self.failed[0][1]}" + (f" and {len(self.failed) - 1} more" if len(self.failed) > 1 else '')
@@ -415,64 +426,72 @@ def prepare(root, codec=None, text_encoder=None, num_frames:int=81, height:int|N
     _check_on_error(on_error); num_latent_frames(num_frames)
     if (height is None) != (width is None): raise InfcamError("give both height and width, or neither")
     if codec is None and text_encoder is None: raise InfcamError("give a codec, a text encoder or both")
-    t0, root = time.time(), Path(root)
-    clips, problems = _layout(root, on_error)
-    rep = PrepareReport(str(root), clips=len(clips))
-    tag = codec_tag(codec) if codec is not None else None
-    dirs = {latents_path(c[0], 16, 16, num_frames, 'x').parent for c in clips} | {root / 'text'}
-    for d in dirs:                                               # what a killed run left half-written
-        for t in d.glob('.*.tmp.safetensors'): t.unlink(missing_ok=True); rep.removed_temp += 1
-    bad_scenes = {}
-    bar = tqdm(clips, desc='prepare latents', unit='clip', disable=not progress or codec is None)
-    for video, caption, focal, entry, cam in (bar if codec is not None else []):
-        try:
-            if entry is not None:                                # the camera file must hold this camera's poses
-                if entry.path not in bad_scenes:
-                    try: scene_poses(entry); bad_scenes[entry.path] = None
-                    except InfcamError as e: bad_scenes[entry.path] = str(e)
-                if bad_scenes[entry.path]: raise InfcamError(f"scene's camera file is unusable: {bad_scenes[entry.path]}")
-                if len(scene_poses(entry)[cam]) < num_frames:
-                    raise InfcamError(f"camera file has {len(scene_poses(entry)[cam])} frames of {cam}, need {num_frames}")
-            info = video_info(video)
-            h, w = train_size((info['height'], info['width']), height, width)
-            out = latents_path(video, h, w, num_frames, tag)
-            if not overwrite and _complete(out): rep.cached += 1; continue
-            v = read_video(video, num_frames, height, width)
-            x = (v.permute(1, 0, 2, 3) * 2 - 1)[None]
-            if hasattr(codec, 'device'): x = x.to(codec.device)
-            with torch.no_grad(): z = codec.encode(x)[0].detach().cpu().contiguous()
-            if dtype is not None: z = z.to(dtype)
-            K = clip_intrinsics(focal, (info['height'], info['width']), height, width)
-            meta = dict(format='infcam-latents/1', video=str(video), num_frames=str(num_frames), height=str(h),
-                        width=str(w), codec=tag, focal_mm=f'{focal:g}', video_hw=f"{info['height']}x{info['width']}")
-            with atomic_path(out) as tmp: save_file(dict(latents=z, K4=K.contiguous()), str(tmp), metadata=meta)
-            rep.encoded += 1
-        except InfcamError as e:
-            if on_error == 'raise': raise InfcamError(f"{video}: {e}") from None
-            rep.failed.append((str(video), " ".join(str(e).split())))
-            bar.set_postfix(skipped=len(rep.failed))
-    if text_encoder is not None:
-        from infcam.text import clean_prompt
-        ttag = text_tag(text_encoder)
-        caps = list(dict.fromkeys(clean_prompt(c[1]) for c in clips))
-        todo = [c for c in caps if overwrite or not _complete(text_path(root, c, ttag))]
-        rep.captions, rep.texts_cached = len(caps), len(caps) - len(todo)
-        tbar = tqdm(total=len(todo), desc='prepare text', unit='caption', disable=not progress)
-        for i in range(0, len(todo), text_batch):
-            chunk = todo[i:i + text_batch]
-            ctx = text_encoder.encode(chunk).detach().cpu()
-            lens = text_encoder.tokenize(chunk)[1].sum(1).clamp(min=1).tolist()
-            for cap, c, n in zip(chunk, ctx, lens):
-                meta = dict(format='infcam-text/1', caption=cap, text_len=str(c.shape[0]), tokens=str(n))
-                with atomic_path(text_path(root, cap, ttag)) as tmp: save_file(dict(context=c[:n].contiguous()), str(tmp), metadata=meta)
-                rep.texts_encoded += 1
-            tbar.update(len(chunk))
-        tbar.close()
-    rep.failed = [*problems, *rep.failed]
-    rep.seconds = time.time() - t0
-    with atomic_path(root / 'prepare_report.json') as tmp:
-        tmp.write_text(json.dumps(dict(summary=rep.summary, **{k: getattr(rep, k) for k in rep.__dataclass_fields__}), indent=1))
-    if progress: print(rep.summary)
+    if height is not None:
+        check_size(height, width); check_video_memory(num_frames, height, width)
+    root = Path(root)
+    if not root.is_dir(): raise InfcamError(f"dataset folder not found: {root}")
+    with folder_lock(root, 'prepare'):                           # one prepare per dataset at a time
+        t0, root = time.time(), Path(root)
+        clips, problems = _layout(root, on_error)
+        rep = PrepareReport(str(root), clips=len(clips))
+        tag = codec_tag(codec) if codec is not None else None
+        dirs = {latents_path(c[0], 16, 16, num_frames, 'x').parent for c in clips} | {root / 'text'}
+        for d in dirs:                                               # what a killed run left half-written
+            for t in d.glob('.*.tmp.safetensors'): t.unlink(missing_ok=True); rep.removed_temp += 1
+        bad_scenes = {}
+        bar = tqdm(clips, desc='prepare latents', unit='clip', disable=not progress or codec is None)
+        for video, caption, focal, entry, cam in (bar if codec is not None else []):
+            try:
+                if entry is not None:                                # the camera file must hold this camera's poses
+                    if entry.path not in bad_scenes:
+                        try: scene_poses(entry); bad_scenes[entry.path] = None
+                        except InfcamError as e: bad_scenes[entry.path] = str(e)
+                    if bad_scenes[entry.path]: raise InfcamError(f"scene's camera file is unusable: {bad_scenes[entry.path]}")
+                    if len(scene_poses(entry)[cam]) < num_frames:
+                        raise InfcamError(f"camera file has {len(scene_poses(entry)[cam])} frames of {cam}, need {num_frames}")
+                info = video_info(video)
+                h, w = train_size((info['height'], info['width']), height, width)
+                out = latents_path(video, h, w, num_frames, tag)
+                if not overwrite and _complete(out): rep.cached += 1; continue
+                v = read_video(video, num_frames, height, width)
+                x = (v.permute(1, 0, 2, 3) * 2 - 1)[None]
+                if hasattr(codec, 'device'): x = x.to(codec.device)
+                with torch.no_grad(): z = codec.encode(x)[0].detach().cpu().contiguous()
+                if dtype is not None: z = z.to(dtype)
+                K = clip_intrinsics(focal, (info['height'], info['width']), height, width)
+                meta = dict(format='infcam-latents/1', video=str(video), num_frames=str(num_frames), height=str(h),
+                            width=str(w), codec=tag, focal_mm=f'{focal:g}', video_hw=f"{info['height']}x{info['width']}")
+                with atomic_path(out) as tmp: save_file(dict(latents=z, K4=K.contiguous()), str(tmp), metadata=meta)
+                rep.encoded += 1
+            except InfcamError as e:
+                if on_error == 'raise': raise InfcamError(f"{video}: {e}") from None
+                rep.failed.append((str(video), " ".join(str(e).split())))
+                bar.set_postfix(skipped=len(rep.failed))
+        if text_encoder is not None:
+            from infcam.text import clean_prompt
+            ttag = text_tag(text_encoder)
+            caps = list(dict.fromkeys(clean_prompt(c[1]) for c in clips))
+            todo = [c for c in caps if overwrite or not _complete(text_path(root, c, ttag))]
+            rep.captions, rep.texts_cached = len(caps), len(caps) - len(todo)
+            tbar = tqdm(total=len(todo), desc='prepare text', unit='caption', disable=not progress)
+            for i in range(0, len(todo), text_batch):
+                chunk = todo[i:i + text_batch]
+                ctx = text_encoder.encode(chunk).detach().cpu()
+                lens = text_encoder.tokenize(chunk)[1].sum(1).clamp(min=1).tolist()
+                for cap, c, n in zip(chunk, ctx, lens):
+                    meta = dict(format='infcam-text/1', caption=cap, text_len=str(c.shape[0]), tokens=str(n))
+                    with atomic_path(text_path(root, cap, ttag)) as tmp: save_file(dict(context=c[:n].contiguous()), str(tmp), metadata=meta)
+                    rep.texts_encoded += 1
+                tbar.update(len(chunk))
+            tbar.close()
+        rep.failed, rep.problems = [*problems, *rep.failed], len(problems)
+        rep.seconds = time.time() - t0
+        with atomic_path(root / 'prepare_report.json') as tmp:
+            tmp.write_text(json.dumps(dict(summary=rep.summary, **{k: getattr(rep, k) for k in rep.__dataclass_fields__}), indent=1))
+        if progress: print(rep.summary)
+    if codec is not None and rep.encoded + rep.cached == 0:
+        why = f" ({rep.failed[0][0]}: {rep.failed[0][1]})" if rep.failed else ''
+        raise InfcamError(f"no clip under {root} could be prepared{why}; see {root / 'prepare_report.json'}")
     return rep
 
 # %% ../nbs/21_data.ipynb #1e9ba88f

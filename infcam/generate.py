@@ -4,15 +4,15 @@
 
 # %% ../nbs/32_generate.ipynb #3c50f969
 from __future__ import annotations
-import argparse, csv, hashlib, json, math, os, sys, time
+import argparse, contextlib, csv, hashlib, json, math, os, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from .core import InfcamError, atomic_path, check_overwrite
+from .core import InfcamError, atomic_path, check_overwrite, check_device, folder_lock, os_error_message
 from .cameras import PRESET_NAMES, num_latent_frames
 from .trajectories import load_trajectory
-from .video import check_size, read_video, video_info, write_video, write_comparison, WAN_FPS
+from .video import check_size, check_video_memory, read_video, video_info, write_video, write_comparison, WAN_FPS
 
 # %% auto #0
 __all__ = ['DEFAULTS', 'DTYPES', 'ESTIMATE_METHODS', 'check_settings', 'cache_dir', 'file_sha256', 'weight_hashes', 'Job',
@@ -55,6 +55,8 @@ def check_settings(s:dict) -> dict:
     if s['memory'] not in MEMORY_MODES: raise InfcamError(f"unknown memory mode {s['memory']!r}; use one of {', '.join(MEMORY_MODES)}")
     if s['dtype'] not in DTYPES: raise InfcamError(f"unknown dtype {s['dtype']!r}; use one of {', '.join(DTYPES)}")
     if s['size'] not in ('released', 'tiny'): raise InfcamError(f"unknown --size {s['size']!r}; 'released' or 'tiny'")
+    if s['device'] is not None: check_device(s['device'])
+    check_video_memory(s['frames'], s['height'], s['width'])
     return s
 
 # %% ../nbs/32_generate.ipynb #5608e87e
@@ -115,6 +117,11 @@ class Job:
         "The three files of a result: the clip, its side-by-side with the source, and the JSON sidecar."
         return dict(video=self.out, comparison=self.out.with_suffix('.sbs.mp4'), sidecar=self.out.with_suffix('.json'))
 
+    @property
+    def marker(self) -> Path:
+        "Present while the result is being written: a result with its marker left behind was cut short by a kill."
+        return self.out.parent / f'.{self.out.stem}.incomplete'
+
 @dataclass
 class JobResult:
     job: Job
@@ -134,9 +141,12 @@ def read_batch(folder) -> list[tuple[Path, str]]:
     folder = Path(folder)
     meta = folder / 'metadata.csv'
     if not meta.is_file(): raise InfcamError(f"batch folder {folder} has no metadata.csv (columns file_name,text)")
-    with open(meta, newline='', encoding='utf-8') as f:
-        rows = list(csv.DictReader(f))
-        cols = rows[0].keys() if rows else []
+    try:
+        with open(meta, newline='', encoding='utf-8') as f:
+            rows = list(csv.DictReader(f))
+            cols = rows[0].keys() if rows else []
+    except UnicodeDecodeError as e: raise InfcamError(f"{meta} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except csv.Error as e: raise InfcamError(f"{meta} is not a readable CSV file: {e}") from None
     if not rows: raise InfcamError(f"{meta} lists no clips")
     if missing := [c for c in ('file_name', 'text') if c not in cols]:
         raise InfcamError(f"{meta} has no column {', '.join(missing)} (it has {', '.join(c for c in cols if c)}); expected file_name,text")
@@ -224,6 +234,7 @@ def _generate_one(pipe, job:Job, s:dict, weights, hashes:dict, overwrite:bool, p
         if torch.cuda.is_available(): torch.cuda.empty_cache()
         raise InfcamError(_oom_message(s['memory'], s)) from None
     o = job.outputs
+    job.marker.parent.mkdir(parents=True, exist_ok=True); job.marker.touch()
     write_video(o['video'], frames, fps=WAN_FPS, overwrite=overwrite)
     write_comparison(o['comparison'], src, frames, labels=['source', f"{trajectory_name(job.trajectory)} (generated)"],
                      fps=WAN_FPS, overwrite=overwrite)
@@ -240,6 +251,7 @@ def _generate_one(pipe, job:Job, s:dict, weights, hashes:dict, overwrite:bool, p
         outputs={k: v.name for k, v in o.items()}, timings={k: round(v, 3) for k, v in pipe.timings.items()},
         seconds=round(time.perf_counter() - t0, 3))
     with atomic_path(o['sidecar'], overwrite=overwrite) as tmp: tmp.write_text(json.dumps(side, indent=1, ensure_ascii=False) + '\n')
+    job.marker.unlink(missing_ok=True)                    # complete: all three files are there
 
 def run_jobs(jobs:list[Job], weights, settings:dict|None=None, overwrite:bool=False, strict:bool=True,
              progress:bool=True, log=print, loader=None) -> list[JobResult]:
@@ -251,9 +263,13 @@ def run_jobs(jobs:list[Job], weights, settings:dict|None=None, overwrite:bool=Fa
     if (run := training_run(weights, settings.get('checkpoint'))) is not None: settings = run_settings(run, settings)
     s = check_settings(settings)
     for t in sorted({j.trajectory for j in jobs}): load_trajectory(t, s['frames'])      # a bad trajectory fails all
-    results, todo = {}, []
+    results, todo, redo = {}, [], set()
     for j in jobs:
         if j.out.suffix.lower() != '.mp4': raise InfcamError(f"output must be an .mp4 file, got {j.out}")
+        if any(p.resolve() == Path(j.video).resolve() for p in j.outputs.values()):
+            raise InfcamError(f"--out {j.out} would replace the source video {j.video}; choose another output")
+        if j.marker.exists():                             # cut short by a kill: finish it
+            redo.add(id(j)); todo.append(j); continue
         existing = [p for p in j.outputs.values() if p.exists()]
         if existing and not overwrite:
             if strict: check_overwrite(existing[0], False)
@@ -269,20 +285,23 @@ def run_jobs(jobs:list[Job], weights, settings:dict|None=None, overwrite:bool=Fa
             if strict: raise
             results[id(j)] = JobResult(j, 'failed', str(e))
     if ok:
-        if (run := training_run(weights, s['checkpoint'])) is not None:      # a run trained here
-            hashes, load = run_hashes(run), loader or (lambda w, s: load_run_pipeline(run, s, w))
-        else:
-            hashes, load = weight_hashes(check_weights_usable(weights, s)), loader or load_pipeline
-        try: pipe = load(weights, s)
-        except _oom_types(): raise InfcamError(_oom_message(s['memory'], s)) from None
-        for i, j in enumerate(ok):
-            log(f"[{i + 1}/{len(ok)}] {j.video.name} x {j.trajectory} -> {j.out}")
-            t0 = time.perf_counter()
-            try: _generate_one(pipe, j, s, weights, hashes, overwrite, progress)
-            except InfcamError as e:
-                if strict or str(e).startswith('out of GPU memory'): raise
-                results[id(j)] = JobResult(j, 'failed', str(e)); continue
-            results[id(j)] = JobResult(j, 'done', '', time.perf_counter() - t0)
+        with contextlib.ExitStack() as locks:             # one run per output folder
+            if (run := training_run(weights, s['checkpoint'])) is not None:      # a run trained here
+                hashes, load = run_hashes(run), loader or (lambda w, s: load_run_pipeline(run, s, w))
+            else:
+                hashes, load = weight_hashes(check_weights_usable(weights, s)), loader or load_pipeline
+            for d in sorted({j.out.parent for j in ok}): locks.enter_context(folder_lock(d, 'generate'))
+            try: pipe = load(weights, s)
+            except _oom_types(): raise InfcamError(_oom_message(s['memory'], s)) from None
+            for i, j in enumerate(ok):
+                log(f"[{i + 1}/{len(ok)}] {j.video.name} x {j.trajectory} -> {j.out}")
+                t0 = time.perf_counter()
+                if id(j) in redo: log(f"  {j.out.name} was cut short by an earlier run; writing it again")
+                try: _generate_one(pipe, j, s, weights, hashes, overwrite or id(j) in redo, progress)
+                except InfcamError as e:
+                    if strict or str(e).startswith('out of GPU memory'): raise
+                    results[id(j)] = JobResult(j, 'failed', str(e)); continue
+                results[id(j)] = JobResult(j, 'done', '', time.perf_counter() - t0)
     return [results[id(j)] for j in jobs]
 
 # %% ../nbs/32_generate.ipynb #968a83aa
@@ -470,6 +489,8 @@ def generate_main(argv:list[str]|None=None) -> int:
     try: args.func(args)
     except InfcamError as e:
         print(f"infcam: error: {e}", file=sys.stderr); return 2
+    except OSError as e:
+        print(f"infcam: error: {os_error_message(e)}", file=sys.stderr); return 2
     except KeyboardInterrupt:
         print("infcam: interrupted", file=sys.stderr); return 130
     return 0

@@ -5,13 +5,14 @@
 # %% ../nbs/06_preview.ipynb #adfeefb3
 from __future__ import annotations
 from pathlib import Path
+import math
 import torch
 from tqdm.auto import tqdm
-from .core import InfcamError, check_overwrite
+from .core import InfcamError, check_overwrite, make_folder
 from .cameras import focal_mm_to_px, fov_to_focal_px, pixel_intrinsics, intrinsics_matrix
 from .homography import infinite_homography, warp_image
 from .trajectories import load_trajectory
-from .video import read_video, write_comparison, side_by_side, WAN_FPS
+from .video import read_video, write_comparison, side_by_side, check_size, check_video_memory, WAN_FPS
 
 # %% auto #0
 __all__ = ['source_intrinsics', 'rotation_only', 'demo_clip', 'preview']
@@ -22,7 +23,7 @@ def source_intrinsics(height:int, width:int, focal_mm:float|None=None, fov:float
     given = [v is not None for v in (focal_mm, fov, fx)]
     if sum(given) > 1: raise InfcamError("give only one of focal_mm, fov and fx")
     for name, v in (('focal_mm', focal_mm), ('fov', fov), ('fx', fx)):
-        if v is not None and not (v > 0): raise InfcamError(f"{name} must be positive, got {v}")
+        if v is not None and not (math.isfinite(v) and v > 0): raise InfcamError(f"{name} must be a positive finite number, got {v}")
     if fov is not None and fov >= 180: raise InfcamError(f"fov must be below 180 degrees, got {fov}")
     if fx is None:
         fx = fov_to_focal_px(fov, height, width) if fov is not None else focal_mm_to_px(24.0 if focal_mm is None else focal_mm, height, width)
@@ -70,18 +71,21 @@ def preview(video:str|Path|None=None, trajectory:str='pan_right', out:str|Path|N
             height:int|None=None, width:int|None=None, focal_mm:float|None=None, fov:float|None=None,
             zoom:float=1.0, first_frame:bool=False, stride:int=1, overwrite:bool=False, progress:bool=True) -> Path:
     "Write `source | rotation-only re-render` along `trajectory` to `out`; with no `video`, use the built-in demo clip."
-    if not zoom > 0: raise InfcamError(f"zoom must be positive, got {zoom}")
+    if not (math.isfinite(zoom) and 0 < zoom <= 100): raise InfcamError(f"zoom must be a number in (0, 100], got {zoom}")
     name = 'demo' if video is None else Path(video).stem
     traj_name = Path(trajectory).stem if Path(str(trajectory)).suffix else str(trajectory)
     out = Path(out) if out is not None else Path('outputs') / f'preview_{name}_{traj_name}.mp4'
     if out.suffix.lower() != '.mp4': raise InfcamError(f"output must be an .mp4 file, got {out}")
-    check_overwrite(out, overwrite)                               # fail before any work is done
+    if video is not None and out.resolve() == Path(video).resolve(): raise InfcamError(f"--out {out} is the source video; choose another output")
+    check_overwrite(out, overwrite); make_folder(out.parent)     # fail before any work is done
     c2w, traj_zoom = load_trajectory(trajectory, num_frames=num_frames, with_zoom=True)  # validates both
     if video is None:
-        height, width = height or 240, width or 416
+        height, width = (240, 416) if height is None and width is None else (height, width)
+        check_size(height, width); check_video_memory(num_frames, height, width, copies=8)
         src = demo_clip(num_frames, height, width, progress=progress)
     else:
-        height, width = height or 480, width or 832
+        height, width = (480, 832) if height is None and width is None else (height, width)
+        check_size(height, width); check_video_memory(num_frames, height, width, copies=8)
         src = read_video(video, num_frames=num_frames, height=height, width=width, stride=stride)
     K_src = source_intrinsics(height, width, focal_mm=focal_mm, fov=fov)
     K_tgt = K_src.repeat(num_frames, 1)

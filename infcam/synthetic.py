@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from .core import InfcamError, atomic_path
+from .core import InfcamError, atomic_path, folder_lock
 from .cameras import (PRESET_NAMES, preset, save_camera_extrinsics, load_camera_extrinsics, focal_mm_to_px,
                             pixel_intrinsics, num_latent_frames, relative_poses, ypr_to_rotation, pose_matrix)
 from .render import (Scene, Quad, box, billboard, ground_plane, make_env_map, make_texture, LinearMotion,
                            CircularMotion, render_view, rotation_matrix)
-from .video import write_video, read_video, video_info
+from .video import write_video, read_video, video_info, check_size, check_video_memory
 
 # %% auto #0
 __all__ = ['NUM_CAMERAS', 'BASE_FRAME', 'APERTURES', 'KINDS', 'COLORS', 'PATTERNS', 'camera_name', 'setting_name',
@@ -498,5 +498,7 @@ def make_dataset(root, num_scenes:int, seed:int=0, focal_mms=(24,), num_frames:i
 def synth(out='data/minimcv', scenes:int=8, seed:int=0, focal_mm=24, frames:int=81, height:int=64, width:int=112,
           overwrite:bool=False, progress:bool=True, **spec_kw) -> list[Path]:
     "The `infcam synth` command: `scenes` synthetic scenes per focal length (`focal_mm` a number or a list) under `out`."
-    return make_dataset(out, scenes, seed=seed, focal_mms=focal_mm, num_frames=frames, height=height, width=width,
+    check_size(height, width); check_video_memory(frames, height, width, copies=2)
+    with folder_lock(out, 'synth'):
+        return make_dataset(out, scenes, seed=seed, focal_mms=focal_mm, num_frames=frames, height=height, width=width,
                         progress=progress, overwrite=overwrite, **spec_kw)

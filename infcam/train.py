@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse, os, sys
 from pathlib import Path
 
-from .core import InfcamError
+from .core import InfcamError, os_error_message
 
 # %% auto #0
 __all__ = ['build_parser', 'run', 'main']
@@ -100,6 +100,8 @@ def main(argv:list[str]|None=None) -> int:
     try: run(args)
     except InfcamError as e:
         print(f"infcam.train: error: {e}", file=sys.stderr); return 2
+    except OSError as e:
+        print(f"infcam.train: error: {os_error_message(e)}", file=sys.stderr); return 2
     except KeyboardInterrupt:
         print("infcam.train: interrupted", file=sys.stderr); return 130
     return 0

@@ -13,17 +13,18 @@ import torch
 from torch import Tensor
 import lightning as L
 
-from .core import InfcamError
+from .core import InfcamError, atomic_path, folder_lock
 from .models import WanConfig, WanDiT, InfCamDiT
 from .scheduler import FlowMatchScheduler
 
 # %% auto #0
-__all__ = ['ADAMW_DEFAULTS', 'LR_SCHEDULES', 'STRATEGIES', 'build_model', 'collate', 'StepSampler', 'EpochIndexed', 'lr_factor',
-           'InfCamModule', 'eval_loss', 'list_checkpoints', 'save_checkpoint', 'prune_checkpoints', 'read_checkpoint',
-           'load_trained', 'trained_scheduler', 'deepspeed_engine', 'zero_full_param', 'zero_optimizer_state',
-           'load_zero_optimizer_state', 'load_zero_shards', 'save_zero_checkpoint', 'CheckpointCallback',
-           'lightning_strategy', 'default_precision', 'is_global_zero', 'wandb_logger', 'read_losses', 'plot_loss',
-           'resume_from', 'fit']
+__all__ = ['ADAMW_DEFAULTS', 'LR_SCHEDULES', 'STRATEGIES', 'RESUMABLE', 'ACCELERATORS', 'PRECISIONS', 'build_model', 'collate',
+           'StepSampler', 'EpochIndexed', 'lr_factor', 'InfCamModule', 'eval_loss', 'list_checkpoints',
+           'save_checkpoint', 'prune_checkpoints', 'read_checkpoint', 'load_trained', 'trained_scheduler',
+           'deepspeed_engine', 'zero_full_param', 'zero_optimizer_state', 'load_zero_optimizer_state',
+           'load_zero_shards', 'save_zero_checkpoint', 'CheckpointCallback', 'lightning_strategy', 'default_precision',
+           'is_global_zero', 'wandb_logger', 'read_losses', 'plot_loss', 'config_diff', 'check_hardware', 'resume_from',
+           'fit']
 
 # %% ../nbs/40_training.ipynb #98a914f2
 def _as_config(config, **overrides) -> WanConfig:
@@ -119,6 +120,9 @@ class InfCamModule(L.LightningModule):
         super().__init__()
         if lr_schedule not in LR_SCHEDULES: raise InfcamError(f"unknown lr_schedule {lr_schedule!r}; use one of {', '.join(LR_SCHEDULES)}")
         if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0: raise InfcamError(f"warmup must be an integer >= 0, got {warmup!r}")
+        for k, v, lo in (('lr', lr, 0), ('weight_decay', weight_decay, None), ('eps', eps, 0)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (lo == 0 and v == 0):
+                raise InfcamError(f"{k} must be a {'positive' if lo == 0 else 'non-negative'} finite number, got {v!r}")
         self.model = build_model(config, base, seed, **overrides)
         self.trainable = self.model.freeze_base()
         self.train_backbone = bool(train_backbone)
@@ -293,7 +297,12 @@ def read_checkpoint(path) -> tuple[dict[str, Tensor], dict, dict]:
     try:
         with safe_open(str(f), 'pt') as h: tensors, meta = {k: h.get_tensor(k) for k in h.keys()}, h.metadata() or {}
     except Exception as e: raise InfcamError(f"cannot read {f}: {e}") from None
-    st = torch.load(path / 'state.pt', weights_only=True, map_location='cpu') if (path / 'state.pt').is_file() else {}
+    st = {}
+    if (path / 'state.pt').is_file():
+        try: st = torch.load(path / 'state.pt', weights_only=True, map_location='cpu')
+        except Exception: raise InfcamError(f"cannot read {path / 'state.pt'}: it is empty, damaged, or holds objects other than "
+                                            f"tensors (refused: weights only); delete {path} to resume from the checkpoint before it") from None
+        if not isinstance(st, dict): raise InfcamError(f"{path / 'state.pt'} is not a training state (a dict)")
     return tensors, meta, st
 
 def load_trained(path, base=None, dtype:torch.dtype=torch.float32, device='cpu') -> InfCamDiT:
@@ -525,12 +534,45 @@ def plot_loss(run_dir, path=None) -> Path|None:
     plt.close(fig)
     return path
 
+# %% ../nbs/40_training.ipynb #8b20c141
+RESUMABLE = ('max_steps', 'strategy')          # a resumed run may train longer, or on other devices
+ACCELERATORS = ('auto', 'cpu', 'gpu', 'cuda', 'mps', 'tpu')
+PRECISIONS = ('64', '32', '16', 'bf16', '64-true', '32-true', '16-true', 'bf16-true', '16-mixed', 'bf16-mixed',
+              'transformer-engine', 'transformer-engine-float16')
+
+def config_diff(old:dict, new:dict, prefix:str='') -> list[str]:
+    "`['optimizer.lr 0.0001 -> 0.0003', ...]`: the entries of `new` that `old` records differently (missing ones are not compared)."
+    out = []
+    for k, b in new.items():
+        if k not in old: continue
+        a = old[k]
+        if isinstance(a, dict) and isinstance(b, dict): out += config_diff(a, b, f'{prefix}{k}.')
+        elif a != b: out.append(f"{prefix}{k} {a!r} -> {b!r}")
+    return out
+
+def check_hardware(accelerator:str='auto', devices='auto', precision=None):
+    "`InfcamError` unless Lightning can run `accelerator` x `devices` at `precision` on this machine."
+    if accelerator not in ACCELERATORS: raise InfcamError(f"unknown accelerator {accelerator!r}; use one of {', '.join(ACCELERATORS)}")
+    if accelerator in ('gpu', 'cuda') and not torch.cuda.is_available():
+        raise InfcamError(f"accelerator {accelerator!r}: no CUDA GPU is visible to PyTorch {torch.__version__} here; use cpu")
+    if accelerator == 'mps' and not torch.backends.mps.is_available(): raise InfcamError("accelerator 'mps' is not available here")
+    if accelerator == 'tpu': raise InfcamError("accelerator 'tpu' is not supported by infcam")
+    ok = (devices == 'auto' or (isinstance(devices, int) and not isinstance(devices, bool) and (devices >= 1 or devices == -1))
+          or (isinstance(devices, (list, tuple)) and devices and all(isinstance(x, int) and x >= 0 for x in devices))
+          or (isinstance(devices, str) and devices.replace(',', ' ').split() and
+              all(x.isdigit() for x in devices.replace(',', ' ').split())))
+    if not ok: raise InfcamError(f"devices must be 'auto', a count >= 1 (-1: all), or a list like '0,1'; got {devices!r}")
+    if precision is not None and str(precision) not in PRECISIONS:
+        raise InfcamError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+
 # %% ../nbs/40_training.ipynb #f2ae5c39
 def resume_from(module:InfCamModule, ckpt) -> int:
     "Load a checkpoint's trained tensors, optimizer state (applied when the optimizer is made) and RNG; return its step."
     tensors, meta, st = read_checkpoint(ckpt)
     sd = module.model.state_dict()
-    if missing := [n for n in module.trainable if n not in tensors]: raise InfcamError(f"{ckpt}: no tensor {missing[0]}")
+    if missing := [n for n in module.trainable if n not in tensors]:
+        raise InfcamError(f"cannot resume from {ckpt}: it lacks the trained tensor {missing[0]} ({len(missing)} missing); "
+                          "it was saved by a different model (another preset, variant or --train-backbone)")
     with torch.no_grad():
         for n, t in tensors.items(): sd[n].copy_(t)
     module.start_step = int(st.get('step', meta.get('step', 0)))
@@ -550,39 +592,60 @@ def fit(module:InfCamModule, dataset, run_dir, max_steps:int, batch_size:int=1, 
     (e.g. how the data was encoded, so that `infcam generate` can rebuild the run). Returns `module`."""
     if wandb is not None and importlib.util.find_spec('wandb') is None:
         raise InfcamError(f"wandb={wandb!r} needs Weights & Biases: pip install wandb")
-    run_dir = Path(run_dir); run_dir.mkdir(parents=True, exist_ok=True)
-    ck_dir = run_dir / 'ckpt'
-    for t in ck_dir.glob('.step*.tmp') if ck_dir.is_dir() else []: shutil.rmtree(t, ignore_errors=True)   # a killed save
-    if resume and (cks := list_checkpoints(ck_dir)): resume_from(module, cks[-1])
-    left = max_steps - module.start_step
-    if left <= 0: return module
-    module.data, module.max_steps = (dataset, batch_size, num_workers), max_steps
-    from lightning.pytorch.loggers import CSVLogger
-    loggers = [CSVLogger(run_dir / 'logs', name='csv')]
-    if importlib.util.find_spec('tensorboard') is not None:
-        from lightning.pytorch.loggers import TensorBoardLogger
-        loggers.append(TensorBoardLogger(run_dir / 'logs', name='tb'))
-    if wandb is not None: loggers.append(wb := wandb_logger(run_dir, wandb))
-    with open(run_dir / 'config.json', 'w') as fh:
-        json.dump(dict(model=module.config.to_dict(), base=module.base, seed=module.seed, optimizer=dict(module.opt_kw),
-                       train_backbone=module.train_backbone, scheduler=module.scheduler.to_dict(),
-                       lr_schedule=dict(warmup=module.warmup, schedule=module.lr_schedule), caption=module.caption,
-                       grad_clip=grad_clip, batch_size=batch_size, accumulate=accumulate, max_steps=max_steps,
-                       strategy=strategy, **(extra_config or {})), fh, indent=1)
-    trainer = L.Trainer(max_steps=left, accumulate_grad_batches=accumulate, strategy=lightning_strategy(strategy),
-                        precision=precision or default_precision(accelerator), accelerator=accelerator, devices=devices,
-                        num_nodes=num_nodes, gradient_clip_val=grad_clip,
-                        logger=loggers, log_every_n_steps=log_every, enable_checkpointing=False,
-                        callbacks=[CheckpointCallback(ck_dir, every, keep_last, keep_every), *(callbacks or [])],
-                        use_distributed_sampler=False, enable_progress_bar=progress, enable_model_summary=False,
-                        num_sanity_val_steps=0, deterministic=False)
-    with warnings.catch_warnings():
-        warnings.filterwarnings('ignore', message='.*(does not have many workers|Consider setting `persistent_workers`|LeafSpec).*')
-        try:
-            if wandb is not None and is_global_zero(): wb.experiment.define_metric('train/*', step_metric='step')
-            trainer.fit(module)
-        finally:
-            if plot and trainer.is_global_zero: plot_loss(run_dir)
-            if wandb is not None and trainer.is_global_zero and wb._experiment is not None: wb.experiment.finish()
-    module.start_step, module._trainer = module.step, None
-    return module
+    for name, v, lo in (('max_steps', max_steps, 1), ('batch_size', batch_size, 1), ('accumulate', accumulate, 1),
+                        ('every', every, 0), ('keep_last', keep_last, 1), ('num_nodes', num_nodes, 1),
+                        ('num_workers', num_workers, 0), ('log_every', log_every, 1)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            why = ' (a run keeps at least its last checkpoint, to resume from)' if name == 'keep_last' else ''
+            raise InfcamError(f"{name} must be an integer >= {lo}, got {v!r}{why}")
+    if keep_every is not None and (isinstance(keep_every, bool) or not isinstance(keep_every, int) or keep_every < 1):
+        raise InfcamError(f"keep_every must be an integer >= 1, got {keep_every!r}")
+    if grad_clip is not None and not (isinstance(grad_clip, (int, float)) and math.isfinite(grad_clip) and grad_clip > 0):
+        raise InfcamError(f"grad_clip must be a positive number, got {grad_clip!r}")
+    check_hardware(accelerator, devices, precision)
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir(): raise InfcamError(f"the run directory {run_dir} is a file")
+    with folder_lock(run_dir, 'training') if is_global_zero() else contextlib.nullcontext():
+        ck_dir = run_dir / 'ckpt'
+        for t in ck_dir.glob('.step*.tmp') if ck_dir.is_dir() else []: shutil.rmtree(t, ignore_errors=True)   # a killed save
+        if resume and (cks := list_checkpoints(ck_dir)): resume_from(module, cks[-1])
+        left = max_steps - module.start_step
+        if left <= 0: return module
+        module.data, module.max_steps = (dataset, batch_size, num_workers), max_steps
+        rec = json.loads(json.dumps(dict(model=module.config.to_dict(), base=module.base, seed=module.seed, optimizer=dict(module.opt_kw),
+                         train_backbone=module.train_backbone, scheduler=module.scheduler.to_dict(),
+                         lr_schedule=dict(warmup=module.warmup, schedule=module.lr_schedule), caption=module.caption,
+                         grad_clip=grad_clip, batch_size=batch_size, accumulate=accumulate, max_steps=max_steps,
+                         strategy=strategy, **(extra_config or {}))))
+        if module.start_step and (run_dir / 'config.json').is_file():         # resuming: the same run, or a clear refusal
+            try: old = json.loads((run_dir / 'config.json').read_text())
+            except (OSError, ValueError): old = {}
+            if diff := config_diff(old, {k: v for k, v in rec.items() if k not in RESUMABLE}):
+                raise InfcamError(f"{run_dir} holds a run trained with other settings ({'; '.join(diff[:4])}); resume it with "
+                                  f"the same settings, or train into a new run directory")
+        if is_global_zero():
+            if module.start_step: print(f"resuming {run_dir} from step {module.start_step} (to {max_steps})", flush=True)
+            with atomic_path(run_dir / 'config.json') as tmp: tmp.write_text(json.dumps(rec, indent=1))
+        from lightning.pytorch.loggers import CSVLogger
+        loggers = [CSVLogger(run_dir / 'logs', name='csv')]
+        if importlib.util.find_spec('tensorboard') is not None:
+            from lightning.pytorch.loggers import TensorBoardLogger
+            loggers.append(TensorBoardLogger(run_dir / 'logs', name='tb'))
+        if wandb is not None: loggers.append(wb := wandb_logger(run_dir, wandb))
+        trainer = L.Trainer(max_steps=left, accumulate_grad_batches=accumulate, strategy=lightning_strategy(strategy),
+                            precision=precision or default_precision(accelerator), accelerator=accelerator, devices=devices,
+                            num_nodes=num_nodes, gradient_clip_val=grad_clip,
+                            logger=loggers, log_every_n_steps=log_every, enable_checkpointing=False,
+                            callbacks=[CheckpointCallback(ck_dir, every, keep_last, keep_every), *(callbacks or [])],
+                            use_distributed_sampler=False, enable_progress_bar=progress, enable_model_summary=False,
+                            num_sanity_val_steps=0, deterministic=False)
+        with warnings.catch_warnings():
+            warnings.filterwarnings('ignore', message='.*(does not have many workers|Consider setting `persistent_workers`|LeafSpec).*')
+            try:
+                if wandb is not None and is_global_zero(): wb.experiment.define_metric('train/*', step_metric='step')
+                trainer.fit(module)
+            finally:
+                if plot and trainer.is_global_zero: plot_loss(run_dir)
+                if wandb is not None and trainer.is_global_zero and wb._experiment is not None: wb.experiment.finish()
+        module.start_step, module._trainer = module.step, None
+        return module

@@ -16,7 +16,7 @@ from .cameras import (PRESET_NAMES, preset, preset_id, latent_frame_indices, loa
                             relative_poses, pose_matrix, homogeneous, ypr_to_rotation, rotation_to_ypr)
 
 # %% auto #0
-__all__ = ['Keyframe', 'Trajectory', 'load_trajectory']
+__all__ = ['MAX_DEGREES', 'Keyframe', 'Trajectory', 'load_trajectory']
 
 # %% ../nbs/04_trajectories.ipynb #e4a9d2ae
 def _quat_from_matrix(R:Tensor) -> Tensor:
@@ -77,12 +77,15 @@ def _slerp(a:Tensor, b:Tensor, h:Tensor) -> Tensor:
 _TOP_KEYS = ('version', 'name', 'description', 'frames', 'keyframes')
 _KEY_KEYS = ('t', 'yaw', 'pitch', 'roll', 'rotation', 'translation', 'focal_mm', 'zoom')
 _ORTHO_TOL = 1e-4
+MAX_DEGREES = 3600.      # ten turns between two keyframes is already more than any camera path needs
 
-def _num(v, where:str) -> float:
+def _num(v, where:str, limit:float=1e4) -> float:
+    "`v` as a float, or `InfcamError` naming `where` if it is not a finite number within +-`limit`."
     if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
         raise InfcamError(f"{where} must be a number, got {v!r}")
     v = float(v)
     if not math.isfinite(v): raise InfcamError(f"{where} is {v}; it must be a finite number")
+    if abs(v) > limit: raise InfcamError(f"{where} is {v:g}; it must be within +-{limit:g}")
     return v
 
 def _vec(v, n:int, where:str) -> tuple:
@@ -106,7 +109,7 @@ class Keyframe:
     def _check(self, where:str) -> None:
         "Normalize the fields to floats and tuples, raising `InfcamError`s that name `where`."
         self.t = _num(self.t, f"{where}.t")
-        for k in ('yaw', 'pitch', 'roll'): setattr(self, k, _num(getattr(self, k), f"{where}.{k}"))
+        for k in ('yaw', 'pitch', 'roll'): setattr(self, k, _num(getattr(self, k), f"{where}.{k}", MAX_DEGREES))
         self.translation = _vec(self.translation, 3, f"{where}.translation")
         if self.rotation is not None:
             rows = self.rotation.tolist() if isinstance(self.rotation, Tensor) else self.rotation

@@ -4,7 +4,7 @@
 
 # %% ../nbs/15_vae.ipynb #96db5b48
 from __future__ import annotations
-import contextlib, functools, json, math, re, tempfile
+import atexit, contextlib, functools, json, math, re, shutil, tempfile
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -115,6 +115,7 @@ WAN21_VAE_CONFIG = {
 @functools.lru_cache(maxsize=None)
 def _config_dir(config_json:str) -> Path:
     d = Path(tempfile.mkdtemp(prefix='infcam_vae_config_'))
+    atexit.register(shutil.rmtree, d, True)                # removed when the process ends
     (d / 'config.json').write_text(config_json)
     return d
 

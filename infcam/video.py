@@ -5,24 +5,39 @@
 # %% ../nbs/05_video.ipynb #43b0dab8
 from __future__ import annotations
 from pathlib import Path
-import math
+import math, os
 import numpy as np
 import torch
 import torch.nn.functional as F
 from .core import InfcamError, atomic_path, check_overwrite
 
 # %% auto #0
-__all__ = ['WAN_FPS', 'check_size', 'fit_frames', 'video_info', 'read_video', 'to_uint8', 'write_video', 'side_by_side',
-           'draw_label', 'write_comparison']
+__all__ = ['WAN_FPS', 'MAX_SIDE', 'check_size', 'memory_bytes', 'check_video_memory', 'fit_frames', 'video_info', 'read_video',
+           'to_uint8', 'write_video', 'side_by_side', 'draw_label', 'write_comparison']
 
 # %% ../nbs/05_video.ipynb #5528c3c1
 WAN_FPS = 16
 
+MAX_SIDE = 4096          # pixels; 5x the 832 px Wan2.1 was trained at, and 16 GB per 81-frame float32 clip
+
 def check_size(height:int, width:int, multiple:int=16):
-    "Raise `InfcamError` unless `height` and `width` are positive multiples of `multiple`."
+    "Raise `InfcamError` unless `height` and `width` are positive multiples of `multiple`, at most `MAX_SIDE`."
     for name, v in (('height', height), ('width', width)):
-        if not isinstance(v, (int, np.integer)) or v <= 0 or v % multiple:
-            raise InfcamError(f"{name} {v} must be a positive multiple of {multiple}")
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0 or v % multiple:
+            raise InfcamError(f"{name} {v!r} must be a positive multiple of {multiple}")
+        if v > MAX_SIDE: raise InfcamError(f"{name} {v} is larger than {MAX_SIDE} pixels, the most infcam handles")
+
+def memory_bytes() -> int:
+    "The physical memory of this machine in bytes (0 where the system does not say)."
+    try: return os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+    except (ValueError, OSError, AttributeError): return 0
+
+def check_video_memory(num_frames:int, height:int, width:int, copies:int=4, what:str='video'):
+    "Raise `InfcamError` if `copies` float32 copies of a `num_frames x 3 x height x width` clip exceed this machine's memory."
+    need, have = copies * num_frames * 3 * height * width * 4, memory_bytes()
+    if have and need > have:
+        raise InfcamError(f"a {num_frames}x{height}x{width} {what} needs about {need / 2**30:.0f} GB of memory, more than this "
+                          f"machine's {have / 2**30:.0f} GB; use a smaller --height/--width or fewer --frames")
 
 # %% ../nbs/05_video.ipynb #8f5c62ce
 def fit_frames(frames:torch.Tensor, # (F, 3, H, W) in [0, 1]
@@ -46,13 +61,21 @@ def fit_frames(frames:torch.Tensor, # (F, 3, H, W) in [0, 1]
     return frames
 
 # %% ../nbs/05_video.ipynb #182847c9
+def _av_reason(e:Exception) -> str:
+    "What an FFmpeg error says about the file, in words (not `[Errno 1094995529] Invalid data found ...`)."
+    import av
+    if isinstance(e, (av.error.InvalidDataError, EOFError)): return "it is not a video file, or it is damaged or cut short"
+    if isinstance(e, PermissionError): return "permission denied"
+    msg = getattr(e, 'strerror', None) or str(e)
+    return msg.split(': '"'")[0].strip() if msg else type(e).__name__
+
 def _open(path):
     import av
     path = Path(path)
     if not path.exists(): raise InfcamError(f"video not found: {path}")
     if path.is_dir(): raise InfcamError(f"expected a video file, got a directory: {path}")
     try: c = av.open(str(path))
-    except Exception as e: raise InfcamError(f"cannot read video {path}: {e}") from None
+    except Exception as e: raise InfcamError(f"cannot read video {path}: {_av_reason(e)}") from None
     if not c.streams.video:
         c.close(); raise InfcamError(f"{path} has no video stream")
     return c
@@ -73,6 +96,7 @@ def read_video(path, num_frames:int|None=None, height:int|None=None, width:int|N
     if height is not None or width is not None:
         if height is None or width is None: raise InfcamError("give both height and width, or neither")
         check_size(height, width)
+        if num_frames is not None: check_video_memory(num_frames, height, width)
     frames = []
     with _open(path) as c:
         try:
@@ -80,7 +104,7 @@ def read_video(path, num_frames:int|None=None, height:int|None=None, width:int|N
                 if i >= start and (i - start) % stride == 0:
                     frames.append(torch.from_numpy(fr.to_ndarray(format='rgb24')))
                     if num_frames is not None and len(frames) == num_frames: break
-        except Exception as e: raise InfcamError(f"cannot decode video {path}: {e}") from None
+        except Exception as e: raise InfcamError(f"cannot decode video {path}: {_av_reason(e)}") from None
     if not frames: raise InfcamError(f"{path} has no frames after frame {start}")
     if num_frames is not None and len(frames) < num_frames:
         raise InfcamError(f"{path} is too short: {len(frames)} frames from frame {start} with stride {stride}, need {num_frames}")

@@ -69,3 +69,330 @@ def test_from_pretrained_needs_the_infcam_checkpoint(weights, tmp_path):
     w, _ = _broken_release(weights, tmp_path, 'zero_bytes')
     with pytest.raises(InfcamError, match='InfCam'):
         InfCamPipeline.from_pretrained(w, device='cpu', dtype=torch.float32, spec=WeightsSpec.tiny(), text_dtype=torch.float32)
+
+
+# ---- shared bits for the rest of issue 16 ----
+import json, os, signal, subprocess, sys, time
+
+from infcam.cli import main as cli
+from infcam.train import main as train_main
+from infcam.video import write_video
+
+F, H, W = 5, 32, 48
+
+
+def one_line(capsys) -> str:
+    "The single stderr line of a refused command (asserting there is exactly one and no traceback)."
+    err = [l for l in capsys.readouterr().err.strip().splitlines() if l.strip() and '%|' not in l]   # not progress bars
+    assert len(err) == 1 and 'Traceback' not in err[0], err
+    return err[0]
+
+
+@pytest.fixture(scope="module")
+def mcv(tmp_path_factory):
+    "One synthetic MultiCamVideo scene (5 frames, 32x48) with PixelCodec latents cached."
+    from infcam.synthetic import make_dataset
+    from infcam.data import prepare
+    from infcam.vae import PixelCodec
+    root = tmp_path_factory.mktemp("mcv")
+    make_dataset(root, 1, num_frames=F, height=H, width=W, progress=False, num_objects=2, num_moving=0)
+    prepare(root, PixelCodec(), None, num_frames=F, progress=False)
+    return root
+
+
+def train_cmd(mcv, run, *extra):
+    return [str(mcv), '--run-dir', str(run), '--codec', 'pixel', '--random-text', '--num-frames', str(F),
+            '--max-steps', '1', '--num-workers', '0', *extra]
+
+
+# 16.2: every path from a data file stays inside the dataset
+def test_prepare_never_leaves_the_dataset(tmp_path, capsys):
+    outside = tmp_path / 'outside' / 'videos'
+    data = tmp_path / 'clips'
+    for d in (outside, data / 'videos'): d.mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    write_video(outside / 'x.mp4', torch.rand(F, 3, H, W, generator=g))
+    write_video(data / 'videos' / 'ok.mp4', torch.rand(F, 3, H, W, generator=g))
+    (data / 'metadata.csv').write_text(f"file_name,text\nok.mp4,fine\n{outside / 'x.mp4'},absolute\n"
+                                       f"../outside/videos/x.mp4,dotdot\n/etc/passwd,secret\n")
+    assert cli(['prepare', str(data), '--codec', 'pixel', '--frames', str(F), '--quiet']) == 0
+    out = capsys.readouterr().out
+    assert '1 encoded' in out and '3 unusable rows' in out
+    assert not (tmp_path / 'outside' / 'latents').exists() and not list(tmp_path.glob('outside/**/*.safetensors'))
+    rep = json.loads((data / 'prepare_report.json').read_text())
+    assert sum('points outside' in why for _, why in rep['failed']) == 3
+
+
+# 16.3: sizes and numbers are bounded before any work
+@pytest.mark.parametrize('args,msg', [
+    (['--height', '100000', '--width', '48'], 'larger than 4096'),
+    (['--height', '0', '--width', '48'], 'height 0 must be a positive multiple of 16'),
+    (['--width', '0', '--height', '32'], 'width 0 must be a positive multiple of 16'),
+    (['--focal-mm', 'inf'], 'focal_mm must be a positive number'),
+    (['--device', 'cuda' if not torch.cuda.is_available() else 'cuda:99'], 'cuda'),
+])
+def test_generate_refuses_bad_numbers(weights, clip, tmp_path, capsys, args, msg):
+    small = [a for a in SMALL]
+    for k in ('--height', '--width', '--device'):
+        if k in args: i = small.index(k); del small[i:i + 2]
+    out = tmp_path / 'o' / 'x.mp4'
+    rc = generate_main(['generate', '--video', str(clip), '--prompt', 'x', '--trajectory', 'arc_left', '--weights',
+                        str(weights), '--out', str(out), *small, *args])
+    assert rc == 2 and msg in one_line(capsys)
+    assert not out.exists()
+
+
+def test_preview_and_prepare_refuse_huge_or_zero_sizes(clip, mcv, tmp_path, capsys):
+    base = ['preview', '--video', str(clip), '--trajectory', 'pan_right', '--frames', '9']
+    assert cli(base + ['--height', '100000', '--width', '100000', '--out', str(tmp_path / 'p.mp4')]) == 2
+    assert 'larger than 4096' in one_line(capsys)
+    assert cli(base + ['--height', '0', '--width', '48', '--out', str(tmp_path / 'p.mp4')]) == 2
+    assert 'height 0' in one_line(capsys)
+    assert cli(['prepare', str(mcv), '--codec', 'pixel', '--frames', str(F), '--height', '100000', '--width', '48', '--quiet']) == 2
+    assert 'larger than 4096' in one_line(capsys)
+    assert not list(mcv.glob('**/*100000x*'))
+
+
+def test_keyframe_angles_are_bounded(tmp_path):
+    from infcam.trajectories import load_trajectory
+    p = tmp_path / 'huge.json'
+    p.write_text(json.dumps({'keyframes': [{'t': 0}, {'t': 1, 'yaw': 1e308}]}))
+    with pytest.raises(InfcamError, match=r'yaw is 1e\+308; it must be within'):
+        load_trajectory(str(p), num_frames=9)
+
+
+# 16.4: training records are truthful
+def test_keep_last_zero_is_refused(mcv, tmp_path, capsys):
+    assert train_main(train_cmd(mcv, tmp_path / 'r', '--keep-last', '0')) == 2
+    assert 'keep_last must be an integer >= 1' in capsys.readouterr().err
+    assert not list(tmp_path.glob('r/ckpt/step*'))
+
+
+def test_resume_with_other_settings_is_refused(mcv, tmp_path, capsys):
+    run = tmp_path / 'r'
+    assert train_main(train_cmd(mcv, run, '--lr', '1e-4')) == 0
+    before = (run / 'config.json').read_text()
+    capsys.readouterr()
+    assert train_main(train_cmd(mcv, run, '--lr', '3e-4', '--max-steps', '2')) == 2
+    err = capsys.readouterr().err
+    assert 'optimizer.lr 0.0001 -> 0.0003' in err and 'new run directory' in err
+    assert (run / 'config.json').read_text() == before                       # the record is untouched
+    assert train_main(train_cmd(mcv, run, '--lr', '1e-4', '--max-steps', '2')) == 0     # same settings, longer: fine
+    out = capsys.readouterr().out
+    assert 'resuming' in out and 'from step 1' in out
+    assert json.loads((run / 'config.json').read_text())['max_steps'] == 2
+
+
+# 16.5: a batch result cut short by a kill is finished on the next run, a user's file is not touched
+def test_generate_finishes_a_result_cut_short(weights, clip, tmp_path, capsys):
+    out = tmp_path / 'r' / 'x.mp4'
+    assert _generate(clip, weights, out) == 0
+    sbs, side = out.with_suffix('.sbs.mp4'), out.with_suffix('.json')
+    side.unlink(); sbs.unlink()                                  # killed after the clip, before the rest...
+    (out.parent / '.x.incomplete').touch()                        # ...while its marker was there
+    assert _generate(clip, weights, out) == 0                     # no --overwrite needed
+    assert side.is_file() and sbs.is_file() and not (out.parent / '.x.incomplete').exists()
+    mine = tmp_path / 'mine' / 'x.mp4'; mine.parent.mkdir()
+    mine.write_bytes(b'my own file')                              # not ours: no marker -> refused, not replaced
+    assert _generate(clip, weights, mine) == 2 and 'already exists' in one_line(capsys)
+    assert mine.read_bytes() == b'my own file'
+
+
+# 16.6: augment's workers die with their parent
+WORKER_SCRIPT = r'''
+import concurrent.futures as cf, multiprocessing as mp, os, sys, time
+from infcam.augment import _die_with_parent
+if __name__ == '__main__':
+    ex = cf.ProcessPoolExecutor(2, mp_context=mp.get_context('spawn'), initializer=_die_with_parent, initargs=(os.getpid(),))
+    futs = [ex.submit(time.sleep, 60) for _ in range(2)]
+    time.sleep(3)
+    print(' '.join(str(p) for p in ex._processes), flush=True)
+    time.sleep(60)
+'''
+
+
+def test_augment_workers_die_with_their_parent(tmp_path):
+    psutil = pytest.importorskip('psutil')   # installed with DeepSpeed and Lightning; never missing in CI
+    p = subprocess.Popen([sys.executable, '-c', WORKER_SCRIPT], stdout=subprocess.PIPE, text=True)
+    pids = [int(x) for x in p.stdout.readline().split()]
+    assert len(pids) == 2 and all(psutil.pid_exists(x) for x in pids)
+    os.kill(p.pid, signal.SIGKILL); p.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(psutil.pid_exists(x) and psutil.Process(x).status() != psutil.STATUS_ZOMBIE for x in pids):
+        time.sleep(0.2)
+    assert not any(psutil.pid_exists(x) and psutil.Process(x).status() != psutil.STATUS_ZOMBIE for x in pids)
+
+
+# ---- no traceback anywhere: one line and exit 2, before any long work ----
+def test_files_in_the_way(clip, weights, mcv, tmp_path, capsys):
+    f = tmp_path / 'a_file'; f.write_text('x')
+    cases = [
+        ['preview', '--video', str(clip), '--trajectory', 'pan_right', '--frames', '9', '--height', '32', '--width', '48',
+         '--out', str(f / 'p.mp4')],
+        ['synth', '--out', str(f / 'ds'), '--scenes', '1', '--frames', '5', '--height', '32', '--width', '48'],
+        ['synth', '--out', str(f), '--scenes', '1', '--frames', '5', '--height', '32', '--width', '48'],
+        ['augment', str(mcv), str(f), '--quiet', '--workers', '0'],
+        ['prepare', str(f), '--codec', 'pixel', '--frames', str(F)],
+        ['weights', 'convert', str(weights / 'InfCam' / 'step35000.ckpt'), str(f / 'c.safetensors'), '--num-heads', '2'],
+        ['bench', 'smoke', '--out', str(f), '--quiet'],
+    ]
+    for c in cases:
+        assert cli(c) == 2, c
+        line = one_line(capsys)
+        assert str(f) in line, (c, line)
+    assert _generate(clip, weights, f / 'x.mp4') == 2 and str(f) in one_line(capsys)
+    assert train_main(train_cmd(mcv, f)) == 2 and 'is a file' in capsys.readouterr().err
+
+
+def test_non_utf8_metadata(mcv, clip, weights, tmp_path, capsys):
+    src = tmp_path / 'src'; shutil.copytree(mcv, src)
+    (src / 'metadata.csv').write_bytes('file_name,text\nf24_aperture5/scene1/videos/cam01.mp4,caf\xe9\n'.encode('latin-1'))
+    assert cli(['augment', str(src), str(tmp_path / 'aug'), '--quiet', '--workers', '0']) == 2
+    assert 'not UTF-8' in one_line(capsys)
+    batch = tmp_path / 'batch'; batch.mkdir(); shutil.copy(clip, batch / 'a.mp4')
+    (batch / 'metadata.csv').write_bytes('file_name,text\na.mp4,caf\xe9\n'.encode('latin-1'))
+    rc = generate_main(['generate', '--batch', str(batch), '--trajectory', 'arc_left', '--weights', str(weights),
+                        '--out-dir', str(tmp_path / 'res'), *SMALL])
+    assert rc == 2 and 'not UTF-8' in one_line(capsys)
+
+
+@pytest.mark.parametrize('args,msg', [
+    (['--batch-size', '0'], 'batch_size must be an integer >= 1'),
+    (['--lr', 'nan'], 'lr must be a positive finite number'),
+    (['--lr', '-1'], 'lr must be a positive finite number'),
+    (['--accumulate', '0'], 'accumulate must be an integer >= 1'),
+    (['--devices', '0'], 'devices must be'),
+    (['--accelerator', 'gpu'] if not torch.cuda.is_available() else ['--accelerator', 'bogus'], 'accelerator'),
+    (['--precision', 'bogus'], "unknown precision 'bogus'"),
+    (['--num-workers', '-1'], 'num_workers must be an integer >= 0'),
+])
+def test_train_refuses_bad_arguments(mcv, tmp_path, capsys, args, msg):
+    assert train_main(train_cmd(mcv, tmp_path / 'r', *args)) == 2
+    err = [l for l in capsys.readouterr().err.splitlines() if l.startswith('infcam.train:')]
+    assert len(err) == 1 and msg in err[0], err
+    assert not list(tmp_path.glob('r/ckpt/step*'))
+
+
+@pytest.mark.parametrize('how', ['empty', 'refused'])
+def test_resume_from_a_broken_state(mcv, tmp_path, capsys, how):
+    run = tmp_path / 'r'
+    assert train_main(train_cmd(mcv, run)) == 0
+    st = next(run.glob('ckpt/step*/state.pt'))
+    if how == 'empty': st.write_bytes(b'')
+    else:
+        import pickle
+        class Evil:
+            def __reduce__(self): return (print, ('pwned',))
+        with open(st, 'wb') as fh: pickle.dump({'x': Evil()}, fh)
+    capsys.readouterr()
+    assert train_main(train_cmd(mcv, run, '--max-steps', '2')) == 2
+    err = capsys.readouterr().err
+    assert 'state.pt' in err and 'Traceback' not in err and 'pwned' not in err
+
+
+def test_bench_refuses_bad_settings_before_writing(tmp_path, capsys):
+    out = tmp_path / 'b'
+    assert cli(['bench', 'smoke', '--out', str(out), '--num-frames', '10', '--quiet']) == 2
+    assert '4k+1' in one_line(capsys) and not (out / 'bench.json').exists()
+    assert cli(['bench', 'smoke', '--out', str(out), '--gen-device', 'tpu', '--quiet']) == 2
+    assert "'tpu' is not a device" in one_line(capsys) and not (out / 'bench.json').exists()
+
+
+# ---- silent acceptance: each is reported ----
+def test_prepare_reports_when_nothing_could_be_prepared(mcv, capsys):
+    assert cli(['prepare', str(mcv), '--codec', 'pixel', '--frames', '81', '--quiet']) == 2
+    assert 'no clip under' in one_line(capsys)
+    assert cli(['prepare', str(mcv), '--codec', 'pixel', '--frames', str(F), '--device', 'tpu9']) == 2
+    assert "'tpu9' is not a device" in one_line(capsys)
+
+
+@pytest.mark.parametrize('focal,msg', [('0', 'focal target 0.0'), ('nan', 'focal target nan'),
+                                       ('10', 'not longer than any scene')])
+def test_augment_refuses_useless_focals(mcv, tmp_path, capsys, focal, msg):
+    assert cli(['augment', str(mcv), str(tmp_path / 'aug'), '--focal', focal, '--quiet', '--workers', '0']) == 2
+    assert msg in one_line(capsys)
+
+
+@pytest.mark.parametrize('damage', ['truncated', 'empty', 'missing', 'no_video'])
+def test_augment_reports_incomplete_scenes(mcv, tmp_path, capsys, damage):
+    src = tmp_path / 'src'; shutil.copytree(mcv, src)
+    bad = src / 'f24_aperture5' / 'scene2'; shutil.copytree(src / 'f24_aperture5' / 'scene1', bad)
+    cam = bad / 'cameras' / 'camera_extrinsics.json'
+    if damage == 'truncated': cam.write_text(cam.read_text()[:50])
+    elif damage == 'empty': cam.write_text('')
+    elif damage == 'missing': cam.unlink()
+    else: (bad / 'videos' / 'cam03.mp4').unlink()
+    rc = cli(['augment', str(src), str(tmp_path / 'aug'), '--no-focal', '--trajectory', 'reverse', '--quiet', '--workers', '0'])
+    out = capsys.readouterr()
+    assert rc == 2 and 'f24_aperture5/scene2: incomplete scene' in out.out
+    assert 'cam03.mp4' in out.out if damage == 'no_video' else 'camera file' in out.out
+
+
+def test_out_equal_to_video_is_refused_even_with_overwrite(clip, weights, tmp_path, capsys):
+    src = tmp_path / 'src.mp4'; shutil.copy(clip, src)
+    before = src.read_bytes()
+    assert _generate(src, weights, src, '--overwrite') == 2 and 'source video' in one_line(capsys)
+    assert cli(['preview', '--video', str(src), '--trajectory', 'pan_right', '--frames', '9', '--height', '32',
+                '--width', '48', '--out', str(src), '--overwrite']) == 2 and 'source video' in one_line(capsys)
+    assert src.read_bytes() == before
+
+
+def test_library_messages_are_said_in_words(clip, weights, tmp_path, capsys):
+    bad = tmp_path / 'bad.mp4'; bad.write_bytes(b'not a video at all')
+    assert _generate(bad, weights, tmp_path / 'o.mp4') == 2
+    line = one_line(capsys)
+    assert 'not a video file' in line and 'Errno' not in line
+
+
+def test_inference_notebook_does_not_overwrite_by_default():
+    nb = json.loads((Path(__file__).resolve().parents[1] / 'nbs' / 'inference.ipynb').read_text())
+    params = next(''.join(c['source']) for c in nb['cells'] if 'parameters' in c.get('metadata', {}).get('tags', []))
+    assert 'overwrite = False' in params
+
+
+# ---- concurrency and leftovers ----
+HOLD = "import sys, time\nfrom infcam.core import folder_lock\nwith folder_lock(sys.argv[1], 'training'):\n    print('held', flush=True); time.sleep(60)\n"
+
+
+def test_a_second_run_in_one_folder_is_refused(mcv, tmp_path, capsys):
+    run = tmp_path / 'r'
+    p = subprocess.Popen([sys.executable, '-c', HOLD, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == 'held'
+        assert train_main(train_cmd(mcv, run)) == 2
+        assert 'is in use by another infcam training' in capsys.readouterr().err
+        assert cli(['prepare', str(run), '--codec', 'pixel', '--frames', str(F)]) == 2
+        assert f'process {p.pid}' in one_line(capsys)
+    finally:
+        p.kill(); p.wait()
+    assert train_main(train_cmd(mcv, run)) == 0                    # the killed holder's lock is stale: taken over
+    assert not (run / '.infcam.lock').exists()
+
+
+def test_leftover_temporaries_are_cleaned(clip, tmp_path):
+    out = tmp_path / 'p'; out.mkdir()
+    stale = out / '.x.99999999.abcdefgh.tmp.mp4'; stale.write_bytes(b'half a video')
+    assert cli(['preview', '--video', str(clip), '--trajectory', 'pan_right', '--frames', '9', '--height', '32',
+                '--width', '48', '--out', str(out / 'x.mp4')]) == 0
+    assert not stale.exists() and sorted(p.name for p in out.iterdir()) == ['x.mp4']
+    code = "from infcam.vae import wan_vae_config_dir; print(wan_vae_config_dir())"
+    d = Path(subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout.strip())
+    assert d.name.startswith('infcam_vae_config_') and not d.exists()       # removed when its process ended
+
+
+def test_latents_follow_the_umask(mcv):
+    umask = os.umask(0); os.umask(umask)
+    files = list(mcv.glob('**/latents/*.safetensors'))
+    assert files and all(f.stat().st_mode & 0o777 == 0o666 & ~umask for f in files)
+
+
+def test_a_refused_write_is_one_line(clip, tmp_path, capsys, monkeypatch):
+    "A read-only folder (simulated: the tests may run as root, who may write anywhere) ends in one line naming the file."
+    import infcam.core
+    def refuse(src, dst): raise PermissionError(13, 'Permission denied', str(dst))
+    monkeypatch.setattr(infcam.core.os, 'replace', refuse)
+    out = tmp_path / 'ro' / 'p.mp4'
+    assert cli(['preview', '--video', str(clip), '--trajectory', 'pan_right', '--frames', '9', '--height', '32',
+                '--width', '48', '--out', str(out)]) == 2
+    assert one_line(capsys) == f"infcam: error: {out}: Permission denied"
+    assert not out.exists() and not list(out.parent.glob('.*tmp*'))    # and no temporary left behind

@@ -153,7 +153,7 @@ def test_train_cli(ds, tmp_path):
     cmd = [str(root), "--run-dir", str(tmp_path / "run"), "--codec", "pixel", "--random-text", "--num-frames", str(F),
            "--every", "2", "--num-workers", "0"]
     assert main(cmd + ["--max-steps", "2"]) == 0
-    assert main(cmd + ["--max-steps", "4", "--lr", "1e-3"]) == 0            # resumes from step 2
+    assert main(cmd + ["--max-steps", "4"]) == 0            # resumes from step 2 (other settings would be refused)
     assert [p.name for p in list_checkpoints(tmp_path / "run" / "ckpt")] == ["step00000002", "step00000004"]
     assert main(cmd[:1] + ["--run-dir", str(tmp_path / "x"), "--codec", "wanvae", "--max-steps", "1", "--num-frames", str(F)]) == 2
     r = subprocess.run([sys.executable, "-m", "infcam.train", "--help"], capture_output=True, text=True, timeout=60)
