@@ -18,6 +18,8 @@ def _preview(a):
                   width=a.width, focal_mm=a.focal_mm, fov=a.fov, zoom=a.zoom, first_frame=a.first_frame,
                   stride=a.stride, overwrite=a.overwrite)
     print(f"wrote {out}")
+    from infcam.preview import static_preview_note
+    if note := static_preview_note(a.trajectory, a.frames, a.zoom): print(note, file=sys.stderr)
 
 def _weights_check(a):
     from infcam.weights import check_weights

@@ -44,7 +44,7 @@ def check_overwrite(path, overwrite:bool=False) -> Path:
     "Return `path` as a `Path`, raising `InfcamError` if it exists and `overwrite` is False."
     path = Path(path)
     if path.exists() and not overwrite:
-        raise InfcamError(f"{path} already exists; pass --overwrite (overwrite=True) to replace it")
+        raise InfcamError(f"{path} already exists; pass --overwrite to replace it")
     return path
 
 # %% ../nbs/00_core.ipynb #c0641ed1

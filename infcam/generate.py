@@ -17,7 +17,7 @@ from .video import check_size, check_video_memory, read_video, video_info, write
 # %% auto #0
 __all__ = ['DEFAULTS', 'DTYPES', 'ESTIMATE_METHODS', 'check_settings', 'cache_dir', 'file_sha256', 'weight_hashes', 'Job',
            'JobResult', 'trajectory_name', 'read_batch', 'make_jobs', 'load_pipeline', 'check_weights_usable',
-           'run_jobs', 'TrainingRun', 'training_run', 'run_settings', 'load_run_pipeline', 'run_hashes',
+           'source_fps', 'run_jobs', 'TrainingRun', 'training_run', 'run_settings', 'load_run_pipeline', 'run_hashes',
            'settings_from_sidecar', 'add_generate_parser', 'run_generate', 'generate_main']
 
 # %% ../nbs/32_generate.ipynb #e2817b00
@@ -215,6 +215,11 @@ def _source_intrinsics(frames:torch.Tensor, s:dict) -> tuple[torch.Tensor, str, 
     K = source_intrinsics(H, W, focal_mm=s['focal_mm'], fov=s['fov'], fx=s['fx'])
     return K, 'explicit' if given else 'default', f"{given}={s[given]:g}" if given else 'default 24 mm lens'
 
+def source_fps(video) -> float:
+    "The frame rate of `video` (Wan's 16 fps when the container does not say): outputs play at their source's rate."
+    fps = video_info(video).get('fps')
+    return float(fps) if fps and math.isfinite(float(fps)) and 0 < float(fps) <= 240 else float(WAN_FPS)
+
 def _versions() -> dict:
     import infcam
     return dict(infcam=getattr(infcam, '__version__', '?'), torch=torch.__version__, python=sys.version.split()[0])
@@ -235,13 +240,14 @@ def _generate_one(pipe, job:Job, s:dict, weights, hashes:dict, overwrite:bool, p
         raise InfcamError(_oom_message(s['memory'], s)) from None
     o = job.outputs
     job.marker.parent.mkdir(parents=True, exist_ok=True); job.marker.touch()
-    write_video(o['video'], frames, fps=WAN_FPS, overwrite=overwrite)
+    fps = source_fps(job.video)                           # the generated frames are the source's instants, seen elsewhere
+    write_video(o['video'], frames, fps=fps, overwrite=overwrite)
     write_comparison(o['comparison'], src, frames, labels=['source', f"{trajectory_name(job.trajectory)} (generated)"],
-                     fps=WAN_FPS, overwrite=overwrite)
+                     fps=fps, overwrite=overwrite)
     side = dict(
         command='generate', created=time.strftime('%Y-%m-%dT%H:%M:%S%z'), versions=_versions(),
         video=str(Path(job.video).resolve()), video_sha256=file_sha256(job.video, cache=False),
-        prompt=job.prompt, trajectory=job.trajectory,
+        prompt=job.prompt, trajectory=job.trajectory, fps=fps,
         settings={k: s[k] for k in DEFAULTS},
         intrinsics=dict(method=method, requested=s['estimate'] or method, message=msg, K_src=[round(float(v), 6) for v in p['K_src']],
                         K_tgt=[round(float(v), 6) for v in p['K_tgt']]),

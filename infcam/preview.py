@@ -15,7 +15,7 @@ from .trajectories import load_trajectory
 from .video import read_video, write_comparison, side_by_side, check_size, check_video_memory, WAN_FPS
 
 # %% auto #0
-__all__ = ['source_intrinsics', 'rotation_only', 'demo_clip', 'preview']
+__all__ = ['source_intrinsics', 'rotation_only', 'demo_clip', 'preview', 'static_preview_note']
 
 # %% ../nbs/06_preview.ipynb #5bf5e7ea
 def source_intrinsics(height:int, width:int, focal_mm:float|None=None, fov:float|None=None, fx:float|None=None) -> torch.Tensor:
@@ -93,3 +93,15 @@ def preview(video:str|Path|None=None, trajectory:str='pan_right', out:str|Path|N
     warped, mask = rotation_only(src, c2w, K_src, K_tgt, first_frame=first_frame, progress=progress)
     label = f"{traj_name}{' (first frame)' if first_frame else ''}"
     return write_comparison(out, src, warped * mask + 0.15 * (1 - mask), labels=['source', label], overwrite=overwrite)
+
+# %% ../nbs/06_preview.ipynb
+def static_preview_note(trajectory, num_frames:int=81, zoom:float=1.0, tol_deg:float=0.05) -> str|None:
+    "The line to print when `trajectory` has no rotation and no lens change, so its preview equals the source; else None."
+    c2w, traj_zoom = load_trajectory(trajectory, num_frames=num_frames, with_zoom=True)
+    R = c2w[:, :3, :3].double()
+    cos = ((R.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1, 1)
+    angle = float(torch.rad2deg(torch.acos(cos)).max())
+    if angle > tol_deg or float((zoom * traj_zoom - 1).abs().max()) > 1e-3: return None
+    name = Path(trajectory).stem if Path(str(trajectory)).suffix else str(trajectory)
+    return (f"note: {name} has no rotation and no lens change; the preview shows only those (translation needs depth, "
+            f"which the model learns), so its right half equals the source")

@@ -108,8 +108,9 @@ def load_umt5(path, config=None, dtype:torch.dtype=torch.bfloat16, device='cpu')
 
 # %% ../nbs/14_text.ipynb #d589a7bb
 def clean_prompt(text:str) -> str:
-    "Wan's prompt cleaning without ftfy: unescape HTML entities (twice), collapse whitespace, strip."
-    return re.sub(r'\s+', ' ', html.unescape(html.unescape(text))).strip()
+    "Wan's prompt cleaning: repair mojibake and curly-quote damage (ftfy), unescape HTML entities twice, collapse whitespace."
+    import ftfy
+    return re.sub(r'\s+', ' ', html.unescape(html.unescape(ftfy.fix_text(text))).strip()).strip()
 
 def load_tokenizer(path):
     "The umT5 tokenizer from a local folder (a copy of `google/umt5-xxl`, or anything `AutoTokenizer` reads)."

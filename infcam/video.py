@@ -6,6 +6,7 @@
 from __future__ import annotations
 from pathlib import Path
 import math, os
+from fractions import Fraction
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -126,7 +127,7 @@ def write_video(path, frames:torch.Tensor, fps:float=WAN_FPS, overwrite:bool=Fal
     path = Path(path)
     with atomic_path(path, overwrite=overwrite) as tmp:
         with av.open(str(tmp), mode='w', format='mp4') as c:
-            s = c.add_stream('libx264', rate=round(fps) if float(fps).is_integer() else fps)
+            s = c.add_stream('libx264', rate=Fraction(float(fps)).limit_denominator(1001))   # 29.97 -> 30000/1001
             s.width, s.height, s.pix_fmt = arr.shape[2], arr.shape[1], 'yuv420p'
             s.options = {'crf': str(crf)}
             for a in arr:

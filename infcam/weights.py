@@ -349,7 +349,7 @@ def convert_checkpoint(src, dst, dtype=None, overwrite:bool=False, config:WanCon
     if dst.is_dir(): dst = dst / (src.stem + '.safetensors')
     if dst.suffix != '.safetensors': raise InfcamError(f"{dst}: the converted checkpoint must end in .safetensors")
     if dst.exists() and src.exists() and dst.resolve() == src.resolve(): raise InfcamError(f"{dst}: will not convert a file onto itself")
-    if dst.exists() and not overwrite: raise InfcamError(f"{dst} already exists; pass --overwrite (overwrite=True) to replace it")
+    if dst.exists() and not overwrite: raise InfcamError(f"{dst} already exists; pass --overwrite to replace it")
     ck = read_dit_checkpoint(src, config, num_heads, prefix, device='cpu').check()
     meta = {'format': 'pt', 'config': json.dumps(ck.config.to_dict()), 'kind': ck.kind, 'source': src.name,
             'stripped': '; '.join(ck.stripped)}

@@ -25,6 +25,7 @@ def test_preview_defaults_on_builtin_clip(tmp_path):
     before = out.read_bytes()
     r = infcam('preview', '--frames', '17', '--height', '64', '--width', '112', cwd=tmp_path)
     assert_one_line_error(r, 'already exists', '--overwrite')
+    assert 'overwrite=True' not in r.stderr                 # no Python wording in a command's message
     assert out.read_bytes() == before                       # the existing result is untouched
     r = infcam('preview', '--frames', '17', '--height', '64', '--width', '112', '--trajectory', 'tilt_down', '--overwrite', cwd=tmp_path)
     assert r.returncode == 0 and (tmp_path / 'outputs' / 'preview_demo_tilt_down.mp4').exists()
@@ -103,3 +104,10 @@ def test_augment_resumes_and_reports(tmp_path):
     assert len(list((out / 'videos').glob('cam*.mp4'))) == 10 and (out / 'cameras' / 'camera_extrinsics.json').exists()
     r = infcam(*args)
     assert r.returncode == 0 and '0 written, 2 skipped' in r.stdout, r.stdout
+
+
+def test_preview_says_when_it_cannot_show_the_trajectory(tmp_path):
+    r = infcam('preview', '--frames', '9', '--height', '48', '--width', '80', '--trajectory', 'zoom_in', cwd=tmp_path)
+    assert r.returncode == 0 and 'zoom_in has no rotation and no lens change' in r.stderr
+    r = infcam('preview', '--frames', '9', '--height', '48', '--width', '80', '--trajectory', 'pan_left', cwd=tmp_path)
+    assert r.returncode == 0 and 'no rotation' not in r.stderr

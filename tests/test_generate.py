@@ -189,3 +189,13 @@ def test_estimate_recorded(clip, weights, tmp_path, capsys):
     i = json.loads(out.with_suffix('.json').read_text())['intrinsics']
     assert i['requested'] == 'selfcal' and i['method'] in ('selfcal', 'default') and i['message']
     if i['method'] == 'default': assert 'fell back' in capsys.readouterr().err   # random frames: no rotation to calibrate from
+
+
+def test_output_plays_at_the_source_frame_rate(weights, tmp_path):
+    from infcam.video import video_info
+    src = tmp_path / 'pal.mp4'
+    write_video(src, torch.rand(9, 3, 32, 48, generator=torch.Generator().manual_seed(1)), fps=25)
+    out = tmp_path / 'r' / 'x.mp4'
+    assert generate_main(single(src, weights, out)) == 0
+    assert video_info(out)['fps'] == 25 and video_info(out.with_suffix('.sbs.mp4'))['fps'] == 25
+    assert json.loads(out.with_suffix('.json').read_text())['fps'] == 25
