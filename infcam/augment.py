@@ -19,7 +19,7 @@ from .video import video_info
 __all__ = ['FOCAL_TARGETS', 'crop_factor', 'refocus_intrinsics', 'refocus', 'shift_indices', 'reverse_indices',
            'palindrome_indices', 'default_window', 'trajectory_plan', 'retime', 'shift_window', 'reverse_window',
            'palindrome_window', 'scene_focal_mm', 'source_scenes', 'scene_problem', 'refocus_uint8', 'augment_scene',
-           'write_aug_metadata', 'augment', 'check_focal_targets']
+           'write_aug_metadata', 'augment', 'check_focal_targets', 'augment_summary']
 
 # %% ../nbs/22_augment.ipynb #4f2f99d7
 # MultiCamVideo's lenses and the longer ones each is re-focused to (AugMCV's rule)
@@ -358,6 +358,11 @@ def _die_with_parent(ppid:int):
         os._exit(1)
     threading.Thread(target=watch, daemon=True).start()
 
+def augment_summary(rep:dict) -> str:
+    "One line of what `augment` did, in source scenes and the augmented scenes made from them."
+    return (f"augment: {rep['sources']} source scene(s) -> {len(rep['written'])} augmented scene(s) written, "
+            f"{len(rep['skipped'])} already there; {len(rep['failed'])} source scene(s) failed")
+
 def _augment(src, dst, scenes, incomplete, captions, focal_targets, trajectory, workers, overwrite, progress, shifts, window, mode, crf):
     from tqdm.auto import tqdm
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
@@ -397,8 +402,9 @@ def _augment(src, dst, scenes, incomplete, captions, focal_targets, trajectory, 
     bar.close()
     meta = write_aug_metadata(dst, rows) if rows else None
     order = lambda xs: sorted(xs, key=_natural)
-    rep = dict(written=order(written), skipped=order(skipped), failed=dict(sorted(failed.items())), metadata=meta)
+    rep = dict(written=order(written), skipped=order(skipped), failed=dict(sorted(failed.items())), metadata=meta,
+               sources=len(scenes) + len(incomplete))
     if progress:
-        print(f"augment: {len(written)} written, {len(skipped)} skipped, {len(failed)} failed source scene(s)")
+        print(augment_summary(rep))
         for k, v in rep['failed'].items(): print(f"  {k}: {v}")
     return rep

@@ -85,8 +85,10 @@ def _augment(a):
     traj = None if a.no_trajectory else tuple(a.trajectory)
     rep = augment(a.src, a.dst, focal_targets=focal, trajectory=traj, workers=a.workers, overwrite=a.overwrite,
                   progress=not a.quiet, shifts=a.shifts, window=a.window)
-    print(f"augment: {len(rep['written'])} written, {len(rep['skipped'])} skipped, {len(rep['failed'])} failed")
-    for scene, why in rep['failed'].items(): print(f"  failed: {scene}: {why}")
+    if a.quiet:                                       # otherwise augment printed it
+        from infcam.augment import augment_summary
+        print(augment_summary(rep))
+        for scene, why in rep['failed'].items(): print(f"  failed: {scene}: {why}")
     if rep['failed']: raise InfcamError(f"{len(rep['failed'])} scene(s) failed; see the list above")
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     'the view InfCam is conditioned on) and write it beside the source. With no --video, '
                                     'a built-in rendered clip is used.')
     pv.add_argument('--video', help='source clip (mp4, mov, ...); default: the built-in demo clip')
-    pv.add_argument('--trajectory', default='pan_right', help='preset name or number (1-10), or a trajectory file (.yaml/.json)')
+    pv.add_argument('--trajectory', default='pan_right', help='preset name or number (1-10; a preset starts about 10 degrees off and passes through the source camera at its middle frame, as the released presets do), or a trajectory file (.yaml/.json; starts at the source camera)')
     pv.add_argument('--out', help='output .mp4 (default: outputs/preview_<video>_<trajectory>.mp4)')
     pv.add_argument('--frames', type=int, default=81, help='number of frames, 4k+1 (default 81)')
     pv.add_argument('--height', type=int, help='frame height, a multiple of 16 (default 480; 240 for the demo clip)')

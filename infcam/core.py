@@ -10,7 +10,7 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['LOCK_NAME', 'WRAPPER_KEYS', 'InfcamError', 'os_error_message', 'check_device', 'check_overwrite', 'make_folder',
            'pid_alive', 'clean_stale_temps', 'atomic_path', 'folder_lock', 'load_pickle', 'unwrap_state_dict',
-           'read_state_dict', 'check_parameters']
+           'read_state_dict', 'figure_path', 'save_figure', 'check_parameters']
 
 # %% ../nbs/00_core.ipynb #664726ca
 class InfcamError(Exception):
@@ -193,6 +193,24 @@ def read_state_dict(path, what:str='checkpoint', map_location='cpu') -> dict:
         try: return load_file(str(path), device=str(map_location))
         except Exception as e: raise InfcamError(f"{path}: not a readable safetensors file ({_first_line(e)})") from None
     return unwrap_state_dict(load_pickle(path, what, map_location), str(path))[0]
+
+# %% ../nbs/00_core.ipynb #384f402d
+def figure_path(name:str) -> Path|None:
+    "Where the figure `name` is saved: in the folder `INFCAM_FIGURES` names (`1`: the repository's `figures/`), or None."
+    v = os.environ.get('INFCAM_FIGURES', '').strip()
+    if not v or v == '0': return None
+    d = Path(__file__).resolve().parents[1] / 'figures' if v == '1' else Path(v)
+    if v == '1' and not (d.parent / 'settings.ini').is_file():
+        raise InfcamError("INFCAM_FIGURES=1 saves into the repository's figures/, but infcam is not installed from a checkout; give a folder")
+    return make_folder(d) / name
+
+def save_figure(name:str, fig=None, **kw) -> Path|None:
+    "Save `fig` (default: the current matplotlib figure) as `figure_path(name)` when figures are asked for; returns the path."
+    if (path := figure_path(name)) is None: return None
+    import matplotlib.pyplot as plt
+    kw.setdefault('metadata', {'Software': None})                # no version string: the same figure, the same bytes
+    with atomic_path(path) as tmp: (fig or plt.gcf()).savefig(tmp, format=path.suffix[1:] or 'png', **kw)
+    return path
 
 # %% ../nbs/00_core.ipynb #b258da00
 def check_parameters(names:dict, before:set, declared:dict):

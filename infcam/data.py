@@ -400,7 +400,7 @@ class PrepareReport:
              f"), {self.captions} captions ({self.texts_encoded} encoded, {self.texts_cached} "
              f"already cached) in {self.seconds:.1f} s")
         if self.removed_temp: s += f"; removed {self.removed_temp} unfinished temporary files"
-        if self.failed: s += f"; skipped {self.failed[0][0]}: {self.failed[0][1]}" + (f" and {len(self.failed) - 1} more" if len(self.failed) > 1 else '')
+        if self.failed: s += f"; skipped {self.failed[0][0]}: {self.failed[0][1]}" + (f" and {len(self.failed) - 1} more clips or rows" if len(self.failed) > 1 else '')
         return s
     def __str__(self) -> str: return self.summary
 

@@ -412,7 +412,7 @@ def add_generate_parser(subparsers) -> argparse.ArgumentParser:
                     'results that exist and goes on past bad clips.')
     g.add_argument('--video', help='source clip (mp4, mov, ...)')
     g.add_argument('--prompt', help='text describing the scene')
-    g.add_argument('--trajectory', help='preset name or number (1-10), a trajectory file (.yaml/.json), or camera_extrinsics.json:camXX[@camYY]')
+    g.add_argument('--trajectory', help='preset name or number (1-10; starts about 10 degrees off and passes through the source camera at its middle frame, as the released presets do), a trajectory file (.yaml/.json; starts at the source camera), or camera_extrinsics.json:camXX[@camYY]')
     g.add_argument('--out', help='output .mp4 (single mode)')
     g.add_argument('--batch', metavar='FOLDER', help='folder with metadata.csv (file_name,text) and the clips, or videos/')
     g.add_argument('--trajectories', help='batch mode: comma-separated trajectories (each clip x each)')

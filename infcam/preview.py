@@ -94,7 +94,7 @@ def preview(video:str|Path|None=None, trajectory:str='pan_right', out:str|Path|N
     label = f"{traj_name}{' (first frame)' if first_frame else ''}"
     return write_comparison(out, src, warped * mask + 0.15 * (1 - mask), labels=['source', label], overwrite=overwrite)
 
-# %% ../nbs/06_preview.ipynb
+# %% ../nbs/06_preview.ipynb #b1459e9f
 def static_preview_note(trajectory, num_frames:int=81, zoom:float=1.0, tol_deg:float=0.05) -> str|None:
     "The line to print when `trajectory` has no rotation and no lens change, so its preview equals the source; else None."
     c2w, traj_zoom = load_trajectory(trajectory, num_frames=num_frames, with_zoom=True)

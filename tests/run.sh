@@ -4,6 +4,7 @@
 #  2. the notebooks are clean (nbdev_clean changes nothing in nbs/)
 #  3. every notebook runs top to bottom on the CPU (nbdev_test; cells flagged slow/gpu/notest are skipped)
 #  4. pytest
+#  5. nothing committed was changed by running them (figures/ is rewritten only with INFCAM_FIGURES=1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 snapshot() { find "$1" -type f \( -name "$2" \) -not -path '*/.ipynb_checkpoints/*' -not -path '*/__pycache__/*' -print0 | sort -z | xargs -0 sha256sum; }
@@ -27,7 +28,15 @@ python tests/readme.py --check
 
 echo "== nbdev_test: every notebook runs on the CPU"
 export MPLBACKEND=Agg
+unset INFCAM_FIGURES
+figs=$(snapshot figures '*')
 nbdev_test --n_workers "${NBDEV_WORKERS:-2}" --timing
 
 echo "== pytest"
 python -m pytest tests -q -p no:cacheprovider "$@"
+
+echo "== the tests left the committed figures alone"
+if [ "$figs" != "$(snapshot figures '*')" ]; then
+  echo "FAIL: running the tests changed figures/ (save figures with infcam.core.save_figure, which writes only when asked)"
+  exit 1
+fi

@@ -99,11 +99,11 @@ def test_augment_resumes_and_reports(tmp_path):
     args = ('augment', str(root), str(root), '--focal', '50', '--trajectory', 'reverse', '--workers', '1', '--quiet')
     r = infcam(*args)
     assert r.returncode == 0, r.stderr
-    assert '2 written' in r.stdout
+    assert '1 source scene(s) -> 2 augmented scene(s) written' in r.stdout, r.stdout
     out = root / 'f24_aperture5_aug' / 'scene1_f50'
     assert len(list((out / 'videos').glob('cam*.mp4'))) == 10 and (out / 'cameras' / 'camera_extrinsics.json').exists()
     r = infcam(*args)
-    assert r.returncode == 0 and '0 written, 2 skipped' in r.stdout, r.stdout
+    assert r.returncode == 0 and '1 source scene(s) -> 0 augmented scene(s) written, 2 already there' in r.stdout, r.stdout
 
 
 def test_preview_says_when_it_cannot_show_the_trajectory(tmp_path):
