@@ -4,7 +4,7 @@
 
 # %% ../nbs/41_train_cli.ipynb #1ddf2af5
 from __future__ import annotations
-import argparse, os, sys
+import argparse, math, os, sys
 from pathlib import Path
 
 from .core import InfcamError, os_error_message
@@ -57,7 +57,14 @@ def run(args) -> Path:
     "Train as `args` say; return the run folder."
     from infcam.data import CachedPairDataset
     from infcam.models import WanConfig
-    from infcam.training import InfCamModule, fit, is_global_zero, list_checkpoints
+    from infcam.training import InfCamModule, fit, is_global_zero, list_checkpoints, check_fit_args
+    devices = int(args.devices) if str(args.devices).isdigit() else args.devices
+    check_fit_args(args.max_steps, args.batch_size, args.accumulate, args.every, args.keep_last, args.keep_every,   # before any loading
+                   args.num_nodes, args.num_workers, 1, args.grad_clip, args.accelerator, devices, args.precision)
+    for k in ('lr', 'weight_decay'):
+        v = getattr(args, k)
+        if not (math.isfinite(v) and (v > 0 if k == 'lr' else v >= 0)): raise InfcamError(f"--{k.replace('_', '-')} must be a {'positive' if k == 'lr' else 'non-negative'} finite number, got {v}")
+    if Path(args.run_dir).exists() and not Path(args.run_dir).is_dir(): raise InfcamError(f"the run directory {args.run_dir} is a file")
     ds = CachedPairDataset(args.data, codec=args.codec, text=False if args.random_text else args.text,
                            num_frames=args.num_frames, height=args.height, width=args.width, aug_prob=args.aug_prob,
                            seed=args.seed)
@@ -73,7 +80,6 @@ def run(args) -> Path:
     if cfg is not None and cfg.in_dim != ch: over.update(in_dim=ch, out_dim=ch)
     if not args.random_text and cfg is not None and item['context'].shape[-1] != cfg.text_dim:
         raise InfcamError(f"cached text states have width {item['context'].shape[-1]}, preset {args.preset!r} expects {cfg.text_dim}")
-    devices = int(args.devices) if str(args.devices).isdigit() else args.devices
     if args.num_nodes < 1: raise InfcamError(f"--num-nodes must be at least 1, got {args.num_nodes}")
     m = InfCamModule(cfg or args.preset, base=args.base, seed=args.seed, lr=args.lr, weight_decay=args.weight_decay,
                      train_backbone=args.train_backbone, shift=args.shift, prediction=args.prediction,

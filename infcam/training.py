@@ -23,8 +23,8 @@ __all__ = ['ADAMW_DEFAULTS', 'LR_SCHEDULES', 'STRATEGIES', 'RESUMABLE', 'ACCELER
            'save_checkpoint', 'prune_checkpoints', 'read_checkpoint', 'load_trained', 'trained_scheduler',
            'deepspeed_engine', 'zero_full_param', 'zero_optimizer_state', 'load_zero_optimizer_state',
            'load_zero_shards', 'save_zero_checkpoint', 'CheckpointCallback', 'lightning_strategy', 'default_precision',
-           'is_global_zero', 'wandb_logger', 'read_losses', 'plot_loss', 'config_diff', 'check_hardware', 'resume_from',
-           'fit']
+           'is_global_zero', 'wandb_logger', 'read_losses', 'plot_loss', 'config_diff', 'check_hardware',
+           'check_fit_args', 'resume_from', 'fit']
 
 # %% ../nbs/40_training.ipynb #98a914f2
 def _as_config(config, **overrides) -> WanConfig:
@@ -565,6 +565,22 @@ def check_hardware(accelerator:str='auto', devices='auto', precision=None):
     if precision is not None and str(precision) not in PRECISIONS:
         raise InfcamError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
 
+def check_fit_args(max_steps:int, batch_size:int=1, accumulate:int=1, every:int=100, keep_last:int=3,
+                   keep_every:int|None=None, num_nodes:int=1, num_workers:int=0, log_every:int=1,
+                   grad_clip:float|None=None, accelerator:str='auto', devices='auto', precision=None):
+    "`InfcamError` for the first of `fit`'s arguments that cannot work (called by `fit`, and by the CLI before any loading)."
+    for name, v, lo in (('max_steps', max_steps, 1), ('batch_size', batch_size, 1), ('accumulate', accumulate, 1),
+                        ('every', every, 0), ('keep_last', keep_last, 1), ('num_nodes', num_nodes, 1),
+                        ('num_workers', num_workers, 0), ('log_every', log_every, 1)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            why = ' (a run keeps at least its last checkpoint, to resume from)' if name == 'keep_last' else ''
+            raise InfcamError(f"{name} must be an integer >= {lo}, got {v!r}{why}")
+    if keep_every is not None and (isinstance(keep_every, bool) or not isinstance(keep_every, int) or keep_every < 1):
+        raise InfcamError(f"keep_every must be an integer >= 1, got {keep_every!r}")
+    if grad_clip is not None and not (isinstance(grad_clip, (int, float)) and math.isfinite(grad_clip) and grad_clip > 0):
+        raise InfcamError(f"grad_clip must be a positive number, got {grad_clip!r}")
+    check_hardware(accelerator, devices, precision)
+
 # %% ../nbs/40_training.ipynb #f2ae5c39
 def resume_from(module:InfCamModule, ckpt) -> int:
     "Load a checkpoint's trained tensors, optimizer state (applied when the optimizer is made) and RNG; return its step."
@@ -592,17 +608,8 @@ def fit(module:InfCamModule, dataset, run_dir, max_steps:int, batch_size:int=1, 
     (e.g. how the data was encoded, so that `infcam generate` can rebuild the run). Returns `module`."""
     if wandb is not None and importlib.util.find_spec('wandb') is None:
         raise InfcamError(f"wandb={wandb!r} needs Weights & Biases: pip install wandb")
-    for name, v, lo in (('max_steps', max_steps, 1), ('batch_size', batch_size, 1), ('accumulate', accumulate, 1),
-                        ('every', every, 0), ('keep_last', keep_last, 1), ('num_nodes', num_nodes, 1),
-                        ('num_workers', num_workers, 0), ('log_every', log_every, 1)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            why = ' (a run keeps at least its last checkpoint, to resume from)' if name == 'keep_last' else ''
-            raise InfcamError(f"{name} must be an integer >= {lo}, got {v!r}{why}")
-    if keep_every is not None and (isinstance(keep_every, bool) or not isinstance(keep_every, int) or keep_every < 1):
-        raise InfcamError(f"keep_every must be an integer >= 1, got {keep_every!r}")
-    if grad_clip is not None and not (isinstance(grad_clip, (int, float)) and math.isfinite(grad_clip) and grad_clip > 0):
-        raise InfcamError(f"grad_clip must be a positive number, got {grad_clip!r}")
-    check_hardware(accelerator, devices, precision)
+    check_fit_args(max_steps, batch_size, accumulate, every, keep_last, keep_every, num_nodes, num_workers,
+                   log_every, grad_clip, accelerator, devices, precision)
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir(): raise InfcamError(f"the run directory {run_dir} is a file")
     with folder_lock(run_dir, 'training') if is_global_zero() else contextlib.nullcontext():
