@@ -77,8 +77,8 @@ import json, os, signal, subprocess, sys, time
 from infcam.cli import main as cli
 from infcam.train import main as train_main
 from infcam.video import write_video
-
-F, H, W = 5, 32, 48
+# test_training's one-scene dataset with its PixelCodec latents, and its clip size
+from test_training import ds, F, H, W    # noqa: F401
 
 
 def one_line(capsys) -> str:
@@ -89,15 +89,9 @@ def one_line(capsys) -> str:
 
 
 @pytest.fixture(scope="module")
-def mcv(tmp_path_factory):
-    "One synthetic MultiCamVideo scene (5 frames, 32x48) with PixelCodec latents cached."
-    from infcam.synthetic import make_dataset
-    from infcam.data import prepare
-    from infcam.vae import PixelCodec
-    root = tmp_path_factory.mktemp("mcv")
-    make_dataset(root, 1, num_frames=F, height=H, width=W, progress=False, num_objects=2, num_moving=0)
-    prepare(root, PixelCodec(), None, num_frames=F, progress=False)
-    return root
+def mcv(ds):
+    "test_training's synthetic scene (5 frames, 32x48, PixelCodec latents cached): its root folder."
+    return Path(ds.index.roots[0])
 
 
 def train_cmd(mcv, run, *extra):
