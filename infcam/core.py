@@ -59,6 +59,7 @@ def make_folder(path) -> Path:
     return path
 
 # %% ../nbs/00_core.ipynb #d69299f1
+_swept: set = set()                                    # folders whose leftovers this process removed already
 _TEMP = re.compile(r'^\..+\.(\d+)\.[A-Za-z0-9_]{8}\.tmp(\.[^/]*)?$')
 
 def pid_alive(pid:int) -> bool:
@@ -86,7 +87,7 @@ def atomic_path(path, overwrite:bool=True):
     "Yield a temporary path beside `path`; rename it onto `path` only if the block finishes without error."
     path = check_overwrite(path, overwrite)
     make_folder(path.parent)
-    clean_stale_temps(path.parent)
+    if (d := str(path.parent.resolve())) not in _swept: clean_stale_temps(path.parent); _swept.add(d)   # once per folder and process
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.{os.getpid()}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
