@@ -4,11 +4,12 @@
 
 # %% ../nbs/51_benchmark.ipynb #f5ed9079
 from __future__ import annotations
-import csv, dataclasses, hashlib, json, math, os, shutil, subprocess, sys, time
+import dataclasses, hashlib, json, math, os, shutil, subprocess, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor
 
@@ -18,10 +19,11 @@ from .cameras import (relative_poses, rigid_inverse, homogeneous, latent_frame_i
 
 # %% auto #0
 __all__ = ['VARIANTS', 'BASELINES', 'REFERENCE', 'METRICS', 'BENCH_CAPTION', 'SMALL_MODEL', 'BACKBONE_DIR', 'ROW_FIELDS',
-           'TEST_SPLITS', 'BenchConfig', 'make_data', 'backbone_settings', 'find_backbone', 'ensure_backbone',
-           'eval_pairs', 'train_command', 'train_variant', 'copy_source', 'homography_warp', 'TrainedMethod', 'score',
-           'sample_path', 'evaluate', 'summarize', 'markdown_table', 'learning_table', 'paired_difference', 'findings',
-           'plot_summary', 'plot_samples', 'run_benchmark']
+           'TEXT_FIELDS', 'TEST_SPLITS', 'BenchConfig', 'make_data', 'backbone_settings', 'find_backbone',
+           'ensure_backbone', 'eval_pairs', 'train_command', 'train_variant', 'copy_source', 'homography_warp',
+           'TrainedMethod', 'score', 'read_rows', 'write_table', 'sample_path', 'evaluate', 'summarize',
+           'markdown_table', 'learning_table', 'paired_difference', 'findings', 'plot_summary', 'plot_samples',
+           'run_benchmark']
 
 # %% ../nbs/51_benchmark.ipynb #eb901696
 VARIANTS = {
@@ -362,28 +364,30 @@ def score(pred:Tensor, gt:Tensor, pair:dict, num_frames:int, min_registered:floa
 # %% ../nbs/51_benchmark.ipynb #b054c06b
 ROW_FIELDS = ('method', 'seed', 'split', 'scene', 'pair', 'source_camera', 'target_camera', *METRICS, 'seconds')
 
-def _read_rows(path:Path) -> list[dict]:
-    with open(path) as fh:
-        return [{k: (float(v) if k in METRICS or k == 'seconds' else int(v) if k in ('seed', 'pair') else v) for k, v in r.items()}
-                for r in csv.DictReader(fh)]
+TEXT_FIELDS = ('method', 'split', 'scene', 'source_camera', 'target_camera')
 
-def _write_rows(path:Path, rows:list[dict], fields=ROW_FIELDS):
-    with atomic_path(path) as tmp, open(tmp, 'w', newline='') as fh:
-        w = csv.DictWriter(fh, fieldnames=list(fields), extrasaction='ignore'); w.writeheader(); w.writerows(rows)
+def read_rows(path) -> pd.DataFrame:
+    "The per-clip rows `evaluate` wrote to the CSV `path` (columns `ROW_FIELDS`), as a DataFrame."
+    return pd.read_csv(path, dtype={k: str for k in TEXT_FIELDS})
+
+def write_table(df:pd.DataFrame, path) -> Path:
+    "Write the DataFrame `df` to the CSV `path` atomically, without its index."
+    with atomic_path(path) as tmp: df.to_csv(tmp, index=False)
+    return Path(path)
 
 def sample_path(out_csv) -> Path:
     "Where `evaluate` keeps the frames it proposed for the sample pair."
     return Path(out_csv).with_suffix('.sample.safetensors')
 
 def evaluate(name:str, method, pairs:list[dict], cfg:BenchConfig, out_csv, seed:int=0, progress:bool=True,
-             sample:int|None=None) -> list[dict]:
-    """Score `method(pair, source_frames)` on every pair; rows are cached in `out_csv`, and the frames proposed for
-    pair `sample` in `sample_path(out_csv)` (for `plot_samples`, without generating them again)."""
+             sample:int|None=None) -> pd.DataFrame:
+    """Score `method(pair, source_frames)` on every pair: one row per pair (`ROW_FIELDS`), cached in `out_csv`; the
+    frames proposed for pair `sample` are kept in `sample_path(out_csv)` (for `plot_samples`, without generating them again)."""
     from tqdm.auto import tqdm
     from infcam.video import read_video
     from safetensors.torch import save_file
     out_csv = Path(out_csv)
-    if out_csv.is_file(): return _read_rows(out_csv)
+    if out_csv.is_file(): return read_rows(out_csv)
     rows = []
     for i, pair in enumerate(tqdm(pairs, desc=f'evaluate {name}', unit='clip', disable=not progress)):
         src = read_video(pair['source'], cfg.num_frames, cfg.height, cfg.width)
@@ -397,24 +401,21 @@ def evaluate(name:str, method, pairs:list[dict], cfg:BenchConfig, out_csv, seed:
         if method is None: s['PSNR'] = s['SSIM'] = float('nan')       # the reference is not scored against itself
         rows.append(dict(method=name, seed=seed, **{k: pair[k] for k in ('split', 'scene', 'pair', 'source_camera', 'target_camera')},
                          **s, seconds=secs))
-    _write_rows(out_csv, rows)
+    rows = pd.DataFrame(rows, columns=list(ROW_FIELDS))
+    write_table(rows, out_csv)
     return rows
 
 # %% ../nbs/51_benchmark.ipynb #fecdae53
-def summarize(rows:list[dict]) -> list[dict]:
-    "Mean and standard error per (method, split) of every metric, in the order the methods first appear."
-    groups = {}
-    for r in rows: groups.setdefault((r['method'], r['split']), []).append(r)
-    out = []
-    for (m, split), rs in groups.items():
-        d = dict(method=m, split=split, clips=len(rs), seeds=len({r['seed'] for r in rs}))
-        for k in METRICS:
-            v = np.array([r[k] for r in rs], dtype=np.float64)
-            v = v[np.isfinite(v)]
-            d[k] = float(v.mean()) if len(v) else float('nan')
-            d[k + '_se'] = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float('nan')
-        out.append(d)
-    return out
+def summarize(rows) -> pd.DataFrame:
+    """One row per (method, split), in the order the methods first appear: the number of clips and seeds, and the mean
+    and standard error (`_se`) of every metric over its finite values. `rows`: `evaluate`'s DataFrame (or its records)."""
+    df = pd.DataFrame(rows).replace([np.inf, -np.inf], np.nan)
+    g = df.groupby(['method', 'split'], sort=False)
+    out = g.agg(clips=('method', 'size'), seeds=('seed', 'nunique'))
+    for k in METRICS: out[k], out[k + '_se'] = g[k].mean(), g[k].sem()
+    return out.reset_index()
+
+def _records(table) -> list[dict]: return pd.DataFrame(table).to_dict('records')
 
 TEST_SPLITS = ('shared', 'different')
 
@@ -425,7 +426,7 @@ def _fmt(v:float, se:float, digits:int) -> str:
 def markdown_table(summary:list[dict], splits=TEST_SPLITS) -> str:
     "The summary as a markdown table, one row per method and split (the held-out splits by default)."
     lines = ['| method | split | PSNR ↑ | SSIM ↑ | RotErr (deg) ↓ | TransErr ↓ | registered |', '|---|---|---|---|---|---|---|']
-    for d in summary:
+    for d in _records(summary):
         if splits is not None and d['split'] not in splits: continue
         lines.append(f"| {d['method']} | {d['split']} | {_fmt(d['PSNR'], d['PSNR_se'], 2)} | {_fmt(d['SSIM'], d['SSIM_se'], 3)} | "
                      f"{_fmt(d['RotErr'], d['RotErr_se'], 2)} | {_fmt(d['TransErr'], d['TransErr_se'], 3)} | {d['registered']:.2f} |")
@@ -434,6 +435,7 @@ def markdown_table(summary:list[dict], splits=TEST_SPLITS) -> str:
 def learning_table(summary:list[dict]) -> str:
     """PSNR on training pairs, on held-out pairs (`shared`), and on the same held-out pairs given another scene's source
     (`swapped`), per method: "learning" shows as train vs held-out, "using the source" as the drop when it is swapped."""
+    summary = _records(summary)
     get = {(d['method'], d['split']): d for d in summary}
     lines = ['| method | PSNR train | PSNR held-out (shared) | PSNR with another scene\'s source | drop |', '|---|---|---|---|---|']
     for m in dict.fromkeys(d['method'] for d in summary):
@@ -446,20 +448,18 @@ def learning_table(summary:list[dict]) -> str:
     return '\n'.join(lines) + '\n'
 
 # %% ../nbs/51_benchmark.ipynb #f7a58c6a
-def _per_clip(rows:list[dict], method:str, split:str, k:str) -> dict:
-    "`{(scene, pair): value of k}` for `method` on `split`, averaged over its seeds."
-    d = {}
-    for r in rows:
-        if r['method'] == method and r['split'] == split and math.isfinite(r[k]): d.setdefault((r['scene'], r['pair']), []).append(r[k])
-    return {c: float(np.mean(v)) for c, v in d.items()}
+def _per_clip(rows:pd.DataFrame, method:str, split:str, k:str) -> pd.Series:
+    "The finite values of metric `k` of `method` on `split`, per clip `(scene, pair)`, averaged over its seeds."
+    r = rows[(rows['method'] == method) & (rows['split'] == split)]
+    return r[np.isfinite(r[k].astype(float))].groupby(['scene', 'pair'])[k].mean()
 
 def paired_difference(rows:list[dict], a:str, b:str, split:str, k:str='PSNR', split_b:str|None=None) -> tuple[float, float, int]:
     """Mean and standard error of `a - b` in metric `k` over the clips of `split` (of `split_b` for `b`, if given) that
     both scored, each method's value of a clip averaged over its seeds first; and the number of clips."""
-    pa, pb = _per_clip(rows, a, split, k), _per_clip(rows, b, split_b or split, k)
-    diff = np.array([pa[c] - pb[c] for c in pa if c in pb])
+    rows = pd.DataFrame(rows)
+    diff = (_per_clip(rows, a, split, k) - _per_clip(rows, b, split_b or split, k)).dropna()   # clips both scored
     if len(diff) == 0: return math.nan, math.nan, 0
-    return float(diff.mean()), (float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else math.nan), len(diff)
+    return float(diff.mean()), (float(diff.sem()) if len(diff) > 1 else math.nan), len(diff)
 
 def _verdict(d:float, se:float, yes:str, no:str, none:str) -> str:
     if not math.isfinite(d): return 'cannot be told (not measured)'
@@ -469,6 +469,7 @@ def _verdict(d:float, se:float, yes:str, no:str, none:str) -> str:
 def findings(rows:list[dict], summary:list[dict], method:str='full') -> list[str]:
     """Sentences computed from the rows: does `method` beat the baselines, learn, use its source; do the ablated parts
     help? A difference counts when it is larger than twice its standard error (clips paired)."""
+    summary = _records(summary)
     get = {(d['method'], d['split']): d for d in summary}
     have = {d['method'] for d in summary}
     out = []
@@ -502,6 +503,7 @@ def plot_summary(summary:list[dict], path, title:str='') -> Path:
     "Bar charts of PSNR, SSIM, RotErr and TransErr per method and split, saved as a PNG."
     import matplotlib; matplotlib.use('Agg', force=False)
     import matplotlib.pyplot as plt
+    summary = _records(summary)
     methods = list(dict.fromkeys(d['method'] for d in summary))
     splits = list(dict.fromkeys(d['split'] for d in summary))
     get = {(d['method'], d['split']): d for d in summary}
@@ -567,8 +569,8 @@ def _check_out(out:Path, cfg:BenchConfig, overwrite:bool):
     with atomic_path(f) as tmp: Path(tmp).write_text(json.dumps(cfg.to_dict(), indent=1))
 
 def run_benchmark(out, cfg:BenchConfig|None=None, figures=None, overwrite:bool=False, progress:bool=True) -> dict:
-    """Run (or resume) the benchmark `cfg` in `out`; returns dict(summary, rows, table (markdown), learning (markdown),
-    findings (sentences), files, seconds, timing)."""
+    """Run (or resume) the benchmark `cfg` in `out`; returns dict(summary, rows (DataFrames), table (markdown), learning
+    (markdown), findings (sentences), files, seconds, timing, backbone)."""
     t0 = time.perf_counter()
     cfg = cfg or BenchConfig.budget('mini')
     out = Path(out)
@@ -602,22 +604,23 @@ def run_benchmark(out, cfg:BenchConfig|None=None, figures=None, overwrite:bool=F
             fn = TrainedMethod(m, cfg, cfg.gen_device) if isinstance(m, Path) else m
             t, csv_path = time.perf_counter(), out / 'eval' / f'{name}-s{s}.csv'
             done = csv_path.is_file()
-            rows += evaluate(name, fn, pairs, cfg, csv_path, seed=s, progress=progress, sample=sample_pair)
+            rows.append(evaluate(name, fn, pairs, cfg, csv_path, seed=s, progress=progress, sample=sample_pair))
             if not done: timing[f'eval {name}-s{s}'] = time.perf_counter() - t
             if s == cfg.seeds[0] and fn is not None:
                 from safetensors.torch import load_file
                 sp = sample_path(csv_path)
                 sample[name] = load_file(str(sp))['frames'] if sp.is_file() else fn(pair, src)
+        rows = pd.concat(rows, ignore_index=True)
         summary = summarize(rows)
         table, learning, found = markdown_table(summary), learning_table(summary), findings(rows, summary)
         files = dict(csv=out / 'table.csv', md=out / 'table.md', plot=out / 'ablation.png', samples=out / 'samples.png')
-        _write_rows(files['csv'], summary, ['method', 'split', 'clips', 'seeds', *[x for k in METRICS for x in (k, k + '_se')]])
+        write_table(summary, files['csv'])
         n_test = sum(p['split'] in TEST_SPLITS for p in pairs)
         title = (f"{cfg.preset}, {cfg.steps} steps x batch {cfg.batch_size}, {cfg.num_frames}x{cfg.height}x{cfg.width}, "
                  f"{n_test} test clips, seeds {list(cfg.seeds)}")
         with atomic_path(files['md']) as tmp:
             Path(tmp).write_text(f"{title}\n\n{table}\n{learning}\n" + ''.join(f"- {s}\n" for s in found))
-        plot_summary([d for d in summary if d['split'] in TEST_SPLITS], files['plot'], title)
+        plot_summary(summary[summary['split'].isin(TEST_SPLITS)], files['plot'], title)
         plot_samples(pair, sample, cfg.num_frames, files['samples'])
         if figures is not None:
             figures = Path(figures); figures.mkdir(parents=True, exist_ok=True)

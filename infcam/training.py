@@ -4,11 +4,12 @@
 
 # %% ../nbs/40_training.ipynb #ddab2a30
 from __future__ import annotations
-import contextlib, csv, enum, hashlib, importlib.util, json, math, os, random, re, shutil, tempfile, time, warnings
+import contextlib, enum, hashlib, importlib.util, json, math, os, random, re, shutil, tempfile, time, warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor
 import lightning as L
@@ -23,7 +24,7 @@ __all__ = ['ADAMW_DEFAULTS', 'LR_SCHEDULES', 'STRATEGIES', 'RESUMABLE', 'ACCELER
            'save_checkpoint', 'prune_checkpoints', 'read_checkpoint', 'load_trained', 'trained_scheduler',
            'deepspeed_engine', 'zero_full_param', 'zero_optimizer_state', 'load_zero_optimizer_state',
            'load_zero_shards', 'save_zero_checkpoint', 'CheckpointCallback', 'lightning_strategy', 'default_precision',
-           'is_global_zero', 'wandb_logger', 'read_losses', 'plot_loss', 'config_diff', 'check_hardware',
+           'is_global_zero', 'wandb_logger', 'read_log', 'read_losses', 'plot_loss', 'config_diff', 'check_hardware',
            'check_fit_args', 'resume_from', 'fit']
 
 # %% ../nbs/40_training.ipynb #98a914f2
@@ -506,15 +507,22 @@ def wandb_logger(run_dir, project:str):
             with atomic_path(idf) as tmp: Path(tmp).write_text(rid)
     return WandbLogger(project=project, name=run_dir.resolve().name, id=rid, resume='allow', save_dir=str(run_dir / 'logs'))
 
+def read_log(run_dir) -> pd.DataFrame:
+    """Everything the run logged (`train/loss`, `lr`, ...), one row per step, indexed by step and sorted: every logging
+    session under `run_dir/logs/csv/` (a resumed run has several), the latest value of each column winning."""
+    files = sorted(Path(run_dir).glob('logs/csv/version_*/metrics.csv'), key=lambda p: int(p.parent.name.split('_')[1]))
+    frames = [pd.read_csv(f) for f in files if f.stat().st_size]
+    frames = [f for f in frames if len(f) and 'step' in f]
+    if not frames: return pd.DataFrame(index=pd.Index([], dtype='int64', name='step'))
+    log = pd.concat(frames, ignore_index=True).dropna(subset=['step'])
+    log['step'] = log['step'].astype('int64')
+    return log.groupby('step').last().sort_index()              # last non-empty value per column and step
+
 def read_losses(run_dir) -> tuple[np.ndarray, np.ndarray]:
-    "`(steps, losses)` of every logging session under `run_dir/logs/csv/`, the latest value per step, sorted."
-    vals = {}
-    for f in sorted(Path(run_dir).glob('logs/csv/version_*/metrics.csv'), key=lambda p: int(p.parent.name.split('_')[1])):
-        with open(f) as fh:
-            for r in csv.DictReader(fh):
-                if r.get('train/loss') not in (None, ''): vals[int(float(r['step']))] = float(r['train/loss'])
-    k = sorted(vals)
-    return np.array(k, dtype=np.int64), np.array([vals[s] for s in k], dtype=np.float32)
+    "`(steps, losses)`: the `train/loss` column of `read_log(run_dir)` as arrays."
+    log = read_log(run_dir)
+    loss = log['train/loss'].dropna() if 'train/loss' in log else pd.Series([], dtype='float32')
+    return loss.index.to_numpy(np.int64), loss.to_numpy(np.float32)
 
 def plot_loss(run_dir, path=None) -> Path|None:
     "Save the loss curve of `run_dir` as a PNG (default `run_dir/loss.png`); None when nothing was logged."
