@@ -163,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument('--tokenizer', help='the local google/umt5-xxl tokenizer folder')
     pr.add_argument('--text-dtype', choices=list(_DTYPES), default='bf16', help='text encoder dtype (default bf16)')
     pr.add_argument('--device', default='cpu', help='cpu or cuda (default cpu)')
-    pr.add_argument('--frames', type=int, default=81, help='frames per clip, 4k+1 (default 81)')
+    pr.add_argument('--frames', type=int, help="frames per clip, 4k+1 (default: each clip's own length cut to 4k+1: "
+                    "81 for a synthetic clip, 41 for augment's time-shifted copies)")
     pr.add_argument('--height', type=int, help='encode at this height (multiple of 16; default: native size)')
     pr.add_argument('--width', type=int, help='encode at this width (multiple of 16; default: native size)')
     pr.add_argument('--dtype', choices=list(_DTYPES), help='store latents in this dtype (default: as encoded)')

@@ -20,7 +20,7 @@ from .video import read_video, video_info, check_size, check_video_memory
 __all__ = ['is_aug_setting', 'scene_focal_mm', 'scene_id', 'train_size', 'clip_intrinsics', 'Problems', 'read_metadata', 'inside',
            'SceneEntry', 'scene_poses', 'MultiCamDataset', 'add_refocused_copy', 'ClipFolder', 'item_rng',
            'sample_pair', 'pair_extrinsics', 'PairDataset', 'codec_tag', 'text_tag', 'latents_path', 'text_path',
-           'load_latents', 'load_context', 'PrepareReport', 'prepare', 'CachedPairDataset']
+           'load_latents', 'load_context', 'PrepareReport', 'clip_length', 'prepare', 'CachedPairDataset']
 
 # %% ../nbs/21_data.ipynb #07ce91a8
 _AUG_SCENE = re.compile(r'(.+)_f(\d+(?:\.\d+)?)')
@@ -393,12 +393,14 @@ class PrepareReport:
     problems: int = 0              # how many of `failed` are rows or scenes of the layout, not clips
     seconds: float = 0.
     failed: list = field(default_factory=list)
+    lengths: dict = field(default_factory=dict)   # {frames: clips} of the cached latents
     @property
     def summary(self) -> str:
         s = (f"prepare {self.root}: {self.clips} clips ({self.encoded} encoded, {self.cached} already cached, "
              f"{len(self.failed) - self.problems} skipped" + (f"; {self.problems} unusable rows or scenes" if self.problems else '') +
              f"), {self.captions} captions ({self.texts_encoded} encoded, {self.texts_cached} "
              f"already cached) in {self.seconds:.1f} s")
+        if len(self.lengths) > 1: s += "; clip lengths " + ', '.join(f"{n} frames: {c} clips" for n, c in sorted(self.lengths.items(), reverse=True))
         if self.removed_temp: s += f"; removed {self.removed_temp} unfinished temporary files"
         if self.failed: s += f"; skipped {self.failed[0][0]}: {self.failed[0][1]}" + (f" and {len(self.failed) - 1} more clips or rows" if len(self.failed) > 1 else '')
         return s
@@ -413,21 +415,30 @@ def _layout(root:Path, on_error:str):
         return [(p, t, 24., None, None) for p, t in cf.clips], cf.problems
     return [(e.cameras[c], idx.caption(e, c), e.focal_mm, e, c) for e, c in idx.clips()], idx.problems
 
-def prepare(root, codec=None, text_encoder=None, num_frames:int=81, height:int|None=None, width:int|None=None,
+def clip_length(frames:int, poses:int|None=None) -> int:
+    "The longest `4k+1` frames a clip of `frames` video frames (and `poses` camera poses, if given) can give."
+    n = min(frames, poses) if poses is not None else frames
+    if n < 1: raise InfcamError(f"the clip has no frames{' with camera poses' if poses is not None and frames else ''}")
+    return (n - 1) // 4 * 4 + 1
+
+def prepare(root, codec=None, text_encoder=None, num_frames:int|None=81, height:int|None=None, width:int|None=None,
             overwrite:bool=False, progress:bool=True, on_error:str='skip', dtype:torch.dtype|None=None,
             text_batch:int=8) -> PrepareReport:
     """Cache the latents of every clip under `root` (a MultiCamVideo/AugMCV root or a clip folder) with `codec` and the
     text states of every caption with `text_encoder` (either may be None), resumably; bad clips are skipped and
-    reported (`on_error='skip'`) or raise (`'raise'`). `height`/`width` None keep each video's size (cropped to
+    reported (`on_error='skip'`) or raise (`'raise'`). `num_frames` None caches each clip at its own length
+    (`clip_length`: a 41-frame time-shifted copy at 41, an 81-frame clip at 81). `height`/`width` None keep each video's size (cropped to
     multiples of 16); `dtype` casts stored latents (default: as the codec returns them); `text_batch` captions are
     encoded at once. Writes `<root>/prepare_report.json` and prints the summary line when `progress`."""
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
-    _check_on_error(on_error); num_latent_frames(num_frames)
+    _check_on_error(on_error)
+    if num_frames is not None: num_latent_frames(num_frames)
     if (height is None) != (width is None): raise InfcamError("give both height and width, or neither")
     if codec is None and text_encoder is None: raise InfcamError("give a codec, a text encoder or both")
     if height is not None:
-        check_size(height, width); check_video_memory(num_frames, height, width)
+        check_size(height, width)
+        if num_frames is not None: check_video_memory(num_frames, height, width)
     root = Path(root)
     if not root.is_dir(): raise InfcamError(f"dataset folder not found: {root}")
     with folder_lock(root, 'prepare'):                           # one prepare per dataset at a time
@@ -435,7 +446,7 @@ def prepare(root, codec=None, text_encoder=None, num_frames:int=81, height:int|N
         clips, problems = _layout(root, on_error)
         rep = PrepareReport(str(root), clips=len(clips))
         tag = codec_tag(codec) if codec is not None else None
-        dirs = {latents_path(c[0], 16, 16, num_frames, 'x').parent for c in clips} | {root / 'text'}
+        dirs = {latents_path(c[0], 16, 16, 1, 'x').parent for c in clips} | {root / 'text'}
         for d in dirs:                                               # what a killed run left half-written
             for t in d.glob('.*.tmp.safetensors'): t.unlink(missing_ok=True); rep.removed_temp += 1
         bad_scenes = {}
@@ -447,22 +458,25 @@ def prepare(root, codec=None, text_encoder=None, num_frames:int=81, height:int|N
                         try: scene_poses(entry); bad_scenes[entry.path] = None
                         except InfcamError as e: bad_scenes[entry.path] = str(e)
                     if bad_scenes[entry.path]: raise InfcamError(f"scene's camera file is unusable: {bad_scenes[entry.path]}")
-                    if len(scene_poses(entry)[cam]) < num_frames:
-                        raise InfcamError(f"camera file has {len(scene_poses(entry)[cam])} frames of {cam}, need {num_frames}")
+                poses = len(scene_poses(entry)[cam]) if entry is not None else None
                 info = video_info(video)
+                n = clip_length(info['frames'], poses) if num_frames is None else num_frames
+                if poses is not None and poses < n:
+                    raise InfcamError(f"camera file has {poses} frames of {cam}, need {n}")
                 h, w = train_size((info['height'], info['width']), height, width)
-                out = latents_path(video, h, w, num_frames, tag)
-                if not overwrite and _complete(out): rep.cached += 1; continue
-                v = read_video(video, num_frames, height, width)
+                out = latents_path(video, h, w, n, tag)
+                if not overwrite and _complete(out):
+                    rep.cached += 1; rep.lengths[n] = rep.lengths.get(n, 0) + 1; continue
+                v = read_video(video, n, height, width)
                 x = (v.permute(1, 0, 2, 3) * 2 - 1)[None]
                 if hasattr(codec, 'device'): x = x.to(codec.device)
                 with torch.no_grad(): z = codec.encode(x)[0].detach().cpu().contiguous()
                 if dtype is not None: z = z.to(dtype)
                 K = clip_intrinsics(focal, (info['height'], info['width']), height, width)
-                meta = dict(format='infcam-latents/1', video=str(video), num_frames=str(num_frames), height=str(h),
+                meta = dict(format='infcam-latents/1', video=str(video), num_frames=str(n), height=str(h),
                             width=str(w), codec=tag, focal_mm=f'{focal:g}', video_hw=f"{info['height']}x{info['width']}")
                 with atomic_path(out) as tmp: save_file(dict(latents=z, K4=K.contiguous()), str(tmp), metadata=meta)
-                rep.encoded += 1
+                rep.encoded += 1; rep.lengths[n] = rep.lengths.get(n, 0) + 1
             except InfcamError as e:
                 if on_error == 'raise': raise InfcamError(f"{video}: {e}") from None
                 rep.failed.append((str(video), " ".join(str(e).split())))
@@ -505,16 +519,30 @@ class CachedPairDataset(PairDataset):
         self.tag = codec if isinstance(codec, str) else codec_tag(codec)
         self.text = text if text in (None, False) or isinstance(text, str) else text_tag(text)
         hw = f'{height}x{width}' if height is not None else '*x*'
+        self.other_lengths = {}                                      # {frames: clips} cached only at another length
         for e in self.index.scenes:                                  # keep the cameras that have a cache file
             found = {}
             for c, p in e.cameras.items():
-                m = sorted(latents_path(p, 1, 1, num_frames, self.tag).parent.glob(f'{p.stem}.{hw}x{num_frames}.{self.tag}.safetensors'))
+                folder = latents_path(p, 1, 1, num_frames, self.tag).parent
+                m = sorted(folder.glob(f'{p.stem}.{hw}x{num_frames}.{self.tag}.safetensors'))
                 if len(m) > 1: raise InfcamError(f"several cached sizes for {p}: {', '.join(q.name for q in m)}; give height and width")
                 if m: found[c] = m[0]
+                else:
+                    for n in {q.name.split('.')[-3].rsplit('x', 1)[-1] for q in folder.glob(f'{p.stem}.{hw}x*.{self.tag}.safetensors')}:
+                        if n.isdigit(): self.other_lengths[int(n)] = self.other_lengths.get(int(n), 0) + 1
             e.latents = found
             e.cameras = {c: p for c, p in e.cameras.items() if c in found}
         self._prune(lambda e: True)
-        if not len(self.index): raise InfcamError(f"no cached latents ({self.tag}, {num_frames} frames) under {', '.join(map(str, self.index.roots))}; run prepare first")
+        if not len(self.index):
+            raise InfcamError(f"no cached latents ({self.tag}, {num_frames} frames) under {', '.join(map(str, self.index.roots))}; "
+                              + (self.other_note if self.other_lengths else "run prepare first"))
+
+    @property
+    def other_note(self) -> str:
+        "A sentence on the cached clips this dataset leaves out because they have another length ('' if none)."
+        if not self.other_lengths: return ''
+        return ("clips cached at other lengths: " + ', '.join(f"{c} at {n} frames" for n, c in sorted(self.other_lengths.items(), reverse=True))
+                + " (a run at that number of frames uses them)")
 
     def _context(self, entry:SceneEntry, caption:str) -> Tensor|None:
         if self.text is False: return None

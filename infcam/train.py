@@ -68,6 +68,7 @@ def run(args) -> Path:
     ds = CachedPairDataset(args.data, codec=args.codec, text=False if args.random_text else args.text,
                            num_frames=args.num_frames, height=args.height, width=args.width, aug_prob=args.aug_prob,
                            seed=args.seed)
+    if ds.other_note and is_global_zero(): print(f"infcam.train: {args.num_frames} frames; {ds.other_note}", file=sys.stderr)
     item = ds[0]
     ch = int(item['target'].shape[0])
     over = dict(gradient_checkpointing=args.gradient_checkpointing)
