@@ -18,12 +18,11 @@ from .cameras import (relative_poses, rigid_inverse, homogeneous, latent_frame_i
                             focal_mm_to_px, pixel_intrinsics)
 
 # %% auto #0
-__all__ = ['VARIANTS', 'BASELINES', 'REFERENCE', 'METRICS', 'BENCH_CAPTION', 'SMALL_MODEL', 'BACKBONE_DIR', 'ROW_FIELDS',
-           'TEXT_FIELDS', 'TEST_SPLITS', 'BenchConfig', 'make_data', 'backbone_settings', 'find_backbone',
-           'ensure_backbone', 'eval_pairs', 'train_command', 'train_variant', 'copy_source', 'homography_warp',
-           'TrainedMethod', 'score', 'read_rows', 'write_table', 'sample_path', 'evaluate', 'summarize',
-           'markdown_table', 'learning_table', 'paired_difference', 'findings', 'plot_summary', 'plot_samples',
-           'run_benchmark']
+__all__ = ['VARIANTS', 'BASELINES', 'REFERENCE', 'BENCH_CAPTION', 'SMALL_MODEL', 'BACKBONE_DIR', 'ROW_FIELDS', 'TEXT_FIELDS',
+           'TEST_SPLITS', 'BenchConfig', 'make_data', 'backbone_settings', 'find_backbone', 'ensure_backbone',
+           'eval_pairs', 'train_command', 'train_variant', 'copy_source', 'homography_warp', 'TrainedMethod', 'score',
+           'read_rows', 'write_table', 'sample_path', 'evaluate', 'summarize', 'markdown_table', 'learning_table',
+           'paired_difference', 'findings', 'plot_summary', 'plot_samples', 'run_benchmark']
 
 # %% ../nbs/51_benchmark.ipynb #eb901696
 VARIANTS = {
@@ -37,7 +36,7 @@ BASELINES = {
     'homography_warp': 'each source frame warped by the infinite homography (no parallax)',
 }
 REFERENCE = 'ground_truth'
-METRICS = ('PSNR', 'SSIM', 'RotErr', 'TransErr', 'registered')
+from .metrics import METRICS               # PSNR, SSIM, RotErr, TransErr, registered
 
 # %% ../nbs/51_benchmark.ipynb #0c84f5b6
 BENCH_CAPTION = 'a synthetic scene'
@@ -348,18 +347,9 @@ class TrainedMethod:
 def score(pred:Tensor, gt:Tensor, pair:dict, num_frames:int, min_registered:float=0.5) -> dict:
     """PSNR, SSIM (on the latent frames), RotErr, TransErr and the registered fraction of `pred` (F, 3, H, W) in [0, 1].
     The camera errors are NaN (left out of the means) when less than `min_registered` of the frames could be posed."""
-    from infcam.metrics import psnr, ssim, estimate_poses, camera_metrics
+    from infcam.metrics import score_video
     idx = latent_frame_indices(num_frames)
-    p, g = pred[idx].float().clamp(0, 1), gt[idx].float()
-    out = dict(PSNR=float(psnr(p, g)), SSIM=float(ssim(p, g)))
-    nan = dict(RotErr=float('nan'), TransErr=float('nan'))
-    try:
-        est, reg, _ = estimate_poses(p, pair['K_tgt'])
-        cm = camera_metrics(est, pair['ref'][idx], reg)
-        out.update(cm if cm['registered'] >= min_registered else {**cm, **nan})
-    except InfcamError:
-        out.update(nan, registered=0.)
-    return out
+    return score_video(pred[idx].float(), pair['K_tgt'], pair['ref'][idx], gt[idx].float(), min_registered=min_registered)
 
 # %% ../nbs/51_benchmark.ipynb #b054c06b
 ROW_FIELDS = ('method', 'seed', 'split', 'scene', 'pair', 'source_camera', 'target_camera', *METRICS, 'seconds')

@@ -15,8 +15,9 @@ from .cameras import relative_poses, rigid_inverse, pose_matrix, homogeneous, in
 from .intrinsics import to_gray_uint8, best_rotation
 
 # %% auto #0
-__all__ = ['align_scale', 'geodesic_deg', 'rot_err', 'trans_err', 'camera_metrics', 'estimate_poses', 'read_colmap_images',
-           'write_colmap_images', 'load_poses', 'psnr', 'ssim', 'lpips', 'frechet_distance', 'fid', 'fvd']
+__all__ = ['METRICS', 'align_scale', 'geodesic_deg', 'rot_err', 'trans_err', 'camera_metrics', 'estimate_poses',
+           'read_colmap_images', 'write_colmap_images', 'load_poses', 'psnr', 'ssim', 'lpips', 'frechet_distance',
+           'fid', 'fvd', 'score_video']
 
 # %% ../nbs/50_metrics.ipynb #9a4ea2e7
 def _poses(name:str, c2w) -> Tensor:
@@ -449,3 +450,27 @@ def fid(a, b, weights=None, batch_size:int=32) -> float:
 def fvd(a, b, weights=None) -> float:
     "FVD: not implemented yet (needs an I3D feature extractor); use `frechet_distance` on your own I3D features."
     raise InfcamError("FVD is not implemented yet; compute I3D features yourself and call frechet_distance(fa, fb)")
+
+# %% ../nbs/50_metrics.ipynb
+METRICS = ('PSNR', 'SSIM', 'RotErr', 'TransErr', 'registered')
+
+def score_video(video:Tensor, # (F, 3, H, W) generated frames in [0, 1]
+                K4=None, # (4,) pixel intrinsics [fx, fy, cx, cy] of `video` (to estimate its poses)
+                ref=None, # (F, 4, 4) c2w of the requested path at the same frames (None: no camera metrics)
+                truth=None, # (F, 3, H, W) the ground-truth view (None: no PSNR/SSIM)
+                est=None, # (F, 4, 4) poses measured elsewhere, instead of estimating them
+                min_registered:float=0.5) -> dict:
+    "`{PSNR, SSIM, RotErr, TransErr, registered}` of one clip; what cannot be measured is NaN."
+    nan = float('nan')
+    out = dict.fromkeys(METRICS, nan)
+    v = _frames('video', video).clamp(0, 1)
+    if truth is not None: out.update(PSNR=float(psnr(v, truth)), SSIM=float(ssim(v, truth)))
+    if ref is None: return out
+    if est is not None: return {**out, **camera_metrics(est, ref)}
+    if K4 is None: raise InfcamError("score_video needs the clip's intrinsics K4 to estimate its poses")
+    try:
+        est, reg, _ = estimate_poses(v, K4)
+        cm = camera_metrics(est, ref, reg)
+    except InfcamError:
+        return {**out, 'registered': 0.}
+    return {**out, **(cm if cm['registered'] >= min_registered else {**cm, 'RotErr': nan, 'TransErr': nan})}
