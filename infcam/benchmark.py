@@ -36,7 +36,7 @@ BASELINES = {
     'homography_warp': 'each source frame warped by the infinite homography (no parallax)',
 }
 REFERENCE = 'ground_truth'
-from .metrics import METRICS               # PSNR, SSIM, RotErr, TransErr, registered
+from .metrics import METRICS, format_mean_se   # PSNR, SSIM, RotErr, TransErr, registered
 
 # %% ../nbs/51_benchmark.ipynb #0c84f5b6
 BENCH_CAPTION = 'a synthetic scene'
@@ -409,17 +409,13 @@ def _records(table) -> list[dict]: return pd.DataFrame(table).to_dict('records')
 
 TEST_SPLITS = ('shared', 'different')
 
-def _fmt(v:float, se:float, digits:int) -> str:
-    if not math.isfinite(v): return '—'
-    return f"{v:.{digits}f}" + (f" ± {se:.{digits}f}" if math.isfinite(se) else '')
-
 def markdown_table(summary:list[dict], splits=TEST_SPLITS) -> str:
     "The summary as a markdown table, one row per method and split (the held-out splits by default)."
     lines = ['| method | split | PSNR ↑ | SSIM ↑ | RotErr (deg) ↓ | TransErr ↓ | registered |', '|---|---|---|---|---|---|---|']
     for d in _records(summary):
         if splits is not None and d['split'] not in splits: continue
-        lines.append(f"| {d['method']} | {d['split']} | {_fmt(d['PSNR'], d['PSNR_se'], 2)} | {_fmt(d['SSIM'], d['SSIM_se'], 3)} | "
-                     f"{_fmt(d['RotErr'], d['RotErr_se'], 2)} | {_fmt(d['TransErr'], d['TransErr_se'], 3)} | {d['registered']:.2f} |")
+        lines.append(f"| {d['method']} | {d['split']} | {format_mean_se(d['PSNR'], d['PSNR_se'], 2)} | {format_mean_se(d['SSIM'], d['SSIM_se'], 3)} | "
+                     f"{format_mean_se(d['RotErr'], d['RotErr_se'], 2)} | {format_mean_se(d['TransErr'], d['TransErr_se'], 3)} | {d['registered']:.2f} |")
     return '\n'.join(lines) + '\n'
 
 def learning_table(summary:list[dict]) -> str:
@@ -432,9 +428,9 @@ def learning_table(summary:list[dict]) -> str:
         if m == REFERENCE: continue
         tr, ho, sw = (get.get((m, s), {}) for s in ('train', 'shared', 'swapped'))
         drop = ho.get('PSNR', math.nan) - sw.get('PSNR', math.nan)
-        lines.append(f"| {m} | {_fmt(tr.get('PSNR', math.nan), tr.get('PSNR_se', math.nan), 2)} | "
-                     f"{_fmt(ho.get('PSNR', math.nan), ho.get('PSNR_se', math.nan), 2)} | "
-                     f"{_fmt(sw.get('PSNR', math.nan), sw.get('PSNR_se', math.nan), 2)} | {_fmt(drop, math.nan, 2)} |")
+        lines.append(f"| {m} | {format_mean_se(tr.get('PSNR', math.nan), tr.get('PSNR_se', math.nan), 2)} | "
+                     f"{format_mean_se(ho.get('PSNR', math.nan), ho.get('PSNR_se', math.nan), 2)} | "
+                     f"{format_mean_se(sw.get('PSNR', math.nan), sw.get('PSNR_se', math.nan), 2)} | {format_mean_se(drop, math.nan, 2)} |")
     return '\n'.join(lines) + '\n'
 
 # %% ../nbs/51_benchmark.ipynb #f7a58c6a

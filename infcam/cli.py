@@ -79,6 +79,12 @@ def _bench(a):
     print(res['table'] + '\n' + res['learning'] + '\n' + ''.join(f'- {s}\n' for s in res['findings']), end='')
     print(f"{res['seconds'] / 60:.1f} min; table, plot and samples in {out}" + (f" and {a.figures}" if a.figures else ''))
 
+def _evaluate(a):
+    from infcam.evaluate import evaluate
+    res = evaluate(a.inputs, a.out, method=a.method, progress=not a.quiet, min_registered=a.min_registered)
+    print(res['files']['markdown'].read_text(encoding='utf-8'), end='')
+    print(f"scored {res['scored']} video(s) now, {len(res['rows']) - res['scored']} unchanged; tables and plot in {a.out}")
+
 def _augment(a):
     from infcam.augment import augment
     focal = () if a.no_focal else (a.focal or None)
@@ -202,6 +208,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     from infcam.generate import add_generate_parser
     add_generate_parser(sub)
+
+    ev = sub.add_parser('evaluate', help='score generated videos (ours or another method\'s): camera accuracy, PSNR/SSIM',
+                        description='Score generated videos against what was asked of them: RotErr/TransErr/registered of the '
+                                    'poses estimated from each video (or given) against the requested trajectory, PSNR/SSIM '
+                                    'against a ground truth where there is one. INPUTS are folders of `infcam generate` results '
+                                    '(read from their JSON sidecars) and CSV tables for other methods (columns video, trajectory; '
+                                    'optional method, name, truth, poses, focal_mm or fx, fy, cx, cy). Writes rows.csv, '
+                                    'summary.csv, summary.md and summary.png to --out; a re-run scores only new or changed videos.')
+    ev.add_argument('inputs', nargs='+', help='results folders and/or CSV tables')
+    ev.add_argument('--out', required=True, help='folder of the tables and the plot (also the cache of scored videos)')
+    ev.add_argument('--method', help="method name for inputs that do not name theirs (default: 'infcam' for a results folder, the CSV's name)")
+    ev.add_argument('--min-registered', type=float, default=0.5, help='fraction of frames that must be posed for camera errors (default 0.5)')
+    ev.add_argument('--quiet', action='store_true', help='no progress bar')
+    ev.set_defaults(func=_evaluate)
 
     w = sub.add_parser('weights', help='check or convert downloaded weights').add_subparsers(dest='action', metavar='ACTION')
     w.required = True

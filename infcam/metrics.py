@@ -17,7 +17,7 @@ from .intrinsics import to_gray_uint8, best_rotation
 # %% auto #0
 __all__ = ['METRICS', 'align_scale', 'geodesic_deg', 'rot_err', 'trans_err', 'camera_metrics', 'estimate_poses',
            'read_colmap_images', 'write_colmap_images', 'load_poses', 'psnr', 'ssim', 'lpips', 'frechet_distance',
-           'fid', 'fvd', 'score_video']
+           'fid', 'fvd', 'format_mean_se', 'score_video']
 
 # %% ../nbs/50_metrics.ipynb #9a4ea2e7
 def _poses(name:str, c2w) -> Tensor:
@@ -451,8 +451,13 @@ def fvd(a, b, weights=None) -> float:
     "FVD: not implemented yet (needs an I3D feature extractor); use `frechet_distance` on your own I3D features."
     raise InfcamError("FVD is not implemented yet; compute I3D features yourself and call frechet_distance(fa, fb)")
 
-# %% ../nbs/50_metrics.ipynb
+# %% ../nbs/50_metrics.ipynb #da80e97d
 METRICS = ('PSNR', 'SSIM', 'RotErr', 'TransErr', 'registered')
+
+def format_mean_se(v:float, se:float, digits:int) -> str:
+    "A table cell: `'12.34 ± 0.56'`, `'12.34'` without a standard error, `'—'` without a value."
+    if not math.isfinite(v): return '—'
+    return f"{v:.{digits}f}" + (f" ± {se:.{digits}f}" if math.isfinite(se) else '')
 
 def score_video(video:Tensor, # (F, 3, H, W) generated frames in [0, 1]
                 K4=None, # (4,) pixel intrinsics [fx, fy, cx, cy] of `video` (to estimate its poses)

@@ -1,0 +1,96 @@
+"""`infcam evaluate` on infcam's own results and on "another method's" folder described by a CSV: the same videos give
+the same table, a re-run scores nothing again, and bad inputs are one-line errors."""
+import json, os, shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from infcam.cli import main as cli
+from infcam.generate import generate_main
+
+SMALL = ['--size', 'tiny', '--frames', '9', '--height', '32', '--width', '48', '--steps', '2', '--dtype', 'fp32',
+         '--device', 'cpu', '--quiet']
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    "Two infcam results on a synthetic scene, each asked for another camera of the scene (which is its ground truth)."
+    from infcam.synthetic import make_dataset
+    from infcam.weights import make_tiny_release
+    d = tmp_path_factory.mktemp('ev')
+    os.environ.setdefault('INFCAM_CACHE', str(d / 'cache'))
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    make_dataset(d / 'mcv', 1, num_frames=9, height=32, width=48, progress=False, num_objects=2, num_moving=0)
+    scene = next((d / 'mcv').glob('*/scene1'))
+    weights = make_tiny_release(d / 'weights')
+    for cam in ('cam03', 'cam05'):
+        assert generate_main(['generate', '--video', str(scene / 'videos' / 'cam01.mp4'), '--prompt', 'a scene',
+                              '--trajectory', f"{scene / 'cameras' / 'camera_extrinsics.json'}:{cam}@cam01",
+                              '--weights', str(weights), '--out', str(d / 'ours' / f'{cam}.mp4'), *SMALL]) == 0
+    torch.set_num_threads(n)
+    return d, scene
+
+
+def test_ours_and_another_method_give_the_same_table(results, capsys):
+    d, scene = results
+    other = d / 'other'; other.mkdir()
+    rows = ['video,trajectory']
+    for cam in ('cam03', 'cam05'):                           # the same clips, renamed, described by a CSV
+        shutil.copy(d / 'ours' / f'{cam}.mp4', other / f'clip_{cam}.mp4')
+        rows.append(f"clip_{cam}.mp4,{scene / 'cameras' / 'camera_extrinsics.json'}:{cam}@cam01")
+    (other / 'requests.csv').write_text('\n'.join(rows) + '\n')
+    assert cli(['evaluate', str(d / 'ours'), str(other / 'requests.csv'), '--out', str(d / 'eval'), '--quiet']) == 0
+    out = capsys.readouterr().out
+    assert '| infcam | 2 | 2 |' in out and '| requests | 2 | 2 |' in out and 'scored 4 video(s) now' in out
+    summary = pd.read_csv(d / 'eval' / 'summary.csv').set_index('method')
+    assert summary.index.tolist() == ['infcam', 'requests']
+    for k in ('PSNR', 'SSIM', 'registered'):                 # the same clips: the same row of the table
+        assert summary.loc['infcam', k] == pytest.approx(summary.loc['requests', k], abs=1e-9)
+    rows = pd.read_csv(d / 'eval' / 'rows.csv', keep_default_na=False)
+    assert (rows['error'] == '').all() and len(rows) == 4
+    assert all(Path(t).name in ('cam03.mp4', 'cam05.mp4') for t in rows['truth'])   # the scene's own renders
+    by = rows.set_index('name')
+    for cam in ('cam03', 'cam05'):
+        assert by.loc[cam, 'PSNR'] == pytest.approx(by.loc[f'clip_{cam}', 'PSNR'], abs=1e-9)
+        assert by.loc[cam, 'SSIM'] == pytest.approx(by.loc[f'clip_{cam}', 'SSIM'], abs=1e-9)
+        assert 0 < by.loc[cam, 'PSNR'] < 60
+    for f in ('rows.csv', 'summary.csv', 'summary.md', 'summary.png'): assert (d / 'eval' / f).stat().st_size > 50
+
+
+def test_method_option_and_rerun_scores_only_changes(results, capsys):
+    d, scene = results
+    other = d / 'other2'; other.mkdir()
+    shutil.copy(d / 'ours' / 'cam03.mp4', other / 'x.mp4')
+    (other / 'theirs.csv').write_text(f"video,trajectory\nx.mp4,{scene / 'cameras' / 'camera_extrinsics.json'}:cam03@cam01\n")
+    args = ['evaluate', str(d / 'ours'), str(other / 'theirs.csv'), '--method', 'run7', '--out', str(d / 'eval2'), '--quiet']
+    assert cli(args) == 0
+    s = pd.read_csv(d / 'eval2' / 'summary.csv')
+    assert s['method'].tolist() == ['run7'] and s['videos'].tolist() == [3]      # --method names every input
+    capsys.readouterr()
+    assert cli(args) == 0 and 'scored 0 video(s) now, 3 unchanged' in capsys.readouterr().out
+    os.utime(other / 'x.mp4', ns=(1, 1))                       # a changed video is scored again
+    assert cli(args) == 0 and 'scored 1 video(s) now, 2 unchanged' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('content,msg', [
+    ('clip,trajectory\nx.mp4,pan_left\n', 'has no video column'),
+    ('video,trajectory,colour\nx.mp4,pan_left,red\n', "unknown column 'colour'"),
+    ('video,trajectory\n', 'nothing to evaluate'),
+])
+def test_bad_tables_are_one_line_errors(tmp_path, capsys, content, msg):
+    (tmp_path / 't.csv').write_text(content)
+    assert cli(['evaluate', str(tmp_path / 't.csv'), '--out', str(tmp_path / 'e')]) == 2
+    err = capsys.readouterr().err.strip()
+    assert msg in err and len(err.splitlines()) == 1 and 'Traceback' not in err
+
+
+def test_unreadable_video_is_listed_not_fatal(tmp_path, capsys):
+    (tmp_path / 'bad.mp4').write_bytes(b'no video here')
+    (tmp_path / 't.csv').write_text('video,trajectory\nbad.mp4,pan_left\nmissing.mp4,tilt_up\n')
+    assert cli(['evaluate', str(tmp_path / 't.csv'), '--out', str(tmp_path / 'e'), '--quiet']) == 0
+    out = capsys.readouterr().out
+    assert 'Not scored:' in out and 'bad: cannot read video' in out and 'missing: video not found' in out
+    assert cli(['evaluate', str(tmp_path / 'nope'), '--out', str(tmp_path / 'e')]) == 2
+    assert 'neither a results folder nor a .csv table' in capsys.readouterr().err
