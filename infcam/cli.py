@@ -81,7 +81,8 @@ def _bench(a):
 
 def _evaluate(a):
     from infcam.evaluate import evaluate
-    res = evaluate(a.inputs, a.out, method=a.method, progress=not a.quiet, min_registered=a.min_registered)
+    res = evaluate(a.inputs, a.out, method=a.method, progress=not a.quiet, min_registered=a.min_registered,
+                   fvd_weights=a.fvd_weights)
     print(res['files']['markdown'].read_text(encoding='utf-8'), end='')
     print(f"scored {res['scored']} video(s) now, {len(res['rows']) - res['scored']} unchanged; tables and plot in {a.out}")
 
@@ -220,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument('--out', required=True, help='folder of the tables and the plot (also the cache of scored videos)')
     ev.add_argument('--method', help="method name for inputs that do not name theirs (default: 'infcam' for a results folder, the CSV's name)")
     ev.add_argument('--min-registered', type=float, default=0.5, help='fraction of frames that must be posed for camera errors (default 0.5)')
+    ev.add_argument('--fvd-weights', help='i3d_pretrained_400.pt: also each method\'s FVD against the ground truths')
     ev.add_argument('--quiet', action='store_true', help='no progress bar')
     ev.set_defaults(func=_evaluate)
 

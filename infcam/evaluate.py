@@ -19,7 +19,8 @@ from .metrics import METRICS, score_video, load_poses, format_mean_se
 
 # %% auto #0
 __all__ = ['SCORE_STRIDE', 'TABLE_COLUMNS', 'ROW_COLUMNS', 'EvalItem', 'truth_for', 'items_from_results', 'items_from_table',
-           'score_item', 'collect_items', 'summarize_methods', 'summary_markdown', 'plot_methods', 'evaluate']
+           'score_item', 'collect_items', 'method_fvd', 'summarize_methods', 'summary_markdown', 'plot_methods',
+           'evaluate']
 
 # %% ../nbs/52_evaluate.ipynb
 SCORE_STRIDE = 4                  # frames 0, 4, 8, ...: the first video frame of every latent frame
@@ -173,6 +174,19 @@ def collect_items(inputs, method:str|None=None) -> tuple[list[EvalItem], list[tu
         seen[(it.method, it.name)] = it.video
     return items, problems
 
+def method_fvd(rows:pd.DataFrame, net) -> float:
+    """FVD (`infcam.fvd`) between the scored videos in `rows` that have a ground truth and those truths, all cut to the
+    shortest clip; NaN with fewer than two such videos."""
+    from infcam.fvd import i3d_features
+    from infcam.metrics import frechet_distance
+    from infcam.video import read_video
+    ok = rows[(rows['error'].fillna('') == '') & (rows['truth'].fillna('') != '')]
+    if len(ok) < 2: return math.nan
+    n = int(ok['frames'].min())
+    fake = [read_video(v, n) for v in ok['video']]
+    real = [read_video(t, n) for t in ok['truth']]
+    return frechet_distance(i3d_features(fake, net), i3d_features(real, net))
+
 def summarize_methods(rows:pd.DataFrame) -> pd.DataFrame:
     "One row per method: videos, scored, failed, and the mean and standard error (`_se`) of every metric."
     g = rows.groupby('method', sort=False)
@@ -186,11 +200,14 @@ def summarize_methods(rows:pd.DataFrame) -> pd.DataFrame:
 # %% ../nbs/52_evaluate.ipynb
 def summary_markdown(summary:pd.DataFrame, rows:pd.DataFrame|None=None) -> str:
     "The summary as a markdown table, and the videos that could not be scored (from `rows`)."
-    lines = ['| method | videos | scored | PSNR ↑ | SSIM ↑ | RotErr (deg) ↓ | TransErr ↓ | registered |', '|---|---|---|---|---|---|---|---|']
+    has_fvd = 'FVD' in summary
+    lines = ['| method | videos | scored | PSNR ↑ | SSIM ↑ | RotErr (deg) ↓ | TransErr ↓ | registered |' + (' FVD ↓ |' if has_fvd else ''),
+             '|---|---|---|---|---|---|---|---|' + ('---|' if has_fvd else '')]
     for d in summary.to_dict('records'):
         lines.append(f"| {d['method']} | {d['videos']} | {d['scored']} | {format_mean_se(d['PSNR'], d['PSNR_se'], 2)} | "
                      f"{format_mean_se(d['SSIM'], d['SSIM_se'], 3)} | {format_mean_se(d['RotErr'], d['RotErr_se'], 2)} | "
-                     f"{format_mean_se(d['TransErr'], d['TransErr_se'], 3)} | {format_mean_se(d['registered'], math.nan, 2)} |")
+                     f"{format_mean_se(d['TransErr'], d['TransErr_se'], 3)} | {format_mean_se(d['registered'], math.nan, 2)} |"
+                     + (f" {format_mean_se(d['FVD'], math.nan, 1)} |" if has_fvd else ''))
     text = '\n'.join(lines) + '\n'
     if rows is not None and (bad := rows[rows['error'].fillna('') != '']).shape[0]:
         text += '\nNot scored:\n' + ''.join(f"- {r['method']} {r['name']}: {r['error']}\n" for r in bad.to_dict('records'))
@@ -214,14 +231,19 @@ def plot_methods(summary:pd.DataFrame, path) -> Path:
     return path
 
 # %% ../nbs/52_evaluate.ipynb
-def evaluate(inputs, out, method:str|None=None, progress:bool=True, min_registered:float=0.5) -> dict:
+def evaluate(inputs, out, method:str|None=None, progress:bool=True, min_registered:float=0.5, fvd_weights=None) -> dict:
     """Score every video `inputs` list (result folders and CSV tables) into the folder `out`, reusing the rows of
-    videos that have not changed; returns dict(rows, summary (DataFrames), problems, scored (this call), files)."""
+    videos that have not changed; with `fvd_weights` (i3d_pretrained_400.pt) also each method's FVD against the ground
+    truths. Returns dict(rows, summary (DataFrames), problems, scored (this call), files)."""
     from tqdm.auto import tqdm
     out = Path(out)
     items, problems = collect_items(inputs, method)
     if not items: raise InfcamError(f"nothing to evaluate in {', '.join(map(str, [inputs] if isinstance(inputs, (str, Path)) else inputs))}"
                                     + (f" ({problems[0][0]}: {problems[0][1]})" if problems else ''))
+    net = None
+    if fvd_weights is not None:
+        from infcam.fvd import load_i3d
+        net = load_i3d(fvd_weights)                                 # a bad weights file fails before any work
     make_folder(out)
     files = dict(rows=out / 'rows.csv', summary=out / 'summary.csv', markdown=out / 'summary.md', plot=out / 'summary.png')
     with folder_lock(out, 'evaluate'):
@@ -248,6 +270,7 @@ def evaluate(inputs, out, method:str|None=None, progress:bool=True, min_register
         rows = pd.DataFrame(rows, columns=list(ROW_COLUMNS))
         with atomic_path(files['rows']) as tmp: rows.to_csv(tmp, index=False)
         summary = summarize_methods(rows)
+        if net is not None: summary['FVD'] = [method_fvd(rows[rows['method'] == m], net) for m in summary['method']]
         with atomic_path(files['summary']) as tmp: summary.to_csv(tmp, index=False)
         md = summary_markdown(summary, rows)
         if problems: md += '\nNot listed (unreadable entries):\n' + ''.join(f"- {w}: {why}\n" for w, why in problems)

@@ -17,7 +17,7 @@ from .intrinsics import to_gray_uint8, best_rotation
 # %% auto #0
 __all__ = ['METRICS', 'align_scale', 'geodesic_deg', 'rot_err', 'trans_err', 'camera_metrics', 'estimate_poses',
            'read_colmap_images', 'write_colmap_images', 'load_poses', 'psnr', 'ssim', 'lpips', 'frechet_distance',
-           'fid', 'fvd', 'format_mean_se', 'score_video']
+           'fid', 'format_mean_se', 'score_video']
 
 # %% ../nbs/50_metrics.ipynb #9a4ea2e7
 def _poses(name:str, c2w) -> Tensor:
@@ -446,10 +446,6 @@ def fid(a, b, weights=None, batch_size:int=32) -> float:
             return torch.cat([net((x[i:i + batch_size].clamp(0, 1) * 255).round().to(torch.uint8), return_features=True)
                               for i in range(0, len(x), batch_size)])
     return frechet_distance(feats(a), feats(b))
-
-def fvd(a, b, weights=None) -> float:
-    "FVD: not implemented yet (needs an I3D feature extractor); use `frechet_distance` on your own I3D features."
-    raise InfcamError("FVD is not implemented yet; compute I3D features yourself and call frechet_distance(fa, fb)")
 
 # %% ../nbs/50_metrics.ipynb #da80e97d
 METRICS = ('PSNR', 'SSIM', 'RotErr', 'TransErr', 'registered')

@@ -94,3 +94,19 @@ def test_unreadable_video_is_listed_not_fatal(tmp_path, capsys):
     assert 'Not scored:' in out and 'bad: cannot read video' in out and 'missing: video not found' in out
     assert cli(['evaluate', str(tmp_path / 'nope'), '--out', str(tmp_path / 'e')]) == 2
     assert 'neither a results folder nor a .csv table' in capsys.readouterr().err
+
+
+def test_fvd_column_with_local_i3d_weights(results, capsys):
+    "With --fvd-weights (here a random I3D saved as the released file would be), the summary has each method's FVD."
+    from infcam.fvd import InceptionI3d
+    d, scene = results
+    torch.manual_seed(0)
+    w = d / 'i3d_pretrained_400.pt'
+    if not w.exists(): torch.save(InceptionI3d().state_dict(), w)
+    assert cli(['evaluate', str(d / 'ours'), '--out', str(d / 'eval_fvd'), '--fvd-weights', str(w), '--quiet']) == 0
+    out = capsys.readouterr().out
+    assert 'FVD ↓' in out
+    s = pd.read_csv(d / 'eval_fvd' / 'summary.csv')
+    assert s['FVD'].notna().all() and (s['FVD'] > 0).all()     # two generated clips against their two truths
+    assert cli(['evaluate', str(d / 'ours'), '--out', str(d / 'eval_fvd2'), '--fvd-weights', str(d / 'none.pt')]) == 2
+    assert 'does not exist' in capsys.readouterr().err

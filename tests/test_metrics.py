@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from infcam.core import InfcamError
 from infcam.cameras import preset, ypr_to_rotation, pose_matrix, relative_poses
 from infcam.metrics import (estimate_poses, align_scale, rot_err, trans_err, camera_metrics, geodesic_deg, psnr, ssim,
-                            read_colmap_images, write_colmap_images, load_poses, lpips, fid, fvd, frechet_distance)
+                            read_colmap_images, write_colmap_images, load_poses, lpips, fid, frechet_distance)
+from infcam.fvd import fvd
 
 NF = 17
 # preset, its arguments, RotErr bound (deg), TransErr bound as a fraction of the trajectory's extent
@@ -192,4 +193,6 @@ def test_learned_metrics_need_local_weights(tmp_path):
     with pytest.raises(InfcamError, match='does not exist'): lpips(x, x, weights=tmp_path / 'alex.pth', backbone=tmp_path / 'a.pth')
     with pytest.raises(InfcamError, match='weights=PATH'): fid(x, x)
     with pytest.raises(InfcamError, match='does not exist'): fid(x, x, weights=tmp_path / 'inception.pt')
-    with pytest.raises(InfcamError, match='not implemented'): fvd(x, x)
+    clips = [torch.rand(9, 3, 16, 16)] * 2
+    with pytest.raises(InfcamError, match='weights=PATH'): fvd(clips, clips)
+    with pytest.raises(InfcamError, match='does not exist'): fvd(clips, clips, weights=tmp_path / 'i3d_pretrained_400.pt')
