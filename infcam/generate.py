@@ -17,8 +17,8 @@ from .video import check_size, check_video_memory, read_video, video_info, write
 # %% auto #0
 __all__ = ['DEFAULTS', 'DTYPES', 'ESTIMATE_METHODS', 'check_settings', 'cache_dir', 'file_sha256', 'weight_hashes', 'Job',
            'JobResult', 'trajectory_name', 'read_batch', 'make_jobs', 'load_pipeline', 'check_weights_usable',
-           'source_fps', 'run_jobs', 'TrainingRun', 'training_run', 'run_settings', 'load_run_pipeline', 'run_hashes',
-           'settings_from_sidecar', 'add_generate_parser', 'run_generate', 'generate_main']
+           'source_fps', 'run_jobs', 'run_sharded', 'TrainingRun', 'training_run', 'run_settings', 'load_run_pipeline',
+           'run_hashes', 'settings_from_sidecar', 'add_generate_parser', 'run_generate', 'generate_main']
 
 # %% ../nbs/32_generate.ipynb #e2817b00
 DEFAULTS = dict(frames=81, height=480, width=832, steps=20, cfg=5.0, negative_prompt=None, seed=0, zoom=1.0,
@@ -260,11 +260,11 @@ def _generate_one(pipe, job:Job, s:dict, weights, hashes:dict, overwrite:bool, p
     job.marker.unlink(missing_ok=True)                    # complete: all three files are there
 
 def run_jobs(jobs:list[Job], weights, settings:dict|None=None, overwrite:bool=False, strict:bool=True,
-             progress:bool=True, log=print, loader=None) -> list[JobResult]:
+             progress:bool=True, log=print, loader=None, lock:bool=True) -> list[JobResult]:
     """Generate every job with one pipeline (loaded by `loader(weights, settings)`, default `load_pipeline`). Existing
     results are skipped (`strict=False`) or refused (`strict=True`) unless `overwrite`; with `strict=False` a bad clip
     is recorded as failed and the others go on. With a training run as `weights` (or `checkpoint`), unset settings
-    come from the run (`run_settings`)."""
+    come from the run (`run_settings`). `lock=False` when the caller holds the output folders' locks (sharded runs)."""
     settings = dict(settings or {})
     if (run := training_run(weights, settings.get('checkpoint'))) is not None: settings = run_settings(run, settings)
     s = check_settings(settings)
@@ -296,7 +296,7 @@ def run_jobs(jobs:list[Job], weights, settings:dict|None=None, overwrite:bool=Fa
                 hashes, load = run_hashes(run), loader or (lambda w, s: load_run_pipeline(run, s, w))
             else:
                 hashes, load = weight_hashes(check_weights_usable(weights, s)), loader or load_pipeline
-            for d in sorted({j.out.parent for j in ok}): locks.enter_context(folder_lock(d, 'generate'))
+            for d in sorted({j.out.parent for j in ok}) if lock else []: locks.enter_context(folder_lock(d, 'generate'))
             try: pipe = load(weights, s)
             except _oom_types(): raise InfcamError(_oom_message(s['memory'], s)) from None
             for i, j in enumerate(ok):
@@ -309,6 +309,39 @@ def run_jobs(jobs:list[Job], weights, settings:dict|None=None, overwrite:bool=Fa
                     results[id(j)] = JobResult(j, 'failed', str(e)); continue
                 results[id(j)] = JobResult(j, 'done', '', time.perf_counter() - t0)
     return [results[id(j)] for j in jobs]
+
+def _launched_externally() -> bool: return 'LOCAL_RANK' in os.environ or 'TORCHELASTIC_RUN_ID' in os.environ
+
+def _shard_worker(fabric, jobs:list[Job], weights, settings:dict, overwrite:bool, progress:bool, quiet:bool) -> list[JobResult]:
+    "One process of a sharded batch: the jobs `rank, rank + world, ...`, then every rank's results in job order."
+    import torch.distributed as dist
+    rank, world = fabric.global_rank, fabric.world_size
+    s = dict(settings)
+    if fabric.device.type == 'cuda': s['device'] = str(fabric.device)
+    log = (lambda *a: None) if quiet else (lambda m: print(f"[rank {rank}] {m}", flush=True))
+    mine = run_jobs(jobs[rank::world], weights, s, overwrite=overwrite, strict=False, progress=progress and rank == 0,
+                    log=log, lock=False)
+    parts = [None] * world
+    dist.all_gather_object(parts, [(rank + world * i, r) for i, r in enumerate(mine)])
+    return [r for _, r in sorted((x for part in parts for x in part), key=lambda x: x[0])]
+
+def run_sharded(jobs:list[Job], weights, settings:dict|None=None, devices:int=2, num_nodes:int=1, overwrite:bool=False,
+                progress:bool=True, quiet:bool=False) -> list[JobResult]:
+    """`run_jobs` spread over `devices` processes per node on `num_nodes` nodes with Lightning Fabric (DDP; gloo on
+    the CPU, one GPU per process with CUDA): each process takes every `world`-th job, results are written atomically and
+    existing ones skipped, so a killed batch resumes. Started by hand, Fabric spawns the processes (one node: nothing
+    to set; several: `MASTER_ADDR`, `MASTER_PORT`, `NODE_RANK` on each node); under `torchrun`, it joins them."""
+    import lightning as L
+    s = check_settings(dict(settings or {}))
+    _intlike('devices', devices); _intlike('num_nodes', num_nodes)
+    accel = 'cuda' if (s['device'] or ('cuda' if torch.cuda.is_available() else 'cpu')).startswith('cuda') else 'cpu'
+    fabric = L.Fabric(accelerator=accel, devices=devices, num_nodes=num_nodes,
+                      strategy='ddp' if _launched_externally() else 'ddp_spawn')
+    outs = sorted({j.out.parent for j in jobs})
+    with contextlib.ExitStack() as locks:                 # the launcher holds the folders for all its processes
+        if not _launched_externally() or int(os.environ.get('RANK', 0)) == 0:
+            for d in outs: locks.enter_context(folder_lock(d, 'generate'))
+        return fabric.launch(_shard_worker, jobs, weights, settings, overwrite, progress, quiet)
 
 # %% ../nbs/32_generate.ipynb #968a83aa
 @dataclass
@@ -441,6 +474,8 @@ def add_generate_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument('--vae-tiled', action='store_true', default=None, help='decode in tiles (less memory)')
     g.add_argument('--base-only', action='store_true', default=None,
                    help='generate WITHOUT camera control from the base Wan DiT (no InfCam checkpoint needed); off by default')
+    g.add_argument('--devices', type=int, default=1, help='batch mode: processes (GPUs) per node sharing the jobs (default 1)')
+    g.add_argument('--num-nodes', type=int, default=1, help='batch mode: nodes (set MASTER_ADDR, MASTER_PORT, NODE_RANK on each)')
     g.add_argument('--overwrite', action='store_true', help='replace existing outputs')
     g.add_argument('--quiet', action='store_true', help='no progress bars')
     g.set_defaults(func=run_generate)
@@ -468,13 +503,17 @@ def run_generate(args:argparse.Namespace) -> list[JobResult]:
         trajs = [t.strip() for t in (args.trajectories or traj or '').split(',') if t.strip()]
         if not trajs: raise InfcamError("batch mode needs --trajectories a,b,... (or --trajectory)")
         jobs = make_jobs(read_batch(args.batch), trajs, args.out_dir)
-        res = run_jobs(jobs, weights, s, overwrite=args.overwrite, strict=False, progress=not args.quiet, log=log)
+        _intlike('--devices', args.devices); _intlike('--num-nodes', args.num_nodes)
+        if args.devices > 1 or args.num_nodes > 1:
+            res = run_sharded(jobs, weights, s, args.devices, args.num_nodes, args.overwrite, not args.quiet, args.quiet)
+        else: res = run_jobs(jobs, weights, s, overwrite=args.overwrite, strict=False, progress=not args.quiet, log=log)
         done, skipped, failed = ([r for r in res if r.status == k] for k in ('done', 'skipped', 'failed'))
         print(f"generated {len(done)}, skipped {len(skipped)} (already there), failed {len(failed)} of {len(res)}")
         for r in failed: print(f"  FAILED {r.job.video.name} x {r.job.trajectory}: {r.message}")
         if failed: raise InfcamError(f"{len(failed)} of {len(res)} generation(s) failed (listed above)")
         return res
     if args.trajectories: raise InfcamError("--trajectories is for --batch; give one --trajectory")
+    if args.devices != 1 or args.num_nodes != 1: raise InfcamError("--devices and --num-nodes share the jobs of a --batch run")
     missing = [n for n, v in (('--video', video), ('--prompt', prompt), ('--trajectory', traj), ('--out', args.out)) if v is None]
     if missing: raise InfcamError(f"missing {', '.join(missing)} (or use --batch FOLDER, or --from result.json)")
     res = run_jobs([Job(Path(video), prompt, str(traj), Path(args.out))], weights, s, overwrite=args.overwrite,

@@ -199,3 +199,35 @@ def test_output_plays_at_the_source_frame_rate(weights, tmp_path):
     assert generate_main(single(src, weights, out)) == 0
     assert video_info(out)['fps'] == 25 and video_info(out.with_suffix('.sbs.mp4'))['fps'] == 25
     assert json.loads(out.with_suffix('.json').read_text())['fps'] == 25
+
+
+def test_batch_sharded_over_two_processes_matches_one(clip, weights, tmp_path, capsys):
+    "Two gloo processes (Lightning Fabric) share a batch: the same files as one process, nothing twice, a killed run finishes."
+    b = tmp_path / 'batch'; (b / 'videos').mkdir(parents=True)
+    g = torch.Generator().manual_seed(1)
+    shutil.copy(clip, b / 'videos' / 'a.mp4')
+    write_video(b / 'videos' / 'b.mp4', torch.rand(9, 3, 32, 48, generator=g))
+    (b / 'metadata.csv').write_text('file_name,text\na.mp4,a street\nb.mp4,a field\n')
+    base = ['generate', '--batch', str(b), '--trajectories', 'arc_left,pan_right,tilt_up', '--weights', str(weights), *SMALL]
+    assert generate_main([*base, '--out-dir', str(tmp_path / 'one')]) == 0
+    capsys.readouterr()
+    assert generate_main([*base, '--out-dir', str(tmp_path / 'two'), '--devices', '2']) == 0
+    out = capsys.readouterr().out
+    assert 'generated 6, skipped 0 (already there), failed 0 of 6' in out      # each job once, across both ranks
+    one, two = tmp_path / 'one', tmp_path / 'two'
+    names = sorted(p.name for p in one.iterdir())
+    assert names == sorted(p.name for p in two.iterdir()) and len(names) == 18
+    for p in one.glob('*.mp4'):
+        assert torch.equal(read_video(p), read_video(two / p.name)), p.name   # same seeds, same frames
+    for p in one.glob('*.json'):
+        a, c = json.loads(p.read_text()), json.loads((two / p.name).read_text())
+        assert a['settings'] == c['settings'] and a['extrinsics'] == c['extrinsics']
+    # a run killed while writing b_tilt_up: its marker is left, its clip half there; the rerun finishes only that one
+    (two / 'b_tilt_up.mp4').unlink(); (two / '.b_tilt_up.incomplete').touch()
+    assert generate_main([*base, '--out-dir', str(two), '--devices', '2']) == 0
+    assert 'generated 1, skipped 5' in capsys.readouterr().out
+    assert torch.equal(read_video(one / 'b_tilt_up.mp4'), read_video(two / 'b_tilt_up.mp4'))
+    assert not list(two.glob('.*incomplete'))
+    assert generate_main(['generate', '--video', str(clip), '--prompt', 'x', '--trajectory', 'pan_left', '--out',
+                          str(tmp_path / 'x.mp4'), '--weights', str(weights), '--devices', '2', *SMALL]) == 2
+    assert 'share the jobs of a --batch run' in capsys.readouterr().err
