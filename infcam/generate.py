@@ -508,8 +508,9 @@ def run_generate(args:argparse.Namespace) -> list[JobResult]:
             res = run_sharded(jobs, weights, s, args.devices, args.num_nodes, args.overwrite, not args.quiet, args.quiet)
         else: res = run_jobs(jobs, weights, s, overwrite=args.overwrite, strict=False, progress=not args.quiet, log=log)
         done, skipped, failed = ([r for r in res if r.status == k] for k in ('done', 'skipped', 'failed'))
-        print(f"generated {len(done)}, skipped {len(skipped)} (already there), failed {len(failed)} of {len(res)}")
-        for r in failed: print(f"  FAILED {r.job.video.name} x {r.job.trajectory}: {r.message}")
+        if int(os.environ.get('RANK', 0)) == 0:           # under torchrun, every process has the results; one reports
+            print(f"generated {len(done)}, skipped {len(skipped)} (already there), failed {len(failed)} of {len(res)}")
+            for r in failed: print(f"  FAILED {r.job.video.name} x {r.job.trajectory}: {r.message}")
         if failed: raise InfcamError(f"{len(failed)} of {len(res)} generation(s) failed (listed above)")
         return res
     if args.trajectories: raise InfcamError("--trajectories is for --batch; give one --trajectory")

@@ -110,3 +110,22 @@ def test_fvd_column_with_local_i3d_weights(results, capsys):
     assert s['FVD'].notna().all() and (s['FVD'] > 0).all()     # two generated clips against their two truths
     assert cli(['evaluate', str(d / 'ours'), '--out', str(d / 'eval_fvd2'), '--fvd-weights', str(d / 'none.pt')]) == 2
     assert 'does not exist' in capsys.readouterr().err
+
+
+def test_sharded_evaluation_matches_one_process_and_resumes(results, capsys):
+    "Two gloo processes score the same rows as one; what a killed run scored (.rows.partN.csv) is not scored again."
+    d, scene = results
+    assert cli(['evaluate', str(d / 'ours'), '--out', str(d / 'e1'), '--quiet']) == 0
+    assert cli(['evaluate', str(d / 'ours'), '--out', str(d / 'e2'), '--quiet', '--devices', '2']) == 0
+    capsys.readouterr()
+    a, b = (pd.read_csv(d / e / 'rows.csv', keep_default_na=False).set_index('name') for e in ('e1', 'e2'))
+    assert a.index.tolist() == b.index.tolist()
+    for k in ('PSNR', 'SSIM', 'registered', 'frames'): assert (a[k] == b[k]).all(), k
+    assert not list((d / 'e2').glob('.rows.part*'))
+    # a killed run: the table is gone, one process had scored cam03
+    part = pd.read_csv(d / 'e2' / 'rows.csv', keep_default_na=False)
+    part[part['name'] == 'cam03'].to_csv(d / 'e2' / '.rows.part1.csv', index=False)
+    (d / 'e2' / 'rows.csv').unlink()
+    assert cli(['evaluate', str(d / 'ours'), '--out', str(d / 'e2'), '--quiet']) == 0
+    assert 'scored 1 video(s) now, 1 unchanged' in capsys.readouterr().out
+    assert not list((d / 'e2').glob('.rows.part*'))
