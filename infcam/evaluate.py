@@ -19,8 +19,8 @@ from .metrics import METRICS, score_video, load_poses, format_mean_se
 
 # %% auto #0
 __all__ = ['SCORE_STRIDE', 'TABLE_COLUMNS', 'ROW_COLUMNS', 'EvalItem', 'truth_for', 'items_from_results', 'items_from_table',
-           'score_item', 'collect_items', 'method_fvd', 'summarize_methods', 'summary_markdown', 'plot_methods',
-           'score_row', 'evaluate']
+           'score_item', 'collect_items', 'method_fvd', 'method_fid', 'summarize_methods', 'summary_markdown',
+           'plot_methods', 'score_row', 'evaluate']
 
 # %% ../nbs/52_evaluate.ipynb
 SCORE_STRIDE = 4                  # frames 0, 4, 8, ...: the first video frame of every latent frame
@@ -187,6 +187,17 @@ def method_fvd(rows:pd.DataFrame, net) -> float:
     real = [read_video(t, n) for t in ok['truth']]
     return frechet_distance(i3d_features(fake, net), i3d_features(real, net))
 
+def method_fid(rows:pd.DataFrame, net) -> float:
+    """FID (`infcam.metrics.fid`) between the scored frames (0, 4, 8, ...) of the videos in `rows` that have a ground
+    truth and the same frames of the truths; NaN with fewer than two such frames."""
+    from infcam.metrics import fid
+    from infcam.video import read_video
+    ok = rows[(rows['error'].fillna('') == '') & (rows['truth'].fillna('') != '')]
+    fake = [read_video(v, int(n))[::SCORE_STRIDE] for v, n in zip(ok['video'], ok['frames'])]
+    real = [read_video(t, int(n))[::SCORE_STRIDE] for t, n in zip(ok['truth'], ok['frames'])]
+    if sum(len(f) for f in fake) < 2: return math.nan
+    return fid(torch.cat(fake), torch.cat(real), net=net)
+
 def summarize_methods(rows:pd.DataFrame) -> pd.DataFrame:
     "One row per method: videos, scored, failed, and the mean and standard error (`_se`) of every metric."
     g = rows.groupby('method', sort=False)
@@ -200,14 +211,14 @@ def summarize_methods(rows:pd.DataFrame) -> pd.DataFrame:
 # %% ../nbs/52_evaluate.ipynb
 def summary_markdown(summary:pd.DataFrame, rows:pd.DataFrame|None=None) -> str:
     "The summary as a markdown table, and the videos that could not be scored (from `rows`)."
-    has_fvd = 'FVD' in summary
-    lines = ['| method | videos | scored | PSNR ↑ | SSIM ↑ | RotErr (deg) ↓ | TransErr ↓ | registered |' + (' FVD ↓ |' if has_fvd else ''),
-             '|---|---|---|---|---|---|---|---|' + ('---|' if has_fvd else '')]
+    extra = [k for k in ('FVD', 'FID') if k in summary]                 # set-level distances, when computed
+    lines = ['| method | videos | scored | PSNR ↑ | SSIM ↑ | RotErr (deg) ↓ | TransErr ↓ | registered |' + ''.join(f' {k} ↓ |' for k in extra),
+             '|---|---|---|---|---|---|---|---|' + '---|' * len(extra)]
     for d in summary.to_dict('records'):
         lines.append(f"| {d['method']} | {d['videos']} | {d['scored']} | {format_mean_se(d['PSNR'], d['PSNR_se'], 2)} | "
                      f"{format_mean_se(d['SSIM'], d['SSIM_se'], 3)} | {format_mean_se(d['RotErr'], d['RotErr_se'], 2)} | "
                      f"{format_mean_se(d['TransErr'], d['TransErr_se'], 3)} | {format_mean_se(d['registered'], math.nan, 2)} |"
-                     + (f" {format_mean_se(d['FVD'], math.nan, 1)} |" if has_fvd else ''))
+                     + ''.join(f" {format_mean_se(d[k], math.nan, 1)} |" for k in extra))
     text = '\n'.join(lines) + '\n'
     if rows is not None and (bad := rows[rows['error'].fillna('') != '']).shape[0]:
         text += '\nNot scored:\n' + ''.join(f"- {r['method']} {r['name']}: {r['error']}\n" for r in bad.to_dict('records'))
@@ -268,10 +279,10 @@ def _read_rows(path:Path) -> list[dict]:
 
 # %% ../nbs/52_evaluate.ipynb
 def evaluate(inputs, out, method:str|None=None, progress:bool=True, min_registered:float=0.5, fvd_weights=None,
-             devices:int=1, num_nodes:int=1) -> dict:
+             fid_weights=None, devices:int=1, num_nodes:int=1) -> dict:
     """Score every video `inputs` list (result folders and CSV tables) into the folder `out`, reusing the rows of
-    videos that have not changed; with `fvd_weights` (i3d_pretrained_400.pt) also each method's FVD against the ground
-    truths; `devices` > 1 (or `num_nodes` > 1) shares the videos over processes with Lightning Fabric.
+    videos that have not changed; with `fvd_weights` (i3d_pretrained_400.pt) / `fid_weights` (a TorchScript
+    Inception, e.g. inception-2015-12-05.pt) also each method's FVD / FID against the ground truths; `devices` > 1 (or `num_nodes` > 1) shares the videos over processes with Lightning Fabric.
     Returns dict(rows, summary (DataFrames), problems, scored (this call), files)."""
     out = Path(out)
     for k, v in (('devices', devices), ('num_nodes', num_nodes)):
@@ -283,6 +294,10 @@ def evaluate(inputs, out, method:str|None=None, progress:bool=True, min_register
     if fvd_weights is not None:
         from infcam.fvd import load_i3d
         net = load_i3d(fvd_weights)                                 # a bad weights file fails before any work
+    fid_net = None
+    if fid_weights is not None:
+        from infcam.metrics import load_fid_net
+        fid_net = load_fid_net(fid_weights)
     make_folder(out)
     files = dict(rows=out / 'rows.csv', summary=out / 'summary.csv', markdown=out / 'summary.md', plot=out / 'summary.png')
     with folder_lock(out, 'evaluate'):
@@ -302,6 +317,7 @@ def evaluate(inputs, out, method:str|None=None, progress:bool=True, min_register
         for f in out.glob('.rows.part*.csv'): f.unlink(missing_ok=True)   # merged into rows.csv
         summary = summarize_methods(rows)
         if net is not None: summary['FVD'] = [method_fvd(rows[rows['method'] == m], net) for m in summary['method']]
+        if fid_net is not None: summary['FID'] = [method_fid(rows[rows['method'] == m], fid_net) for m in summary['method']]
         with atomic_path(files['summary']) as tmp: summary.to_csv(tmp, index=False)
         md = summary_markdown(summary, rows)
         if problems: md += '\nNot listed (unreadable entries):\n' + ''.join(f"- {w}: {why}\n" for w, why in problems)

@@ -17,7 +17,7 @@ from .intrinsics import to_gray_uint8, best_rotation
 # %% auto #0
 __all__ = ['METRICS', 'align_scale', 'geodesic_deg', 'rot_err', 'trans_err', 'camera_metrics', 'estimate_poses',
            'read_colmap_images', 'write_colmap_images', 'load_poses', 'psnr', 'ssim', 'lpips', 'frechet_distance',
-           'fid', 'format_mean_se', 'score_video']
+           'load_fid_net', 'fid', 'format_mean_se', 'score_video']
 
 # %% ../nbs/50_metrics.ipynb #9a4ea2e7
 def _poses(name:str, c2w) -> Tensor:
@@ -436,11 +436,18 @@ def frechet_distance(fa:Tensor, fb:Tensor) -> float:
     tr_sqrt = torch.linalg.eigvalsh(ra @ Sb @ ra).clamp_min(0).sqrt().sum()   # tr sqrt(Sa Sb)
     return float((ma - mb).pow(2).sum() + Sa.trace() + Sb.trace() - 2 * tr_sqrt)
 
-def fid(a, b, weights=None, batch_size:int=32) -> float:
+def load_fid_net(weights):
+    "The TorchScript Inception feature extractor of FID from the file `weights` (e.g. inception-2015-12-05.pt)."
+    p = _weights(weights, 'FID')
+    try: return torch.jit.load(str(p), map_location='cpu').eval()
+    except Exception as e: raise InfcamError(f"FID: {p} is not a TorchScript feature extractor ({' '.join(str(e).split())[:200]})") from None
+
+def fid(a, b, weights=None, batch_size:int=32, net=None) -> float:
     """FID between image sets a (N, 3, H, W) and b (M, 3, H, W) in [0, 1] with a TorchScript Inception feature
-    extractor `weights` (e.g. inception-2015-12-05.pt, called as net(uint8 images, return_features=True))."""
+    extractor `weights` (e.g. inception-2015-12-05.pt, called as net(uint8 images, return_features=True)), or `net`
+    already loaded by `load_fid_net`."""
     a, b = _frames('a', a), _frames('b', b)
-    net = torch.jit.load(str(_weights(weights, 'FID')), map_location='cpu').eval()
+    net = net if net is not None else load_fid_net(weights)
     def feats(x):
         with torch.no_grad():
             return torch.cat([net((x[i:i + batch_size].clamp(0, 1) * 255).round().to(torch.uint8), return_features=True)

@@ -96,18 +96,26 @@ def test_unreadable_video_is_listed_not_fatal(tmp_path, capsys):
     assert 'neither a results folder nor a .csv table' in capsys.readouterr().err
 
 
-def test_fvd_column_with_local_i3d_weights(results, capsys):
+def test_fvd_and_fid_columns_with_local_weights(results, capsys):
     "With --fvd-weights (here a random I3D saved as the released file would be), the summary has each method's FVD."
     from infcam.fvd import InceptionI3d
     d, scene = results
     torch.manual_seed(0)
     w = d / 'i3d_pretrained_400.pt'
     if not w.exists(): torch.save(InceptionI3d().state_dict(), w)
-    assert cli(['evaluate', str(d / 'ours'), '--out', str(d / 'eval_fvd'), '--fvd-weights', str(w), '--quiet']) == 0
+    class Feat(torch.nn.Module):                              # a stand-in for the TorchScript Inception of FID
+        def __init__(self):
+            super().__init__(); self.conv = torch.nn.Conv2d(3, 4, 3)
+        def forward(self, x: torch.Tensor, return_features: bool = True) -> torch.Tensor:
+            return self.conv(x.float() / 255).mean((2, 3))
+    torch.jit.save(torch.jit.script(Feat()), str(d / 'inception.pt'))
+    assert cli(['evaluate', str(d / 'ours'), '--out', str(d / 'eval_fvd'), '--fvd-weights', str(w),
+                '--fid-weights', str(d / 'inception.pt'), '--quiet']) == 0
     out = capsys.readouterr().out
-    assert 'FVD ↓' in out
+    assert 'FVD ↓ | FID ↓ |' in out
     s = pd.read_csv(d / 'eval_fvd' / 'summary.csv')
     assert s['FVD'].notna().all() and (s['FVD'] > 0).all()     # two generated clips against their two truths
+    assert s['FID'].notna().all() and (s['FID'] > 0).all()     # their six scored frames against the truths' six
     assert cli(['evaluate', str(d / 'ours'), '--out', str(d / 'eval_fvd2'), '--fvd-weights', str(d / 'none.pt')]) == 2
     assert 'does not exist' in capsys.readouterr().err
 
