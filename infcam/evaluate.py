@@ -18,9 +18,9 @@ from .cameras import homogeneous
 from .metrics import METRICS, score_video, load_poses, format_mean_se
 
 # %% auto #0
-__all__ = ['SCORE_STRIDE', 'TABLE_COLUMNS', 'ROW_COLUMNS', 'EvalItem', 'truth_for', 'items_from_results', 'items_from_table',
-           'score_item', 'collect_items', 'method_fvd', 'method_fid', 'summarize_methods', 'summary_markdown',
-           'plot_methods', 'score_row', 'evaluate']
+__all__ = ['SCORE_STRIDE', 'TABLE_COLUMNS', 'SCORES', 'ROW_COLUMNS', 'EvalItem', 'truth_for', 'items_from_results',
+           'items_from_table', 'score_item', 'collect_items', 'method_fvd', 'method_fid', 'summarize_methods',
+           'summary_markdown', 'plot_methods', 'score_row', 'evaluate']
 
 # %% ../nbs/52_evaluate.ipynb
 SCORE_STRIDE = 4                  # frames 0, 4, 8, ...: the first video frame of every latent frame
@@ -113,8 +113,8 @@ def items_from_table(csv, method:str|None=None) -> tuple[list[EvalItem], list[tu
 # %% ../nbs/52_evaluate.ipynb
 def _frames_of(n:int) -> list[int]: return list(range(0, n, SCORE_STRIDE))
 
-def score_item(item:EvalItem, min_registered:float=0.5) -> dict:
-    "`{PSNR, SSIM, RotErr, TransErr, registered, frames}` of one generated clip."
+def score_item(item:EvalItem, min_registered:float=0.5, lpips_net=None) -> dict:
+    "`{PSNR, SSIM, RotErr, TransErr, registered, frames}` of one generated clip, and `LPIPS` with a ground truth and `lpips_net`."
     from infcam.video import read_video, video_info
     from infcam.data import clip_length
     from infcam.trajectories import load_trajectory
@@ -145,10 +145,15 @@ def score_item(item:EvalItem, min_registered:float=0.5) -> dict:
         est = load_poses(item.poses)
         if len(est) == n: est = est[idx]
         elif len(est) != len(idx): raise InfcamError(f"{item.poses} has {len(est)} poses; the clip has {n} frames ({len(idx)} scored)")
-    return {**score_video(v[idx], K4, ref, truth, est, min_registered=min_registered), 'frames': n}
+    out = {**score_video(v[idx], K4, ref, truth, est, min_registered=min_registered), 'frames': n}
+    if lpips_net is not None and truth is not None:
+        from infcam.metrics import lpips
+        out['LPIPS'] = lpips(v[idx], truth, net=lpips_net)
+    return out
 
 # %% ../nbs/52_evaluate.ipynb
-ROW_COLUMNS = ('method', 'name', 'video', 'trajectory', 'truth', 'frames', *METRICS, 'error', 'stamp')
+SCORES = (*METRICS, 'LPIPS')              # per video; LPIPS only with a ground truth and the LPIPS weights
+ROW_COLUMNS = ('method', 'name', 'video', 'trajectory', 'truth', 'frames', *SCORES, 'error', 'stamp')
 
 def _stamp(*paths) -> str:
     "What decides whether a row is still valid: size and modification time of each file."
@@ -203,7 +208,7 @@ def summarize_methods(rows:pd.DataFrame) -> pd.DataFrame:
     g = rows.groupby('method', sort=False)
     out = pd.DataFrame({'videos': g.size(), 'failed': g['error'].apply(lambda e: int((e.fillna('') != '').sum()))})
     out.insert(1, 'scored', out['videos'] - out['failed'])
-    for k in METRICS:
+    for k in SCORES:
         v = rows[k].astype(float).replace([np.inf, -np.inf], np.nan).groupby(rows['method'], sort=False)
         out[k], out[k + '_se'] = v.mean(), v.sem()
     return out.reset_index()
@@ -212,12 +217,14 @@ def summarize_methods(rows:pd.DataFrame) -> pd.DataFrame:
 def summary_markdown(summary:pd.DataFrame, rows:pd.DataFrame|None=None) -> str:
     "The summary as a markdown table, and the videos that could not be scored (from `rows`)."
     extra = [k for k in ('FVD', 'FID') if k in summary]                 # set-level distances, when computed
-    lines = ['| method | videos | scored | PSNR ↑ | SSIM ↑ | RotErr (deg) ↓ | TransErr ↓ | registered |' + ''.join(f' {k} ↓ |' for k in extra),
-             '|---|---|---|---|---|---|---|---|' + '---|' * len(extra)]
+    lp = bool(summary['LPIPS'].notna().any()) if 'LPIPS' in summary else False
+    lines = ['| method | videos | scored | PSNR ↑ | SSIM ↑ | RotErr (deg) ↓ | TransErr ↓ | registered |' + (' LPIPS ↓ |' if lp else '')
+             + ''.join(f' {k} ↓ |' for k in extra), '|---|---|---|---|---|---|---|---|' + '---|' * (len(extra) + lp)]
     for d in summary.to_dict('records'):
         lines.append(f"| {d['method']} | {d['videos']} | {d['scored']} | {format_mean_se(d['PSNR'], d['PSNR_se'], 2)} | "
                      f"{format_mean_se(d['SSIM'], d['SSIM_se'], 3)} | {format_mean_se(d['RotErr'], d['RotErr_se'], 2)} | "
                      f"{format_mean_se(d['TransErr'], d['TransErr_se'], 3)} | {format_mean_se(d['registered'], math.nan, 2)} |"
+                     + (f" {format_mean_se(d['LPIPS'], d['LPIPS_se'], 3)} |" if lp else '')
                      + ''.join(f" {format_mean_se(d[k], math.nan, 1)} |" for k in extra))
     text = '\n'.join(lines) + '\n'
     if rows is not None and (bad := rows[rows['error'].fillna('') != '']).shape[0]:
@@ -242,30 +249,30 @@ def plot_methods(summary:pd.DataFrame, path) -> Path:
     return path
 
 # %% ../nbs/52_evaluate.ipynb
-def score_row(it:EvalItem, min_registered:float=0.5) -> dict:
+def score_row(it:EvalItem, min_registered:float=0.5, lpips_net=None) -> dict:
     "The table row of one item: its request, its numbers (NaN where not measured) and the error that stopped it, if any."
     row = dict(method=it.method, name=it.name, video=str(it.video), trajectory=it.trajectory,
-               truth='' if it.truth is None else str(it.truth), frames=0, **dict.fromkeys(METRICS, math.nan), error='',
+               truth='' if it.truth is None else str(it.truth), frames=0, **dict.fromkeys(SCORES, math.nan), error='',
                stamp=_stamp(it.video, it.truth, it.poses))
-    try: row.update(score_item(it, min_registered))
+    try: row.update(score_item(it, min_registered, lpips_net))
     except InfcamError as e: row['error'] = ' '.join(str(e).split())
     except OSError as e: row['error'] = f"cannot read: {e.strerror or e}"
     return row
 
-def _score_all(items:list[EvalItem], min_registered:float, progress:bool, partial:Path) -> list[dict]:
+def _score_all(items:list[EvalItem], min_registered:float, progress:bool, partial:Path, lpips_net=None) -> list[dict]:
     "Score `items`, rewriting `partial` (atomically) after each one, so a killed run keeps what it scored."
     from tqdm.auto import tqdm
     rows = []
     for it in tqdm(items, desc='evaluate', unit='video', disable=not progress):
-        rows.append(score_row(it, min_registered))
+        rows.append(score_row(it, min_registered, lpips_net))
         with atomic_path(partial) as tmp: pd.DataFrame(rows, columns=list(ROW_COLUMNS)).to_csv(tmp, index=False)
     return rows
 
-def _eval_worker(fabric, items:list[EvalItem], min_registered:float, out:Path, progress:bool) -> list[dict]:
+def _eval_worker(fabric, items:list[EvalItem], min_registered:float, out:Path, progress:bool, lpips_net=None) -> list[dict]:
     "One process of a sharded evaluation: every `world`-th item, then all ranks' rows."
     import torch.distributed as dist
     rank, world = fabric.global_rank, fabric.world_size
-    mine = _score_all(items[rank::world], min_registered, progress and rank == 0, out / f'.rows.part{rank}.csv')
+    mine = _score_all(items[rank::world], min_registered, progress and rank == 0, out / f'.rows.part{rank}.csv', lpips_net)
     parts = [None] * world
     dist.all_gather_object(parts, mine)
     return [r for part in parts for r in part]
@@ -273,16 +280,18 @@ def _eval_worker(fabric, items:list[EvalItem], min_registered:float, out:Path, p
 def _read_rows(path:Path) -> list[dict]:
     try: df = pd.read_csv(path, dtype={'method': str, 'name': str, 'error': str, 'stamp': str, 'trajectory': str})
     except (ValueError, UnicodeDecodeError): raise InfcamError(f"{path} is not an evaluation table; use another --out folder") from None
+    if 'LPIPS' not in df.columns: df['LPIPS'] = math.nan             # a table written before LPIPS was scored
     if missing := [c for c in ROW_COLUMNS if c not in df.columns]:
         raise InfcamError(f"{path} is not an evaluation table (no {missing[0]} column); use another --out folder")
     return [{**r, 'error': r['error'] if isinstance(r['error'], str) else ''} for r in df.to_dict('records')]
 
 # %% ../nbs/52_evaluate.ipynb
 def evaluate(inputs, out, method:str|None=None, progress:bool=True, min_registered:float=0.5, fvd_weights=None,
-             fid_weights=None, devices:int=1, num_nodes:int=1) -> dict:
+             fid_weights=None, lpips_weights=None, lpips_backbone=None, devices:int=1, num_nodes:int=1) -> dict:
     """Score every video `inputs` list (result folders and CSV tables) into the folder `out`, reusing the rows of
     videos that have not changed; with `fvd_weights` (i3d_pretrained_400.pt) / `fid_weights` (a TorchScript
-    Inception, e.g. inception-2015-12-05.pt) also each method's FVD / FID against the ground truths; `devices` > 1 (or `num_nodes` > 1) shares the videos over processes with Lightning Fabric.
+    Inception, e.g. inception-2015-12-05.pt) also each method's FVD / FID against the ground truths, with
+    `lpips_weights` (alex.pth) and `lpips_backbone` (torchvision's AlexNet) each video's LPIPS; `devices` > 1 (or `num_nodes` > 1) shares the videos over processes with Lightning Fabric.
     Returns dict(rows, summary (DataFrames), problems, scored (this call), files)."""
     out = Path(out)
     for k, v in (('devices', devices), ('num_nodes', num_nodes)):
@@ -294,6 +303,11 @@ def evaluate(inputs, out, method:str|None=None, progress:bool=True, min_register
     if fvd_weights is not None:
         from infcam.fvd import load_i3d
         net = load_i3d(fvd_weights)                                 # a bad weights file fails before any work
+    lpips_net = None
+    if (lpips_weights is None) != (lpips_backbone is None): raise InfcamError("LPIPS needs both its weights (alex.pth) and the AlexNet backbone")
+    if lpips_weights is not None:
+        from infcam.metrics import load_lpips
+        lpips_net = load_lpips(lpips_weights, lpips_backbone)
     fid_net = None
     if fid_weights is not None:
         from infcam.metrics import load_fid_net
@@ -304,13 +318,14 @@ def evaluate(inputs, out, method:str|None=None, progress:bool=True, min_register
         cache = {}
         for f in [files['rows'], *sorted(out.glob('.rows.part*.csv'))]:   # the table, then what a killed run scored
             if f.is_file(): cache.update({(r['method'], r['name']): r for r in _read_rows(f)})
-        fresh = lambda it, r: r is not None and r['stamp'] == _stamp(it.video, it.truth, it.poses) and r['trajectory'] == it.trajectory
+        fresh = lambda it, r: (r is not None and r['stamp'] == _stamp(it.video, it.truth, it.poses) and r['trajectory'] == it.trajectory
+                               and not (lpips_net is not None and it.truth is not None and not r['error'] and math.isnan(float(r['LPIPS']))))
         todo = [it for it in items if not fresh(it, cache.get((it.method, it.name)))]
         if todo and (devices > 1 or num_nodes > 1):
             import lightning as L
             fabric = L.Fabric(accelerator='cpu', devices=devices, num_nodes=num_nodes, strategy='ddp_spawn')
-            new = fabric.launch(_eval_worker, todo, min_registered, out, progress)
-        else: new = _score_all(todo, min_registered, progress, out / '.rows.part0.csv')
+            new = fabric.launch(_eval_worker, todo, min_registered, out, progress, lpips_net)
+        else: new = _score_all(todo, min_registered, progress, out / '.rows.part0.csv', lpips_net)
         cache.update({(r['method'], r['name']): r for r in new})
         rows = pd.DataFrame([cache[(it.method, it.name)] for it in items], columns=list(ROW_COLUMNS))
         with atomic_path(files['rows']) as tmp: rows.to_csv(tmp, index=False)

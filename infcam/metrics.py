@@ -16,8 +16,8 @@ from .intrinsics import to_gray_uint8, best_rotation
 
 # %% auto #0
 __all__ = ['METRICS', 'align_scale', 'geodesic_deg', 'rot_err', 'trans_err', 'camera_metrics', 'estimate_poses',
-           'read_colmap_images', 'write_colmap_images', 'load_poses', 'psnr', 'ssim', 'lpips', 'frechet_distance',
-           'load_fid_net', 'fid', 'format_mean_se', 'score_video']
+           'read_colmap_images', 'write_colmap_images', 'load_poses', 'psnr', 'ssim', 'AlexLPIPS', 'load_lpips',
+           'lpips', 'frechet_distance', 'load_fid_net', 'fid', 'format_mean_se', 'score_video']
 
 # %% ../nbs/50_metrics.ipynb #9a4ea2e7
 def _poses(name:str, c2w) -> Tensor:
@@ -407,22 +407,57 @@ def _weights(path, what:str) -> Path:
     if not p.is_file(): raise InfcamError(f"{what}: weights file {p} does not exist")
     return p
 
-def lpips(a, b, weights=None, backbone=None, net:str='alex', batch_size:int=16) -> float:
-    """Mean LPIPS of frames a, b (F, 3, H, W) in [0, 1], with the `lpips` package, its linear-layer `weights`
-    (e.g. alex.pth) and the torchvision `backbone` weights (e.g. alexnet-owt-7be5be79.pth); nothing is downloaded."""
+class AlexLPIPS(torch.nn.Module):
+    """LPIPS v0.1 on AlexNet features: inputs in [-1, 1] are shifted and scaled per channel, the five ReLU outputs are
+    unit-normalised over channels, their squared differences weighted by a 1x1 linear layer, averaged over the image
+    and summed over the layers."""
+    CONVS = ((3, 64, 11, 4, 2), (64, 192, 5, 1, 2), (192, 384, 3, 1, 1), (384, 256, 3, 1, 1), (256, 256, 3, 1, 1))
+    INDEX = (0, 3, 6, 8, 10)                                         # their positions in torchvision's alexnet.features
+    def __init__(self):
+        super().__init__()
+        self.convs = torch.nn.ModuleList(torch.nn.Conv2d(i, o, k, s, p) for i, o, k, s, p in self.CONVS)
+        self.lins = torch.nn.ModuleList(torch.nn.Conv2d(o, 1, 1, bias=False) for _, o, *_ in self.CONVS)
+        self.register_buffer('shift', torch.tensor([-.030, -.088, -.188]).view(1, 3, 1, 1))
+        self.register_buffer('scale', torch.tensor([.458, .448, .450]).view(1, 3, 1, 1))
+
+    def features(self, x:Tensor) -> list[Tensor]:
+        x, out = (x - self.shift) / self.scale, []
+        for i, conv in enumerate(self.convs):
+            if i in (1, 2): x = F.max_pool2d(x, 3, 2)
+            x = F.relu(conv(x)); out.append(x)
+        return out
+
+    def forward(self, a:Tensor, b:Tensor) -> Tensor: # (N,) distances of frames a, b (N, 3, H, W) in [-1, 1]
+        unit = lambda f: f / (f.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+        return sum(lin((unit(fa) - unit(fb)) ** 2).mean((2, 3)) for fa, fb, lin in zip(self.features(a), self.features(b), self.lins)).flatten()
+
+def load_lpips(weights, backbone) -> AlexLPIPS:
+    """`AlexLPIPS` with the LPIPS linear layers `weights` (alex.pth: `lin0.model.1.weight` ...) and torchvision's
+    AlexNet `backbone` (alexnet-owt-7be5be79.pth: `features.0.weight` ...), every name and shape checked."""
+    from infcam.core import read_state_dict
+    lin, bb = read_state_dict(_weights(weights, 'LPIPS'), 'LPIPS weights'), read_state_dict(_weights(backbone, 'LPIPS backbone'), 'LPIPS backbone')
+    m = AlexLPIPS()
+    sd = {}
+    for k, (i, (_, o, *_)) in enumerate(zip(m.INDEX, m.CONVS)):
+        sd.update({f'convs.{k}.weight': (bb, f'features.{i}.weight'), f'convs.{k}.bias': (bb, f'features.{i}.bias'),
+                   f'lins.{k}.weight': (lin, f'lin{k}.model.1.weight')})
+    want = m.state_dict()
+    for ours, (src, name) in sd.items():
+        f = backbone if src is bb else weights
+        if name not in src: raise InfcamError(f"{f} has no tensor {name}: not the {'AlexNet' if src is bb else 'LPIPS alex'} weights")
+        if src[name].shape != want[ours].shape:
+            raise InfcamError(f"{f}: {name} has shape {tuple(src[name].shape)}, expected {tuple(want[ours].shape)}")
+    m.load_state_dict({**want, **{ours: src[name] for ours, (src, name) in sd.items()}})
+    return m.eval()
+
+def lpips(a, b, weights=None, backbone=None, net:AlexLPIPS|None=None, batch_size:int=16) -> float:
+    """Mean LPIPS (AlexNet, v0.1) of frames a, b (F, 3, H, W) in [0, 1], with the linear-layer `weights` (alex.pth from
+    the LPIPS repository) and torchvision's AlexNet `backbone` weights, or `net` from `load_lpips`."""
     a, b = _check(a, b)
-    w, bb = _weights(weights, 'LPIPS'), _weights(backbone, 'LPIPS backbone')
-    try: import lpips as _lp
-    except ImportError: raise InfcamError("LPIPS needs the lpips package: pip install lpips") from None
-    m = _lp.LPIPS(net=net, pretrained=True, pnet_rand=True, model_path=str(w), verbose=False)
-    sd = torch.load(bb, map_location='cpu', weights_only=True)
-    m.net.load_state_dict({k.split('features.', 1)[1]: v for k, v in sd.items() if k.startswith('features.')}, strict=False)
-    m.eval()
-    out = []
+    m = net if net is not None else load_lpips(weights, backbone)
     with torch.no_grad():
-        for i in range(0, len(a), batch_size):
-            out.append(m(a[i:i + batch_size] * 2 - 1, b[i:i + batch_size] * 2 - 1).flatten())
-    return float(torch.cat(out).mean())
+        return float(torch.cat([m(a[i:i + batch_size] * 2 - 1, b[i:i + batch_size] * 2 - 1)
+                                for i in range(0, len(a), batch_size)]).mean())
 
 def frechet_distance(fa:Tensor, fb:Tensor) -> float:
     "The Fréchet distance between Gaussians fitted to features fa (N, D) and fb (M, D) (float64, small one-off)."

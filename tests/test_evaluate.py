@@ -109,10 +109,17 @@ def test_fvd_and_fid_columns_with_local_weights(results, capsys):
         def forward(self, x: torch.Tensor, return_features: bool = True) -> torch.Tensor:
             return self.conv(x.float() / 255).mean((2, 3))
     torch.jit.save(torch.jit.script(Feat()), str(d / 'inception.pt'))
+    from infcam.metrics import AlexLPIPS
+    lp = AlexLPIPS()                                           # random LPIPS weights saved under the released names
+    torch.save({f'lin{k}.model.1.weight': l.weight.abs() for k, l in enumerate(lp.lins)}, d / 'alex.pth')
+    torch.save({f'features.{i}.{n}': getattr(c, n) for i, c in zip(AlexLPIPS.INDEX, lp.convs) for n in ('weight', 'bias')}, d / 'alexnet.pth')
     assert cli(['evaluate', str(d / 'ours'), '--out', str(d / 'eval_fvd'), '--fvd-weights', str(w),
-                '--fid-weights', str(d / 'inception.pt'), '--quiet']) == 0
+                '--fid-weights', str(d / 'inception.pt'), '--lpips-weights', str(d / 'alex.pth'),
+                '--lpips-backbone', str(d / 'alexnet.pth'), '--quiet']) == 0
     out = capsys.readouterr().out
-    assert 'FVD ↓ | FID ↓ |' in out
+    assert '| LPIPS ↓ | FVD ↓ | FID ↓ |' in out
+    rows = pd.read_csv(d / 'eval_fvd' / 'rows.csv')
+    assert rows['LPIPS'].notna().all() and (rows['LPIPS'] > 0).all()   # each clip against its truth
     s = pd.read_csv(d / 'eval_fvd' / 'summary.csv')
     assert s['FVD'].notna().all() and (s['FVD'] > 0).all()     # two generated clips against their two truths
     assert s['FID'].notna().all() and (s['FID'] > 0).all()     # their six scored frames against the truths' six
