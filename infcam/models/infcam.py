@@ -71,14 +71,17 @@ class InfCamBlock(WanBlock):
         c_tgt, c_warp, c_src = self.cam_encoder(code_in.to(x.dtype))[:, :, :, None, None].unbind(2)  # (B, f, 1, 1, d)
         streams = [y_tgt + c_tgt, y_src + c_src]
         if convention is not None:
-            first = y_src[:, :1].expand(-1, f, -1, -1, -1)
-            warped = warp_latents(first, K_src_n, K_tgt_n, extrinsics, convention)
-            # a 1x1x1 Conv3d over channels is a linear map of every token
-            warped = F.linear(warped, self.zero_conv.weight.flatten(1), self.zero_conv.bias)
+            first = y_src[:, :1]
+            # zero_conv (a 1x1x1 Conv3d: a linear map of every token) commutes with the warp, whose bilinear weights sum
+            # to one (border padding): apply it to the one source frame, not to its f warped copies
+            z = F.linear(first, self.zero_conv.weight.flatten(1), self.zero_conv.bias).expand(-1, f, -1, -1, -1)
+            warped = warp_latents(z, K_src_n, K_tgt_n, extrinsics, convention)
             streams.append(first + warped + c_warp)
         n = len(streams)
-        out = self.self_attn_pre(rearrange(torch.stack(streams, dim=2), 'b f n h w d -> (b f) (n h w) d'), rope3, backend)
-        out = rearrange(out, '(b f) (n h w) d -> n b f (h w) d', b=B, n=n, h=h, w=w)[:2]
+        # the warped stream is a key/value source only: its queries, attention rows and output are never computed
+        out = self.self_attn_pre(rearrange(torch.stack(streams, dim=2), 'b f n h w d -> (b f) (n h w) d'), rope3, backend,
+                                 queries=2 * h * w)
+        out = rearrange(out, '(b f) (n h w) d -> n b f (h w) d', b=B, n=2, h=h, w=w)
         x = gated_add(x, gate0, rearrange(out, 'two b f l d -> (two b) (f l) d'))
         return self.wan_forward(x, context, self.mods(t_mod), rope, backend)
 

@@ -215,9 +215,12 @@ class SelfAttention(nn.Module):
 
     def forward(self, x:torch.Tensor, # (B, L, dim)
                 rope:tuple, # (cos, sin) for the L tokens
-                backend:str='sdpa') -> torch.Tensor: # (B, L, dim)
+                backend:str='sdpa',
+                queries:int|None=None, # only the first `queries` tokens ask (the rest are keys and values only)
+               ) -> torch.Tensor: # (B, L or queries, dim)
         heads = lambda t: rearrange(t, 'b l (n d) -> b l n d', n=self.num_heads)
-        q = apply_rope(heads(self.norm_q(self.q(x))), *rope)
+        xq, rq = (x, rope) if queries is None else (x[:, :queries], tuple(r[:queries] for r in rope))
+        q = apply_rope(heads(self.norm_q(self.q(xq))), *rq)
         k = apply_rope(heads(self.norm_k(self.k(x))), *rope)
         return self.o(rearrange(attention(q, k, heads(self.v(x)), backend), 'b l n d -> b l (n d)'))
 
