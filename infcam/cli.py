@@ -84,6 +84,7 @@ def _evaluate(a):
     res = evaluate(a.inputs, a.out, method=a.method, progress=not a.quiet, min_registered=a.min_registered,
                    fvd_weights=a.fvd_weights, fid_weights=a.fid_weights, lpips_weights=a.lpips_weights,
                    lpips_backbone=a.lpips_backbone, devices=a.devices, num_nodes=a.num_nodes)
+    if not res['files']: return                      # another rank under torchrun: rank 0 reports
     print(res['files']['markdown'].read_text(encoding='utf-8'), end='')
     print(f"scored {res['scored']} video(s) now, {len(res['rows']) - res['scored']} unchanged; tables and plot in {a.out}")
 

@@ -17,8 +17,9 @@ from .video import check_size, check_video_memory, read_video, video_info, write
 # %% auto #0
 __all__ = ['DEFAULTS', 'DTYPES', 'ESTIMATE_METHODS', 'check_settings', 'cache_dir', 'file_sha256', 'weight_hashes', 'Job',
            'JobResult', 'trajectory_name', 'read_batch', 'make_jobs', 'load_pipeline', 'check_weights_usable',
-           'source_fps', 'run_jobs', 'run_sharded', 'TrainingRun', 'training_run', 'run_settings', 'load_run_pipeline',
-           'run_hashes', 'settings_from_sidecar', 'add_generate_parser', 'run_generate', 'generate_main']
+           'source_fps', 'run_jobs', 'launched_externally', 'run_sharded', 'TrainingRun', 'training_run',
+           'run_settings', 'load_run_pipeline', 'run_hashes', 'settings_from_sidecar', 'add_generate_parser',
+           'run_generate', 'generate_main']
 
 # %% ../nbs/32_generate.ipynb #e2817b00
 DEFAULTS = dict(frames=81, height=480, width=832, steps=20, cfg=5.0, negative_prompt=None, seed=0, zoom=1.0,
@@ -310,7 +311,9 @@ def run_jobs(jobs:list[Job], weights, settings:dict|None=None, overwrite:bool=Fa
                 results[id(j)] = JobResult(j, 'done', '', time.perf_counter() - t0)
     return [results[id(j)] for j in jobs]
 
-def _launched_externally() -> bool: return 'LOCAL_RANK' in os.environ or 'TORCHELASTIC_RUN_ID' in os.environ
+def launched_externally() -> bool:
+    "Whether a launcher such as torchrun started this process as one rank of several."
+    return 'LOCAL_RANK' in os.environ or 'TORCHELASTIC_RUN_ID' in os.environ
 
 def _shard_worker(fabric, jobs:list[Job], weights, settings:dict, overwrite:bool, progress:bool, quiet:bool) -> list[JobResult]:
     "One process of a sharded batch: the jobs `rank, rank + world, ...`, then every rank's results in job order."
@@ -336,10 +339,10 @@ def run_sharded(jobs:list[Job], weights, settings:dict|None=None, devices:int=2,
     _intlike('devices', devices); _intlike('num_nodes', num_nodes)
     accel = 'cuda' if (s['device'] or ('cuda' if torch.cuda.is_available() else 'cpu')).startswith('cuda') else 'cpu'
     fabric = L.Fabric(accelerator=accel, devices=devices, num_nodes=num_nodes,
-                      strategy='ddp' if _launched_externally() else 'ddp_spawn')
+                      strategy='ddp' if launched_externally() else 'ddp_spawn')
     outs = sorted({j.out.parent for j in jobs})
     with contextlib.ExitStack() as locks:                 # the launcher holds the folders for all its processes
-        if not _launched_externally() or int(os.environ.get('RANK', 0)) == 0:
+        if not launched_externally() or int(os.environ.get('RANK', 0)) == 0:
             for d in outs: locks.enter_context(folder_lock(d, 'generate'))
         return fabric.launch(_shard_worker, jobs, weights, settings, overwrite, progress, quiet)
 
