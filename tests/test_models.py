@@ -45,7 +45,8 @@ def test_golden_conformance(golden, model):
     assert out_t.dtype == torch.float32 and out_t.shape == v_tgt.shape
     assert (out_t - v_tgt).abs().max() <= 1e-4
     assert (out_s - v_src).abs().max() <= 1e-4
-    assert torch.equal(only_t, out_t)
+    # without the source half the last block computes the target tokens only: the same numbers up to float rounding
+    assert (only_t - out_t).abs().max() <= 1e-6 and (only_t - v_tgt).abs().max() <= 1e-4
 
 
 def test_no_float64_in_forward(golden, model):

@@ -61,8 +61,10 @@ class InfCamBlock(WanBlock):
                 cams:tuple, # (K_src_n (B, 4), K_tgt_n (B, 4), extrinsics (B, f, 12), code inputs (B, f, 3, 16))
                 rope3:tuple, # RoPE of a (3, h, w) grid: frame index 0/1/2 = target/source/warped (2 frames without warp)
                 rope:tuple, # RoPE of the (f, h, w) video grid
-                backend:str='sdpa', convention:str|None='released') -> torch.Tensor: # (2B, f*h*w, dim)
-        "`convention` None runs the ablation without the warping module: the attention sees `[target, source]` only."
+                backend:str='sdpa', convention:str|None='released',
+                target_only:bool=False) -> torch.Tensor: # (2B, f*h*w, dim), or (B, ...) with `target_only`
+        """`convention` None runs the ablation without the warping module: the attention sees `[target, source]` only.
+        `target_only` (the last block, when nobody asks for the source half) computes the target tokens only."""
         (f, h, w), B = grid, x.shape[0] // 2
         K_src_n, K_tgt_n, extrinsics, code_in = cams
         shift0, scale0, gate0 = (self.modulation0.float() + t_mod)[:, :3].chunk(3, dim=1)
@@ -79,10 +81,12 @@ class InfCamBlock(WanBlock):
             streams.append(first + warped + c_warp)
         n = len(streams)
         # the warped stream is a key/value source only: its queries, attention rows and output are never computed
+        asking = 1 if target_only else 2                          # target, then source
         out = self.self_attn_pre(rearrange(torch.stack(streams, dim=2), 'b f n h w d -> (b f) (n h w) d'), rope3, backend,
-                                 queries=2 * h * w)
-        out = rearrange(out, '(b f) (n h w) d -> n b f (h w) d', b=B, n=2, h=h, w=w)
-        x = gated_add(x, gate0, rearrange(out, 'two b f l d -> (two b) (f l) d'))
+                                 queries=asking * h * w)
+        out = rearrange(out, '(b f) (n h w) d -> (n b) (f h w) d', b=B, n=asking, h=h, w=w)
+        if target_only: x, context, t_mod, gate0 = x[:B], context[:B], t_mod[:B], gate0[:B]
+        x = gated_add(x, gate0, out)
         return self.wan_forward(x, context, self.mods(t_mod), rope, backend)
 
 # %% ../../nbs/11_infcam_dit.ipynb #21954017
@@ -118,10 +122,12 @@ class InfCamDiT(WanDiT):
         t_mod2, ctx2 = t_mod.repeat(2, 1, 1), ctx.repeat(2, 1, 1)   # the source shares time and prompt
         warp = self.config.warp_convention if self.config.warp_module else None
         rope3, rope = self.rope(3 if warp else 2, h, w), self.rope(f, h, w)
-        for block in self.blocks:
-            tokens = self.run_block(block, tokens, ctx2, t_mod2, grid, cams, rope3, rope, backend, warp)
+        for i, block in enumerate(self.blocks):                   # the source half's output is needed only if asked for
+            last = i == len(self.blocks) - 1 and not return_source
+            tokens = self.run_block(block, tokens, ctx2, t_mod2, grid, cams, rope3, rope, backend, warp, last)
+        if not return_source: return self.unpatchify(self.head(tokens, t_emb), grid)
         v_tgt, v_src = self.unpatchify(self.head(tokens, t_emb.repeat(2, 1)), grid).chunk(2)
-        return (v_tgt, v_src) if return_source else v_tgt
+        return v_tgt, v_src
 
     @classmethod
     def from_base(cls, base:WanDiT|dict, config:WanConfig|None=None, share:bool=False) -> InfCamDiT:
