@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The GPU check: one command for the day a device is lent. Random full-size weights; nothing is downloaded.
 
-    python bench/gpu.py --out gpu_check                             # one H100/H200: about 6 minutes
+    python bench/gpu.py --out gpu_check                             # one H100/H200 (meant to fit in 8 minutes; not yet timed)
     python bench/gpu.py --preset tiny --size 9x32x48 --out /tmp/gc   # the CPU path (CI runs it: it cannot rot)
 
 Writes OUT/gpu_check.json and OUT/gpu_check.md. Each section is timed, and a failing section is recorded with its

@@ -4,7 +4,7 @@
 
 # %% ../nbs/52_evaluate.ipynb #b7d0786a
 from __future__ import annotations
-import contextlib, json, math, os, re, time
+import contextlib, json, math, os, re
 from dataclasses import dataclass
 from pathlib import Path
 
