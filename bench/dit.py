@@ -33,9 +33,9 @@ CUDA_SIZES = [(5, 30, 52), (11, 40, 68), (21, 60, 104)]   # ..., 41x320x544, 81x
 
 
 def build(name, device, dtype):
-    cfg = WanConfig.preset(name, gradient_checkpointing=True)
-    with torch.device('meta'): m = InfCamDiT(cfg)
+    with torch.device('meta'): m = InfCamDiT(WanConfig.preset(name))
     m = m.to_empty(device=device)
+    m.gradient_checkpointing = True
     g = torch.Generator(device='cpu').manual_seed(0)
     with torch.no_grad():
         for p in m.parameters(): p.copy_((torch.randn(p.shape, generator=g) * 0.02).to(p.dtype))

@@ -70,15 +70,14 @@ def dit_inputs(m, size, dev, dtype):
 
 def section_forward(a, dev, dtype):
     from torch.utils.flop_counter import FlopCounterMode
-    from infcam.models.wan import ATTENTION_BACKENDS, resolve_attention_backend
+    from infcam.models.wan import ATTENTION_BACKENDS
     m = random_dit(a.preset, dev, dtype)
     inp = dit_inputs(m, parse_size(a.size), dev, dtype)
     rows = []
     for backend in ATTENTION_BACKENDS:
-        try: resolve_attention_backend(backend)
+        try: m.set_attention_backend(backend)
         except Exception as e:
             rows.append(dict(backend=backend, skipped=' '.join(str(e).split())[:200])); continue
-        m.config.attention_backend = backend
         with torch.no_grad():
             m(*inp); sync(dev)                                        # warm-up: kernels, RoPE tables
             ts = []

@@ -45,8 +45,8 @@ SMALL_MODEL = dict(in_dim=192, out_dim=192, patch_size=(1, 1, 1), text_dim=64, t
 @dataclass
 class BenchConfig:
     "Every setting of a benchmark run (data, backbone, training budget, generation)."
-    preset: str = 'mini'                 # WanConfig preset of the DiT
-    model: dict = field(default_factory=lambda: dict(SMALL_MODEL))   # WanConfig overrides of the preset
+    preset: str = 'mini'                 # InfCamConfig preset of the DiT
+    model: dict = field(default_factory=lambda: dict(SMALL_MODEL))   # InfCamConfig overrides of the preset
     train_scenes: int = 24               # synthetic training scenes (seeds 0..n-1)
     test_scenes: int = 6                 # held-out scenes (seeds from `test_seed`)
     test_seed: int = 10_000
@@ -112,11 +112,11 @@ class BenchConfig:
             raise InfcamError(f"seeds must be a non-empty list of integers >= 0, got {list(self.seeds)}")
         if not self.test_focal_mm > self.focal_mm or any(f <= self.focal_mm for f in self.aug_focals):
             raise InfcamError(f"test_focal_mm and aug_focals must be longer than focal_mm={self.focal_mm} (refocusing crops)")
-        from infcam.models import WanConfig
+        from infcam.models import InfCamConfig
         from infcam.cameras import num_latent_frames
         from infcam.video import check_size
         from infcam.training import check_hardware
-        WanConfig.preset(self.preset, **self.model)                  # an unknown preset or field fails here
+        InfCamConfig.preset(self.preset, **self.model)               # an unknown preset or field fails here
         num_latent_frames(self.num_frames); check_size(self.height, self.width)   # before bench.json is written
         if self.gen_device != 'auto': check_device(self.gen_device, 'gen_device')
         check_hardware(self.accelerator, self.devices)
@@ -167,8 +167,8 @@ BACKBONE_DIR = _repo_root() / 'data' / 'backbones'     # backbones committed wit
 
 def backbone_settings(cfg:BenchConfig) -> dict:
     "Everything that determines the pretrained backbone: its model, the clips it sees, the pretraining and the diffusion."
-    from infcam.models import WanConfig
-    return dict(model=WanConfig.preset(cfg.preset, **cfg.model).to_dict(), codec=cfg.codec, num_frames=cfg.num_frames, height=cfg.height,
+    from infcam.models import InfCamConfig
+    return dict(model=InfCamConfig.preset(cfg.preset, **cfg.model).wan().to_dict(), codec=cfg.codec, num_frames=cfg.num_frames, height=cfg.height,
                 width=cfg.width, focal_mm=cfg.focal_mm, aug_focals=list(cfg.aug_focals), random_cameras=cfg.random_cameras,
                 steps=cfg.pretrain_steps, batch=cfg.pretrain_batch, lr=cfg.pretrain_lr, shift=cfg.shift,
                 prediction=cfg.prediction, caption=cfg.caption, clean=0.5)
@@ -177,12 +177,15 @@ def find_backbone(cfg:BenchConfig, folders=None) -> Path|None:
     "A pretrained backbone of `cfg` (its `backbone_settings` in the file's metadata) in `data/backbones/` or the cache."
     from safetensors import safe_open
     from infcam.generate import cache_dir
+    from infcam.models import WanConfig
     want = backbone_settings(cfg)
     for folder in folders or (BACKBONE_DIR, cache_dir() / 'backbones'):
         for f in sorted(Path(folder).glob('*.safetensors')) if Path(folder).is_dir() else []:
             try:
                 with safe_open(str(f), 'pt') as h: meta = h.metadata() or {}
-                if json.loads(meta.get('bench', 'null')) == want: return f
+                found = json.loads(meta.get('bench', 'null'))
+                found['model'] = WanConfig.from_dict(found['model']).to_dict()   # as older files wrote it, too
+                if found == want: return f
             except Exception: continue                                # a broken or foreign file is not ours
     return None
 
@@ -194,12 +197,12 @@ def ensure_backbone(cfg:BenchConfig, data:dict, progress:bool=True) -> Path:
         return Path(cfg.base)
     if (f := find_backbone(cfg)) is not None: return f
     from infcam.generate import cache_dir
-    from infcam.models import WanConfig
+    from infcam.models import InfCamConfig
     from infcam.pretrain import pretrain_backbone
     settings = backbone_settings(cfg)
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     out = cache_dir() / 'backbones' / f'{cfg.preset}-{key}.safetensors'
-    return pretrain_backbone(data['train'], out, WanConfig.preset(cfg.preset, **cfg.model), cfg.pretrain_steps,
+    return pretrain_backbone(data['train'], out, InfCamConfig.preset(cfg.preset, **cfg.model).wan(), cfg.pretrain_steps,
                              num_frames=cfg.num_frames, codec=cfg.codec, batch_size=cfg.pretrain_batch, lr=cfg.pretrain_lr, shift=cfg.shift,
                              prediction=cfg.prediction, caption=cfg.caption, dtype=torch.bfloat16, progress=progress,
                              metadata=dict(bench=json.dumps(settings)))

@@ -15,49 +15,49 @@ from torch import Tensor
 import lightning as L
 
 from .core import InfcamError, atomic_path, folder_lock
-from .models import WanConfig, WanDiT, InfCamDiT
+from .models import WanConfig, InfCamConfig, WanDiT, InfCamDiT
 from .scheduler import FlowMatchScheduler
 
 # %% auto #0
-__all__ = ['ADAMW_DEFAULTS', 'LR_SCHEDULES', 'STRATEGIES', 'RESUMABLE', 'ACCELERATORS', 'PRECISIONS', 'build_model', 'collate',
-           'StepSampler', 'EpochIndexed', 'lr_factor', 'InfCamModule', 'eval_loss', 'list_checkpoints',
-           'save_checkpoint', 'prune_checkpoints', 'read_checkpoint', 'load_trained', 'trained_scheduler',
-           'deepspeed_engine', 'zero_full_param', 'zero_optimizer_state', 'load_zero_optimizer_state',
-           'load_zero_shards', 'save_zero_checkpoint', 'CheckpointCallback', 'lightning_strategy', 'default_precision',
-           'is_global_zero', 'wandb_logger', 'read_log', 'read_losses', 'plot_loss', 'config_diff', 'check_hardware',
-           'check_fit_args', 'resume_from', 'fit']
+__all__ = ['ADAMW_DEFAULTS', 'LR_SCHEDULES', 'STRATEGIES', 'RESUMABLE', 'ACCELERATORS', 'PRECISIONS', 'as_infcam_config',
+           'build_model', 'collate', 'StepSampler', 'EpochIndexed', 'lr_factor', 'InfCamModule', 'eval_loss',
+           'list_checkpoints', 'save_checkpoint', 'prune_checkpoints', 'read_checkpoint', 'load_trained',
+           'trained_scheduler', 'deepspeed_engine', 'zero_full_param', 'zero_optimizer_state',
+           'load_zero_optimizer_state', 'load_zero_shards', 'save_zero_checkpoint', 'CheckpointCallback',
+           'lightning_strategy', 'default_precision', 'is_global_zero', 'wandb_logger', 'read_log', 'read_losses',
+           'plot_loss', 'config_diff', 'check_hardware', 'check_fit_args', 'resume_from', 'fit']
 
 # %% ../nbs/40_training.ipynb #98a914f2
-def _as_config(config, **overrides) -> WanConfig:
-    if isinstance(config, WanConfig): return WanConfig.from_dict({**config.to_dict(), **overrides})
-    if isinstance(config, dict): return WanConfig.from_dict({**config, **overrides})
-    if isinstance(config, str): return WanConfig.preset(config, **overrides)
+def as_infcam_config(config:InfCamConfig|WanConfig|str|dict, **fields) -> InfCamConfig:
+    "An `InfCamConfig` from a preset name, a dict or a config, with `fields` changed."
+    if isinstance(config, WanConfig): config = config.to_dict()
+    if isinstance(config, dict): return InfCamConfig.from_dict({**config, **fields})
+    if isinstance(config, str): return InfCamConfig.preset(config, **fields)
     raise InfcamError(f"config must be a preset name, a dict or a WanConfig, got {type(config).__name__}")
 
-def build_model(config:WanConfig|str|dict='tiny', base=None, seed:int=0, **overrides) -> InfCamDiT:
+def build_model(config:InfCamConfig|str|dict='tiny', base=None, seed:int=0, gradient_checkpointing:bool=False,
+                attention_backend:str='sdpa', **fields) -> InfCamDiT:
     """A float32 `InfCamDiT` initialised as the paper does, from Wan2.1 weights `base` (a path `load_dit` reads, a
-    `WanDiT`/`InfCamDiT`, or None: a random backbone drawn from `seed`). `overrides` change `WanConfig` fields
-    (e.g. `in_dim=192, out_dim=192` for `PixelCodec` latents, `gradient_checkpointing=True`)."""
+    `WanDiT`/`InfCamDiT`, or None: a random backbone drawn from `seed`). `fields` change `InfCamConfig` fields
+    (e.g. `in_dim=192, out_dim=192` for `PixelCodec` latents, `warp_module=False`); the two run-time choices are set
+    on the model. A base file without a config names its heads by Wan's head width 128, else by `config`'s heads."""
     if base is None:
-        cfg = _as_config(config, **overrides)
+        cfg = as_infcam_config(config, **fields)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            wan = WanDiT(cfg)
-        return InfCamDiT.from_base(wan, cfg).float().train()
-    if isinstance(base, (str, Path)):
-        from infcam.weights import load_dit
-        try: base = load_dit(base, dtype=torch.float32)
-        except InfcamError as e:                                      # small DiTs: take the heads from `config`
-            if 'attention heads' not in str(e): raise
-            base = load_dit(base, dtype=torch.float32, num_heads=_as_config(config).num_heads)
-    if not isinstance(base, WanDiT): raise InfcamError(f"base must be a path, a WanDiT or None, got {type(base).__name__}")
-    cfg = _as_config(base.config.to_dict(), **overrides)
-    if isinstance(base, InfCamDiT):                                   # continue from an InfCam checkpoint
-        if shape := [k for k in overrides if k not in ('gradient_checkpointing', 'attention_backend', 'warp_convention')]:
-            raise InfcamError(f"cannot change {', '.join(shape)} of an InfCam checkpoint's model")
-        base.config = cfg
-        return base.float().train()
-    return InfCamDiT.from_base(base, cfg).float().train()
+            model = InfCamDiT.from_base(WanDiT(cfg.wan()), cfg)
+    else:
+        if isinstance(base, (str, Path)):
+            from infcam.weights import load_dit
+            base = load_dit(base, dtype=torch.float32, heads_hint=as_infcam_config(config).num_heads)
+        if not isinstance(base, WanDiT): raise InfcamError(f"base must be a path, a WanDiT or None, got {type(base).__name__}")
+        if isinstance(base, InfCamDiT):                               # continue from an InfCam checkpoint
+            if shape := [k for k in fields if k != 'warp_convention']:
+                raise InfcamError(f"cannot change {', '.join(shape)} of an InfCam checkpoint's model")
+            base.config, model = as_infcam_config(base.config, **fields), base
+        else: model = InfCamDiT.from_base(base, as_infcam_config(base.config, **fields))
+    model.gradient_checkpointing = gradient_checkpointing
+    return model.set_attention_backend(attention_backend).float().train()
 
 # %% ../nbs/40_training.ipynb #aa6bcfe5
 def collate(items:list[dict]) -> dict:
@@ -114,7 +114,7 @@ def _mix(*xs) -> int:
 
 class InfCamModule(L.LightningModule):
     "Train InfCam's camera modules on a frozen Wan2.1 DiT (see the module docs for the loss and the optimizer)."
-    def __init__(self, config:WanConfig|str|dict='tiny', base=None, seed:int=0, lr:float=1e-4,
+    def __init__(self, config:InfCamConfig|str|dict='tiny', base=None, seed:int=0, lr:float=1e-4,
                  betas:tuple=(0.9, 0.999), eps:float=1e-8, weight_decay:float=0.01, codec=None, text_encoder=None,
                  verbose:bool=True, train_backbone:bool=False, shift:float=5.0, prediction:str='velocity',
                  warmup:int=0, lr_schedule:str='constant', caption:str|None=None, **overrides):
@@ -142,7 +142,7 @@ class InfCamModule(L.LightningModule):
                           f"of {sum(p.numel() for p in self.model.parameters()):,}")
 
     @property
-    def config(self) -> WanConfig: return self.model.config
+    def config(self) -> InfCamConfig: return self.model.config
     @property
     def step(self) -> int: return self.start_step + (self.trainer.global_step if self._trainer is not None else 0)
 
@@ -314,7 +314,7 @@ def load_trained(path, base=None, dtype:torch.dtype=torch.float32, device='cpu')
     if path.suffix == '.safetensors': path = path.parent
     tensors, meta, _ = read_checkpoint(path)
     if 'config' not in meta: raise InfcamError(f"{path}: trainable.safetensors has no config in its metadata")
-    cfg = WanConfig.from_dict(meta['config'])
+    cfg = InfCamConfig.from_dict(meta['config'])
     if base is None and meta.get('base') == '<in-memory>':
         raise InfcamError(f"{path} was trained on a backbone passed in memory; give its weights as base=")
     model = build_model(cfg, base or meta.get('base') or None, int(meta.get('seed', 0)))

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from .core import InfcamError, atomic_path, load_pickle, unwrap_state_dict, _listing, _first_line
 from .models.wan import WanConfig, WanDiT
-from .models.infcam import InfCamDiT
+from .models.infcam import InfCamDiT, InfCamConfig
 
 # %% auto #0
 __all__ = ['COMPONENTS', 'TITLES', 'DIT_ANCHOR', 'WAN_HEAD_DIM', 'EXPECTED_FILES', 'TOKENIZER_TEXTS', 'WeightsSpec',
@@ -224,8 +224,8 @@ def find_dit_prefix(names, prefix:str|None=None) -> str:
     if len(cands) > 1: raise InfcamError(f"the checkpoint holds {len(cands)} DiTs (prefixes {', '.join(repr(c) for c in cands)}); choose one with prefix=")
     return cands[0]
 
-def infer_dit_config(shapes:dict, num_heads:int|None=None, **overrides) -> WanConfig:
-    "A `WanConfig` from `{original name: shape}`; heads from `num_heads`, else `dim // 128`."
+def infer_dit_config(shapes:dict, num_heads:int|None=None, heads_hint:int|None=None, **overrides) -> WanConfig:
+    "A `WanConfig` from `{original name: shape}`; heads from `num_heads`, else `dim // 128`, else `heads_hint`."
     def get(k):
         if k not in shapes: raise InfcamError(f"cannot infer the DiT config: no tensor {k}")
         return tuple(shapes[k])
@@ -233,8 +233,9 @@ def infer_dit_config(shapes:dict, num_heads:int|None=None, **overrides) -> WanCo
     blocks = {int(m[1]) for k in shapes if (m := re.match(r'blocks\.(\d+)\.', k))}
     head_out = get('head.head.weight')[0]
     if num_heads is None:
-        if dim % WAN_HEAD_DIM: raise InfcamError(f"cannot tell the number of attention heads of a dim-{dim} DiT from its shapes; pass num_heads")
-        num_heads = dim // WAN_HEAD_DIM
+        if dim % WAN_HEAD_DIM and heads_hint: num_heads = heads_hint
+        elif dim % WAN_HEAD_DIM: raise InfcamError(f"cannot tell the number of attention heads of a dim-{dim} DiT from its shapes; pass num_heads")
+        else: num_heads = dim // WAN_HEAD_DIM
     if head_out % (pp := patch[0] * patch[1] * patch[2]): raise InfcamError(f"head.head.weight {get('head.head.weight')} does not fit the patch {tuple(patch)}")
     cfg = dict(dim=dim, in_dim=in_dim, patch_size=tuple(patch), text_dim=get('text_embedding.0.weight')[1],
                freq_dim=get('time_embedding.0.weight')[1], ffn_dim=get('blocks.0.ffn.0.weight')[0] if blocks else 4 * dim,
@@ -294,9 +295,10 @@ def _compare(found:dict, expected:dict, optional=()) -> tuple[list, list, list]:
     return missing, unexpected, wrong
 
 def read_dit_checkpoint(path, config:WanConfig|None=None, num_heads:int|None=None, prefix:str|None=None,
-                        device='meta', dtype:torch.dtype|None=None, kind:str|None=None) -> DiTCheckpoint:
+                        device='meta', dtype:torch.dtype|None=None, kind:str|None=None, heads_hint:int|None=None) -> DiTCheckpoint:
     """Read a Wan or InfCam DiT checkpoint (pickle, safetensors, shards or a diffusers `transformer/` folder), strip
-    wrappers and prefix, rename diffusers names, and compare with `config` (default: the file's metadata, else inferred)."""
+    wrappers and prefix, rename diffusers names, and compare with `config` (default: the file's metadata, else inferred;
+    `heads_hint` names the heads of a file without a config whose width is not a multiple of 128)."""
     path = Path(path)
     sd, info = read_tensors(path, device, dtype, 'DiT checkpoint')
     stripped = [f"wrapper {k!r}" for k in info['wrappers']]
@@ -311,8 +313,10 @@ def read_dit_checkpoint(path, config:WanConfig|None=None, num_heads:int|None=Non
     if num_heads is None and 'num_attention_heads' in dcfg: num_heads = dcfg['num_attention_heads']
     shapes = {k: v.shape for k, v in sd.items()}
     meta_cfg = info['metadata'].get('config')
+    kind = kind or ('infcam' if any('.self_attn_pre.' in k for k in sd) else 'wan')
     if config is None:
-        try: config = WanConfig.from_dict(meta_cfg) if meta_cfg else infer_dit_config(shapes, num_heads)
+        cls = InfCamConfig if kind == 'infcam' else WanConfig
+        try: config = cls.from_dict(meta_cfg) if meta_cfg else infer_dit_config(shapes, num_heads, heads_hint)
         except InfcamError as e: raise InfcamError(f"{path}: {e}") from None
     inferred = None
     try:
@@ -320,7 +324,6 @@ def read_dit_checkpoint(path, config:WanConfig|None=None, num_heads:int|None=Non
         cand = infer_dit_config(shapes, num_heads or (config.num_heads if dim == config.dim else _guess_heads(dim)))
         if _cfg_diff(cand, config): inferred = cand
     except (InfcamError, KeyError, IndexError): pass
-    kind = kind or ('infcam' if any('.self_attn_pre.' in k for k in sd) else 'wan')
     missing, unexpected, wrong = _compare(sd, expected_tensors(kind if kind == 'infcam' else 'dit', WeightsSpec(config, {}, {})))
     return DiTCheckpoint(path, sd, config, kind, info['format'], layout, stripped, missing, unexpected, wrong, inferred)
 
@@ -358,7 +361,7 @@ def convert_checkpoint(src, dst, dtype=None, overwrite:bool=False, config:WanCon
 
 # %% ../nbs/16_weights.ipynb #a0ad9d0a
 def load_dit(path_or_folder, dtype:torch.dtype|str=torch.bfloat16, device='cpu', config:WanConfig|None=None,
-             num_heads:int|None=None, prefix:str|None=None) -> WanDiT|InfCamDiT:
+             num_heads:int|None=None, prefix:str|None=None, heads_hint:int|None=None) -> WanDiT|InfCamDiT:
     "A `WanDiT` or `InfCamDiT` (eval mode) holding the weights of a checkpoint file or folder, in `dtype` on `device`."
     p, dtype = Path(path_or_folder), as_dtype(dtype)
     if p.is_dir() and not (_is_diffusers_dir(p) and _weights_file(p)):
@@ -366,7 +369,7 @@ def load_dit(path_or_folder, dtype:torch.dtype|str=torch.bfloat16, device='cpu',
         c = found.get('infcam') or found.get('dit')
         if c is None: raise InfcamError(f"no DiT weights under {p}; expected {EXPECTED_FILES['infcam']}, or {EXPECTED_FILES['dit']}")
         p = c[1]
-    ck = read_dit_checkpoint(p, config, num_heads, prefix, device=device, dtype=dtype).check()
+    ck = read_dit_checkpoint(p, config, num_heads, prefix, device=device, dtype=dtype, heads_hint=heads_hint).check()
     cfg = config or ck.config
     with torch.device('meta'): model = ck.model_cls(cfg)
     model.load_state_dict(ck.state_dict, assign=True)

@@ -171,7 +171,7 @@ def test_build_from_base_module(tmp_path):
     b = InfCamModule("tiny", base=tmp_path / "wan.safetensors", verbose=False, gradient_checkpointing=True)
     assert torch.equal(a.model.state_dict()["blocks.0.self_attn_pre.q.weight"], wan.state_dict()["blocks.0.self_attn.q.weight"])
     assert torch.equal(b.model.state_dict()["blocks.1.ffn.0.weight"], wan.state_dict()["blocks.1.ffn.0.weight"])
-    assert b.config.gradient_checkpointing and b.base == str(tmp_path / "wan.safetensors")
+    assert b.model.gradient_checkpointing and b.base == str(tmp_path / "wan.safetensors")
     ck = save_checkpoint(b, tmp_path / "ck", 5)
     assert torch.equal(load_trained(ck).state_dict()["blocks.1.ffn.0.weight"], wan.state_dict()["blocks.1.ffn.0.weight"])
     with pytest.raises(InfcamError, match="in memory"):

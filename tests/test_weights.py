@@ -16,7 +16,7 @@ import infcam.core
 import infcam.text
 import infcam.vae
 from infcam.core import InfcamError
-from infcam.models import InfCamDiT, WanConfig, WanDiT
+from infcam.models import InfCamConfig, InfCamDiT, WanConfig, WanDiT
 from infcam.weights import (WeightsSpec, check_weights, convert_checkpoint, dit_from_diffusers, dit_to_diffusers,
                             expected_tensors, find_dit_prefix, find_weights, infer_dit_config, load_dit,
                             load_infcam_checkpoint, make_tiny_release, read_dit_checkpoint, read_tensors,
@@ -404,13 +404,13 @@ def test_convert_roundtrip(tmp_path):
     out = convert_checkpoint(tmp_path / "step35000.ckpt", tmp_path / "conv", num_heads=4)
     assert out == tmp_path / "conv" / "step35000.safetensors"
     hdr, meta = safetensors_header(out)
-    assert WanConfig.from_dict(meta["config"]) == TINY and meta["kind"] == "infcam"
+    assert InfCamConfig.from_dict(meta["config"]) == InfCamConfig.of(TINY) and meta["kind"] == "infcam"
     assert meta["stripped"] == "wrapper 'module'; prefix 'dit.'" and meta["source"] == "step35000.ckpt"
     assert {dt for dt, _ in hdr.values()} == {torch.bfloat16}
     direct = InfCamDiT(TINY)
     direct.load_state_dict({k: v.float() for k, v in ref.items()})
     loaded = load_dit(out, torch.float32)                               # the config comes from the metadata
-    assert type(loaded) is InfCamDiT and loaded.config == TINY
+    assert type(loaded) is InfCamDiT and loaded.config == InfCamConfig.of(TINY)
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in direct.state_dict().items())
     raw = load_file(out)
     assert set(raw) == set(ref) and all(torch.equal(raw[k], v) for k, v in ref.items())

@@ -10,11 +10,13 @@ import torch.nn.functional as F
 from einops import rearrange
 from ..core import InfcamError
 from ..homography import warp_latents
-from .wan import (WanConfig, WanDiT, WanBlock, SelfAttention, modulate, norm32, gated_add,
-                               state_dict_mismatch, resolve_attention_backend)
+import dataclasses
+from dataclasses import dataclass
+from .wan import WanConfig, WanDiT, WanBlock, SelfAttention, modulate, norm32, gated_add, state_dict_mismatch
 
 # %% auto #0
-__all__ = ['CAM_CODE_DIM', 'INFCAM_PARAMS', 'normalize_intrinsics', 'camera_code_inputs', 'InfCamBlock', 'InfCamDiT']
+__all__ = ['CAM_CODE_DIM', 'INFCAM_PARAMS', 'WARP_CONVENTIONS', 'normalize_intrinsics', 'camera_code_inputs', 'InfCamConfig',
+           'InfCamBlock', 'InfCamDiT']
 
 # %% ../../nbs/11_infcam_dit.ipynb #a837ab4c
 CAM_CODE_DIM = 16   # 4 normalized intrinsics + 12 numbers of a 3x4 [R | t]
@@ -42,6 +44,30 @@ def camera_code_inputs(K_src_n:torch.Tensor, # (B, 4) normalized source intrinsi
     return torch.stack([torch.cat([Kt, E.flatten(-2)], -1), torch.cat([Kt, E_It.flatten(-2)], -1),
                         torch.cat([Ks, eye.flatten(-2)], -1)], dim=2)
 
+# %% ../../nbs/11_infcam_dit.ipynb #ddbf95ea
+WARP_CONVENTIONS = ('released', 'exact')
+
+@dataclass
+class InfCamConfig(WanConfig):
+    "A `WanConfig` plus what InfCam adds: the warp's grid convention and whether the warping module exists."
+    warp_convention: str = 'released'   # grid normalisation of the warp: 'released' (the released weights) | 'exact'
+    warp_module: bool = True            # attend over [target, source, warped]; False drops the warped stream (ablation)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.warp_convention not in WARP_CONVENTIONS:
+            raise InfcamError(f"InfCamConfig.warp_convention={self.warp_convention!r} is not one of {', '.join(WARP_CONVENTIONS)}")
+        if not isinstance(self.warp_module, bool): raise InfcamError(f"InfCamConfig.warp_module={self.warp_module!r} must be True or False")
+
+    @classmethod
+    def of(cls, config:WanConfig, **infcam) -> InfCamConfig:
+        "`config`'s architecture (and its InfCam fields, if it has them) with the InfCam fields in `infcam` changed."
+        return cls.from_dict({**config.to_dict(), **infcam})
+
+    def wan(self) -> WanConfig:
+        "The backbone's part: a plain `WanConfig`."
+        return WanConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(WanConfig)})
+
 # %% ../../nbs/11_infcam_dit.ipynb #27027ea2
 class InfCamBlock(WanBlock):
     "A Wan block preceded by InfCam's camera-conditioned triplet attention."
@@ -61,7 +87,7 @@ class InfCamBlock(WanBlock):
                 cams:tuple, # (K_src_n (B, 4), K_tgt_n (B, 4), extrinsics (B, f, 12), code inputs (B, f, 3, 16))
                 rope3:tuple, # RoPE of a (3, h, w) grid: frame index 0/1/2 = target/source/warped (2 frames without warp)
                 rope:tuple, # RoPE of the (f, h, w) video grid
-                backend:str='sdpa', convention:str|None='released',
+                convention:str|None='released',
                 target_only:bool=False) -> torch.Tensor: # (2B, f*h*w, dim), or (B, ...) with `target_only`
         """`convention` None runs the ablation without the warping module: the attention sees `[target, source]` only.
         `target_only` (the last block, when nobody asks for the source half) computes the target tokens only."""
@@ -82,17 +108,22 @@ class InfCamBlock(WanBlock):
         n = len(streams)
         # the warped stream is a key/value source only: its queries, attention rows and output are never computed
         asking = 1 if target_only else 2                          # target, then source
-        out = self.self_attn_pre(rearrange(torch.stack(streams, dim=2), 'b f n h w d -> (b f) (n h w) d'), rope3, backend,
+        out = self.self_attn_pre(rearrange(torch.stack(streams, dim=2), 'b f n h w d -> (b f) (n h w) d'), rope3,
                                  queries=asking * h * w)
         out = rearrange(out, '(b f) (n h w) d -> (n b) (f h w) d', b=B, n=asking, h=h, w=w)
         if target_only: x, context, t_mod, gate0 = x[:B], context[:B], t_mod[:B], gate0[:B]
         x = gated_add(x, gate0, out)
-        return self.wan_forward(x, context, self.mods(t_mod), rope, backend)
+        return self.wan_forward(x, context, self.mods(t_mod), rope)
 
 # %% ../../nbs/11_infcam_dit.ipynb #21954017
 class InfCamDiT(WanDiT):
     "Wan2.1 DiT with InfCam's camera conditioning in every block (original tensor names)."
     block_cls = InfCamBlock
+
+    def __init__(self, config:InfCamConfig):
+        "`config` is an `InfCamConfig`; a plain `WanConfig` gets the InfCam fields' defaults."
+        if isinstance(config, WanConfig) and not isinstance(config, InfCamConfig): config = InfCamConfig.of(config)
+        super().__init__(config)
 
     def forward(self, x_tgt:torch.Tensor, # (B, in_dim, F, H, W) noisy target latents
                 x_src:torch.Tensor, # (B, in_dim, F, H, W) clean source latents
@@ -106,7 +137,6 @@ class InfCamDiT(WanDiT):
         if x_tgt.shape != x_src.shape:
             raise InfcamError(f"target latents {tuple(x_tgt.shape)} and source latents {tuple(x_src.shape)} differ in shape")
         B = x_tgt.shape[0]
-        backend = resolve_attention_backend(self.config.attention_backend)
         tokens, grid = self.patchify(torch.cat([x_tgt, x_src]))
         f, h, w = grid
         K_src_n, K_tgt_n = normalize_intrinsics(K_src, 'K_src').to(self.device), normalize_intrinsics(K_tgt, 'K_tgt').to(self.device)
@@ -124,13 +154,13 @@ class InfCamDiT(WanDiT):
         rope3, rope = self.rope(3 if warp else 2, h, w), self.rope(f, h, w)
         for i, block in enumerate(self.blocks):                   # the source half's output is needed only if asked for
             last = i == len(self.blocks) - 1 and not return_source
-            tokens = self.run_block(block, tokens, ctx2, t_mod2, grid, cams, rope3, rope, backend, warp, last)
+            tokens = self.run_block(block, tokens, ctx2, t_mod2, grid, cams, rope3, rope, warp, last)
         if not return_source: return self.unpatchify(self.head(tokens, t_emb), grid)
         v_tgt, v_src = self.unpatchify(self.head(tokens, t_emb.repeat(2, 1)), grid).chunk(2)
         return v_tgt, v_src
 
     @classmethod
-    def from_base(cls, base:WanDiT|dict, config:WanConfig|None=None, share:bool=False) -> InfCamDiT:
+    def from_base(cls, base:WanDiT|dict, config:InfCamConfig|WanConfig|None=None, share:bool=False) -> InfCamDiT:
         """InfCamDiT initialised from Wan2.1 weights (a `WanDiT` or its state dict) as the paper does: `self_attn_pre`
         copies `self_attn`, `modulation0` copies `modulation`, `cam_encoder` and `zero_conv` are zero.
         The Wan tensors are copied unless `share` (then they are the base's storage)."""
@@ -140,6 +170,7 @@ class InfCamDiT(WanDiT):
         elif isinstance(base, dict): training, sd = True, base
         else: raise InfcamError(f"from_base needs a WanDiT or a state dict, got {type(base).__name__}")
         if config is None: raise InfcamError("from_base with a state dict needs the WanConfig it was built with")
+        if not isinstance(config, InfCamConfig): config = InfCamConfig.of(config)
         with torch.device('meta'): ref = WanDiT(config).state_dict()
         msg = state_dict_mismatch(ref, sd)
         if msg: raise InfcamError(f"base weights do not fit WanDiT: {msg}")

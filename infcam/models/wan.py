@@ -14,14 +14,16 @@ from einops import rearrange
 from ..core import InfcamError
 
 # %% auto #0
-__all__ = ['ATTENTION_BACKENDS', 'WARP_CONVENTIONS', 'WAN_PRESETS', 'WanConfig', 'resolve_attention_backend', 'attention',
+__all__ = ['ATTENTION_BACKENDS', 'LEGACY_FIELDS', 'WAN_PRESETS', 'WanConfig', 'resolve_attention_backend', 'attention',
            'sinusoidal_embedding', 'linear32', 'rope_split', 'rope_table', 'apply_rope', 'RMSNorm', 'norm32',
-           'SelfAttention', 'CrossAttention', 'modulate', 'gated_add', 'WanBlock', 'Head', 'state_dict_mismatch',
-           'StrictLoad', 'WanDiT']
+           'Attention', 'SelfAttention', 'CrossAttention', 'modulate', 'gated_add', 'WanBlock', 'Head',
+           'state_dict_mismatch', 'StrictLoad', 'WanDiT']
 
 # %% ../../nbs/10_wan.ipynb #aa621384
 ATTENTION_BACKENDS = ('sdpa', 'flash3', 'sage')
-WARP_CONVENTIONS = ('released', 'exact')
+# fields older configs carried that are not architecture: dropped on reading (None: always; a value: when it is that
+# default and the config class has no such field, i.e. InfCam fields in a plain WanConfig)
+LEGACY_FIELDS = {'attention_backend': None, 'gradient_checkpointing': None, 'warp_convention': 'released', 'warp_module': True}
 
 WAN_PRESETS = {
     'wan2.1-t2v-1.3b': dict(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30, in_dim=16, out_dim=16,
@@ -34,7 +36,7 @@ WAN_PRESETS = {
 
 @dataclass
 class WanConfig:
-    "Shape and behaviour of a Wan2.1 DiT (and of the InfCam DiT built on it)."
+    "The architecture of a Wan2.1 DiT: what determines its weights' shapes and meaning (run-time choices live on the model)."
     dim: int                      # token width
     ffn_dim: int                  # hidden width of the feed-forward
     num_heads: int                # attention heads; head_dim = dim // num_heads, head_dim // 3 must be even
@@ -47,10 +49,6 @@ class WanConfig:
     eps: float = 1e-6             # norm epsilon
     text_len: int = 512           # text tokens the encoder pads to
     rope_theta: float = 10000.0   # RoPE base
-    attention_backend: str = 'sdpa'   # 'sdpa' | 'flash3' | 'sage'; env INFCAM_ATTENTION overrides
-    gradient_checkpointing: bool = False  # recompute each block in backward when training
-    warp_convention: str = 'released'     # grid normalisation of the InfCam warp: 'released' | 'exact'
-    warp_module: bool = True      # InfCam blocks attend over [target, source, warped]; False drops the warped stream (ablation)
 
     def __post_init__(self):
         ps = self.patch_size
@@ -70,12 +68,6 @@ class WanConfig:
             raise InfcamError(f"WanConfig head_dim={hd} (dim {self.dim} / {self.num_heads} heads) does not split "
                               f"into 3D RoPE parts: head_dim and head_dim//3 must be even (e.g. 12, 24, 48, 72, 96, 128)")
         if self.freq_dim % 2: raise InfcamError(f"WanConfig.freq_dim={self.freq_dim} must be even")
-        if self.attention_backend not in ATTENTION_BACKENDS:
-            raise InfcamError(f"WanConfig.attention_backend={self.attention_backend!r} is not one of {', '.join(ATTENTION_BACKENDS)}")
-        if self.warp_convention not in WARP_CONVENTIONS:
-            raise InfcamError(f"WanConfig.warp_convention={self.warp_convention!r} is not one of {', '.join(WARP_CONVENTIONS)}")
-        for k in ('gradient_checkpointing', 'warp_module'):
-            if not isinstance(getattr(self, k), bool): raise InfcamError(f"WanConfig.{k}={getattr(self, k)!r} must be True or False")
 
     @property
     def head_dim(self) -> int: return self.dim // self.num_heads
@@ -93,11 +85,12 @@ class WanConfig:
 
     @classmethod
     def from_dict(cls, d:dict|str) -> WanConfig:
-        "Build from a dict (or its JSON text), e.g. a checkpoint's metadata; unknown keys are an error."
+        "Build from a dict (or its JSON text), e.g. a checkpoint's metadata; unknown keys are an error (see `LEGACY_FIELDS`)."
         if isinstance(d, str): d = json.loads(d)
         known = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k in known or k not in LEGACY_FIELDS or LEGACY_FIELDS[k] not in (None, v)}
         bad = sorted(set(d) - known)
-        if bad: raise InfcamError(f"unknown WanConfig field(s): {', '.join(bad)}")
+        if bad: raise InfcamError(f"unknown {cls.__name__} field(s): {', '.join(bad)}")
         return cls(**d)
 
     def replace(self, **changes) -> WanConfig:
@@ -205,39 +198,37 @@ def norm32(norm:nn.LayerNorm, x:torch.Tensor) -> torch.Tensor:
     b = None if norm.bias is None else norm.bias.float()
     return F.layer_norm(x.float(), norm.normalized_shape, w, b, norm.eps)
 
-class SelfAttention(nn.Module):
-    "Multi-head self-attention with RMSNorm on q and k and 3D RoPE."
+class Attention(nn.Module):
+    "What self- and cross-attention share: q, k, v, o projections, RMSNorm on q and k, and the kernel `backend`."
     def __init__(self, dim:int, num_heads:int, eps:float=1e-6):
         super().__init__()
-        self.num_heads = num_heads
+        self.num_heads, self.backend = num_heads, 'sdpa'       # the model's `set_attention_backend` sets `backend`
         self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
         self.norm_q, self.norm_k = RMSNorm(dim, eps), RMSNorm(dim, eps)
 
+    def heads(self, t:torch.Tensor) -> torch.Tensor: return rearrange(t, 'b l (n d) -> b l n d', n=self.num_heads)
+
+    def attend(self, q, k, v) -> torch.Tensor:
+        "Attention of the per-head `q` over `k`, `v`, heads merged, then the output projection."
+        return self.o(rearrange(attention(q, k, v, self.backend), 'b l n d -> b l (n d)'))
+
+class SelfAttention(Attention):
+    "Multi-head self-attention with RMSNorm on q and k and 3D RoPE."
     def forward(self, x:torch.Tensor, # (B, L, dim)
                 rope:tuple, # (cos, sin) for the L tokens
-                backend:str='sdpa',
                 queries:int|None=None, # only the first `queries` tokens ask (the rest are keys and values only)
                ) -> torch.Tensor: # (B, L or queries, dim)
-        heads = lambda t: rearrange(t, 'b l (n d) -> b l n d', n=self.num_heads)
         xq, rq = (x, rope) if queries is None else (x[:, :queries], tuple(r[:queries] for r in rope))
-        q = apply_rope(heads(self.norm_q(self.q(xq))), *rq)
-        k = apply_rope(heads(self.norm_k(self.k(x))), *rope)
-        return self.o(rearrange(attention(q, k, heads(self.v(x)), backend), 'b l n d -> b l (n d)'))
+        q = apply_rope(self.heads(self.norm_q(self.q(xq))), *rq)
+        k = apply_rope(self.heads(self.norm_k(self.k(x))), *rope)
+        return self.attend(q, k, self.heads(self.v(x)))
 
-class CrossAttention(nn.Module):
+class CrossAttention(Attention):
     "Multi-head attention of the video tokens over the text tokens (RMSNorm on q and k, no RoPE)."
-    def __init__(self, dim:int, num_heads:int, eps:float=1e-6):
-        super().__init__()
-        self.num_heads = num_heads
-        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
-        self.norm_q, self.norm_k = RMSNorm(dim, eps), RMSNorm(dim, eps)
-
     def forward(self, x:torch.Tensor, # (B, L, dim) video tokens
                 context:torch.Tensor, # (B, Lc, dim) embedded text
-                backend:str='sdpa') -> torch.Tensor: # (B, L, dim)
-        heads = lambda t: rearrange(t, 'b l (n d) -> b l n d', n=self.num_heads)
-        q, k, v = heads(self.norm_q(self.q(x))), heads(self.norm_k(self.k(context))), heads(self.v(context))
-        return self.o(rearrange(attention(q, k, v, backend), 'b l n d -> b l (n d)'))
+               ) -> torch.Tensor: # (B, L, dim)
+        return self.attend(self.heads(self.norm_q(self.q(x))), self.heads(self.norm_k(self.k(context))), self.heads(self.v(context)))
 
 # %% ../../nbs/10_wan.ipynb #be253a46
 def modulate(x32:torch.Tensor, shift:torch.Tensor, scale:torch.Tensor) -> torch.Tensor:
@@ -264,19 +255,19 @@ class WanBlock(nn.Module):
         "shift, scale, gate of self-attention then feed-forward: `modulation + t_mod`."
         return (self.modulation.float() + t_mod).chunk(6, dim=1)
 
-    def wan_forward(self, x, context, mods, rope, backend='sdpa'):
+    def wan_forward(self, x, context, mods, rope):
         "The three residual steps given precomputed modulation vectors."
         shift, scale, gate, shift2, scale2, gate2 = mods
-        x = gated_add(x, gate, self.self_attn(modulate(norm32(self.norm1, x), shift, scale).to(x.dtype), rope, backend))
-        x = x + self.cross_attn(norm32(self.norm3, x).to(x.dtype), context, backend)
+        x = gated_add(x, gate, self.self_attn(modulate(norm32(self.norm1, x), shift, scale).to(x.dtype), rope))
+        x = x + self.cross_attn(norm32(self.norm3, x).to(x.dtype), context)
         return gated_add(x, gate2, self.ffn(modulate(norm32(self.norm2, x), shift2, scale2).to(x.dtype)))
 
     def forward(self, x:torch.Tensor, # (B, L, dim) tokens of whole videos
                 context:torch.Tensor, # (B, Lc, dim) embedded text
                 t_mod:torch.Tensor, # (B, 6, dim) float32
                 rope:tuple, # (cos, sin) for the L tokens
-                backend:str='sdpa') -> torch.Tensor: # (B, L, dim)
-        return self.wan_forward(x, context, self.mods(t_mod), rope, backend)
+               ) -> torch.Tensor: # (B, L, dim)
+        return self.wan_forward(x, context, self.mods(t_mod), rope)
 
 # %% ../../nbs/10_wan.ipynb #3420b8ed
 class Head(nn.Module):
@@ -332,6 +323,15 @@ class WanDiT(StrictLoad, nn.Module):
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(c.dim, c.dim * 6))
         self.blocks = nn.ModuleList([self.block_cls(c.dim, c.ffn_dim, c.num_heads, c.eps) for _ in range(c.num_layers)])
         self.head = Head(c.dim, c.out_dim, c.patch_size, c.eps)
+        self.gradient_checkpointing = False   # recompute each block in the backward pass when training
+        self.set_attention_backend('sdpa')
+
+    def set_attention_backend(self, name:str='sdpa') -> WanDiT:
+        "Run every attention of the model through `name` ('sdpa', 'flash3', 'sage'; `$INFCAM_ATTENTION` wins when set)."
+        self.attention_backend = resolve_attention_backend(name)
+        for m in self.modules():
+            if isinstance(m, Attention): m.backend = self.attention_backend
+        return self
 
     @property
     def dtype(self) -> torch.dtype: return self.patch_embedding.weight.dtype
@@ -376,8 +376,8 @@ class WanDiT(StrictLoad, nn.Module):
         return rope_table(f, h, w, self.config.head_dim, self.config.rope_theta, self.device)
 
     def run_block(self, block:nn.Module, *args):
-        "Run one block, with gradient checkpointing when configured and training."
-        if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
+        "Run one block, with gradient checkpointing when it is on and the model is training."
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             return checkpoint(block, *args, use_reentrant=False)
         return block(*args)
 
@@ -386,11 +386,10 @@ class WanDiT(StrictLoad, nn.Module):
                 context:torch.Tensor, # (B, Lc, text_dim) text-encoder states
                ) -> torch.Tensor: # (B, out_dim, F, H, W) velocity
         "Predict the flow-matching velocity of `x`."
-        backend = resolve_attention_backend(self.config.attention_backend)
         tokens, grid = self.patchify(x)
         t_emb, t_mod = self.embed_time(timestep, x.shape[0])
         ctx = self.embed_text(context)
         if ctx.shape[0] != x.shape[0]: raise InfcamError(f"context batch {ctx.shape[0]} != latent batch {x.shape[0]}")
         rope = self.rope(*grid)
-        for block in self.blocks: tokens = self.run_block(block, tokens, ctx, t_mod, rope, backend)
+        for block in self.blocks: tokens = self.run_block(block, tokens, ctx, t_mod, rope)
         return self.unpatchify(self.head(tokens, t_emb), grid)
