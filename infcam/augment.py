@@ -4,22 +4,23 @@
 
 # %% ../nbs/22_augment.ipynb #6ccbd457
 from __future__ import annotations
-import concurrent.futures as cf, csv, json, math, multiprocessing as mp, os, re, shutil, time, uuid
+import concurrent.futures as cf, csv, json, math, multiprocessing as mp, os, shutil, time, uuid
 from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from .core import InfcamError, atomic_path, folder_lock
+from .core import InfcamError, atomic_path, folder_lock, natural_key
 from .cameras import focal_mm_to_px, pixel_intrinsics, num_latent_frames
-from .synthetic import setting_focal_mm, scene_complete
+from .layout import (scene_focal_mm, scene_complete, scene_problem, scene_folders, aug_setting, aug_scene_name,
+                           camera_file, video_file)
 from .video import video_info
 
 # %% auto #0
 __all__ = ['FOCAL_TARGETS', 'crop_factor', 'refocus_intrinsics', 'refocus', 'shift_indices', 'reverse_indices',
            'palindrome_indices', 'default_window', 'trajectory_plan', 'retime', 'shift_window', 'reverse_window',
-           'palindrome_window', 'scene_focal_mm', 'source_scenes', 'scene_problem', 'refocus_uint8', 'augment_scene',
-           'write_aug_metadata', 'augment', 'check_focal_targets', 'augment_summary']
+           'palindrome_window', 'source_scenes', 'refocus_uint8', 'augment_scene', 'write_aug_metadata', 'augment',
+           'check_focal_targets', 'augment_summary']
 
 # %% ../nbs/22_augment.ipynb #4f2f99d7
 # MultiCamVideo's lenses and the longer ones each is re-focused to (AugMCV's rule)
@@ -115,37 +116,17 @@ def reverse_window(frames, c2w): return retime(frames, c2w, reverse_indices(len(
 def palindrome_window(frames, c2w, start:int|None=None): return retime(frames, c2w, palindrome_indices(len(frames), start))
 
 # %% ../nbs/22_augment.ipynb #74e7785c
-def scene_focal_mm(path) -> float:
-    "The focal length (mm) of a scene folder: its `_f<mm>` suffix (AugMCV) or else its setting's name."
-    path = Path(path)
-    m = re.search(r'_f(\d+(?:\.\d+)?)$', path.name)
-    return float(m.group(1)) if m else setting_focal_mm(path.parent.name)
-
-def _natural(s:str): return [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', s)]
-
 def source_scenes(src, incomplete:dict|None=None) -> list[Path]:
     """The complete scenes `<src>/<setting>/<scene>` of a MultiCamVideo root (settings like `f24_aperture5`, not `_aug`
     ones); the others go into `incomplete` {'setting/scene': why} when given."""
     src = Path(src)
     if not src.is_dir(): raise InfcamError(f"source dataset not found: {src}")
     out = []
-    for st in sorted((p for p in src.iterdir() if p.is_dir() and not p.name.startswith('.')), key=lambda p: _natural(p.name)):
-        if not re.fullmatch(r'f\d+(?:\.\d+)?_aperture[\d.]+', st.name): continue
-        for p in sorted((p for p in st.iterdir() if p.is_dir() and not p.name.startswith('.')), key=lambda p: _natural(p.name)):
-            if scene_complete(p): out.append(p)
-            elif incomplete is not None: incomplete[f'{st.name}/{p.name}'] = scene_problem(p)
+    for p in scene_folders(src, 'original'):
+        why = scene_problem(p)
+        if why is None: out.append(p)
+        elif incomplete is not None: incomplete[f'{p.parent.name}/{p.name}'] = f"incomplete scene (skipped): {why}"
     return out
-
-def scene_problem(path) -> str:
-    "Why the scene folder `path` is not complete, in words."
-    j = Path(path) / 'cameras' / 'camera_extrinsics.json'
-    if not j.is_file(): return f"incomplete scene (skipped): no camera file {j.name}"
-    try: listed = list(json.loads(j.read_text())['frame0'])
-    except Exception: return f"incomplete scene (skipped): the camera file {j.name} is empty, cut short or not in the MultiCamVideo format"
-    vids = Path(path) / 'videos'
-    bad = [n for n in sorted(set(listed) | {f'cam{i:02d}' for i in range(1, 11)}, key=_natural)
-           if not (vids / f'{n}.mp4').is_file() or not (vids / f'{n}.mp4').stat().st_size]
-    return f"incomplete scene (skipped): missing or empty video {', '.join(f'{n}.mp4' for n in bad[:3])}" + (' ...' if len(bad) > 3 else '')
 
 def _focal_plan(f_src:float, focal_targets) -> list[float]:
     if focal_targets is None: return list(FOCAL_TARGETS.get(float(f_src), tuple(t for t in (24., 35., 50.) if t > f_src)))
@@ -232,8 +213,8 @@ def augment_scene(scene, dst, rel:str, focal_mm:float, focals=(), plan:dict|None
     (`{suffix: frame indices}`). Returns `{'written': [...], 'skipped': [...], 'rows': [(file_name, text)]}`."""
     scene, dst = Path(scene), Path(dst)
     setting, name = rel.split('/')
-    parent = dst / f'{setting}_aug'
-    cam_json = json.loads((scene / 'cameras' / 'camera_extrinsics.json').read_text())
+    parent = dst / aug_setting(setting)
+    cam_json = json.loads(camera_file(scene).read_text())
     cams = sorted(p.stem for p in (scene / 'videos').glob('*.mp4'))
     caps = {}
     sj = scene / 'scene.json'
@@ -242,22 +223,22 @@ def augment_scene(scene, dst, rel:str, focal_mm:float, focals=(), plan:dict|None
         try: default_cap = json.loads(sj.read_text()).get('caption', '')
         except json.JSONDecodeError: pass
     for c in cams: caps[c] = (captions or {}).get(f'{rel}/videos/{c}.mp4', default_cap)
-    jobs = [(f'{name}_f{f:g}', 'focal', dict(focal_mm=float(f))) for f in focals] + \
+    jobs = [(aug_scene_name(name, f), 'focal', dict(focal_mm=float(f))) for f in focals] + \
            [(name + suf, {'_r': 'reverse', '_p': 'palindrome'}.get(suf[:2], 'shift'), dict(frames=idx)) for suf, idx in (plan or {}).items()]
     res = dict(written=[], skipped=[], rows=[])
     if not jobs: return res
     videos, info = {}, None
     def video(c):
-        if c not in videos: videos[c] = _decode(scene / 'videos' / f'{c}.mp4')
+        if c not in videos: videos[c] = _decode(video_file(scene, c))
         return videos[c]
     n_json = len(cam_json)
     for out_name, kind, kw in jobs:
         out = parent / out_name
         meta = dict(format=_FORMAT, source=rel, kind=kind, focal_mm=kw.get('focal_mm', float(focal_mm)),
                     source_focal_mm=float(focal_mm), frames=kw.get('frames'), captions=caps)
-        rows = [(f'{setting}_aug/{out_name}/videos/{c}.mp4', caps[c]) for c in cams]
+        rows = [(f'{aug_setting(setting)}/{out_name}/videos/{c}.mp4', caps[c]) for c in cams]
         if _finished(out, meta, overwrite):
-            res['skipped'].append(f'{setting}_aug/{out_name}'); res['rows'] += rows; continue
+            res['skipped'].append(f'{aug_setting(setting)}/{out_name}'); res['rows'] += rows; continue
         parent.mkdir(parents=True, exist_ok=True)
         for p in parent.glob(f'.{out_name}.tmp-*'): shutil.rmtree(p, ignore_errors=True)
         tmp = parent / f'.{out_name}.tmp-{uuid.uuid4().hex[:8]}'
@@ -273,19 +254,19 @@ def augment_scene(scene, dst, rel:str, focal_mm:float, focals=(), plan:dict|None
                     idx = meta['frames']
                     if max(idx) >= len(fr): raise InfcamError(f"{scene}/videos/{c}.mp4 has {len(fr)} frames; the re-timing needs {max(idx) + 1}")
                     outv = fr[torch.as_tensor(idx)]
-                _encode(tmp / 'videos' / f'{c}.mp4', outv, fps, crf)
+                _encode(video_file(tmp, c), outv, fps, crf)
             if kind == 'focal': new_json = cam_json
             else:
                 if max(meta['frames']) >= n_json: raise InfcamError(f"{scene}/cameras/camera_extrinsics.json has {n_json} frames; the re-timing needs {max(meta['frames']) + 1}")
                 new_json = {f'frame{k}': cam_json[f'frame{i}'] for k, i in enumerate(meta['frames'])}
-            (tmp / 'cameras' / 'camera_extrinsics.json').write_text(json.dumps(new_json, indent=4) + '\n')
+            camera_file(tmp).write_text(json.dumps(new_json, indent=4) + '\n')
             f_px = focal_mm_to_px(meta['focal_mm'], H, W)
             meta['intrinsics'] = [round(v, 6) for v in pixel_intrinsics(f_px, H, W).tolist()]
             (tmp / 'augment.json').write_text(json.dumps(meta, indent=1) + '\n')
             _swap_in(tmp, out)
         finally:
             if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
-        res['written'].append(f'{setting}_aug/{out_name}'); res['rows'] += rows
+        res['written'].append(f'{aug_setting(setting)}/{out_name}'); res['rows'] += rows
     return res
 
 # %% ../nbs/22_augment.ipynb #899417fe
@@ -295,16 +276,16 @@ def write_aug_metadata(root, rows=None) -> Path:
     root = Path(root)
     if rows is None:
         rows = []
-        for a in root.glob('*_aug/*/augment.json'):
-            try: caps = json.loads(a.read_text()).get('captions', {})
+        for sc in scene_folders(root, 'aug'):
+            try: caps = json.loads((sc / 'augment.json').read_text()).get('captions', {})
             except (OSError, json.JSONDecodeError): continue
-            rows += [(f'{a.parent.parent.name}/{a.parent.name}/videos/{c}.mp4', t) for c, t in caps.items()]
+            rows += [(f'{sc.parent.name}/{sc.name}/videos/{c}.mp4', t) for c, t in caps.items()]
     table = _read_captions(root)
     table.update(dict(rows))
     with atomic_path(root / 'metadata.csv') as tmp:
         with open(tmp, 'w', newline='') as f:
             w = csv.writer(f); w.writerow(['file_name', 'text'])
-            w.writerows(sorted(table.items(), key=lambda r: _natural(r[0])))
+            w.writerows(sorted(table.items(), key=lambda r: natural_key(r[0])))
     return root / 'metadata.csv'
 
 def _task(args):
@@ -330,8 +311,8 @@ def augment(src, dst, focal_targets=None, trajectory=('shift', 'reverse', 'palin
     if not scenes and incomplete: raise InfcamError(f"no complete scene under {src}: {next(iter(incomplete))}: {next(iter(incomplete.values()))}")
     if not scenes: raise InfcamError(f"no complete scenes under {src} (expected <setting>/<scene>/cameras and videos, e.g. f24_aperture5/scene1)")
     captions = _read_captions(src)
-    if focal_targets is not None and focal_targets is not False and focal_targets != () and not any(_focal_plan(setting_focal_mm(sc.parent.name), focal_targets) for sc in scenes):
-        fs = sorted({setting_focal_mm(sc.parent.name) for sc in scenes})
+    if focal_targets is not None and focal_targets is not False and focal_targets != () and not any(_focal_plan(scene_focal_mm(sc.parent.name, sc.name), focal_targets) for sc in scenes):
+        fs = sorted({scene_focal_mm(sc.parent.name, sc.name) for sc in scenes})
         raise InfcamError(f"focal targets {_mm(focal_targets)} are not longer than any scene's focal length ({_mm(fs)}): "
                           "refocusing crops the frame, so it can only lengthen the focal length")
     with folder_lock(dst, 'augment'):
@@ -370,9 +351,9 @@ def _augment(src, dst, scenes, incomplete, captions, focal_targets, trajectory, 
     for sc in scenes:
         rel = f'{sc.parent.name}/{sc.name}'
         try:
-            f_src = setting_focal_mm(sc.parent.name)
-            n = len(json.loads((sc / 'cameras' / 'camera_extrinsics.json').read_text()))
-            n = min(n, video_info(sc / 'videos' / 'cam01.mp4')['frames'])
+            f_src = scene_focal_mm(sc.parent.name, sc.name)
+            n = len(json.loads(camera_file(sc).read_text()))
+            n = min(n, video_info(video_file(sc, 'cam01'))['frames'])
             plan = trajectory_plan(n if (n - 1) % 4 == 0 else (n - 1) // 4 * 4 + 1, trajectory, shifts, window) if trajectory else {}
             kw = dict(focals=_focal_plan(f_src, focal_targets), plan=plan,
                       captions={k: v for k, v in captions.items() if k.startswith(rel + '/')},
@@ -401,7 +382,7 @@ def _augment(src, dst, scenes, incomplete, captions, focal_targets, trajectory, 
                 except Exception as e: collect((futs[fut], None, f"worker died: {type(e).__name__}: {e}"))
     bar.close()
     meta = write_aug_metadata(dst, rows) if rows else None
-    order = lambda xs: sorted(xs, key=_natural)
+    order = lambda xs: sorted(xs, key=natural_key)
     rep = dict(written=order(written), skipped=order(skipped), failed=dict(sorted(failed.items())), metadata=meta,
                sources=len(scenes) + len(incomplete))
     if progress:

@@ -223,7 +223,7 @@ def eval_pairs(test_root, cfg:BenchConfig, train_root=None) -> list[dict]:
     scenes, target through the source's lens or through `test_focal_mm`); with `train_root`, `train` (pairs of the
     first training scenes: is the model learning?); with two test scenes or more, `swapped` (the first `shared` pairs
     with the source of another test scene: does the model use its source?)."""
-    from infcam.synthetic import setting_name
+    from infcam.layout import setting_name
     from infcam.data import MultiCamDataset
     index = MultiCamDataset(test_root, on_error='raise')
     by = {(e.setting, e.path.name): e for e in index.scenes}

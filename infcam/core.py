@@ -9,8 +9,8 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['LOCK_NAME', 'WRAPPER_KEYS', 'InfcamError', 'os_error_message', 'check_device', 'check_overwrite', 'make_folder',
-           'pid_alive', 'clean_stale_temps', 'atomic_path', 'folder_lock', 'load_pickle', 'unwrap_state_dict',
-           'read_state_dict', 'figure_path', 'save_figure', 'check_parameters']
+           'pid_alive', 'clean_stale_temps', 'atomic_path', 'folder_lock', 'natural_key', 'load_pickle',
+           'unwrap_state_dict', 'read_state_dict', 'figure_path', 'save_figure', 'check_parameters']
 
 # %% ../nbs/00_core.ipynb #664726ca
 class InfcamError(Exception):
@@ -139,11 +139,16 @@ def folder_lock(folder, what:str='run'):
         if (_lock_owner(lock) or {}).get('pid') == me['pid']:
             with contextlib.suppress(OSError): lock.unlink()
 
+# %% ../nbs/00_core.ipynb #7b80454e
+def natural_key(s) -> list:
+    "Sort key for natural order: the runs of digits in `s` (a path: its name) compare as numbers ('cam2' < 'cam10')."
+    s = os.path.basename(os.fspath(s)) if isinstance(s, os.PathLike) else str(s)
+    return [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', s)]
+
 # %% ../nbs/00_core.ipynb #3e81bb61
 def _listing(names, n:int=8) -> str:
     "`a, b, c (and 5 more)`: the first `n` of `names` in natural order (`blocks.2` before `blocks.10`), for one-line messages."
-    import re
-    names = sorted((str(x) for x in names), key=lambda s: [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', s)])
+    names = sorted((str(x) for x in names), key=natural_key)
     return ", ".join(names[:n]) + (f" (and {len(names) - n} more)" if len(names) > n else "")
 
 def _first_line(e:Exception) -> str:

@@ -4,42 +4,23 @@
 
 # %% ../nbs/21_data.ipynb #4426674e
 from __future__ import annotations
-import csv, functools, hashlib, json, math, os, re, time, warnings
+import functools, hashlib, json, math, os, re, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from .core import InfcamError, atomic_path, folder_lock
+from .core import InfcamError, atomic_path, folder_lock, natural_key
 from .cameras import (load_camera_extrinsics, relative_poses, latent_frame_indices, to_extrinsics,
                             focal_mm_to_px, pixel_intrinsics, num_latent_frames)
-from .synthetic import setting_focal_mm
+from .layout import (is_aug_setting, scene_focal_mm, scene_id, read_metadata, setting_folders, scene_folders,
+                           camera_file)
 from .video import read_video, video_info, check_size, check_video_memory
 
 # %% auto #0
-__all__ = ['is_aug_setting', 'scene_focal_mm', 'scene_id', 'train_size', 'clip_intrinsics', 'Problems', 'read_metadata', 'inside',
-           'SceneEntry', 'scene_poses', 'MultiCamDataset', 'add_refocused_copy', 'ClipFolder', 'item_rng',
-           'sample_pair', 'pair_extrinsics', 'PairDataset', 'codec_tag', 'text_tag', 'latents_path', 'text_path',
-           'load_latents', 'load_context', 'PrepareReport', 'clip_length', 'prepare', 'CachedPairDataset']
-
-# %% ../nbs/21_data.ipynb #07ce91a8
-_AUG_SCENE = re.compile(r'(.+)_f(\d+(?:\.\d+)?)')
-
-def is_aug_setting(setting:str) -> bool:
-    "Whether a setting folder holds AugMCV's refocused copies (`f24_aperture5_aug`)."
-    return str(setting).endswith('_aug')
-
-def scene_focal_mm(setting:str, scene:str) -> float:
-    "Focal length (mm) of a scene: the `_fXX` suffix of an augmented scene, else the setting's (`f24_aperture5` -> 24)."
-    f = setting_focal_mm(setting)
-    m = _AUG_SCENE.fullmatch(str(scene)) if is_aug_setting(setting) else None
-    return float(m.group(2)) if m else f
-
-def scene_id(setting:str, scene:str) -> str:
-    "The id an original scene and its augmented copies share: `f24_aperture5_aug/scene1823_1_f50` -> `f24_aperture5/scene1823_1`."
-    if not is_aug_setting(setting): return f'{setting}/{scene}'
-    m = _AUG_SCENE.fullmatch(str(scene))
-    return f'{setting[:-4]}/{m.group(1) if m else scene}'
+__all__ = ['train_size', 'clip_intrinsics', 'Problems', 'inside', 'SceneEntry', 'scene_poses', 'MultiCamDataset', 'ClipFolder',
+           'item_rng', 'sample_pair', 'pair_extrinsics', 'PairDataset', 'codec_tag', 'text_tag', 'latents_path',
+           'text_path', 'load_latents', 'load_context', 'PrepareReport', 'clip_length', 'prepare', 'CachedPairDataset']
 
 # %% ../nbs/21_data.ipynb #13c944b6
 def train_size(src_hw:tuple[int, int], height:int|None=None, width:int|None=None) -> tuple[int, int]:
@@ -71,20 +52,6 @@ class Problems(list):
         p = (str(path), " ".join(str(reason).split()))
         if p not in self: self.append(p)
 
-def _natural(s:str): return [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', s)]
-
-def read_metadata(path) -> list[tuple[str, str]]:
-    "Rows `(file_name, text)` of a `metadata.csv`; a missing column is an `InfcamError`."
-    path = Path(path)
-    try:
-        with open(path, newline='', encoding='utf-8') as f:
-            r = csv.DictReader(f)
-            if not r.fieldnames or 'file_name' not in r.fieldnames or 'text' not in r.fieldnames:
-                raise InfcamError(f"{path} must have columns file_name,text; it has {','.join(r.fieldnames or [])}")
-            return [((row['file_name'] or '').strip(), row['text'] or '') for row in r]
-    except UnicodeDecodeError as e: raise InfcamError(f"cannot read {path}: it is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
-    except (OSError, csv.Error) as e: raise InfcamError(f"cannot read {path}: {e}") from None
-
 def inside(root, rel) -> bool:
     "Whether the relative path `rel` (from a data file) stays inside `root`: not absolute, no escaping `..`."
     if Path(rel).is_absolute() or Path(rel).drive: return False
@@ -104,7 +71,7 @@ class SceneEntry:
     captions: dict
     num_frames: int = 0            # frames in the camera file
     @property
-    def camera_file(self) -> Path: return self.path / 'cameras' / 'camera_extrinsics.json'
+    def camera_file(self) -> Path: return camera_file(self.path)
 
 @functools.lru_cache(maxsize=256)
 def _poses(path:str, mtime:float) -> dict: return load_camera_extrinsics(path)
@@ -127,39 +94,32 @@ class MultiCamDataset:
         self.scenes: list[SceneEntry] = []
         for r in self.roots: self._scan(r, validate)
         self.groups: dict[str, list[SceneEntry]] = {}
-        for e in sorted(self.scenes, key=lambda e: (e.aug, _natural(e.setting), _natural(e.name))):
+        for e in sorted(self.scenes, key=lambda e: (e.aug, natural_key(e.setting), natural_key(e.name))):
             self.groups.setdefault(e.id, []).append(e)
-        self.ids = sorted(self.groups, key=_natural)
+        self.ids = sorted(self.groups, key=natural_key)
 
     def _scan(self, root:Path, validate:bool):
         if not root.is_dir(): raise InfcamError(f"dataset root not found: {root}")
-        settings = []
-        for p in sorted(root.iterdir(), key=lambda p: _natural(p.name)):
-            if not p.is_dir() or p.name.startswith('.'): continue
-            try: setting_focal_mm(p.name); settings.append(p)
-            except InfcamError: pass
-        if not settings: raise InfcamError(f"{root} has no MultiCamVideo setting folders (named like 'f24_aperture5')")
+        if not setting_folders(root): raise InfcamError(f"{root} has no MultiCamVideo setting folders (named like 'f24_aperture5')")
         caps, rows = {}, []
         if (root / 'metadata.csv').is_file():
             rows = read_metadata(root / 'metadata.csv')
             for fn, text in rows: caps[tuple(Path(fn).parts[-4:])] = text
         found = set()
-        for s in settings:
-            for sc in sorted((p for p in s.iterdir() if p.is_dir() and not p.name.startswith('.')), key=lambda p: _natural(p.name)):
-                if sc.name in ('latents', 'text'): continue
-                e = self._scene(sc, s.name, caps, validate)
-                if e is not None:
-                    self.scenes.append(e)
-                    found.update((s.name, sc.name, 'videos', v.name) for v in e.cameras.values())
+        for sc in scene_folders(root):
+            e = self._scene(sc, sc.parent.name, caps, validate)
+            if e is not None:
+                self.scenes.append(e)
+                found.update((e.setting, sc.name, 'videos', v.name) for v in e.cameras.values())
         for fn, _ in rows:
             key = tuple(Path(fn).parts[-4:])
             if key not in found and not (root / fn).is_file():
                 self.problems.add(root / 'metadata.csv', f"row {fn!r} names no video of an indexed scene")
 
     def _scene(self, sc:Path, setting:str, caps:dict, validate:bool) -> SceneEntry|None:
-        cam_file, vids = sc / 'cameras' / 'camera_extrinsics.json', sc / 'videos'
+        cam_file, vids = camera_file(sc), sc / 'videos'
         if not cam_file.is_file(): return self.problems.add(cam_file, "camera file missing (scene skipped)")
-        videos = {p.stem: p for p in sorted(vids.glob('*.mp4'), key=lambda p: _natural(p.name))} if vids.is_dir() else {}
+        videos = {p.stem: p for p in sorted(vids.glob('*.mp4'), key=natural_key)} if vids.is_dir() else {}
         if not videos: return self.problems.add(vids, "no videos (scene skipped)")
         if validate:
             try: poses = load_camera_extrinsics(cam_file)
@@ -196,21 +156,6 @@ class MultiCamDataset:
         n_aug = sum(e.aug for e in self.scenes)
         return (f"MultiCamDataset({len(self.ids)} scenes, {len(self.scenes) - n_aug} original + {n_aug} augmented folders, "
                 f"{len(self.clips())} clips, {len(self.problems)} problems)")
-
-# %% ../nbs/21_data.ipynb #66ced0d2
-def add_refocused_copy(root, setting:str, scene:str, focal_mm:float, spec) -> Path:
-    """Render a synthetic scene `spec` again through a `focal_mm` lens as its AugMCV copy
-    `<root>/<setting>_aug/<scene>_fXX` (for tests and demos; `infcam.augment` makes real ones)."""
-    from dataclasses import replace as _replace
-    from infcam.synthetic import write_scene, setting_name
-    import shutil, tempfile
-    with tempfile.TemporaryDirectory(dir=root) as tmp:
-        p = write_scene(tmp, None, scene, _replace(spec, focal_mm=float(focal_mm)), overwrite=True)
-        dest = Path(root) / f'{setting}_aug' / f'{scene}_f{float(focal_mm):g}'
-        if dest.exists(): shutil.rmtree(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(p), str(dest))
-    return dest
 
 # %% ../nbs/21_data.ipynb #79eb9078
 class ClipFolder:

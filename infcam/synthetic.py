@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from .core import InfcamError, atomic_path, folder_lock
+from .core import InfcamError, atomic_path, folder_lock, natural_key
+from .layout import (NUM_CAMERAS, camera_name, setting_name, setting_focal_mm, scene_focal_mm, aug_setting,
+                           aug_scene_name, camera_file, video_file, scene_complete, scene_folders)
 from .cameras import (PRESET_NAMES, preset, save_camera_extrinsics, load_camera_extrinsics, focal_mm_to_px,
                             pixel_intrinsics, num_latent_frames, relative_poses, ypr_to_rotation, pose_matrix)
 from .render import (Scene, Quad, box, billboard, ground_plane, make_env_map, make_texture, LinearMotion,
@@ -18,31 +20,12 @@ from .render import (Scene, Quad, box, billboard, ground_plane, make_env_map, ma
 from .video import write_video, read_video, video_info, check_size, check_video_memory
 
 # %% auto #0
-__all__ = ['NUM_CAMERAS', 'BASE_FRAME', 'APERTURES', 'KINDS', 'COLORS', 'PATTERNS', 'camera_name', 'setting_name',
-           'setting_focal_mm', 'SceneSpec', 'scene_plan', 'base_pose', 'random_trajectory', 'camera_poses',
-           'env_height', 'make_scene', 'scene_caption', 'scene_at', 'render_cameras', 'render_scene', 'scene_complete',
-           'write_scene', 'load_scene', 'scene_pair', 'write_metadata', 'make_dataset', 'synth']
+__all__ = ['BASE_FRAME', 'KINDS', 'COLORS', 'PATTERNS', 'SceneSpec', 'scene_plan', 'base_pose', 'random_trajectory',
+           'camera_poses', 'env_height', 'make_scene', 'scene_caption', 'scene_at', 'render_cameras', 'render_scene',
+           'write_scene', 'load_scene', 'scene_pair', 'write_metadata', 'make_dataset', 'synth', 'add_refocused_copy']
 
 # %% ../nbs/20_synthetic.ipynb #1527be1f
-NUM_CAMERAS = 10        # cam01..cam10 follow the presets 1..10
 BASE_FRAME = 40         # the frame at which every preset camera is at the scene's base pose
-APERTURES = {18: '10', 24: '5', 35: '2.4', 50: '2.4'}
-
-def camera_name(i:int) -> str:
-    "MultiCamVideo's camera name: 1 -> 'cam01'."
-    return f'cam{int(i):02d}'
-
-def setting_name(focal_mm:float) -> str:
-    "MultiCamVideo's folder for a focal length in mm: 24 -> 'f24_aperture5', 18 -> 'f18_aperture10', 50 -> 'f50_aperture2.4'."
-    if isinstance(focal_mm, bool) or not isinstance(focal_mm, (int, float)) or not (0 < focal_mm < 1e4):
-        raise InfcamError(f"focal length must be a positive number of millimetres, got {focal_mm!r}")
-    return f'f{float(focal_mm):g}_aperture{APERTURES.get(float(focal_mm), "5")}'
-
-def setting_focal_mm(setting:str) -> float:
-    "The focal length (mm) a setting folder names: 'f24_aperture5' -> 24.0 (a suffix such as '_aug' is allowed)."
-    m = re.fullmatch(r'f(\d+(?:\.\d+)?)_aperture[\d.]+(?:_\w+)?', str(setting))
-    if not m: raise InfcamError(f"setting {setting!r} is not named like MultiCamVideo's 'f24_aperture5'")
-    return float(m.group(1))
 
 # %% ../nbs/20_synthetic.ipynb #5cde3b0a
 KINDS = ('landscape', 'courtyard')
@@ -343,15 +326,6 @@ def render_scene(spec:SceneSpec, cameras:list[str]|None=None, frames=None, depth
 _RENDER_BYTES = 2 ** 30                 # images rendered at once by write_scene (about 1 GB)
 _SCENE_NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9_\-]*')
 
-def scene_complete(path) -> bool:
-    "Whether `path` is a finished scene: a readable camera file and a non-empty video for cam01..cam10 and every camera it lists."
-    path = Path(path)
-    j = path / 'cameras' / 'camera_extrinsics.json'
-    try: listed = list(json.loads(j.read_text())['frame0'])
-    except Exception: return False
-    names = set(listed) | {camera_name(i) for i in range(1, NUM_CAMERAS + 1)}
-    return all((path / 'videos' / f'{n}.mp4').is_file() and (path / 'videos' / f'{n}.mp4').stat().st_size > 0 for n in names)
-
 def _clean_stale(parent:Path, name:str):
     "Remove temporary folders a killed run left for scene `name`."
     for p in parent.glob(f'.{name}.tmp-*'): shutil.rmtree(p, ignore_errors=True)
@@ -359,7 +333,7 @@ def _clean_stale(parent:Path, name:str):
 
 def _write_files(d:Path, spec:SceneSpec, save_depth:bool, crf:int):
     poses = camera_poses(spec)
-    save_camera_extrinsics(d / 'cameras' / 'camera_extrinsics.json', poses)
+    save_camera_extrinsics(camera_file(d), poses)
     scene, K4, t = make_scene(spec), spec.intrinsics, spec.times
     (d / 'videos').mkdir(parents=True, exist_ok=True)
     if save_depth: (d / 'depth').mkdir()
@@ -372,7 +346,7 @@ def _write_files(d:Path, spec:SceneSpec, save_depth:bool, crf:int):
                              depth=save_depth)
         ims, dep = out if save_depth else (out, None)
         for k, name in enumerate(sel):
-            write_video(d / 'videos' / f'{name}.mp4', ims[k], fps=spec.fps, crf=crf)
+            write_video(video_file(d, name), ims[k], fps=spec.fps, crf=crf)
             if save_depth: np.save(d / 'depth' / f'{name}.npy', dep[k, :, 0].numpy().astype(np.float16))
     meta = dict(format='infcam-synthetic/1', spec=asdict(spec), caption=scene_caption(spec),
                 intrinsics=[round(v, 6) for v in K4.tolist()], fps=spec.fps, base_frame=BASE_FRAME,
@@ -415,15 +389,15 @@ def load_scene(path) -> dict:
     `K4` (4,), `caption`, `spec` (a `SceneSpec`, None without scene.json) and `path`."""
     path = Path(path)
     if not scene_complete(path): raise InfcamError(f"{path} is not a complete scene (cameras/camera_extrinsics.json and videos/cam01..cam10.mp4)")
-    cams = load_camera_extrinsics(path / 'cameras' / 'camera_extrinsics.json')
+    cams = load_camera_extrinsics(camera_file(path))
     meta = path / 'scene.json'
     if meta.is_file():
         try: m = json.loads(meta.read_text())
         except json.JSONDecodeError as e: raise InfcamError(f"{meta} is not valid JSON: {e.msg}") from None
         spec = SceneSpec.from_dict(m['spec'])
         return dict(cameras=cams, K4=spec.intrinsics, caption=m.get('caption', ''), spec=spec, path=path)
-    info = video_info(path / 'videos' / 'cam01.mp4')
-    K4 = pixel_intrinsics(focal_mm_to_px(setting_focal_mm(path.parent.name), info['height'], info['width']), info['height'], info['width'])
+    info = video_info(video_file(path, 'cam01'))
+    K4 = pixel_intrinsics(focal_mm_to_px(scene_focal_mm(path.parent.name, path.name), info['height'], info['width']), info['height'], info['width'])
     return dict(cameras=cams, K4=K4, caption='', spec=None, path=path)
 
 def scene_pair(path, source:str='cam01', target:str='cam05', num_frames:int|None=None) -> dict:
@@ -432,15 +406,13 @@ def scene_pair(path, source:str='cam01', target:str='cam05', num_frames:int|None
     sc = load_scene(path)
     for n in (source, target):
         if n not in sc['cameras']: raise InfcamError(f"{path} has no camera {n!r}; it has {', '.join(sc['cameras'])}")
-    src = read_video(sc['path'] / 'videos' / f'{source}.mp4', num_frames)
-    tgt = read_video(sc['path'] / 'videos' / f'{target}.mp4', num_frames)
+    src = read_video(video_file(sc['path'], source), num_frames)
+    tgt = read_video(video_file(sc['path'], target), num_frames)
     F = len(src)
     rel = relative_poses(sc['cameras'][source][0], sc['cameras'][target][:F])
     return dict(source=src, target=tgt, c2w=rel, K4=sc['K4'], caption=sc['caption'])
 
 # %% ../nbs/20_synthetic.ipynb #3ef8b72a
-def _natural(p:Path): return [int(s) if s.isdigit() else s for s in re.split(r'(\d+)', p.name)]
-
 def write_metadata(root) -> Path:
     "Write `<root>/metadata.csv` (`file_name,text`, one row per video of every complete scene, paths relative to root)."
     root = Path(root)
@@ -448,14 +420,13 @@ def write_metadata(root) -> Path:
     if (root / 'metadata.csv').exists():
         with open(root / 'metadata.csv', newline='') as f: old = {r['file_name']: r.get('text', '') for r in csv.DictReader(f)}
     rows = []
-    for setting in sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith('.')), key=_natural):
-        for sc in sorted((p for p in setting.iterdir() if p.is_dir() and not p.name.startswith('.')), key=_natural):
-            if not scene_complete(sc): continue
-            try: cap = json.loads((sc / 'scene.json').read_text()).get('caption', None)
-            except (OSError, json.JSONDecodeError): cap = None
-            for v in sorted((sc / 'videos').glob('*.mp4'), key=_natural):
-                name = v.relative_to(root).as_posix()
-                rows.append((name, cap if cap is not None else old.get(name, '')))
+    for sc in scene_folders(root):
+        if not scene_complete(sc): continue
+        try: cap = json.loads((sc / 'scene.json').read_text()).get('caption', None)
+        except (OSError, json.JSONDecodeError): cap = None
+        for v in sorted((sc / 'videos').glob('*.mp4'), key=natural_key):
+            name = v.relative_to(root).as_posix()
+            rows.append((name, cap if cap is not None else old.get(name, '')))
     with atomic_path(root / 'metadata.csv') as tmp:
         with open(tmp, 'w', newline='') as f:
             w = csv.writer(f); w.writerow(['file_name', 'text']); w.writerows(rows)
@@ -502,3 +473,16 @@ def synth(out='data/minimcv', scenes:int=8, seed:int=0, focal_mm=24, frames:int=
     with folder_lock(out, 'synth'):
         return make_dataset(out, scenes, seed=seed, focal_mms=focal_mm, num_frames=frames, height=height, width=width,
                         progress=progress, overwrite=overwrite, **spec_kw)
+
+# %% ../nbs/20_synthetic.ipynb #a9cdc348
+def add_refocused_copy(root, setting:str, scene:str, focal_mm:float, spec:SceneSpec) -> Path:
+    """Render a synthetic scene `spec` again through a `focal_mm` lens as its AugMCV copy
+    `<root>/<setting>_aug/<scene>_fXX` (for tests and demos; `infcam.augment` makes real ones)."""
+    import tempfile
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        p = write_scene(tmp, None, scene, replace(spec, focal_mm=float(focal_mm)), overwrite=True)
+        dest = Path(root) / aug_setting(setting) / aug_scene_name(scene, focal_mm)
+        if dest.exists(): shutil.rmtree(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(p), str(dest))
+    return dest

@@ -6,11 +6,12 @@ import torch
 import torch.nn.functional as F
 from infcam.core import InfcamError
 from infcam.cameras import load_camera_extrinsics, focal_mm_to_px, pixel_intrinsics
-from infcam.synthetic import SceneSpec, make_scene, render_cameras, camera_poses, write_scene, load_scene, scene_complete
+from infcam.synthetic import SceneSpec, make_scene, render_cameras, camera_poses, write_scene, load_scene
+from infcam.layout import scene_complete, scene_focal_mm
 from infcam.video import read_video
 from infcam.augment import (crop_factor, refocus, refocus_intrinsics, refocus_uint8, shift_indices, reverse_indices,
                             palindrome_indices, trajectory_plan, retime, shift_window, reverse_window, palindrome_window,
-                            augment, scene_focal_mm, source_scenes, default_window, FOCAL_TARGETS)
+                            augment, source_scenes, default_window, FOCAL_TARGETS)
 
 def psnr(a, b): return float(10 * torch.log10(1 / ((a - b) ** 2).mean()))
 # cheap scenes: ground plane, one object, still world; seed 2 and <= 24 mm at 64 px share a cached 128-row sky
@@ -117,7 +118,7 @@ def test_focal_outputs_match_rerender_after_encoding(mcv, tmp_path):
     spec = load_scene(src)['spec']
     scene, poses = make_scene(spec), load_camera_extrinsics(src / 'cameras/camera_extrinsics.json')
     out = tmp_path / 'f18_aperture10_aug/scene1_f35'
-    assert scene_complete(out) and scene_focal_mm(out) == 35.
+    assert scene_complete(out) and scene_focal_mm(out.parent.name, out.name) == 35.
     assert (out / 'cameras/camera_extrinsics.json').read_bytes() == (src / 'cameras/camera_extrinsics.json').read_bytes()
     meta = json.loads((out / 'augment.json').read_text())
     K = pixel_intrinsics(focal_mm_to_px(35, 32, 64), 32, 64)
