@@ -231,10 +231,9 @@ def _generate_one(pipe, job:Job, s:dict, weights, hashes:dict, overwrite:bool, p
     t0 = time.perf_counter()
     src = read_video(job.video, s['frames'], s['height'], s['width'])
     K_src, method, msg = _source_intrinsics(src, s)
-    p = pipe._prepare(src, job.trajectory, K_src, s['frames'], s['height'], s['width'], s['steps'], s['cfg'], s['zoom'], s['seed'])
+    p = pipe.prepare(src, job.trajectory, K_src, num_frames=s['frames'], height=s['height'], width=s['width'], zoom=s['zoom'])
     try:
-        frames = pipe(src, job.prompt, job.trajectory, K_src, num_frames=s['frames'], height=s['height'], width=s['width'],
-                      steps=s['steps'], cfg=s['cfg'], negative_prompt=s['negative_prompt'], seed=s['seed'], zoom=s['zoom'],
+        frames = pipe(p, job.prompt, steps=s['steps'], cfg=s['cfg'], negative_prompt=s['negative_prompt'], seed=s['seed'],
                       progress=progress)
     except _oom_types():
         if torch.cuda.is_available(): torch.cuda.empty_cache()
@@ -250,9 +249,9 @@ def _generate_one(pipe, job:Job, s:dict, weights, hashes:dict, overwrite:bool, p
         video=str(Path(job.video).resolve()), video_sha256=file_sha256(job.video, cache=False),
         prompt=job.prompt, trajectory=job.trajectory, fps=fps,
         settings={k: s[k] for k in DEFAULTS},
-        intrinsics=dict(method=method, requested=s['estimate'] or method, message=msg, K_src=[round(float(v), 6) for v in p['K_src']],
-                        K_tgt=[round(float(v), 6) for v in p['K_tgt']]),
-        extrinsics=[[round(float(v), 7) for v in row] for row in p['extrinsics']],
+        intrinsics=dict(method=method, requested=s['estimate'] or method, message=msg, K_src=[round(float(v), 6) for v in p.K_src],
+                        K_tgt=[round(float(v), 6) for v in p.K_tgt]),
+        extrinsics=[[round(float(v), 7) for v in row] for row in p.extrinsics],
         device=str(pipe.device), model_dtype=str(pipe.dtype).replace('torch.', ''),
         weights=dict(folder=str(Path(weights).resolve()) if weights is not None else None, files=hashes),
         outputs={k: v.name for k, v in o.items()}, timings={k: round(v, 3) for k, v in pipe.timings.items()},

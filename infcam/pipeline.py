@@ -5,6 +5,7 @@
 # %% ../nbs/30_pipeline.ipynb #438f73c5
 from __future__ import annotations
 import contextlib, hashlib, math, time, warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -12,6 +13,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 from tqdm.auto import tqdm
+from fastcore.basics import patch
 
 from .core import InfcamError
 from .cameras import (latent_frame_indices, num_latent_frames, to_extrinsics, focal_mm_to_px, pixel_intrinsics,
@@ -21,7 +23,7 @@ from .video import read_video, fit_frames, check_size
 from .scheduler import FlowMatchScheduler
 
 # %% auto #0
-__all__ = ['WAN_NEGATIVE_PROMPT', 'MEMORY_MODES', 'RandomTextEncoder', 'BlockOffload', 'InfCamPipeline']
+__all__ = ['WAN_NEGATIVE_PROMPT', 'MEMORY_MODES', 'RandomTextEncoder', 'BlockOffload', 'InfCamPipeline', 'PreparedInputs']
 
 # %% ../nbs/30_pipeline.ipynb #9602f126
 WAN_NEGATIVE_PROMPT = ('色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，'
@@ -146,7 +148,7 @@ class InfCamPipeline:
         self.model, self.codec, self.text_encoder = model.eval().requires_grad_(False), codec, text_encoder
         self.scheduler, self.memory = scheduler or FlowMatchScheduler(), memory
         if dtype is not None: self.model.to(dtype)
-        self.dtype, self.timings, self._offload = self.model.dtype, {}, None
+        self.dtype, self.timings, self.offload = self.model.dtype, {}, None
         if memory == 'resident':
             self.model.to(self.device); self._move(self.codec, self.device); self._move(self.text_encoder, self.device)
         else:
@@ -154,7 +156,7 @@ class InfCamPipeline:
             if memory == 'block_offload':
                 for n, m in self.model.named_children():
                     if n != 'blocks': m.to(self.device)
-                self._offload = BlockOffload(self.model.blocks, self.device)
+                self.offload = BlockOffload(self.model.blocks, self.device)
 
     @staticmethod
     def _move(part, device):
@@ -179,22 +181,53 @@ class InfCamPipeline:
         m = self.codec.spatial_stride * max(self.model.config.patch_size[1:])
         return m * 16 // math.gcd(m, 16)
 
+# %% ../nbs/30_pipeline.ipynb #6505cc64
+@dataclass(eq=False)
+class PreparedInputs:
+    "The checked and loaded inputs of one generation (from `InfCamPipeline.prepare`), on the CPU; no model has run."
+    frames: Tensor       # (num_frames, 3, height, width) float32 in [0, 1]: the source clip at the generation size
+    K_src: Tensor        # (4,) the source's pixel intrinsics [fx, fy, cx, cy]
+    K_tgt: Tensor        # (4,) the target's: the source's focal length times the zoom, same principal point
+    extrinsics: Tensor   # (num_latent_frames, 12) target cameras at the latent frames, in the source's first camera frame
+
+    def __post_init__(self):
+        F_ = self.frames.shape[0] if self.frames.ndim == 4 and self.frames.shape[1] == 3 else None
+        if F_ is None or tuple(self.K_src.shape) != (4,) or tuple(self.K_tgt.shape) != (4,) \
+           or tuple(self.extrinsics.shape) != (num_latent_frames(F_), 12):
+            raise InfcamError(f"PreparedInputs wants frames (F, 3, H, W), K_src and K_tgt (4,) and extrinsics (F_lat, 12); got "
+                              f"{tuple(self.frames.shape)}, {tuple(self.K_src.shape)}, {tuple(self.K_tgt.shape)}, {tuple(self.extrinsics.shape)}")
+
+    @property
+    def num_frames(self) -> int: return self.frames.shape[0]
+    @property
+    def height(self) -> int: return self.frames.shape[2]
+    @property
+    def width(self) -> int: return self.frames.shape[3]
+    @property
+    def num_latent_frames(self) -> int: return self.extrinsics.shape[0]
+
+
 # %% ../nbs/30_pipeline.ipynb #fed7dd87
-@torch.no_grad()
-def _prepare(self:InfCamPipeline, video, trajectory, intrinsics, num_frames, height, width, steps, cfg, zoom, seed) -> dict:
-    "Validate every argument and load the inputs; runs no model."
+@patch
+def _check_sizes(self:InfCamPipeline, num_frames, height, width):
+    "InfcamError unless `num_frames` is 4k+1 (the codec's temporal stride is 4) and `height`, `width` are multiples of `size_multiple`."
     n_lat = num_latent_frames(num_frames)                  # 4k+1 or InfcamError
     if self.codec.temporal_stride != 4 or (num_frames - 1) // self.codec.temporal_stride + 1 != n_lat:
         raise InfcamError(f"the codec's temporal stride {self.codec.temporal_stride} does not match the 4x latent frames the cameras assume")
     for name, v in (('height', height), ('width', width)):
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0 or v % self.size_multiple:
             raise InfcamError(f"{name} {v!r} must be a positive multiple of {self.size_multiple}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1: raise InfcamError(f"steps must be a positive integer, got {steps!r}")
-    if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or not math.isfinite(cfg) or cfg < 0:
-        raise InfcamError(f"cfg must be a finite number >= 0, got {cfg!r}")
+
+@patch
+@torch.no_grad()
+def prepare(self:InfCamPipeline, video, trajectory, intrinsics=None, num_frames:int=81, height:int=480, width:int=832,
+            zoom:float=1.0) -> PreparedInputs:
+    """Check the request and load its inputs (see `__call__` for the arguments); runs no model.
+
+    The target focal length is `zoom` times the source's, times the trajectory's zoom averaged over the latent frames."""
+    self._check_sizes(num_frames, height, width)
     if isinstance(zoom, bool) or not isinstance(zoom, (int, float)) or not (math.isfinite(zoom) and zoom > 0):
         raise InfcamError(f"zoom must be a positive number, got {zoom!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int): raise InfcamError(f"seed must be an integer, got {seed!r}")
     K_src = _as_source_intrinsics(intrinsics, height, width)
     c2w, tzoom = _as_trajectory(trajectory, num_frames)
     lat = latent_frame_indices(num_frames)
@@ -205,12 +238,11 @@ def _prepare(self:InfCamPipeline, video, trajectory, intrinsics, num_frames, hei
                       f"length, so the mean over latent frames ({z.mean():.3f}) is used")
     K_tgt = K_src.clone()
     K_tgt[:2] = K_src[:2] * (float(zoom) * float(z.mean()))
-    frames = _as_video(video, num_frames, height, width)
-    return dict(frames=frames, K_src=K_src, K_tgt=K_tgt, extrinsics=extr, n_lat=n_lat)
+    return PreparedInputs(_as_video(video, num_frames, height, width), K_src, K_tgt, extr)
 
-InfCamPipeline._prepare = _prepare
 
 # %% ../nbs/30_pipeline.ipynb #8787ab0c
+@patch
 @torch.no_grad()
 def _velocity(self:InfCamPipeline, x, x_src, t, ctx, K_src, K_tgt, extr, cfg:float, cfg_batch:bool, sigma:float=1.0) -> Tensor:
     """The guided velocity (1, C, f, h, w) float32 at time `t` (noise level `sigma`); `ctx` is (1 or 2, L, D): conditional
@@ -226,29 +258,53 @@ def _velocity(self:InfCamPipeline, x, x_src, t, ctx, K_src, K_tgt, extr, cfg:flo
         v_u = to_v(m(x, x_src, t.reshape(1), ctx[1:], K_src, K_tgt, extr))
     return v_u + cfg * (v_c - v_u)
 
-InfCamPipeline._velocity = _velocity
+# %% ../nbs/30_pipeline.ipynb #24a12ab3
+def _check_run(steps, cfg, seed):
+    "InfcamError unless `steps` is a positive integer, `cfg` a finite number >= 0 and `seed` an integer."
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1: raise InfcamError(f"steps must be a positive integer, got {steps!r}")
+    if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or not math.isfinite(cfg) or cfg < 0:
+        raise InfcamError(f"cfg must be a finite number >= 0, got {cfg!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int): raise InfcamError(f"seed must be an integer, got {seed!r}")
+
+@patch
+def _inputs(self:InfCamPipeline, video, trajectory, intrinsics, num_frames, height, width, zoom) -> PreparedInputs:
+    "`video` itself if it is a `PreparedInputs` (everything else unset), else `prepare` of the raw arguments (`None`: the default)."
+    raw = dict(num_frames=num_frames, height=height, width=width, zoom=zoom)
+    if not isinstance(video, PreparedInputs):
+        if trajectory is None: raise InfcamError("a trajectory is required (a preset, a file or c2w poses) unless video is a PreparedInputs")
+        return self.prepare(video, trajectory, intrinsics, **{k: v for k, v in raw.items() if v is not None})
+    if given := [k for k, v in dict(trajectory=trajectory, intrinsics=intrinsics, **raw).items() if v is not None]:
+        raise InfcamError(f"{', '.join(given)} cannot change after prepare(); pass {'it' if len(given) == 1 else 'them'} to prepare()")
+    self._check_sizes(video.num_frames, video.height, video.width)
+    return video
+
 
 # %% ../nbs/30_pipeline.ipynb #c5425179
+@patch
 @torch.no_grad()
-def _call(self:InfCamPipeline, video, prompt:str, trajectory, intrinsics=None, num_frames:int=81, height:int=480,
-          width:int=832, steps:int=20, cfg:float=5.0, negative_prompt:str=WAN_NEGATIVE_PROMPT, seed:int=0,
-          zoom:float=1.0, callback:Callable|None=None, progress:bool=True, cfg_batch:bool=True) -> Tensor:
+def __call__(self:InfCamPipeline, video, prompt:str, trajectory=None, intrinsics=None, num_frames:int|None=None,
+             height:int|None=None, width:int|None=None, steps:int=20, cfg:float=5.0,
+             negative_prompt:str=WAN_NEGATIVE_PROMPT, seed:int=0, zoom:float|None=None, callback:Callable|None=None,
+             progress:bool=True, cfg_batch:bool=True) -> Tensor:
     """Generate `num_frames` frames `(F, 3, height, width)` float32 in [0, 1] (CPU) of `video` seen along `trajectory`.
 
-    `video`: a path or frames `(F, 3, H, W)` in [0, 1] (at least `num_frames`; cropped and resized to the size asked);
-    `trajectory`: a preset (1-10 or name), a trajectory file, `camera_extrinsics.json:camXX[@camYY]`, or c2w poses
-    `(F, 4, 4)` in the source's first camera frame; `intrinsics`: the source's pixel `[fx, fy, cx, cy]` at
-    `height x width` (default: 24 mm on a 23.76 mm sensor); the target focal length is `zoom` times the source's
-    (times the trajectory's mean zoom). `callback(step, total, latents)` is called after every Euler step
-    (`step` counts from 0). `cfg_batch=False` runs the two CFG passes one after the other (half the activations)."""
+    `video`: a path or frames `(F, 3, H, W)` in [0, 1] (at least `num_frames`; cropped and resized to the size asked),
+    or the `PreparedInputs` from `prepare` (then leave `trajectory`, `intrinsics`, `num_frames`, `height`, `width` and
+    `zoom` unset); `trajectory`: a preset (1-10 or name), a trajectory file, `camera_extrinsics.json:camXX[@camYY]`, or
+    c2w poses `(F, 4, 4)` in the source's first camera frame; `intrinsics`: the source's pixel `[fx, fy, cx, cy]` at
+    `height x width` (default: 24 mm on a 23.76 mm sensor); `num_frames`, `height`, `width` default to 81, 480, 832;
+    the target focal length is `zoom` (default 1) times the source's (times the trajectory's mean zoom).
+    `callback(step, total, latents)` is called after every Euler step (`step` counts from 0). `cfg_batch=False` runs
+    the two CFG passes one after the other (half the activations)."""
     t0 = time.perf_counter()
-    p = self._prepare(video, trajectory, intrinsics, num_frames, height, width, steps, cfg, zoom, seed)
+    _check_run(steps, cfg, seed)
+    p = self._inputs(video, trajectory, intrinsics, num_frames, height, width, zoom)
     dev, T = self.device, {}
-    K_src, K_tgt, extr = p['K_src'][None].to(dev), p['K_tgt'][None].to(dev), p['extrinsics'][None].to(dev)
+    K_src, K_tgt, extr = p.K_src[None].to(dev), p.K_tgt[None].to(dev), p.extrinsics[None].to(dev)
     # 1. encode the source once: clean latents
     t = time.perf_counter()
     with self._on_device(self.codec):
-        x_src = self.codec.encode((p['frames'].permute(1, 0, 2, 3)[None] * 2 - 1).to(dev)).float().to(dev)
+        x_src = self.codec.encode((p.frames.permute(1, 0, 2, 3)[None] * 2 - 1).to(dev)).float().to(dev)
     _cuda_sync(dev); T['encode'] = time.perf_counter() - t
     # 2. text, once per prompt (conditional first)
     t = time.perf_counter()
@@ -279,10 +335,9 @@ def _call(self:InfCamPipeline, video, prompt:str, trajectory, intrinsics=None, n
     self.timings = T
     return frames
 
-InfCamPipeline.__call__ = _call
-
 # %% ../nbs/30_pipeline.ipynb #dfafd412
-def _from_pretrained(cls, folder, infcam_checkpoint=None, device=None, dtype:torch.dtype=torch.bfloat16,
+@patch(cls_method=True)
+def from_pretrained(cls:InfCamPipeline, folder, infcam_checkpoint=None, device=None, dtype:torch.dtype=torch.bfloat16,
                      memory:str='resident', vae_tiled:bool=False, vae_dtype:torch.dtype=torch.float32,
                      text_dtype:torch.dtype=torch.bfloat16, spec=None, base_only:bool=False) -> InfCamPipeline:
     """Load every part from a weights folder (see `infcam.weights.check_weights`); `spec` defaults to the released shapes.
@@ -308,5 +363,3 @@ def _from_pretrained(cls, folder, infcam_checkpoint=None, device=None, dtype:tor
     codec = WanVAECodec(load_wan_vae(c['vae'].path, vae_dtype, load_dev, config=None if c['vae'].path.is_dir() else spec.vae), tiled=vae_tiled)
     te = TextEncoder.load(c['text_encoder'].path, c['tokenizer'].path, dtype=text_dtype, device=load_dev, text_len=spec.dit.text_len)
     return cls(model, codec, te, FlowMatchScheduler(), device=device, memory=memory)
-
-InfCamPipeline.from_pretrained = classmethod(_from_pretrained)

@@ -52,9 +52,13 @@ def single(clip, weights, out, *extra):
             '--weights', str(weights), '--out', str(out), *SMALL, *extra]
 
 
-def test_single_outputs_and_sidecar(clip, weights, tmp_path, capsys):
-    out = tmp_path / 'r' / 'y.mp4'
+def test_single_outputs_and_sidecar(clip, weights, tmp_path, capsys, monkeypatch):
+    import infcam.pipeline as P
+    out, loaded = tmp_path / 'r' / 'y.mp4', []
+    real = P.load_trajectory
+    monkeypatch.setattr(P, 'load_trajectory', lambda *a, **k: (loaded.append(a[0]), real(*a, **k))[1])
     assert generate_main(single(clip, weights, out, '--seed', '3', '--focal-mm', '35')) == 0
+    assert loaded == ['arc_left']                                            # the pipeline prepares the job once
     for p in (out, out.with_suffix('.sbs.mp4'), out.with_suffix('.json')): assert p.is_file(), p
     assert read_video(out).shape == (9, 3, 32, 48)
     from infcam.video import video_info

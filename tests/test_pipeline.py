@@ -90,13 +90,33 @@ def test_trajectory_tensor_equals_preset(model, clip):
 
 def test_default_intrinsics_are_24mm(model, clip):
     p = pipe_for(model)
-    d = p._prepare(clip, "pan_right", None, F_, H, W, 3, 5.0, 2.0, 0)
+    d = p.prepare(clip, "pan_right", num_frames=F_, height=H, width=W, zoom=2.0)
     f = focal_mm_to_px(24, H, W)
-    assert torch.allclose(d["K_src"], torch.tensor([f, f, W / 2, H / 2]))
-    assert torch.allclose(d["K_tgt"], torch.tensor([2 * f, 2 * f, W / 2, H / 2]))   # zoom scales the focal only
-    assert d["extrinsics"].shape == (3, 12)
+    assert torch.allclose(d.K_src, torch.tensor([f, f, W / 2, H / 2]))
+    assert torch.allclose(d.K_tgt, torch.tensor([2 * f, 2 * f, W / 2, H / 2]))   # zoom scales the focal only
+    assert d.extrinsics.shape == (3, 12)
     explicit = p(clip, "x", "pan_right", intrinsics=[f, f, W / 2, H / 2], **KW)
     assert torch.equal(explicit, p(clip, "x", "pan_right", **KW))
+
+
+def test_prepared_inputs_load_once(model, clip, monkeypatch, tmp_path):
+    "A PreparedInputs is generated from as it is: no trajectory or clip is loaded again, and its size, lens and path are fixed."
+    import infcam.pipeline as P
+    from infcam.video import write_video
+    p, path = pipe_for(model), write_video(tmp_path / "clip.mp4", clip)
+    prep = p.prepare(path, "arc_left", num_frames=F_, height=H, width=W, zoom=1.5)
+    assert (prep.num_frames, prep.height, prep.width, prep.num_latent_frames) == (F_, H, W, 3)
+    monkeypatch.setattr(P, "load_trajectory", lambda *a, **k: pytest.fail("trajectory loaded again"))
+    monkeypatch.setattr(P, "read_video", lambda *a, **k: pytest.fail("video loaded again"))
+    a = p(prep, "a street", steps=3, progress=False)
+    monkeypatch.undo()
+    assert torch.equal(a, p(path, "a street", "arc_left", zoom=1.5, **KW))
+    for kw in (dict(trajectory="pan_left"), dict(num_frames=F_), dict(zoom=1.5), dict(intrinsics=[1., 1, 1, 1])):
+        with pytest.raises(InfcamError, match="prepare"): p(prep, "x", **kw)
+    with pytest.raises(InfcamError, match="trajectory is required"): p(clip, "x", **KW)
+    big = P.PreparedInputs(torch.rand(F_, 3, H, 40), prep.K_src, prep.K_tgt, prep.extrinsics)
+    with pytest.raises(InfcamError, match="width 40"): p(big, "x", progress=False)       # checked against this pipeline
+    with pytest.raises(InfcamError, match="F_lat"): P.PreparedInputs(clip, prep.K_src, prep.K_tgt, prep.extrinsics[:2])
 
 
 def test_cfg_batched_equals_unbatched(model, clip):
@@ -139,8 +159,8 @@ def test_memory_modes_equal():
         p = pipe_for(m, mode)
         outs[mode] = p(clip, "a street", "arc_right", **KW)
         if mode == "block_offload":
-            assert p._offload.loads == 3 * m.config.num_layers               # one load per block per forward
-            p._offload.remove()
+            assert p.offload.loads == 3 * m.config.num_layers               # one load per block per forward
+            p.offload.remove()
     assert torch.equal(outs["resident"], outs["model_offload"])
     assert torch.equal(outs["resident"], outs["block_offload"])
 
@@ -216,8 +236,8 @@ def test_varying_trajectory_zoom_warns(model, clip, monkeypatch):
     monkeypatch.setattr(P, "load_trajectory", lambda spec, n, with_zoom: (c2w, torch.linspace(1, 2, n)))
     p = pipe_for(model)
     with pytest.warns(UserWarning, match="mean over latent frames"):
-        d = p._prepare(clip, "file.yaml", None, F_, H, W, 3, 5.0, 1.0, 0)
-    assert torch.allclose(d["K_tgt"][0], d["K_src"][0] * 1.5)
+        d = p.prepare(clip, "file.yaml", num_frames=F_, height=H, width=W)
+    assert torch.allclose(d.K_tgt[0], d.K_src[0] * 1.5)
 
 
 def test_from_pretrained_tiny_release(tmp_path, clip):
