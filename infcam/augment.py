@@ -19,8 +19,8 @@ from .video import video_info
 # %% auto #0
 __all__ = ['FOCAL_TARGETS', 'crop_factor', 'refocus_intrinsics', 'refocus', 'shift_indices', 'reverse_indices',
            'palindrome_indices', 'default_window', 'trajectory_plan', 'retime', 'shift_window', 'reverse_window',
-           'palindrome_window', 'source_scenes', 'refocus_uint8', 'augment_scene', 'write_aug_metadata', 'augment',
-           'check_focal_targets', 'augment_summary']
+           'palindrome_window', 'source_scenes', 'decode_clip', 'refocus_uint8', 'augment_scene', 'write_aug_metadata',
+           'augment', 'check_focal_targets', 'die_with_parent', 'augment_summary']
 
 # %% ../nbs/22_augment.ipynb #4f2f99d7
 # MultiCamVideo's lenses and the longer ones each is re-focused to (AugMCV's rule)
@@ -145,7 +145,7 @@ def _read_captions(src:Path) -> dict[str, str]:
     except (OSError, csv.Error) as e: raise InfcamError(f"cannot read {m}: {e}") from None
 
 # %% ../nbs/22_augment.ipynb #2c477936
-def _decode(path) -> tuple[Tensor, float]:
+def decode_clip(path) -> tuple[Tensor, float]:
     "All frames of a video as uint8 (F, H, W, 3), and its fps."
     import av
     try:
@@ -229,7 +229,7 @@ def augment_scene(scene, dst, rel:str, focal_mm:float, focals=(), plan:dict|None
     if not jobs: return res
     videos, info = {}, None
     def video(c):
-        if c not in videos: videos[c] = _decode(video_file(scene, c))
+        if c not in videos: videos[c] = decode_clip(video_file(scene, c))
         return videos[c]
     n_json = len(cam_json)
     for out_name, kind, kw in jobs:
@@ -331,7 +331,7 @@ def check_focal_targets(focal_targets):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 < v <= 1000:
             raise InfcamError(f"focal target {v!r} must be a focal length in mm, a number in (0, 1000]")
 
-def _die_with_parent(ppid:int):
+def die_with_parent(ppid:int):
     "Worker initializer: exit as soon as the parent is gone (killed with SIGKILL, it cannot stop its pool)."
     import threading
     def watch():
@@ -375,7 +375,7 @@ def _augment(src, dst, scenes, incomplete, captions, focal_targets, trajectory, 
         finally: torch.set_num_threads(old)
     else:
         with cf.ProcessPoolExecutor(min(workers, len(tasks)), mp_context=mp.get_context('spawn'),
-                                    initializer=_die_with_parent, initargs=(os.getpid(),)) as ex:
+                                    initializer=die_with_parent, initargs=(os.getpid(),)) as ex:
             futs = {ex.submit(_task, t): t[2] for t in tasks}
             for fut in cf.as_completed(futs):
                 try: collect(fut.result())

@@ -9,8 +9,8 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['LOCK_NAME', 'WRAPPER_KEYS', 'InfcamError', 'os_error_message', 'check_device', 'check_overwrite', 'make_folder',
-           'pid_alive', 'clean_stale_temps', 'atomic_path', 'folder_lock', 'natural_key', 'load_pickle',
-           'unwrap_state_dict', 'read_state_dict', 'figure_path', 'save_figure', 'check_parameters']
+           'pid_alive', 'clean_stale_temps', 'atomic_path', 'folder_lock', 'natural_key', 'short_list', 'first_line',
+           'load_pickle', 'unwrap_state_dict', 'read_state_dict', 'figure_path', 'save_figure', 'check_parameters']
 
 # %% ../nbs/00_core.ipynb #664726ca
 class InfcamError(Exception):
@@ -146,12 +146,12 @@ def natural_key(s) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', s)]
 
 # %% ../nbs/00_core.ipynb #3e81bb61
-def _listing(names, n:int=8) -> str:
+def short_list(names, n:int=8) -> str:
     "`a, b, c (and 5 more)`: the first `n` of `names` in natural order (`blocks.2` before `blocks.10`), for one-line messages."
     names = sorted((str(x) for x in names), key=natural_key)
     return ", ".join(names[:n]) + (f" (and {len(names) - n} more)" if len(names) > n else "")
 
-def _first_line(e:Exception) -> str:
+def first_line(e:Exception) -> str:
     "The informative line of a (possibly long, multi-line) exception message."
     import re
     msg = str(e)
@@ -168,10 +168,10 @@ def load_pickle(path, what:str='checkpoint', map_location='cpu'):
     except pickle.UnpicklingError as e:
         with open(path, 'rb') as f: head = f.read(2)
         if 'Unsupported operand' in str(e) or not (is_zip or head[:1] == b'\x80'):   # not a pickle at all
-            raise InfcamError(f"{path}: not a readable PyTorch checkpoint ({_first_line(e)}; {path.stat().st_size:,d} bytes)") from None
+            raise InfcamError(f"{path}: not a readable PyTorch checkpoint ({first_line(e)}; {path.stat().st_size:,d} bytes)") from None
         raise InfcamError(f"{path}: refused, the file holds more than tensors and loading it would run code "
-                          f"({_first_line(e)}); convert it to safetensors from a trusted copy") from None
-    except Exception as e: raise InfcamError(f"{path}: not a readable PyTorch checkpoint ({_first_line(e)})") from None
+                          f"({first_line(e)}); convert it to safetensors from a trusted copy") from None
+    except Exception as e: raise InfcamError(f"{path}: not a readable PyTorch checkpoint ({first_line(e)})") from None
 
 # %% ../nbs/00_core.ipynb #7738d5b9
 WRAPPER_KEYS = ('state_dict', 'module', 'model', 'model_state_dict', 'ema', 'dit', 'transformer', 'net')
@@ -186,7 +186,7 @@ def unwrap_state_dict(obj, where:str='checkpoint') -> tuple[dict, list[str]]:
         if k is None: break
         keys.append(k); obj = obj[k]
     if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-        got = f"a dict with keys {_listing(obj, 6)}" if isinstance(obj, dict) and obj else type(obj).__name__ if not isinstance(obj, dict) else "an empty dict"
+        got = f"a dict with keys {short_list(obj, 6)}" if isinstance(obj, dict) and obj else type(obj).__name__ if not isinstance(obj, dict) else "an empty dict"
         raise InfcamError(f"{where}: expected a flat dict of named tensors, got {got}")
     return obj, keys
 
@@ -197,7 +197,7 @@ def read_state_dict(path, what:str='checkpoint', map_location='cpu') -> dict:
     if path.suffix == '.safetensors':
         from safetensors.torch import load_file
         try: return load_file(str(path), device=str(map_location))
-        except Exception as e: raise InfcamError(f"{path}: not a readable safetensors file ({_first_line(e)})") from None
+        except Exception as e: raise InfcamError(f"{path}: not a readable safetensors file ({first_line(e)})") from None
     return unwrap_state_dict(load_pickle(path, what, map_location), str(path))[0]
 
 # %% ../nbs/00_core.ipynb #384f402d

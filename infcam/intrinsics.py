@@ -17,7 +17,7 @@ from .cameras import SENSOR_MM, focal_mm_to_px, focal_px_to_mm, fov_to_focal_px,
 # %% auto #0
 __all__ = ['DEFAULT_FOCAL_MM', 'METHODS', 'UNIDEPTH_REPO', 'IntrinsicsEstimate', 'default_intrinsics', 'to_gray_uint8',
            'track_pairs', 'rotation_residual', 'best_rotation', 'reprojection_residual', 'selfcal_focal',
-           'unidepth_focal', 'estimate_intrinsics', 'target_intrinsics']
+           'rotation_clip', 'unidepth_focal', 'estimate_intrinsics', 'target_intrinsics']
 
 # %% ../nbs/31_intrinsics.ipynb #15bbaac0
 DEFAULT_FOCAL_MM = 24.
@@ -211,7 +211,7 @@ def selfcal_focal(video, criterion:str='reprojection', min_motion:float=0.02, f_
     return f * scale, diag
 
 # %% ../nbs/31_intrinsics.ipynb #44b93b85
-def _rotation_clip(f_mm:float, height:int=128, width:int=224, frames:int=9, yaw:float=12., pitch:float=5.,
+def rotation_clip(f_mm:float, height:int=128, width:int=224, frames:int=9, yaw:float=12., pitch:float=5.,
                    roll:float=0., seed:int=0, env:Tensor|None=None) -> tuple[Tensor, float]:
     "A rendered pure-rotation clip (frames, 3, H, W) panning +-yaw and tilting +-pitch, and its true focal length (px)."
     from infcam.render import make_env_map, render_env

@@ -21,8 +21,9 @@ from .video import write_video, read_video, video_info, check_size, check_video_
 
 # %% auto #0
 __all__ = ['BASE_FRAME', 'KINDS', 'COLORS', 'PATTERNS', 'SceneSpec', 'scene_plan', 'base_pose', 'random_trajectory',
-           'camera_poses', 'env_height', 'make_scene', 'scene_caption', 'scene_at', 'render_cameras', 'render_scene',
-           'write_scene', 'load_scene', 'scene_pair', 'write_metadata', 'make_dataset', 'synth', 'add_refocused_copy']
+           'camera_poses', 'clear_caches', 'env_height', 'make_scene', 'scene_caption', 'scene_at', 'render_cameras',
+           'render_scene', 'write_scene', 'load_scene', 'scene_pair', 'write_metadata', 'make_dataset', 'synth',
+           'add_refocused_copy']
 
 # %% ../nbs/20_synthetic.ipynb #1527be1f
 BASE_FRAME = 40         # the frame at which every preset camera is at the scene's base pose
@@ -189,6 +190,10 @@ def _env_map(height:int, seed:int) -> Tensor: return make_env_map(height, 2 * he
 
 @functools.lru_cache(maxsize=256)
 def _texture(kind:str, seed:int, size:int, color:tuple) -> Tensor: return make_texture(kind, seed, size, color)
+
+def clear_caches():
+    "Forget the cached environment maps and textures, so the next render computes them afresh."
+    _env_map.cache_clear(); _texture.cache_clear()
 
 def env_height(spec:SceneSpec) -> int:
     "Rows of the environment map for `spec`: a power of two near one texel per pixel, from 128 to 1024."

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from .core import InfcamError, read_state_dict, _listing, _first_line
+from .core import InfcamError, read_state_dict, short_list, first_line
 
 # %% auto #0
 __all__ = ['umt5_config', 'convert_umt5_state_dict', 'umt5_to_original', 'umt5_config_from_state_dict', 'umt5_from_state_dict',
@@ -50,9 +50,9 @@ def convert_umt5_state_dict(sd:dict[str, Tensor]) -> dict[str, Tensor]:
             layers.add(int(m.group(1)))
             out[f'encoder.block.{m.group(1)}.{_UMT5_BLOCK[m.group(2)]}'] = v
         else: unknown.append(k)
-    if unknown: raise InfcamError(f"unknown umT5 tensor names: {_listing(unknown)}")
+    if unknown: raise InfcamError(f"unknown umT5 tensor names: {short_list(unknown)}")
     expected = {'token_embedding.weight', 'norm.weight'} | {f'blocks.{i}.{n}' for i in range(max(layers, default=-1) + 1) for n in _UMT5_BLOCK}
-    if missing := expected - set(sd): raise InfcamError(f"umT5 checkpoint is missing tensors: {_listing(missing)}")
+    if missing := expected - set(sd): raise InfcamError(f"umT5 checkpoint is missing tensors: {short_list(missing)}")
     return out
 
 def umt5_to_original(sd:dict[str, Tensor]) -> dict[str, Tensor]:
@@ -64,7 +64,7 @@ def umt5_to_original(sd:dict[str, Tensor]) -> dict[str, Tensor]:
         elif (m := re.fullmatch(r'encoder\.block\.(\d+)\.(.+)', k)) and m.group(2) in _UMT5_BLOCK_INV:
             out[f'blocks.{m.group(1)}.{_UMT5_BLOCK_INV[m.group(2)]}'] = v
         else: unknown.append(k)
-    if unknown: raise InfcamError(f"unknown UMT5EncoderModel tensor names: {_listing(unknown)}")
+    if unknown: raise InfcamError(f"unknown UMT5EncoderModel tensor names: {short_list(unknown)}")
     return out
 
 def umt5_config_from_state_dict(sd:dict[str, Tensor], max_dist:int=128, **kwargs):
@@ -87,7 +87,7 @@ def umt5_from_state_dict(sd:dict[str, Tensor], config=None, dtype:torch.dtype=to
     with torch.device('meta'): model = UMT5EncoderModel(config)
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     if bad := [f"{k} {tuple(v.shape)} vs {shapes[k]}" for k, v in hf.items() if k in shapes and tuple(v.shape) != shapes[k]]:
-        raise InfcamError(f"umT5 checkpoint does not match the config: {_listing(bad, 4)}")
+        raise InfcamError(f"umT5 checkpoint does not match the config: {short_list(bad, 4)}")
     model.load_state_dict(hf, strict=True, assign=True)
     return model.to(device).eval().requires_grad_(False)
 
@@ -102,7 +102,7 @@ def load_umt5(path, config=None, dtype:torch.dtype=torch.bfloat16, device='cpu')
         from transformers import UMT5EncoderModel
         if not (path / 'config.json').is_file(): raise InfcamError(f"umT5 encoder folder {path} has no config.json")
         try: model = UMT5EncoderModel.from_pretrained(path, dtype=dtype, local_files_only=True)
-        except Exception as e: raise InfcamError(f"cannot load the umT5 encoder from {path}: {_first_line(e)}") from None
+        except Exception as e: raise InfcamError(f"cannot load the umT5 encoder from {path}: {first_line(e)}") from None
         return model.to(device).eval().requires_grad_(False)
     return load_umt5_original(path, config, dtype, device)
 
@@ -118,7 +118,7 @@ def load_tokenizer(path):
     path = Path(path)
     if not path.is_dir(): raise InfcamError(f"tokenizer folder not found: {path} (a local copy of google/umt5-xxl)")
     try: tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except Exception as e: raise InfcamError(f"cannot load a tokenizer from {path}: {_first_line(e)}") from None
+    except Exception as e: raise InfcamError(f"cannot load a tokenizer from {path}: {first_line(e)}") from None
     tok.padding_side = 'right'
     return tok
 

@@ -11,7 +11,7 @@ from typing import Protocol, runtime_checkable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from .core import InfcamError, read_state_dict, _listing
+from .core import InfcamError, read_state_dict, short_list
 
 # %% auto #0
 __all__ = ['CODECS', 'WAN21_VAE_CONFIG', 'VideoCodec', 'latent_shape', 'PixelCodec', 'dct_matrix', 'DCTCodec', 'weightless_codec',
@@ -150,7 +150,7 @@ def _orig_name(k:str, num_res_blocks:int=2) -> str|None:
 def wan_vae_to_original(sd:dict[str, Tensor], num_res_blocks:int=2) -> dict[str, Tensor]:
     "Rename a diffusers `AutoencoderKLWan` state dict to the original `Wan2.1_VAE.pth` names."
     names = {k: _orig_name(k, num_res_blocks) for k in sd}
-    if unknown := [k for k, v in names.items() if v is None]: raise InfcamError(f"unknown AutoencoderKLWan tensor names: {_listing(unknown)}")
+    if unknown := [k for k, v in names.items() if v is None]: raise InfcamError(f"unknown AutoencoderKLWan tensor names: {short_list(unknown)}")
     return {names[k]: v for k, v in sd.items()}
 
 def wan_vae_from_original(sd:dict[str, Tensor]) -> dict[str, Tensor]:
@@ -171,11 +171,11 @@ def _check_names(sd:dict[str, Tensor], config:dict) -> None:
     from diffusers import AutoencoderKLWan
     with torch.device('meta'): ref = AutoencoderKLWan.from_config(config).state_dict()
     conv = {k: next(iter(wan_vae_from_original({k: v})), None) for k, v in sd.items()}  # per name, to report originals
-    if unknown := [k for k, c in conv.items() if c not in ref]: raise InfcamError(f"unknown Wan VAE tensor names: {_listing(unknown)}")
+    if unknown := [k for k, c in conv.items() if c not in ref]: raise InfcamError(f"unknown Wan VAE tensor names: {short_list(unknown)}")
     if missing := set(ref) - set(conv.values()):
-        raise InfcamError(f"Wan VAE checkpoint is missing tensors: {_listing(_orig_name(k, config.get('num_res_blocks', 2)) or k for k in missing)}")
+        raise InfcamError(f"Wan VAE checkpoint is missing tensors: {short_list(_orig_name(k, config.get('num_res_blocks', 2)) or k for k in missing)}")
     if bad := [f"{k} {tuple(sd[k].shape)} vs {tuple(ref[c].shape)}" for k, c in conv.items() if sd[k].shape != ref[c].shape]:
-        raise InfcamError(f"Wan VAE checkpoint does not match its config: {_listing(bad, 4)}")
+        raise InfcamError(f"Wan VAE checkpoint does not match its config: {short_list(bad, 4)}")
 
 def load_wan_vae(path, dtype:torch.dtype=torch.float32, device='cpu', config:dict|None=None):
     "`AutoencoderKLWan` from the original `Wan2.1_VAE.pth` (or safetensors, same names) or a diffusers `vae/` folder; offline."

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from .core import InfcamError, atomic_path, load_pickle, unwrap_state_dict, _listing, _first_line
+from .core import InfcamError, atomic_path, load_pickle, unwrap_state_dict, short_list, first_line
 from .models.wan import WanConfig, WanDiT
 from .models.infcam import InfCamDiT, InfCamConfig
 
@@ -127,7 +127,7 @@ def safetensors_header(path) -> tuple[dict[str, tuple[torch.dtype, tuple]], dict
         n = struct.unpack('<Q', raw)[0] if len(raw) == 8 else -1
         if n < 2 or 8 + n > size: raise InfcamError(f"{path}: not a safetensors file (bad header length; {size:,d} bytes)")
         try: header = json.loads(f.read(n))
-        except Exception as e: raise InfcamError(f"{path}: not a safetensors file (header is not JSON: {_first_line(e)})") from None
+        except Exception as e: raise InfcamError(f"{path}: not a safetensors file (header is not JSON: {first_line(e)})") from None
     meta = header.pop('__metadata__', None) or {}
     out, end = {}, 0
     try:
@@ -184,12 +184,12 @@ def read_tensors(path, device='meta', dtype:torch.dtype|None=None, what:str='che
     cast = lambda t: t.to(device=device, dtype=dtype if dtype is not None and t.is_floating_point() else t.dtype)
     if path.name.endswith('.index.json'):
         try: wm = json.loads(path.read_text())['weight_map']
-        except Exception as e: raise InfcamError(f"{path}: not a shard index (no weight_map: {_first_line(e)})") from None
+        except Exception as e: raise InfcamError(f"{path}: not a shard index (no weight_map: {first_line(e)})") from None
         out, files, meta = {}, [], {}
         for shard in sorted(set(wm.values())):
             t, i = read_tensors(path.parent / shard, device, dtype, f"shard of {what}")
             out.update(t); files += i['files']; meta.update(i['metadata'])
-        if missing := set(wm) - set(out): raise InfcamError(f"{path}: tensors listed in the index but absent from the shards: {_listing(missing)}")
+        if missing := set(wm) - set(out): raise InfcamError(f"{path}: tensors listed in the index but absent from the shards: {short_list(missing)}")
         return out, dict(format='safetensors shards', files=files, wrappers=[], metadata=meta)
     if path.suffix == '.safetensors':
         hdr, meta = safetensors_header(path)
@@ -198,7 +198,7 @@ def read_tensors(path, device='meta', dtype:torch.dtype|None=None, what:str='che
             from safetensors import safe_open
             try:
                 with safe_open(str(path), framework='pt', device='cpu') as fh: out = {k: cast(fh.get_tensor(k)) for k in hdr}
-            except Exception as e: raise InfcamError(f"{path}: not a readable safetensors file ({_first_line(e)})") from None
+            except Exception as e: raise InfcamError(f"{path}: not a readable safetensors file ({first_line(e)})") from None
         return out, dict(format='safetensors', files=[path], wrappers=[], metadata=meta)
     obj = load_pickle(path, what, 'meta' if str(device) == 'meta' else 'cpu')
     sd, wrappers = unwrap_state_dict(obj, str(path))
@@ -220,7 +220,7 @@ def find_dit_prefix(names, prefix:str|None=None) -> str:
     names = list(names)
     if prefix is not None: return prefix
     cands = sorted({k[:-len(DIT_ANCHOR)] for k in names if k.endswith(DIT_ANCHOR) and (k == DIT_ANCHOR or k[-len(DIT_ANCHOR) - 1] == '.')})
-    if not cands: raise InfcamError(f"not a Wan/InfCam DiT checkpoint: no tensor named *{DIT_ANCHOR} among {_listing(names, 5)}")
+    if not cands: raise InfcamError(f"not a Wan/InfCam DiT checkpoint: no tensor named *{DIT_ANCHOR} among {short_list(names, 5)}")
     if len(cands) > 1: raise InfcamError(f"the checkpoint holds {len(cands)} DiTs (prefixes {', '.join(repr(c) for c in cands)}); choose one with prefix=")
     return cands[0]
 
@@ -276,9 +276,9 @@ class DiTCheckpoint:
 
     def mismatch(self) -> str|None:
         "One line saying how the tensors fail to fit the config (None when they fit)."
-        parts = [f"{len(self.missing)} missing ({_listing(self.missing, 4)})" if self.missing else '',
-                 f"{len(self.unexpected)} unexpected ({_listing(self.unexpected, 4)})" if self.unexpected else '',
-                 f"{len(self.wrong)} with the wrong shape ({_listing([f'{k} {f} vs expected {e}' for k, f, e in self.wrong], 4)})" if self.wrong else '']
+        parts = [f"{len(self.missing)} missing ({short_list(self.missing, 4)})" if self.missing else '',
+                 f"{len(self.unexpected)} unexpected ({short_list(self.unexpected, 4)})" if self.unexpected else '',
+                 f"{len(self.wrong)} with the wrong shape ({short_list([f'{k} {f} vs expected {e}' for k, f, e in self.wrong], 4)})" if self.wrong else '']
         msg = '; '.join(p for p in parts if p)
         if msg and self.inferred is not None: msg = f"the file holds a different DiT: {_cfg_diff(self.inferred, self.config)}; " + msg
         return msg or None
@@ -374,7 +374,7 @@ def load_dit(path_or_folder, dtype:torch.dtype|str=torch.bfloat16, device='cpu',
     with torch.device('meta'): model = ck.model_cls(cfg)
     model.load_state_dict(ck.state_dict, assign=True)
     if left := [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]:
-        raise InfcamError(f"{p}: no weights for {_listing(left)}")
+        raise InfcamError(f"{p}: no weights for {short_list(left)}")
     return model.eval()
 
 # %% ../nbs/16_weights.ipynb #1fb5df58
@@ -495,9 +495,9 @@ def _n(k:int, what:str) -> str: return f"{k} {what}{'' if k == 1 else 's'}"
 
 def _wrong_lines(missing, unexpected, wrong, n:int=8) -> list[str]:
     out = []
-    if wrong: out.append(f"{_n(len(wrong), 'tensor')} with the wrong shape: " + _listing([f"{k} found {tuple(f)} expected {tuple(e)}" for k, f, e in wrong], n))
-    if missing: out.append(f"{_n(len(missing), 'tensor')} missing: {_listing(missing, n)}")
-    if unexpected: out.append(f"{_n(len(unexpected), 'unexpected tensor')}: {_listing(unexpected, n)}")
+    if wrong: out.append(f"{_n(len(wrong), 'tensor')} with the wrong shape: " + short_list([f"{k} found {tuple(f)} expected {tuple(e)}" for k, f, e in wrong], n))
+    if missing: out.append(f"{_n(len(missing), 'tensor')} missing: {short_list(missing, n)}")
+    if unexpected: out.append(f"{_n(len(unexpected), 'unexpected tensor')}: {short_list(unexpected, n)}")
     return out
 
 def _summarise(c:ComponentCheck, tensors:dict) -> None:

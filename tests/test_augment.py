@@ -206,15 +206,15 @@ def test_parallel_equals_serial(mcv, tmp_path):
 def test_encoder_noise_is_the_only_difference(mcv):
     "The frames handed to the encoder are bit-identical in a worker process and in this one."
     import concurrent.futures as cf, multiprocessing as mp
-    from infcam.augment import _decode
+    from infcam.augment import decode_clip
     path = mcv / 'f24_aperture5/scene1/videos/cam08.mp4'
     with cf.ProcessPoolExecutor(1, mp_context=mp.get_context('spawn')) as ex:
         there = ex.submit(_refocused, str(path)).result()
     assert torch.equal(there, _refocused(str(path)))
 
 def _refocused(path):
-    from infcam.augment import _decode
-    return refocus_uint8(_decode(path)[0], 24 / 35)
+    from infcam.augment import decode_clip
+    return refocus_uint8(decode_clip(path)[0], 24 / 35)
 
 def test_bad_scene_reported_not_fatal(mcv, tmp_path):
     src = tmp_path / 'src'

@@ -195,9 +195,9 @@ def test_generate_finishes_a_result_cut_short(weights, clip, tmp_path, capsys):
 # 16.6: augment's workers die with their parent
 WORKER_SCRIPT = r'''
 import concurrent.futures as cf, multiprocessing as mp, os, sys, time
-from infcam.augment import _die_with_parent
+from infcam.augment import die_with_parent
 if __name__ == '__main__':
-    ex = cf.ProcessPoolExecutor(2, mp_context=mp.get_context('spawn'), initializer=_die_with_parent, initargs=(os.getpid(),))
+    ex = cf.ProcessPoolExecutor(2, mp_context=mp.get_context('spawn'), initializer=die_with_parent, initargs=(os.getpid(),))
     futs = [ex.submit(time.sleep, 60) for _ in range(2)]
     time.sleep(3)
     print(' '.join(str(p) for p in ex._processes), flush=True)

@@ -8,7 +8,7 @@ from infcam.core import InfcamError
 from infcam.cameras import focal_mm_to_px, ypr_to_rotation
 from infcam.render import make_env_map
 from infcam.intrinsics import (IntrinsicsEstimate, default_intrinsics, estimate_intrinsics, target_intrinsics, selfcal_focal,
-                               rotation_residual, reprojection_residual, best_rotation, unidepth_focal, _rotation_clip)
+                               rotation_residual, reprojection_residual, best_rotation, unidepth_focal, rotation_clip)
 
 import cv2  # noqa: F401  (a requirement: fail, never skip, if it is missing)
 
@@ -22,7 +22,7 @@ def env():
 
 @pytest.fixture(scope='module')
 def clip24(env):
-    return _rotation_clip(24., env=env)
+    return rotation_clip(24., env=env)
 
 
 # ---------------------------------------------------------------- default and explicit
@@ -78,7 +78,7 @@ def test_residuals_vanish_at_true_focal():
 
 @pytest.mark.parametrize('mm', [18., 35., 50.])
 def test_selfcal_pure_rotation(env, mm):
-    clip, f = _rotation_clip(mm, env=env)
+    clip, f = rotation_clip(mm, env=env)
     e = estimate_intrinsics(clip, 'selfcal')
     assert e.method == 'selfcal'
     assert abs(e.focal_px / f - 1) < TOL, (mm, e.focal_px, f)
@@ -110,7 +110,7 @@ def test_static_clip_error_and_fallback(clip24):
 def test_textureless_and_roll_only(env):
     with pytest.raises(InfcamError, match='too few trackable features'):
         selfcal_focal(torch.full((4, 3, 64, 96), 0.5))
-    roll, _ = _rotation_clip(24., yaw=0., pitch=0., roll=6., env=env)      # roll about the optical axis: f is free
+    roll, _ = rotation_clip(24., yaw=0., pitch=0., roll=6., env=env)      # roll about the optical axis: f is free
     with pytest.raises(InfcamError, match='self-calibration failed'): selfcal_focal(roll)
 
 
@@ -140,7 +140,7 @@ def test_target_intrinsics():
 
 def test_video_path(tmp_path, env):
     from infcam.video import write_video
-    clip, f = _rotation_clip(24., frames=17, env=env)
+    clip, f = rotation_clip(24., frames=17, env=env)
     p = write_video(tmp_path / 'pan.mp4', clip)
     e = estimate_intrinsics(p, 'selfcal', max_frames=9)                  # 9 evenly spaced frames of the file
     assert e.diagnostics['frames'] == 9 and (e.height, e.width) == (128, 224) and abs(e.focal_px / f - 1) < TOL

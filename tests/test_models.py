@@ -61,7 +61,7 @@ def test_no_float64_in_forward(golden, model):
                 if isinstance(t, torch.Tensor): seen.add(t.dtype)
             return out
     from infcam.models import wan
-    wan._rope_table.cache_clear()          # make the RoPE tables be computed under the watch
+    wan.clear_rope_cache()                 # make the RoPE tables be computed under the watch
     with torch.no_grad(), Watch(): model(**inp)
     assert torch.float32 in seen and torch.float64 not in seen and torch.complex128 not in seen
 

@@ -85,7 +85,7 @@ def test_cameras_meet_at_base_frame():
 def test_determinism_per_seed():
     spec = SceneSpec(seed=12, **TINY)
     a = render_scene(spec)['frames']
-    syn._env_map.cache_clear(); syn._texture.cache_clear()      # not just the cache answering twice
+    syn.clear_caches()                                         # not just the cache answering twice
     b = render_scene(SceneSpec(seed=12, **TINY))['frames']
     assert a.shape == (10, 5, 3, 16, 32) and torch.equal(a, b)
     assert not torch.equal(a, render_scene(SceneSpec(seed=13, **TINY))['frames'])

@@ -15,8 +15,8 @@ from ..core import InfcamError
 
 # %% auto #0
 __all__ = ['ATTENTION_BACKENDS', 'LEGACY_FIELDS', 'WAN_PRESETS', 'WanConfig', 'resolve_attention_backend', 'attention',
-           'sinusoidal_embedding', 'linear32', 'rope_split', 'rope_table', 'apply_rope', 'RMSNorm', 'norm32',
-           'Attention', 'SelfAttention', 'CrossAttention', 'modulate', 'gated_add', 'WanBlock', 'Head',
+           'sinusoidal_embedding', 'linear32', 'rope_split', 'rope_table', 'clear_rope_cache', 'apply_rope', 'RMSNorm',
+           'norm32', 'Attention', 'SelfAttention', 'CrossAttention', 'modulate', 'gated_add', 'WanBlock', 'Head',
            'state_dict_mismatch', 'StrictLoad', 'WanDiT']
 
 # %% ../../nbs/10_wan.ipynb #aa621384
@@ -172,6 +172,10 @@ def _rope_table(f:int, h:int, w:int, head_dim:int, theta:float, device:torch.dev
 def rope_table(f:int, h:int, w:int, head_dim:int, theta:float=10000.0, device='cpu') -> tuple[torch.Tensor, torch.Tensor]:
     "`(cos, sin)`, each `(f*h*w, head_dim//2)` float32, for tokens in `(f, h, w)` order; cached per shape and device."
     return _rope_table(int(f), int(h), int(w), int(head_dim), float(theta), torch.device(device))
+
+def clear_rope_cache():
+    "Forget the cached RoPE tables (they are rebuilt on next use)."
+    _rope_table.cache_clear()
 
 def apply_rope(x:torch.Tensor, # (B, L, heads, head_dim)
                cos:torch.Tensor, sin:torch.Tensor) -> torch.Tensor: # (B, L, heads, head_dim), x's dtype

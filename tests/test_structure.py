@@ -1,0 +1,113 @@
+"""The shape of the code base: no module reaches into another's private names, no import cycles, small export cells.
+
+These are rules about the source, so they read the source (AST of the modules, tests, benchmarks and notebooks)."""
+import ast, json, re
+from pathlib import Path
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_EXPORT_LINES = 60
+
+
+def _private(name:str) -> bool: return name.startswith('_') and not name.startswith('__')
+
+def _module_of(path:Path) -> str:
+    "`infcam.models.wan` for infcam/models/wan.py; `infcam.models` for its __init__."
+    parts = list(path.relative_to(ROOT).with_suffix('').parts)
+    if parts[-1] == '__init__': parts = parts[:-1]
+    return '.'.join(parts)
+
+def _absolute(node:ast.ImportFrom, here:str, is_package:bool) -> str:
+    "The absolute module an ImportFrom names (relative imports resolved against module `here`)."
+    if not node.level: return node.module or ''
+    base = here.split('.')
+    base = base if is_package else base[:-1]
+    base = base[:len(base) - (node.level - 1)]
+    return '.'.join(base + ([node.module] if node.module else []))
+
+def _dotted(node) -> str|None:
+    "`a.b.c` for a chain of attributes on a name, else None."
+    parts = []
+    while isinstance(node, ast.Attribute): parts.append(node.attr); node = node.value
+    return '.'.join([node.id, *reversed(parts)]) if isinstance(node, ast.Name) else None
+
+def _violations(tree:ast.AST, here:str|None, is_package:bool=False) -> list[str]:
+    "Private names of another infcam module used in `tree` (a module, test, benchmark or notebook named `here`)."
+    bad, bound = [], {}                                     # local name -> the infcam module it came from
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            mod = _absolute(node, here or '', is_package)
+            if not mod.startswith('infcam'): continue
+            for a in node.names:
+                if _private(a.name) and mod != here: bad.append(f"from {mod} import {a.name}")
+                bound[a.asname or a.name] = mod
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith('infcam'): bound[a.asname or 'infcam'] = a.name if a.asname else 'infcam'
+    for node in ast.walk(tree):                            # core._x, InfCamPipeline._velocity, infcam.core._x
+        if isinstance(node, ast.Attribute) and _private(node.attr) and (name := _dotted(node)):
+            head = name.split('.')[0]
+            if head in bound and bound[head] != here and not (here and name.startswith(here + '.')):
+                bad.append(name)
+    return bad
+
+def _sources():
+    for p in sorted([*ROOT.glob('infcam/**/*.py'), *ROOT.glob('tests/*.py'), *ROOT.glob('bench/*.py')]):
+        if p.name == '_modidx.py': continue
+        here = _module_of(p) if p.parts[-2] != 'tests' and 'bench' not in p.parts else None
+        yield p, ast.parse(p.read_text()), here, p.name == '__init__.py'
+
+def _notebook_code(nb:Path) -> tuple[str|None, str, list[str]]:
+    "The module a notebook exports (None if it exports nothing), its code (magics removed) and its export cells."
+    cells = [''.join(c['source']) for c in json.loads(nb.read_text())['cells'] if c['cell_type'] == 'code']
+    exp = next((m[1] for c in cells if (m := re.search(r'^#\| default_exp (\S+)', c, re.M))), None)
+    code = '\n'.join('\n'.join(l for l in c.splitlines() if not l.lstrip().startswith(('%', '!'))) for c in cells)
+    here = None if exp is None else 'infcam.' + exp.removesuffix('.__init__')
+    return here, code, [c for c in cells if c.startswith('#| export')]
+
+
+def test_no_private_names_across_modules():
+    bad = [f"{p.relative_to(ROOT)}: {v}" for p, tree, here, pkg in _sources() for v in _violations(tree, here, pkg)]
+    for nb in sorted(ROOT.glob('nbs/*.ipynb')):
+        here, code, _ = _notebook_code(nb)
+        bad += [f"{nb.relative_to(ROOT)}: {v}" for v in _violations(ast.parse(code), here, here == 'infcam.models')]
+    assert not bad, "private names used outside their module:\n" + '\n'.join(bad)
+
+
+def test_the_rule_catches_what_it_should():
+    "The checker itself: it must see a private import, a private attribute, and leave the module's own names alone."
+    t = ast.parse("from infcam.core import _x\nimport infcam.data as d\nd._y()\nfrom infcam.core import ok\n")
+    assert _violations(t, None) == ['from infcam.core import _x', 'd._y']
+    assert _violations(ast.parse("from .core import _x"), 'infcam.text') == ['from infcam.core import _x']
+    assert _violations(ast.parse("from infcam.core import _x"), 'infcam.core') == []
+
+
+def _import_graph() -> dict[str, set[str]]:
+    "infcam module -> infcam modules it imports at module level (imports inside functions are deferred: not edges)."
+    graph = {}
+    for p, tree, here, pkg in _sources():
+        if here is None: continue
+        deps = set()
+        for node in tree.body:
+            if isinstance(node, ast.ImportFrom) and (mod := _absolute(node, here, pkg)).startswith('infcam'): deps.add(mod)
+            elif isinstance(node, ast.Import): deps |= {a.name for a in node.names if a.name.startswith('infcam')}
+        graph[here] = {d for d in deps if d != here and d != 'infcam'}
+    return graph
+
+def test_no_import_cycles():
+    graph, state, cycles = _import_graph(), {}, []
+    def visit(m, stack):
+        state[m] = 'open'
+        for d in sorted(graph.get(m, ())):
+            if state.get(d) == 'open': cycles.append(' -> '.join(stack[stack.index(d):] + [d]) if d in stack else f"{m} -> {d}")
+            elif d not in state: visit(d, stack + [d])
+        state[m] = 'done'
+    for m in sorted(graph):
+        if m not in state: visit(m, [m])
+    assert len(graph) > 20 and not cycles, cycles
+
+
+def test_export_cells_are_small():
+    big = [f"{nb.name}: an export cell of {len(c.splitlines())} lines starting {c.splitlines()[1][:60]!r}"
+           for nb in sorted(ROOT.glob('nbs/*.ipynb')) for c in _notebook_code(nb)[2] if len(c.splitlines()) > MAX_EXPORT_LINES]
+    assert not big, f"export cells over {MAX_EXPORT_LINES} lines:\n" + '\n'.join(big)
