@@ -210,7 +210,7 @@ def from_extrinsics(e:Tensor) -> Tensor:
         raise InfcamError(f"extrinsics must have shape (..., 12), got {tuple(e.shape) if isinstance(e, Tensor) else type(e).__name__}")
     return homogeneous(e.unflatten(-1, (3, 4)))
 
-# %% ../nbs/01_cameras.ipynb #6120480e
+# %% ../nbs/01_cameras.ipynb #7c088bac
 PRESET_NAMES = {1: 'pan_right', 2: 'pan_left', 3: 'tilt_up', 4: 'tilt_down', 5: 'zoom_in', 6: 'zoom_out',
                 7: 'translate_up', 8: 'translate_down', 9: 'arc_left', 10: 'arc_right'}
 # kind, direction; default amounts at s = +-1 (degrees for pan/tilt/arc, metres for dolly/translate)
@@ -233,6 +233,7 @@ def preset_id(cam_type) -> int:
         raise InfcamError(f"unknown camera preset {cam_type!r}; use 1-10, 'cam01'-'cam10' or one of {', '.join(PRESET_NAMES.values())}")
     return i
 
+# %% ../nbs/01_cameras.ipynb #b06b7f46
 def look_at(eye:Tensor, target:Tensor) -> Tensor:
     "Cameras at `eye` (..., 3) looking at `target` (..., 3) with a level horizon (x axis horizontal) -> c2w (..., 4, 4)."
     eye, target = torch.broadcast_tensors(eye, target)
@@ -243,6 +244,7 @@ def look_at(eye:Tensor, target:Tensor) -> Tensor:
     y = torch.linalg.cross(z, x)
     return pose_matrix(torch.stack([x, y, z], -1), eye)
 
+# %% ../nbs/01_cameras.ipynb #cec4f644
 def _preset_world(kind:str, sign:int, s:Tensor, amount:float, dist:float) -> Tensor:
     "The preset's motion in its own world frame at times s (N,) -> c2w (N, 4, 4)."
     z = torch.zeros_like(s)
@@ -254,6 +256,7 @@ def _preset_world(kind:str, sign:int, s:Tensor, amount:float, dist:float) -> Ten
     a = math.radians(amount)  # arc: slide along x, looking at a point dist*cos(a) ahead of the line's middle
     return look_at(torch.stack([-sign * dist * math.sin(a) * s, z, z], -1), torch.tensor([0., 0., dist * math.cos(a)]))
 
+# %% ../nbs/01_cameras.ipynb #02b653fe
 def preset(cam_type, num_frames:int=81, extent:float=1.0, full:bool=False, *, angle_deg:float|None=None,
            distance:float|None=None, target_distance:float|None=None, stretch:bool=False, ref_frame:float=40) -> Tensor:
     """The preset trajectory `cam_type` (1-10, 'cam05', '5' or a name): latent-frame poses (F_lat, 3, 4), or with
