@@ -33,6 +33,14 @@ def _directions_to_lonlat(d:Tensor) -> tuple[Tensor, Tensor]:
 def _lonlat_to_directions(lon:Tensor, lat:Tensor) -> Tensor:
     return torch.stack([lat.cos() * lon.sin(), -lat.sin(), lat.cos() * lon.cos()], -1)
 
+def _lonlat_grid(height:int, width:int) -> tuple[Tensor, Tensor]:
+    "Longitude and latitude (height, width) of the texel centres of an equirectangular map."
+    lat = (0.5 - (torch.arange(height) + 0.5) / height) * math.pi
+    lon = ((torch.arange(width) + 0.5) / width - 0.5) * 2 * math.pi
+    lat, lon = torch.meshgrid(lat, lon, indexing='ij')
+    return lon, lat
+
+# %% ../nbs/02_render.ipynb #cc68dfec
 def _sine_noise(d:Tensor, gen:torch.Generator, n:int=48, fmin:float=2., fmax:float=40., channels:int=1) -> Tensor:
     "Smooth noise on the sphere: a sum of `n` plane waves with random 3D frequencies; d (..., 3) -> (..., channels)."
     k = torch.randn(channels, n, 3, generator=gen)
@@ -42,13 +50,6 @@ def _sine_noise(d:Tensor, gen:torch.Generator, n:int=48, fmin:float=2., fmax:flo
     amp = amp / amp.sum(-1, keepdim=True)
     arg = torch.einsum('...j,cnj->...cn', d, k) + phase
     return (torch.sin(arg) * amp).sum(-1)
-
-def _lonlat_grid(height:int, width:int) -> tuple[Tensor, Tensor]:
-    "Longitude and latitude (height, width) of the texel centres of an equirectangular map."
-    lat = (0.5 - (torch.arange(height) + 0.5) / height) * math.pi
-    lon = ((torch.arange(width) + 0.5) / width - 0.5) * 2 * math.pi
-    lat, lon = torch.meshgrid(lat, lon, indexing='ij')
-    return lon, lat
 
 def _smooth_field(gen, height, width, n, fmin, fmax, channels=1, max_rows=128) -> Tensor:
     "`_sine_noise` on an equirectangular grid, evaluated at most `max_rows` rows high and upsampled (it is smooth)."
@@ -61,6 +62,7 @@ def _smooth_field(gen, height, width, n, fmin, fmax, channels=1, max_rows=128) -
     pad = width // w
     return f[0, :, :, pad:pad + width].permute(1, 2, 0)
 
+# %% ../nbs/02_render.ipynb #a09a10eb
 def make_env_map(height:int=256, width:int=512, seed:int=0) -> Tensor:
     "A procedural equirectangular environment map (3, height, width), float32 in [0, 1], deterministic per seed."
     if height < 4 or width < 8 or width % 2 or height * 2 != width:
@@ -276,6 +278,7 @@ def _in_frustum(c2w:Tensor, bounds:tuple, C:Tensor, radius:Tensor) -> Tensor:
         ok &= (lo * cc[:, 2] - cc[:, a]) <= radius * math.sqrt(1 + lo * lo)
     return ok
 
+# %% ../nbs/02_render.ipynb #8b3947b5
 def _cast(origin:Tensor, dirs:Tensor, C, A, half, tile, tex, chunk:int, vis:Tensor|None=None):
     """Nearest quad hit for rays dirs (P, 3) from origin (3,): depth (P,) (inf on a miss) and colours (P, 3) (0 on a
     miss). `vis` (M,) bool restricts the test to quads that may be visible."""
@@ -314,6 +317,7 @@ def _cast(origin:Tensor, dirs:Tensor, C, A, half, tile, tex, chunk:int, vis:Tens
     col[sel] = _bilinear(tex.reshape(3, -1), gi * T * T, T, T, tu * scale_u + off, tv * scale_v + off, wrap, wrap).T
     return depth, col
 
+# %% ../nbs/02_render.ipynb #f00b1618
 def render_view(scene:Scene, K4:Tensor, c2w:Tensor, height:int, width:int, t=None, ss:int=1) -> tuple[Tensor, Tensor]:
     """Ray-cast `scene` from cameras c2w (N, 4, 4) or (4, 4) with intrinsics K4 (N, 4) or (4,). Returns images
     (N, 3, H, W) and z-depth (N, 1, H, W) (inf where the ray reaches the sky). `t` is a time (float) or one per view
