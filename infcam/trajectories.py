@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 import yaml
+from fastcore.basics import patch
 from .core import InfcamError, atomic_path
 from .cameras import (PRESET_NAMES, preset, preset_id, latent_frame_indices, load_camera_extrinsics,
                             relative_poses, pose_matrix, homogeneous, ypr_to_rotation, rotation_to_ypr)
@@ -94,6 +95,7 @@ def _vec(v, n:int, where:str) -> tuple:
         raise InfcamError(f"{where} must be a list of {n} numbers, got {v!r}")
     return tuple(_num(x, f"{where}[{i}]") for i, x in enumerate(v))
 
+# %% ../nbs/04_trajectories.ipynb #bbec35ef
 @dataclass
 class Keyframe:
     "One keyframe: normalized time `t`, yaw/pitch/roll in degrees (or a 3x3 `rotation`), centre `translation` in metres, optional lens."
@@ -132,31 +134,34 @@ class Keyframe:
         if self.focal_mm is not None and self.zoom is not None:
             raise InfcamError(f"{where}: give the lens as focal_mm or as zoom, not both")
 
-    def matrix(self) -> Tensor:
-        "The camera-to-world rotation (3, 3), float64 (a given `rotation` is projected onto the nearest rotation)."
-        if self.rotation is None:
-            return ypr_to_rotation(*(torch.tensor(v, dtype=torch.float64) for v in (self.yaw, self.pitch, self.roll)))
-        U, _, Vh = torch.linalg.svd(torch.tensor(self.rotation, dtype=torch.float64))
-        return U @ Vh
+# %% ../nbs/04_trajectories.ipynb #342fd2fd
+@patch
+def matrix(self:Keyframe) -> Tensor:
+    "The camera-to-world rotation (3, 3), float64 (a given `rotation` is projected onto the nearest rotation)."
+    if self.rotation is None:
+        return ypr_to_rotation(*(torch.tensor(v, dtype=torch.float64) for v in (self.yaw, self.pitch, self.roll)))
+    U, _, Vh = torch.linalg.svd(torch.tensor(self.rotation, dtype=torch.float64))
+    return U @ Vh
 
-    def to_dict(self) -> dict:
-        d = {'t': self.t}
-        if self.rotation is None: d.update(yaw=self.yaw, pitch=self.pitch, roll=self.roll)
-        else: d['rotation'] = [list(r) for r in self.rotation]
-        d['translation'] = list(self.translation)
-        for k in ('focal_mm', 'zoom'):
-            if getattr(self, k) is not None: d[k] = getattr(self, k)
-        return d
+@patch
+def to_dict(self:Keyframe) -> dict:
+    d = {'t': self.t}
+    if self.rotation is None: d.update(yaw=self.yaw, pitch=self.pitch, roll=self.roll)
+    else: d['rotation'] = [list(r) for r in self.rotation]
+    d['translation'] = list(self.translation)
+    for k in ('focal_mm', 'zoom'):
+        if getattr(self, k) is not None: d[k] = getattr(self, k)
+    return d
 
-    @classmethod
-    def from_dict(cls, d, where:str='keyframe') -> Keyframe:
-        if not isinstance(d, dict): raise InfcamError(f"{where} must be a mapping like {{t: 0.5, yaw: 10}}, got {d!r}")
-        for k in d:
-            if k not in _KEY_KEYS: raise InfcamError(f"{where}: unknown key {k!r} (allowed: {', '.join(_KEY_KEYS)})")
-        if 't' not in d: raise InfcamError(f"{where}: missing 't' (the keyframe's time: 0 = first frame, 1 = last)")
-        kf = cls(**d)
-        kf._check(where)
-        return kf
+@patch(cls_method=True)
+def from_dict(cls:Keyframe, d, where:str='keyframe') -> Keyframe:
+    if not isinstance(d, dict): raise InfcamError(f"{where} must be a mapping like {{t: 0.5, yaw: 10}}, got {d!r}")
+    for k in d:
+        if k not in _KEY_KEYS: raise InfcamError(f"{where}: unknown key {k!r} (allowed: {', '.join(_KEY_KEYS)})")
+    if 't' not in d: raise InfcamError(f"{where}: missing 't' (the keyframe's time: 0 = first frame, 1 = last)")
+    kf = cls(**d)
+    kf._check(where)
+    return kf
 
 # %% ../nbs/04_trajectories.ipynb #33ee91e7
 def _tangents(P:Tensor, T:Tensor) -> Tensor:
@@ -237,36 +242,6 @@ class Trajectory:
             if getattr(self, k) is not None and not isinstance(getattr(self, k), str):
                 raise InfcamError(f"'{k}' must be text, got {getattr(self, k)!r}")
 
-    def _times(self, num_frames) -> tuple[Tensor, Tensor]:
-        n = num_frames if num_frames is not None else (self.frames or 81)
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise InfcamError(f"the number of frames must be a positive integer, got {n!r}")
-        T = torch.tensor([k.t for k in self.keyframes], dtype=torch.float64)
-        u = torch.linspace(0, 1, int(n), dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
-        return T, u
-
-    def sample(self, num_frames:int|None=None) -> Tensor:
-        "Camera-to-world poses (num_frames, 4, 4) float32; frame i is at time i / (num_frames - 1). Default: `frames` or 81."
-        T, u = self._times(num_frames)
-        Q = _quat_from_matrix(torch.stack([k.matrix() for k in self.keyframes]))
-        P = torch.tensor([k.translation for k in self.keyframes], dtype=torch.float64)
-        return pose_matrix(_matrix_from_quat(_quat_spline(Q, T, u)), _hermite(P, T, u)).float()
-
-    def zoom(self, num_frames:int|None=None, source_focal_mm:float=24.) -> Tensor:
-        """Target focal length / source focal length per frame (num_frames,) float32: keyframes' `zoom`, or their
-        `focal_mm / source_focal_mm`, interpolated linearly (held before the first and after the last); 1 with no lens."""
-        if isinstance(source_focal_mm, bool) or not isinstance(source_focal_mm, (int, float)) or not source_focal_mm > 0:
-            raise InfcamError(f"source_focal_mm must be a positive number, got {source_focal_mm!r}")
-        T, u = self._times(num_frames)
-        vals = [k.zoom if k.zoom is not None else (None if k.focal_mm is None else k.focal_mm / source_focal_mm)
-                for k in self.keyframes]
-        if all(v is None for v in vals): return torch.ones(len(u))
-        return _lerp_known(T, vals, u).float()
-
-    def focal_mm(self, num_frames:int|None=None, source_focal_mm:float=24.) -> Tensor:
-        "Target focal length in mm per frame (num_frames,): `zoom * source_focal_mm`."
-        return self.zoom(num_frames, source_focal_mm) * source_focal_mm
-
     def to_dict(self) -> dict:
         d = {'version': 1}
         for k in ('name', 'description', 'frames'):
@@ -288,6 +263,42 @@ class Trajectory:
         if not isinstance(kfs, list): raise InfcamError(f"'keyframes' must be a list, got {type(kfs).__name__}")
         return cls([Keyframe.from_dict(k, f"keyframes[{i}]") for i, k in enumerate(kfs)], frames=data.get('frames'),
                    name=data.get('name'), description=data.get('description'))
+
+# %% ../nbs/04_trajectories.ipynb #d131866c
+@patch
+def _times(self:Trajectory, num_frames) -> tuple[Tensor, Tensor]:
+    n = num_frames if num_frames is not None else (self.frames or 81)
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise InfcamError(f"the number of frames must be a positive integer, got {n!r}")
+    T = torch.tensor([k.t for k in self.keyframes], dtype=torch.float64)
+    u = torch.linspace(0, 1, int(n), dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
+    return T, u
+
+@patch
+def sample(self:Trajectory, num_frames:int|None=None) -> Tensor:
+    "Camera-to-world poses (num_frames, 4, 4) float32; frame i is at time i / (num_frames - 1). Default: `frames` or 81."
+    T, u = self._times(num_frames)
+    Q = _quat_from_matrix(torch.stack([k.matrix() for k in self.keyframes]))
+    P = torch.tensor([k.translation for k in self.keyframes], dtype=torch.float64)
+    return pose_matrix(_matrix_from_quat(_quat_spline(Q, T, u)), _hermite(P, T, u)).float()
+
+# %% ../nbs/04_trajectories.ipynb #a260fcfc
+@patch
+def zoom(self:Trajectory, num_frames:int|None=None, source_focal_mm:float=24.) -> Tensor:
+    """Target focal length / source focal length per frame (num_frames,) float32: keyframes' `zoom`, or their
+    `focal_mm / source_focal_mm`, interpolated linearly (held before the first and after the last); 1 with no lens."""
+    if isinstance(source_focal_mm, bool) or not isinstance(source_focal_mm, (int, float)) or not source_focal_mm > 0:
+        raise InfcamError(f"source_focal_mm must be a positive number, got {source_focal_mm!r}")
+    T, u = self._times(num_frames)
+    vals = [k.zoom if k.zoom is not None else (None if k.focal_mm is None else k.focal_mm / source_focal_mm)
+            for k in self.keyframes]
+    if all(v is None for v in vals): return torch.ones(len(u))
+    return _lerp_known(T, vals, u).float()
+
+@patch
+def focal_mm(self:Trajectory, num_frames:int|None=None, source_focal_mm:float=24.) -> Tensor:
+    "Target focal length in mm per frame (num_frames,): `zoom * source_focal_mm`."
+    return self.zoom(num_frames, source_focal_mm) * source_focal_mm
 
 # %% ../nbs/04_trajectories.ipynb #76dff236
 _EXTS = ('.yaml', '.yml', '.json')
