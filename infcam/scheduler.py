@@ -6,23 +6,13 @@
 from __future__ import annotations
 import torch
 from torch import Tensor
+from fastcore.basics import patch
 from .core import InfcamError
 
 # %% auto #0
 __all__ = ['PREDICTIONS', 'FlowMatchScheduler']
 
 # %% ../nbs/13_scheduler.ipynb #69770ed3
-def _weights(t:Tensor, n:int) -> Tensor:
-    "Bell weights `y(t) - min y`, normalized to mean 1, with `y(t) = exp(-2 ((t - n/2)/n)^2)`."
-    y = torch.exp(-2 * ((t - n / 2) / n) ** 2)
-    y = y - y.min()
-    return y * (n / y.sum())
-
-def _bcast(v, x:Tensor) -> Tensor:
-    "`v` (a number, a 0-d tensor or one value per batch item `(B,)`) shaped to broadcast against `x` `(B, ...)`."
-    v = torch.as_tensor(v, dtype=x.dtype, device=x.device)
-    return v.reshape(v.shape + (1,) * (x.ndim - v.ndim)) if v.ndim else v
-
 PREDICTIONS = ('velocity', 'sample')
 
 class FlowMatchScheduler:
@@ -50,56 +40,79 @@ class FlowMatchScheduler:
         "Apply the shift `s' = shift*s / (1 + (shift-1)*s)` to noise levels `s` in [0, 1]."
         return self.shift * s / (1 + (self.shift - 1) * s)
 
-    def _table(self, n:int) -> tuple[Tensor, Tensor]:
-        s = self.shift_sigmas(torch.linspace(1, 0, n + 1, dtype=torch.float32)[:-1])
-        return s, s * self.num_train_timesteps
-
-    def set_timesteps(self, steps:int) -> tuple[Tensor, Tensor]:
-        "Inference schedule of `steps` levels from 1 down (0 excluded): `(sigmas (steps,), timesteps (steps,))`, float32."
-        if int(steps) != steps or steps < 1: raise InfcamError(f"the number of sampling steps must be a positive integer, got {steps}")
-        steps = int(steps)
-        self.sigmas, self.timesteps = self._table(steps)
-        return self.sigmas, self.timesteps
-
     @staticmethod
     def next_sigmas(sigmas:Tensor) -> Tensor:
         "The level each Euler step lands on: `sigmas[1:]` followed by 0."
         return torch.cat([sigmas[1:], sigmas.new_zeros(1)])
 
-    def step(self, v:Tensor, sigma, sigma_next, x:Tensor) -> Tensor:
-        "Euler step `x + v * (sigma_next - sigma)`; sigmas are numbers or `(B,)` tensors, `v`, `x` `(B, ...)`."
-        return x + v * (_bcast(sigma_next, x) - _bcast(sigma, x))
+# %% ../nbs/13_scheduler.ipynb #d8d337ae
+def _bcast(v, x:Tensor) -> Tensor:
+    "`v` (a number, a 0-d tensor or one value per batch item `(B,)`) shaped to broadcast against `x` `(B, ...)`."
+    v = torch.as_tensor(v, dtype=x.dtype, device=x.device)
+    return v.reshape(v.shape + (1,) * (x.ndim - v.ndim)) if v.ndim else v
 
-    # training
-    def training_table(self) -> tuple[Tensor, Tensor]:
-        "The `num_train_timesteps`-level shifted table: `(sigmas (T,), timesteps (T,))`, float32, noisiest first."
-        return self._table(self.num_train_timesteps)
+@patch
+def _table(self:FlowMatchScheduler, n:int) -> tuple[Tensor, Tensor]:
+    s = self.shift_sigmas(torch.linspace(1, 0, n + 1, dtype=torch.float32)[:-1])
+    return s, s * self.num_train_timesteps
 
-    def loss_weights(self) -> Tensor:
-        "Per-level loss weights `(T,)` matching `training_table()`: `y(t) - min y`, normalized to mean 1."
-        return _weights(self.training_table()[1], self.num_train_timesteps)
+@patch
+def set_timesteps(self:FlowMatchScheduler, steps:int) -> tuple[Tensor, Tensor]:
+    "Inference schedule of `steps` levels from 1 down (0 excluded): `(sigmas (steps,), timesteps (steps,))`, float32."
+    if int(steps) != steps or steps < 1: raise InfcamError(f"the number of sampling steps must be a positive integer, got {steps}")
+    steps = int(steps)
+    self.sigmas, self.timesteps = self._table(steps)
+    return self.sigmas, self.timesteps
 
-    def add_noise(self, x0:Tensor, noise:Tensor, sigma) -> Tensor:
-        "Noisy sample `(1 - sigma) x0 + sigma noise`; `sigma` a number or `(B,)`, `x0`, `noise` `(B, ...)`."
-        s = _bcast(sigma, x0)
-        return (1 - s) * x0 + s * noise
+@patch
+def step(self:FlowMatchScheduler, v:Tensor, sigma, sigma_next, x:Tensor) -> Tensor:
+    "Euler step `x + v * (sigma_next - sigma)`; sigmas are numbers or `(B,)` tensors, `v`, `x` `(B, ...)`."
+    return x + v * (_bcast(sigma_next, x) - _bcast(sigma, x))
 
-    def velocity_target(self, x0:Tensor, noise:Tensor) -> Tensor:
-        "The velocity of flow matching, `noise - x0`."
-        return noise - x0
+# %% ../nbs/13_scheduler.ipynb #7f90af54
+def _weights(t:Tensor, n:int) -> Tensor:
+    "Bell weights `y(t) - min y`, normalized to mean 1, with `y(t) = exp(-2 ((t - n/2)/n)^2)`."
+    y = torch.exp(-2 * ((t - n / 2) / n) ** 2)
+    y = y - y.min()
+    return y * (n / y.sum())
 
-    def training_target(self, x0:Tensor, noise:Tensor) -> Tensor:
-        "What the network regresses: the velocity `noise - x0`, or `x0` itself with `prediction='sample'`."
-        return self.velocity_target(x0, noise) if self.prediction == 'velocity' else x0
+@patch
+def training_table(self:FlowMatchScheduler) -> tuple[Tensor, Tensor]:
+    "The `num_train_timesteps`-level shifted table: `(sigmas (T,), timesteps (T,))`, float32, noisiest first."
+    return self._table(self.num_train_timesteps)
 
-    def to_velocity(self, out:Tensor, x:Tensor, sigma) -> Tensor:
-        "The velocity of the network output `out` at the sample `x` of level `sigma`: `(x - x0) / sigma` for sample prediction."
-        return out if self.prediction == 'velocity' else (x - out) / _bcast(sigma, x).clamp_min(1e-6)
+@patch
+def loss_weights(self:FlowMatchScheduler) -> Tensor:
+    "Per-level loss weights `(T,)` matching `training_table()`: `y(t) - min y`, normalized to mean 1."
+    return _weights(self.training_table()[1], self.num_train_timesteps)
 
-    def sample_training(self, batch:int, generator:torch.Generator|None=None,
-                        device=None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        "Draw `batch` uniform table indices: `(index (B,) long, sigma (B,), timestep (B,), weight (B,))`."
-        idx = torch.randint(0, self.num_train_timesteps, (batch,), generator=generator)
-        s, t = self.training_table()
-        out = (idx, s[idx], t[idx], _weights(t, self.num_train_timesteps)[idx])
-        return tuple(o.to(device) for o in out) if device is not None else out
+@patch
+def sample_training(self:FlowMatchScheduler, batch:int, generator:torch.Generator|None=None,
+                    device=None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    "Draw `batch` uniform table indices: `(index (B,) long, sigma (B,), timestep (B,), weight (B,))`."
+    idx = torch.randint(0, self.num_train_timesteps, (batch,), generator=generator)
+    s, t = self.training_table()
+    out = (idx, s[idx], t[idx], _weights(t, self.num_train_timesteps)[idx])
+    return tuple(o.to(device) for o in out) if device is not None else out
+
+# %% ../nbs/13_scheduler.ipynb #e9151183
+@patch
+def add_noise(self:FlowMatchScheduler, x0:Tensor, noise:Tensor, sigma) -> Tensor:
+    "Noisy sample `(1 - sigma) x0 + sigma noise`; `sigma` a number or `(B,)`, `x0`, `noise` `(B, ...)`."
+    s = _bcast(sigma, x0)
+    return (1 - s) * x0 + s * noise
+
+@patch
+def velocity_target(self:FlowMatchScheduler, x0:Tensor, noise:Tensor) -> Tensor:
+    "The velocity of flow matching, `noise - x0`."
+    return noise - x0
+
+@patch
+def training_target(self:FlowMatchScheduler, x0:Tensor, noise:Tensor) -> Tensor:
+    "What the network regresses: the velocity `noise - x0`, or `x0` itself with `prediction='sample'`."
+    return self.velocity_target(x0, noise) if self.prediction == 'velocity' else x0
+
+@patch
+def to_velocity(self:FlowMatchScheduler, out:Tensor, x:Tensor, sigma) -> Tensor:
+    "The velocity of the network output `out` at the sample `x` of level `sigma`: `(x - x0) / sigma` for sample prediction."
+    return out if self.prediction == 'velocity' else (x - out) / _bcast(sigma, x).clamp_min(1e-6)
