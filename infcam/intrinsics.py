@@ -152,6 +152,7 @@ def _pair_cost(pairs, f, cx, cy, criterion) -> np.ndarray:
     if criterion == 'homography': return rotation_residual(np.stack([p['H'] for p in pairs]), f, cx, cy)
     return np.stack([reprojection_residual(p['P'], p['Q'], f, cx, cy) for p in pairs], 1)
 
+# %% ../nbs/31_intrinsics.ipynb #b15888cb
 def selfcal_focal(video, criterion:str='reprojection', min_motion:float=0.02, f_range:tuple=(0.25, 6.),
                   max_frames:int=24, max_side:int|None=640, grid:int=121, min_points:int=30,
                   max_corners:int=400, sharpness_min:float=0.05, **track_kw) -> tuple[float, dict]:
