@@ -78,6 +78,22 @@ def _cv2():
     except ImportError: raise InfcamError("pose estimation needs OpenCV: pip install opencv-python-headless") from None
     return cv2
 
+def _detect(g:np.ndarray, max_corners:int, old:np.ndarray|None=None) -> np.ndarray:
+    "Corners (N, 2) of grey frame g, away from the points `old` (M, 2)."
+    cv2 = _cv2()
+    h, w = g.shape
+    dist = max(3, min(h, w) // 40)
+    mask = None
+    if old is not None and len(old):
+        mask = np.full((h, w), 255, np.uint8)
+        for x, y in old: cv2.circle(mask, (int(round(x)), int(round(y))), dist, 0, -1)
+    p = cv2.goodFeaturesToTrack(g, max_corners, 0.01, dist, mask=mask, blockSize=7)
+    return np.zeros((0, 2), np.float32) if p is None else p[:, 0].astype(np.float32)
+
+def _rays(P:np.ndarray, K:np.ndarray) -> np.ndarray:
+    return np.concatenate([(P - K[:2, 2]) / np.diag(K)[:2], np.ones((len(P), 1))], 1)
+
+# %% ../nbs/50_metrics.ipynb #bc8d5c51
 _LK = dict(winSize=(15, 15), maxLevel=3)
 
 def _track(gray:np.ndarray, start:int, p0:np.ndarray, min_points:int, keep:float):
@@ -103,21 +119,51 @@ def _track(gray:np.ndarray, start:int, p0:np.ndarray, min_points:int, keep:float
         pos.append(nxt[:, 0]); alive.append(ok)
     return np.stack(pos), np.stack(alive)
 
-def _detect(g:np.ndarray, max_corners:int, old:np.ndarray|None=None) -> np.ndarray:
-    "Corners (N, 2) of grey frame g, away from the points `old` (M, 2)."
+# %% ../nbs/50_metrics.ipynb #5f59afcc
+def _triangulate(pos, alive, w2c, K, X0, new:bool=False, min_angle:float=1.0):
+    """Linear triangulation of each point (N, 3) from all registered frames that see it; X0 where it fails. With `new`,
+    points without a position (NaN) are triangulated too when their rays span at least `min_angle` degrees."""
+    X = X0.copy()
+    Ps = [None if E is None else K @ E[:3] for E in w2c]
+    Cs = [None if E is None else -E[:3, :3].T @ E[:3, 3] for E in w2c]
+    todo = np.arange(len(X0)) if new else np.nonzero(np.isfinite(X0[:, 2]))[0]
+    for i in todo:
+        rows, js = [], []
+        for j, P in enumerate(Ps):
+            if P is None or not alive[j, i]: continue
+            x, y = pos[j, i]
+            rows += [x * P[2] - P[0], y * P[2] - P[1]]; js.append(j)
+        if len(rows) < 6: continue
+        v = np.linalg.svd(np.asarray(rows))[2][-1]
+        if abs(v[3]) < 1e-12: continue
+        p = v[:3] / v[3]
+        if not np.isfinite(X0[i, 2]):                                # a new point needs a real baseline
+            a, b = p - Cs[js[0]], p - Cs[js[-1]]
+            c = a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12)
+            if np.degrees(np.arccos(np.clip(c, -1, 1))) < min_angle: continue
+        if p[2] > 0 and all((w2c[j][2, :3] @ p + w2c[j][2, 3]) > 0 for j in js): X[i] = p
+    return X
+
+def _pnp(pos, alive, X0, K, ransac_px):
+    "Register every frame of a segment against the 3D points X0 (N, 3) -> w2c list (None where it fails)."
     cv2 = _cv2()
-    h, w = g.shape
-    dist = max(3, min(h, w) // 40)
-    mask = None
-    if old is not None and len(old):
-        mask = np.full((h, w), 255, np.uint8)
-        for x, y in old: cv2.circle(mask, (int(round(x)), int(round(y))), dist, 0, -1)
-    p = cv2.goodFeaturesToTrack(g, max_corners, 0.01, dist, mask=mask, blockSize=7)
-    return np.zeros((0, 2), np.float32) if p is None else p[:, 0].astype(np.float32)
+    T = len(pos)
+    depth = X0[:, 2]
+    w2c = [np.eye(4)]
+    for j in range(1, T):
+        m = alive[j] & np.isfinite(depth)
+        if m.sum() < 6: w2c.append(None); continue
+        ok, rvec, tvec, inl = cv2.solvePnPRansac(X0[m], pos[j][m].astype(np.float64), K, None,
+                                                 reprojectionError=2 * ransac_px, iterationsCount=200,
+                                                 flags=cv2.SOLVEPNP_EPNP)
+        if not ok or inl is None or len(inl) < 6: w2c.append(None); continue
+        ii = inl[:, 0]
+        rvec, tvec = cv2.solvePnPRefineLM(X0[m][ii], pos[j][m][ii].astype(np.float64), K, None, rvec, tvec)
+        E4 = np.eye(4); E4[:3, :3] = cv2.Rodrigues(rvec)[0]; E4[:3, 3] = tvec[:, 0]
+        w2c.append(E4)
+    return w2c
 
-def _rays(P:np.ndarray, K:np.ndarray) -> np.ndarray:
-    return np.concatenate([(P - K[:2, 2]) / np.diag(K)[:2], np.ones((len(P), 1))], 1)
-
+# %% ../nbs/50_metrics.ipynb #8553a6a4
 def _segment(gray, start, p0, depth0, K, min_points, keep, min_parallax, ransac_px, refine):
     """Poses w2c (T, 4, 4) of frames start.. relative to frame `start` (None where unregistered), the tracks, their
     depths in frame `start` (NaN unknown) and diagnostics."""
@@ -175,49 +221,6 @@ def _segment(gray, start, p0, depth0, K, min_points, keep, min_parallax, ransac_
         w2c = _pnp(pos, alive, X0, K, ransac_px)
         if it < refine: X0 = _triangulate(pos, alive, w2c, K, X0)
     return w2c, pos, alive, X0[:, 2], diag
-
-def _triangulate(pos, alive, w2c, K, X0, new:bool=False, min_angle:float=1.0):
-    """Linear triangulation of each point (N, 3) from all registered frames that see it; X0 where it fails. With `new`,
-    points without a position (NaN) are triangulated too when their rays span at least `min_angle` degrees."""
-    X = X0.copy()
-    Ps = [None if E is None else K @ E[:3] for E in w2c]
-    Cs = [None if E is None else -E[:3, :3].T @ E[:3, 3] for E in w2c]
-    todo = np.arange(len(X0)) if new else np.nonzero(np.isfinite(X0[:, 2]))[0]
-    for i in todo:
-        rows, js = [], []
-        for j, P in enumerate(Ps):
-            if P is None or not alive[j, i]: continue
-            x, y = pos[j, i]
-            rows += [x * P[2] - P[0], y * P[2] - P[1]]; js.append(j)
-        if len(rows) < 6: continue
-        v = np.linalg.svd(np.asarray(rows))[2][-1]
-        if abs(v[3]) < 1e-12: continue
-        p = v[:3] / v[3]
-        if not np.isfinite(X0[i, 2]):                                # a new point needs a real baseline
-            a, b = p - Cs[js[0]], p - Cs[js[-1]]
-            c = a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12)
-            if np.degrees(np.arccos(np.clip(c, -1, 1))) < min_angle: continue
-        if p[2] > 0 and all((w2c[j][2, :3] @ p + w2c[j][2, 3]) > 0 for j in js): X[i] = p
-    return X
-
-def _pnp(pos, alive, X0, K, ransac_px):
-    "Register every frame of a segment against the 3D points X0 (N, 3) -> w2c list (None where it fails)."
-    cv2 = _cv2()
-    T = len(pos)
-    depth = X0[:, 2]
-    w2c = [np.eye(4)]
-    for j in range(1, T):
-        m = alive[j] & np.isfinite(depth)
-        if m.sum() < 6: w2c.append(None); continue
-        ok, rvec, tvec, inl = cv2.solvePnPRansac(X0[m], pos[j][m].astype(np.float64), K, None,
-                                                 reprojectionError=2 * ransac_px, iterationsCount=200,
-                                                 flags=cv2.SOLVEPNP_EPNP)
-        if not ok or inl is None or len(inl) < 6: w2c.append(None); continue
-        ii = inl[:, 0]
-        rvec, tvec = cv2.solvePnPRefineLM(X0[m][ii], pos[j][m][ii].astype(np.float64), K, None, rvec, tvec)
-        E4 = np.eye(4); E4[:3, :3] = cv2.Rodrigues(rvec)[0]; E4[:3, 3] = tvec[:, 0]
-        w2c.append(E4)
-    return w2c
 
 # %% ../nbs/50_metrics.ipynb #cbfdcb4f
 def estimate_poses(video:Tensor, K4, method:str='chain', max_side:int|None=640, max_corners:int=500,
@@ -291,6 +294,7 @@ def _R_to_quat(R:np.ndarray) -> np.ndarray:
         out.append(q if q[0] >= 0 else -q)
     return np.stack(out)
 
+# %% ../nbs/50_metrics.ipynb #49f3d140
 def read_colmap_images(path) -> tuple[Tensor, list[str]]:
     "COLMAP `images.txt` -> (c2w (N, 4, 4) float32 sorted by image name, the names)."
     path = Path(path)
@@ -328,6 +332,7 @@ def write_colmap_images(path, c2w, names:list[str]|None=None, overwrite:bool=Tru
     with atomic_path(path, overwrite) as tmp: Path(tmp).write_text('\n'.join(rows) + '\n')
     return Path(path)
 
+# %% ../nbs/50_metrics.ipynb #16d37b18
 def _rows_to_c2w(a, src) -> Tensor:
     a = np.asarray(a, dtype=np.float64)
     if a.ndim == 2 and a.shape[1] in (12, 16): a = a.reshape(len(a), -1, 4)
@@ -431,6 +436,7 @@ class AlexLPIPS(torch.nn.Module):
         unit = lambda f: f / (f.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
         return sum(lin((unit(fa) - unit(fb)) ** 2).mean((2, 3)) for fa, fb, lin in zip(self.features(a), self.features(b), self.lins)).flatten()
 
+# %% ../nbs/50_metrics.ipynb #b5492e65
 def load_lpips(weights, backbone) -> AlexLPIPS:
     """`AlexLPIPS` with the LPIPS linear layers `weights` (alex.pth: `lin0.model.1.weight` ...) and torchvision's
     AlexNet `backbone` (alexnet-owt-7be5be79.pth: `features.0.weight` ...), every name and shape checked."""
@@ -459,6 +465,7 @@ def lpips(a, b, weights=None, backbone=None, net:AlexLPIPS|None=None, batch_size
         return float(torch.cat([m(a[i:i + batch_size] * 2 - 1, b[i:i + batch_size] * 2 - 1)
                                 for i in range(0, len(a), batch_size)]).mean())
 
+# %% ../nbs/50_metrics.ipynb #55d95ac6
 def frechet_distance(fa:Tensor, fb:Tensor) -> float:
     "The Fréchet distance between Gaussians fitted to features fa (N, D) and fb (M, D) (float64, small one-off)."
     fa, fb = torch.as_tensor(fa).double(), torch.as_tensor(fb).double()
