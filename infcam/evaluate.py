@@ -151,7 +151,7 @@ def score_item(item:EvalItem, min_registered:float=0.5, lpips_net=None) -> dict:
         out['LPIPS'] = lpips(v[idx], truth, net=lpips_net)
     return out
 
-# %% ../nbs/52_evaluate.ipynb #fae25dd2
+# %% ../nbs/52_evaluate.ipynb #bb03c24c
 SCORES = (*METRICS, 'LPIPS')              # per video; LPIPS only with a ground truth and the LPIPS weights
 ROW_COLUMNS = ('method', 'name', 'video', 'trajectory', 'truth', 'frames', *SCORES, 'error', 'stamp')
 
@@ -179,6 +179,7 @@ def collect_items(inputs, method:str|None=None) -> tuple[list[EvalItem], list[tu
         seen[(it.method, it.name)] = it.video
     return items, problems
 
+# %% ../nbs/52_evaluate.ipynb #6da190df
 def method_fvd(rows:pd.DataFrame, net) -> float:
     """FVD (`infcam.fvd`) between the scored videos in `rows` that have a ground truth and those truths, all cut to the
     shortest clip; NaN with fewer than two such videos."""
@@ -203,6 +204,7 @@ def method_fid(rows:pd.DataFrame, net) -> float:
     if sum(len(f) for f in fake) < 2: return math.nan
     return fid(torch.cat(fake), torch.cat(real), net=net)
 
+# %% ../nbs/52_evaluate.ipynb #8111f52a
 def summarize_methods(rows:pd.DataFrame) -> pd.DataFrame:
     "One row per method: videos, scored, failed, and the mean and standard error (`_se`) of every metric."
     g = rows.groupby('method', sort=False)
