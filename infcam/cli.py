@@ -9,9 +9,38 @@ from pathlib import Path
 from .core import InfcamError, check_device, os_error_message
 
 # %% auto #0
-__all__ = ['build_parser', 'main']
+__all__ = ['SUBCOMMANDS', 'subcommand', 'build_parser', 'main']
 
-# %% ../nbs/07_cli.ipynb #0a10ae9f
+# %% ../nbs/07_cli.ipynb #38ad7cd5
+SUBCOMMANDS = {}   # name -> a function adding that subcommand to the parser, in the order `infcam --help` lists them
+
+def subcommand(add):
+    "Register `add(subparsers)`, which adds one subcommand (its parser, and its handler as `func`) to `infcam`."
+    SUBCOMMANDS[add.__name__] = add                  # by name: running a cell again replaces, never duplicates
+    return add
+
+def build_parser() -> argparse.ArgumentParser:
+    "The `infcam` argument parser: every registered subcommand."
+    p = argparse.ArgumentParser(prog='infcam', description='InfCam workbench: camera-controlled video-to-video generation.')
+    sub = p.add_subparsers(dest='command', metavar='COMMAND')
+    sub.required = True
+    for add in SUBCOMMANDS.values(): add(sub)
+    return p
+
+def main(argv:list[str]|None=None) -> int:
+    "Entry point of the `infcam` console script."
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except InfcamError as e:
+        print(f"infcam: error: {e}", file=sys.stderr); return 2
+    except OSError as e:
+        print(f"infcam: error: {os_error_message(e)}", file=sys.stderr); return 2
+    except KeyboardInterrupt:
+        print("infcam: interrupted", file=sys.stderr); return 130
+    return 0
+
+# %% ../nbs/07_cli.ipynb #6d6782c8
 def _preview(a):
     from infcam.preview import preview
     out = preview(video=a.video, trajectory=a.trajectory, out=a.out, num_frames=a.frames, height=a.height,
@@ -21,25 +50,87 @@ def _preview(a):
     from infcam.preview import static_preview_note
     if note := static_preview_note(a.trajectory, a.frames, a.zoom): print(note, file=sys.stderr)
 
-def _weights_check(a):
-    from infcam.weights import check_weights
-    from infcam.weights import WeightsSpec
-    spec = WeightsSpec.tiny() if a.size == 'tiny' else WeightsSpec.released()
-    report = check_weights(a.folder, spec=spec, infcam_checkpoint=a.checkpoint)
-    print(report)
-    if not report.usable: raise InfcamError(f"{a.folder} is not usable for generation: {len(report.problems)} problem(s) listed above")
+@subcommand
+def _preview_parser(sub):
+    pv = sub.add_parser('preview', help='warp a clip along a trajectory with the infinite homography (no model needed)',
+                        description='Re-render a clip along a target trajectory with the infinite homography (rotation only, '
+                                    'the view InfCam is conditioned on) and write it beside the source. With no --video, '
+                                    'a built-in rendered clip is used.')
+    pv.add_argument('--video', help='source clip (mp4, mov, ...); default: the built-in demo clip')
+    pv.add_argument('--trajectory', default='pan_right', help='preset name or number (1-10; a preset starts about 10 degrees off and passes through the source camera at its middle frame, as the released presets do), or a trajectory file (.yaml/.json; starts at the source camera)')
+    pv.add_argument('--out', help='output .mp4 (default: outputs/preview_<video>_<trajectory>.mp4)')
+    pv.add_argument('--frames', type=int, default=81, help='number of frames, 4k+1 (default 81)')
+    pv.add_argument('--height', type=int, help='frame height, a multiple of 16 (default 480; 240 for the demo clip)')
+    pv.add_argument('--width', type=int, help='frame width, a multiple of 16 (default 832; 416 for the demo clip)')
+    pv.add_argument('--stride', type=int, default=1, help='take every n-th frame of the source (default 1)')
+    f = pv.add_mutually_exclusive_group()
+    f.add_argument('--focal-mm', type=float, help='source focal length in mm on a 23.76 mm sensor (default 24)')
+    f.add_argument('--fov', type=float, help='source horizontal field of view in degrees')
+    pv.add_argument('--zoom', type=float, default=1.0, help='target focal length = zoom * source (default 1)')
+    pv.add_argument('--first-frame', action='store_true', help="warp only the source's first frame, as the model sees it")
+    pv.add_argument('--overwrite', action='store_true', help='replace an existing output')
+    pv.set_defaults(func=_preview)
 
-def _weights_convert(a):
-    from infcam.weights import convert_checkpoint
-    out = convert_checkpoint(a.src, a.dst, dtype=a.dtype, overwrite=a.overwrite, num_heads=a.num_heads)
-    print(f"wrote {out}")
-
+# %% ../nbs/07_cli.ipynb #a7f96247
 def _synth(a):
     from infcam.synthetic import synth
     paths = synth(out=a.out, scenes=a.scenes, seed=a.seed, focal_mm=a.focal_mm, frames=a.frames, height=a.height,
                   width=a.width, overwrite=a.overwrite, random_cameras=a.random_cameras, ss=a.ss)
     print(f"{len(paths)} scene(s) in {a.out}")
 
+@subcommand
+def _synth_parser(sub):
+    sy = sub.add_parser('synth', help='render a synthetic multi-camera dataset in MultiCamVideo layout',
+                        description='Render synthetic scenes seen by ten synchronized cameras on the preset trajectories, '
+                                    'written as <out>/f<focal>_aperture<N>/sceneK/{cameras,videos} with metadata.csv. '
+                                    'Resumable: complete scenes are skipped, partial ones redone.')
+    sy.add_argument('--out', default='data/minimcv', help='dataset folder (default data/minimcv)')
+    sy.add_argument('--scenes', type=int, default=8, help='scenes per focal length (default 8)')
+    sy.add_argument('--seed', type=int, default=0, help='scene k uses seed + k - 1 (default 0)')
+    sy.add_argument('--focal-mm', type=float, nargs='+', default=[24.], help='focal length(s) in mm (default 24)')
+    sy.add_argument('--frames', type=int, default=81, help='frames per video, 4k+1 (default 81)')
+    sy.add_argument('--height', type=int, default=64, help='multiple of 16 (default 64)')
+    sy.add_argument('--width', type=int, default=112, help='multiple of 16 (default 112)')
+    sy.add_argument('--random-cameras', type=int, default=0, help='extra cameras on random smooth paths (default 0)')
+    sy.add_argument('--ss', type=int, default=1, help='supersampling factor for anti-aliasing (default 1)')
+    sy.add_argument('--overwrite', action='store_true', help='re-render scenes that already exist')
+    sy.set_defaults(func=_synth)
+
+# %% ../nbs/07_cli.ipynb #6fe265e2
+def _augment(a):
+    from infcam.augment import augment
+    focal = () if a.no_focal else (a.focal or None)
+    traj = None if a.no_trajectory else tuple(a.trajectory)
+    rep = augment(a.src, a.dst, focal_targets=focal, trajectory=traj, workers=a.workers, overwrite=a.overwrite,
+                  progress=not a.quiet, shifts=a.shifts, window=a.window)
+    if a.quiet:                                       # otherwise augment printed it
+        from infcam.augment import augment_summary
+        print(augment_summary(rep))
+        for scene, why in rep['failed'].items(): print(f"  failed: {scene}: {why}")
+    if rep['failed']: raise InfcamError(f"{len(rep['failed'])} scene(s) failed; see the list above")
+
+@subcommand
+def _augment_parser(sub):
+    au = sub.add_parser('augment', help='refocused (AugMCV) and re-anchored copies of a multi-camera dataset',
+                        description='Intrinsic augmentation (centre crop + resize to a longer lens: 18->24/35/50, 24->35/50, '
+                                    '35->50 mm, intrinsics updated exactly) and trajectory augmentation (time-shifted, reversed '
+                                    'and palindrome windows with the camera files rewritten), written in AugMCV layout '
+                                    '<dst>/<setting>_aug/<scene>_<suffix>. Parallel across processes, resumable.')
+    au.add_argument('src', help='a MultiCamVideo-layout dataset')
+    au.add_argument('dst', help='where to write the <setting>_aug folders (may equal src)')
+    au.add_argument('--focal', type=float, nargs='+', help='target focal lengths in mm (default: the 18/24/35 -> longer rule)')
+    au.add_argument('--no-focal', action='store_true', help='skip intrinsic augmentation')
+    au.add_argument('--trajectory', nargs='+', choices=['shift', 'reverse', 'palindrome'], default=['shift', 'reverse', 'palindrome'],
+                    help='trajectory augmentations (default: all three)')
+    au.add_argument('--no-trajectory', action='store_true', help='skip trajectory augmentation')
+    au.add_argument('--shifts', type=int, nargs='+', help='start frames of the shifted windows (default: middle and end)')
+    au.add_argument('--window', type=int, help='frames in a shifted window, 4k+1 (default: about half the clip)')
+    au.add_argument('--workers', type=int, default=2, help='parallel processes (default 2)')
+    au.add_argument('--overwrite', action='store_true', help='rewrite outputs that already exist')
+    au.add_argument('--quiet', action='store_true', help='no progress bar')
+    au.set_defaults(func=_augment)
+
+# %% ../nbs/07_cli.ipynb #7c2aeafb
 _DTYPES = {'bf16': 'bfloat16', 'fp16': 'float16', 'fp32': 'float32'}
 
 def _prepare(a):
@@ -63,102 +154,8 @@ def _prepare(a):
     if a.quiet: print(rep.summary)
     if rep.failed and a.strict: raise InfcamError(f"{len(rep.failed)} clip(s) failed; see {a.root}/prepare_report.json")
 
-def _bench(a):
-    from infcam.benchmark import BenchConfig, run_benchmark
-    over = {k: getattr(a, k) for k in ('steps', 'preset', 'base', 'variants', 'baselines', 'seeds', 'devices', 'strategy', 'train_scenes',
-                                       'test_scenes', 'num_frames', 'height', 'width', 'gen_device', 'pretrain_steps', 'shift',
-                                       'prediction', 'lr') if getattr(a, k) is not None}
-    if isinstance(over.get('devices'), str) and over['devices'].isdigit(): over['devices'] = int(over['devices'])
-    cfg = BenchConfig.budget(a.budget, **over)
-    out = a.out or f'runs/bench-{a.budget}'
-    if a.pretrain_only:
-        from infcam.benchmark import make_data, ensure_backbone
-        print(f"backbone: {ensure_backbone(cfg, make_data(Path(out) / 'data', cfg, not a.quiet), not a.quiet)}")
-        return
-    res = run_benchmark(out, cfg, figures=a.figures, overwrite=a.overwrite, progress=not a.quiet)
-    print(res['table'] + '\n' + res['learning'] + '\n' + ''.join(f'- {s}\n' for s in res['findings']), end='')
-    print(f"{res['seconds'] / 60:.1f} min; table, plot and samples in {out}" + (f" and {a.figures}" if a.figures else ''))
-
-def _evaluate(a):
-    from infcam.evaluate import evaluate
-    res = evaluate(a.inputs, a.out, method=a.method, progress=not a.quiet, min_registered=a.min_registered,
-                   fvd_weights=a.fvd_weights, fid_weights=a.fid_weights, lpips_weights=a.lpips_weights,
-                   lpips_backbone=a.lpips_backbone, devices=a.devices, num_nodes=a.num_nodes)
-    if not res['files']: return                      # another rank under torchrun: rank 0 reports
-    print(res['files']['markdown'].read_text(encoding='utf-8'), end='')
-    print(f"scored {res['scored']} video(s) now, {len(res['rows']) - res['scored']} unchanged; tables and plot in {a.out}")
-
-def _augment(a):
-    from infcam.augment import augment
-    focal = () if a.no_focal else (a.focal or None)
-    traj = None if a.no_trajectory else tuple(a.trajectory)
-    rep = augment(a.src, a.dst, focal_targets=focal, trajectory=traj, workers=a.workers, overwrite=a.overwrite,
-                  progress=not a.quiet, shifts=a.shifts, window=a.window)
-    if a.quiet:                                       # otherwise augment printed it
-        from infcam.augment import augment_summary
-        print(augment_summary(rep))
-        for scene, why in rep['failed'].items(): print(f"  failed: {scene}: {why}")
-    if rep['failed']: raise InfcamError(f"{len(rep['failed'])} scene(s) failed; see the list above")
-
-def build_parser() -> argparse.ArgumentParser:
-    "The `infcam` argument parser."
-    p = argparse.ArgumentParser(prog='infcam', description='InfCam workbench: camera-controlled video-to-video generation.')
-    sub = p.add_subparsers(dest='command', metavar='COMMAND')
-    sub.required = True
-    pv = sub.add_parser('preview', help='warp a clip along a trajectory with the infinite homography (no model needed)',
-                        description='Re-render a clip along a target trajectory with the infinite homography (rotation only, '
-                                    'the view InfCam is conditioned on) and write it beside the source. With no --video, '
-                                    'a built-in rendered clip is used.')
-    pv.add_argument('--video', help='source clip (mp4, mov, ...); default: the built-in demo clip')
-    pv.add_argument('--trajectory', default='pan_right', help='preset name or number (1-10; a preset starts about 10 degrees off and passes through the source camera at its middle frame, as the released presets do), or a trajectory file (.yaml/.json; starts at the source camera)')
-    pv.add_argument('--out', help='output .mp4 (default: outputs/preview_<video>_<trajectory>.mp4)')
-    pv.add_argument('--frames', type=int, default=81, help='number of frames, 4k+1 (default 81)')
-    pv.add_argument('--height', type=int, help='frame height, a multiple of 16 (default 480; 240 for the demo clip)')
-    pv.add_argument('--width', type=int, help='frame width, a multiple of 16 (default 832; 416 for the demo clip)')
-    pv.add_argument('--stride', type=int, default=1, help='take every n-th frame of the source (default 1)')
-    f = pv.add_mutually_exclusive_group()
-    f.add_argument('--focal-mm', type=float, help='source focal length in mm on a 23.76 mm sensor (default 24)')
-    f.add_argument('--fov', type=float, help='source horizontal field of view in degrees')
-    pv.add_argument('--zoom', type=float, default=1.0, help='target focal length = zoom * source (default 1)')
-    pv.add_argument('--first-frame', action='store_true', help="warp only the source's first frame, as the model sees it")
-    pv.add_argument('--overwrite', action='store_true', help='replace an existing output')
-    pv.set_defaults(func=_preview)
-
-    sy = sub.add_parser('synth', help='render a synthetic multi-camera dataset in MultiCamVideo layout',
-                        description='Render synthetic scenes seen by ten synchronized cameras on the preset trajectories, '
-                                    'written as <out>/f<focal>_aperture<N>/sceneK/{cameras,videos} with metadata.csv. '
-                                    'Resumable: complete scenes are skipped, partial ones redone.')
-    sy.add_argument('--out', default='data/minimcv', help='dataset folder (default data/minimcv)')
-    sy.add_argument('--scenes', type=int, default=8, help='scenes per focal length (default 8)')
-    sy.add_argument('--seed', type=int, default=0, help='scene k uses seed + k - 1 (default 0)')
-    sy.add_argument('--focal-mm', type=float, nargs='+', default=[24.], help='focal length(s) in mm (default 24)')
-    sy.add_argument('--frames', type=int, default=81, help='frames per video, 4k+1 (default 81)')
-    sy.add_argument('--height', type=int, default=64, help='multiple of 16 (default 64)')
-    sy.add_argument('--width', type=int, default=112, help='multiple of 16 (default 112)')
-    sy.add_argument('--random-cameras', type=int, default=0, help='extra cameras on random smooth paths (default 0)')
-    sy.add_argument('--ss', type=int, default=1, help='supersampling factor for anti-aliasing (default 1)')
-    sy.add_argument('--overwrite', action='store_true', help='re-render scenes that already exist')
-    sy.set_defaults(func=_synth)
-
-    au = sub.add_parser('augment', help='refocused (AugMCV) and re-anchored copies of a multi-camera dataset',
-                        description='Intrinsic augmentation (centre crop + resize to a longer lens: 18->24/35/50, 24->35/50, '
-                                    '35->50 mm, intrinsics updated exactly) and trajectory augmentation (time-shifted, reversed '
-                                    'and palindrome windows with the camera files rewritten), written in AugMCV layout '
-                                    '<dst>/<setting>_aug/<scene>_<suffix>. Parallel across processes, resumable.')
-    au.add_argument('src', help='a MultiCamVideo-layout dataset')
-    au.add_argument('dst', help='where to write the <setting>_aug folders (may equal src)')
-    au.add_argument('--focal', type=float, nargs='+', help='target focal lengths in mm (default: the 18/24/35 -> longer rule)')
-    au.add_argument('--no-focal', action='store_true', help='skip intrinsic augmentation')
-    au.add_argument('--trajectory', nargs='+', choices=['shift', 'reverse', 'palindrome'], default=['shift', 'reverse', 'palindrome'],
-                    help='trajectory augmentations (default: all three)')
-    au.add_argument('--no-trajectory', action='store_true', help='skip trajectory augmentation')
-    au.add_argument('--shifts', type=int, nargs='+', help='start frames of the shifted windows (default: middle and end)')
-    au.add_argument('--window', type=int, help='frames in a shifted window, 4k+1 (default: about half the clip)')
-    au.add_argument('--workers', type=int, default=2, help='parallel processes (default 2)')
-    au.add_argument('--overwrite', action='store_true', help='rewrite outputs that already exist')
-    au.add_argument('--quiet', action='store_true', help='no progress bar')
-    au.set_defaults(func=_augment)
-
+@subcommand
+def _prepare_parser(sub):
     pr = sub.add_parser('prepare', help='cache VAE latents and text states of a dataset once, resumably',
                         description='Encode every clip of a MultiCamVideo/AugMCV root or a clip folder with the VAE (or the '
                                     'weight-free pixel codec) and every caption with umT5, caching safetensors next to the '
@@ -183,6 +180,25 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument('--quiet', action='store_true', help='no progress bar, only the summary line')
     pr.set_defaults(func=_prepare)
 
+# %% ../nbs/07_cli.ipynb #0d4a9260
+def _bench(a):
+    from infcam.benchmark import BenchConfig, run_benchmark
+    over = {k: getattr(a, k) for k in ('steps', 'preset', 'base', 'variants', 'baselines', 'seeds', 'devices', 'strategy', 'train_scenes',
+                                       'test_scenes', 'num_frames', 'height', 'width', 'gen_device', 'pretrain_steps', 'shift',
+                                       'prediction', 'lr') if getattr(a, k) is not None}
+    if isinstance(over.get('devices'), str) and over['devices'].isdigit(): over['devices'] = int(over['devices'])
+    cfg = BenchConfig.budget(a.budget, **over)
+    out = a.out or f'runs/bench-{a.budget}'
+    if a.pretrain_only:
+        from infcam.benchmark import make_data, ensure_backbone
+        print(f"backbone: {ensure_backbone(cfg, make_data(Path(out) / 'data', cfg, not a.quiet), not a.quiet)}")
+        return
+    res = run_benchmark(out, cfg, figures=a.figures, overwrite=a.overwrite, progress=not a.quiet)
+    print(res['table'] + '\n' + res['learning'] + '\n' + ''.join(f'- {s}\n' for s in res['findings']), end='')
+    print(f"{res['seconds'] / 60:.1f} min; table, plot and samples in {out}" + (f" and {a.figures}" if a.figures else ''))
+
+@subcommand
+def _bench_parser(sub):
     be = sub.add_parser('bench', help='the ablation benchmark on synthetic scenes: train variants, score generations',
                         description='Train the InfCam variants (full, no_warp, no_aug, exact_warp) on synthetic scenes, generate '
                                     'held-out target views, score them (PSNR/SSIM vs the rendered view, RotErr/TransErr vs the '
@@ -209,9 +225,24 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument('--quiet', action='store_true', help='no progress bars')
     be.set_defaults(func=_bench)
 
+# %% ../nbs/07_cli.ipynb #de244680
+@subcommand
+def _generate_parser(sub):
     from infcam.generate import add_generate_parser
     add_generate_parser(sub)
 
+# %% ../nbs/07_cli.ipynb #882d4ea7
+def _evaluate(a):
+    from infcam.evaluate import evaluate
+    res = evaluate(a.inputs, a.out, method=a.method, progress=not a.quiet, min_registered=a.min_registered,
+                   fvd_weights=a.fvd_weights, fid_weights=a.fid_weights, lpips_weights=a.lpips_weights,
+                   lpips_backbone=a.lpips_backbone, devices=a.devices, num_nodes=a.num_nodes)
+    if not res['files']: return                      # another rank under torchrun: rank 0 reports
+    print(res['files']['markdown'].read_text(encoding='utf-8'), end='')
+    print(f"scored {res['scored']} video(s) now, {len(res['rows']) - res['scored']} unchanged; tables and plot in {a.out}")
+
+@subcommand
+def _evaluate_parser(sub):
     ev = sub.add_parser('evaluate', help='score generated videos (ours or another method\'s): camera accuracy, PSNR/SSIM',
                         description='Score generated videos against what was asked of them: RotErr/TransErr/registered of the '
                                     'poses estimated from each video (or given) against the requested trajectory, PSNR/SSIM '
@@ -232,6 +263,22 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument('--quiet', action='store_true', help='no progress bar')
     ev.set_defaults(func=_evaluate)
 
+# %% ../nbs/07_cli.ipynb #ccfe13e8
+def _weights_check(a):
+    from infcam.weights import check_weights
+    from infcam.weights import WeightsSpec
+    spec = WeightsSpec.tiny() if a.size == 'tiny' else WeightsSpec.released()
+    report = check_weights(a.folder, spec=spec, infcam_checkpoint=a.checkpoint)
+    print(report)
+    if not report.usable: raise InfcamError(f"{a.folder} is not usable for generation: {len(report.problems)} problem(s) listed above")
+
+def _weights_convert(a):
+    from infcam.weights import convert_checkpoint
+    out = convert_checkpoint(a.src, a.dst, dtype=a.dtype, overwrite=a.overwrite, num_heads=a.num_heads)
+    print(f"wrote {out}")
+
+@subcommand
+def _weights_parser(sub):
     w = sub.add_parser('weights', help='check or convert downloaded weights').add_subparsers(dest='action', metavar='ACTION')
     w.required = True
     wc = w.add_parser('check', help='say what is present, missing or wrong in a weights folder, without loading tensors',
@@ -250,20 +297,6 @@ def build_parser() -> argparse.ArgumentParser:
     wv.add_argument('--num-heads', type=int, help='attention heads, if it cannot be inferred (default: head width 128)')
     wv.add_argument('--overwrite', action='store_true', help='replace an existing output')
     wv.set_defaults(func=_weights_convert)
-    return p
 
-# %% ../nbs/07_cli.ipynb #6654d94d
-def main(argv:list[str]|None=None) -> int:
-    "Entry point of the `infcam` console script."
-    args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except InfcamError as e:
-        print(f"infcam: error: {e}", file=sys.stderr); return 2
-    except OSError as e:
-        print(f"infcam: error: {os_error_message(e)}", file=sys.stderr); return 2
-    except KeyboardInterrupt:
-        print("infcam: interrupted", file=sys.stderr); return 130
-    return 0
-
+# %% ../nbs/07_cli.ipynb #ad535e7e
 if __name__ == '__main__' and Path(sys.argv[0]).name == 'cli.py': sys.exit(main())   # python -m infcam.cli (torchrun -m)
