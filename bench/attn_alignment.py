@@ -12,7 +12,7 @@ attention over the 3·h·w tokens puts 1/(3hw) on the same-position token: a mod
 import argparse, math
 import torch
 from einops import rearrange
-from infcam.data import CachedPairDataset
+from infcam.cache import CachedPairDataset
 from infcam.models.wan import apply_rope
 from infcam.pipeline import RandomTextEncoder
 from infcam.training import collate, load_trained

@@ -20,7 +20,7 @@ from .video import video_info
 __all__ = ['FOCAL_TARGETS', 'crop_factor', 'refocus_intrinsics', 'refocus', 'shift_indices', 'reverse_indices',
            'palindrome_indices', 'default_window', 'trajectory_plan', 'retime', 'shift_window', 'reverse_window',
            'palindrome_window', 'source_scenes', 'decode_clip', 'refocus_uint8', 'augment_scene', 'write_aug_metadata',
-           'augment', 'check_focal_targets', 'die_with_parent', 'augment_summary']
+           'check_focal_targets', 'die_with_parent', 'augment_summary', 'augment']
 
 # %% ../nbs/22_augment.ipynb #4f2f99d7
 # MultiCamVideo's lenses and the longer ones each is re-focused to (AugMCV's rule)
@@ -184,7 +184,7 @@ def refocus_uint8(frames:Tensor, crop:float, mode:str='bicubic', chunk:int=8) ->
         out[s:s + chunk] = refocus(x, crop, mode).mul_(255).round_().to(torch.uint8).permute(0, 2, 3, 1)
     return out
 
-# %% ../nbs/22_augment.ipynb #2a7acf16
+# %% ../nbs/22_augment.ipynb #e6a58624
 _FORMAT = 'infcam-augment/1'
 
 def _recipe(meta:dict) -> dict: return {k: meta[k] for k in ('source', 'kind', 'focal_mm', 'frames')}
@@ -206,6 +206,40 @@ def _swap_in(tmp:Path, out:Path):
         os.replace(out, old); os.replace(tmp, out); shutil.rmtree(old, ignore_errors=True)
     else: os.replace(tmp, out)
 
+# %% ../nbs/22_augment.ipynb #79d57dde
+def _scene_captions(scene:Path, rel:str, cams, captions:dict|None) -> dict:
+    "`{camera: caption}` of the source scene `rel`: its rows in `captions` (metadata.csv), else its `scene.json` caption."
+    default_cap = ''
+    sj = scene / 'scene.json'
+    if sj.is_file():
+        try: default_cap = json.loads(sj.read_text()).get('caption', '')
+        except json.JSONDecodeError: pass
+    return {c: (captions or {}).get(f'{rel}/videos/{c}.mp4', default_cap) for c in cams}
+
+def _write_output(tmp:Path, scene:Path, cams, video, meta:dict, cam_json:dict, focal_mm:float, mode:str, crf:int):
+    "Write one output scene of `meta`'s recipe (videos, camera file, `augment.json`) into the new folder `tmp`."
+    H = W = None
+    for c in cams:
+        fr, fps = video(c)
+        H, W = fr.shape[1:3]
+        if meta['kind'] == 'focal':
+            outv = refocus_uint8(fr, crop_factor(float(focal_mm), meta['focal_mm']), mode)
+        else:
+            idx = meta['frames']
+            if max(idx) >= len(fr): raise InfcamError(f"{scene}/videos/{c}.mp4 has {len(fr)} frames; the re-timing needs {max(idx) + 1}")
+            outv = fr[torch.as_tensor(idx)]
+        _encode(video_file(tmp, c), outv, fps, crf)
+    if meta['kind'] == 'focal': new_json = cam_json
+    else:
+        n_json = len(cam_json)
+        if max(meta['frames']) >= n_json: raise InfcamError(f"{scene}/cameras/camera_extrinsics.json has {n_json} frames; the re-timing needs {max(meta['frames']) + 1}")
+        new_json = {f'frame{k}': cam_json[f'frame{i}'] for k, i in enumerate(meta['frames'])}
+    camera_file(tmp).write_text(json.dumps(new_json, indent=4) + '\n')
+    f_px = focal_mm_to_px(meta['focal_mm'], H, W)
+    meta['intrinsics'] = [round(v, 6) for v in pixel_intrinsics(f_px, H, W).tolist()]
+    (tmp / 'augment.json').write_text(json.dumps(meta, indent=1) + '\n')
+
+# %% ../nbs/22_augment.ipynb #d396502e
 def augment_scene(scene, dst, rel:str, focal_mm:float, focals=(), plan:dict|None=None, captions:dict|None=None,
                   overwrite:bool=False, mode:str='bicubic', crf:int=18) -> dict:
     """Write every augmentation of the scene folder `scene` (named `rel`, e.g. 'f24_aperture5/scene1', with lens
@@ -216,13 +250,7 @@ def augment_scene(scene, dst, rel:str, focal_mm:float, focals=(), plan:dict|None
     parent = dst / aug_setting(setting)
     cam_json = json.loads(camera_file(scene).read_text())
     cams = sorted(p.stem for p in (scene / 'videos').glob('*.mp4'))
-    caps = {}
-    sj = scene / 'scene.json'
-    default_cap = ''
-    if sj.is_file():
-        try: default_cap = json.loads(sj.read_text()).get('caption', '')
-        except json.JSONDecodeError: pass
-    for c in cams: caps[c] = (captions or {}).get(f'{rel}/videos/{c}.mp4', default_cap)
+    caps = _scene_captions(scene, rel, cams, captions)
     jobs = [(aug_scene_name(name, f), 'focal', dict(focal_mm=float(f))) for f in focals] + \
            [(name + suf, {'_r': 'reverse', '_p': 'palindrome'}.get(suf[:2], 'shift'), dict(frames=idx)) for suf, idx in (plan or {}).items()]
     res = dict(written=[], skipped=[], rows=[])
@@ -231,7 +259,6 @@ def augment_scene(scene, dst, rel:str, focal_mm:float, focals=(), plan:dict|None
     def video(c):
         if c not in videos: videos[c] = decode_clip(video_file(scene, c))
         return videos[c]
-    n_json = len(cam_json)
     for out_name, kind, kw in jobs:
         out = parent / out_name
         meta = dict(format=_FORMAT, source=rel, kind=kind, focal_mm=kw.get('focal_mm', float(focal_mm)),
@@ -244,32 +271,14 @@ def augment_scene(scene, dst, rel:str, focal_mm:float, focals=(), plan:dict|None
         tmp = parent / f'.{out_name}.tmp-{uuid.uuid4().hex[:8]}'
         (tmp / 'cameras').mkdir(parents=True); (tmp / 'videos').mkdir()
         try:
-            H = W = None
-            for c in cams:
-                fr, fps = video(c)
-                H, W = fr.shape[1:3]
-                if kind == 'focal':
-                    outv = refocus_uint8(fr, crop_factor(float(focal_mm), meta['focal_mm']), mode)
-                else:
-                    idx = meta['frames']
-                    if max(idx) >= len(fr): raise InfcamError(f"{scene}/videos/{c}.mp4 has {len(fr)} frames; the re-timing needs {max(idx) + 1}")
-                    outv = fr[torch.as_tensor(idx)]
-                _encode(video_file(tmp, c), outv, fps, crf)
-            if kind == 'focal': new_json = cam_json
-            else:
-                if max(meta['frames']) >= n_json: raise InfcamError(f"{scene}/cameras/camera_extrinsics.json has {n_json} frames; the re-timing needs {max(meta['frames']) + 1}")
-                new_json = {f'frame{k}': cam_json[f'frame{i}'] for k, i in enumerate(meta['frames'])}
-            camera_file(tmp).write_text(json.dumps(new_json, indent=4) + '\n')
-            f_px = focal_mm_to_px(meta['focal_mm'], H, W)
-            meta['intrinsics'] = [round(v, 6) for v in pixel_intrinsics(f_px, H, W).tolist()]
-            (tmp / 'augment.json').write_text(json.dumps(meta, indent=1) + '\n')
+            _write_output(tmp, scene, cams, video, meta, cam_json, focal_mm, mode, crf)
             _swap_in(tmp, out)
         finally:
             if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
         res['written'].append(f'{aug_setting(setting)}/{out_name}'); res['rows'] += rows
     return res
 
-# %% ../nbs/22_augment.ipynb #899417fe
+# %% ../nbs/22_augment.ipynb #a166e5bc
 def write_aug_metadata(root, rows=None) -> Path:
     """Merge `rows` [(file_name, text)] into `<root>/metadata.csv` (rows of other files kept, sorted naturally);
     with `rows` None, rebuild the rows of every `*_aug` scene under `root` from its `augment.json`."""
@@ -288,36 +297,13 @@ def write_aug_metadata(root, rows=None) -> Path:
             w.writerows(sorted(table.items(), key=lambda r: natural_key(r[0])))
     return root / 'metadata.csv'
 
+# %% ../nbs/22_augment.ipynb #c60385df
 def _task(args):
     scene, dst, rel, f_src, kw, threads = args
     torch.set_num_threads(threads)
     try: return rel, augment_scene(scene, dst, rel, f_src, **kw), None
     except InfcamError as e: return rel, None, str(e)
     except Exception as e: return rel, None, f"{type(e).__name__}: {e}"
-
-def augment(src, dst, focal_targets=None, trajectory=('shift', 'reverse', 'palindrome'), workers:int=2,
-            overwrite:bool=False, progress:bool=True, shifts=None, window:int|None=None, mode:str='bicubic',
-            crf:int=18) -> dict:
-    """AugMCV from the MultiCamVideo-layout dataset `src` into `dst` (may be `src`): re-focused copies (`focal_targets`:
-    None for 18->24/35/50, 24->35/50, 35->50; a list of mm; a dict {src_mm: [mm]}; () for none) and re-timed copies
-    (`trajectory`: any of 'shift', 'reverse', 'palindrome', or None; `shifts`/`window` set the shift windows).
-    Resumable; `workers` processes (0: in this process). Returns `{'written', 'skipped', 'failed': {scene: reason}, 'metadata'}`."""
-    from tqdm.auto import tqdm
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0: raise InfcamError(f"workers must be an integer >= 0, got {workers!r}")
-    src, dst = Path(src), Path(dst)
-    check_focal_targets(focal_targets)
-    incomplete = {}
-    scenes = source_scenes(src, incomplete)
-    if not scenes and incomplete: raise InfcamError(f"no complete scene under {src}: {next(iter(incomplete))}: {next(iter(incomplete.values()))}")
-    if not scenes: raise InfcamError(f"no complete scenes under {src} (expected <setting>/<scene>/cameras and videos, e.g. f24_aperture5/scene1)")
-    captions = _read_captions(src)
-    if focal_targets is not None and focal_targets is not False and focal_targets != () and not any(_focal_plan(scene_focal_mm(sc.parent.name, sc.name), focal_targets) for sc in scenes):
-        fs = sorted({scene_focal_mm(sc.parent.name, sc.name) for sc in scenes})
-        raise InfcamError(f"focal targets {_mm(focal_targets)} are not longer than any scene's focal length ({_mm(fs)}): "
-                          "refocusing crops the frame, so it can only lengthen the focal length")
-    with folder_lock(dst, 'augment'):
-        return _augment(src, dst, scenes, incomplete, captions, focal_targets, trajectory, workers, overwrite, progress,
-                        shifts, window, mode, crf)
 
 def _mm(fs) -> str:
     fs = fs.values() if isinstance(fs, dict) else ([fs] if isinstance(fs, (int, float)) else fs)
@@ -344,10 +330,10 @@ def augment_summary(rep:dict) -> str:
     return (f"augment: {rep['sources']} source scene(s) -> {len(rep['written'])} augmented scene(s) written, "
             f"{len(rep['skipped'])} already there; {len(rep['failed'])} source scene(s) failed")
 
-def _augment(src, dst, scenes, incomplete, captions, focal_targets, trajectory, workers, overwrite, progress, shifts, window, mode, crf):
-    from tqdm.auto import tqdm
-    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
-    tasks, failed = [], dict(incomplete)
+# %% ../nbs/22_augment.ipynb #1aac2532
+def _plan_tasks(scenes, dst, captions, focal_targets, trajectory, shifts, window, overwrite, mode, crf, threads) -> tuple[list, dict]:
+    "One `_task` per source scene (its focal targets and re-timings), and `{scene: why}` for the scenes that cannot be planned."
+    tasks, failed = [], {}
     for sc in scenes:
         rel = f'{sc.parent.name}/{sc.name}'
         try:
@@ -361,6 +347,14 @@ def _augment(src, dst, scenes, incomplete, captions, focal_targets, trajectory, 
             tasks.append((str(sc), str(dst), rel, f_src, kw, threads))
         except InfcamError as e: failed[rel] = str(e)
         except Exception as e: failed[rel] = f"{type(e).__name__}: {e}"
+    return tasks, failed
+
+# %% ../nbs/22_augment.ipynb #9ad6ed55
+def _augment(src, dst, scenes, incomplete, captions, focal_targets, trajectory, workers, overwrite, progress, shifts, window, mode, crf):
+    from tqdm.auto import tqdm
+    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    tasks, bad = _plan_tasks(scenes, dst, captions, focal_targets, trajectory, shifts, window, overwrite, mode, crf, threads)
+    failed = {**incomplete, **bad}
     written, skipped, rows = [], [], []
     bar = tqdm(total=len(tasks), desc='augment', unit='scene', disable=not progress)
     def collect(r):
@@ -389,3 +383,28 @@ def _augment(src, dst, scenes, incomplete, captions, focal_targets, trajectory, 
         print(augment_summary(rep))
         for k, v in rep['failed'].items(): print(f"  {k}: {v}")
     return rep
+
+# %% ../nbs/22_augment.ipynb #b3877d26
+def augment(src, dst, focal_targets=None, trajectory=('shift', 'reverse', 'palindrome'), workers:int=2,
+            overwrite:bool=False, progress:bool=True, shifts=None, window:int|None=None, mode:str='bicubic',
+            crf:int=18) -> dict:
+    """AugMCV from the MultiCamVideo-layout dataset `src` into `dst` (may be `src`): re-focused copies (`focal_targets`:
+    None for 18->24/35/50, 24->35/50, 35->50; a list of mm; a dict {src_mm: [mm]}; () for none) and re-timed copies
+    (`trajectory`: any of 'shift', 'reverse', 'palindrome', or None; `shifts`/`window` set the shift windows).
+    Resumable; `workers` processes (0: in this process). Returns `{'written', 'skipped', 'failed': {scene: reason}, 'metadata'}`."""
+    from tqdm.auto import tqdm
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0: raise InfcamError(f"workers must be an integer >= 0, got {workers!r}")
+    src, dst = Path(src), Path(dst)
+    check_focal_targets(focal_targets)
+    incomplete = {}
+    scenes = source_scenes(src, incomplete)
+    if not scenes and incomplete: raise InfcamError(f"no complete scene under {src}: {next(iter(incomplete))}: {next(iter(incomplete.values()))}")
+    if not scenes: raise InfcamError(f"no complete scenes under {src} (expected <setting>/<scene>/cameras and videos, e.g. f24_aperture5/scene1)")
+    captions = _read_captions(src)
+    if focal_targets is not None and focal_targets is not False and focal_targets != () and not any(_focal_plan(scene_focal_mm(sc.parent.name, sc.name), focal_targets) for sc in scenes):
+        fs = sorted({scene_focal_mm(sc.parent.name, sc.name) for sc in scenes})
+        raise InfcamError(f"focal targets {_mm(focal_targets)} are not longer than any scene's focal length ({_mm(fs)}): "
+                          "refocusing crops the frame, so it can only lengthen the focal length")
+    with folder_lock(dst, 'augment'):
+        return _augment(src, dst, scenes, incomplete, captions, focal_targets, trajectory, workers, overwrite, progress,
+                        shifts, window, mode, crf)

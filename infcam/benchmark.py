@@ -147,7 +147,7 @@ def make_data(root, cfg:BenchConfig, progress:bool=True) -> dict:
     "Render, augment and cache the benchmark's data under `root`; returns `{'train': Path, 'test': Path}`."
     from infcam.synthetic import make_dataset
     from infcam.augment import augment
-    from infcam.data import prepare
+    from infcam.cache import prepare
     from infcam.vae import weightless_codec
     root = Path(root)
     kw = dict(num_frames=cfg.num_frames, height=cfg.height, width=cfg.width, random_cameras=cfg.random_cameras, progress=progress)

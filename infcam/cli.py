@@ -135,7 +135,7 @@ _DTYPES = {'bf16': 'bfloat16', 'fp16': 'float16', 'fp32': 'float32'}
 
 def _prepare(a):
     import torch
-    from infcam.data import prepare
+    from infcam.cache import prepare
     if a.codec == 'wanvae' and not a.vae: raise InfcamError("--codec wanvae needs --vae PATH (Wan2.1_VAE.pth or a vae/ folder)")
     if bool(a.text_encoder) != bool(a.tokenizer): raise InfcamError("give both --text-encoder and --tokenizer, or neither")
     check_device(a.device)

@@ -116,7 +116,7 @@ def _frames_of(n:int) -> list[int]: return list(range(0, n, SCORE_STRIDE))
 def score_item(item:EvalItem, min_registered:float=0.5, lpips_net=None) -> dict:
     "`{PSNR, SSIM, RotErr, TransErr, registered, frames}` of one generated clip, and `LPIPS` with a ground truth and `lpips_net`."
     from infcam.video import read_video, video_info
-    from infcam.data import clip_length
+    from infcam.cache import clip_length
     from infcam.trajectories import load_trajectory
     from infcam.intrinsics import default_intrinsics, DEFAULT_FOCAL_MM
     if not Path(item.video).is_file(): raise InfcamError(f"video not found: {item.video}")

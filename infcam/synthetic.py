@@ -37,6 +37,7 @@ def _int(name, v, lo, hi=None):
         raise InfcamError(f"SceneSpec.{name} must be an integer {rng}, got {v!r}")
     return int(v)
 
+# %% ../nbs/20_synthetic.ipynb #b4ce886a
 @dataclass
 class SceneSpec:
     "Everything that determines a synthetic scene and its videos (the same spec renders the same pixels)."
@@ -111,6 +112,34 @@ class _Draw:
     def choice(self, seq): return seq[self.i(0, len(seq) - 1)]
     def perm(self, seq): return [seq[j] for j in torch.randperm(len(seq), generator=self.g).tolist()]
 
+# %% ../nbs/20_synthetic.ipynb #b9c407da
+def _draw_objects(d:_Draw, n_static:int, n_moving:int, colors:list) -> list[dict]:
+    "Draw `n_static` static then `n_moving` moving objects (the next draws of `d`), coloured in the order of `colors`."
+    objs = []
+    # static objects spread over +-40 deg (the presets' views reach about +-41 deg at 24 mm), 2.2-8 m away
+    for k in range(n_static):
+        az = -40 + 80 * (k + d.u(0.15, 0.85)) / n_static
+        dist = d.u(2.2, 8.)
+        shape = d.choice(['box', 'box', 'box', 'sign', 'sign', 'pillar'])
+        if shape == 'box': size = (d.u(0.5, 1.1), d.u(0.4, 1.2), d.u(0.5, 1.1))
+        elif shape == 'pillar': size = (d.u(0.3, 0.5), d.u(1.6, 2.6), 0.)
+        else: size = (d.u(0.8, 1.5), d.u(0.6, 1.1), d.u(0.7, 1.3))        # width, height, lift of the board
+        objs.append(dict(shape=shape, color=colors[k], pattern=d.choice(list(PATTERNS)), size=size,
+                         pos=(dist * math.sin(math.radians(az)), dist * math.cos(math.radians(az))),
+                         yaw=d.u(-40., 40.), motion=None))
+    # moving objects: in view at the middle frame, 3.5-6.5 m away
+    for k in range(n_moving):
+        az, dist = d.u(-25., 25.), d.u(3.5, 6.5)
+        shape = d.choice(['box', 'sign'])
+        size = (d.u(0.4, 0.7),) * 3 if shape == 'box' else (d.u(0.7, 1.1), d.u(0.5, 0.8), d.u(0.6, 1.0))
+        if d.u() < 0.5: motion = ('slide', d.choice([-1., 1.]) * d.u(0.3, 0.7), d.u(-0.15, 0.15))   # vx, vz (m/s)
+        else: motion = ('circle', d.u(0.4, 0.9), d.u(3., 6.))                                     # radius, period
+        objs.append(dict(shape=shape, color=colors[n_static + k], pattern=d.choice(list(PATTERNS)), size=size,
+                         pos=(dist * math.sin(math.radians(az)), dist * math.cos(math.radians(az))),
+                         yaw=d.u(-30., 30.), motion=motion))
+    return objs
+
+# %% ../nbs/20_synthetic.ipynb #ea273412
 def scene_plan(spec:SceneSpec) -> dict:
     """The content of `spec`'s scene as numbers and names: `kind`, `ground_y`, `ground`, `walls`, `objects` (each a
     dict with `shape`, `color`, `pattern`, `size`, `pos` (x, z) in the base camera's level frame at the middle frame,
@@ -134,29 +163,7 @@ def scene_plan(spec:SceneSpec) -> dict:
     plan['wall_color'] = wall_color
     colors = d.perm(list(COLORS))
     colors = (colors * 3)[:max(n_static + n_moving, 1)]
-    objs = []
-    # static objects spread over +-40 deg (the presets' views reach about +-41 deg at 24 mm), 2.2-8 m away
-    for k in range(n_static):
-        az = -40 + 80 * (k + d.u(0.15, 0.85)) / n_static
-        dist = d.u(2.2, 8.)
-        shape = d.choice(['box', 'box', 'box', 'sign', 'sign', 'pillar'])
-        if shape == 'box': size = (d.u(0.5, 1.1), d.u(0.4, 1.2), d.u(0.5, 1.1))
-        elif shape == 'pillar': size = (d.u(0.3, 0.5), d.u(1.6, 2.6), 0.)
-        else: size = (d.u(0.8, 1.5), d.u(0.6, 1.1), d.u(0.7, 1.3))        # width, height, lift of the board
-        objs.append(dict(shape=shape, color=colors[k], pattern=d.choice(list(PATTERNS)), size=size,
-                         pos=(dist * math.sin(math.radians(az)), dist * math.cos(math.radians(az))),
-                         yaw=d.u(-40., 40.), motion=None))
-    # moving objects: in view at the middle frame, 3.5-6.5 m away
-    for k in range(n_moving):
-        az, dist = d.u(-25., 25.), d.u(3.5, 6.5)
-        shape = d.choice(['box', 'sign'])
-        size = (d.u(0.4, 0.7),) * 3 if shape == 'box' else (d.u(0.7, 1.1), d.u(0.5, 0.8), d.u(0.6, 1.0))
-        if d.u() < 0.5: motion = ('slide', d.choice([-1., 1.]) * d.u(0.3, 0.7), d.u(-0.15, 0.15))   # vx, vz (m/s)
-        else: motion = ('circle', d.u(0.4, 0.9), d.u(3., 6.))                                     # radius, period
-        objs.append(dict(shape=shape, color=colors[n_static + k], pattern=d.choice(list(PATTERNS)), size=size,
-                         pos=(dist * math.sin(math.radians(az)), dist * math.cos(math.radians(az))),
-                         yaw=d.u(-30., 30.), motion=motion))
-    plan['objects'] = objs
+    plan['objects'] = _draw_objects(d, n_static, n_moving, colors)
     return plan
 
 # %% ../nbs/20_synthetic.ipynb #432ba56b
@@ -437,6 +444,7 @@ def write_metadata(root) -> Path:
             w = csv.writer(f); w.writerow(['file_name', 'text']); w.writerows(rows)
     return root / 'metadata.csv'
 
+# %% ../nbs/20_synthetic.ipynb #98c221b2
 def _same_spec(path:Path, spec:SceneSpec):
     try: old = json.loads((path / 'scene.json').read_text())['spec']
     except (OSError, json.JSONDecodeError, KeyError):

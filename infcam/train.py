@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args) -> Path:
     "Train as `args` say; return the run folder."
-    from infcam.data import CachedPairDataset
+    from infcam.cache import CachedPairDataset
     from infcam.models import WanConfig
     from infcam.training import InfCamModule, fit, is_global_zero, list_checkpoints, check_fit_args
     devices = int(args.devices) if str(args.devices).isdigit() else args.devices

@@ -16,17 +16,13 @@ from .models.wan import WanConfig, WanDiT
 from .models.infcam import InfCamDiT, InfCamConfig
 
 # %% auto #0
-__all__ = ['COMPONENTS', 'TITLES', 'DIT_ANCHOR', 'WAN_HEAD_DIM', 'EXPECTED_FILES', 'TOKENIZER_TEXTS', 'WeightsSpec',
-           'dit_to_diffusers', 'dit_from_diffusers', 'expected_tensors', 'safetensors_header', 'save_safetensors',
-           'read_tensors', 'find_dit_prefix', 'infer_dit_config', 'DiTCheckpoint', 'read_dit_checkpoint',
-           'load_infcam_checkpoint', 'as_dtype', 'convert_checkpoint', 'load_dit', 'find_weights', 'ComponentCheck',
-           'WeightsReport', 'check_weights', 'make_tiny_release']
+__all__ = ['COMPONENTS', 'TITLES', 'DIT_ANCHOR', 'WAN_HEAD_DIM', 'EXPECTED_FILES', 'WeightsSpec', 'dit_to_diffusers',
+           'dit_from_diffusers', 'expected_tensors', 'safetensors_header', 'save_safetensors', 'read_tensors',
+           'find_dit_prefix', 'infer_dit_config', 'DiTCheckpoint', 'read_dit_checkpoint', 'load_infcam_checkpoint',
+           'as_dtype', 'convert_checkpoint', 'load_dit', 'find_weights', 'ComponentCheck', 'WeightsReport',
+           'check_weights']
 
 # %% ../nbs/16_weights.ipynb #4d033f10
-def _tiny_vae_config() -> dict:
-    from infcam.vae import WAN21_VAE_CONFIG
-    return dict(WAN21_VAE_CONFIG, base_dim=8)
-
 @dataclass
 class WeightsSpec:
     "The shapes a set of weights should have: DiT config, VAE config (diffusers `AutoencoderKLWan`), umT5 hyper-parameters."
@@ -43,8 +39,9 @@ class WeightsSpec:
     @classmethod
     def tiny(cls) -> WeightsSpec:
         "A small model of the same design: the 'tiny' DiT preset, a VAE of base width 8, a 2-layer 64-wide umT5."
+        from infcam.vae import WAN21_VAE_CONFIG
         dit = WanConfig.preset('tiny')
-        return cls(dit, _tiny_vae_config(), dict(vocab=64, dim=dit.text_dim, dim_attn=dit.text_dim, dim_ffn=2 * dit.text_dim,
+        return cls(dit, dict(WAN21_VAE_CONFIG, base_dim=8), dict(vocab=64, dim=dit.text_dim, dim_attn=dit.text_dim, dim_ffn=2 * dit.text_dim,
                                                  num_heads=4, num_layers=2))
 
     def key(self) -> str:
@@ -205,12 +202,6 @@ def read_tensors(path, device='meta', dtype:torch.dtype|None=None, what:str='che
     if str(device) != 'meta': sd = {k: cast(v) for k, v in sd.items()}
     return sd, dict(format='pickle', files=[path], wrappers=wrappers, metadata={})
 
-# %% ../nbs/16_weights.ipynb #38b4c039
-def _rss_mb() -> float:
-    "Resident memory of this process in MB (Linux)."
-    try: return int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
-    except OSError: return float('nan')
-
 # %% ../nbs/16_weights.ipynb #e0ac2f17
 DIT_ANCHOR = 'patch_embedding.weight'
 WAN_HEAD_DIM = 128   # every released Wan2.1 DiT (1.3B: 1536 / 12, 14B: 5120 / 40)
@@ -294,6 +285,7 @@ def _compare(found:dict, expected:dict, optional=()) -> tuple[list, list, list]:
     wrong = [(k, tuple(found[k].shape), tuple(expected[k])) for k in expected if k in found and tuple(found[k].shape) != tuple(expected[k])]
     return missing, unexpected, wrong
 
+# %% ../nbs/16_weights.ipynb #f1336155
 def read_dit_checkpoint(path, config:WanConfig|None=None, num_heads:int|None=None, prefix:str|None=None,
                         device='meta', dtype:torch.dtype|None=None, kind:str|None=None, heads_hint:int|None=None) -> DiTCheckpoint:
     """Read a Wan or InfCam DiT checkpoint (pickle, safetensors, shards or a diffusers `transformer/` folder), strip
@@ -533,6 +525,7 @@ def _check_tokenizer(c:ComponentCheck, path:Path, spec:WeightsSpec) -> None:
     if empty: c.problems.append(f"empty file(s): {', '.join(empty)} (interrupted download?)")
     c.status = 'wrong' if c.problems else 'ok'
 
+# %% ../nbs/16_weights.ipynb #106574b4
 def check_weights(folder, spec:WeightsSpec|None=None, infcam_checkpoint=None) -> WeightsReport:
     """Find and check every component under `folder` against `spec` (default: the released Wan2.1-T2V-1.3B + InfCam),
     reading only headers and pickles' metadata, never tensor data."""
@@ -559,53 +552,3 @@ def check_weights(folder, spec:WeightsSpec|None=None, infcam_checkpoint=None) ->
     if comps['infcam'].status == 'missing' and comps['dit'].ok:
         comps['infcam'].problems[0] += " (the base DiT alone generates only without camera control, if asked for with --base-only)"
     return WeightsReport(folder, comps, 'Wan2.1-T2V-1.3B' if named else f"custom spec (DiT dim {spec.dit.dim}, {spec.dit.num_layers} layers)")
-
-# %% ../nbs/16_weights.ipynb #b4f6e2ec
-TOKENIZER_TEXTS = ["a cat sits on a red sofa", "the camera pans slowly to the right", "a dog runs across a sunny park",
-                   "waves crash on the rocky shore at sunset", "a city street at night with neon lights"]
-
-def make_tiny_release(folder, layout:str='original', spec:WeightsSpec|None=None, infcam:bool=True, base:bool=True,
-                      seed:int=0) -> Path:
-    """Write random weights for every component under `folder` (`Wan2.1-T2V-1.3B[-Diffusers]/...`, `InfCam/step35000.ckpt`)
-    at the shapes of `spec` (default `WeightsSpec.tiny()`); returns `folder`."""
-    from diffusers import AutoencoderKLWan
-    from transformers import UMT5EncoderModel
-    from infcam.text import umt5_config, umt5_to_original, build_tiny_tokenizer
-    from infcam.vae import wan_vae_to_original
-    spec, folder = spec or WeightsSpec.tiny(), Path(folder)
-    if layout not in ('original', 'diffusers'): raise InfcamError(f"unknown layout {layout!r}; 'original' or 'diffusers'")
-    from transformers.utils import logging as hf_logging
-    bar = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    torch.manual_seed(seed)
-    wan = folder / ('Wan2.1-T2V-1.3B' + ('-Diffusers' if layout == 'diffusers' else ''))
-    dit = WanDiT(spec.dit).state_dict()
-    vae = AutoencoderKLWan.from_config(spec.vae)
-    te = UMT5EncoderModel(umt5_config(**spec.umt5))
-    if layout == 'original':
-        wan.mkdir(parents=True, exist_ok=True)
-        if base: save_safetensors(dit, wan / 'diffusion_pytorch_model.safetensors')
-        torch.save(wan_vae_to_original(vae.state_dict(), spec.vae.get('num_res_blocks', 2)), wan / 'Wan2.1_VAE.pth')
-        torch.save({k: v.to(torch.bfloat16) for k, v in umt5_to_original(te.state_dict()).items()}, wan / 'models_t5_umt5-xxl-enc-bf16.pth')
-        build_tiny_tokenizer(wan / 'google' / 'umt5-xxl', TOKENIZER_TEXTS, vocab_size=spec.umt5.get('vocab', 64))
-    else:
-        c = spec.dit
-        if base:
-            (wan / 'transformer').mkdir(parents=True, exist_ok=True)
-            (wan / 'transformer' / 'config.json').write_text(json.dumps(dict(
-                _class_name='WanTransformer3DModel', patch_size=list(c.patch_size), num_attention_heads=c.num_heads,
-                attention_head_dim=c.head_dim, in_channels=c.in_dim, out_channels=c.out_dim, text_dim=c.text_dim,
-                freq_dim=c.freq_dim, ffn_dim=c.ffn_dim, num_layers=c.num_layers, cross_attn_norm=True, eps=c.eps), indent=1))
-            save_safetensors({dit_to_diffusers(k): v for k, v in dit.items()}, wan / 'transformer' / 'diffusion_pytorch_model.safetensors')
-        vae.save_pretrained(wan / 'vae')
-        te.to(torch.bfloat16).save_pretrained(wan / 'text_encoder')
-        build_tiny_tokenizer(wan / 'tokenizer', TOKENIZER_TEXTS, vocab_size=spec.umt5.get('vocab', 64))
-    if infcam:
-        (folder / 'InfCam').mkdir(parents=True, exist_ok=True)
-        m = InfCamDiT.from_base(dit, spec.dit)
-        with torch.no_grad():
-            for n, p in m.named_parameters():
-                if 'cam_encoder' in n or 'zero_conv' in n: p.normal_(0, 0.02)      # "trained": not zero
-        torch.save({k: v.to(torch.bfloat16) for k, v in m.state_dict().items()}, folder / 'InfCam' / 'step35000.ckpt')
-    if bar: hf_logging.enable_progress_bar()
-    return folder

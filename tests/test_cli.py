@@ -68,7 +68,7 @@ def test_synth_and_resume(tmp_path):
     assert_one_line_error(infcam('synth', '--out', str(tmp_path / 'x'), '--frames', '10'), '10')
 
 def test_weights_check_and_convert(tmp_path):
-    from infcam.weights import make_tiny_release
+    from infcam.testing import make_tiny_release
     rel = make_tiny_release(tmp_path / 'release')
     r = infcam('weights', 'check', str(rel), '--size', 'tiny')
     assert r.returncode == 0 and 'usable' in r.stdout, (r.stdout, r.stderr)

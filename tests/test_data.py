@@ -9,8 +9,8 @@ import torch
 
 from infcam.cameras import focal_mm_to_px, latent_frame_indices, load_camera_extrinsics
 from infcam.core import InfcamError
-from infcam.data import (CachedPairDataset, ClipFolder, MultiCamDataset, PairDataset, item_rng, latents_path,
-                         load_context, load_latents, prepare, sample_pair, text_path, text_tag, clip_intrinsics)
+from infcam.cache import CachedPairDataset, latents_path, load_context, load_latents, prepare, text_path, text_tag
+from infcam.data import ClipFolder, MultiCamDataset, PairDataset, item_rng, sample_pair, clip_intrinsics
 from infcam.synthetic import add_refocused_copy, load_scene, make_dataset, write_metadata
 from infcam.vae import PixelCodec
 from infcam.video import read_video, write_video
@@ -143,11 +143,6 @@ def test_determinism(base):
     assert len(metas) > 1
     with pytest.raises(IndexError):
         a[1]
-
-
-def test_intrinsics_crop():
-    torch.testing.assert_close(clip_intrinsics(24, (480, 832), 480, 832), torch.tensor([840.4040, 840.4040, 416., 240.]))
-    torch.testing.assert_close(clip_intrinsics(24, (960, 1664), 480, 832), clip_intrinsics(24, (480, 832), 480, 832))
 
 
 def test_prepare_and_cached_equals_on_the_fly(work, encoder):

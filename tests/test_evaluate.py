@@ -18,7 +18,7 @@ SMALL = ['--size', 'tiny', '--frames', '9', '--height', '32', '--width', '48', '
 def results(tmp_path_factory):
     "Two infcam results on a synthetic scene, each asked for another camera of the scene (which is its ground truth)."
     from infcam.synthetic import make_dataset
-    from infcam.weights import make_tiny_release
+    from infcam.testing import make_tiny_release
     d = tmp_path_factory.mktemp('ev')
     os.environ.setdefault('INFCAM_CACHE', str(d / 'cache'))
     n = torch.get_num_threads(); torch.set_num_threads(1)

@@ -26,7 +26,7 @@ def env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    from infcam.weights import make_tiny_release
+    from infcam.testing import make_tiny_release
     return make_tiny_release(tmp_path_factory.mktemp('w') / 'weights')
 
 

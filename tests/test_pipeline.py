@@ -241,7 +241,8 @@ def test_varying_trajectory_zoom_warns(model, clip, monkeypatch):
 
 
 def test_from_pretrained_tiny_release(tmp_path, clip):
-    from infcam.weights import WeightsSpec, make_tiny_release
+    from infcam.testing import make_tiny_release
+    from infcam.weights import WeightsSpec
     make_tiny_release(tmp_path / "w")
     spec = WeightsSpec.tiny()
     p = InfCamPipeline.from_pretrained(tmp_path / "w", device="cpu", dtype=torch.float32, spec=spec,

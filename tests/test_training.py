@@ -9,7 +9,7 @@ import lightning  # noqa: F401  (a requirement: fail, never skip, if it is missi
 import lightning as L
 
 from infcam.core import InfcamError
-from infcam.data import CachedPairDataset, prepare
+from infcam.cache import CachedPairDataset, prepare
 from infcam.models import InfCamDiT
 from infcam.pipeline import RandomTextEncoder
 from infcam.synthetic import make_dataset
@@ -300,7 +300,7 @@ os.environ.update(DS_ACCELERATOR='cpu', MASTER_ADDR='127.0.0.1', MASTER_PORT=sys
                   LOCAL_RANK='0', LOCAL_WORLD_SIZE='1')
 warnings.filterwarnings('ignore')
 import torch, deepspeed
-from infcam.data import CachedPairDataset
+from infcam.cache import CachedPairDataset
 from infcam.pipeline import RandomTextEncoder
 from infcam.training import (InfCamModule, collate, list_checkpoints, read_checkpoint, resume_from, load_zero_shards,
                              save_zero_checkpoint, zero_full_param)

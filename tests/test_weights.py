@@ -19,8 +19,9 @@ from infcam.core import InfcamError
 from infcam.models import InfCamConfig, InfCamDiT, WanConfig, WanDiT
 from infcam.weights import (WeightsSpec, check_weights, convert_checkpoint, dit_from_diffusers, dit_to_diffusers,
                             expected_tensors, find_dit_prefix, find_weights, infer_dit_config, load_dit,
-                            load_infcam_checkpoint, make_tiny_release, read_dit_checkpoint, read_tensors,
-                            safetensors_header, save_safetensors)
+                            load_infcam_checkpoint, read_dit_checkpoint, read_tensors, safetensors_header,
+                            save_safetensors)
+from infcam.testing import make_tiny_release
 
 DATA = Path(__file__).parent / "data"
 TINY = WanConfig.preset("tiny")
