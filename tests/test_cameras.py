@@ -1,11 +1,13 @@
-"Cameras: Unreal files, relative poses, latent frames, the ten analytic presets against the golden numbers, the lens."
+"""Cameras beyond the examples of nbs/01_cameras.ipynb (which nbdev_test runs): error messages, every preset and spelling,
+the reference file, edge cases. 01 already asserts the golden presets' values, the round trips, the numeric frame order
+of camera files, and the lens examples; those are checked there only."""
 import json, math
 from pathlib import Path
 import pytest, torch
 from safetensors.torch import load_file
 from infcam.core import InfcamError
 from infcam.cameras import *
-from infcam.cameras import preset_id, PRESET_DEFAULTS
+from infcam.cameras import preset_id
 
 GOLDEN = Path(__file__).parent / 'data' / 'golden' / 'presets_extrinsics.safetensors'
 SHARED = Path(__file__).resolve().parents[2] / 'shared' / 'reference' / 'sample_data'
@@ -24,18 +26,19 @@ def test_golden_has_all_twenty_entries():
     assert sorted(GOLD) == sorted(f'frames{n}.cam{i:02d}' for n in (81, 41) for i in range(1, 11))
 
 @pytest.mark.parametrize('key', sorted(GOLD))
-def test_presets_match_golden(key):
+def test_presets_golden_shapes_and_spellings(key):
+    "(01 asserts the values of all twenty entries against the golden file.)"
     n, cam = int(key[6:8]), int(key[-2:])
     ref = GOLD[key]
     ext = to_extrinsics(preset(cam, n))
     assert ext.shape == ref.shape == (num_latent_frames(n), 12) and ext.dtype == torch.float32
-    assert (ext - ref).abs().max() < 1e-4, (key, (ext - ref).abs().max())
     # the same numbers through every accepted spelling of the preset
     assert torch.equal(to_extrinsics(preset(f'cam{cam:02d}', n)), ext)
     assert torch.equal(to_extrinsics(preset(PRESET_NAMES[cam], n)), ext)
 
 @pytest.mark.skipif(not TEN_TYPES.exists(), reason=f"reference camera file not found at {TEN_TYPES} (../shared beside the checkout)")
 def test_reference_file_matches_analytic_presets():
+    "01 checks this too, but inside `if ref_file.exists()`, silently; here a missing file is a reported skip."
     ref = load_camera_extrinsics(TEN_TYPES)
     assert list(ref) == [f'cam{i:02d}' for i in range(1, 11)]
     for i in range(1, 11):
@@ -99,36 +102,27 @@ def test_look_at_presets_keep_their_point_on_the_axis():
         assert dist.max() < 1e-4, (name, dist.max())
         assert 3.5 < p[2] < 4.5                                               # about 4 m ahead of the source
 
-def test_preset_shorter_clips_truncate_or_stretch():
+def test_preset_shorter_clips_truncate_or_continue():
+    "(01 checks stretch=True.)"
     full = preset('tilt_down', 81, full=True)
     assert torch.equal(preset('tilt_down', 41, full=True), full[:41])         # the reference's 41-frame presets
     assert torch.equal(preset('tilt_down', 17, full=True), full[:17])
     longer = preset('tilt_down', 101, full=True)                              # longer clips continue the motion
     assert torch.allclose(longer[:81], full, atol=1e-6) and rotation_to_ypr(longer[100, :3, :3])[1] < rotation_to_ypr(full[80, :3, :3])[1]
-    st = preset('tilt_down', 41, full=True, stretch=True)
-    assert torch.allclose(st, full[::2], atol=1e-6) and torch.allclose(st[20], torch.eye(4), atol=1e-6)
 
-def test_ref_frame_zero_matches_infcams_ref0_file():
-    # two matrices of InfCam's camera_extrinsics_ref0.json (frame 4), the same paths relative to their frame 0
-    ref0_frame4 = {7: "[0 0.012421 0.999923 0] [1 0 0 0] [-0 -0.999923 0.012421 0] [0 -4.969 0 1] ",
-                   9: "[0.025003 0 0.999687 0] [0.999687 0 -0.025003 0] [-0 -1 -0 0] [-9.94 0 2.66 1] "}
-    for i, m in ref0_frame4.items():
-        P = preset(i, full=True, ref_frame=0)
-        assert torch.allclose(P[0], torch.eye(4), atol=1e-6)
-        assert (P[4] - unreal_to_opencv(parse_unreal_matrix(m)).float()).abs().max() < 1e-4
-    # same motion, other reference: P_ref0 = inv(P_ref40[0]) @ P_ref40
+def test_ref_frame_zero_is_the_same_motion():
+    "Same motion, other reference: P_ref0 = inv(P_ref40[0]) @ P_ref40 (01 checks two matrices of InfCam's ref0 file)."
     for i in range(1, 11):
         P40 = preset(i, full=True)
         assert torch.allclose(preset(i, full=True, ref_frame=0), relative_poses(P40[0], P40), atol=2e-6)
 
 # ---- Unreal files ---------------------------------------------------------------------------------------------------
-def test_unreal_conversion_matches_the_architecture_recipe():
+def test_unreal_conversion_is_transpose_permute_flip_scale():
+    "The conversion written out step by step, on a rotated matrix and a batch (01 checks the identity and the round trip)."
     m = parse_unreal_matrix("[0.17258 0 0.984996 0] [0.984996 0 -0.17258 0] [-0 -1 -0 0] [10 -20 30 1] ")
     ref = m.T[:, [1, 2, 0, 3]].clone(); ref[:3, 1] *= -1; ref[:3, 3] /= 100
     assert torch.equal(unreal_to_opencv(m), ref)
-    assert torch.allclose(opencv_to_unreal(unreal_to_opencv(m)), m, atol=1e-12)
     assert torch.equal(unreal_to_opencv(m[None].expand(3, 4, 4)), ref.expand(3, 4, 4))
-    assert torch.allclose(unreal_to_opencv(parse_unreal_matrix("[0 0 1 0] [1 0 0 0] [-0 -1 -0 0] [0 0 0 1]")), torch.eye(4, dtype=torch.float64))
 
 def test_parse_unreal_matrix_errors():
     for bad, msg in (("[1 0 0 0] [0 1 0 0] [0 0 1 0]", 'four bracketed rows'), ("[1 0 0] [0 1 0] [0 0 1] [0 0 0]", 'rows have'),
@@ -150,12 +144,6 @@ def test_save_load_camera_extrinsics_is_exact(tmp_path):
     with pytest.raises(InfcamError, match='different frame counts'): save_camera_extrinsics(tmp_path / 'x.json', {'a': cams['cam01'], 'b': cams['cam07'][:5]})
     with pytest.raises(InfcamError, match='NaN'): save_camera_extrinsics(tmp_path / 'x.json', {'a': cams['cam01'] * float('nan')})
 
-def test_load_camera_extrinsics_orders_frames_numerically(tmp_path):
-    poses = pose_matrix(torch.eye(3).expand(12, 3, 3), torch.stack([torch.zeros(12), torch.zeros(12), torch.arange(12.)], -1))
-    data = {f'frame{i}': {'cam01': format_unreal_matrix(opencv_to_unreal(poses[i].double()))} for i in (11, 3, 10, 0, 1, 2, 9, 8, 7, 6, 5, 4)}
-    (tmp_path / 'c.json').write_text(json.dumps(data))
-    assert torch.equal(load_camera_extrinsics(tmp_path / 'c.json')['cam01'][:, 2, 3], torch.arange(12.))
-
 @pytest.mark.parametrize('content,msg', [
     ('{"frame0": {', 'is not valid JSON'),
     ('[1, 2]', 'expected an object'),
@@ -174,21 +162,15 @@ def test_load_camera_extrinsics_missing_file(tmp_path):
     with pytest.raises(InfcamError, match='cannot read camera file .*nope.json'): load_camera_extrinsics(tmp_path / 'nope.json')
 
 # ---- relative poses, latent frames, extrinsics -----------------------------------------------------------------------
-def test_relative_poses_single_and_batched():
+def test_relative_poses_one_reference_for_a_batch():
+    "(01 checks a reference per trajectory, a single one, and the reference becoming the identity.)"
     ref, poses = random_poses(3, 2), random_poses(15, 3).reshape(3, 5, 4, 4)
-    rel = relative_poses(ref, poses)
-    assert rel.shape == (3, 5, 4, 4)
-    assert torch.allclose(rel, torch.linalg.inv(ref)[:, None] @ poses, atol=1e-4)
-    assert torch.allclose(relative_poses(ref[1], poses[1]), rel[1], atol=1e-6)
     one_ref = relative_poses(ref[0], poses)                                 # one reference for every trajectory
     assert one_ref.shape == (3, 5, 4, 4) and torch.allclose(one_ref, torch.linalg.inv(ref[0]) @ poses, atol=1e-4)
-    assert torch.allclose(relative_poses(poses[0, 0], poses[0])[0], torch.eye(4), atol=1e-5)
-    assert torch.allclose(rigid_inverse(ref) @ ref, torch.eye(4).expand(3, 4, 4), atol=1e-5)
 
-def test_latent_frames():
-    assert latent_frame_indices(81) == list(range(0, 81, 4)) and num_latent_frames(81) == 21
-    assert latent_frame_indices(41) == list(range(0, 41, 4)) and num_latent_frames(41) == 11
-    assert latent_frame_indices(1) == [0] and latent_frame_indices(5) == [0, 4]
+def test_latent_frames_edge_cases():
+    "(01 checks 81, 41 and 1 frames and refuses 80.)"
+    assert latent_frame_indices(5) == [0, 4]
     for bad in (0, 2, 10, 80, -3, 81.0, '81', True):
         with pytest.raises(InfcamError, match='4k\\+1'): num_latent_frames(bad)
 
@@ -200,24 +182,20 @@ def test_extrinsics_flatten_row_major():
     assert torch.equal(from_extrinsics(e), P) and torch.equal(to_extrinsics(P[..., :3, :]), e)
     with pytest.raises(InfcamError, match='12'): from_extrinsics(torch.zeros(3, 11))
 
-def test_ypr_round_trip_and_directions():
-    ypr = torch.tensor([[0., 0., 0.], [25., -10., 5.], [-120., 45., 170.], [179., -89., -30.]], dtype=torch.float64)
-    assert torch.allclose(rotation_to_ypr(ypr_to_rotation(*ypr.unbind(-1))), ypr, atol=1e-8)
-    assert torch.allclose(ypr_to_rotation(90.)[:, 2], torch.tensor([1., 0., 0.]), atol=1e-6)          # yaw right
-    assert torch.allclose(ypr_to_rotation(0., 90.)[:, 2], torch.tensor([0., -1., 0.]), atol=1e-6)     # pitch up (y is down)
+def test_look_at_keeps_the_horizon_level():
+    "(01 checks the yaw/pitch/roll directions and round trip.)"
     P = look_at(torch.tensor([1., -2., 0.]), torch.tensor([0., 0., 5.]))
     assert torch.allclose(P[:3, 2], torch.tensor([-1., 2., 5.]) / math.sqrt(30), atol=1e-6) and abs(P[1, 0]) < 1e-7   # level horizon
 
 # ---- intrinsics -----------------------------------------------------------------------------------------------------
 def test_intrinsics():
+    "(01 checks 24 mm at 832x480 both ways round, the vertical round trip, a 90 degree view and the K4 layout.)"
     f = focal_mm_to_px(24, 480, 832)
-    assert abs(f - 840.40) < 0.01 and abs(f - 24 * 832 / 23.76) < 1e-9
-    assert focal_mm_to_px(24, 832, 480) == f                                   # longer side, either orientation
-    assert abs(focal_px_to_mm(f, 480, 832) - 24) < 1e-9
+    assert abs(f - 24 * 832 / 23.76) < 1e-9
     assert abs(focal_mm_to_px(50, 320, 544) - 50 * 544 / SENSOR_MM) < 1e-9
-    for axis in ('horizontal', 'vertical', 'diagonal'):
+    for axis in ('horizontal', 'diagonal'):
         assert abs(fov_to_focal_px(focal_px_to_fov(f, 480, 832, axis), 480, 832, axis) - f) < 1e-6
-    assert abs(fov_to_focal_px(90., 480, 832) - 416) < 1e-9 and abs(fov_to_focal_px(90., 480, 832, 'vertical') - 240) < 1e-9
+    assert abs(fov_to_focal_px(90., 480, 832, 'vertical') - 240) < 1e-9
     ft = focal_mm_to_px(torch.tensor([18., 24., 35., 50.]), 480, 832)
     assert torch.allclose(focal_px_to_fov(ft, 480, 832), torch.tensor([focal_px_to_fov(float(v), 480, 832) for v in ft]))
     K4 = pixel_intrinsics(f, 480, 832)

@@ -1,11 +1,14 @@
-"Tests for infcam.metrics: pose estimation on rendered clips, camera and image metrics, external pose files."
+"""infcam.metrics beyond the examples of nbs/50_metrics.ipynb (which nbdev_test runs): pose estimation on four presets
+and the 'chain' method, hand-computed metric values, SSIM against a float64 reference, COLMAP and plain pose files,
+missing weights. 50 already asserts a 30 degree geodesic, scale alignment of a scaled arc, 20 dB PSNR, SSIM(x, x) = 1,
+the Frechet distance of a shifted set and two missing-weights messages; those are checked there only."""
 import json, math
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from infcam.core import InfcamError
-from infcam.cameras import preset, ypr_to_rotation, pose_matrix, relative_poses
+from infcam.cameras import preset, ypr_to_rotation, pose_matrix
 from infcam.metrics import (estimate_poses, align_scale, rot_err, trans_err, camera_metrics, geodesic_deg, psnr, ssim,
                             read_colmap_images, write_colmap_images, load_poses, lpips, fid, frechet_distance)
 from infcam.fvd import fvd
@@ -66,13 +69,8 @@ def test_geodesic_and_rot_err():
     assert abs(rot_err(a, b) - 10.) < 1e-3                               # mean of 0 and 20 degrees
     assert rot_err(b, b) < 1e-3                                           # accurate near 0 (atan2, not acos)
 
-def test_align_scale_and_trans_err():
-    ref = preset('arc_left', 17, full=True)
-    est = ref.clone(); est[:, :3, 3] *= 0.25
-    al, s = align_scale(est, ref)
-    assert abs(s - 4.) < 1e-4
-    torch.testing.assert_close(al, ref, atol=1e-5, rtol=0)
-    assert trans_err(est, ref) < 1e-5
+def test_align_scale_and_trans_err_by_hand():
+    "(50 checks that a scaled arc is aligned back with zero error.)"
     # hand-computed: adjacent steps of 1 (ref) and 2, 2, 4 (est) -> median ratio 0.5; est*0.5 = 0, 1, 2, 4
     t_ref = torch.tensor([[0., 0, 0], [1, 0, 0], [2, 0, 0], [3, 0, 0]])
     t_est = torch.tensor([[0., 0, 0], [2, 0, 0], [4, 0, 0], [8, 0, 0]])
@@ -126,7 +124,6 @@ def test_ssim_against_reference():
     g = torch.Generator().manual_seed(0)
     a = F.avg_pool2d(torch.rand(2, 3, 26, 30, generator=g), 3, 1, 1)        # some structure
     b = (a + 0.08 * torch.randn(a.shape, generator=g)).clamp(0, 1)
-    assert abs(ssim(a, a) - 1.) < 1e-6
     ref = _ssim_reference(a.double().numpy(), b.double().numpy())
     assert 0.2 < ref < 0.95
     assert abs(ssim(a, b) - ref) < 1e-4
@@ -177,10 +174,10 @@ def test_load_plain_pose_files(tmp_path):
     with pytest.raises(InfcamError, match='does not exist'): load_poses(tmp_path / 'none.npy')
     with pytest.raises(InfcamError, match='unknown pose file'): (tmp_path / 'x.csv').write_text('1'); load_poses(tmp_path / 'x.csv')
 
-def test_frechet_distance():
+def test_frechet_distance_with_scaled_covariance():
+    "(50 checks identical sets and a pure shift.)"
     g = torch.Generator().manual_seed(0)
     fa = torch.randn(400, 3, generator=g)
-    assert abs(frechet_distance(fa, fa)) < 1e-6
     fb = fa * 2 + 1                                                        # mean shift 1 per dim, covariance x4
     Sa = np.cov(fa.double().numpy().T)
     d = fa.double().mean(0).numpy() + 1                                    # mean(fb) - mean(fa)
@@ -188,11 +185,10 @@ def test_frechet_distance():
     assert abs(frechet_distance(fa, fb) - want) < 1e-6
 
 def test_learned_metrics_need_local_weights(tmp_path):
+    "(50 checks lpips without weights and fid with a missing file.)"
     x = torch.rand(1, 3, 16, 16)
-    with pytest.raises(InfcamError, match='weights=PATH'): lpips(x, x)
     with pytest.raises(InfcamError, match='does not exist'): lpips(x, x, weights=tmp_path / 'alex.pth', backbone=tmp_path / 'a.pth')
     with pytest.raises(InfcamError, match='weights=PATH'): fid(x, x)
-    with pytest.raises(InfcamError, match='does not exist'): fid(x, x, weights=tmp_path / 'inception.pt')
     clips = [torch.rand(9, 3, 16, 16)] * 2
     with pytest.raises(InfcamError, match='weights=PATH'): fvd(clips, clips)
     with pytest.raises(InfcamError, match='does not exist'): fvd(clips, clips, weights=tmp_path / 'i3d_pretrained_400.pt')

@@ -1,5 +1,8 @@
-"Tests of infcam.models: the Wan2.1 backbone and the InfCam DiT (conformance with the golden file and manifests)."
-import json
+"""infcam.models beyond the examples of nbs/10_wan, 11_infcam_dit and 12_models (which nbdev_test runs): the one-stream
+target forward, float32 throughout, the init rule in every block and from a state dict, per-sample batching, the
+InfCam DiT in bf16 and with checkpointing, error messages. The notebooks already assert the golden outputs (11), both
+full-size manifests (10, 11), the WanDiT's bf16 and checkpointing (10), config validation (10, 11) and the attention
+reference (10); those are checked there only."""
 from pathlib import Path
 
 import pytest
@@ -10,11 +13,10 @@ from torch.overrides import TorchFunctionMode
 
 from infcam.core import InfcamError
 from infcam.models import WanConfig, InfCamConfig, WanDiT, InfCamDiT
-from infcam.models.wan import rope_table, resolve_attention_backend, attention
+from infcam.models.wan import rope_table, resolve_attention_backend
 
 DATA = Path(__file__).parent / 'data'
 GOLDEN = DATA / 'golden' / 'dit_tiny.safetensors'
-MANIFESTS = DATA / 'manifests'
 
 
 @pytest.fixture(scope='module')
@@ -34,7 +36,8 @@ def model(golden):
     return m
 
 
-def test_golden_conformance(golden, model):
+def test_golden_config_and_target_only_forward(golden, model):
+    "The tiny config spelled out, and the target-only forward (11 checks both outputs against the golden file)."
     cfg, sd, inp, v_tgt, v_src = golden
     assert cfg == WanConfig(dim=96, ffn_dim=192, num_heads=4, num_layers=2, in_dim=16, out_dim=16, text_dim=64,
                             freq_dim=32, patch_size=(1, 2, 2), eps=1e-6) == WanConfig.preset('tiny')
@@ -43,8 +46,6 @@ def test_golden_conformance(golden, model):
         only_t = model(inp['x_tgt'], inp['x_src'], inp['timestep'], inp['context'], inp['K_src'], inp['K_tgt'],
                        inp['extrinsics'])
     assert out_t.dtype == torch.float32 and out_t.shape == v_tgt.shape
-    assert (out_t - v_tgt).abs().max() <= 1e-4
-    assert (out_s - v_src).abs().max() <= 1e-4
     # without the source half the last block computes the target tokens only: the same numbers up to float rounding
     assert (only_t - out_t).abs().max() <= 1e-6 and (only_t - v_tgt).abs().max() <= 1e-4
 
@@ -66,16 +67,9 @@ def test_no_float64_in_forward(golden, model):
     assert torch.float32 in seen and torch.float64 not in seen and torch.complex128 not in seen
 
 
-def test_manifests_meta():
-    cfg = WanConfig.preset('wan2.1-t2v-1.3b')
-    for cls, name, n in ((WanDiT, 'wan2.1_t2v_1.3b_dit.json', 825), (InfCamDiT, 'infcam_wan2.1_t2v_1.3b_dit.json', 1275)):
-        man = json.loads((MANIFESTS / name).read_text())
-        with torch.device('meta'): m = cls(cfg)
-        got = {k: list(t.shape) for k, t in m.state_dict().items()}
-        assert len(man) == n and got == man, cls.__name__
-
-
 def test_from_base_init_rule():
+    """Every block, from a model or a state dict, copies not shared, and the first backward reaches the camera modules
+    only (11 checks one block's copies, camera-blindness and the zero-output equivalence)."""
     torch.manual_seed(0)
     cfg = WanConfig.preset('tiny')
     base = WanDiT(cfg).eval()
@@ -92,24 +86,13 @@ def test_from_base_init_rule():
     t, ctx = torch.tensor([700.]), torch.randn(B, 5, 64)
     K = torch.tensor([[40., 40., 24., 16.]])
     rot = torch.tensor([[0.98, 0., 0.199, 0.1, 0., 1., 0., 0., -0.199, 0., 0.98, 0.]]).expand(B, F, 12)
-    ident = torch.eye(3, 4).flatten().expand(B, F, 12)
-    with torch.no_grad():
-        a = m(x, s, t, ctx, K, K * torch.tensor([1.3, 1.3, 1, 1]), rot)
-        b = m(x, s, t, ctx, K, K, ident)
-    assert torch.allclose(a, b, atol=1e-6)                      # camera-blind at initialisation ...
     m.train()
     trainable = m.freeze_base()
     assert len(trainable) == 15 * cfg.num_layers
     m(x, s, t, ctx, K, K, rot).square().mean().backward()
-    for blk in m.blocks:                                         # ... but the first step reaches the camera modules
+    for blk in m.blocks:                                         # camera-blind at first, but the first step reaches the camera modules
         assert blk.cam_encoder.weight.grad.abs().sum() > 0 and blk.zero_conv.weight.grad.abs().sum() > 0
         assert blk.self_attn.q.weight.grad is None
-    # with the triplet attention's output at zero, InfCamDiT is Wan2.1 run on each video on its own
-    m.eval()
-    with torch.no_grad():
-        for blk in m.blocks: blk.self_attn_pre.o.weight.zero_(); blk.self_attn_pre.o.bias.zero_()
-        v_t, v_s = m(x, s, t, ctx, K, K, rot, return_source=True)
-        assert torch.allclose(v_t, base(x, t, ctx), atol=1e-5) and torch.allclose(v_s, base(s, t, ctx), atol=1e-5)
 
 
 def test_cfg_and_per_sample_batch(golden, model):
@@ -126,6 +109,7 @@ def test_cfg_and_per_sample_batch(golden, model):
 
 
 def test_bf16_forward_close_to_fp32(golden, model):
+    "The InfCam DiT (warp, camera encoder, triplet attention) in bf16; 10 checks the WanDiT."
     cfg, sd, inp, *_ = golden
     mb = InfCamDiT(cfg).eval()
     mb.load_state_dict(sd)
@@ -136,6 +120,7 @@ def test_bf16_forward_close_to_fp32(golden, model):
 
 
 def test_gradient_checkpointing_same_grads(golden):
+    "The InfCam blocks under checkpointing; 10 checks the WanDiT."
     cfg, sd, inp, *_ = golden
     grads = []
     for ckpt in (False, True):
@@ -146,13 +131,11 @@ def test_gradient_checkpointing_same_grads(golden):
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
 
 
-def test_wan_dit_forward():
+def test_wan_dit_input_errors():
+    "(10 checks the forward's shape and CFG batching.)"
     torch.manual_seed(0)
     m = WanDiT(WanConfig.preset('tiny')).eval()
     x = torch.randn(2, 16, 2, 4, 6)
-    with torch.no_grad():
-        v = m(x, torch.tensor(500.), torch.randn(2, 3, 64))
-    assert v.shape == x.shape
     with pytest.raises(InfcamError, match='not a multiple of the patch'): m(torch.randn(1, 16, 2, 5, 6), torch.tensor([1.]), torch.randn(1, 3, 64))
     with pytest.raises(InfcamError, match=r'expected \(B, L, 64\)'): m(x, torch.tensor([1., 2]), torch.randn(2, 3, 65))
 
@@ -165,9 +148,9 @@ def test_input_errors(golden, model):
 
 
 def test_strict_load_errors(golden):
+    "Unexpected keys and from_base on InfCam weights (10 checks the prefix hint and missing/wrong-shape on the WanDiT)."
     cfg, sd, *_ = golden
     m = InfCamDiT(cfg)
-    with pytest.raises(InfcamError, match="strip that prefix"): m.load_state_dict({'state_dict.' + k: v for k, v in sd.items()})
     bad = {k: v for k, v in sd.items() if 'zero_conv' not in k}
     bad['extra.weight'] = torch.zeros(1)
     bad['head.head.weight'] = torch.zeros(3, 96)
@@ -178,35 +161,26 @@ def test_strict_load_errors(golden):
     with pytest.raises(InfcamError, match='base weights do not fit'): InfCamDiT.from_base(sd, cfg)   # InfCam keys are unexpected
 
 
-def test_config_validation_and_presets():
-    with pytest.raises(InfcamError, match='head_dim=16'): WanConfig.preset('tiny', num_heads=6)
-    with pytest.raises(InfcamError, match='not divisible'): WanConfig.preset('tiny', num_heads=7)
-    with pytest.raises(InfcamError, match='unknown WanConfig field'): WanConfig.from_dict({**WanConfig.preset('tiny').to_dict(), 'foo': 1})
-    with pytest.raises(InfcamError, match='warp_convention'): InfCamConfig.preset('tiny', warp_convention='nope')
+def test_mini_preset():
+    "(10 and 11 check the config validation.)"
     with torch.device('meta'): mini = InfCamDiT(WanConfig.preset('mini'))
     assert 1e6 < sum(p.numel() for p in mini.parameters()) < 1e7
     assert WanConfig.preset('mini').head_dim // 3 % 2 == 0
 
 
 def test_attention_backends(monkeypatch):
-    assert resolve_attention_backend('sdpa') == 'sdpa'
-    for name, mod in (('flash3', 'flash_attn_interface'), ('sage', 'sageattention')):
-        try: __import__(mod)
-        except ImportError:
-            with pytest.raises(InfcamError, match='not installed'): resolve_attention_backend(name)
+    "sage when missing, and the model resolving INFCAM_ATTENTION when built (10 checks sdpa, flash3 and the reference)."
+    try: __import__('sageattention')
+    except ImportError:
+        with pytest.raises(InfcamError, match='not installed'): resolve_attention_backend('sage')
     monkeypatch.setenv('INFCAM_ATTENTION', 'bogus')
-    with pytest.raises(InfcamError, match='INFCAM_ATTENTION'): resolve_attention_backend('sdpa')
     with pytest.raises(InfcamError, match='bogus'): WanDiT(WanConfig.preset('tiny'))   # the model resolves it when built
-    monkeypatch.setenv('INFCAM_ATTENTION', 'sdpa')
-    q = torch.randn(1, 4, 2, 12)
-    ref = torch.softmax(torch.einsum('bqnd,bknd->bnqk', q, q) / 12**0.5, -1)
-    assert torch.allclose(attention(q, q, q), torch.einsum('bnqk,bknd->bqnd', ref, q), atol=1e-5)
 
 
 def test_rope_cache_and_warp_convention(golden):
     cfg, sd, inp, *_ = golden
     a = rope_table(3, 4, 6, 24)
-    assert rope_table(3, 4, 6, 24) is a and a[0].dtype == torch.float32
+    assert a[0].dtype == torch.float32                   # (10 checks that the table is cached)
     with torch.inference_mode(): rope_table(2, 3, 5, 24)
     from infcam.models.wan import apply_rope
     x = torch.randn(1, 30, 2, 24, requires_grad=True)    # tables made under inference_mode still work with autograd

@@ -1,5 +1,9 @@
+"""InfCamPipeline beyond the examples of nbs/30_pipeline.ipynb (which nbdev_test runs): what the conditioning changes,
+trajectories as tensors, intrinsics and zoom, PreparedInputs loading nothing again, CFG batching, negative prompts,
+the memory modes' code paths, validation before any model runs, from_pretrained. 30 already asserts the output's
+shape and range, same seed = same output, the default 24 mm K_src, a prepared run equal to a direct one, the main
+size/trajectory errors, and the memory modes' equality on its own model; those are checked there only."""
 import copy
-import warnings
 
 import pytest
 import torch
@@ -55,17 +59,10 @@ def pipe_for(model, memory="resident", text=None):
     return InfCamPipeline(model, PixelCodec(), text or RandomTextEncoder(64), FlowMatchScheduler(), device="cpu", memory=memory)
 
 
-def test_shapes_and_range(model, clip):
-    out = pipe_for(model)(clip, "a street", "pan_right", **KW)
-    assert out.shape == (F_, 3, H, W) and out.dtype == torch.float32 and out.device.type == "cpu"
-    assert out.min() >= 0 and out.max() <= 1 and torch.isfinite(out).all()
-
-
-def test_seed_determinism(model, clip):
+def test_another_seed_another_output(model, clip):
+    "(30 checks that the same seed gives the same output.)"
     p = pipe_for(model)
-    a, b = p(clip, "a street", "arc_left", seed=3, **KW), p(clip, "a street", "arc_left", seed=3, **KW)
-    c = p(clip, "a street", "arc_left", seed=4, **KW)
-    assert torch.equal(a, b)
+    a, c = p(clip, "a street", "arc_left", seed=3, **KW), p(clip, "a street", "arc_left", seed=4, **KW)
     assert (a - c).abs().mean() > 1e-2
 
 
@@ -88,13 +85,12 @@ def test_trajectory_tensor_equals_preset(model, clip):
     assert torch.equal(a, p(clip, "x", torch.cat([c2w, c2w]), **KW))   # extra poses are ignored
 
 
-def test_default_intrinsics_are_24mm(model, clip):
+def test_zoom_and_explicit_default_intrinsics(model, clip):
+    "Zoom scales the focal only; the default lens given explicitly changes nothing (30 checks the default K_src)."
     p = pipe_for(model)
     d = p.prepare(clip, "pan_right", num_frames=F_, height=H, width=W, zoom=2.0)
     f = focal_mm_to_px(24, H, W)
-    assert torch.allclose(d.K_src, torch.tensor([f, f, W / 2, H / 2]))
     assert torch.allclose(d.K_tgt, torch.tensor([2 * f, 2 * f, W / 2, H / 2]))   # zoom scales the focal only
-    assert d.extrinsics.shape == (3, 12)
     explicit = p(clip, "x", "pan_right", intrinsics=[f, f, W / 2, H / 2], **KW)
     assert torch.equal(explicit, p(clip, "x", "pan_right", **KW))
 
@@ -116,7 +112,6 @@ def test_prepared_inputs_load_once(model, clip, monkeypatch, tmp_path):
     with pytest.raises(InfcamError, match="trajectory is required"): p(clip, "x", **KW)
     big = P.PreparedInputs(torch.rand(F_, 3, H, 40), prep.K_src, prep.K_tgt, prep.extrinsics)
     with pytest.raises(InfcamError, match="width 40"): p(big, "x", progress=False)       # checked against this pipeline
-    with pytest.raises(InfcamError, match="F_lat"): P.PreparedInputs(clip, prep.K_src, prep.K_tgt, prep.extrinsics[:2])
 
 
 def test_cfg_batched_equals_unbatched(model, clip):
@@ -151,6 +146,15 @@ def test_negative_prompt_used(model, clip):
 
 
 def test_memory_modes_equal():
+    """resident, model_offload and block_offload run their code paths and give bit-identical outputs, each on its own
+    copy of the model (so no mode can leave state behind for the next), and block_offload loads every block once per
+    forward (its hooks fire).
+
+    What this does NOT prove: on the CPU the offload modes move weights from the CPU to the CPU, so no memory is saved
+    and no host-device transfer (pinned copies, non_blocking copies, CUDA streams) is exercised; the outputs are equal
+    because the same float32 arithmetic runs on the same device. Peak GPU memory and time per mode on a real device
+    are measured by bench/generate.py (run by bench/gpu.py when a GPU is lent), not here. (30's memory-mode cell makes
+    the same equality check on one shared model.)"""
     g = torch.Generator().manual_seed(2)
     clip = torch.rand(F_, 3, H, W, generator=g)
     outs, base = {}, make_model(5)
@@ -166,7 +170,9 @@ def test_memory_modes_equal():
 
 
 def test_block_offload_hooks_move_and_drop():
-    "On CPU the hooks point each block at its host copy again after its forward and load it before."
+    """The hooks load each block before its forward, point it at its host copy again after, and stop when removed.
+    On the CPU "load" and "host" are the same device: this checks the bookkeeping (the parameters end on the very host
+    tensors, the count, the removal), not a transfer."""
     m = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3))
     ref = m(torch.ones(1, 3))
     bo = BlockOffload(list(m), "cpu", pin=False)
@@ -178,6 +184,7 @@ def test_block_offload_hooks_move_and_drop():
 
 
 def test_callback_called_every_step(model, clip):
+    "Step index, step count and latent shape per call (30 counts the calls)."
     calls = []
     pipe_for(model)(clip, "x", "pan_right", callback=lambda i, n, x: calls.append((i, n, tuple(x.shape))), **KW)
     assert calls == [(i, 3, (1, 192, 3, H // 8, W // 8)) for i in range(3)]
@@ -202,6 +209,7 @@ def test_callback_called_every_step(model, clip):
     (dict(video="/nonexistent/clip.mp4"), "not found"),
 ])
 def test_validation_before_any_model(model, clip, kw, msg):
+    "Each bad input is refused in one line before any text encoding or model forward (30 shows four of the messages)."
     te = RandomTextEncoder(64)
     p = pipe_for(model, text=te)
     cnt = Counter(model)

@@ -1,24 +1,20 @@
-"Tests for infcam.render: rotations, the environment map, the ray caster."
-import math, time
+"""Tests for infcam.render beyond the examples of nbs/02_render.ipynb (which nbdev_test runs): exact ray geometry,
+broadcasting, batching, depth of planes and boxes, texture orientation, errors. 02 already asserts the rotation axes and
+order, the map's range and determinism, full turns and the seam, the wall/card depths, the empty scene and a moving
+card; those are checked there only."""
 import numpy as np
 import pytest
 import torch
 from infcam.core import InfcamError
-from infcam.render import (rotation_matrix, c2w_matrix, fov_intrinsics, make_env_map, render_env, sample_env, camera_rays,
-                           render_view, Scene, Quad, billboard, box, ground_plane, make_texture, demo_scene,
-                           LinearMotion, CircularMotion)
+from infcam.render import (rotation_matrix, c2w_matrix, make_env_map, render_env, render_view, Scene, billboard, box,
+                           ground_plane, make_texture, demo_scene, LinearMotion, CircularMotion)
 
 ENV = make_env_map(64, 128, seed=0)
 
 
-def test_rotation_axes_and_order():
-    fwd = torch.tensor([0., 0, 1])
-    torch.testing.assert_close(rotation_matrix(90.) @ fwd, torch.tensor([1., 0, 0]), atol=1e-6, rtol=0)       # pan right
-    torch.testing.assert_close(rotation_matrix(0., 90.) @ fwd, torch.tensor([0., -1, 0]), atol=1e-6, rtol=0)   # tilt up
-    torch.testing.assert_close(rotation_matrix(0., 0., 90.) @ torch.tensor([1., 0, 0]), torch.tensor([0., 1, 0]), atol=1e-6, rtol=0)
+def test_rotation_order_matters():
+    "(02 checks the axes and that the order is yaw, pitch, roll.) The reverse order is a different rotation."
     y, p, r = 25., -10., 40.
-    torch.testing.assert_close(rotation_matrix(y, p, r),
-                               rotation_matrix(y) @ rotation_matrix(0., p) @ rotation_matrix(0., 0., r), atol=1e-6, rtol=0)
     assert not torch.allclose(rotation_matrix(y, p, r), rotation_matrix(0., 0., r) @ rotation_matrix(0., p) @ rotation_matrix(y), atol=1e-3)
 
 
@@ -29,20 +25,16 @@ def test_rotation_batched_orthonormal():
     torch.testing.assert_close(torch.linalg.det(R), torch.ones(7, 5), atol=1e-5, rtol=0)
 
 
-def test_c2w_and_fov():
+def test_c2w_broadcasts_one_centre():
     M = c2w_matrix(rotation_matrix(torch.tensor([0., 90.])), torch.tensor([1., 2., 3.]))
     assert M.shape == (2, 4, 4)
     torch.testing.assert_close(M[:, :3, 3], torch.tensor([[1., 2, 3], [1, 2, 3]]))
     torch.testing.assert_close(M[:, 3], torch.tensor([[0., 0, 0, 1], [0, 0, 0, 1]]))
-    torch.testing.assert_close(fov_intrinsics(480, 832, 90.), torch.tensor([416., 416., 416., 240.]))
 
 
-def test_env_map_deterministic_and_rich():
-    e = make_env_map(64, 128, seed=0)
-    assert e.shape == (3, 64, 128) and e.dtype == torch.float32
-    assert torch.equal(e, ENV)
-    assert e.min() >= 0 and e.max() <= 1 and e.std() > 0.1
-    assert (make_env_map(64, 128, seed=1) - e).abs().mean() > 0.02
+def test_env_map_wraps_and_checks_its_size():
+    "(02 checks shape, range, contrast and determinism per seed.)"
+    e = ENV
     # wraps seamlessly: the first and last columns are neighbours
     assert (e[..., 0] - e[..., -1]).abs().mean() < 3 * (e[..., 1:] - e[..., :-1]).abs().mean()
     with pytest.raises(InfcamError): make_env_map(64, 100)
@@ -69,13 +61,8 @@ def test_render_env_matches_ray_geometry():
     np.testing.assert_allclose(img[1].numpy(), 0.5 - lat / np.pi, atol=2e-4)
 
 
-def test_render_env_turns_and_wrap():
-    K = torch.tensor([32., 32., 32., 32.])
-    a = render_env(ENV, K, torch.eye(3), 64, 64)
-    torch.testing.assert_close(render_env(ENV, K, rotation_matrix(360.), 64, 64), a, atol=1e-4, rtol=0)
-    b = render_env(ENV, K, rotation_matrix(180.), 64, 64)     # looks across the seam of the map
-    assert (b[..., 31] - b[..., 32]).abs().mean() < 0.05
-    # batching: one call with N cameras equals N calls
+def test_render_env_batching():
+    "One call with N cameras equals N calls (02 checks full turns and the seam)."
     Rs = rotation_matrix(torch.tensor([0., 30., -50.]), torch.tensor([0., 10., 5.]))
     Ks = torch.tensor([[32., 32, 32, 32], [40, 40, 32, 32], [20, 25, 32, 32]])
     batch = render_env(ENV, Ks, Rs, 64, 64)
@@ -90,15 +77,10 @@ def test_supersampling_constant_env():
     torch.testing.assert_close(img, torch.full_like(img, 0.25))
 
 
-def test_render_view_depth_and_occlusion():
+def test_render_view_depth_follows_the_camera():
+    "Moving the camera back by 1 m adds 1 m to every depth (02 checks the wall's depth and the card's occlusion)."
     K = torch.tensor([32., 32., 32., 24.])
     wall = billboard((0, 0, 2), (10, 10), make_texture('checker', 1))
-    card = billboard((0, 0, 1), (0.5, 0.5), torch.ones(3, 8, 8))
-    img, dep = render_view(Scene(ENV, [wall, card]), K, torch.eye(4), 48, 64)
-    assert img.shape == (1, 3, 48, 64) and dep.shape == (1, 1, 48, 64)
-    assert dep[0, 0, 24, 32] == 1. and torch.equal(img[0, :, 24, 32], torch.ones(3))
-    assert dep[0, 0, 0, 0] == 2.
-    # moving the camera back by 1 m adds 1 m to every depth
     _, dep2 = render_view(Scene(ENV, [wall]), K, c2w_matrix(torch.eye(3), torch.tensor([0., 0, -1])), 48, 64)
     torch.testing.assert_close(dep2, torch.full_like(dep2, 3.))
 
@@ -121,14 +103,8 @@ def test_texture_orientation():
     assert img[0, 2, 25, 40] > 0.9 and img[0, 2, 55, 40] < 0.1
 
 
-def test_empty_scene_is_env_and_sky_depth_inf():
-    K = torch.tensor([32., 32., 32., 24.])
-    img, dep = render_view(Scene(ENV, []), K, torch.eye(4), 48, 64)
-    assert dep.isinf().all()
-    torch.testing.assert_close(img, render_env(ENV, K, torch.eye(3), 48, 64))
-
-
 def test_moving_objects_and_per_view_times():
+    "A time per view in one call, as one call per view (02 moves the card with one time per call); a circular motion."
     K = torch.tensor([32., 32., 32., 24.])
     mover = Scene(ENV, [billboard((0, 0, 3), (0.5, 0.5), torch.ones(3, 8, 8), motion=LinearMotion((1., 0, 0)))])
     _, dep = render_view(mover, K, torch.eye(4).expand(2, 4, 4), 48, 64, t=torch.tensor([0., 1.]))
@@ -157,14 +133,10 @@ def test_bad_inputs():
     with pytest.raises(InfcamError): make_texture('plaid')
 
 
-def test_demo_scene_deterministic():
+def test_demo_scene_deterministic_in_every_quad():
+    "Every quad's centre and texture, not only one centre (02 checks one quad, another seed, and what is visible)."
     s = demo_scene(0, env_size=(32, 64))
     s2 = demo_scene(0, env_size=(32, 64))
     assert len(s.quads) == len(s2.quads) > 20
     assert all(torch.equal(a.center, b.center) and torch.equal(a.texture, b.texture) for a, b in zip(s.quads, s2.quads))
-    assert any(not torch.equal(a.center, b.center) for a, b in zip(s.quads, demo_scene(1, env_size=(32, 64)).quads))
-    K = fov_intrinsics(64, 112, 70.)
-    img, dep = render_view(s, K, torch.eye(4), 64, 64)
-    fin = dep[dep.isfinite()]
-    assert 0.2 < dep.isfinite().float().mean() < 0.95 and fin.min() > 1.5 and fin.max() < 60
 

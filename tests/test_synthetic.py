@@ -1,12 +1,14 @@
-"Tests for infcam.synthetic: MultiCamVideo layout, camera file read-back, determinism, resume and overwrite rules."
+"""infcam.synthetic beyond the examples of nbs/20_synthetic.ipynb (which nbdev_test runs): the scene folder's files,
+captions and depth, the dolly preset's distance, rendered determinism after clearing the caches, the still sky,
+overwrite, a killed write, and errors. 20 already asserts the folder layout, the camera file read back and re-rendered
+against the decoded videos, the cameras meeting at frame 40, resume and the settings check; those are checked there
+only."""
 import csv, json, os
-from dataclasses import asdict
 from pathlib import Path
 import pytest
 import torch
 from infcam.core import InfcamError
-from infcam.cameras import load_camera_extrinsics, rigid_inverse
-from infcam.video import read_video, video_info
+from infcam.cameras import rigid_inverse
 import infcam.synthetic as syn
 from infcam.synthetic import (SceneSpec, camera_poses, base_pose, make_scene, render_cameras, render_scene, write_scene,
                               load_scene, scene_pair, make_dataset, synth, scene_caption)
@@ -15,21 +17,15 @@ from infcam.layout import scene_complete
 TINY = dict(num_frames=5, height=16, width=32)          # 10 cameras x 5 frames: a fraction of a second
 CAMS = [f'cam{i:02d}.mp4' for i in range(1, 11)]
 
-def psnr(a, b): return float(10 * torch.log10(1 / ((a - b) ** 2).mean()))
-def luma(x): return (x * torch.tensor([0.299, 0.587, 0.114])[:, None, None]).sum(-3)
 def snapshot(folder: Path):
     "Every file under folder with its inode and modification time, to show it was left untouched."
     return {p.relative_to(folder).as_posix(): (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.rglob('*') if p.is_file()}
 
-def test_layout_and_names(tmp_path):
+def test_scene_folder_files(tmp_path):
+    "The files of a scene folder (20 checks its path, video names, completeness and one video's size and rate)."
     spec = SceneSpec(seed=3, **TINY)
     path = write_scene(tmp_path, None, 'scene1', spec)
-    assert path == tmp_path / 'f24_aperture5' / 'scene1'
-    assert sorted(p.name for p in (path / 'videos').iterdir()) == CAMS
-    assert (path / 'cameras' / 'camera_extrinsics.json').is_file()
     assert sorted(p.name for p in path.iterdir()) == ['cameras', 'scene.json', 'videos']
-    assert [p.name for p in (tmp_path / 'f24_aperture5').iterdir()] == ['scene1']         # no temporary folder left
-    assert video_info(path / 'videos' / 'cam10.mp4') == dict(frames=5, fps=16.0, height=16, width=32)
     data = json.loads((path / 'cameras' / 'camera_extrinsics.json').read_text())
     assert list(data) == [f'frame{i}' for i in range(5)] and list(data['frame0']) == [c[:-4] for c in CAMS]
     assert data['frame0']['cam01'].count('[') == 4 and data['frame0']['cam01'].endswith('] ')
@@ -38,12 +34,9 @@ def test_layout_and_names(tmp_path):
     assert meta['cameras']['cam09'] == 'arc_left'
 
 def test_dataset_metadata_and_depth(tmp_path):
+    "Captions and seeds per scene, depth files, the world shared across lenses (20 checks the paths and the csv layout)."
     paths = make_dataset(tmp_path, 2, seed=4, focal_mms=(24, 50), progress=False, save_depth=True, **TINY)
-    assert [p.relative_to(tmp_path).as_posix() for p in paths] == \
-        ['f24_aperture5/scene1', 'f24_aperture5/scene2', 'f50_aperture2.4/scene1', 'f50_aperture2.4/scene2']
     rows = list(csv.reader(open(tmp_path / 'metadata.csv', newline='')))
-    assert rows[0] == ['file_name', 'text'] and len(rows) == 1 + 4 * 10
-    assert rows[1][0] == 'f24_aperture5/scene1/videos/cam01.mp4'
     assert rows[11][0] == 'f24_aperture5/scene2/videos/cam01.mp4'
     for name, text in rows[1:]:
         assert (tmp_path / name).is_file()
@@ -57,27 +50,11 @@ def test_dataset_metadata_and_depth(tmp_path):
     assert b['K4'][0] / a['K4'][0] == pytest.approx(50 / 24, rel=1e-5)
     torch.testing.assert_close(a['cameras']['cam03'], b['cameras']['cam03'])
 
-def test_json_read_back_and_rerender(tmp_path):
-    spec = SceneSpec(seed=1, num_frames=9, height=32, width=48)
-    path = write_scene(tmp_path, 'f24_aperture5', 'scene7', spec)
-    read = load_camera_extrinsics(path / 'cameras' / 'camera_extrinsics.json')
+def test_dolly_in_camera_moves_a_metre():
+    "(20 checks the camera names and that all ten meet at frame 40.)"
+    spec = SceneSpec(seed=6, num_frames=81, height=16, width=32)
     poses = camera_poses(spec)
-    assert list(read) == list(poses)
-    assert max(float((read[n] - poses[n]).abs().max()) for n in poses) < 1e-5            # metres
-    frames = [0, 4, 8]
-    c2w = torch.stack([read[n][frames] for n in read])
-    rerender = render_cameras(make_scene(spec), c2w, spec.intrinsics, 32, 48, spec.times[frames])
-    decoded = torch.stack([read_video(path / 'videos' / f'{n}.mp4')[frames] for n in read])
-    assert psnr(luma(rerender), luma(decoded)) > 35        # about 38 dB: H.264 at crf 18
-    assert psnr(rerender, decoded) > 24                    # about 27 dB in RGB: yuv420p halves the chroma resolution
-    assert psnr(rerender, decoded.roll(1, 0)) < psnr(rerender, decoded) - 5              # another camera does not fit
-
-def test_cameras_meet_at_base_frame():
-    spec = SceneSpec(seed=6, num_frames=81, height=16, width=32, random_cameras=2)
-    poses = camera_poses(spec)
-    assert list(poses)[-2:] == ['cam11', 'cam12']
     base = base_pose(spec)
-    for i in range(1, 11): torch.testing.assert_close(poses[f'cam{i:02d}'][40], base, atol=1e-5, rtol=0)
     assert (poses['cam01'][0] - poses['cam02'][0]).abs().max() > 0.1                   # pan right / left start apart
     rel = rigid_inverse(base) @ poses['cam05'][80]                                      # dolly in: about 1 m forward
     assert rel[2, 3] == pytest.approx(0.99, abs=0.02)
@@ -102,6 +79,7 @@ def test_moving_objects_move_and_sky_is_still():
     assert (ims[0, 0] - ims[0, 1]).abs().amax(0).gt(0.1).sum() > 10                   # but the objects do
 
 def test_refuses_overwrite_unless_asked(tmp_path):
+    "Nothing touched when refused, replaced when asked (20 checks the 'already exists' and setting-name messages)."
     spec = SceneSpec(seed=0, **TINY)
     path = write_scene(tmp_path, None, 'scene1', spec)
     before = snapshot(path)
@@ -114,7 +92,6 @@ def test_refuses_overwrite_unless_asked(tmp_path):
     make_dataset(tmp_path / 'ds', 1, progress=False, **TINY)
     with pytest.raises(InfcamError, match='num_frames 5 -> 9'):
         make_dataset(tmp_path / 'ds', 1, progress=False, num_frames=9, height=16, width=32)
-    with pytest.raises(InfcamError, match='50 mm'): write_scene(tmp_path, 'f50_aperture2.4', 'scene2', spec)
     with pytest.raises(InfcamError, match='scene name'): write_scene(tmp_path, None, '../x', spec)
 
 def test_resume_skips_complete_and_redoes_partial(tmp_path):
@@ -158,10 +135,8 @@ def test_scene_pair_is_the_training_pair(tmp_path):
     with pytest.raises(InfcamError, match='cam11'): scene_pair(path, 'cam01', 'cam11')
 
 def test_bad_inputs():
-    with pytest.raises(InfcamError, match='4k\\+1'): SceneSpec(num_frames=10)
-    with pytest.raises(InfcamError, match='multiple of 16'): SceneSpec(width=100)
+    "(20 checks 4k+1 frames, sizes that are not multiples of 16, and an unknown kind.)"
     with pytest.raises(InfcamError, match='focal_mm'): SceneSpec(focal_mm=0)
-    with pytest.raises(InfcamError, match='kind'): SceneSpec(kind='forest')
     scene = make_scene(SceneSpec(seed=0, **TINY))
     with pytest.raises(InfcamError, match=r'\(C, F, 4, 4\)'): render_cameras(scene, torch.eye(4), torch.ones(4), 16, 32)
     with pytest.raises(InfcamError, match='one time per frame'):

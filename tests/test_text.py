@@ -1,3 +1,6 @@
+"""The umT5 text encoder beyond the examples of nbs/14_text.ipynb (which nbdev_test runs): the golden file's recorded
+config, loading from every format, error messages, the full-size manifest, the cache's eviction and copies. 14 already
+asserts the tiny encoder against the golden hidden states; that is checked there only."""
 import io
 import json
 from pathlib import Path
@@ -44,13 +47,8 @@ def test_golden_config_from_metadata(golden):
         assert getattr(cfg, a) == getattr(inferred, a), a
 
 
-def test_golden_hidden_states(golden):
-    g, sd = golden
-    err = _golden_err(umt5_from_state_dict(sd, dtype=torch.float32), g)
-    assert err < 1e-5, err
-
-
 def test_golden_is_sensitive_to_max_distance(golden):
+    "The golden check of 14 would catch a wrong relative-position bucket setting."
     g, sd = golden
     err = _golden_err(umt5_from_state_dict(sd, umt5_config_from_state_dict(sd, max_dist=64), dtype=torch.float32), g)
     assert err > 1e-3  # the conformance check would catch a wrong bucket setting
@@ -88,7 +86,6 @@ def test_convert_checks_every_name(golden):
         convert_umt5_state_dict({k: v for k, v in sd.items() if k not in ("blocks.2.ffn.fc1.weight", "token_embedding.weight")})
     hf = convert_umt5_state_dict(sd)
     assert hf["shared.weight"] is hf["encoder.embed_tokens.weight"] is sd["token_embedding.weight"]
-    assert umt5_to_original(hf).keys() == sd.keys()
 
 
 def test_shape_mismatch_is_reported(golden):
@@ -114,6 +111,7 @@ class _Evil:
 
 
 def test_malicious_pickle_refused(tmp_path):
+    "14 shows the refusal; here also the message, and that the payload is live (so the check cannot pass vacuously)."
     marker = tmp_path / "pwned"
     torch.save({"w": torch.zeros(2), "x": _Evil(marker)}, tmp_path / "evil.pth")
     with pytest.raises(InfcamError) as e:
@@ -192,8 +190,6 @@ def test_cleaning_and_cache(encoder):
     fresh = TextEncoder(encoder.model, encoder.tokenizer, text_len=24, cache_size=0)
     torch.testing.assert_close(fresh.encode(["a cat"])[0], c[1], atol=1e-5, rtol=0)
     assert fresh.encode("a cat").shape == (1, 24, 32) and len(fresh._cache) == 0
-    with pytest.raises(InfcamError, match="no prompts"):
-        fresh.encode([])
     # LRU eviction at cache_size=2
     encoder.encode(["sunset"])
     assert list(encoder._cache) == ["a cat", "sunset"]

@@ -1,10 +1,12 @@
-"Keyframe trajectories: the file format, smooth interpolation, round trips, validation, and load_trajectory."
-import json, math
+"""Keyframe trajectories beyond the examples of nbs/04_trajectories.ipynb (which nbdev_test runs): interpolation through
+keyframes and its smoothness, every validation message (also from a file), round trips in every format, and
+load_trajectory's spellings. 04 already asserts that orbit_left.yaml stays on its circle looking at its centre and
+that dolly_zoom.yaml keeps a subject's size; those are checked there only."""
+import json
 from pathlib import Path
 import pytest, torch
 from infcam.core import InfcamError
-from infcam.cameras import (preset, rotation_to_ypr, ypr_to_rotation, relative_poses, save_camera_extrinsics,
-                            load_camera_extrinsics, pose_matrix)
+from infcam.cameras import preset, rotation_to_ypr, ypr_to_rotation, relative_poses, save_camera_extrinsics, pose_matrix
 from infcam.trajectories import Trajectory, Keyframe, load_trajectory
 
 DATA = Path(__file__).resolve().parents[1] / 'data' / 'trajectories'
@@ -20,26 +22,22 @@ def example():
                        Keyframe(1., yaw=-5, pitch=0, roll=-4, translation=(0.2, 0.05, 0.8), focal_mm=40)], frames=81, name='ex')
 
 # ---- the shipped example files -----------------------------------------------------------------------------------------
-def test_orbit_left_example_orbits_its_point():
+def test_orbit_left_example():
+    "Its header, start, yaw and monotone turn (04 checks that it stays on the circle looking at its centre)."
     traj = Trajectory.load(ORBIT)
     assert traj.frames == 81 and traj.name == 'orbit_left' and len(traj.keyframes) == 5
     c2w = traj.sample()
     assert c2w.shape == (81, 4, 4) and c2w.dtype == torch.float32
     assert torch.allclose(c2w[0], torch.eye(4), atol=1e-6)                     # starts at the source camera
-    centre = torch.tensor([0., 0., 3.])
-    r = (c2w[:, :3, 3] - centre).norm(dim=-1)
-    assert (r - 3).abs().max() < 2e-3                                            # the spline follows the circle
-    to_c = (centre - c2w[:, :3, 3]) / r[:, None]
-    assert (torch.linalg.cross(c2w[:, :3, 2], to_c)).norm(dim=-1).max() < 2e-3   # and keeps the point centred
     y = ypr(c2w)
     assert abs(y[-1, 0] - 30) < 1e-4 and y[:, 1:].abs().max() < 1e-6             # 30 deg of yaw, no pitch or roll
     assert (y[1:, 0] - y[:-1, 0]).min() > 0                                       # monotone
     assert torch.equal(load_trajectory(ORBIT), c2w) and torch.equal(load_trajectory(str(ORBIT), None), c2w)
 
-def test_dolly_zoom_example():
+def test_dolly_zoom_example_moves_evenly():
+    "(04 checks its end points and the constant subject size.)"
     c2w, z = load_trajectory(DATA / 'dolly_zoom.yaml', 41, with_zoom=True)
     assert torch.allclose(c2w[:, 2, 3], torch.linspace(0, 1, 41), atol=1e-6)
-    assert torch.allclose(z / (4 - c2w[:, 2, 3]), torch.full((41,), 0.25), atol=1e-6)
 
 # ---- interpolation -------------------------------------------------------------------------------------------------------
 def test_passes_through_keyframes_at_any_frame_count():

@@ -1,3 +1,7 @@
+"""The codecs beyond the examples of nbs/15_vae.ipynb (which nbdev_test runs): the manifests, unconditionally (15 checks
+them inside `if ....exists()`), loading from every format and without network, error messages, the decoder against
+diffusers, and PixelCodec on every frame. 15 already asserts the config folder, the inverse renaming, and PixelCodec's
+kept frames and 8x8 blocks; those are checked there only."""
 import json
 import socket
 from pathlib import Path
@@ -8,7 +12,7 @@ from safetensors.torch import save_file
 
 from infcam.core import InfcamError
 from infcam.vae import (WAN21_VAE_CONFIG, PixelCodec, VideoCodec, WanVAECodec, latent_shape, load_wan_vae,
-                        wan_vae_config_dir, wan_vae_from_original, wan_vae_to_original)
+                        wan_vae_config_dir, wan_vae_to_original)
 
 DATA = Path(__file__).parent / "data"
 TINY = dict(WAN21_VAE_CONFIG, base_dim=8, z_dim=4, latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[1.5, 2.0, 0.5, 1.0])
@@ -35,8 +39,6 @@ def _same_weights(a, b):
 
 def test_shipped_config_matches_manifest():
     assert WAN21_VAE_CONFIG == json.loads((DATA / "manifests" / "wan2.1_vae_diffusers_config.json").read_text())
-    d = wan_vae_config_dir()
-    assert json.loads((d / "config.json").read_text()) == WAN21_VAE_CONFIG
 
 
 def test_full_size_meta_matches_original_manifest():
@@ -47,8 +49,6 @@ def test_full_size_meta_matches_original_manifest():
     sd = vae.state_dict()
     orig = wan_vae_to_original(sd)
     assert {k: list(v.shape) for k, v in orig.items()} == manifest  # names and shapes, exactly (194 tensors)
-    back = wan_vae_from_original(orig)  # diffusers' converter is the exact inverse of ours
-    assert back.keys() == sd.keys() and all(back[k] is sd[k] for k in sd)
 
 
 def test_original_layout_roundtrip(tiny_vae, tiny_file):
@@ -151,7 +151,8 @@ def test_real_latent_shapes():
         latent_shape(Real, 80, 480, 832)
 
 
-def test_pixel_codec_roundtrip():
+def test_pixel_codec_every_frame():
+    "Every frame's source, decode-encode identity, a 1-frame clip, errors (15 checks the kept frames and one 8x8 block)."
     pc = PixelCodec()
     assert (pc.latent_channels, pc.temporal_stride, pc.spatial_stride) == (192, 4, 8)
     g = torch.Generator().manual_seed(0)
@@ -160,11 +161,9 @@ def test_pixel_codec_roundtrip():
     assert z.shape == (2, 192, 4, 3, 5)
     rec = pc.decode(z)
     assert rec.shape == video.shape
-    assert torch.equal(rec[:, :, ::4], video[:, :, ::4])  # exact on the kept frames
     for j in range(13):  # frame j is latent frame ceil(j/4)
         assert torch.equal(rec[:, :, j], video[:, :, 4 * ((j + 3) // 4)])
     assert torch.equal(pc.encode(rec), z)  # decode then encode is the identity on latents
-    assert torch.equal(z[1, :, 2, 1, 3].reshape(3, 8, 8), video[1, :, 8, 8:16, 24:32])
     single = torch.rand(1, 3, 1, 8, 8)
     assert pc.decode(pc.encode(single)).shape == (1, 3, 1, 8, 8)
     with pytest.raises(InfcamError, match="4k\\+1"):
