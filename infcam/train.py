@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     a('--caption', help='one fixed caption for every pair (instead of the dataset captions)')
     return p
 
+# %% ../nbs/43_train_cli.ipynb #7a1c0e03
 def run(args) -> Path:
     "Train as `args` say; return the run folder."
     from infcam.data import CachedPairDataset
@@ -102,6 +103,7 @@ def run(args) -> Path:
         print(f"trained to step {m.step}; last checkpoint {cks[-1] if cks else None}")
     return Path(args.run_dir)
 
+# %% ../nbs/43_train_cli.ipynb #7a1c0e06
 def main(argv:list[str]|None=None) -> int:
     "Entry point of `python -m infcam.train`."
     args = build_parser().parse_args(argv)
