@@ -15,7 +15,8 @@ from einops import rearrange
 from infcam.cache import CachedPairDataset
 from infcam.models.wan import apply_rope
 from infcam.pipeline import RandomTextEncoder
-from infcam.training import collate, load_trained
+from infcam.checkpoints import load_trained
+from infcam.training import collate
 
 
 def main():

@@ -284,7 +284,7 @@ def _logged_step(run_dir:Path) -> int:
 
 def _trained(run_dir:Path, steps:int) -> Path|None:
     "The last checkpoint of `run_dir` if it reached `steps`, else None."
-    from infcam.training import list_checkpoints
+    from infcam.checkpoints import list_checkpoints
     cks = list_checkpoints(Path(run_dir) / 'ckpt')
     return cks[-1] if cks and int(cks[-1].name[4:]) >= steps else None
 
@@ -331,7 +331,7 @@ def homography_warp(pair:dict, frames:Tensor) -> Tensor:
 class TrainedMethod:
     "A trained checkpoint as a method: `method(pair, frames)` generates the target view."
     def __init__(self, ckpt, cfg:BenchConfig, device:str='auto'):
-        from infcam.training import load_trained, trained_scheduler
+        from infcam.checkpoints import load_trained, trained_scheduler
         from infcam.pipeline import InfCamPipeline, RandomTextEncoder
         from infcam.vae import weightless_codec
         dev = ('cuda' if torch.cuda.is_available() else 'cpu') if device == 'auto' else device

@@ -359,7 +359,7 @@ class TrainingRun:
 def training_run(weights, checkpoint=None) -> TrainingRun|None:
     """The training run that `--weights RUN_DIR` (its last checkpoint) or `--checkpoint RUN_DIR/ckpt/stepN` names, or
     None when they name released weights instead."""
-    from infcam.training import list_checkpoints
+    from infcam.checkpoints import list_checkpoints
     ck = Path(checkpoint) if checkpoint is not None else None
     if ck is not None and ck.name == 'trainable.safetensors': ck = ck.parent
     if ck is not None and (ck / 'trainable.safetensors').is_file():
@@ -389,14 +389,14 @@ def load_run_pipeline(run:TrainingRun, s:dict, weights=None):
     codec and text encoder it was trained with (`PixelCodec`, `DCTCodec` and `RandomTextEncoder` need no files; the Wan VAE and
     umT5 come from the released `weights` folder)."""
     from infcam.pipeline import InfCamPipeline, RandomTextEncoder
-    from infcam.training import load_trained, trained_scheduler
+    from infcam.checkpoints import load_trained, trained_scheduler
     from infcam.vae import weightless_codec
     dev = s['device'] or ('cuda' if torch.cuda.is_available() else 'cpu')
     model = load_trained(run.checkpoint, dtype=DTYPES[s['dtype']], device='cpu')
     codec_tag, text = run.data.get('codec'), run.data.get('text')
     if codec_tag is None or text is None:
         raise InfcamError(f"{run.run_dir or run.checkpoint}: the run does not record how its data was encoded (an older run); "
-                          "generate with it from Python (infcam.training.load_trained)")
+                          "generate with it from Python (infcam.checkpoints.load_trained)")
     codec = weightless_codec(codec_tag)
     te = RandomTextEncoder(model.config.text_dim, text_len=model.config.text_len) if text == 'random' else None
     if codec is None or te is None:
@@ -420,7 +420,7 @@ def load_run_pipeline(run:TrainingRun, s:dict, weights=None):
 def run_hashes(run:TrainingRun) -> dict:
     "`{component: [{file, bytes, sha256}]}` of a run's trained tensors and the backbone it was trained on (if a file)."
     files = {'infcam': [run.checkpoint / 'trainable.safetensors']}
-    from infcam.training import read_checkpoint
+    from infcam.checkpoints import read_checkpoint
     base = read_checkpoint(run.checkpoint)[1].get('base') or ''
     if base and Path(base).is_file(): files['dit'] = [Path(base)]
     return {k: [dict(file=str(f), bytes=f.stat().st_size, sha256=file_sha256(f)) for f in v] for k, v in files.items()}
