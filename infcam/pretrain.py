@@ -33,7 +33,7 @@ def _load_clips(files:list[Path]) -> Tensor:
     if len({tuple(c.shape) for c in clips}) > 1: raise InfcamError("the cached latents have different shapes; give one size")
     return torch.stack(clips).float()
 
-# %% ../nbs/44_pretrain.ipynb #15651774
+# %% ../nbs/44_pretrain.ipynb #008b16f8
 def _step_batch(n:int, batch_size:int, seed:int, step:int) -> tuple[Tensor, Tensor, torch.Generator]:
     "Clip indices, time-reversal flags and the noise generator of `step`: functions of (seed, step) alone."
     g = torch.Generator().manual_seed(seed * 1_000_003 + step)
@@ -53,6 +53,7 @@ def _save_state(folder:Path, model, opt, step:int):
     finally:
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
 
+# %% ../nbs/44_pretrain.ipynb #58ceeee4
 def pretrain_backbone(roots, out, config:WanConfig, steps:int, num_frames:int=17, codec:str='pixel', batch_size:int=4,
                       lr:float=1e-3, warmup:int=100, shift:float=2.0, prediction:str='sample', caption:str='', clean:float=0.5,
                       seed:int=0, every:int=250, dtype:torch.dtype=torch.float32, progress:bool=True,
