@@ -6,7 +6,7 @@
 from __future__ import annotations
 import argparse, sys
 from pathlib import Path
-from .core import InfcamError, check_device, os_error_message
+from .core import InfcamError, check_device, os_error_message, as_dtype, DTYPE_CHOICES
 
 # %% auto #0
 __all__ = ['SUBCOMMANDS', 'subcommand', 'build_parser', 'main']
@@ -131,10 +131,7 @@ def _augment_parser(sub):
     au.set_defaults(func=_augment)
 
 # %% ../nbs/07_cli.ipynb #7c2aeafb
-_DTYPES = {'bf16': 'bfloat16', 'fp16': 'float16', 'fp32': 'float32'}
-
 def _prepare(a):
-    import torch
     from infcam.cache import prepare
     if a.codec == 'wanvae' and not a.vae: raise InfcamError("--codec wanvae needs --vae PATH (Wan2.1_VAE.pth or a vae/ folder)")
     if bool(a.text_encoder) != bool(a.tokenizer): raise InfcamError("give both --text-encoder and --tokenizer, or neither")
@@ -148,9 +145,9 @@ def _prepare(a):
     text = None
     if a.text_encoder:
         from infcam.text import TextEncoder
-        text = TextEncoder.load(a.text_encoder, a.tokenizer, dtype=getattr(torch, _DTYPES[a.text_dtype]), device=a.device)
+        text = TextEncoder.load(a.text_encoder, a.tokenizer, dtype=as_dtype(a.text_dtype), device=a.device)
     rep = prepare(a.root, codec, text, num_frames=a.frames, height=a.height, width=a.width, overwrite=a.overwrite,
-                  progress=not a.quiet, on_error=a.on_error, dtype=getattr(torch, _DTYPES[a.dtype]) if a.dtype else None)
+                  progress=not a.quiet, on_error=a.on_error, dtype=as_dtype(a.dtype))
     if a.quiet: print(rep.summary)
     if rep.failed and a.strict: raise InfcamError(f"{len(rep.failed)} clip(s) failed; see {a.root}/prepare_report.json")
 
@@ -167,13 +164,13 @@ def _prepare_parser(sub):
     pr.add_argument('--tiled', action='store_true', help='tiled VAE encoding (less memory)')
     pr.add_argument('--text-encoder', help='models_t5_umt5-xxl-enc-bf16.pth or a text_encoder/ folder (skip text if omitted)')
     pr.add_argument('--tokenizer', help='the local google/umt5-xxl tokenizer folder')
-    pr.add_argument('--text-dtype', choices=list(_DTYPES), default='bf16', help='text encoder dtype (default bf16)')
+    pr.add_argument('--text-dtype', choices=DTYPE_CHOICES, default='bf16', help='text encoder dtype (default bf16)')
     pr.add_argument('--device', default='cpu', help='cpu or cuda (default cpu)')
     pr.add_argument('--frames', type=int, help="frames per clip, 4k+1 (default: each clip's own length cut to 4k+1: "
                     "81 for a synthetic clip, 41 for augment's time-shifted copies)")
     pr.add_argument('--height', type=int, help='encode at this height (multiple of 16; default: native size)')
     pr.add_argument('--width', type=int, help='encode at this width (multiple of 16; default: native size)')
-    pr.add_argument('--dtype', choices=list(_DTYPES), help='store latents in this dtype (default: as encoded)')
+    pr.add_argument('--dtype', choices=DTYPE_CHOICES, help='store latents in this dtype (default: as encoded)')
     pr.add_argument('--on-error', choices=['skip', 'raise'], default='skip', help='skip bad clips (default) or stop at the first')
     pr.add_argument('--strict', action='store_true', help='exit non-zero if any clip was skipped')
     pr.add_argument('--overwrite', action='store_true', help='re-encode clips that are already cached')
@@ -293,7 +290,7 @@ def _weights_parser(sub):
                       description='Read a checkpoint safely (weights_only=True), check every tensor, and write it as safetensors.')
     wv.add_argument('src', help='the checkpoint to convert (.ckpt, .pth, .pt or .safetensors)')
     wv.add_argument('dst', help='the .safetensors file to write, or a folder')
-    wv.add_argument('--dtype', choices=['bf16', 'fp16', 'fp32'], help='cast the weights (default: keep)')
+    wv.add_argument('--dtype', choices=DTYPE_CHOICES, help='cast the weights (default: keep)')
     wv.add_argument('--num-heads', type=int, help='attention heads, if it cannot be inferred (default: head width 128)')
     wv.add_argument('--overwrite', action='store_true', help='replace an existing output')
     wv.set_defaults(func=_weights_convert)

@@ -8,9 +8,10 @@ import os, re, json, socket, tempfile, contextlib
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['LOCK_NAME', 'WRAPPER_KEYS', 'InfcamError', 'os_error_message', 'check_device', 'check_overwrite', 'make_folder',
-           'pid_alive', 'clean_stale_temps', 'atomic_path', 'folder_lock', 'natural_key', 'short_list', 'first_line',
-           'load_pickle', 'unwrap_state_dict', 'read_state_dict', 'figure_path', 'save_figure', 'check_parameters']
+__all__ = ['LOCK_NAME', 'WRAPPER_KEYS', 'DTYPE_NAMES', 'DTYPE_CHOICES', 'InfcamError', 'os_error_message', 'check_device',
+           'check_overwrite', 'make_folder', 'pid_alive', 'clean_stale_temps', 'atomic_path', 'folder_lock',
+           'natural_key', 'short_list', 'first_line', 'load_pickle', 'unwrap_state_dict', 'read_state_dict',
+           'figure_path', 'save_figure', 'check_parameters', 'as_dtype']
 
 # %% ../nbs/00_core.ipynb #664726ca
 class InfcamError(Exception):
@@ -233,3 +234,16 @@ def check_parameters(names:dict, before:set, declared:dict):
         if not isinstance(v, ts) or (isinstance(v, bool) and bool not in ts):
             want = ' or '.join('None' if x is type(None) else x.__name__ for x in ts)
             raise InfcamError(f"parameter {k} must be {want}, got {v!r}")
+
+# %% ../nbs/00_core.ipynb #5ba37ea7
+DTYPE_NAMES = {'bf16': 'bfloat16', 'bfloat16': 'bfloat16', 'fp16': 'float16', 'float16': 'float16', 'half': 'float16',
+               'fp32': 'float32', 'float32': 'float32', 'float': 'float32'}
+DTYPE_CHOICES = ('bf16', 'fp16', 'fp32')      # the names command-line options offer
+
+def as_dtype(dtype):
+    "A `torch.dtype` from a dtype or a name in `DTYPE_NAMES` ('bf16', 'fp16', 'fp32', ...); None stays None."
+    import torch
+    if dtype is None or isinstance(dtype, torch.dtype): return dtype
+    name = DTYPE_NAMES.get(str(dtype).lower())
+    if name is None: raise InfcamError(f"unknown dtype {dtype!r}; one of {', '.join(DTYPE_NAMES)}")
+    return getattr(torch, name)

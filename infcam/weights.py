@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from .core import InfcamError, atomic_path, load_pickle, unwrap_state_dict, short_list, first_line
+from .core import InfcamError, atomic_path, load_pickle, unwrap_state_dict, short_list, first_line, as_dtype
 from .models.wan import WanConfig, WanDiT
 from .models.infcam import InfCamDiT, InfCamConfig
 
@@ -19,8 +19,7 @@ from .models.infcam import InfCamDiT, InfCamConfig
 __all__ = ['COMPONENTS', 'TITLES', 'DIT_ANCHOR', 'WAN_HEAD_DIM', 'EXPECTED_FILES', 'WeightsSpec', 'dit_to_diffusers',
            'dit_from_diffusers', 'expected_tensors', 'safetensors_header', 'save_safetensors', 'read_tensors',
            'find_dit_prefix', 'infer_dit_config', 'DiTCheckpoint', 'read_dit_checkpoint', 'load_infcam_checkpoint',
-           'as_dtype', 'convert_checkpoint', 'load_dit', 'find_weights', 'ComponentCheck', 'WeightsReport',
-           'check_weights']
+           'convert_checkpoint', 'load_dit', 'find_weights', 'ComponentCheck', 'WeightsReport', 'check_weights']
 
 # %% ../nbs/16_weights.ipynb #4d033f10
 @dataclass
@@ -327,15 +326,6 @@ def load_infcam_checkpoint(path, config:WanConfig|None=None, num_heads:int|None=
     return ck.state_dict
 
 # %% ../nbs/16_weights.ipynb #35c17a36
-_DTYPES = {'bf16': torch.bfloat16, 'bfloat16': torch.bfloat16, 'fp16': torch.float16, 'float16': torch.float16,
-           'half': torch.float16, 'fp32': torch.float32, 'float32': torch.float32, 'float': torch.float32}
-
-def as_dtype(dtype) -> torch.dtype|None:
-    "A `torch.dtype` from a dtype or a name ('bf16', 'fp16', 'fp32', ...); None stays None."
-    if dtype is None or isinstance(dtype, torch.dtype): return dtype
-    if str(dtype).lower() not in _DTYPES: raise InfcamError(f"unknown dtype {dtype!r}; one of {', '.join(_DTYPES)}")
-    return _DTYPES[str(dtype).lower()]
-
 def convert_checkpoint(src, dst, dtype=None, overwrite:bool=False, config:WanConfig|None=None,
                        num_heads:int|None=None, prefix:str|None=None) -> Path:
     """Write the DiT checkpoint `src` as safetensors at `dst` (a file, or a folder to put `<src stem>.safetensors` in),
