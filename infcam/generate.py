@@ -18,8 +18,8 @@ from .video import check_size, check_video_memory, read_video, video_info, write
 __all__ = ['DEFAULTS', 'DTYPES', 'ESTIMATE_METHODS', 'check_settings', 'cache_dir', 'file_sha256', 'weight_hashes', 'Job',
            'JobResult', 'trajectory_name', 'read_batch', 'make_jobs', 'load_pipeline', 'check_weights_usable',
            'source_fps', 'run_jobs', 'launched_externally', 'run_sharded', 'TrainingRun', 'training_run',
-           'run_settings', 'load_run_pipeline', 'run_hashes', 'settings_from_sidecar', 'add_generate_parser',
-           'run_generate', 'generate_main']
+           'run_settings', 'load_run_pipeline', 'run_hashes', 'settings_from_sidecar', 'run_generate',
+           'add_generate_parser', 'generate_main']
 
 # %% ../nbs/32_generate.ipynb #e2817b00
 DEFAULTS = dict(frames=81, height=480, width=832, steps=20, cfg=5.0, negative_prompt=None, seed=0, zoom=1.0,
@@ -104,7 +104,7 @@ def weight_hashes(report) -> dict:
     return {k: [dict(file=str(f), bytes=f.stat().st_size, sha256=file_sha256(f)) for f in _component_files(c[k].path)]
             for k in used}
 
-# %% ../nbs/32_generate.ipynb #80646687
+# %% ../nbs/32_generate.ipynb #2160fdb4
 @dataclass
 class Job:
     "One generation: `video` (a path) seen along `trajectory`, described by `prompt`, written to `out` (.mp4)."
@@ -130,6 +130,7 @@ class JobResult:
     message: str = ''
     seconds: float = 0.
 
+# %% ../nbs/32_generate.ipynb #be34f18d
 def trajectory_name(spec) -> str:
     "A short file-name-safe name for a trajectory spec: the preset's name, or the file's stem."
     s = str(spec)
@@ -137,6 +138,7 @@ def trajectory_name(spec) -> str:
     if Path(s.split(':')[0]).suffix: s = Path(s.split(':')[0]).stem + ('_' + s.split(':', 1)[1] if ':' in s else '')
     return ''.join(ch if ch.isalnum() or ch in '-_' else '_' for ch in s)
 
+# %% ../nbs/32_generate.ipynb #65695f2a
 def read_batch(folder) -> list[tuple[Path, str]]:
     "`[(video path, prompt)]` from `folder/metadata.csv` (`file_name,text`); paths need not exist yet (checked per job)."
     folder = Path(folder)
@@ -160,6 +162,7 @@ def read_batch(folder) -> list[tuple[Path, str]]:
         out.append((p, (r['text'] or '').strip()))
     return out
 
+# %% ../nbs/32_generate.ipynb #b551d09e
 def make_jobs(clips:list[tuple], trajectories:list[str], out_dir) -> list[Job]:
     "Every clip x trajectory, written to `out_dir/<clip stem>_<trajectory name>.mp4`."
     out_dir = Path(out_dir)
@@ -225,7 +228,7 @@ def _versions() -> dict:
     import infcam
     return dict(infcam=getattr(infcam, '__version__', '?'), torch=torch.__version__, python=sys.version.split()[0])
 
-# %% ../nbs/32_generate.ipynb #9195a7a9
+# %% ../nbs/32_generate.ipynb #01b35e42
 def _generate_one(pipe, job:Job, s:dict, weights, hashes:dict, overwrite:bool, progress:bool) -> None:
     "Generate `job` with a loaded pipeline and write the clip, the side-by-side and the sidecar (last)."
     t0 = time.perf_counter()
@@ -259,16 +262,10 @@ def _generate_one(pipe, job:Job, s:dict, weights, hashes:dict, overwrite:bool, p
     with atomic_path(o['sidecar'], overwrite=overwrite) as tmp: tmp.write_text(json.dumps(side, indent=1, ensure_ascii=False) + '\n')
     job.marker.unlink(missing_ok=True)                    # complete: all three files are there
 
-def run_jobs(jobs:list[Job], weights, settings:dict|None=None, overwrite:bool=False, strict:bool=True,
-             progress:bool=True, log=print, loader=None, lock:bool=True) -> list[JobResult]:
-    """Generate every job with one pipeline (loaded by `loader(weights, settings)`, default `load_pipeline`). Existing
-    results are skipped (`strict=False`) or refused (`strict=True`) unless `overwrite`; with `strict=False` a bad clip
-    is recorded as failed and the others go on. With a training run as `weights` (or `checkpoint`), unset settings
-    come from the run (`run_settings`). `lock=False` when the caller holds the output folders' locks (sharded runs)."""
-    settings = dict(settings or {})
-    if (run := training_run(weights, settings.get('checkpoint'))) is not None: settings = run_settings(run, settings)
-    s = check_settings(settings)
-    for t in sorted({j.trajectory for j in jobs}): load_trajectory(t, s['frames'])      # a bad trajectory fails all
+# %% ../nbs/32_generate.ipynb #ec53bdbc
+def _preflight(jobs:list[Job], s:dict, overwrite:bool, strict:bool) -> tuple[dict, list[Job], set]:
+    """The checks of `run_jobs` before any weight is read: `(results, ok, redo)`, the results known already (by `id` of
+    the job: skipped, or failed with `strict=False`), the jobs to generate, and the ids of those cut short by a kill."""
     results, todo, redo = {}, [], set()
     for j in jobs:
         if j.out.suffix.lower() != '.mp4': raise InfcamError(f"output must be an .mp4 file, got {j.out}")
@@ -290,6 +287,20 @@ def run_jobs(jobs:list[Job], weights, settings:dict|None=None, overwrite:bool=Fa
         except InfcamError as e:
             if strict: raise
             results[id(j)] = JobResult(j, 'failed', str(e))
+    return results, ok, redo
+
+# %% ../nbs/32_generate.ipynb #3728c395
+def run_jobs(jobs:list[Job], weights, settings:dict|None=None, overwrite:bool=False, strict:bool=True,
+             progress:bool=True, log=print, loader=None, lock:bool=True) -> list[JobResult]:
+    """Generate every job with one pipeline (loaded by `loader(weights, settings)`, default `load_pipeline`). Existing
+    results are skipped (`strict=False`) or refused (`strict=True`) unless `overwrite`; with `strict=False` a bad clip
+    is recorded as failed and the others go on. With a training run as `weights` (or `checkpoint`), unset settings
+    come from the run (`run_settings`). `lock=False` when the caller holds the output folders' locks (sharded runs)."""
+    settings = dict(settings or {})
+    if (run := training_run(weights, settings.get('checkpoint'))) is not None: settings = run_settings(run, settings)
+    s = check_settings(settings)
+    for t in sorted({j.trajectory for j in jobs}): load_trajectory(t, s['frames'])      # a bad trajectory fails all
+    results, ok, redo = _preflight(jobs, s, overwrite, strict)
     if ok:
         with contextlib.ExitStack() as locks:             # one run per output folder
             if (run := training_run(weights, s['checkpoint'])) is not None:      # a run trained here
@@ -310,6 +321,7 @@ def run_jobs(jobs:list[Job], weights, settings:dict|None=None, overwrite:bool=Fa
                 results[id(j)] = JobResult(j, 'done', '', time.perf_counter() - t0)
     return [results[id(j)] for j in jobs]
 
+# %% ../nbs/32_generate.ipynb #146a46ac
 def launched_externally() -> bool:
     "Whether a launcher such as torchrun started this process as one rank of several."
     return 'LOCAL_RANK' in os.environ or 'TORCHELASTIC_RUN_ID' in os.environ
@@ -345,7 +357,7 @@ def run_sharded(jobs:list[Job], weights, settings:dict|None=None, devices:int=2,
             for d in outs: locks.enter_context(folder_lock(d, 'generate'))
         return fabric.launch(_shard_worker, jobs, weights, settings, overwrite, progress, quiet)
 
-# %% ../nbs/32_generate.ipynb #968a83aa
+# %% ../nbs/32_generate.ipynb #83b121df
 @dataclass
 class TrainingRun:
     "A run trained by `python -m infcam.train`: its folder, the checkpoint to generate with, and its `config.json`."
@@ -376,6 +388,7 @@ def training_run(weights, checkpoint=None) -> TrainingRun|None:
         except ValueError: raise InfcamError(f"{run / 'config.json'} is not JSON") from None
     return TrainingRun(run, ck, cfg)
 
+# %% ../nbs/32_generate.ipynb #4533823b
 def run_settings(run:TrainingRun, s:dict) -> dict:
     "Settings `s` with the unset ones taken from the run: its frames and size, float32, and no guidance for random text."
     d, out = run.data, dict(s)
@@ -384,6 +397,7 @@ def run_settings(run:TrainingRun, s:dict) -> dict:
         if out.get(k) is None and v is not None: out[k] = v
     return out
 
+# %% ../nbs/32_generate.ipynb #b0a1fa41
 def load_run_pipeline(run:TrainingRun, s:dict, weights=None):
     """An `InfCamPipeline` for a training run: the trained DiT (backbone rebuilt as recorded), its scheduler, and the
     codec and text encoder it was trained with (`PixelCodec`, `DCTCodec` and `RandomTextEncoder` need no files; the Wan VAE and
@@ -417,6 +431,7 @@ def load_run_pipeline(run:TrainingRun, s:dict, weights=None):
                                   text_len=model.config.text_len)
     return InfCamPipeline(model, codec, te, trained_scheduler(run.checkpoint), device=dev, memory=s['memory'])
 
+# %% ../nbs/32_generate.ipynb #a2b43edc
 def run_hashes(run:TrainingRun) -> dict:
     "`{component: [{file, bytes, sha256}]}` of a run's trained tensors and the backbone it was trained on (if a file)."
     files = {'infcam': [run.checkpoint / 'trainable.safetensors']}
@@ -436,15 +451,9 @@ def settings_from_sidecar(path) -> dict:
     return dict(settings={k: v for k, v in d['settings'].items() if k in DEFAULTS}, video=d['video'], prompt=d['prompt'],
                 trajectory=d['trajectory'], weights=d['weights']['folder'], hashes=d['weights'].get('files', {}))
 
-# %% ../nbs/32_generate.ipynb #58691532
-def add_generate_parser(subparsers) -> argparse.ArgumentParser:
-    "Add the `generate` subcommand (all options, `func=run_generate`) to an argparse `subparsers` object."
-    d = DEFAULTS
-    g = subparsers.add_parser('generate', help='generate a clip (or a folder of clips) along new camera paths',
-        description='Generate a source video seen along a new camera trajectory with InfCam. Writes OUT.mp4, a labelled '
-                    'side-by-side OUT.sbs.mp4 and a JSON sidecar OUT.json with every setting (reproduce it with --from). '
-                    'Batch mode (--batch FOLDER with metadata.csv file_name,text, --trajectories a,b, --out-dir) skips '
-                    'results that exist and goes on past bad clips.')
+# %% ../nbs/32_generate.ipynb #21db665e
+def _add_source_args(g:argparse.ArgumentParser):
+    "The options naming what to generate and where: one clip, a batch folder, or a sidecar to re-run."
     g.add_argument('--video', help='source clip (mp4, mov, ...)')
     g.add_argument('--prompt', help='text describing the scene')
     g.add_argument('--trajectory', help='preset name or number (1-10; starts about 10 degrees off and passes through the source camera at its middle frame, as the released presets do), a trajectory file (.yaml/.json; starts at the source camera), or camera_extrinsics.json:camXX[@camYY]')
@@ -453,9 +462,18 @@ def add_generate_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument('--trajectories', help='batch mode: comma-separated trajectories (each clip x each)')
     g.add_argument('--out-dir', help='batch mode: folder for the results')
     g.add_argument('--from', dest='from_json', metavar='JSON', help="re-run a result from its JSON sidecar (options given here override)")
+
+# %% ../nbs/32_generate.ipynb #62942adc
+def _add_weights_args(g:argparse.ArgumentParser):
+    "The options naming the weights: a released folder or a training run, a checkpoint, the expected shapes."
     g.add_argument('--weights', help='weights folder (see `infcam weights check`), or a training run folder of `python -m infcam.train`')
     g.add_argument('--checkpoint', help='the InfCam checkpoint, if it is not inside the weights folder, or a training checkpoint RUN_DIR/ckpt/stepN')
     g.add_argument('--size', choices=['released', 'tiny'], help="expected shapes: released (default) or the tiny test model")
+
+# %% ../nbs/32_generate.ipynb #e692bcd9
+def _add_sampling_args(g:argparse.ArgumentParser):
+    "The options of the sampling: size, steps, guidance, seed, zoom, and the source lens (one way at most)."
+    d = DEFAULTS
     g.add_argument('--frames', type=int, help=f"frames, 4k+1 (default {d['frames']})")
     g.add_argument('--height', type=int, help=f"height, a multiple of 16 (default {d['height']})")
     g.add_argument('--width', type=int, help=f"width, a multiple of 16 (default {d['width']})")
@@ -470,6 +488,10 @@ def add_generate_parser(subparsers) -> argparse.ArgumentParser:
     k.add_argument('--fx', type=float, help='source focal length in pixels at --height x --width')
     k.add_argument('--estimate', choices=list(ESTIMATE_METHODS), help='estimate the source focal length from the clip '
                    '(falls back to 24 mm, with a message, when it cannot)')
+
+# %% ../nbs/32_generate.ipynb #0065b936
+def _add_run_args(g:argparse.ArgumentParser):
+    "The options of how it runs: memory, device, dtype, the base model alone, processes, overwriting, bars."
     g.add_argument('--memory', choices=['resident', 'model_offload', 'block_offload'], help='where the parts live (default resident)')
     g.add_argument('--device', help='cuda, cuda:1, cpu (default: cuda if available)')
     g.add_argument('--dtype', choices=list(DTYPES), help='DiT weights dtype (default bf16)')
@@ -480,9 +502,28 @@ def add_generate_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument('--num-nodes', type=int, default=1, help='batch mode: nodes (set MASTER_ADDR, MASTER_PORT, NODE_RANK on each)')
     g.add_argument('--overwrite', action='store_true', help='replace existing outputs')
     g.add_argument('--quiet', action='store_true', help='no progress bars')
-    g.set_defaults(func=run_generate)
-    return g
 
+# %% ../nbs/32_generate.ipynb #90524887
+def _run_batch(args:argparse.Namespace, s:dict, weights, traj, log) -> list[JobResult]:
+    "Batch mode of `run_generate`: every clip of `args.batch` x every trajectory, in one process or sharded."
+    if args.video or args.out or args.prompt is not None:
+        raise InfcamError("batch mode takes the clips and prompts from metadata.csv and writes to --out-dir; drop --video/--prompt/--out")
+    if not args.out_dir: raise InfcamError("batch mode needs --out-dir")
+    trajs = [t.strip() for t in (args.trajectories or traj or '').split(',') if t.strip()]
+    if not trajs: raise InfcamError("batch mode needs --trajectories a,b,... (or --trajectory)")
+    jobs = make_jobs(read_batch(args.batch), trajs, args.out_dir)
+    _intlike('--devices', args.devices); _intlike('--num-nodes', args.num_nodes)
+    if args.devices > 1 or args.num_nodes > 1:
+        res = run_sharded(jobs, weights, s, args.devices, args.num_nodes, args.overwrite, not args.quiet, args.quiet)
+    else: res = run_jobs(jobs, weights, s, overwrite=args.overwrite, strict=False, progress=not args.quiet, log=log)
+    done, skipped, failed = ([r for r in res if r.status == k] for k in ('done', 'skipped', 'failed'))
+    if int(os.environ.get('RANK', 0)) == 0:           # under torchrun, every process has the results; one reports
+        print(f"generated {len(done)}, skipped {len(skipped)} (already there), failed {len(failed)} of {len(res)}")
+        for r in failed: print(f"  FAILED {r.job.video.name} x {r.job.trajectory}: {r.message}")
+    if failed: raise InfcamError(f"{len(failed)} of {len(res)} generation(s) failed (listed above)")
+    return res
+
+# %% ../nbs/32_generate.ipynb #7cfe9327
 def run_generate(args:argparse.Namespace) -> list[JobResult]:
     "Run `infcam generate` from parsed `args`; raises `InfcamError` on a user error or when any batch job failed."
     s = {k: getattr(args, k, None) for k in DEFAULTS}
@@ -498,23 +539,7 @@ def run_generate(args:argparse.Namespace) -> list[JobResult]:
     if (run := training_run(weights, s['checkpoint'])) is not None:       # frames, size, dtype from the run when unset
         s = run_settings(run, s)
         if prompt is None and not args.batch and run.config.get('caption') is not None: prompt = run.config['caption']
-    if args.batch:
-        if args.video or args.out or args.prompt is not None:
-            raise InfcamError("batch mode takes the clips and prompts from metadata.csv and writes to --out-dir; drop --video/--prompt/--out")
-        if not args.out_dir: raise InfcamError("batch mode needs --out-dir")
-        trajs = [t.strip() for t in (args.trajectories or traj or '').split(',') if t.strip()]
-        if not trajs: raise InfcamError("batch mode needs --trajectories a,b,... (or --trajectory)")
-        jobs = make_jobs(read_batch(args.batch), trajs, args.out_dir)
-        _intlike('--devices', args.devices); _intlike('--num-nodes', args.num_nodes)
-        if args.devices > 1 or args.num_nodes > 1:
-            res = run_sharded(jobs, weights, s, args.devices, args.num_nodes, args.overwrite, not args.quiet, args.quiet)
-        else: res = run_jobs(jobs, weights, s, overwrite=args.overwrite, strict=False, progress=not args.quiet, log=log)
-        done, skipped, failed = ([r for r in res if r.status == k] for k in ('done', 'skipped', 'failed'))
-        if int(os.environ.get('RANK', 0)) == 0:           # under torchrun, every process has the results; one reports
-            print(f"generated {len(done)}, skipped {len(skipped)} (already there), failed {len(failed)} of {len(res)}")
-            for r in failed: print(f"  FAILED {r.job.video.name} x {r.job.trajectory}: {r.message}")
-        if failed: raise InfcamError(f"{len(failed)} of {len(res)} generation(s) failed (listed above)")
-        return res
+    if args.batch: return _run_batch(args, s, weights, traj, log)
     if args.trajectories: raise InfcamError("--trajectories is for --batch; give one --trajectory")
     if args.devices != 1 or args.num_nodes != 1: raise InfcamError("--devices and --num-nodes share the jobs of a --batch run")
     missing = [n for n, v in (('--video', video), ('--prompt', prompt), ('--trajectory', traj), ('--out', args.out)) if v is None]
@@ -528,6 +553,19 @@ def run_generate(args:argparse.Namespace) -> list[JobResult]:
     print(f"wrote {Path(args.out)}, {Path(args.out).with_suffix('.sbs.mp4').name}, {Path(args.out).with_suffix('.json').name}")
     return res
 
+# %% ../nbs/32_generate.ipynb #867bf441
+def add_generate_parser(subparsers) -> argparse.ArgumentParser:
+    "Add the `generate` subcommand (all options, `func=run_generate`) to an argparse `subparsers` object."
+    g = subparsers.add_parser('generate', help='generate a clip (or a folder of clips) along new camera paths',
+        description='Generate a source video seen along a new camera trajectory with InfCam. Writes OUT.mp4, a labelled '
+                    'side-by-side OUT.sbs.mp4 and a JSON sidecar OUT.json with every setting (reproduce it with --from). '
+                    'Batch mode (--batch FOLDER with metadata.csv file_name,text, --trajectories a,b, --out-dir) skips '
+                    'results that exist and goes on past bad clips.')
+    for add in (_add_source_args, _add_weights_args, _add_sampling_args, _add_run_args): add(g)
+    g.set_defaults(func=run_generate)
+    return g
+
+# %% ../nbs/32_generate.ipynb #f69f45ef
 def generate_main(argv:list[str]|None=None) -> int:
     "`infcam generate ...` on its own: parse `argv`, run, print one-line errors; returns the exit status."
     p = argparse.ArgumentParser(prog='infcam')
