@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from fastcore.basics import patch
 
-from .core import InfcamError, LOCK_NAME, atomic_path, check_device, folder_lock
+from .core import InfcamError, LOCK_NAME, atomic_path, check_device, folder_lock, write_figure
 from .cameras import (relative_poses, rigid_inverse, homogeneous, latent_frame_indices, intrinsics_matrix,
                             focal_mm_to_px, pixel_intrinsics)
 
@@ -532,10 +532,7 @@ def plot_summary(summary:list[dict], path, title:str='') -> Path:
     axes[0].legend(fontsize=8, title='intrinsics', title_fontsize=8)
     if title: fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp: fig.savefig(tmp, format='png')
-    plt.close(fig)
-    return path
+    return write_figure(fig, path)
 
 # %% ../nbs/51_benchmark.ipynb #f5d51102
 def plot_samples(pair:dict, frames:dict[str, Tensor], num_frames:int, path) -> Path:
@@ -553,10 +550,7 @@ def plot_samples(pair:dict, frames:dict[str, Tensor], num_frames:int, path) -> P
             if i == 0: ax.set_title(f'frame {f}', fontsize=8)
     fig.suptitle(f"{pair['scene']} {pair['source_camera']} -> {pair['target_camera']} ({pair['split']} intrinsics)", fontsize=9)
     fig.tight_layout()
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp: fig.savefig(tmp, format='png')
-    plt.close(fig)
-    return path
+    return write_figure(fig, path)
 
 # %% ../nbs/51_benchmark.ipynb #ca25b76f
 def _check_out(out:Path, cfg:BenchConfig, overwrite:bool):

@@ -11,7 +11,7 @@ from pathlib import Path
 __all__ = ['LOCK_NAME', 'WRAPPER_KEYS', 'DTYPE_NAMES', 'DTYPE_CHOICES', 'InfcamError', 'os_error_message', 'check_device',
            'check_overwrite', 'make_folder', 'pid_alive', 'clean_stale_temps', 'atomic_path', 'folder_lock',
            'natural_key', 'short_list', 'first_line', 'load_pickle', 'unwrap_state_dict', 'read_state_dict',
-           'figure_path', 'save_figure', 'check_parameters', 'as_dtype']
+           'figure_path', 'write_figure', 'save_figure', 'check_parameters', 'as_dtype']
 
 # %% ../nbs/00_core.ipynb #664726ca
 class InfcamError(Exception):
@@ -211,13 +211,22 @@ def figure_path(name:str) -> Path|None:
         raise InfcamError("INFCAM_FIGURES=1 saves into the repository's figures/, but infcam is not installed from a checkout; give a folder")
     return make_folder(d) / name
 
+def write_figure(fig, path, close:bool=True, **kw) -> Path:
+    """Save the matplotlib figure `fig` at `path` (format from its suffix, folders made, written atomically, no version
+    string in the metadata: the same figure gives the same bytes); close it unless `close=False`. Returns the path."""
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    kw.setdefault('metadata', {'Software': None})
+    with atomic_path(path) as tmp: fig.savefig(tmp, format=path.suffix[1:] or 'png', **kw)
+    if close:
+        import matplotlib.pyplot as plt
+        plt.close(fig)
+    return path
+
 def save_figure(name:str, fig=None, **kw) -> Path|None:
     "Save `fig` (default: the current matplotlib figure) as `figure_path(name)` when figures are asked for; returns the path."
     if (path := figure_path(name)) is None: return None
     import matplotlib.pyplot as plt
-    kw.setdefault('metadata', {'Software': None})                # no version string: the same figure, the same bytes
-    with atomic_path(path) as tmp: (fig or plt.gcf()).savefig(tmp, format=path.suffix[1:] or 'png', **kw)
-    return path
+    return write_figure(fig or plt.gcf(), path, close=False, **kw)      # a notebook still shows it
 
 # %% ../nbs/00_core.ipynb #b258da00
 def check_parameters(names:dict, before:set, declared:dict):

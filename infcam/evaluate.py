@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .core import InfcamError, atomic_path, folder_lock, make_folder
+from .core import InfcamError, atomic_path, folder_lock, make_folder, write_figure
 from .cameras import homogeneous
 from .metrics import METRICS, score_video, load_poses, format_mean_se
 
@@ -245,10 +245,7 @@ def plot_methods(summary:pd.DataFrame, path) -> Path:
         ax.set_xticks(x, summary['method'], rotation=30, ha='right', fontsize=8)
         ax.set_title(k + (' (higher is better)' if k in ('PSNR', 'SSIM', 'registered') else ' (lower is better)'), fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp: fig.savefig(tmp, format='png')
-    plt.close(fig)
-    return path
+    return write_figure(fig, path)
 
 # %% ../nbs/52_evaluate.ipynb #67753532
 def score_row(it:EvalItem, min_registered:float=0.5, lpips_net=None) -> dict:

@@ -9,23 +9,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from .core import InfcamError, atomic_path, check_overwrite, check_device, folder_lock, os_error_message
+from .core import InfcamError, atomic_path, check_overwrite, check_device, folder_lock, os_error_message, as_dtype, DTYPE_CHOICES
 from .cameras import PRESET_NAMES, num_latent_frames
 from .trajectories import load_trajectory
 from .video import check_size, check_video_memory, read_video, video_info, write_video, write_comparison, WAN_FPS
 
 # %% auto #0
-__all__ = ['DEFAULTS', 'DTYPES', 'ESTIMATE_METHODS', 'check_settings', 'cache_dir', 'file_sha256', 'weight_hashes', 'Job',
-           'JobResult', 'trajectory_name', 'read_batch', 'make_jobs', 'load_pipeline', 'check_weights_usable',
-           'source_fps', 'run_jobs', 'launched_externally', 'run_sharded', 'TrainingRun', 'training_run',
-           'run_settings', 'load_run_pipeline', 'run_hashes', 'settings_from_sidecar', 'run_generate',
-           'add_generate_parser', 'generate_main']
+__all__ = ['DEFAULTS', 'ESTIMATE_METHODS', 'check_settings', 'cache_dir', 'file_sha256', 'weight_hashes', 'Job', 'JobResult',
+           'trajectory_name', 'read_batch', 'make_jobs', 'load_pipeline', 'check_weights_usable', 'source_fps',
+           'run_jobs', 'launched_externally', 'run_sharded', 'TrainingRun', 'training_run', 'run_settings',
+           'load_run_pipeline', 'run_hashes', 'settings_from_sidecar', 'run_generate', 'add_generate_parser',
+           'generate_main']
 
 # %% ../nbs/32_generate.ipynb #e2817b00
 DEFAULTS = dict(frames=81, height=480, width=832, steps=20, cfg=5.0, negative_prompt=None, seed=0, zoom=1.0,
                 focal_mm=None, fov=None, fx=None, estimate=None, memory='resident', device=None, dtype='bf16',
                 vae_tiled=False, size='released', checkpoint=None, base_only=False)
-DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16, 'fp32': torch.float32}
 ESTIMATE_METHODS = ('selfcal', 'unidepth')
 
 def _intlike(name, v, lo=1):
@@ -54,7 +53,7 @@ def check_settings(s:dict) -> dict:
     if s['estimate'] is not None and s['estimate'] not in ESTIMATE_METHODS:
         raise InfcamError(f"unknown --estimate method {s['estimate']!r}; use one of {', '.join(ESTIMATE_METHODS)}")
     if s['memory'] not in MEMORY_MODES: raise InfcamError(f"unknown memory mode {s['memory']!r}; use one of {', '.join(MEMORY_MODES)}")
-    if s['dtype'] not in DTYPES: raise InfcamError(f"unknown dtype {s['dtype']!r}; use one of {', '.join(DTYPES)}")
+    if s['dtype'] not in DTYPE_CHOICES: raise InfcamError(f"unknown dtype {s['dtype']!r}; use one of {', '.join(DTYPE_CHOICES)}")
     if s['size'] not in ('released', 'tiny'): raise InfcamError(f"unknown --size {s['size']!r}; 'released' or 'tiny'")
     if s['device'] is not None: check_device(s['device'])
     check_video_memory(s['frames'], s['height'], s['width'])
@@ -186,7 +185,7 @@ def load_pipeline(weights, s:dict):
     from infcam.weights import WeightsSpec
     spec = WeightsSpec.tiny() if s['size'] == 'tiny' else WeightsSpec.released()
     try:
-        return InfCamPipeline.from_pretrained(weights, s['checkpoint'], device=s['device'], dtype=DTYPES[s['dtype']],
+        return InfCamPipeline.from_pretrained(weights, s['checkpoint'], device=s['device'], dtype=as_dtype(s['dtype']),
                                               memory=s['memory'], vae_tiled=s['vae_tiled'], spec=spec,
                                               base_only=bool(s['base_only']))
     except _oom_types(): raise InfcamError(_oom_message(s['memory'], s)) from None
@@ -406,7 +405,7 @@ def load_run_pipeline(run:TrainingRun, s:dict, weights=None):
     from infcam.checkpoints import load_trained, trained_scheduler
     from infcam.vae import weightless_codec
     dev = s['device'] or ('cuda' if torch.cuda.is_available() else 'cpu')
-    model = load_trained(run.checkpoint, dtype=DTYPES[s['dtype']], device='cpu')
+    model = load_trained(run.checkpoint, dtype=as_dtype(s['dtype']), device='cpu')
     codec_tag, text = run.data.get('codec'), run.data.get('text')
     if codec_tag is None or text is None:
         raise InfcamError(f"{run.run_dir or run.checkpoint}: the run does not record how its data was encoded (an older run); "
@@ -494,7 +493,7 @@ def _add_run_args(g:argparse.ArgumentParser):
     "The options of how it runs: memory, device, dtype, the base model alone, processes, overwriting, bars."
     g.add_argument('--memory', choices=['resident', 'model_offload', 'block_offload'], help='where the parts live (default resident)')
     g.add_argument('--device', help='cuda, cuda:1, cpu (default: cuda if available)')
-    g.add_argument('--dtype', choices=list(DTYPES), help='DiT weights dtype (default bf16)')
+    g.add_argument('--dtype', choices=DTYPE_CHOICES, help='DiT weights dtype (default bf16)')
     g.add_argument('--vae-tiled', action='store_true', default=None, help='decode in tiles (less memory)')
     g.add_argument('--base-only', action='store_true', default=None,
                    help='generate WITHOUT camera control from the base Wan DiT (no InfCam checkpoint needed); off by default')

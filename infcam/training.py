@@ -14,7 +14,7 @@ from torch import Tensor
 import lightning as L
 from fastcore.basics import patch
 
-from .core import InfcamError, atomic_path, folder_lock
+from .core import InfcamError, atomic_path, folder_lock, write_figure
 from .models import InfCamConfig
 from .scheduler import FlowMatchScheduler
 from .checkpoints import build_model, list_checkpoints, prune_checkpoints, read_checkpoint, save_checkpoint, set_rng_state
@@ -313,10 +313,7 @@ def plot_loss(run_dir, path=None) -> Path|None:
         k = max(2, len(losses) // 10)
         ax.plot(steps[k - 1:], np.convolve(losses, np.ones(k) / k, 'valid'), lw=2, label=f'mean of {k}')
     ax.set(xlabel='step', ylabel='loss', yscale='log', title='flow-matching loss'); ax.legend(); fig.tight_layout()
-    from infcam.core import atomic_path
-    with atomic_path(path) as tmp: fig.savefig(tmp, format='png')
-    plt.close(fig)
-    return path
+    return write_figure(fig, path)
 
 # %% ../nbs/42_training.ipynb #073dddb4
 RESUMABLE = ('max_steps', 'strategy')          # a resumed run may train longer, or on other devices
