@@ -184,10 +184,13 @@ def clear_rope_cache():
 
 def apply_rope(x:torch.Tensor, # (B, L, heads, head_dim)
                cos:torch.Tensor, sin:torch.Tensor) -> torch.Tensor: # (B, L, heads, head_dim), x's dtype
-    "Rotate adjacent channel pairs of every head by the token's angles (computed in float32)."
-    x0, x1 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
-    c, s = cos[:, None], sin[:, None]
-    return torch.stack([x0 * c - x1 * s, x0 * s + x1 * c], dim=-1).flatten(-2).to(x.dtype)
+    """Rotate adjacent channel pairs of every head by the token's angles (computed in float32): one complex64
+    multiply on a view of the pairs as complex numbers (no unbind / strided multiplies / stack copies)."""
+    xf = x.float().unflatten(-1, (-1, 2))
+    if xf.storage_offset() % 2 or any(s % 2 for s in xf.stride()[:-1]) or xf.stride(-1) != 1:
+        xf = xf.clone(memory_format=torch.contiguous_format)   # view_as_complex needs even offsets and strides
+    rot = torch.view_as_complex(xf) * torch.complex(cos, sin)[:, None]
+    return torch.view_as_real(rot).flatten(-2).to(x.dtype)
 
 # %% ../../nbs/10_wan.ipynb #5a781e4b
 class RMSNorm(nn.Module):
