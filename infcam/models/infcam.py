@@ -118,7 +118,8 @@ class InfCamBlock(WanBlock):
         asking = 1 if target_only else 2                          # target, then source
         out = self.self_attn_pre(s.view(B * f, n * h * w, d), rope3, queries=asking * h * w)
         del s
-        # gate0 * out added in x's layout, reading out's '(b f) (n h w)' rows in place (no rearranged copy)
+        # gate0 * out + x read out's '(b f) (n h w)' rows where they are (no rearranged copy of out); the float32 sum
+        # keeps out's order, so the final reshape to x's layout is one copy in x's dtype
         out = out.view(B, f, asking, h * w, d).permute(2, 0, 1, 3, 4)
         xa = x[:asking * B].view(asking, B, f, h * w, d)
         return gated_add(xa, gate0[:asking * B].view(asking, B, 1, 1, d), out).reshape(asking * B, f * h * w, d)
