@@ -3,8 +3,9 @@
 
     python bench/dit_ab.py --rev 7bc6f9e          # the InfCam block as it was at that commit vs the working tree
 
-The file `infcam/models/infcam.py` of `--rev` is loaded beside the current one (it runs on the current Wan backbone
-code), both models get the same random weights (zero_conv and cam_encoder made non-zero so every path works), and
+The files `infcam/models/wan.py` and `infcam/models/infcam.py` of `--rev` are loaded beside the current ones (the
+old InfCam block on the old Wan code; `--rev` must be at or after 7c878cd, where the forwards stopped taking an
+attention `backend` argument; the rest of the package, e.g. `infcam.homography`, is the current one), both models get the same random weights (zero_conv and cam_encoder made non-zero so every path works), and
 their forwards alternate, timed in single-thread CPU time (`time.thread_time`, steady on a shared machine); the best of
 `--repeat` is reported per configuration, with the ratio new / old and the largest output difference.
 """
@@ -16,9 +17,11 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ((384, 2, 5, 24, 40), (384, 2, 9, 30, 52))    # dim, layers, latent frames, token rows, token columns
 
 
-def old_module(rev):
-    src = subprocess.run(['git', '-C', str(ROOT), 'show', f'{rev}:infcam/models/infcam.py'], capture_output=True, text=True, check=True).stdout
-    path = ROOT / 'infcam' / 'models' / f'_rev_{abs(hash(rev)) % 10**8}.py'   # a sibling module, for its relative imports
+def load_rev(rev, name, replace=()):
+    "Module `infcam/models/{name}.py` as it was at `rev`, loaded as a sibling module (for its relative imports)."
+    src = subprocess.run(['git', '-C', str(ROOT), 'show', f'{rev}:infcam/models/{name}.py'], capture_output=True, text=True, check=True).stdout
+    for a, b in replace: src = src.replace(a, b)
+    path = ROOT / 'infcam' / 'models' / f'rev_{name}_{abs(hash(rev)) % 10**8}.py'
     path.write_text(src)
     try:
         spec = importlib.util.spec_from_file_location(f'infcam.models.{path.stem}', path)
@@ -27,13 +30,19 @@ def old_module(rev):
     return mod
 
 
+def old_module(rev):
+    "The InfCam module of `rev`, running on the Wan module of `rev`."
+    wan = load_rev(rev, 'wan')
+    return load_rev(rev, 'infcam', [('from .wan import', f'from .{wan.__name__.rsplit(".", 1)[1]} import')])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--rev', required=True); ap.add_argument('--repeat', type=int, default=3)
     a = ap.parse_args()
     torch.set_num_threads(1)
     from infcam.models import WanConfig, InfCamDiT
-    Old = old_module(a.rev).InfCamDiT
+    oldmod = old_module(a.rev)
     print(f"InfCamDiT forward, working tree vs {a.rev}; single-thread CPU seconds, best of {a.repeat}\n")
     print('| dim | layers | latents f x h x w (tokens) | new s | old s | new / old | max abs diff |\n|---|---|---|---|---|---|---|')
     for dim, layers, f, h, w in CONFIGS:
@@ -42,7 +51,7 @@ def main():
         new = InfCamDiT(cfg).eval()
         with torch.no_grad():
             for blk in new.blocks: blk.zero_conv.weight.normal_(0, 0.02); blk.cam_encoder.weight.normal_(0, 0.02)
-        old = Old(cfg).eval(); old.load_state_dict(new.state_dict())
+        old = oldmod.InfCamDiT(oldmod.WanConfig.from_dict(cfg.to_dict())).eval(); old.load_state_dict(new.state_dict())
         g = torch.Generator().manual_seed(1)
         ph, pw = cfg.patch_size[1:]
         x = torch.randn(1, cfg.in_dim, f, h * ph, w * pw, generator=g)

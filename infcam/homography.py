@@ -14,7 +14,7 @@ from .cameras import intrinsics_matrix
 # %% auto #0
 __all__ = ['CONVENTIONS', 'intrinsics_inverse', 'infinite_homography', 'inverse_infinite_homography', 'inverse_3x3',
            'apply_homography', 'pixel_coords', 'homography_grid', 'sample_locations', 'warp_image', 'latent_intrinsics',
-           'latent_homographies', 'warp_latents', 'convention_shift']
+           'latent_homographies', 'latent_warp_grid', 'warp_with_grid', 'warp_latents', 'convention_shift']
 
 # %% ../nbs/03_homography.ipynb #a247d581
 CONVENTIONS = ('released', 'exact')
@@ -154,6 +154,32 @@ def latent_homographies(K_src_norm:Tensor, K_tgt_norm:Tensor, extrinsics:Tensor,
     return infinite_homography(Ks, Kt, R)
 
 # %% ../nbs/03_homography.ipynb #d022b5ab
+def latent_warp_grid(K_src_norm:Tensor, K_tgt_norm:Tensor, extrinsics:Tensor, h:int, w:int,
+                     convention:str='released') -> Tensor:
+    """The `grid_sample` grid (B, F, h, w, 2) of the per-frame latent warps: normalized intrinsics (B, 4), target
+    extrinsics (B, F, 12). It depends on the cameras only, so a model builds it once per forward, not per block."""
+    R = _rotations(extrinsics)
+    B, Fr = R.shape[:2]
+    Ks = latent_intrinsics(K_src_norm, h, w, convention)
+    Kt = latent_intrinsics(K_tgt_norm, h, w, convention)
+    if Ks.shape[:-2] != (B,) or Kt.shape[:-2] != (B,):
+        raise InfcamError(f"normalized intrinsics must be (B={B}, 4), got {tuple(K_src_norm.shape)} and {tuple(K_tgt_norm.shape)}")
+    H_inv = inverse_infinite_homography(Ks[:, None], Kt[:, None], R)         # (B, F, 3, 3)
+    return homography_grid(H_inv.reshape(B * Fr, 3, 3), h, w, convention)[0].unflatten(0, (B, Fr))
+
+def warp_with_grid(x:Tensor, # (B, F, h, w, d) latent frames, or (B, h, w, d): one frame warped by every grid
+                   grid:Tensor, # (B, F, h, w, 2) from `latent_warp_grid`
+                  ) -> Tensor: # (B, F, h, w, d), x's dtype
+    "Bilinear, border-padded warp of channels-last latent frames by a precomputed grid (float32 inside)."
+    B, Fr, h, w, _ = grid.shape
+    if x.ndim == 4:   # one source frame: the F grids stacked as one tall grid sample it once (no F copies of it)
+        out = F.grid_sample(x.float().permute(0, 3, 1, 2), grid.reshape(B, Fr * h, w, 2), mode='bilinear',
+                            padding_mode='border', align_corners=False)
+        return out.permute(0, 2, 3, 1).reshape(B, Fr, h, w, -1).to(x.dtype)
+    inp = x.float().reshape(B * Fr, h, w, -1).permute(0, 3, 1, 2)
+    out = F.grid_sample(inp, grid.reshape(B * Fr, h, w, 2), mode='bilinear', padding_mode='border', align_corners=False)
+    return out.permute(0, 2, 3, 1).reshape(B, Fr, h, w, -1).to(x.dtype)
+
 def warp_latents(x:Tensor, K_src_norm:Tensor, K_tgt_norm:Tensor, extrinsics:Tensor,
                  convention:str='released') -> Tensor:
     """Warp latent frames `x` (B, F, h, w, d) (channels last): frame `i` by the infinite homography of extrinsic `i`
@@ -165,15 +191,7 @@ def warp_latents(x:Tensor, K_src_norm:Tensor, K_tgt_norm:Tensor, extrinsics:Tens
     R = _rotations(extrinsics)
     if R.shape[:2] != (B, Fr):
         raise InfcamError(f"extrinsics have shape {tuple(extrinsics.shape)} but latents have B={B}, F={Fr}")
-    Ks = latent_intrinsics(K_src_norm, h, w, convention)
-    Kt = latent_intrinsics(K_tgt_norm, h, w, convention)
-    if Ks.shape[:-2] != (B,) or Kt.shape[:-2] != (B,):
-        raise InfcamError(f"normalized intrinsics must be (B={B}, 4), got {tuple(K_src_norm.shape)} and {tuple(K_tgt_norm.shape)}")
-    H_inv = inverse_infinite_homography(Ks[:, None], Kt[:, None], R)         # (B, F, 3, 3)
-    grid, _ = homography_grid(H_inv.reshape(B * Fr, 3, 3), h, w, convention)  # (B*F, h, w, 2)
-    inp = x.float().reshape(B * Fr, h, w, d).permute(0, 3, 1, 2)
-    out = F.grid_sample(inp, grid, mode='bilinear', padding_mode='border', align_corners=False)
-    return out.permute(0, 2, 3, 1).reshape(B, Fr, h, w, d).to(x.dtype)
+    return warp_with_grid(x, latent_warp_grid(K_src_norm, K_tgt_norm, extrinsics, h, w, convention))
 
 # %% ../nbs/03_homography.ipynb #54977b8f
 def convention_shift(H:Tensor, h:int, w:int) -> Tensor:

@@ -131,6 +131,19 @@ def test_gradient_checkpointing_same_grads(golden):
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
 
 
+def test_ffn_chunk_same_outputs_and_grads(golden):
+    "`model.ffn_chunk` (feed-forward in token chunks) changes memory, not results, with or without checkpointing."
+    cfg, sd, inp, *_ = golden
+    outs, grads = [], []
+    for chunk, ckpt in ((None, False), (7, False), (7, True)):
+        m = InfCamDiT(cfg).train(); m.load_state_dict(sd)
+        m.ffn_chunk, m.gradient_checkpointing = chunk, ckpt
+        out = m(**inp); out.square().mean().backward()
+        outs.append(out.detach()); grads.append(torch.cat([p.grad.flatten() for p in m.parameters()]))
+    for o, g in zip(outs[1:], grads[1:]):
+        assert (o - outs[0]).abs().max() <= 1e-6 and torch.allclose(g, grads[0], atol=1e-6)
+
+
 def test_wan_dit_input_errors():
     "(10 checks the forward's shape and CFG batching.)"
     torch.manual_seed(0)

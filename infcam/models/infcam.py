@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from fastcore.basics import patch
 from ..core import InfcamError
-from ..homography import warp_latents
+from ..homography import warp_latents, latent_warp_grid, warp_with_grid
 import dataclasses
 from dataclasses import dataclass
 from .wan import WanConfig, WanDiT, WanBlock, SelfAttention, modulate, norm32, gated_add, state_dict_mismatch
@@ -85,36 +85,44 @@ class InfCamBlock(WanBlock):
                 context:torch.Tensor, # (2B, Lc, dim) embedded text
                 t_mod:torch.Tensor, # (2B, 6, dim) float32
                 grid:tuple, # (f, h, w) token grid
-                cams:tuple, # (K_src_n (B, 4), K_tgt_n (B, 4), extrinsics (B, f, 12), code inputs (B, f, 3, 16))
+                cams:tuple, # (warp grid (B, f, h, w, 2) from `latent_warp_grid` or None, code inputs (B, f, 3, 16))
                 rope3:tuple, # RoPE of a (3, h, w) grid: frame index 0/1/2 = target/source/warped (2 frames without warp)
                 rope:tuple, # RoPE of the (f, h, w) video grid
-                convention:str|None='released',
                 target_only:bool=False) -> torch.Tensor: # (2B, f*h*w, dim), or (B, ...) with `target_only`
-        """`convention` None runs the ablation without the warping module: the attention sees `[target, source]` only.
+        """A warp grid of None runs the ablation without the warping module: the attention sees `[target, source]` only.
         `target_only` (the last block, when nobody asks for the source half) computes the target tokens only."""
-        (f, h, w), B = grid, x.shape[0] // 2
-        K_src_n, K_tgt_n, extrinsics, code_in = cams
+        x = self.triplet(x, t_mod, grid, cams, rope3, target_only)  # its temporaries are freed before the Wan layers
+        if target_only: context, t_mod = context[:x.shape[0]], t_mod[:x.shape[0]]
+        return self.wan_forward(x, context, self.mods(t_mod), rope)
+
+    def triplet(self, x, t_mod, grid, cams, rope3, target_only=False) -> torch.Tensor:
+        "Steps 1-5 above: `x + gate0 * out` for the asked halves (target and source, or target only)."
+        (f, h, w), B, d = grid, x.shape[0] // 2, x.shape[-1]
+        warp_grid, code_in = cams
         shift0, scale0, gate0 = (self.modulation0.float() + t_mod)[:, :3].chunk(3, dim=1)
-        y = modulate(norm32(self.norm0, x), shift0, scale0).to(x.dtype)
-        y_tgt, y_src = rearrange(y, '(two b) (f h w) d -> two b f h w d', two=2, f=f, h=h, w=w)
-        c_tgt, c_warp, c_src = self.cam_encoder(code_in.to(x.dtype))[:, :, :, None, None].unbind(2)  # (B, f, 1, 1, d)
-        streams = [y_tgt + c_tgt, y_src + c_src]
-        if convention is not None:
-            first = y_src[:, :1]
+        y = modulate(norm32(self.norm0, x), shift0, scale0).to(x.dtype).view(2, B, f, h, w, d)
+        parts = [y[0], y[1]]                                      # target, source: (B, f, h, w, d)
+        if warp_grid is not None:
             # zero_conv (a 1x1x1 Conv3d: a linear map of every token) commutes with the warp, whose bilinear weights sum
-            # to one (border padding): apply it to the one source frame, not to its f warped copies
-            z = F.linear(first, self.zero_conv.weight.flatten(1), self.zero_conv.bias).expand(-1, f, -1, -1, -1)
-            warped = warp_latents(z, K_src_n, K_tgt_n, extrinsics, convention)
-            streams.append(first + warped + c_warp)
-        n = len(streams)
+            # to one (border padding): apply it to the one source frame, then warp that frame by the f grids
+            z = F.linear(y[1, :, 0], self.zero_conv.weight.flatten(1), self.zero_conv.bias)
+            parts.append(warp_with_grid(z, warp_grid))
+        n = len(parts)
+        # one buffer in the attention's '(b f) (n h w) d' layout; warped += first frame, then every stream's camera code
+        s = torch.stack(parts, dim=2)
+        if n == 3: s[:, :, 2] += y[1, :, :1]
+        del parts, y
+        codes = self.cam_encoder(code_in.to(x.dtype))[:, :, (0, 2, 1)[:n], None, None]   # (B, f, n, 1, 1, d)
+        s += codes
         # the warped stream is a key/value source only: its queries, attention rows and output are never computed
         asking = 1 if target_only else 2                          # target, then source
-        out = self.self_attn_pre(rearrange(torch.stack(streams, dim=2), 'b f n h w d -> (b f) (n h w) d'), rope3,
-                                 queries=asking * h * w)
-        out = rearrange(out, '(b f) (n h w) d -> (n b) (f h w) d', b=B, n=asking, h=h, w=w)
-        if target_only: x, context, t_mod, gate0 = x[:B], context[:B], t_mod[:B], gate0[:B]
-        x = gated_add(x, gate0, out)
-        return self.wan_forward(x, context, self.mods(t_mod), rope)
+        out = self.self_attn_pre(s.view(B * f, n * h * w, d), rope3, queries=asking * h * w)
+        del s
+        # gate0 * out + x read out's '(b f) (n h w)' rows where they are (no rearranged copy of out); the float32 sum
+        # keeps out's order, so the final reshape to x's layout is one copy in x's dtype
+        out = out.view(B, f, asking, h * w, d).permute(2, 0, 1, 3, 4)
+        xa = x[:asking * B].view(asking, B, f, h * w, d)
+        return gated_add(xa, gate0[:asking * B].view(asking, B, 1, 1, d), out).reshape(asking * B, f * h * w, d)
 
 # %% ../../nbs/11_infcam_dit.ipynb #21954017
 class InfCamDiT(WanDiT):
@@ -146,16 +154,18 @@ class InfCamDiT(WanDiT):
         if not isinstance(extrinsics, torch.Tensor) or tuple(extrinsics.shape) != (B, f, 12):
             raise InfcamError(f"extrinsics have shape {tuple(getattr(extrinsics, 'shape', ()))}; expected (B, latent frames, 12) = {(B, f, 12)}")
         extrinsics = extrinsics.float().to(self.device)
-        cams = (K_src_n, K_tgt_n, extrinsics, camera_code_inputs(K_src_n, K_tgt_n, extrinsics))
         t_emb, t_mod = self.embed_time(timestep, B)
         ctx = self.embed_text(context)
         if ctx.shape[0] != B: raise InfcamError(f"context batch {ctx.shape[0]} != latent batch {B}")
         t_mod2, ctx2 = t_mod.repeat(2, 1, 1), ctx.repeat(2, 1, 1)   # the source shares time and prompt
         warp = self.config.warp_convention if self.config.warp_module else None
+        # the warp grid depends on the cameras only: built once here, used by every block
+        warp_grid = latent_warp_grid(K_src_n, K_tgt_n, extrinsics, h, w, warp) if warp else None
+        cams = (warp_grid, camera_code_inputs(K_src_n, K_tgt_n, extrinsics))
         rope3, rope = self.rope(3 if warp else 2, h, w), self.rope(f, h, w)
         for i, block in enumerate(self.blocks):                   # the source half's output is needed only if asked for
             last = i == len(self.blocks) - 1 and not return_source
-            tokens = self.run_block(block, tokens, ctx2, t_mod2, grid, cams, rope3, rope, warp, last)
+            tokens = self.run_block(block, tokens, ctx2, t_mod2, grid, cams, rope3, rope, last)
         if not return_source: return self.unpatchify(self.head(tokens, t_emb), grid)
         v_tgt, v_src = self.unpatchify(self.head(tokens, t_emb.repeat(2, 1)), grid).chunk(2)
         return v_tgt, v_src

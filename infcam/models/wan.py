@@ -184,10 +184,13 @@ def clear_rope_cache():
 
 def apply_rope(x:torch.Tensor, # (B, L, heads, head_dim)
                cos:torch.Tensor, sin:torch.Tensor) -> torch.Tensor: # (B, L, heads, head_dim), x's dtype
-    "Rotate adjacent channel pairs of every head by the token's angles (computed in float32)."
-    x0, x1 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
-    c, s = cos[:, None], sin[:, None]
-    return torch.stack([x0 * c - x1 * s, x0 * s + x1 * c], dim=-1).flatten(-2).to(x.dtype)
+    """Rotate adjacent channel pairs of every head by the token's angles (computed in float32): one complex64
+    multiply on a view of the pairs as complex numbers (no unbind / strided multiplies / stack copies)."""
+    xf = x.float().unflatten(-1, (-1, 2))
+    if xf.storage_offset() % 2 or any(s % 2 for s in xf.stride()[:-1]) or xf.stride(-1) != 1:
+        xf = xf.clone(memory_format=torch.contiguous_format)   # view_as_complex needs even offsets and strides
+    rot = torch.view_as_complex(xf) * torch.complex(cos, sin)[:, None]
+    return torch.view_as_real(rot).flatten(-2).to(x.dtype)
 
 # %% ../../nbs/10_wan.ipynb #5a781e4b
 class RMSNorm(nn.Module):
@@ -241,12 +244,12 @@ class CrossAttention(Attention):
 
 # %% ../../nbs/10_wan.ipynb #be253a46
 def modulate(x32:torch.Tensor, shift:torch.Tensor, scale:torch.Tensor) -> torch.Tensor:
-    "`x * (1 + scale) + shift` (float32 in, float32 out)."
-    return x32 * (1 + scale) + shift
+    "`x * (1 + scale) + shift` (float32 in, float32 out); the shift is added in place (one float32 temporary, not two)."
+    return (x32 * (1 + scale)).add_(shift)
 
 def gated_add(x:torch.Tensor, gate:torch.Tensor, y:torch.Tensor) -> torch.Tensor:
-    "`x + gate * y` computed in float32, returned in x's dtype."
-    return (x.float() + gate * y.float()).to(x.dtype)
+    "`x + gate * y` computed in float32, returned in x's dtype (x added in place: no float32 copy of x is made)."
+    return (gate * y.float()).add_(x).to(x.dtype)
 
 class WanBlock(nn.Module):
     "One Wan2.1 DiT block: modulated self-attention, cross-attention to the text, modulated feed-forward."
@@ -259,6 +262,7 @@ class WanBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim, eps=eps)
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate='tanh'), nn.Linear(ffn_dim, dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+        self.ffn_chunk = None   # feed-forward over at most this many tokens at a time (the model's `ffn_chunk` sets it)
 
     def mods(self, t_mod:torch.Tensor) -> tuple: # six (B, 1, dim) float32
         "shift, scale, gate of self-attention then feed-forward: `modulation + t_mod`."
@@ -269,7 +273,18 @@ class WanBlock(nn.Module):
         shift, scale, gate, shift2, scale2, gate2 = mods
         x = gated_add(x, gate, self.self_attn(modulate(norm32(self.norm1, x), shift, scale).to(x.dtype), rope))
         x = x + self.cross_attn(norm32(self.norm3, x).to(x.dtype), context)
-        return gated_add(x, gate2, self.ffn(modulate(norm32(self.norm2, x), shift2, scale2).to(x.dtype)))
+        return self.ffn_residual(x, shift2, scale2, gate2)
+
+    def ffn_residual(self, x, shift2, scale2, gate2):
+        """`x + gate2 * ffn(...)`; with `ffn_chunk`, chunk by chunk of tokens (the hidden layer of one chunk at a time).
+        Chunked and without autograd it overwrites `x` (`wan_forward` passes its own temporary)."""
+        n, L = self.ffn_chunk, x.shape[1]
+        step = lambda x: gated_add(x, gate2, self.ffn(modulate(norm32(self.norm2, x), shift2, scale2).to(x.dtype)))
+        if not n or n >= L: return step(x)
+        # without autograd the chunks overwrite x (a temporary of this block); with it they fill a new tensor
+        out = x if not (torch.is_grad_enabled() and x.requires_grad) else torch.empty_like(x)
+        for i in range(0, L, n): out[:, i:i + n] = step(x[:, i:i + n])
+        return out
 
     def forward(self, x:torch.Tensor, # (B, L, dim) tokens of whole videos
                 context:torch.Tensor, # (B, Lc, dim) embedded text
@@ -333,6 +348,7 @@ class WanDiT(StrictLoad, nn.Module):
         self.blocks = nn.ModuleList([self.block_cls(c.dim, c.ffn_dim, c.num_heads, c.eps) for _ in range(c.num_layers)])
         self.head = Head(c.dim, c.out_dim, c.patch_size, c.eps)
         self.gradient_checkpointing = False   # recompute each block in the backward pass when training
+        self.ffn_chunk = None                 # tokens per feed-forward chunk (smaller activation peak, same outputs); None: all
         self.set_attention_backend('sdpa')
 
     def set_attention_backend(self, name:str='sdpa') -> WanDiT:
@@ -406,7 +422,8 @@ def rope(self:WanDiT, f:int, h:int, w:int) -> tuple[torch.Tensor, torch.Tensor]:
 
 @patch
 def run_block(self:WanDiT, block:nn.Module, *args):
-    "Run one block, with gradient checkpointing when it is on and the model is training."
+    "Run one block, with gradient checkpointing when it is on and the model is training, and the model's `ffn_chunk`."
+    block.ffn_chunk = self.ffn_chunk
     if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
         return checkpoint(block, *args, use_reentrant=False)
     return block(*args)
