@@ -111,3 +111,10 @@ def test_export_cells_are_small():
     big = [f"{nb.name}: an export cell of {len(c.splitlines())} lines starting {c.splitlines()[1][:60]!r}"
            for nb in sorted(ROOT.glob('nbs/*.ipynb')) for c in _notebook_code(nb)[2] if len(c.splitlines()) > MAX_EXPORT_LINES]
     assert not big, f"export cells over {MAX_EXPORT_LINES} lines:\n" + '\n'.join(big)
+
+
+def test_readme_module_table_matches_the_notebooks():
+    "Every numbered notebook has a row in the README's module table naming the module it exports, and no row is stale."
+    rows = dict(re.findall(r"^\| `(\d\d_\w+)` \| `(infcam[\w.]*)`", (ROOT / 'README.md').read_text(), re.M))
+    exported = {nb.stem: _notebook_code(nb)[0] for nb in sorted(ROOT.glob('nbs/[0-9][0-9]_*.ipynb'))}
+    assert len(exported) > 20 and rows == exported
