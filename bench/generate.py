@@ -143,6 +143,7 @@ def main(argv=None):
                     print(f"{dev:6} {name:16} {ckind:6} {mode:14} {'x'.join(map(str, size)):>12} {steps:5d} {wall:8.2f} "
                           f"{T['denoise'] / steps:7.3f} {T['encode']:6.2f} {T['decode']:6.2f} {peak:9.1f}", flush=True)
                 if pipe.offload: pipe.offload.remove()
+                if pipe.text_offload: pipe.text_offload.remove()
                 del pipe, model, codec
                 gc.collect()
                 if dev == 'cuda': torch.cuda.empty_cache()

@@ -148,7 +148,7 @@ class InfCamPipeline:
         self.model, self.codec, self.text_encoder = model.eval().requires_grad_(False), codec, text_encoder
         self.scheduler, self.memory = scheduler or FlowMatchScheduler(), memory
         if dtype is not None: self.model.to(dtype)
-        self.dtype, self.timings, self.offload = self.model.dtype, {}, None
+        self.dtype, self.timings, self.offload, self.text_offload = self.model.dtype, {}, None, None
         if memory == 'resident':
             self.model.to(self.device); self._move(self.codec, self.device); self._move(self.text_encoder, self.device)
         else:
@@ -157,6 +157,7 @@ class InfCamPipeline:
                 for n, m in self.model.named_children():
                     if n != 'blocks': m.to(self.device)
                 self.offload = BlockOffload(self.model.blocks, self.device)
+                if (tb := getattr(self.text_encoder, 'blocks', None)) is not None: self.text_offload = BlockOffload(tb, self.device)
 
     @staticmethod
     def _move(part, device):
@@ -165,21 +166,38 @@ class InfCamPipeline:
         if isinstance(inner, nn.Module): inner.to(device)
         elif hasattr(part, 'to'): part.to(device)
 
-    @contextlib.contextmanager
-    def _on_device(self, part):
-        "With `model_offload`/`block_offload`, hold `part` (codec, text encoder or the DiT) on the device inside the block."
-        if self.memory == 'resident' or (part is self.model and self.memory == 'block_offload'): yield; return
-        (part.to if part is self.model else lambda d: self._move(part, d))(self.device)
-        try: yield
-        finally:
-            (part.to if part is self.model else lambda d: self._move(part, d))('cpu')
-            if self.device.type == 'cuda': torch.cuda.empty_cache()
-
     @property
     def size_multiple(self) -> int:
         "Height and width must be multiples of this: 16, or the codec stride times the model's patch if larger."
         m = self.codec.spatial_stride * max(self.model.config.patch_size[1:])
         return m * 16 // math.gcd(m, 16)
+
+# %% ../nbs/30_pipeline.ipynb #d5a7c3b8
+def _move_except(module:nn.Module, skip, device):
+    "Point every parameter and buffer of `module` at a copy on `device`, except those of the modules in `skip`."
+    held = {id(t) for b in skip for t in [*b.parameters(), *b.buffers()]}
+    for t in [*module.parameters(), *module.buffers()]:
+        if id(t) not in held: t.data = t.data.to(device)
+
+@patch
+def _mover(self:InfCamPipeline, part) -> Callable:
+    "`move(device)` for `part`: the DiT whole, the text encoder but its offloaded blocks, or a codec/text encoder whole."
+    if part is self.model: return part.to
+    if part is self.text_encoder and self.text_offload is not None:
+        return lambda d: _move_except(part.model, self.text_offload.host, d)
+    return lambda d: self._move(part, d)
+
+@patch
+@contextlib.contextmanager
+def _on_device(self:InfCamPipeline, part):
+    "With `model_offload`/`block_offload`, hold `part` (codec, text encoder or the DiT) on the device inside the block."
+    if self.memory == 'resident' or (part is self.model and self.memory == 'block_offload'): yield; return
+    move = self._mover(part)
+    move(self.device)
+    try: yield
+    finally:
+        move('cpu')
+        if self.device.type == 'cuda': torch.cuda.empty_cache()
 
 # %% ../nbs/30_pipeline.ipynb #6505cc64
 @dataclass(eq=False)

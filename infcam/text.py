@@ -151,6 +151,10 @@ class TextEncoder:
     def dtype(self) -> torch.dtype: return next(self.model.parameters()).dtype
     @property
     def dim(self) -> int: return self.model.config.d_model
+    @property
+    def blocks(self) -> torch.nn.ModuleList:
+        "The encoder's transformer blocks (`model.encoder.block`), which a pipeline in `block_offload` mode loads one at a time."
+        return self.model.encoder.block
 
     def tokenize(self, prompts:list[str]) -> tuple[Tensor, Tensor]:
         "Cleaned, tokenized prompts: `(ids (B, text_len) long, mask (B, text_len) long)`."

@@ -7,12 +7,15 @@ import copy
 
 import pytest
 import torch
+from transformers import UMT5EncoderModel
 
 from infcam.cameras import focal_mm_to_px
 from infcam.core import InfcamError
 from infcam.models import InfCamDiT, WanConfig
 from infcam.pipeline import MEMORY_MODES, WAN_NEGATIVE_PROMPT, BlockOffload, InfCamPipeline, RandomTextEncoder
 from infcam.scheduler import FlowMatchScheduler
+from infcam.testing import TOKENIZER_TEXTS
+from infcam.text import TextEncoder, build_tiny_tokenizer, umt5_config
 from infcam.trajectories import load_trajectory
 from infcam.vae import PixelCodec
 
@@ -145,10 +148,11 @@ def test_negative_prompt_used(model, clip):
     assert seen == [["a street"]]                                          # cfg=1 never encodes the negative prompt
 
 
-def test_memory_modes_equal():
+def test_memory_modes_equal(tmp_path):
     """resident, model_offload and block_offload run their code paths and give bit-identical outputs, each on its own
-    copy of the model (so no mode can leave state behind for the next), and block_offload loads every block once per
-    forward (its hooks fire).
+    copy of the model and of a tiny umT5 text encoder (so no mode can leave state behind for the next). block_offload
+    loads every DiT block once per forward and every umT5 block once per encoded batch (prompt and negative prompt
+    together); a second call with the same prompts hits the text cache and loads no umT5 block.
 
     What this does NOT prove: on the CPU the offload modes move weights from the CPU to the CPU, so no memory is saved
     and no host-device transfer (pinned copies, non_blocking copies, CUDA streams) is exercised; the outputs are equal
@@ -157,14 +161,22 @@ def test_memory_modes_equal():
     the same equality check on one shared model.)"""
     g = torch.Generator().manual_seed(2)
     clip = torch.rand(F_, 3, H, W, generator=g)
+    tok = build_tiny_tokenizer(tmp_path / "tok", TOKENIZER_TEXTS + [WAN_NEGATIVE_PROMPT], vocab_size=160)
+    torch.manual_seed(6)
+    umt5 = UMT5EncoderModel(umt5_config(vocab=len(tok), dim=64, dim_attn=64, dim_ffn=128, num_heads=4, num_layers=2)).eval()
     outs, base = {}, make_model(5)
     for mode in MEMORY_MODES:
-        m = copy.deepcopy(base)
-        p = pipe_for(m, mode)
+        m, te = copy.deepcopy(base), TextEncoder(copy.deepcopy(umt5), tok)
+        p = pipe_for(m, mode, te)
         outs[mode] = p(clip, "a street", "arc_right", **KW)
-        if mode == "block_offload":
-            assert p.offload.loads == 3 * m.config.num_layers               # one load per block per forward
-            p.offload.remove()
+        if mode != "block_offload":
+            assert p.offload is None and p.text_offload is None
+            continue
+        assert p.offload.loads == 3 * m.config.num_layers               # one load per block per forward
+        assert p.text_offload.loads == len(te.blocks) == 2               # one load per umT5 block for the one batch
+        assert torch.equal(p(clip, "a street", "arc_right", **KW), outs[mode])
+        assert p.text_offload.loads == 2 and p.offload.loads == 6 * m.config.num_layers   # cached prompts
+        p.offload.remove(); p.text_offload.remove()
     assert torch.equal(outs["resident"], outs["model_offload"])
     assert torch.equal(outs["resident"], outs["block_offload"])
 
