@@ -15,6 +15,7 @@ from torch import Tensor
 
 from .core import InfcamError, atomic_path, folder_lock, make_folder, write_figure
 from .cameras import homogeneous
+from .layout import video_file
 from .metrics import METRICS, score_video, load_poses, format_mean_se
 
 # %% auto #0
@@ -44,7 +45,7 @@ def truth_for(trajectory:str) -> Path|None:
     "The ground-truth video of a `.../cameras/camera_extrinsics.json:camXX` request (`.../videos/camXX.mp4`), if it exists."
     m = _CAMFILE.fullmatch(str(trajectory))
     if not m: return None
-    p = Path(m.group(1)).parent.parent / 'videos' / f'{m.group(2)}.mp4'
+    p = video_file(Path(m.group(1)).parent.parent, m.group(2))
     return p if p.is_file() else None
 
 # %% ../nbs/52_evaluate.ipynb #d1e2dee6
