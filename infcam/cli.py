@@ -6,7 +6,7 @@
 from __future__ import annotations
 import argparse, sys
 from pathlib import Path
-from .core import InfcamError, check_device, os_error_message, as_dtype, DTYPE_CHOICES
+from .core import InfcamError, check_device, as_dtype, DTYPE_CHOICES, run_command
 
 # %% auto #0
 __all__ = ['SUBCOMMANDS', 'subcommand', 'build_parser', 'main']
@@ -30,15 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv:list[str]|None=None) -> int:
     "Entry point of the `infcam` console script."
     args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except InfcamError as e:
-        print(f"infcam: error: {e}", file=sys.stderr); return 2
-    except OSError as e:
-        print(f"infcam: error: {os_error_message(e)}", file=sys.stderr); return 2
-    except KeyboardInterrupt:
-        print("infcam: interrupted", file=sys.stderr); return 130
-    return 0
+    return run_command(args.func, args)
 
 # %% ../nbs/07_cli.ipynb #6d6782c8
 def _preview(a):

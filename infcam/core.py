@@ -8,10 +8,10 @@ import os, re, json, socket, tempfile, contextlib
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['LOCK_NAME', 'WRAPPER_KEYS', 'DTYPE_NAMES', 'DTYPE_CHOICES', 'InfcamError', 'os_error_message', 'check_device',
-           'check_overwrite', 'make_folder', 'pid_alive', 'clean_stale_temps', 'atomic_path', 'folder_lock',
-           'natural_key', 'short_list', 'first_line', 'load_pickle', 'unwrap_state_dict', 'read_state_dict',
-           'figure_path', 'write_figure', 'save_figure', 'check_parameters', 'as_dtype']
+__all__ = ['LOCK_NAME', 'WRAPPER_KEYS', 'DTYPE_NAMES', 'DTYPE_CHOICES', 'InfcamError', 'os_error_message', 'run_command',
+           'check_device', 'check_overwrite', 'make_folder', 'pid_alive', 'clean_stale_temps', 'atomic_path',
+           'folder_lock', 'natural_key', 'short_list', 'first_line', 'load_pickle', 'unwrap_state_dict',
+           'read_state_dict', 'figure_path', 'write_figure', 'save_figure', 'check_parameters', 'as_dtype']
 
 # %% ../nbs/00_core.ipynb #664726ca
 class InfcamError(Exception):
@@ -24,6 +24,19 @@ def os_error_message(e:OSError) -> str:
     where = ' -> '.join(str(f) for f in (e.filename, e.filename2) if f is not None)
     why = e.strerror or str(e) or type(e).__name__
     return f"{where}: {why}" if where else why
+
+# %% ../nbs/00_core.ipynb #6c2bad31
+def run_command(func, args, prog:str='infcam') -> int:
+    "Run `func(args)` as a command: the exit status, with `InfcamError`s and `OSError`s as one `prog: error:` line."
+    import sys
+    try: func(args)
+    except InfcamError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr); return 2
+    except OSError as e:
+        print(f"{prog}: error: {os_error_message(e)}", file=sys.stderr); return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr); return 130
+    return 0
 
 # %% ../nbs/00_core.ipynb #aaa6b41c
 def check_device(device, what:str='--device'):

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from .core import InfcamError, atomic_path, check_overwrite, check_device, folder_lock, os_error_message, as_dtype, DTYPE_CHOICES
+from .core import InfcamError, atomic_path, check_overwrite, check_device, folder_lock, as_dtype, DTYPE_CHOICES, run_command
 from .cameras import PRESET_NAMES, num_latent_frames
 from .trajectories import load_trajectory
 from .video import check_size, check_video_memory, read_video, video_info, write_video, write_comparison, WAN_FPS
@@ -571,11 +571,4 @@ def generate_main(argv:list[str]|None=None) -> int:
     sub = p.add_subparsers(dest='command'); sub.required = True
     add_generate_parser(sub)
     args = p.parse_args(argv)
-    try: args.func(args)
-    except InfcamError as e:
-        print(f"infcam: error: {e}", file=sys.stderr); return 2
-    except OSError as e:
-        print(f"infcam: error: {os_error_message(e)}", file=sys.stderr); return 2
-    except KeyboardInterrupt:
-        print("infcam: interrupted", file=sys.stderr); return 130
-    return 0
+    return run_command(args.func, args)

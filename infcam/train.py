@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse, math, os, sys
 from pathlib import Path
 
-from .core import InfcamError, os_error_message
+from .core import InfcamError, run_command
 
 # %% auto #0
 __all__ = ['build_parser', 'run', 'main']
@@ -106,14 +106,6 @@ def run(args) -> Path:
 # %% ../nbs/43_train_cli.ipynb #7a1c0e06
 def main(argv:list[str]|None=None) -> int:
     "Entry point of `python -m infcam.train`."
-    args = build_parser().parse_args(argv)
-    try: run(args)
-    except InfcamError as e:
-        print(f"infcam.train: error: {e}", file=sys.stderr); return 2
-    except OSError as e:
-        print(f"infcam.train: error: {os_error_message(e)}", file=sys.stderr); return 2
-    except KeyboardInterrupt:
-        print("infcam.train: interrupted", file=sys.stderr); return 130
-    return 0
+    return run_command(run, build_parser().parse_args(argv), 'infcam.train')
 
 if __name__ == '__main__' and Path(sys.argv[0]).name == 'train.py': sys.exit(main())
