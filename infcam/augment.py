@@ -13,7 +13,7 @@ from torch import Tensor
 from .core import InfcamError, atomic_path, folder_lock, natural_key
 from .cameras import focal_mm_to_px, pixel_intrinsics, num_latent_frames
 from .layout import (scene_focal_mm, scene_complete, scene_problem, scene_folders, aug_setting, aug_scene_name,
-                           camera_file, video_file)
+                           camera_file, video_file, read_metadata)
 from .video import video_info
 
 # %% auto #0
@@ -137,12 +137,7 @@ def _focal_plan(f_src:float, focal_targets) -> list[float]:
 
 def _read_captions(src:Path) -> dict[str, str]:
     m = src / 'metadata.csv'
-    if not m.is_file(): return {}
-    try:
-        with open(m, newline='', encoding='utf-8') as f: return {r['file_name']: r.get('text', '') for r in csv.DictReader(f)}
-    except UnicodeDecodeError as e: raise InfcamError(f"cannot read {m}: it is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
-    except KeyError: raise InfcamError(f"cannot read {m}: it has no file_name column") from None
-    except (OSError, csv.Error) as e: raise InfcamError(f"cannot read {m}: {e}") from None
+    return dict(read_metadata(m, text_required=False)) if m.is_file() else {}
 
 # %% ../nbs/22_augment.ipynb #2c477936
 def decode_clip(path) -> tuple[Tensor, float]:

@@ -4,13 +4,14 @@
 
 # %% ../nbs/32_generate.ipynb #3c50f969
 from __future__ import annotations
-import argparse, contextlib, csv, hashlib, json, math, os, sys, time
+import argparse, contextlib, hashlib, json, math, os, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from .core import InfcamError, atomic_path, check_overwrite, check_device, folder_lock, as_dtype, DTYPE_CHOICES, run_command
 from .cameras import PRESET_NAMES, num_latent_frames
+from .layout import read_metadata
 from .trajectories import load_trajectory
 from .video import check_size, check_video_memory, read_video, video_info, write_video, write_comparison, WAN_FPS
 
@@ -143,22 +144,14 @@ def read_batch(folder) -> list[tuple[Path, str]]:
     folder = Path(folder)
     meta = folder / 'metadata.csv'
     if not meta.is_file(): raise InfcamError(f"batch folder {folder} has no metadata.csv (columns file_name,text)")
-    try:
-        with open(meta, newline='', encoding='utf-8') as f:
-            rows = list(csv.DictReader(f))
-            cols = rows[0].keys() if rows else []
-    except UnicodeDecodeError as e: raise InfcamError(f"{meta} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
-    except csv.Error as e: raise InfcamError(f"{meta} is not a readable CSV file: {e}") from None
+    rows = read_metadata(meta)
     if not rows: raise InfcamError(f"{meta} lists no clips")
-    if missing := [c for c in ('file_name', 'text') if c not in cols]:
-        raise InfcamError(f"{meta} has no column {', '.join(missing)} (it has {', '.join(c for c in cols if c)}); expected file_name,text")
     out = []
-    for r in rows:
-        name = (r['file_name'] or '').strip()
+    for name, text in rows:
         if not name: raise InfcamError(f"{meta} has a row with an empty file_name")
         p = folder / name
         if not p.exists() and (folder / 'videos' / name).exists(): p = folder / 'videos' / name
-        out.append((p, (r['text'] or '').strip()))
+        out.append((p, text.strip()))
     return out
 
 # %% ../nbs/32_generate.ipynb #b551d09e

@@ -115,14 +115,16 @@ def scene_folders(root, kind:str='any') -> list[Path]:
     return [sc for s in setting_folders(root, kind) for sc in visible_folders(s) if sc.name not in CACHE_FOLDERS]
 
 # %% ../nbs/08_layout.ipynb #526c2af6
-def read_metadata(path) -> list[tuple[str, str]]:
-    "Rows `(file_name, text)` of a `metadata.csv`; a missing column is an `InfcamError`."
+def read_metadata(path, text_required:bool=True) -> list[tuple[str, str]]:
+    """Rows `(file_name, text)` of a `metadata.csv` (the one reader of these files); a missing column is an
+    `InfcamError` (`text_required=False`: a file without a text column gives empty texts)."""
     path = Path(path)
+    want = ('file_name', 'text') if text_required else ('file_name',)
     try:
         with open(path, newline='', encoding='utf-8') as f:
             r = csv.DictReader(f)
-            if not r.fieldnames or 'file_name' not in r.fieldnames or 'text' not in r.fieldnames:
-                raise InfcamError(f"{path} must have columns file_name,text; it has {','.join(r.fieldnames or [])}")
-            return [((row['file_name'] or '').strip(), row['text'] or '') for row in r]
+            if not r.fieldnames or any(c not in r.fieldnames for c in want):
+                raise InfcamError(f"{path} must have columns {','.join(want)}; it has {','.join(c for c in r.fieldnames or [] if c)}")
+            return [((row['file_name'] or '').strip(), row.get('text') or '') for row in r]
     except UnicodeDecodeError as e: raise InfcamError(f"cannot read {path}: it is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     except (OSError, csv.Error) as e: raise InfcamError(f"cannot read {path}: {e}") from None
