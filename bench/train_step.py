@@ -11,6 +11,8 @@ The old model is `infcam/models/{wan,infcam}.py` of `--rev` loaded as in `bench/
 after 7c878cd); it gets the new model's weights and is swapped into the same `InfCamModule`, so both see the same
 batch, noise and timestep. Steps alternate; single-thread CPU time (`time.thread_time`); the median and the best of
 `--repeat` are reported with the ratio old / new (speed-up) and the largest difference of loss and gradients.
+`--profile` also splits the new step's CPU time into attention (SDPA, forward and backward), matrix products and the
+rest, which bounds what any further exact saving outside attention and the products could give.
 """
 import argparse, statistics, sys, time
 from pathlib import Path
@@ -42,6 +44,7 @@ def step(module, b, seed=1):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--rev', default='7c878cd'); ap.add_argument('--repeat', type=int, default=5)
+    ap.add_argument('--profile', action='store_true', help='split the new step into attention, matrix products and the rest')
     a = ap.parse_args()
     torch.set_num_threads(1)
     from infcam.benchmark import SMALL_MODEL, BenchConfig
@@ -74,6 +77,25 @@ def main():
     print(f"| median | {med['new']:.3f} | {med['old']:.3f} | {med['old'] / med['new']:.3f} |")
     print(f"| best | {best['new']:.3f} | {best['old']:.3f} | {best['old'] / best['new']:.3f} |")
     print(f"\n|loss new - old| = {abs(float(ln - lo)):.1e}, max |grad new - grad old| = {gdiff:.1e}")
+    if a.profile: profile_split(lambda: run('new'))
+
+
+def profile_split(fn, steps=3):
+    "The share of a step's self CPU time in attention kernels, in matrix products and in everything else."
+    from torch.profiler import profile, ProfilerActivity
+    with profile(activities=[ProfilerActivity.CPU]) as p:
+        for _ in range(steps): fn()
+    parts = {'attention (SDPA)': 0., 'matrix products': 0., 'the rest': 0.}
+    for e in p.key_averages():
+        if not e.key.startswith('aten::'): continue
+        k = ('attention (SDPA)' if 'scaled_dot_product' in e.key else
+             'matrix products' if e.key in ('aten::mm', 'aten::addmm', 'aten::bmm', 'aten::baddbmm') else 'the rest')
+        parts[k] += e.self_cpu_time_total
+    total = sum(parts.values())
+    print(f"\nwhere the new step's time goes (profiler, {steps} steps):\n\n| part | share |\n|---|---|")
+    for k, v in parts.items(): print(f"| {k} | {v / total:.0%} |")
+    rest = parts['the rest'] / total
+    print(f"\nremoving all of 'the rest' would make the step at most {1 / (1 - rest):.2f}x faster")
 
 
 if __name__ == '__main__': main()
