@@ -128,7 +128,8 @@ def _check_setup(self:BenchConfig):
     from infcam.cameras import num_latent_frames
     from infcam.video import check_size
     from infcam.training import check_hardware
-    InfCamConfig.preset(self.preset, **self.model)               # an unknown preset or field fails here
+    from infcam.vae import weightless_codec
+    mc = InfCamConfig.preset(self.preset, **self.model)          # an unknown preset or field fails here
     num_latent_frames(self.num_frames); check_size(self.height, self.width)   # before bench.json is written
     if self.gen_device != 'auto': check_device(self.gen_device, 'gen_device')
     check_hardware(self.accelerator, self.devices)
@@ -136,6 +137,12 @@ def _check_setup(self:BenchConfig):
         raise InfcamError("the full-size preset wants real resolutions: set height and width (e.g. 480x832)")
     if self.preset == 'wan2.1-t2v-1.3b' and self.base is None and not self.train_backbone:
         raise InfcamError("the full-size run trains the InfCam modules on a frozen Wan2.1: give base= its DiT weights")
+    if self.codec == 'wanvae':
+        raise InfcamError("codec 'wanvae' (the full budget's) needs the Wan VAE, which infcam bench cannot load yet: cache the "
+                          "latents with `infcam prepare --vae` and train with `python -m infcam.train` (nbs/train.ipynb)")
+    ch = weightless_codec(self.codec).latent_channels
+    if self.base is None and (mc.in_dim, mc.out_dim) != (ch, ch):
+        raise InfcamError(f"the {self.codec} codec gives {ch}-channel latents; the model takes {mc.in_dim}: set model in_dim and out_dim to {ch}")
 
 # %% ../nbs/51_benchmark.ipynb #a185ab00
 @patch(cls_method=True)
@@ -147,7 +154,7 @@ def budget(cls:BenchConfig, name:str='mini', **overrides) -> BenchConfig:
         mini={},
         full=dict(preset='wan2.1-t2v-1.3b', model={}, train_scenes=64, test_scenes=10, num_frames=81, height=480,
                   width=832, steps=5000, lr=1e-4, warmup=0, lr_schedule='constant', shift=5.0, prediction='velocity',
-                  gen_steps=20, devices=4, strategy='deepspeed_stage_1', seeds=(0,), codec='pixel'))
+                  gen_steps=20, devices=4, strategy='deepspeed_stage_1', seeds=(0,), codec='wanvae'))
     if name not in budgets: raise InfcamError(f"unknown budget {name!r}; use one of {', '.join(budgets)}")
     return cls(**{**budgets[name], **overrides})
 

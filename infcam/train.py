@@ -87,6 +87,9 @@ def run(args) -> Path:
     m = InfCamModule(cfg or args.preset, base=args.base, seed=args.seed, lr=args.lr, weight_decay=args.weight_decay,
                      train_backbone=args.train_backbone, shift=args.shift, prediction=args.prediction,
                      warmup=args.warmup, lr_schedule=args.lr_schedule, caption=args.caption, **over)
+    if ch != m.config.in_dim:
+        raise InfcamError(f"the cached {args.codec} latents have {ch} channels; the model{' of --base' if args.base else ''} takes "
+                          f"{m.config.in_dim} (a Wan2.1 DiT takes the Wan VAE's 16: prepare with --vae)")
     if args.random_text:                                              # sized by the model (a --base sets its own text_dim)
         from infcam.pipeline import RandomTextEncoder
         m.text_encoder = RandomTextEncoder(m.config.text_dim, text_len=m.config.text_len)

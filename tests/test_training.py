@@ -138,7 +138,7 @@ def test_missing_text_encoder(ds):
         m.loss(collate([ds[0]]))
 
 
-def test_train_cli(ds, tmp_path):
+def test_train_cli(ds, tmp_path, capsys):
     import subprocess, sys
     from infcam.train import main
     root = ds.index.roots[0]
@@ -148,6 +148,12 @@ def test_train_cli(ds, tmp_path):
     assert main(cmd + ["--max-steps", "4"]) == 0            # resumes from step 2 (other settings would be refused)
     assert [p.name for p in list_checkpoints(tmp_path / "run" / "ckpt")] == ["step00000002", "step00000004"]
     assert main(cmd[:1] + ["--run-dir", str(tmp_path / "x"), "--codec", "wanvae", "--max-steps", "1", "--num-frames", str(F)]) == 2
+    # a base DiT that takes other latents (the tiny Wan preset: 16 channels) against the 192-channel pixel cache: one line
+    from infcam.models import WanConfig, WanDiT
+    from infcam.weights import save_safetensors
+    save_safetensors(WanDiT(WanConfig.preset("tiny")).state_dict(), tmp_path / "wan16.safetensors")
+    assert main(cmd + ["--max-steps", "1", "--run-dir", str(tmp_path / "y"), "--base", str(tmp_path / "wan16.safetensors")]) == 2
+    assert "latents have 192 channels; the model of --base takes 16" in capsys.readouterr().err
     r = subprocess.run([sys.executable, "-m", "infcam.train", "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "--max-steps" in r.stdout
 
