@@ -20,10 +20,11 @@ from .cameras import (relative_poses, rigid_inverse, homogeneous, latent_frame_i
 
 # %% auto #0
 __all__ = ['VARIANTS', 'BASELINES', 'REFERENCE', 'BENCH_CAPTION', 'SMALL_MODEL', 'BACKBONE_DIR', 'ROW_FIELDS', 'TEXT_FIELDS',
-           'TEST_SPLITS', 'BenchConfig', 'make_data', 'backbone_settings', 'find_backbone', 'ensure_backbone',
-           'eval_pairs', 'train_command', 'train_variant', 'copy_source', 'homography_warp', 'TrainedMethod', 'score',
-           'read_rows', 'write_table', 'sample_path', 'evaluate', 'summarize', 'markdown_table', 'learning_table',
-           'paired_difference', 'findings', 'plot_summary', 'plot_samples', 'run_benchmark']
+           'TEST_SPLITS', 'SCORING_SETTINGS', 'BenchConfig', 'bench_codec', 'make_data', 'backbone_settings',
+           'find_backbone', 'ensure_backbone', 'eval_pairs', 'train_command', 'train_variant', 'copy_source',
+           'homography_warp', 'TrainedMethod', 'score', 'read_rows', 'write_table', 'sample_path', 'evaluate',
+           'summarize', 'markdown_table', 'learning_table', 'paired_difference', 'findings', 'plot_summary',
+           'plot_samples', 'run_benchmark']
 
 # %% ../nbs/51_benchmark.ipynb #eb901696
 VARIANTS = {
@@ -60,7 +61,8 @@ class BenchConfig:
     aug_focals: tuple = (35., 50.)       # refocused training copies (AugMCV)
     test_focal_mm: float = 50.           # target focal length of the 'different' intrinsics split
     random_cameras: int = 4              # random-path cameras per scene, beside the ten presets
-    codec: str = 'pixel'                   # weight-free codec of the small budgets ('dct' or 'pixel'; the full budget: 'wanvae')
+    codec: str = 'pixel'                 # weight-free codec of the small budgets ('dct' or 'pixel'; the full budget: 'wanvae')
+    vae: str|None = None                 # codec 'wanvae': Wan2.1_VAE.pth (or a diffusers vae/ folder)
     # the frozen backbone: Wan2.1 weights (`base`), or a small one pretrained here on the training clips
     base: str|None = None
     pretrain_steps: int = 3000
@@ -128,7 +130,7 @@ def _check_setup(self:BenchConfig):
     from infcam.cameras import num_latent_frames
     from infcam.video import check_size
     from infcam.training import check_hardware
-    from infcam.vae import weightless_codec
+    from infcam.vae import weightless_codec, vae_channels
     mc = InfCamConfig.preset(self.preset, **self.model)          # an unknown preset or field fails here
     num_latent_frames(self.num_frames); check_size(self.height, self.width)   # before bench.json is written
     if self.gen_device != 'auto': check_device(self.gen_device, 'gen_device')
@@ -137,10 +139,10 @@ def _check_setup(self:BenchConfig):
         raise InfcamError("the full-size preset wants real resolutions: set height and width (e.g. 480x832)")
     if self.preset == 'wan2.1-t2v-1.3b' and self.base is None and not self.train_backbone:
         raise InfcamError("the full-size run trains the InfCam modules on a frozen Wan2.1: give base= its DiT weights")
-    if self.codec == 'wanvae':
-        raise InfcamError("codec 'wanvae' (the full budget's) needs the Wan VAE, which infcam bench cannot load yet: cache the "
-                          "latents with `infcam prepare --vae` and train with `python -m infcam.train` (nbs/train.ipynb)")
-    ch = weightless_codec(self.codec).latent_channels
+    if self.codec == 'wanvae' and self.vae is None:
+        raise InfcamError("codec 'wanvae' needs the Wan VAE: give vae= (`--vae`) Wan2.1_VAE.pth or a diffusers vae/ folder")
+    if self.vae is not None and not Path(self.vae).exists(): raise InfcamError(f"Wan VAE weights not found: {self.vae}")
+    ch = vae_channels(self.vae) if self.codec == 'wanvae' else weightless_codec(self.codec).latent_channels
     if self.base is None and (mc.in_dim, mc.out_dim) != (ch, ch):
         raise InfcamError(f"the {self.codec} codec gives {ch}-channel latents; the model takes {mc.in_dim}: set model in_dim and out_dim to {ch}")
 
@@ -165,18 +167,24 @@ def to_dict(self:BenchConfig) -> dict:
                 if isinstance(v, dict) else v) for k, v in dataclasses.asdict(self).items()}
 
 # %% ../nbs/51_benchmark.ipynb #a6063514
+def bench_codec(cfg:BenchConfig, device:str='auto'):
+    "The codec of `cfg`: a weight-free one by its tag, or the Wan VAE of `cfg.vae` (bf16 on a GPU, float32 on the CPU)."
+    from infcam.vae import weightless_codec, WanVAECodec
+    if cfg.codec != 'wanvae': return weightless_codec(cfg.codec)
+    dev = ('cuda' if torch.cuda.is_available() else 'cpu') if device == 'auto' else device
+    return WanVAECodec.load(cfg.vae, dtype=torch.bfloat16 if dev.startswith('cuda') else torch.float32, device=dev)
+
 def make_data(root, cfg:BenchConfig, progress:bool=True) -> dict:
     "Render, augment and cache the benchmark's data under `root`; returns `{'train': Path, 'test': Path}`."
     from infcam.synthetic import make_dataset
     from infcam.augment import augment
     from infcam.cache import prepare
-    from infcam.vae import weightless_codec
     root = Path(root)
     kw = dict(num_frames=cfg.num_frames, height=cfg.height, width=cfg.width, random_cameras=cfg.random_cameras, progress=progress)
     make_dataset(root / 'train', cfg.train_scenes, seed=0, focal_mms=(cfg.focal_mm,), **kw)
     augment(root / 'train', root / 'train', focal_targets=list(cfg.aug_focals), trajectory=None,
             workers=min(2, os.cpu_count() or 1), progress=False)
-    prepare(root / 'train', weightless_codec(cfg.codec), None, num_frames=cfg.num_frames, progress=progress)
+    prepare(root / 'train', bench_codec(cfg, cfg.gen_device), None, num_frames=cfg.num_frames, progress=progress)
     make_dataset(root / 'test', cfg.test_scenes, seed=cfg.test_seed, focal_mms=(cfg.focal_mm, cfg.test_focal_mm), **kw)
     return dict(train=root / 'train', test=root / 'test')
 
@@ -193,7 +201,8 @@ def backbone_settings(cfg:BenchConfig) -> dict:
     return dict(model=InfCamConfig.preset(cfg.preset, **cfg.model).wan().to_dict(), codec=cfg.codec, num_frames=cfg.num_frames, height=cfg.height,
                 width=cfg.width, focal_mm=cfg.focal_mm, aug_focals=list(cfg.aug_focals), random_cameras=cfg.random_cameras,
                 steps=cfg.pretrain_steps, batch=cfg.pretrain_batch, lr=cfg.pretrain_lr, shift=cfg.shift,
-                prediction=cfg.prediction, caption=cfg.caption, clean=0.5)
+                prediction=cfg.prediction, caption=cfg.caption, clean=0.5,
+                **({'vae': str(Path(cfg.vae).resolve())} if cfg.codec == 'wanvae' else {}))
 
 def find_backbone(cfg:BenchConfig, folders=None) -> Path|None:
     "A pretrained backbone of `cfg` (its `backbone_settings` in the file's metadata) in `data/backbones/` or the cache."
@@ -355,11 +364,10 @@ class TrainedMethod:
     def __init__(self, ckpt, cfg:BenchConfig, device:str='auto'):
         from infcam.checkpoints import load_trained, trained_scheduler
         from infcam.pipeline import InfCamPipeline, RandomTextEncoder
-        from infcam.vae import weightless_codec
         dev = ('cuda' if torch.cuda.is_available() else 'cpu') if device == 'auto' else device
         model = load_trained(ckpt, device=dev)
         self.cfg, self.ckpt = cfg, Path(ckpt)
-        self.pipe = InfCamPipeline(model, weightless_codec(cfg.codec), RandomTextEncoder(model.config.text_dim, text_len=model.config.text_len),
+        self.pipe = InfCamPipeline(model, bench_codec(cfg, dev), RandomTextEncoder(model.config.text_dim, text_len=model.config.text_len),
                                    trained_scheduler(ckpt), device=dev)
 
     def __call__(self, pair:dict, frames:Tensor) -> Tensor:
@@ -560,16 +568,21 @@ def plot_samples(pair:dict, frames:dict[str, Tensor], num_frames:int, path) -> P
     return write_figure(fig, path)
 
 # %% ../nbs/51_benchmark.ipynb #ca25b76f
+SCORING_SETTINGS = ('gen_steps', 'cfg')     # settings of the generation only: the trained runs stay valid
+
 def _check_out(out:Path, cfg:BenchConfig, overwrite:bool):
     f = out / 'bench.json'
     if f.is_file():
-        old = json.loads(f.read_text())
-        diff = sorted(k for k in cfg.to_dict() if old.get(k) != cfg.to_dict()[k] and k not in ('variants', 'baselines', 'seeds', 'devices', 'gen_device', 'accelerator'))
+        old, new = json.loads(f.read_text()), cfg.to_dict()
+        diff = sorted(k for k in new if old.get(k) != new[k] and k not in ('variants', 'baselines', 'seeds', 'devices', 'gen_device', 'accelerator'))
+        rescore = set(diff) <= set(SCORING_SETTINGS)
         if diff and not overwrite:
-            raise InfcamError(f"{out} holds a benchmark with other settings ({', '.join(diff)}); use another folder or overwrite")
-        if diff:                                              # start afresh, keeping our lock
+            hint = 'overwrite to score its trained runs again' if rescore else 'use another folder or overwrite'
+            raise InfcamError(f"{out} holds a benchmark with other settings ({', '.join(diff)}); {hint}")
+        if diff:                         # start afresh (or only score again), keeping our lock
+            keep = {LOCK_NAME} | ({'data', 'runs', 'timing.json'} if rescore else set())
             for p in out.iterdir():
-                if p.name != LOCK_NAME: shutil.rmtree(p) if p.is_dir() else p.unlink()
+                if p.name not in keep: shutil.rmtree(p) if p.is_dir() else p.unlink()
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(f) as tmp: Path(tmp).write_text(json.dumps(cfg.to_dict(), indent=1))
 

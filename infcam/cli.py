@@ -174,7 +174,7 @@ def _bench(a):
     from infcam.benchmark import BenchConfig, run_benchmark
     over = {k: getattr(a, k) for k in ('steps', 'preset', 'base', 'variants', 'baselines', 'seeds', 'devices', 'strategy', 'train_scenes',
                                        'test_scenes', 'num_frames', 'height', 'width', 'gen_device', 'pretrain_steps', 'shift',
-                                       'prediction', 'lr') if getattr(a, k) is not None}
+                                       'prediction', 'lr', 'gen_steps', 'vae') if getattr(a, k) is not None}
     if isinstance(over.get('devices'), str) and over['devices'].isdigit(): over['devices'] = int(over['devices'])
     cfg = BenchConfig.budget(a.budget, **over)
     out = a.out or f'runs/bench-{a.budget}'
@@ -192,12 +192,13 @@ def _bench_parser(sub):
                         description='Train the InfCam variants (full, no_warp, no_aug, exact_warp) on synthetic scenes, generate '
                                     'held-out target views, score them (PSNR/SSIM vs the rendered view, RotErr/TransErr vs the '
                                     'requested path) beside the copy-source and homography-warp baselines. Resumable.')
-    be.add_argument('budget', choices=['mini', 'smoke', 'full'], help='mini: within an hour on 2 CPU cores; smoke: a few minutes; full: Wan2.1 on GPUs (not runnable yet: the benchmark cannot make Wan VAE latents)')
+    be.add_argument('budget', choices=['mini', 'smoke', 'full'], help='mini: within an hour on 2 CPU cores; smoke: a few minutes; full: Wan2.1 on GPUs (needs --base and --vae)')
     be.add_argument('--out', help='working folder (default runs/bench-BUDGET); running again resumes')
     be.add_argument('--figures', help='also copy the table (csv, md) and the plots here, e.g. figures')
     be.add_argument('--steps', type=int, help='training steps per variant')
     be.add_argument('--preset', help='WanConfig preset of the trained model')
     be.add_argument('--base', help='Wan2.1 DiT weights to start from (the full budget needs them)')
+    be.add_argument('--vae', help='Wan2.1_VAE.pth or a diffusers vae/ folder (the full budget needs it)')
     be.add_argument('--variants', nargs='+', help='subset of full no_warp no_aug exact_warp')
     be.add_argument('--baselines', nargs='*', help='subset of copy_source homography_warp')
     be.add_argument('--seeds', nargs='+', type=int, help='training seeds (mini: 0 1 2)')
@@ -206,6 +207,8 @@ def _bench_parser(sub):
     be.add_argument('--train-scenes', type=int); be.add_argument('--test-scenes', type=int)
     be.add_argument('--num-frames', type=int); be.add_argument('--height', type=int); be.add_argument('--width', type=int)
     be.add_argument('--gen-device', help="device of the generations (default 'auto')")
+    be.add_argument('--gen-steps', type=int, help='Euler steps per generation (mini: 10; 1 gives the one-step x0 estimate, '
+                    'the mean the model predicts, not a sample); with --overwrite, a finished benchmark is scored again')
     be.add_argument('--pretrain-only', action='store_true', help='only render the training data and pretrain (or find) the small backbone')
     be.add_argument('--pretrain-steps', type=int, help='steps of the small backbone\'s pretraining')
     be.add_argument('--shift', type=float, help='timestep shift (mini: 2)'); be.add_argument('--lr', type=float, help='learning rate of the camera modules')

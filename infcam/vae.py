@@ -15,7 +15,8 @@ from .core import InfcamError, read_state_dict, short_list
 
 # %% auto #0
 __all__ = ['CODECS', 'WAN21_VAE_CONFIG', 'VideoCodec', 'latent_shape', 'PixelCodec', 'dct_matrix', 'DCTCodec', 'weightless_codec',
-           'wan_vae_config_dir', 'wan_vae_to_original', 'wan_vae_from_original', 'load_wan_vae', 'WanVAECodec']
+           'wan_vae_config_dir', 'wan_vae_to_original', 'wan_vae_from_original', 'load_wan_vae', 'vae_channels',
+           'WanVAECodec']
 
 # %% ../nbs/15_vae.ipynb #d85a0bee
 @runtime_checkable
@@ -194,6 +195,14 @@ def load_wan_vae(path, dtype:torch.dtype=torch.float32, device='cpu', config:dic
         with _quiet_diffusers():
             vae = AutoencoderKLWan.from_single_file(sd, config=str(wan_vae_config_dir(config)), local_files_only=True, torch_dtype=dtype)
     return vae.to(device).eval().requires_grad_(False)
+
+# %% ../nbs/15_vae.ipynb #f12198fe
+def vae_channels(path) -> int:
+    "Latent channels of the Wan VAE at `path` (original file: the Wan2.1 config's; diffusers folder: its `config.json`)."
+    path = Path(path)
+    if not path.is_dir(): return WAN21_VAE_CONFIG['z_dim']
+    try: return int(json.loads((path / 'config.json').read_text())['z_dim'])
+    except (OSError, ValueError, KeyError, TypeError): raise InfcamError(f"Wan VAE folder {path} has no readable config.json with z_dim") from None
 
 # %% ../nbs/15_vae.ipynb #e8c719f6
 class WanVAECodec:

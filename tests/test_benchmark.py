@@ -74,6 +74,24 @@ def test_cli_resumes_and_refuses_other_settings(smoke, capsys):
     assert "other settings (steps)" in capsys.readouterr().err
 
 
+def test_cli_scores_again_with_other_generation_steps(smoke, tmp_path, capsys):
+    import shutil
+    out = tmp_path / "bench"
+    shutil.copytree(smoke / "bench", out)
+    ckpts = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()}
+    before = pd.read_csv(out / "eval" / "full-s0.csv")
+    args = ["bench", "smoke", "--out", str(out), "--quiet", "--gen-steps", "1", "--variants", "full", "--baselines"]
+    assert main(args) == 2                                        # a finished benchmark is not re-scored unasked
+    assert "other settings (gen_steps); overwrite to score its trained runs again" in capsys.readouterr().err
+    assert main(args + ["--overwrite"]) == 0
+    assert "| full | shared |" in capsys.readouterr().out
+    assert json.loads((out / "bench.json").read_text())["gen_steps"] == 1
+    assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()} == ckpts   # nothing retrained
+    after = pd.read_csv(out / "eval" / "full-s0.csv")
+    assert len(after) == len(before) and not (after["PSNR"] - before["PSNR"]).abs().lt(1e-6).all()
+    assert not (out / "eval" / "no_warp-s0.csv").exists()         # the old scores went with the old setting
+
+
 def test_bad_parameters_are_errors(tmp_path):
     import papermill as pm
     with pytest.raises(pm.PapermillExecutionError, match="unknown parameter stpes"):
@@ -126,3 +144,31 @@ def test_pairs_are_fixed_and_share_cameras_across_splits(tmp_path):
     assert len(swapped) == two.train_pairs and all(p["scene"] in p["target"].parts and p["scene"] not in p["source"].parts
                                                    for p in swapped)       # the source comes from the other scene
     assert [(p["scene"], p["pair"], p["target"]) for p in swapped] == [(p["scene"], p["pair"], p["target"]) for p in shared[:2]]
+
+
+def test_bench_runs_on_wan_vae_latents(tmp_path, monkeypatch):
+    """The full budget's path at a tiny size: a random Wan VAE (diffusers folder) makes the latents, a tiny Wan DiT is
+    the frozen base, the camera modules train on the VAE latents and generate through its decoder."""
+    from infcam.testing import make_tiny_release
+    from safetensors import safe_open
+    monkeypatch.setenv("INFCAM_CACHE", str(tmp_path / "cache"))
+    rel = make_tiny_release(tmp_path / "w", layout="diffusers", infcam=False) / "Wan2.1-T2V-1.3B-Diffusers"
+    kw = dict(preset="tiny", model={}, codec="wanvae", train_scenes=1, test_scenes=2, pairs_per_scene=1, train_pairs=1,
+              random_cameras=0, steps=2, warmup=0, gen_steps=2, variants=["full"], baselines=["copy_source"], seeds=[0])
+    with pytest.raises(InfcamError, match="codec 'wanvae' needs the Wan VAE"):
+        BenchConfig.budget("smoke", base=str(rel / "transformer"), **kw)
+    cfg = BenchConfig.budget("smoke", base=str(rel / "transformer"), vae=str(rel / "vae"), **kw)
+    res = run_benchmark(tmp_path / "bench", cfg, progress=False)
+    assert "| full | shared |" in res["table"]
+    lat = sorted((tmp_path / "bench" / "data" / "train").rglob("latents/*.wanvae.safetensors"))
+    assert lat, "no Wan VAE latents cached"
+    with safe_open(str(lat[0]), "pt") as f:
+        z = f.get_tensor("latents")
+    assert z.shape[0] == 16 and z.shape[-2:] == (cfg.height // 8, cfg.width // 8)
+    run = json.loads((tmp_path / "bench" / "runs" / "full-s0" / "config.json").read_text())
+    assert run["data"]["codec"] == "wanvae"
+    rows = pd.read_csv(tmp_path / "bench" / "eval" / "full-s0.csv")
+    assert rows["PSNR"].notna().all() and len(rows) == len(pd.read_csv(tmp_path / "bench" / "eval" / "copy_source-s0.csv"))
+    # a model that cannot take the VAE's latents is refused before anything is rendered
+    with pytest.raises(InfcamError, match="gives 16-channel latents; the model takes 192"):
+        BenchConfig.budget("smoke", vae=str(rel / "vae"), codec="wanvae")
