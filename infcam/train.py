@@ -84,12 +84,14 @@ def run(args) -> Path:
     if not args.random_text and cfg is not None and item['context'].shape[-1] != cfg.text_dim:
         raise InfcamError(f"cached text states have width {item['context'].shape[-1]}, preset {args.preset!r} expects {cfg.text_dim}")
     if args.num_nodes < 1: raise InfcamError(f"--num-nodes must be at least 1, got {args.num_nodes}")
+    if args.base:                                   # from the file's header: before gigabytes of weights are loaded
+        from infcam.weights import read_dit_checkpoint
+        base_in = read_dit_checkpoint(args.base, device='meta', heads_hint=WanConfig.preset(args.preset).num_heads).config.in_dim
+        if base_in != ch: raise InfcamError(f"the cached {args.codec} latents have {ch} channels; the model of --base takes "
+                                            f"{base_in} (a Wan2.1 DiT takes the Wan VAE's 16: prepare with --vae)")
     m = InfCamModule(cfg or args.preset, base=args.base, seed=args.seed, lr=args.lr, weight_decay=args.weight_decay,
                      train_backbone=args.train_backbone, shift=args.shift, prediction=args.prediction,
                      warmup=args.warmup, lr_schedule=args.lr_schedule, caption=args.caption, **over)
-    if ch != m.config.in_dim:
-        raise InfcamError(f"the cached {args.codec} latents have {ch} channels; the model{' of --base' if args.base else ''} takes "
-                          f"{m.config.in_dim} (a Wan2.1 DiT takes the Wan VAE's 16: prepare with --vae)")
     if args.random_text:                                              # sized by the model (a --base sets its own text_dim)
         from infcam.pipeline import RandomTextEncoder
         m.text_encoder = RandomTextEncoder(m.config.text_dim, text_len=m.config.text_len)

@@ -138,7 +138,7 @@ def test_missing_text_encoder(ds):
         m.loss(collate([ds[0]]))
 
 
-def test_train_cli(ds, tmp_path, capsys):
+def test_train_cli(ds, tmp_path, capsys, monkeypatch):
     import subprocess, sys
     from infcam.train import main
     root = ds.index.roots[0]
@@ -152,7 +152,11 @@ def test_train_cli(ds, tmp_path, capsys):
     from infcam.models import WanConfig, WanDiT
     from infcam.weights import save_safetensors
     save_safetensors(WanDiT(WanConfig.preset("tiny")).state_dict(), tmp_path / "wan16.safetensors")
-    assert main(cmd + ["--max-steps", "1", "--run-dir", str(tmp_path / "y"), "--base", str(tmp_path / "wan16.safetensors")]) == 2
+    import infcam.weights
+    def no_loading(*a, **k): raise AssertionError("the base weights were loaded before the channels were checked")
+    with monkeypatch.context() as mp:                      # the check reads the file's header, not its weights
+        mp.setattr(infcam.weights, "load_dit", no_loading)
+        assert main(cmd + ["--max-steps", "1", "--run-dir", str(tmp_path / "y"), "--base", str(tmp_path / "wan16.safetensors")]) == 2
     assert "latents have 192 channels; the model of --base takes 16" in capsys.readouterr().err
     r = subprocess.run([sys.executable, "-m", "infcam.train", "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "--max-steps" in r.stdout
