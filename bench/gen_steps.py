@@ -59,7 +59,7 @@ def main():
     t = df.groupby(['method', 'steps', 'split'], sort=False).agg(PSNR=('PSNR', 'mean'), SSIM=('SSIM', 'mean'),
                                                                  registered=('registered', 'mean'), RotErr=('RotErr', 'mean'))
     t = t.unstack('split')
-    print(f"{cfg.preset}, {cfg.steps} training steps, {cfg.num_frames}x{cfg.height}x{cfg.width}; steps 0: a baseline\n")
+    print(f"{cfg.preset} benchmark ({cfg.steps} training steps unless the name says), {cfg.num_frames}x{cfg.height}x{cfg.width}; gen steps —: a baseline\n")
     print('| method | gen steps | ' + ' | '.join(f'PSNR {s}' for s in SPLITS) + ' | SSIM shared | registered shared | RotErr shared |')
     print('|---|---|' + '---|' * (len(SPLITS) + 3))
     for (m, n), r in t.iterrows():
@@ -79,9 +79,13 @@ def plot(t, steps, path, cfg):
             else: ax.plot(r.index, r[('PSNR', s)], 'o-', label=m)
         ax.set(xscale='log', xticks=steps, xticklabels=[str(n) for n in steps], xlabel='Euler steps of the generation',
                title=f'held-out {s}'); ax.grid(alpha=.3)
-    axs[0].set_ylabel('PSNR (dB)'); axs[1].legend(fontsize=8)
-    fig.suptitle(f'{cfg.preset}, {cfg.steps} training steps: what sampling costs in PSNR', fontsize=10)
-    fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
+    axs[0].set_ylabel('PSNR (dB)')
+    handles, labels = axs[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc='lower center', ncol=min(3, len(labels)), fontsize=8, frameon=False)
+    fig.suptitle(f'{cfg.preset} benchmark, {cfg.num_frames}x{cfg.height}x{cfg.width}: what sampling costs a trained model in PSNR', fontsize=10)
+    rows = -(-len(labels) // 3)
+    fig.set_size_inches(9, 3.4 + 0.25 * rows); fig.tight_layout(rect=(0, 0.07 * rows + 0.02, 1, 1))
+    fig.savefig(path, dpi=110); plt.close(fig)
     print(f"\nplot: {path}")
 
 
