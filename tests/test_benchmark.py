@@ -38,8 +38,8 @@ def test_notebook_writes_table_and_figures(smoke):
     assert set(table["method"]) == {"ground_truth", *BASELINES, *VARIANTS}
     assert set(table["split"]) == {"shared", "different", "train", "swapped"}
     by = table.set_index(["method", "split"]).to_dict("index")
-    # the trained model uses its source: given another scene's source clip, its PSNR drops. (It does not beat
-    # copy_source yet at this budget -- see the README -- so that is not asserted.)
+    # the trained model uses its source: given another scene's source clip, its PSNR drops. (Its 10-step samples do
+    # not beat copy_source at this budget -- see the README; its one-step mean does, asserted in the test below.)
     assert float(by[("full", "shared")]["PSNR"]) > float(by[("full", "swapped")]["PSNR"]) + 0.3
     # the pose estimator recovers the rendered target's own path closely
     assert float(by[("ground_truth", "shared")]["RotErr"]) < 1.5
@@ -90,6 +90,13 @@ def test_cli_scores_again_with_other_generation_steps(smoke, tmp_path, capsys):
     after = pd.read_csv(out / "eval" / "full-s0.csv")
     assert len(after) == len(before) and not (after["PSNR"] - before["PSNR"]).abs().lt(1e-6).all()
     assert not (out / "eval" / "no_warp-s0.csv").exists()         # the old scores went with the old setting
+    # learning, checked on the model's mean: after the smoke budget's 150 steps on the committed backbone, full's
+    # one-step estimate beats copying the source on training pairs and through the other lens (measured: +1.0 and
+    # +1.2 dB; the untrained modules score 1.1 and 0.5 dB below copy_source). Its 10-step samples do not yet (README).
+    copy = pd.read_csv(smoke / "bench" / "eval" / "copy_source-s0.csv").groupby("split")["PSNR"].mean()
+    mean = after.groupby("split")["PSNR"].mean()
+    for split in ("train", "different"):
+        assert mean[split] > copy[split] + 0.3, (split, mean[split], copy[split])
 
 
 def test_bad_parameters_are_errors(tmp_path):
