@@ -179,3 +179,20 @@ def test_bench_runs_on_wan_vae_latents(tmp_path, monkeypatch):
     # a model that cannot take the VAE's latents is refused before anything is rendered
     with pytest.raises(InfcamError, match="gives 16-channel latents; the model takes 192"):
         BenchConfig.budget("smoke", vae=str(rel / "vae"), codec="wanvae")
+
+
+def test_gen_steps_bench_script(smoke, tmp_path):
+    "bench/gen_steps.py on a finished benchmark: the one-step and two-step scores beside the baselines, and the plot."
+    import shutil
+    out = tmp_path / "bench"
+    shutil.copytree(smoke / "bench", out)
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "gen_steps.py"), str(out), "--steps", "1", "2"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = [l for l in r.stdout.splitlines() if l.startswith("| full-s0 |")]
+    assert [l.split("|")[2].strip() for l in lines] == ["1", "2"]
+    assert "| homography_warp | — |" in r.stdout and (out / "gen_steps.png").stat().st_size > 1000
+    one = pd.read_csv(out / "gen_steps" / "full-s0-g1.csv")            # the same numbers the CLI's rescoring gives
+    assert len(one) == len(pd.read_csv(out / "eval" / "copy_source-s0.csv")[lambda d: d["split"].isin(["train", "shared", "different"])])
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "gen_steps.py"), str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "not an infcam bench folder" in r.stderr
