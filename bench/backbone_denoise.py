@@ -9,6 +9,7 @@ DATA_DIR first if it is not there (minutes)."""
 import argparse, torch
 from safetensors.torch import load_file
 from infcam.benchmark import BenchConfig, make_data, find_backbone
+from infcam.models import InfCamConfig
 from infcam.pipeline import RandomTextEncoder
 from infcam.pretrain import latent_files
 from infcam.weights import load_dit
@@ -26,7 +27,7 @@ if __name__ == '__main__':
     data = make_data(a.data, cfg, progress=True)
     bb = find_backbone(cfg)
     if bb is None: raise SystemExit("no pretrained mini backbone found (data/backbones/ or the cache): run `infcam bench mini` first")
-    model = load_dit(bb, dtype=torch.float32, heads_hint=4).eval()
+    model = load_dit(bb, dtype=torch.float32, heads_hint=InfCamConfig.preset(cfg.preset, **cfg.model).num_heads).eval()
     files = latent_files(data['train'], cfg.num_frames, cfg.codec)
     files = files[::max(1, len(files) // a.clips)][:a.clips]
     clips = torch.stack([load_file(str(f))['latents'].float() for f in files])

@@ -28,7 +28,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('bench'); ap.add_argument('--runs', nargs='*', default=['full-s0'], help='run folders under BENCH/runs')
     ap.add_argument('--ckpt', nargs='+', default=[], help='checkpoints to score as well (any run of the same setup)')
-    ap.add_argument('--steps', nargs='+', type=int, default=[1, 3, 10]); ap.add_argument('--threads', type=int, default=1)
+    ap.add_argument('--steps', nargs='+', type=int, default=[1, 3, 10]); ap.add_argument('--threads', type=int, default=1, help='CPU threads (1: the numbers of the README)')
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     bench = Path(a.bench)
@@ -46,7 +46,7 @@ def main():
     for name, ck in cks.items():
         for n in a.steps:
             c = dataclasses.replace(cfg, gen_steps=n)
-            try: df = evaluate(name, TrainedMethod(ck, c, 'cpu'), pairs, c, bench / 'gen_steps' / f"{name.replace('@', '-')}-g{n}.csv", progress=True)
+            try: df = evaluate(name, TrainedMethod(ck, c, c.gen_device), pairs, c, bench / 'gen_steps' / f"{name.replace('@', '-')}-g{n}.csv", progress=True)
             except InfcamError as e: raise SystemExit(f"error: {e}")
             rows.append(df.assign(method=name, steps=n))
     from infcam import benchmark

@@ -141,6 +141,8 @@ def _check_setup(self:BenchConfig):
         raise InfcamError("the full-size run trains the InfCam modules on a frozen Wan2.1: give base= its DiT weights")
     if self.codec == 'wanvae' and self.vae is None:
         raise InfcamError("codec 'wanvae' needs the Wan VAE: give vae= (`--vae`) Wan2.1_VAE.pth or a diffusers vae/ folder")
+    if self.vae is not None and self.codec != 'wanvae':
+        raise InfcamError(f"vae= is used only with codec 'wanvae'; the {self.codec} codec needs no weights")
     if self.vae is not None and not Path(self.vae).exists(): raise InfcamError(f"Wan VAE weights not found: {self.vae}")
     ch = vae_channels(self.vae) if self.codec == 'wanvae' else weightless_codec(self.codec).latent_channels
     if self.base is None and (mc.in_dim, mc.out_dim) != (ch, ch):
