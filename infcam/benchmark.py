@@ -16,7 +16,7 @@ from fastcore.basics import patch
 
 from .core import InfcamError, LOCK_NAME, atomic_path, check_device, folder_lock, write_figure
 from .cameras import (relative_poses, rigid_inverse, homogeneous, latent_frame_indices, intrinsics_matrix,
-                            focal_mm_to_px, pixel_intrinsics)
+                            focal_mm_to_px, pixel_intrinsics, num_latent_frames)
 
 # %% auto #0
 __all__ = ['VARIANTS', 'BASELINES', 'REFERENCE', 'BENCH_CAPTION', 'SMALL_MODEL', 'BACKBONE_DIR', 'ROW_FIELDS', 'TEXT_FIELDS',
@@ -635,9 +635,15 @@ def _write_report(out:Path, cfg:BenchConfig, rows:pd.DataFrame, pairs:list[dict]
     write_table(summary, files['csv'])
     n_test = sum(p['split'] in TEST_SPLITS for p in pairs)
     title = (f"{cfg.preset}, {cfg.steps} steps x batch {cfg.batch_size}, {cfg.num_frames}x{cfg.height}x{cfg.width}, "
-             f"{n_test} test clips, seeds {list(cfg.seeds)}")
+             f"{n_test} test clips, seeds {list(cfg.seeds)}, "
+             + ("the one-step x0 estimate" if cfg.gen_steps == 1 else f"{cfg.gen_steps} Euler steps per generation")
+             + (f", cfg {cfg.cfg:g}" if cfg.cfg != 1 else ''))
+    n_lat = num_latent_frames(cfg.num_frames)
+    legend = (f"`registered`: the fraction of each clip's {n_lat} latent frames the pose estimator placed; the first is the "
+              f"reference and always counts, so {1 / n_lat:.2f} means none; clips with less than half placed get no "
+              "RotErr/TransErr (—).\n")
     with atomic_path(files['md']) as tmp:
-        Path(tmp).write_text(f"{title}\n\n{table}\n{learning}\n" + ''.join(f"- {s}\n" for s in found))
+        Path(tmp).write_text(f"{title}\n\n{table}\n{legend}\n{learning}\n" + ''.join(f"- {s}\n" for s in found))
     plot_summary(summary[summary['split'].isin(TEST_SPLITS)], files['plot'], title)
     plot_samples(pair, sample, cfg.num_frames, files['samples'])
     if figures is not None:
