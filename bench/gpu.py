@@ -16,6 +16,9 @@ error while the others go on:
 4. train: 3 optimizer steps of the model at the size, bf16-mixed on CUDA, with gradient checkpointing, through
    Lightning with DeepSpeed stage 1 and with DDP (one device), each saving a checkpoint, then resuming from it for
    one more step (the resume is checked: it must start at step 3).
+5. mini: the mini benchmark's training step (preset mini + `SMALL_MODEL`, its batch and latents, backbone frozen,
+   bf16 autocast on CUDA as `bf16-mixed`, AdamW) and one denoising forward, in seconds: how many training steps a GPU
+   run of `infcam bench mini --steps N` (issue 11) can afford in the minutes a lent device gives.
 
 The device machine has torch, lightning and transformers, but not diffusers, PyAV or DeepSpeed. They travel as
 wheels in the repository's ignored `wheels/` folder (the device tool carries it; 64 MiB in all):
@@ -178,6 +181,42 @@ def section_train(a, dev, dtype):
     return dict(preset=a.preset, size=a.size, rows=rows)
 
 
+def section_mini(a, dev, dtype):
+    from infcam.benchmark import SMALL_MODEL, BenchConfig
+    from infcam.cameras import num_latent_frames
+    from infcam.training import InfCamModule
+    from train_step import batch                                     # bench/train_step.py: the benchmark's batch shapes
+    bc = BenchConfig()
+    module = InfCamModule('mini', verbose=False, lr=bc.lr, shift=bc.shift, prediction=bc.prediction, **SMALL_MODEL).to(dev)
+    params = [p for p in module.model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=bc.lr)
+    f, h, w = num_latent_frames(bc.num_frames), bc.height // 8, bc.width // 8     # PixelCodec(4, 8)
+    b = {k: v.to(dev) for k, v in batch(module.config, bc.batch_size, f, h, w).items()}
+    g = torch.Generator().manual_seed(0)
+    steps, warm = (20, 3) if dev.type == 'cuda' else (2, 1)           # the CPU path only has to run
+    def train_step():
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == 'cuda'):
+            loss = module.loss(b, g)
+        loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
+        return loss.detach()
+    for _ in range(warm): train_step()                                   # warm-up (kernels, allocator)
+    sync(dev); t0 = time.perf_counter()
+    for _ in range(steps): loss = train_step()
+    sync(dev); s_step = (time.perf_counter() - t0) / steps
+    m, one = module.model.eval(), {k: v[:1] for k, v in b.items()}
+    with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == 'cuda'):
+        fwd = lambda: m(one['target'], one['source'], torch.tensor([500.], device=dev), one['context'], one['K_src'],
+                        one['K_tgt'], one['extrinsics'])
+        fwd(); sync(dev); t0 = time.perf_counter()
+        for _ in range(steps): fwd()
+        sync(dev); s_fwd = (time.perf_counter() - t0) / steps
+    if not math.isfinite(float(loss)): raise RuntimeError(f"the mini training loss is {float(loss)}")
+    return dict(batch=bc.batch_size, latents=f"{module.config.in_dim}x{f}x{h}x{w}", trainable=len(params),
+                seconds_per_train_step=s_step, train_steps_per_10_min=int(600 / s_step), seconds_per_forward=s_fwd,
+                seconds_per_clip=s_fwd * bc.gen_steps, note=f"{steps} timed steps after {warm} warm-up; a clip = "
+                f"{bc.gen_steps} forwards (cfg 1), without decoding")
+
+
 def markdown(res):
     f = lambda v, d=2: '—' if v is None or (isinstance(v, float) and not math.isfinite(v)) else (f"{v:.{d}f}" if isinstance(v, float) else str(v))
     out = [f"# GPU check: {res['device']}", '', f"torch {res['torch']}, preset {res['preset']}, size {res['size']}, "
@@ -210,7 +249,7 @@ def main(argv=None):
     ap.add_argument('--preset', default='wan2.1-t2v-1.3b', help="DiT preset (CPU path: 'tiny')")
     ap.add_argument('--size', default='81x480x832', help='FRAMESxHEIGHTxWIDTH of the clip')
     ap.add_argument('--steps', type=int, default=20, help='denoising steps of the generate section')
-    ap.add_argument('--sections', default='forward,intrinsics,generate,train')
+    ap.add_argument('--sections', default='forward,intrinsics,generate,train,mini')
     ap.add_argument('--peak-tflops', type=float, default=989., help='bf16 dense peak of the GPU (H100/H200 SXM: 989)')
     ap.add_argument('--generate-timeout', type=int, default=300)
     a = ap.parse_args(argv)

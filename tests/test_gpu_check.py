@@ -11,11 +11,13 @@ def test_gpu_check_cpu_path(tmp_path):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     res = json.loads((tmp_path / 'gpu_check.json').read_text())
     s = res['sections']
-    assert set(s) == {'forward', 'intrinsics', 'generate', 'train'} and not any('error' in v for v in s.values())
+    assert set(s) == {'forward', 'intrinsics', 'generate', 'train', 'mini'} and not any('error' in v for v in s.values())
     sdpa = next(r for r in s['forward']['rows'] if r['backend'] == 'sdpa')
     assert sdpa['seconds'] > 0 and sdpa['tflops'] > 0
     assert all(m in s['generate']['table'] for m in ('resident', 'model_offload', 'block_offload'))
     ddp = next(r for r in s['train']['rows'] if r['strategy'] == 'ddp')
     assert ddp['resume_ok'] and ddp['resumed_from'] == 3
+    mini = s['mini']
+    assert mini['seconds_per_train_step'] > 0 and mini['train_steps_per_10_min'] > 0 and mini['trainable'] > 0
     md = (tmp_path / 'gpu_check.md').read_text()
-    assert '## forward' in md and '| ddp |' in md
+    assert '## forward' in md and '| ddp |' in md and 'train_steps_per_10_min' in md
