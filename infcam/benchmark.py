@@ -639,8 +639,8 @@ def _write_report(out:Path, cfg:BenchConfig, rows:pd.DataFrame, pairs:list[dict]
              + ("the one-step x0 estimate" if cfg.gen_steps == 1 else f"{cfg.gen_steps} Euler steps per generation")
              + (f", cfg {cfg.cfg:g}" if cfg.cfg != 1 else ''))
     n_lat = num_latent_frames(cfg.num_frames)
-    legend = (f"`registered`: the fraction of each clip's {n_lat} latent frames the pose estimator placed; the first is the "
-              f"reference and always counts, so {1 / n_lat:.2f} means none; clips with less than half placed get no "
+    legend = (f"`registered`: the fraction of each clip's {n_lat} latent frames the pose estimator placed; the first, the "
+              f"reference, counts whenever the estimator runs, so {1 / n_lat:.2f} means no other frame was placed; clips with less than half placed get no "
               "RotErr/TransErr (—).\n")
     with atomic_path(files['md']) as tmp:
         Path(tmp).write_text(f"{title}\n\n{table}\n{legend}\n{learning}\n" + ''.join(f"- {s}\n" for s in found))
