@@ -7,8 +7,8 @@ BENCH_DIR is an `infcam bench` folder (its `bench.json`, data and trained runs).
 every evaluation pair with each step count; one step returns the model's one-step `x0` estimate from pure noise (the
 mean of what it predicts, not a sample), more steps draw a sample. PSNR rewards the mean: a model that is unsure of
 the detail loses PSNR by sampling it, so the spread between the rows is what sampling costs this model. Prints a
-markdown table with the copy_source and homography_warp baselines (their scores in BENCH_DIR/eval, else scored
-here) and writes
+markdown table with the baselines (copy_source, homography_warp, first_frame_warp: their scores in BENCH_DIR/eval,
+else scored here) and writes
 BENCH_DIR/gen_steps/{run}-g{n}.csv (kept: running again only adds what is missing) and BENCH_DIR/gen_steps.png.
 """
 import argparse, dataclasses, json
@@ -50,7 +50,7 @@ def main():
             except InfcamError as e: raise SystemExit(f"error: {e}")
             rows.append(df.assign(method=name, steps=n))
     from infcam import benchmark
-    for b in ('copy_source', 'homography_warp'):                # the benchmark's scores, else scored here
+    for b in benchmark.BASELINES:                              # the benchmark's scores, else scored here
         f = bench / 'eval' / f'{b}-s0.csv'
         df = pd.read_csv(f) if f.is_file() else evaluate(b, getattr(benchmark, b), pairs, cfg, bench / 'gen_steps' / f'{b}.csv')
         rows.append(df.assign(steps=0))
@@ -68,6 +68,10 @@ def main():
     plot(t, a.steps, bench / 'gen_steps.png', cfg)
 
 
+BASELINE_STYLE = {'copy_source': dict(ls='--', color='gray'), 'homography_warp': dict(ls='--', color='k'),
+                  'first_frame_warp': dict(ls=':', color='k')}
+
+
 def plot(t, steps, path, cfg):
     import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -75,7 +79,7 @@ def plot(t, steps, path, cfg):
     for ax, s in zip(axs, ('shared', 'different')):
         for m in dict.fromkeys(t.index.get_level_values(0)):
             r = t.loc[m]
-            if 0 in r.index: ax.axhline(r.loc[0, ('PSNR', s)], ls='--', lw=1, color='gray' if m == 'copy_source' else 'k', label=m)
+            if 0 in r.index: ax.axhline(r.loc[0, ('PSNR', s)], lw=1, label=m, **BASELINE_STYLE.get(m, dict(ls='--', color='k')))
             else: ax.plot(r.index, r[('PSNR', s)], 'o-', label=m)
         ax.set(xscale='log', xticks=steps, xticklabels=[str(n) for n in steps], xlabel='Euler steps of the generation',
                title=f'held-out {s}'); ax.grid(alpha=.3)

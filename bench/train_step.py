@@ -3,6 +3,7 @@
 
     python bench/train_step.py                     # working tree vs 7c878cd (before issue 15's later savings)
     python bench/train_step.py --rev HEAD --repeat 7
+    python bench/train_step.py --compile           # torch.compile (inductor) of the working tree's model vs eager
 
 The step is `InfCamModule.loss(batch).backward()` as `infcam.train` runs it for the mini benchmark: preset 'mini'
 with `infcam.benchmark.SMALL_MODEL` (PixelCodec latents: 17 frames of 64x112 -> 192 x 5 x 8 x 14, patch 1), batch
@@ -13,6 +14,8 @@ batch, noise and timestep. Steps alternate; single-thread CPU time (`time.thread
 `--repeat` are reported with the ratio old / new (speed-up) and the largest difference of loss and gradients.
 `--profile` also splits the new step's CPU time into attention (SDPA, forward and backward), matrix products and the
 rest, which bounds what any further exact saving outside attention and the products could give.
+`--compile` compares `torch.compile(model)` (inductor's fused CPU kernels) with the same model run eagerly instead of
+with `--rev`, and prints the compile's wall time (its first step): whether fusing "the rest" pays for the compile.
 """
 import argparse, statistics, sys, time
 from pathlib import Path
@@ -44,6 +47,7 @@ def step(module, b, seed=1):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--rev', default='7c878cd'); ap.add_argument('--repeat', type=int, default=5)
+    ap.add_argument('--compile', action='store_true', help='compare torch.compile of the model with eager, not with --rev')
     ap.add_argument('--profile', action='store_true', help='split the new step into attention, matrix products and the rest')
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -54,16 +58,23 @@ def main():
     new, cfg = module.model, module.model.config
     with torch.no_grad():                        # camera modules non-zero, as after some training: every path works
         for blk in new.blocks: blk.zero_conv.weight.normal_(0, 0.02); blk.cam_encoder.weight.normal_(0, 0.02)
-    om = old_module(a.rev)
-    old = om.InfCamDiT(om.InfCamConfig.from_dict(cfg.to_dict()) if hasattr(om, 'InfCamConfig') else om.WanConfig.from_dict(cfg.to_dict()))
-    old.load_state_dict(new.state_dict()); old.freeze_base(); old.train()
+    if a.compile:                                # 'new' is the compiled model, 'old' the same model run eagerly
+        old, new, what = new, torch.compile(new, dynamic=False), 'torch.compile (new) vs eager (old)'
+    else:
+        om = old_module(a.rev)
+        old = om.InfCamDiT(om.InfCamConfig.from_dict(cfg.to_dict()) if hasattr(om, 'InfCamConfig') else om.WanConfig.from_dict(cfg.to_dict()))
+        old.load_state_dict(new.state_dict()); old.freeze_base(); old.train()
+        what = f'working tree vs {a.rev}'
     f, (h, w) = (bc.num_frames - 1) // 4 + 1, (bc.height // 8, bc.width // 8)     # PixelCodec(4, 8)
     b = batch(cfg, bc.batch_size, f, h, w)
     models = {'new': new, 'old': old}
     def run(name):
         module.model = models[name]
         t0 = time.thread_time(); out = step(module, b); return time.thread_time() - t0, out
-    (_, (ln, gn)), (_, (lo, go)) = run('new'), run('old')      # warm-up, and the differences
+    w0 = time.perf_counter()
+    (_, (ln, gn)), (_, (lo, go)) = run('new'), run('old')      # warm-up (and the compile), and the differences
+    first = time.perf_counter() - w0
+    gn = {k.removeprefix('_orig_mod.'): v for k, v in gn.items()}
     gdiff = max(float((gn[k] - go[k]).abs().max()) for k in gn)
     assert set(gn) == set(go), 'the two models train different tensors'
     times = {'new': [], 'old': []}
@@ -72,11 +83,12 @@ def main():
     med = {k: statistics.median(v) for k, v in times.items()}
     best = {k: min(v) for k, v in times.items()}
     print(f"mini benchmark training step (preset mini + SMALL_MODEL, batch {bc.batch_size}, latents {cfg.in_dim}x{f}x{h}x{w}, "
-          f"{len(gn)} trainable tensors), working tree vs {a.rev}; single-thread CPU s over {a.repeat} alternating steps\n")
+          f"{len(gn)} trainable tensors), {what}; single-thread CPU s over {a.repeat} alternating steps\n")
     print('| | new s | old s | old / new (speed-up) |\n|---|---|---|---|')
     print(f"| median | {med['new']:.3f} | {med['old']:.3f} | {med['old'] / med['new']:.3f} |")
     print(f"| best | {best['new']:.3f} | {best['old']:.3f} | {best['old'] / best['new']:.3f} |")
     print(f"\n|loss new - old| = {abs(float(ln - lo)):.1e}, max |grad new - grad old| = {gdiff:.1e}")
+    if a.compile: print(f"the first step of each (the compile included) took {first:.1f} s wall")
     if a.profile: profile_split(lambda: run('new'))
 
 

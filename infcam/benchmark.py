@@ -22,8 +22,8 @@ from .cameras import (relative_poses, rigid_inverse, homogeneous, latent_frame_i
 __all__ = ['VARIANTS', 'BASELINES', 'REFERENCE', 'BENCH_CAPTION', 'SMALL_MODEL', 'BACKBONE_DIR', 'ROW_FIELDS', 'TEXT_FIELDS',
            'TEST_SPLITS', 'SCORING_SETTINGS', 'BenchConfig', 'bench_codec', 'make_data', 'backbone_settings',
            'find_backbone', 'ensure_backbone', 'eval_pairs', 'train_command', 'train_variant', 'copy_source',
-           'homography_warp', 'TrainedMethod', 'score', 'read_rows', 'write_table', 'sample_path', 'evaluate',
-           'summarize', 'markdown_table', 'learning_table', 'paired_difference', 'findings', 'plot_summary',
+           'homography_warp', 'first_frame_warp', 'TrainedMethod', 'score', 'read_rows', 'write_table', 'sample_path',
+           'evaluate', 'summarize', 'markdown_table', 'learning_table', 'paired_difference', 'findings', 'plot_summary',
            'plot_samples', 'run_benchmark']
 
 # %% ../nbs/51_benchmark.ipynb #eb901696
@@ -36,6 +36,7 @@ VARIANTS = {
 BASELINES = {
     'copy_source': 'the source clip itself',
     'homography_warp': 'each source frame warped by the infinite homography (no parallax)',
+    'first_frame_warp': "the source's first frame warped into every target frame (InfCam's cue, in pixels)",
 }
 REFERENCE = 'ground_truth'
 from .metrics import METRICS, format_mean_se   # PSNR, SSIM, RotErr, TransErr, registered
@@ -359,6 +360,15 @@ def homography_warp(pair:dict, frames:Tensor) -> Tensor:
     K_s, K_t = intrinsics_matrix(pair['K_src']), intrinsics_matrix(pair['K_tgt'])
     H = infinite_homography(K_s.expand(len(rel), 3, 3), K_t.expand(len(rel), 3, 3), rel[:, :3, :3])
     return warp_image(frames, H).clamp(0, 1)
+
+def first_frame_warp(pair:dict, frames:Tensor) -> Tensor:
+    """The source's first frame warped into each target frame by `H = K_tgt R^T K_src^-1`, with `R` the target's rotation
+    relative to the source's first frame (`pair['c2w']`, the poses the model is given): InfCam's cue, in pixels."""
+    from infcam.homography import infinite_homography, warp_image
+    rel = pair['c2w']
+    K_s, K_t = intrinsics_matrix(pair['K_src']), intrinsics_matrix(pair['K_tgt'])
+    H = infinite_homography(K_s.expand(len(rel), 3, 3), K_t.expand(len(rel), 3, 3), rel[:, :3, :3])
+    return warp_image(frames[:1].expand(len(rel), *frames.shape[1:]), H).clamp(0, 1)
 
 # %% ../nbs/51_benchmark.ipynb #e6936fa9
 class TrainedMethod:

@@ -200,7 +200,7 @@ def _bench_parser(sub):
     be.add_argument('--base', help='Wan2.1 DiT weights to start from (the full budget needs them)')
     be.add_argument('--vae', help='Wan2.1_VAE.pth or a diffusers vae/ folder (the full budget needs it)')
     be.add_argument('--variants', nargs='+', help='subset of full no_warp no_aug exact_warp')
-    be.add_argument('--baselines', nargs='*', help='subset of copy_source homography_warp')
+    be.add_argument('--baselines', nargs='*', help='subset of copy_source homography_warp first_frame_warp')
     be.add_argument('--seeds', nargs='+', type=int, help='training seeds (mini: 0 1 2)')
     be.add_argument('--devices', help='training processes (GPUs) per variant')
     be.add_argument('--strategy', help='auto, ddp, deepspeed_stage_1/2/3')

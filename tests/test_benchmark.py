@@ -19,7 +19,7 @@ NB = ROOT / "nbs" / "ablations.ipynb"
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     """The ablation notebook run by papermill on the smoke budget: every stage (data, the committed backbone, 4 trainings
-    of the camera modules on it, 7 methods scored)."""
+    of the camera modules on it, 8 methods scored)."""
     import papermill as pm
     from infcam.benchmark import find_backbone, BACKBONE_DIR
     # the committed backbone must serve the smoke budget (else the fixture would pretrain one for many minutes)
@@ -46,6 +46,10 @@ def test_notebook_writes_table_and_figures(smoke):
     # rotation explained by the homography beats copying the source, with either lens
     for sp in ("shared", "different"):
         assert float(by[("homography_warp", sp)]["PSNR"]) > float(by[("copy_source", sp)]["PSNR"])
+        # the model's own cue, the first source frame warped to every target frame, moves the camera along the
+        # requested path (rotation only, so the estimator recovers it almost exactly) and looks more like the target
+        assert float(by[("first_frame_warp", sp)]["RotErr"]) < 0.5 and float(by[("first_frame_warp", sp)]["registered"]) >= 0.8
+        assert float(by[("first_frame_warp", sp)]["SSIM"]) > float(by[("copy_source", sp)]["SSIM"])
     # each variant trained in its own run folder with the flags of its ablation
     for v in VARIANTS:
         log = (smoke / "bench" / "runs" / f"{v}-s0" / "train.log").read_text().splitlines()[0]
@@ -191,7 +195,8 @@ def test_gen_steps_bench_script(smoke, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     lines = [l for l in r.stdout.splitlines() if l.startswith("| full-s0 |")]
     assert [l.split("|")[2].strip() for l in lines] == ["1", "2"]
-    assert "| homography_warp | — |" in r.stdout and (out / "gen_steps.png").stat().st_size > 1000
+    assert "| homography_warp | — |" in r.stdout and "| first_frame_warp | — |" in r.stdout
+    assert (out / "gen_steps.png").stat().st_size > 1000
     one = pd.read_csv(out / "gen_steps" / "full-s0-g1.csv")            # the same numbers the CLI's rescoring gives
     assert len(one) == len(pd.read_csv(out / "eval" / "copy_source-s0.csv")[lambda d: d["split"].isin(["train", "shared", "different"])])
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "gen_steps.py"), str(tmp_path)], capture_output=True, text=True, timeout=120)
