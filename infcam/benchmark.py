@@ -35,7 +35,7 @@ VARIANTS = {
 }
 BASELINES = {
     'copy_source': 'the source clip itself',
-    'homography_warp': 'each source frame warped by the infinite homography (no parallax)',
+    'homography_warp': "each source frame warped by the infinite homography (no parallax; needs the source's per-frame poses)",
     'first_frame_warp': "the source's first frame warped into every target frame (InfCam's cue, in pixels)",
 }
 REFERENCE = 'ground_truth'

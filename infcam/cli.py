@@ -191,7 +191,7 @@ def _bench_parser(sub):
     be = sub.add_parser('bench', help='the ablation benchmark on synthetic scenes: train variants, score generations',
                         description='Train the InfCam variants (full, no_warp, no_aug, exact_warp) on synthetic scenes, generate '
                                     'held-out target views, score them (PSNR/SSIM vs the rendered view, RotErr/TransErr vs the '
-                                    'requested path) beside the copy-source and homography-warp baselines. Resumable.')
+                                    'requested path) beside the copy-source, homography-warp and first-frame-warp baselines. Resumable.')
     be.add_argument('budget', choices=['mini', 'smoke', 'full'], help='mini: 45-100 min on 2 CPU cores (three seeds); smoke: a few minutes; full: Wan2.1 on GPUs (needs --base and --vae)')
     be.add_argument('--out', help='working folder (default runs/bench-BUDGET); running again resumes')
     be.add_argument('--figures', help='also copy the table (csv, md) and the plots here, e.g. figures')
