@@ -514,6 +514,11 @@ def findings(rows:list[dict], summary:list[dict], method:str='full') -> list[str
             out.append(f"{method} {'beats ' + ' and '.join(beats) if beats else 'beats no baseline'}"
                        f"{' but not ' + ' or '.join(lost) if beats and lost else ''} on held-out PSNR ({sp}): {x:.2f} dB vs "
                        + ', '.join(f"{b} {get[(b, sp)]['PSNR']:.2f}" for b in base))
+        for sp in TEST_SPLITS:                  # the cue: does the model add anything to the frame it is handed warped?
+            if (method, sp) in get and ('first_frame_warp', sp) in get:
+                d, se, n = paired_difference(rows, method, 'first_frame_warp', sp)
+                out.append(f"beyond its cue: {method} − first_frame_warp on held-out PSNR ({sp}, {n} clips): "
+                           + _verdict(d, se, 'adds to it', 'falls short of it', 'no detectable difference'))
         if (method, 'train') in get and (method, 'shared') in get:
             out.append(f"{method} scores {get[(method, 'train')]['PSNR']:.2f} dB on training pairs and "
                        f"{get[(method, 'shared')]['PSNR']:.2f} dB on held-out pairs (shared)")
