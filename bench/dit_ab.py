@@ -1,11 +1,12 @@
 #!/usr/bin/env python
 """The InfCam DiT forward against an earlier version of itself: same weights, same inputs, in one process.
 
-    python bench/dit_ab.py --rev 7bc6f9e          # the InfCam block as it was at that commit vs the working tree
+    python bench/dit_ab.py --rev 28bfd6c          # the InfCam DiT as it was at that commit vs the working tree
 
 The files `infcam/models/wan.py` and `infcam/models/infcam.py` of `--rev` are loaded beside the current ones (the
-old InfCam block on the old Wan code; `--rev` must be at or after 7c878cd, where the forwards stopped taking an
-attention `backend` argument; the rest of the package, e.g. `infcam.homography`, is the current one), both models get the same random weights (zero_conv and cam_encoder made non-zero so every path works), and
+old InfCam block on the old Wan code; it works for 28bfd6c, the model issue 15 measured against the published code
+(unchanged from fc960da to then), and for later revisions; the rest of the package, e.g.
+`infcam.homography`, is the current one), both models get the same random weights (zero_conv and cam_encoder made non-zero so every path works), and
 their forwards alternate, timed in single-thread CPU time (`time.thread_time`, steady on a shared machine); the best of
 `--repeat` is reported per configuration, with the ratio new / old and the largest output difference.
 """

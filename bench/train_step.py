@@ -1,15 +1,17 @@
 #!/usr/bin/env python
 """The mini benchmark's training step (forward + backward) against an earlier version of the model, in one process.
 
-    python bench/train_step.py                     # working tree vs 7c878cd (before issue 15's later savings)
+    python bench/train_step.py                     # working tree vs 28bfd6c, the model when issue 15 was filed
+    python bench/train_step.py --rev 7c878cd       # vs the model after issue 15's first two savings
     python bench/train_step.py --rev HEAD --repeat 7
     python bench/train_step.py --compile           # torch.compile (inductor) of the working tree's model vs eager
 
 The step is `InfCamModule.loss(batch).backward()` as `infcam.train` runs it for the mini benchmark: preset 'mini'
 with `infcam.benchmark.SMALL_MODEL` (PixelCodec latents: 17 frames of 64x112 -> 192 x 5 x 8 x 14, patch 1), batch
 `BenchConfig.batch_size`, the backbone frozen (`freeze_base`: only InfCam's camera modules train), float32 on the CPU.
-The old model is `infcam/models/{wan,infcam}.py` of `--rev` loaded as in `bench/dit_ab.py` (so `--rev` must be at or
-after 7c878cd); it gets the new model's weights and is swapped into the same `InfCamModule`, so both see the same
+The old model is `infcam/models/{wan,infcam}.py` of `--rev` loaded as in `bench/dit_ab.py`. The default, 28bfd6c, is
+the last commit before issue 15's first change (7bc6f9e); the model files did not change from fc960da (2026-11-23) to
+then, so it is the model the issue measured ("today" in its targets). The old model gets the new model's weights and is swapped into the same `InfCamModule`, so both see the same
 batch, noise and timestep. Steps alternate; single-thread CPU time (`time.thread_time`); the median and the best of
 `--repeat` are reported with the ratio old / new (speed-up) and the largest difference of loss and gradients.
 `--profile` also splits the new step's CPU time into attention (SDPA, forward and backward), matrix products and the
@@ -46,7 +48,7 @@ def step(module, b, seed=1):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument('--rev', default='7c878cd'); ap.add_argument('--repeat', type=int, default=5)
+    ap.add_argument('--rev', default='28bfd6c'); ap.add_argument('--repeat', type=int, default=5)
     ap.add_argument('--compile', action='store_true', help='compare torch.compile of the model with eager, not with --rev')
     ap.add_argument('--profile', action='store_true', help='split the new step into attention, matrix products and the rest')
     a = ap.parse_args()
