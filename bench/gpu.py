@@ -20,12 +20,14 @@ error while the others go on:
    bf16 autocast on CUDA as `bf16-mixed`, AdamW) and one denoising forward, in seconds: how many training steps a GPU
    run of `infcam bench mini --steps N` (issue 11) can afford in the minutes a lent device gives.
 
-The device machine has torch, lightning and transformers, but not diffusers, PyAV or DeepSpeed. They travel as
-wheels in the repository's ignored `wheels/` folder (the device tool carries it; 64 MiB in all):
-    pip download --no-deps -d wheels diffusers av                   # here, where the package index is reachable
-    pip download --no-deps --no-binary deepspeed -d wheels deepspeed
-and on the device, first: pip install --no-index --no-deps wheels/*.whl && DS_BUILD_OPS=0 pip install --no-index \\
-    --no-deps --no-build-isolation wheels/deepspeed-*.tar.gz && pip install --no-deps -e .
+The device machine (Python 3.12) has torch, lightning and transformers, but not fastcore (every infcam module needs
+it), diffusers, PyAV, ftfy or DeepSpeed. `bash bench/device_wheels.sh` downloads them here, for the device's Python,
+into the repository's ignored `wheels/` folder (about 46 MB; the device tool's `carry: ["wheels"]` brings it); on the
+device, first:
+    python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site wheels/*.whl &&
+    DS_BUILD_OPS=0 python3 -m pip install -q --no-index --no-deps --no-build-isolation --upgrade --target /tmp/site \
+        wheels/deepspeed-*.tar.gz && export PYTHONPATH=/tmp/site:$PWD
+(rehearsed on the CPU in a virtual environment holding only what the device has: every section ran).
 """
 import argparse, json, math, os, statistics, subprocess, sys, tempfile, time, traceback
 from pathlib import Path
