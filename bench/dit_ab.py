@@ -5,7 +5,7 @@
 
 The files `infcam/models/wan.py` and `infcam/models/infcam.py` of `--rev` are loaded beside the current ones (the
 old InfCam block on the old Wan code; it works for 28bfd6c, the model issue 15 measured against the published code
-(unchanged from fc960da to then), and for later revisions; the rest of the package, e.g.
+(unchanged from fc960da to then), and for 7c878cd (the revisions run so far); the rest of the package, e.g.
 `infcam.homography`, is the current one), both models get the same random weights (zero_conv and cam_encoder made non-zero so every path works), and
 their forwards alternate, timed in single-thread CPU time (`time.thread_time`, steady on a shared machine); the best of
 `--repeat` is reported per configuration, with the ratio new / old and the largest output difference.
