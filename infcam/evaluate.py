@@ -270,12 +270,10 @@ def _score_all(items:list[EvalItem], min_registered:float, progress:bool, partia
 
 def _eval_worker(fabric, items:list[EvalItem], min_registered:float, out:Path, progress:bool, lpips_net=None) -> list[dict]:
     "One process of a sharded evaluation: every `world`-th item, then all ranks' rows."
-    import torch.distributed as dist
+    from infcam.generate import gather_and_leave
     rank, world = fabric.global_rank, fabric.world_size
     mine = _score_all(items[rank::world], min_registered, progress and rank == 0, out / f'.rows.part{rank}.csv', lpips_net)
-    parts = [None] * world
-    dist.all_gather_object(parts, mine)
-    return [r for part in parts for r in part]
+    return [r for part in gather_and_leave(mine) for r in part]
 
 def _read_rows(path:Path) -> list[dict]:
     try: df = pd.read_csv(path, dtype={'method': str, 'name': str, 'error': str, 'stamp': str, 'trajectory': str})

@@ -18,9 +18,9 @@ from .video import check_size, check_video_memory, read_video, video_info, write
 # %% auto #0
 __all__ = ['DEFAULTS', 'ESTIMATE_METHODS', 'check_settings', 'cache_dir', 'file_sha256', 'weight_hashes', 'Job', 'JobResult',
            'trajectory_name', 'read_batch', 'make_jobs', 'load_pipeline', 'check_weights_usable', 'source_fps',
-           'run_jobs', 'launched_externally', 'run_sharded', 'TrainingRun', 'training_run', 'run_settings',
-           'load_run_pipeline', 'run_hashes', 'settings_from_sidecar', 'run_generate', 'add_generate_parser',
-           'generate_main']
+           'run_jobs', 'launched_externally', 'gather_and_leave', 'run_sharded', 'TrainingRun', 'training_run',
+           'run_settings', 'load_run_pipeline', 'run_hashes', 'settings_from_sidecar', 'run_generate',
+           'add_generate_parser', 'generate_main']
 
 # %% ../nbs/32_generate.ipynb #e2817b00
 DEFAULTS = dict(frames=81, height=480, width=832, steps=20, cfg=5.0, negative_prompt=None, seed=0, zoom=1.0,
@@ -318,17 +318,24 @@ def launched_externally() -> bool:
     "Whether a launcher such as torchrun started this process as one rank of several."
     return 'LOCAL_RANK' in os.environ or 'TORCHELASTIC_RUN_ID' in os.environ
 
+def gather_and_leave(obj) -> list:
+    """Every rank's `obj`, in rank order; then this process leaves the process group. A gloo process that exits with
+    its group still open can abort (SIGABRT) while its worker threads are torn down, failing a finished run."""
+    import torch.distributed as dist
+    parts = [None] * dist.get_world_size()
+    try: dist.all_gather_object(parts, obj)
+    finally: dist.destroy_process_group()
+    return parts
+
 def _shard_worker(fabric, jobs:list[Job], weights, settings:dict, overwrite:bool, progress:bool, quiet:bool) -> list[JobResult]:
     "One process of a sharded batch: the jobs `rank, rank + world, ...`, then every rank's results in job order."
-    import torch.distributed as dist
     rank, world = fabric.global_rank, fabric.world_size
     s = dict(settings)
     if fabric.device.type == 'cuda': s['device'] = str(fabric.device)
     log = (lambda *a: None) if quiet else (lambda m: print(f"[rank {rank}] {m}", flush=True))
     mine = run_jobs(jobs[rank::world], weights, s, overwrite=overwrite, strict=False, progress=progress and rank == 0,
                     log=log, lock=False)
-    parts = [None] * world
-    dist.all_gather_object(parts, [(rank + world * i, r) for i, r in enumerate(mine)])
+    parts = gather_and_leave([(rank + world * i, r) for i, r in enumerate(mine)])
     return [r for _, r in sorted((x for part in parts for x in part), key=lambda x: x[0])]
 
 def run_sharded(jobs:list[Job], weights, settings:dict|None=None, devices:int=2, num_nodes:int=1, overwrite:bool=False,
