@@ -352,23 +352,24 @@ def copy_source(pair:dict, frames:Tensor) -> Tensor:
     "The source clip, unchanged."
     return frames
 
-def homography_warp(pair:dict, frames:Tensor) -> Tensor:
-    """Each source frame warped into the target camera of the same instant by `H = K_tgt R^T K_src^-1`, with `R` the
-    rotation between the two cameras at that frame (border padding outside the source)."""
+def _rotation_warp(pair:dict, frames:Tensor, rel:Tensor) -> Tensor:
+    "`frames[i]` warped by `H = K_tgt R_i^T K_src^-1`, `R_i` the rotation of the relative pose `rel[i]` (border padding)."
     from infcam.homography import infinite_homography, warp_image
-    rel = rigid_inverse(homogeneous(pair['src_c2w'])) @ homogeneous(pair['c2w'])   # target in each source frame's camera
     K_s, K_t = intrinsics_matrix(pair['K_src']), intrinsics_matrix(pair['K_tgt'])
     H = infinite_homography(K_s.expand(len(rel), 3, 3), K_t.expand(len(rel), 3, 3), rel[:, :3, :3])
     return warp_image(frames, H).clamp(0, 1)
 
+def homography_warp(pair:dict, frames:Tensor) -> Tensor:
+    """Each source frame warped into the target camera of the same instant by `H = K_tgt R^T K_src^-1`, with `R` the
+    rotation between the two cameras at that frame (border padding outside the source)."""
+    rel = rigid_inverse(homogeneous(pair['src_c2w'])) @ homogeneous(pair['c2w'])   # target in each source frame's camera
+    return _rotation_warp(pair, frames, rel)
+
 def first_frame_warp(pair:dict, frames:Tensor) -> Tensor:
     """The source's first frame warped into each target frame by `H = K_tgt R^T K_src^-1`, with `R` the target's rotation
     relative to the source's first frame (`pair['c2w']`, the poses the model is given): InfCam's cue, in pixels."""
-    from infcam.homography import infinite_homography, warp_image
     rel = pair['c2w']
-    K_s, K_t = intrinsics_matrix(pair['K_src']), intrinsics_matrix(pair['K_tgt'])
-    H = infinite_homography(K_s.expand(len(rel), 3, 3), K_t.expand(len(rel), 3, 3), rel[:, :3, :3])
-    return warp_image(frames[:1].expand(len(rel), *frames.shape[1:]), H).clamp(0, 1)
+    return _rotation_warp(pair, frames[:1].expand(len(rel), *frames.shape[1:]), rel)
 
 # %% ../nbs/51_benchmark.ipynb #e6936fa9
 class TrainedMethod:
