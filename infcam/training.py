@@ -447,9 +447,10 @@ def fit(module:InfCamModule, dataset, run_dir, max_steps:int, batch_size:int=1, 
             warnings.filterwarnings('ignore', message='.*(does not have many workers|Consider setting `persistent_workers`|LeafSpec).*')
             try:
                 if wandb is not None and is_global_zero(): wb.experiment.define_metric('train/*', step_metric='step')
+                pg, had_group = torch.distributed, torch.distributed.is_initialized()
                 trainer.fit(module)
-                pg = torch.distributed
-                if pg.is_initialized() and pg.get_backend() == 'gloo': pg.destroy_process_group()   # else a rank can abort at exit
+                if not had_group and pg.is_initialized() and pg.get_backend() == 'gloo':
+                    pg.destroy_process_group()                        # the group this fit opened; left open, a rank can abort at exit
             finally:
                 if plot and trainer.is_global_zero: plot_loss(run_dir)
                 if wandb is not None and trainer.is_global_zero and wb._experiment is not None: wb.experiment.finish()
