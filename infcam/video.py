@@ -5,7 +5,7 @@
 # %% ../nbs/05_video.ipynb #43b0dab8
 from __future__ import annotations
 from pathlib import Path
-import math, os
+import functools, math, os
 from fractions import Fraction
 import numpy as np
 import torch
@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from .core import InfcamError, atomic_path, check_overwrite
 
 # %% auto #0
-__all__ = ['WAN_FPS', 'MAX_SIDE', 'check_size', 'memory_bytes', 'check_video_memory', 'fit_frames', 'video_info', 'read_video',
-           'to_uint8', 'write_video', 'side_by_side', 'draw_label', 'write_comparison']
+__all__ = ['WAN_FPS', 'MAX_SIDE', 'X264_AVX512', 'check_size', 'memory_bytes', 'check_video_memory', 'fit_frames', 'video_info',
+           'read_video', 'to_uint8', 'write_video', 'side_by_side', 'draw_label', 'write_comparison']
 
 # %% ../nbs/05_video.ipynb #5528c3c1
 WAN_FPS = 16
@@ -118,18 +118,45 @@ def to_uint8(frames:torch.Tensor) -> np.ndarray:
     if frames.ndim != 4 or frames.shape[1] != 3: raise InfcamError(f"expected frames (F, 3, H, W), got {tuple(frames.shape)}")
     return (frames.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
+def _x264_size(h:int, w:int) -> tuple[int, int, int, int]:
+    "(even h, even w, encoded h, encoded w): yuv420p needs even sizes; libx264 is fed multiples of 32 (see `write_video`)."
+    h2, w2 = h + h % 2, w + w % 2
+    return h2, w2, -(-h2 // 32) * 32, -(-w2 // 32) * 32
+
+X264_AVX512 = 0x10000        # x264.h: X264_CPU_AVX512
+
+@functools.cache
+def _x264_cpu() -> int|None:
+    "The CPU features libx264 detects here, less AVX-512; None where that library cannot be asked (then x264 decides)."
+    import ctypes, glob, platform, av
+    if platform.machine().lower() not in ('x86_64', 'amd64'): return None
+    here = Path(av.__file__).parent
+    for lib in sorted(glob.glob(str(here.parent / 'av.libs' / 'libx264*')) + glob.glob(str(here / '.dylibs' / 'libx264*'))):
+        try: detect = ctypes.CDLL(lib).x264_cpu_detect
+        except (OSError, AttributeError): continue
+        detect.restype = ctypes.c_uint32
+        return int(detect()) & ~X264_AVX512
+    return None
+
+def _x264_options(crf:int, h:int, w:int) -> dict:
+    "libx264's options for a `h x w` clip: one thread, no AVX-512, the padding to multiples of 32 cropped in the stream."
+    h2, w2, H, W = _x264_size(h, w)
+    params = [f'asm={cpu}'] if (cpu := _x264_cpu()) is not None else []
+    if (H, W) != (h2, w2): params.append(f'crop-rect=0,0,{W - w2},{H - h2}')   # left,top,right,bottom
+    return {'crf': str(crf), 'threads': '1', **({'x264-params': ':'.join(params)} if params else {})}
+
 def write_video(path, frames:torch.Tensor, fps:float=WAN_FPS, overwrite:bool=False, crf:int=18) -> Path:
-    "Write `(F, 3, H, W)` frames in [0, 1] as an H.264 mp4, atomically."
+    """Write `(F, 3, H, W)` frames in [0, 1] as an H.264 mp4, atomically; the same frames give the same bytes."""
     import av
     arr = to_uint8(frames)
     h, w = arr.shape[1:3]
-    if h % 2 or w % 2: arr = np.pad(arr, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode='edge')
+    _, _, H, W = _x264_size(h, w)
+    if (H, W) != (h, w): arr = np.pad(arr, ((0, 0), (0, H - h), (0, W - w), (0, 0)), mode='edge')
     path = Path(path)
     with atomic_path(path, overwrite=overwrite) as tmp:
         with av.open(str(tmp), mode='w', format='mp4') as c:
             s = c.add_stream('libx264', rate=Fraction(float(fps)).limit_denominator(1001))   # 29.97 -> 30000/1001
-            s.width, s.height, s.pix_fmt = arr.shape[2], arr.shape[1], 'yuv420p'
-            s.options = {'crf': str(crf)}
+            s.width, s.height, s.pix_fmt, s.options = W, H, 'yuv420p', _x264_options(crf, h, w)
             for a in arr:
                 for p in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(a), format='rgb24')): c.mux(p)
             for p in s.encode(): c.mux(p)
