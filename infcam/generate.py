@@ -18,14 +18,14 @@ from .video import check_size, check_video_memory, read_video, video_info, write
 # %% auto #0
 __all__ = ['DEFAULTS', 'ESTIMATE_METHODS', 'check_settings', 'cache_dir', 'file_sha256', 'weight_hashes', 'Job', 'JobResult',
            'trajectory_name', 'read_batch', 'make_jobs', 'load_pipeline', 'check_weights_usable', 'source_fps',
-           'run_jobs', 'launched_externally', 'gather_and_leave', 'run_sharded', 'TrainingRun', 'training_run',
-           'run_settings', 'load_run_pipeline', 'run_hashes', 'settings_from_sidecar', 'run_generate',
-           'add_generate_parser', 'generate_main']
+           'deterministic_algorithms', 'run_jobs', 'launched_externally', 'gather_and_leave', 'run_sharded',
+           'TrainingRun', 'training_run', 'run_settings', 'load_run_pipeline', 'run_hashes', 'settings_from_sidecar',
+           'run_generate', 'add_generate_parser', 'generate_main']
 
 # %% ../nbs/32_generate.ipynb #e2817b00
 DEFAULTS = dict(frames=81, height=480, width=832, steps=20, cfg=5.0, negative_prompt=None, seed=0, zoom=1.0,
                 focal_mm=None, fov=None, fx=None, estimate=None, memory='resident', device=None, dtype='bf16',
-                vae_tiled=False, size='released', checkpoint=None, base_only=False)
+                vae_tiled=False, size='released', checkpoint=None, base_only=False, numerics='exact', deterministic=False)
 ESTIMATE_METHODS = ('selfcal', 'unidepth')
 
 def _intlike(name, v, lo=1):
@@ -33,7 +33,7 @@ def _intlike(name, v, lo=1):
 
 def check_settings(s:dict) -> dict:
     "Fill `DEFAULTS` into `s` (missing or None keys) and validate every value that needs no file; returns the filled dict."
-    from infcam.pipeline import MEMORY_MODES, WAN_NEGATIVE_PROMPT
+    from infcam.pipeline import MEMORY_MODES, NUMERICS, WAN_NEGATIVE_PROMPT
     unknown = set(s) - set(DEFAULTS)
     if unknown: raise InfcamError(f"unknown generation setting(s): {', '.join(sorted(unknown))}")
     s = {k: (s.get(k) if s.get(k) is not None else v) for k, v in DEFAULTS.items()}
@@ -55,6 +55,9 @@ def check_settings(s:dict) -> dict:
         raise InfcamError(f"unknown --estimate method {s['estimate']!r}; use one of {', '.join(ESTIMATE_METHODS)}")
     if s['memory'] not in MEMORY_MODES: raise InfcamError(f"unknown memory mode {s['memory']!r}; use one of {', '.join(MEMORY_MODES)}")
     if s['dtype'] not in DTYPE_CHOICES: raise InfcamError(f"unknown dtype {s['dtype']!r}; use one of {', '.join(DTYPE_CHOICES)}")
+    if s['numerics'] not in NUMERICS: raise InfcamError(f"unknown --numerics {s['numerics']!r}; use one of {', '.join(NUMERICS)}")
+    if s['numerics'] == 'released' and s['dtype'] != 'bf16':
+        raise InfcamError(f"--numerics released runs the DiT in bf16, as the published pipeline does; drop --dtype {s['dtype']}")
     if s['size'] not in ('released', 'tiny'): raise InfcamError(f"unknown --size {s['size']!r}; 'released' or 'tiny'")
     if s['device'] is not None: check_device(s['device'])
     check_video_memory(s['frames'], s['height'], s['width'])
@@ -119,6 +122,11 @@ class Job:
         return dict(video=self.out, comparison=self.out.with_suffix('.sbs.mp4'), sidecar=self.out.with_suffix('.json'))
 
     @property
+    def timings(self) -> Path:
+        "When it was made and how long each stage took: apart from the sidecar, whose bytes the same run repeats exactly."
+        return self.out.with_suffix('.timings.json')
+
+    @property
     def marker(self) -> Path:
         "Present while the result is being written: a result with its marker left behind was cut short by a kill."
         return self.out.parent / f'.{self.out.stem}.incomplete'
@@ -180,7 +188,7 @@ def load_pipeline(weights, s:dict):
     try:
         return InfCamPipeline.from_pretrained(weights, s['checkpoint'], device=s['device'], dtype=as_dtype(s['dtype']),
                                               memory=s['memory'], vae_tiled=s['vae_tiled'], spec=spec,
-                                              base_only=bool(s['base_only']))
+                                              base_only=bool(s['base_only']), numerics=s['numerics'])
     except _oom_types(): raise InfcamError(_oom_message(s['memory'], s)) from None
 
 def check_weights_usable(weights, s:dict):
@@ -224,7 +232,7 @@ def _versions() -> dict:
 def _generate_one(pipe, job:Job, s:dict, weights, hashes:dict, overwrite:bool, progress:bool) -> None:
     "Generate `job` with a loaded pipeline and write the clip, the side-by-side and the sidecar (last)."
     t0 = time.perf_counter()
-    src = read_video(job.video, s['frames'], s['height'], s['width'])
+    src = read_video(job.video, s['frames'], s['height'], s['width'], pil=s['numerics'] == 'released')
     K_src, method, msg = _source_intrinsics(src, s)
     p = pipe.prepare(src, job.trajectory, K_src, num_frames=s['frames'], height=s['height'], width=s['width'], zoom=s['zoom'])
     try:
@@ -240,17 +248,19 @@ def _generate_one(pipe, job:Job, s:dict, weights, hashes:dict, overwrite:bool, p
     write_comparison(o['comparison'], src, frames, labels=['source', f"{trajectory_name(job.trajectory)} (generated)"],
                      fps=fps, overwrite=overwrite)
     side = dict(
-        command='generate', created=time.strftime('%Y-%m-%dT%H:%M:%S%z'), versions=_versions(),
+        command='generate', versions=_versions(),
         video=str(Path(job.video).resolve()), video_sha256=file_sha256(job.video, cache=False),
         prompt=job.prompt, trajectory=job.trajectory, fps=fps,
         settings={k: s[k] for k in DEFAULTS},
         intrinsics=dict(method=method, requested=s['estimate'] or method, message=msg, K_src=[round(float(v), 6) for v in p.K_src],
                         K_tgt=[round(float(v), 6) for v in p.K_tgt]),
         extrinsics=[[round(float(v), 7) for v in row] for row in p.extrinsics],
-        device=str(pipe.device), model_dtype=str(pipe.dtype).replace('torch.', ''),
+        device=str(pipe.device), model_dtype=str(pipe.dtype).replace('torch.', ''), threads=torch.get_num_threads(),
         weights=dict(folder=str(Path(weights).resolve()) if weights is not None else None, files=hashes),
-        outputs={k: v.name for k, v in o.items()}, timings={k: round(v, 3) for k, v in pipe.timings.items()},
-        seconds=round(time.perf_counter() - t0, 3))
+        outputs={k: v.name for k, v in o.items()})
+    times = dict(created=time.strftime('%Y-%m-%dT%H:%M:%S%z'), timings={k: round(v, 3) for k, v in pipe.timings.items()},
+                 seconds=round(time.perf_counter() - t0, 3))            # these differ from run to run: kept apart
+    with atomic_path(job.timings, overwrite=True) as tmp: tmp.write_text(json.dumps(times, indent=1) + '\n')
     with atomic_path(o['sidecar'], overwrite=overwrite) as tmp: tmp.write_text(json.dumps(side, indent=1, ensure_ascii=False) + '\n')
     job.marker.unlink(missing_ok=True)                    # complete: all three files are there
 
@@ -281,6 +291,18 @@ def _preflight(jobs:list[Job], s:dict, overwrite:bool, strict:bool) -> tuple[dic
             results[id(j)] = JobResult(j, 'failed', str(e))
     return results, ok, redo
 
+# %% ../nbs/32_generate.ipynb
+@contextlib.contextmanager
+def deterministic_algorithms():
+    "Inside the block, PyTorch uses deterministic kernels (and cuBLAS a fixed workspace); both are restored after."
+    before, env = torch.are_deterministic_algorithms_enabled(), os.environ.get('CUBLAS_WORKSPACE_CONFIG')
+    if env is None: os.environ['CUBLAS_WORKSPACE_CONFIG'] = ':4096:8'
+    torch.use_deterministic_algorithms(True)
+    try: yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+        if env is None: os.environ.pop('CUBLAS_WORKSPACE_CONFIG', None)
+
 # %% ../nbs/32_generate.ipynb #3728c395
 def run_jobs(jobs:list[Job], weights, settings:dict|None=None, overwrite:bool=False, strict:bool=True,
              progress:bool=True, log=print, loader=None, lock:bool=True) -> list[JobResult]:
@@ -295,6 +317,7 @@ def run_jobs(jobs:list[Job], weights, settings:dict|None=None, overwrite:bool=Fa
     results, ok, redo = _preflight(jobs, s, overwrite, strict)
     if ok:
         with contextlib.ExitStack() as locks:             # one run per output folder
+            if s['deterministic']: locks.enter_context(deterministic_algorithms())
             if (run := training_run(weights, s['checkpoint'])) is not None:      # a run trained here
                 hashes, load = run_hashes(run), loader or (lambda w, s: load_run_pipeline(run, s, w))
             else:
@@ -327,8 +350,11 @@ def gather_and_leave(obj) -> list:
     finally: dist.destroy_process_group()
     return parts
 
-def _shard_worker(fabric, jobs:list[Job], weights, settings:dict, overwrite:bool, progress:bool, quiet:bool) -> list[JobResult]:
-    "One process of a sharded batch: the jobs `rank, rank + world, ...`, then every rank's results in job order."
+def _shard_worker(fabric, jobs:list[Job], weights, settings:dict, overwrite:bool, progress:bool, quiet:bool,
+                  threads:int|None=None) -> list[JobResult]:
+    """One process of a sharded batch: the jobs `rank, rank + world, ...`, then every rank's results in job order.
+    `threads`: the launcher's CPU thread count, so that each result is the one a single process would write."""
+    if threads: torch.set_num_threads(threads)
     rank, world = fabric.global_rank, fabric.world_size
     s = dict(settings)
     if fabric.device.type == 'cuda': s['device'] = str(fabric.device)
@@ -354,7 +380,8 @@ def run_sharded(jobs:list[Job], weights, settings:dict|None=None, devices:int=2,
     with contextlib.ExitStack() as locks:                 # the launcher holds the folders for all its processes
         if not launched_externally() or int(os.environ.get('RANK', 0)) == 0:
             for d in outs: locks.enter_context(folder_lock(d, 'generate'))
-        return fabric.launch(_shard_worker, jobs, weights, settings, overwrite, progress, quiet)
+        threads = None if launched_externally() else torch.get_num_threads()   # Lightning gives each process cores/devices
+        return fabric.launch(_shard_worker, jobs, weights, settings, overwrite, progress, quiet, threads)
 
 # %% ../nbs/32_generate.ipynb #83b121df
 @dataclass
@@ -495,6 +522,11 @@ def _add_run_args(g:argparse.ArgumentParser):
     g.add_argument('--device', help='cuda, cuda:1, cpu (default: cuda if available)')
     g.add_argument('--dtype', choices=DTYPE_CHOICES, help='DiT weights dtype (default bf16)')
     g.add_argument('--vae-tiled', action='store_true', default=None, help='decode in tiles (less memory)')
+    g.add_argument('--numerics', choices=['exact', 'released'], help="exact (default): float32 timesteps, latents and VAE; "
+                   "released: the published pipeline's own numerics step for step (bf16 timesteps, latents and tiled VAE, "
+                   "PIL resize then crop, frames floored to 8 bits), to remake the paper's videos")
+    g.add_argument('--deterministic', action='store_true', default=None, help='deterministic GPU kernels '
+                   '(torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG); slower. The CPU is deterministic anyway')
     g.add_argument('--base-only', action='store_true', default=None,
                    help='generate WITHOUT camera control from the base Wan DiT (no InfCam checkpoint needed); off by default')
     g.add_argument('--devices', type=int, default=1, help='batch mode: processes (GPUs) per node sharing the jobs (default 1)')

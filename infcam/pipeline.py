@@ -23,13 +23,15 @@ from .video import read_video, fit_frames, check_size
 from .scheduler import FlowMatchScheduler
 
 # %% auto #0
-__all__ = ['WAN_NEGATIVE_PROMPT', 'MEMORY_MODES', 'RandomTextEncoder', 'BlockOffload', 'InfCamPipeline', 'PreparedInputs']
+__all__ = ['WAN_NEGATIVE_PROMPT', 'MEMORY_MODES', 'NUMERICS', 'RandomTextEncoder', 'BlockOffload', 'InfCamPipeline',
+           'PreparedInputs']
 
 # %% ../nbs/30_pipeline.ipynb #9602f126
 WAN_NEGATIVE_PROMPT = ('色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，'
                        '丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，'
                        '静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走')
 MEMORY_MODES = ('resident', 'model_offload', 'block_offload')
+NUMERICS = ('exact', 'released')     # infcam's float32 arithmetic, or the published pipeline's own (see the table below)
 
 # %% ../nbs/30_pipeline.ipynb #8a5d4831
 class RandomTextEncoder:
@@ -116,16 +118,16 @@ def _as_trajectory(trajectory, num_frames:int) -> tuple[Tensor, Tensor]:
         raise InfcamError(f"cannot load trajectory {trajectory!r}: {' '.join(str(e).split())}") from None
     return c2w.float(), zoom.float()
 
-def _as_video(video, num_frames:int, height:int, width:int) -> Tensor:
-    "Frames (num_frames, 3, height, width) in [0, 1] from a path or a tensor (F, 3, H, W), cropped/resized to fit."
-    if isinstance(video, (str, Path)): return read_video(video, num_frames, height, width)
+def _as_video(video, num_frames:int, height:int, width:int, pil:bool=False) -> Tensor:
+    "Frames (num_frames, 3, height, width) in [0, 1] from a path or a tensor (F, 3, H, W), fitted (`fit_frames`)."
+    if isinstance(video, (str, Path)): return read_video(video, num_frames, height, width, pil=pil)
     if not isinstance(video, Tensor): raise InfcamError(f"video must be a path or a tensor (F, 3, H, W), got {type(video).__name__}")
     if video.ndim != 4 or video.shape[1] != 3:
         raise InfcamError(f"video tensor must have shape (F, 3, H, W) in [0, 1], got {tuple(video.shape)}")
     if video.shape[0] < num_frames:
         raise InfcamError(f"video is too short: {video.shape[0]} frames, need {num_frames}")
     v = video[:num_frames].float().cpu()
-    return fit_frames(v, height, width) if tuple(v.shape[-2:]) != (height, width) else v
+    return fit_frames(v, height, width, pil) if tuple(v.shape[-2:]) != (height, width) else v
 
 # %% ../nbs/30_pipeline.ipynb #5b2136c9
 def _cuda_sync(device):
@@ -134,8 +136,13 @@ def _cuda_sync(device):
 class InfCamPipeline:
     "Camera-controlled video-to-video generation with an `InfCamDiT`, a codec, a text encoder and a `FlowMatchScheduler`."
     def __init__(self, model:nn.Module, codec, text_encoder, scheduler:FlowMatchScheduler|None=None,
-                 device=None, dtype:torch.dtype|None=None, memory:str='resident'):
+                 device=None, dtype:torch.dtype|None=None, memory:str='resident', numerics:str='exact'):
         if memory not in MEMORY_MODES: raise InfcamError(f"unknown memory mode {memory!r}; use one of {', '.join(MEMORY_MODES)}")
+        if numerics not in NUMERICS: raise InfcamError(f"unknown numerics {numerics!r}; use one of {', '.join(NUMERICS)}")
+        if numerics == 'released':                          # the published pipeline: DiT in bf16, VAE in bf16 and tiled
+            if dtype not in (None, torch.bfloat16): raise InfcamError(f"numerics='released' runs the DiT in bf16, not {dtype}")
+            dtype = torch.bfloat16
+            if hasattr(codec, 'to_released'): codec.to_released()
         cfg = getattr(model, 'config', None)
         if cfg is None: raise InfcamError(f"the model must be an InfCamDiT (with a .config), got {type(model).__name__}")
         if codec.latent_channels != cfg.in_dim or cfg.out_dim != cfg.in_dim:
@@ -146,7 +153,7 @@ class InfCamPipeline:
             raise InfcamError(f"the text encoder gives {tdim}-wide states but the model's text_dim is {cfg.text_dim}")
         self.device = torch.device(device if device is not None else ('cuda' if torch.cuda.is_available() else 'cpu'))
         self.model, self.codec, self.text_encoder = model.eval().requires_grad_(False), codec, text_encoder
-        self.scheduler, self.memory = scheduler or FlowMatchScheduler(), memory
+        self.scheduler, self.memory, self.numerics = scheduler or FlowMatchScheduler(), memory, numerics
         if dtype is not None: self.model.to(dtype)
         self.dtype, self.timings, self.offload, self.text_offload = self.model.dtype, {}, None, None
         if memory == 'resident':
@@ -256,7 +263,7 @@ def prepare(self:InfCamPipeline, video, trajectory, intrinsics=None, num_frames:
                       f"length, so the mean over latent frames ({z.mean():.3f}) is used")
     K_tgt = K_src.clone()
     K_tgt[:2] = K_src[:2] * (float(zoom) * float(z.mean()))
-    return PreparedInputs(_as_video(video, num_frames, height, width), K_src, K_tgt, extr)
+    return PreparedInputs(_as_video(video, num_frames, height, width, self.numerics == 'released'), K_src, K_tgt, extr)
 
 
 # %% ../nbs/30_pipeline.ipynb #8787ab0c
@@ -265,7 +272,8 @@ def prepare(self:InfCamPipeline, video, trajectory, intrinsics=None, num_frames:
 def _velocity(self:InfCamPipeline, x, x_src, t, ctx, K_src, K_tgt, extr, cfg:float, cfg_batch:bool, sigma:float=1.0) -> Tensor:
     """The guided velocity (1, C, f, h, w) float32 at time `t` (noise level `sigma`); `ctx` is (1 or 2, L, D): conditional
     then unconditional. A model that predicts the clean sample has its output turned into a velocity by the scheduler."""
-    m, to_v = self.model, lambda out: self.scheduler.to_velocity(out.float(), x, sigma)
+    dt = torch.bfloat16 if self.numerics == 'released' else torch.float32   # the published pipeline guides in bf16
+    m, to_v = self.model, lambda out: self.scheduler.to_velocity(out.to(dt), x, sigma)
     if ctx.shape[0] == 1:
         return to_v(m(x, x_src, t.reshape(1), ctx, K_src, K_tgt, extr))
     if cfg_batch:
@@ -317,12 +325,13 @@ def __call__(self:InfCamPipeline, video, prompt:str, trajectory=None, intrinsics
     t0 = time.perf_counter()
     _check_run(steps, cfg, seed)
     p = self._inputs(video, trajectory, intrinsics, num_frames, height, width, zoom)
-    dev, T = self.device, {}
-    K_src, K_tgt, extr = p.K_src[None].to(dev), p.K_tgt[None].to(dev), p.extrinsics[None].to(dev)
+    dev, T, released = self.device, {}, self.numerics == 'released'
+    lat = torch.bfloat16 if released else torch.float32  # latents' dtype; released also rounds the cameras to bf16
+    K_src, K_tgt, extr = (a[None].to(lat).float().to(dev) for a in (p.K_src, p.K_tgt, p.extrinsics))
     # 1. encode the source once: clean latents
     t = time.perf_counter()
     with self._on_device(self.codec):
-        x_src = self.codec.encode((p.frames.permute(1, 0, 2, 3)[None] * 2 - 1).to(dev)).float().to(dev)
+        x_src = self.codec.encode((p.frames.permute(1, 0, 2, 3)[None] * 2 - 1).to(dev)).float().to(dev, lat)
     _cuda_sync(dev); T['encode'] = time.perf_counter() - t
     # 2. text, once per prompt (conditional first)
     t = time.perf_counter()
@@ -332,15 +341,20 @@ def __call__(self:InfCamPipeline, video, prompt:str, trajectory=None, intrinsics
     _cuda_sync(dev); T['text'] = time.perf_counter() - t
     # 3. noise from a CPU generator: the same on every device
     g = torch.Generator(device='cpu').manual_seed(seed)
-    x = torch.randn(x_src.shape, generator=g, dtype=torch.float32).to(dev)
+    x = torch.randn(x_src.shape, generator=g, dtype=torch.float32).to(dev, lat)
     # 4. Euler over the shifted sigmas, with CFG
     t = time.perf_counter()
     sigmas, timesteps = self.scheduler.set_timesteps(steps)
     nxt = self.scheduler.next_sigmas(sigmas)
     with self._on_device(self.model):
         for i in tqdm(range(steps), desc='denoising', unit='step', disable=not progress):
-            v = self._velocity(x, x_src, timesteps[i].to(dev), ctx, K_src, K_tgt, extr, float(cfg), cfg_batch, float(sigmas[i]))
-            x = self.scheduler.step(v, float(sigmas[i]), float(nxt[i]), x)
+            if released:   # the DiT sees bf16 times (936 for 937.5), two CFG passes; the step is taken in bf16
+                v = self._velocity(x, x_src, timesteps[i].to(dev, torch.bfloat16), ctx, K_src, K_tgt, extr, float(cfg),
+                                   False, sigmas[i].to(dev))
+                x = self.scheduler.step(v, sigmas[i].to(dev), nxt[i].to(dev), x)
+            else:
+                v = self._velocity(x, x_src, timesteps[i].to(dev), ctx, K_src, K_tgt, extr, float(cfg), cfg_batch, float(sigmas[i]))
+                x = self.scheduler.step(v, float(sigmas[i]), float(nxt[i]), x)
             if callback is not None: callback(i, steps, x)
     _cuda_sync(dev); T['denoise'] = time.perf_counter() - t
     # 5. decode
@@ -348,6 +362,7 @@ def __call__(self:InfCamPipeline, video, prompt:str, trajectory=None, intrinsics
     with self._on_device(self.codec):
         out = self.codec.decode(x).float()
     frames = ((out[0].permute(1, 0, 2, 3) + 1) / 2).clamp(0, 1).cpu()
+    if released: frames = ((out[0].permute(1, 0, 2, 3).cpu() + 1) * 127.5).clamp(0, 255).floor() / 255   # 8 bits, floored
     _cuda_sync(dev); T['decode'] = time.perf_counter() - t
     T['total'] = time.perf_counter() - t0
     self.timings = T
@@ -357,7 +372,8 @@ def __call__(self:InfCamPipeline, video, prompt:str, trajectory=None, intrinsics
 @patch(cls_method=True)
 def from_pretrained(cls:InfCamPipeline, folder, infcam_checkpoint=None, device=None, dtype:torch.dtype=torch.bfloat16,
                      memory:str='resident', vae_tiled:bool=False, vae_dtype:torch.dtype=torch.float32,
-                     text_dtype:torch.dtype=torch.bfloat16, spec=None, base_only:bool=False) -> InfCamPipeline:
+                     text_dtype:torch.dtype=torch.bfloat16, spec=None, base_only:bool=False,
+                     numerics:str='exact') -> InfCamPipeline:
     """Load every part from a weights folder (see `infcam.weights.check_weights`); `spec` defaults to the released shapes.
     The InfCam checkpoint is required; `base_only=True` asks explicitly for the base Wan DiT without camera control."""
     from infcam.weights import check_weights, load_dit, WeightsSpec
@@ -365,6 +381,8 @@ def from_pretrained(cls:InfCamPipeline, folder, infcam_checkpoint=None, device=N
     from infcam.vae import load_wan_vae, WanVAECodec
     from infcam.text import TextEncoder
     if memory not in MEMORY_MODES: raise InfcamError(f"unknown memory mode {memory!r}; use one of {', '.join(MEMORY_MODES)}")
+    if numerics not in NUMERICS: raise InfcamError(f"unknown numerics {numerics!r}; use one of {', '.join(NUMERICS)}")
+    if numerics == 'released' and dtype != torch.bfloat16: raise InfcamError(f"numerics='released' runs the DiT in bf16, not {dtype}")
     report = check_weights(folder, spec, infcam_checkpoint)
     if not (report.usable_base_only if base_only else report.usable):
         raise InfcamError(f"weights in {folder} are not usable for generation{' (base only)' if base_only else ''}: "
@@ -380,4 +398,4 @@ def from_pretrained(cls:InfCamPipeline, folder, infcam_checkpoint=None, device=N
     if not isinstance(model, InfCamDiT): raise InfcamError(f"{c['infcam'].path} holds a plain Wan DiT, not InfCam's")
     codec = WanVAECodec(load_wan_vae(c['vae'].path, vae_dtype, load_dev, config=None if c['vae'].path.is_dir() else spec.vae), tiled=vae_tiled)
     te = TextEncoder.load(c['text_encoder'].path, c['tokenizer'].path, dtype=text_dtype, device=load_dev, text_len=spec.dit.text_len)
-    return cls(model, codec, te, FlowMatchScheduler(), device=device, memory=memory)
+    return cls(model, codec, te, FlowMatchScheduler(), device=device, memory=memory, numerics=numerics)

@@ -226,6 +226,13 @@ class WanVAECodec:
         if tiled: self.vae.enable_tiling(tile[0], tile[1], stride[0], stride[1])
         else: self.vae.disable_tiling()
 
+    def to_released(self) -> 'WanVAECodec':
+        """As the published InfCam pipeline runs its VAE: bf16, always tiled, tiles of 30x52 latents every 15x26 (240x416
+        pixels every 120x208). diffusers blends the tiles its own way, so tiles agree in size and place, not bit for bit."""
+        self.vae.to(torch.bfloat16)
+        self.set_tiling(True, (240, 416), (120, 208))
+        return self
+
     @property
     def device(self) -> torch.device: return next(self.vae.parameters()).device
     @property

@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from .core import InfcamError, atomic_path, check_overwrite
 
 # %% auto #0
-__all__ = ['WAN_FPS', 'MAX_SIDE', 'X264_AVX512', 'check_size', 'memory_bytes', 'check_video_memory', 'fit_frames', 'video_info',
-           'read_video', 'to_uint8', 'write_video', 'side_by_side', 'draw_label', 'write_comparison']
+__all__ = ['WAN_FPS', 'MAX_SIDE', 'X264_AVX512', 'check_size', 'memory_bytes', 'check_video_memory', 'fit_frames', 'to_uint8',
+           'pil_fit_frames', 'video_info', 'read_video', 'write_video', 'side_by_side', 'draw_label',
+           'write_comparison']
 
 # %% ../nbs/05_video.ipynb #5528c3c1
 WAN_FPS = 16
@@ -42,9 +43,12 @@ def check_video_memory(num_frames:int, height:int, width:int, copies:int=4, what
 
 # %% ../nbs/05_video.ipynb #8f5c62ce
 def fit_frames(frames:torch.Tensor, # (F, 3, H, W) in [0, 1]
-               height:int|None=None, width:int|None=None) -> torch.Tensor:
+               height:int|None=None, width:int|None=None,
+               pil:bool=False) -> torch.Tensor: # resize then crop, as the published pipeline (`pil_fit_frames`)
     "Centre-crop `frames` to the aspect of `(height, width)` and resize to it; with no size, crop to multiples of 16."
     H, W = frames.shape[-2:]
+    if pil and height is not None and width is not None:
+        check_size(height, width); return pil_fit_frames(frames, height, width)
     if height is None and width is None:
         height, width = H // 16 * 16, W // 16 * 16
         if not height or not width: raise InfcamError(f"frames of {H}x{W} are smaller than 16 pixels")
@@ -60,6 +64,25 @@ def fit_frames(frames:torch.Tensor, # (F, 3, H, W) in [0, 1]
     if (ch, cw) != (height, width):
         frames = F.interpolate(frames, size=(height, width), mode='bilinear', antialias=True, align_corners=False).clamp_(0, 1)
     return frames
+
+# %% ../nbs/05_video.ipynb
+def to_uint8(frames:torch.Tensor) -> np.ndarray:
+    "`(F, 3, H, W)` floats in [0, 1] -> `(F, H, W, 3)` uint8."
+    if frames.ndim != 4 or frames.shape[1] != 3: raise InfcamError(f"expected frames (F, 3, H, W), got {tuple(frames.shape)}")
+    return (frames.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+def pil_fit_frames(frames:torch.Tensor, # (F, 3, H, W) in [0, 1]
+                   height:int, width:int) -> torch.Tensor:
+    """The published pipeline's order: each frame as 8-bit RGB resized by PIL (bilinear) until it covers `height x width`
+    (sides rounded), then centre-cropped (offsets rounded as torchvision's `center_crop`); `(F, 3, height, width)`."""
+    from PIL import Image
+    H, W = frames.shape[-2:]
+    scale = max(width / W, height / H)
+    nh, nw = round(H * scale), round(W * scale)
+    top, left = int(round((nh - height) / 2.0)), int(round((nw - width) / 2.0))
+    out = [np.asarray(Image.fromarray(a).resize((nw, nh), Image.BILINEAR))[top:top + height, left:left + width]
+           for a in to_uint8(frames)]
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float().div_(255)
 
 # %% ../nbs/05_video.ipynb #182847c9
 def _av_reason(e:Exception) -> str:
@@ -91,8 +114,9 @@ def video_info(path) -> dict:
 
 # %% ../nbs/05_video.ipynb #5fa5382f
 def read_video(path, num_frames:int|None=None, height:int|None=None, width:int|None=None,
-               start:int=0, stride:int=1) -> torch.Tensor:
-    "Decode frames `start, start+stride, ...` (`num_frames` of them, or all) of `path` to `(F, 3, H, W)` in [0, 1]."
+               start:int=0, stride:int=1, pil:bool=False) -> torch.Tensor:
+    """Decode frames `start, start+stride, ...` (`num_frames` of them, or all) of `path` to `(F, 3, H, W)` in [0, 1],
+    fitted to `height x width` if given (`pil`: the published pipeline's way, `pil_fit_frames`)."""
     if stride < 1 or start < 0: raise InfcamError(f"bad frame selection start={start} stride={stride}")
     if height is not None or width is not None:
         if height is None or width is None: raise InfcamError("give both height and width, or neither")
@@ -110,14 +134,9 @@ def read_video(path, num_frames:int|None=None, height:int|None=None, width:int|N
     if num_frames is not None and len(frames) < num_frames:
         raise InfcamError(f"{path} is too short: {len(frames)} frames from frame {start} with stride {stride}, need {num_frames}")
     video = torch.stack(frames).permute(0, 3, 1, 2).float().div_(255)
-    return fit_frames(video, height, width)
+    return fit_frames(video, height, width, pil)
 
 # %% ../nbs/05_video.ipynb #f39befd4
-def to_uint8(frames:torch.Tensor) -> np.ndarray:
-    "`(F, 3, H, W)` floats in [0, 1] -> `(F, H, W, 3)` uint8."
-    if frames.ndim != 4 or frames.shape[1] != 3: raise InfcamError(f"expected frames (F, 3, H, W), got {tuple(frames.shape)}")
-    return (frames.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
 def _x264_size(h:int, w:int) -> tuple[int, int, int, int]:
     "(even h, even w, encoded h, encoded w): yuv420p needs even sizes; libx264 is fed multiples of 32 (see `write_video`)."
     h2, w2 = h + h % 2, w + w % 2

@@ -1,7 +1,7 @@
 """`infcam generate` as a command: outputs and sidecar, refusals before loading, batches, sharding over processes, the
 inference notebook under papermill. 32_generate runs one generation and one refusal as examples; the cases here are
 the ones a notebook should not hold (subprocesses, several processes, failure paths)."""
-import json, os, shutil, subprocess, sys, time
+import json, os, shutil, subprocess, sys
 from pathlib import Path
 
 import pytest
@@ -133,9 +133,8 @@ def test_missing_weights_names_file(clip, weights, tmp_path, capsys):
                                        (['--trajectory', 'spin_around'], 'trajectory'), (['--steps', '0'], 'steps')])
 def test_user_errors_before_loading(clip, weights, tmp_path, capsys, monkeypatch, extra, msg):
     loads = Loads(monkeypatch)
-    t = time.perf_counter()
     assert generate_main(single(clip, weights, tmp_path / 'y.mp4') + extra) == 2
-    assert msg in capsys.readouterr().err and loads.n == 0 and time.perf_counter() - t < 5
+    assert msg in capsys.readouterr().err and loads.n == 0       # refused before any weight was read
 
 
 def test_unreadable_and_short_video(weights, tmp_path, capsys, monkeypatch):
@@ -209,8 +208,16 @@ def test_output_plays_at_the_source_frame_rate(weights, tmp_path):
     assert json.loads(out.with_suffix('.json').read_text())['fps'] == 25
 
 
+def same_bytes(a:Path, b:Path) -> list[str]:
+    "The names of the files (timings aside) that differ between folders `a` and `b`, or are in one only."
+    names = lambda d: {p.name for p in d.iterdir() if not p.name.endswith('.timings.json')}
+    return sorted(n for n in names(a) | names(b) if not ((a / n).is_file() and (b / n).is_file()
+                                                          and (a / n).read_bytes() == (b / n).read_bytes()))
+
+
 def test_batch_sharded_over_two_processes_matches_one(clip, weights, tmp_path, capsys):
-    "Two gloo processes (Lightning Fabric) share a batch: the same files as one process, nothing twice, a killed run finishes."
+    """Two gloo processes (Lightning Fabric) share a batch: the same bytes as one process in every file, sidecars
+    included, and the same again on a second run of each; nothing twice; a killed run finishes."""
     b = tmp_path / 'batch'; (b / 'videos').mkdir(parents=True)
     g = torch.Generator().manual_seed(1)
     shutil.copy(clip, b / 'videos' / 'a.mp4')
@@ -224,17 +231,17 @@ def test_batch_sharded_over_two_processes_matches_one(clip, weights, tmp_path, c
     assert 'generated 6, skipped 0 (already there), failed 0 of 6' in out      # each job once, across both ranks
     one, two = tmp_path / 'one', tmp_path / 'two'
     names = sorted(p.name for p in one.iterdir())
-    assert names == sorted(p.name for p in two.iterdir()) and len(names) == 18
-    for p in one.glob('*.mp4'):
-        assert torch.equal(read_video(p), read_video(two / p.name)), p.name   # same seeds, same frames
-    for p in one.glob('*.json'):
-        a, c = json.loads(p.read_text()), json.loads((two / p.name).read_text())
-        assert a['settings'] == c['settings'] and a['extrinsics'] == c['extrinsics']
+    assert names == sorted(p.name for p in two.iterdir()) and len(names) == 24     # 6 x (clip, sbs, sidecar, timings)
+    assert same_bytes(one, two) == []                                        # sharded: the bytes of one process
+    assert generate_main([*base, '--out-dir', str(tmp_path / 'one_again')]) == 0
+    assert generate_main([*base, '--out-dir', str(tmp_path / 'two_again'), '--devices', '2']) == 0
+    assert same_bytes(one, tmp_path / 'one_again') == [] and same_bytes(two, tmp_path / 'two_again') == []
+    capsys.readouterr()
     # a run killed while writing b_tilt_up: its marker is left, its clip half there; the rerun finishes only that one
     (two / 'b_tilt_up.mp4').unlink(); (two / '.b_tilt_up.incomplete').touch()
     assert generate_main([*base, '--out-dir', str(two), '--devices', '2']) == 0
     assert 'generated 1, skipped 5' in capsys.readouterr().out
-    assert torch.equal(read_video(one / 'b_tilt_up.mp4'), read_video(two / 'b_tilt_up.mp4'))
+    assert same_bytes(one, two) == []
     assert not list(two.glob('.*incomplete'))
     assert generate_main(['generate', '--video', str(clip), '--prompt', 'x', '--trajectory', 'pan_left', '--out',
                           str(tmp_path / 'x.mp4'), '--weights', str(weights), '--devices', '2', *SMALL]) == 2
