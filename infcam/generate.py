@@ -291,7 +291,7 @@ def _preflight(jobs:list[Job], s:dict, overwrite:bool, strict:bool) -> tuple[dic
             results[id(j)] = JobResult(j, 'failed', str(e))
     return results, ok, redo
 
-# %% ../nbs/32_generate.ipynb
+# %% ../nbs/32_generate.ipynb #9d708f6a
 @contextlib.contextmanager
 def deterministic_algorithms():
     "Inside the block, PyTorch uses deterministic kernels (and cuBLAS a fixed workspace); both are restored after."

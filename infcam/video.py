@@ -65,7 +65,7 @@ def fit_frames(frames:torch.Tensor, # (F, 3, H, W) in [0, 1]
         frames = F.interpolate(frames, size=(height, width), mode='bilinear', antialias=True, align_corners=False).clamp_(0, 1)
     return frames
 
-# %% ../nbs/05_video.ipynb
+# %% ../nbs/05_video.ipynb #c25da2bf
 def to_uint8(frames:torch.Tensor) -> np.ndarray:
     "`(F, 3, H, W)` floats in [0, 1] -> `(F, H, W, 3)` uint8."
     if frames.ndim != 4 or frames.shape[1] != 3: raise InfcamError(f"expected frames (F, 3, H, W), got {tuple(frames.shape)}")

@@ -246,3 +246,22 @@ def test_batch_sharded_over_two_processes_matches_one(clip, weights, tmp_path, c
     assert generate_main(['generate', '--video', str(clip), '--prompt', 'x', '--trajectory', 'pan_left', '--out',
                           str(tmp_path / 'x.mp4'), '--weights', str(weights), '--devices', '2', *SMALL]) == 2
     assert 'share the jobs of a --batch run' in capsys.readouterr().err
+
+
+def test_numerics_released_from_the_command_line(clip, weights, tmp_path, capsys):
+    "--numerics released reaches the pipeline (bf16 DiT, the VAE tiled in bf16) and the sidecar; an fp32 DiT is refused."
+    import infcam.pipeline as P
+    made = []
+    real = P.InfCamPipeline.__init__
+    def spy(self, *a, **k): real(self, *a, **k); made.append(self)
+    import unittest.mock as um
+    out = tmp_path / 'r.mp4'
+    with um.patch.object(P.InfCamPipeline, '__init__', spy):
+        assert generate_main(single(clip, weights, out, '--numerics', 'released', '--dtype', 'bf16')) == 0
+    p, = made
+    assert p.numerics == 'released' and p.dtype == torch.bfloat16
+    assert p.codec.vae.use_tiling and p.codec.vae.dtype == torch.bfloat16
+    s = json.loads(out.with_suffix('.json').read_text())
+    assert s['settings']['numerics'] == 'released' and s['model_dtype'] == 'bfloat16'
+    assert generate_main(single(clip, weights, tmp_path / 'x.mp4', '--numerics', 'released')) == 2   # SMALL says fp32
+    assert 'drop --dtype fp32' in capsys.readouterr().err and not (tmp_path / 'x.mp4').exists()

@@ -275,3 +275,108 @@ def test_from_pretrained_tiny_release(tmp_path, clip):
         InfCamPipeline.from_pretrained(tmp_path / "w", device="cpu")                 # released shapes expected
     with pytest.raises(InfcamError):
         InfCamPipeline.from_pretrained(tmp_path / "missing", device="cpu")
+
+
+# --- numerics='released': one test per choice of the published pipeline -------------------------------------------
+
+def released(model=None, text=None):
+    m = copy.deepcopy(model if model is not None else make_model())
+    return InfCamPipeline(m, PixelCodec(), text or RandomTextEncoder(64), FlowMatchScheduler(), device="cpu",
+                          numerics="released")
+
+
+def test_released_dit_sees_bf16_timesteps(model, clip):
+    "The published pipeline casts each time to the DiT's bf16: 937.5 arrives as 936, 833.33 as 832."
+    import json
+    from pathlib import Path
+    golden = json.loads((Path(__file__).parent / "data/golden/scheduler.json").read_text())["inference_steps20_shift5"]
+    seen = {}
+    for mode in ("exact", "released"):
+        p = released(model) if mode == "released" else pipe_for(copy.deepcopy(model))
+        got = seen[mode] = []
+        p.model.register_forward_pre_hook(lambda m, a: got.append(a[2].clone()))
+        p(clip, "a street", "pan_left", **{**KW, "steps": 20}, cfg=1.0)
+    rel, ex = torch.cat(seen["released"]), torch.cat(seen["exact"])
+    assert rel.dtype == torch.bfloat16 and ex.dtype == torch.float32
+    assert torch.equal(ex, torch.tensor(golden["timesteps"]))                           # exact: the float32 table
+    assert torch.equal(rel, torch.tensor(golden["timesteps"]).to(torch.bfloat16))
+    assert rel[[0, 5, 10]].float().tolist() == [1000.0, 936.0, 832.0] and ex[5] == 937.5
+
+
+def test_released_dit_and_latents_in_bf16(model, clip):
+    lat = []
+    p = released(model)
+    out = p(clip, "a street", "pan_left", **KW, callback=lambda i, n, x: lat.append(x))
+    assert p.model.dtype == torch.bfloat16 and all(x.dtype == torch.bfloat16 for x in lat)
+    with pytest.raises(InfcamError, match="bf16"):
+        InfCamPipeline(copy.deepcopy(model), PixelCodec(), RandomTextEncoder(64), dtype=torch.float32, numerics="released")
+    assert out.shape == (F_, 3, H, W) and out.dtype == torch.float32
+
+
+def test_released_vae_is_bf16_and_tiled(model):
+    from diffusers import AutoencoderKLWan
+    from infcam.vae import WanVAECodec, WAN21_VAE_CONFIG
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan.from_config(dict(WAN21_VAE_CONFIG, base_dim=8, z_dim=4, latents_mean=[0.] * 4,
+                                            latents_std=[1.] * 4)).eval()
+    codec = WanVAECodec(vae)
+    assert not vae.use_tiling and vae.dtype == torch.float32
+    cfg = WanConfig.preset("tiny", in_dim=4, out_dim=4, patch_size=(1, 2, 2))
+    InfCamPipeline(InfCamDiT(cfg), codec, RandomTextEncoder(cfg.text_dim), device="cpu", numerics="released")
+    assert vae.use_tiling and vae.dtype == torch.bfloat16
+    assert (vae.tile_sample_min_height, vae.tile_sample_min_width) == (240, 416)          # 30 x 52 latents
+    assert (vae.tile_sample_stride_height, vae.tile_sample_stride_width) == (120, 208)    # every 15 x 26
+
+
+def test_released_prompts_cleaned_by_ftfy(tmp_path):
+    "Both modes clean prompts as Wan does (ftfy, HTML unescaped twice, whitespace collapsed): mojibake reads as its text."
+    from infcam.text import clean_prompt
+    assert clean_prompt("cafÃ©  on a  &amp;amp; street") == "café on a & street"
+    tok = build_tiny_tokenizer(tmp_path / "tok", TOKENIZER_TEXTS + ["café on a & street"], vocab_size=160)
+    torch.manual_seed(6)
+    umt5 = UMT5EncoderModel(umt5_config(vocab=len(tok), dim=64, dim_attn=64, dim_ffn=128, num_heads=4, num_layers=2)).eval()
+    te = TextEncoder(umt5, tok)
+    p = released(text=te)
+    assert torch.equal(p.text_encoder.encode("cafÃ©  on a  &amp;amp; street"), p.text_encoder.encode("café on a & street"))
+
+
+def test_released_frames_resized_then_cropped(model):
+    "A 40x80 clip made 32x48: PIL resizes it to 32x64 (covering), then the centre 48 columns are kept."
+    from infcam.video import pil_fit_frames, fit_frames
+    g = torch.Generator().manual_seed(3)
+    big = torch.rand(F_, 3, 40, 80, generator=g)
+    r, e = released(model).prepare(big, "pan_left", **{k: KW[k] for k in ("num_frames", "height", "width")}), \
+        pipe_for(copy.deepcopy(model)).prepare(big, "pan_left", **{k: KW[k] for k in ("num_frames", "height", "width")})
+    assert torch.equal(r.frames, pil_fit_frames(big, H, W)) and torch.equal(e.frames, fit_frames(big, H, W))
+    assert not torch.equal(r.frames, e.frames)
+    from PIL import Image
+    import numpy as np
+    a = (big[0] * 255).round().byte().permute(1, 2, 0).numpy()
+    want = np.asarray(Image.fromarray(a).resize((64, 32), Image.BILINEAR))[:, 8:56]
+    assert torch.equal(r.frames[0], torch.from_numpy(want.copy()).permute(2, 0, 1).float() / 255)
+
+
+def test_released_output_floored_to_8_bits(model, clip):
+    lat = []
+    p = released(model)
+    out = p(clip, "a street", "pan_left", **KW, callback=lambda i, n, x: lat.append(x))
+    dec = p.codec.decode(lat[-1]).float()[0].permute(1, 0, 2, 3)
+    want = ((dec + 1) * 127.5).clamp(0, 255).floor() / 255
+    assert torch.equal(out, want)
+    assert not torch.equal(out, ((dec + 1) * 127.5).clamp(0, 255).round() / 255)          # floor, not round
+
+
+def test_released_cameras_rounded_to_bf16(model, clip):
+    "The published pipeline hands the DiT its intrinsics and extrinsics in bf16."
+    seen = []
+    p = released(model)
+    p.model.register_forward_pre_hook(lambda m, a: seen.append((a[4], a[6])))
+    p(clip, "a street", "pan_left", **KW, intrinsics=[50.1234, 50.1234, 24., 16.])
+    K, E = seen[0]
+    assert torch.equal(K, K.to(torch.bfloat16).float()) and torch.equal(E, E.to(torch.bfloat16).float())
+    assert float(K[0, 0]) == float(torch.tensor(50.1234).to(torch.bfloat16))
+
+
+def test_unknown_numerics_refused(model):
+    with pytest.raises(InfcamError, match="unknown numerics"):
+        InfCamPipeline(copy.deepcopy(model), PixelCodec(), RandomTextEncoder(64), numerics="fast")
