@@ -348,13 +348,11 @@ def __call__(self:InfCamPipeline, video, prompt:str, trajectory=None, intrinsics
     nxt = self.scheduler.next_sigmas(sigmas)
     with self._on_device(self.model):
         for i in tqdm(range(steps), desc='denoising', unit='step', disable=not progress):
-            if released:   # the DiT sees bf16 times (936 for 937.5), two CFG passes; the step is taken in bf16
-                v = self._velocity(x, x_src, timesteps[i].to(dev, torch.bfloat16), ctx, K_src, K_tgt, extr, float(cfg),
-                                   False, sigmas[i].to(dev))
-                x = self.scheduler.step(v, sigmas[i].to(dev), nxt[i].to(dev), x)
-            else:
-                v = self._velocity(x, x_src, timesteps[i].to(dev), ctx, K_src, K_tgt, extr, float(cfg), cfg_batch, float(sigmas[i]))
-                x = self.scheduler.step(v, float(sigmas[i]), float(nxt[i]), x)
+            # released: the DiT sees bf16 times (936 for 937.5), CFG takes two passes, the step is taken in bf16
+            t_i, s_i, n_i = ((timesteps[i].to(dev, torch.bfloat16), sigmas[i].to(dev), nxt[i].to(dev)) if released
+                             else (timesteps[i].to(dev), float(sigmas[i]), float(nxt[i])))
+            v = self._velocity(x, x_src, t_i, ctx, K_src, K_tgt, extr, float(cfg), cfg_batch and not released, s_i)
+            x = self.scheduler.step(v, s_i, n_i, x)
             if callback is not None: callback(i, steps, x)
     _cuda_sync(dev); T['denoise'] = time.perf_counter() - t
     # 5. decode
