@@ -260,7 +260,7 @@ def _weights_check(a):
     from infcam.weights import check_weights
     from infcam.weights import WeightsSpec
     spec = WeightsSpec.tiny() if a.size == 'tiny' else WeightsSpec.released()
-    report = check_weights(a.folder, spec=spec, infcam_checkpoint=a.checkpoint)
+    report = check_weights(a.folder, spec=spec, infcam_checkpoint=a.checkpoint, values=not a.shapes_only)
     print(report)
     if not report.usable: raise InfcamError(f"{a.folder} is not usable for generation: {len(report.problems)} problem(s) listed above")
 
@@ -273,11 +273,14 @@ def _weights_convert(a):
 def _weights_parser(sub):
     w = sub.add_parser('weights', help='check or convert downloaded weights').add_subparsers(dest='action', metavar='ACTION')
     w.required = True
-    wc = w.add_parser('check', help='say what is present, missing or wrong in a weights folder, without loading tensors',
+    wc = w.add_parser('check', help='say what is present, missing or wrong in a weights folder',
                       description='Check a folder with the Wan2.1-T2V-1.3B files (original or diffusers layout) and the InfCam '
-                                  'checkpoint: every file expected, every tensor name and shape. Exits non-zero if unusable.')
+                                  'checkpoint: every file expected, every tensor name and shape, and the DiT files\' values '
+                                  '(all finite). Exits non-zero if unusable.')
     wc.add_argument('folder', help='the weights folder')
     wc.add_argument('--checkpoint', help='the InfCam checkpoint, if it is not inside the folder')
+    wc.add_argument('--shapes-only', action='store_true',
+                    help="check names and shapes only, not the DiT files' values (reads headers: seconds instead of a minute)")
     wc.add_argument('--size', choices=['released', 'tiny'], default='released',
                     help="expected shapes: the released Wan2.1-T2V-1.3B (default) or the project's tiny test model")
     wc.set_defaults(func=_weights_check)

@@ -10,7 +10,7 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['LOCK_NAME', 'WRAPPER_KEYS', 'DTYPE_NAMES', 'DTYPE_CHOICES', 'InfcamError', 'os_error_message', 'run_command',
            'check_device', 'check_overwrite', 'make_folder', 'pid_alive', 'clean_stale_temps', 'atomic_path',
-           'folder_lock', 'natural_key', 'short_list', 'first_line', 'load_pickle', 'unwrap_state_dict',
+           'folder_lock', 'natural_key', 'short_list', 'first_line', 'load_pickle', 'unwrap_state_dict', 'check_finite',
            'read_state_dict', 'figure_path', 'write_figure', 'save_figure', 'check_parameters', 'as_dtype']
 
 # %% ../nbs/00_core.ipynb #664726ca
@@ -204,15 +204,23 @@ def unwrap_state_dict(obj, where:str='checkpoint') -> tuple[dict, list[str]]:
         raise InfcamError(f"{where}: expected a flat dict of named tensors, got {got}")
     return obj, keys
 
+def check_finite(tensors:dict, path, what:str='checkpoint') -> dict:
+    "`tensors`, or `InfcamError` naming the floating-point tensors that hold a NaN or an infinity (meta tensors pass)."
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and t.device.type != 'meta' and not bool(t.isfinite().all())]
+    if bad: raise InfcamError(f"{path}: the {what} holds NaN or infinite values in {short_list(bad, 4)} "
+                              f"(a damaged or diverged file); refusing to use it")
+    return tensors
+
 def read_state_dict(path, what:str='checkpoint', map_location='cpu') -> dict:
     "Read a flat `{name: tensor}` from `.safetensors` or a `.pth`/`.ckpt`/`.pt`/`.bin` file (weights-only, memory-mapped)."
     path = Path(path)
     if not path.is_file(): raise InfcamError(f"{what} not found: {path}")
     if path.suffix == '.safetensors':
         from safetensors.torch import load_file
-        try: return load_file(str(path), device=str(map_location))
+        try: sd = load_file(str(path), device=str(map_location))
         except Exception as e: raise InfcamError(f"{path}: not a readable safetensors file ({first_line(e)})") from None
-    return unwrap_state_dict(load_pickle(path, what, map_location), str(path))[0]
+    else: sd = unwrap_state_dict(load_pickle(path, what, map_location), str(path))[0]
+    return check_finite(sd, path, what)
 
 # %% ../nbs/00_core.ipynb #384f402d
 def figure_path(name:str) -> Path|None:

@@ -395,3 +395,23 @@ def test_a_refused_write_is_one_line(clip, tmp_path, capsys, monkeypatch):
                 '--width', '48', '--out', str(out)]) == 2
     assert one_line(capsys) == f"infcam: error: {out}: Permission denied"
     assert not out.exists() and not list(out.parent.glob('.*tmp*'))    # and no temporary left behind
+
+
+# ---- issue 30: accepted although it cannot work ----
+@pytest.mark.parametrize('value', ['nan', 'inf'])
+def test_non_finite_infcam_weights_are_refused_everywhere(weights, clip, tmp_path, capsys, value):
+    "A checkpoint with one NaN/inf has the right names and shapes: check, generate and convert must still refuse it."
+    w, _ = _broken_release(weights, tmp_path, 'none')
+    ck = w / 'InfCam' / 'step35000.ckpt'
+    sd = torch.load(ck, weights_only=True)
+    name = next(k for k, v in sd.items() if v.is_floating_point())
+    sd[name].view(-1)[0] = float(value)
+    torch.save(sd, ck)
+    assert cli(['weights', 'check', str(w), '--size', 'tiny']) != 0
+    out = capsys.readouterr().out
+    assert 'NOT usable for generation' in out and f'NaN or infinite values in {name}' in out
+    video = tmp_path / 'out' / 'x.mp4'
+    assert _generate(clip, w, video) == 2
+    assert 'NaN or infinite' in one_line(capsys) and not video.exists()
+    assert cli(['weights', 'convert', str(ck), str(tmp_path / 'c.safetensors')]) == 2
+    assert 'NaN or infinite' in one_line(capsys) and not (tmp_path / 'c.safetensors').exists()
