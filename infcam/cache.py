@@ -4,7 +4,7 @@
 
 # %% ../nbs/23_cache.ipynb #7027ac55
 from __future__ import annotations
-import hashlib, json, re, time
+import hashlib, json, os, re, time
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch
@@ -12,7 +12,7 @@ from torch import Tensor
 from .core import InfcamError, atomic_path, folder_lock
 from .cameras import num_latent_frames
 from .data import (MultiCamDataset, ClipFolder, SceneEntry, PairDataset, check_on_error, clip_intrinsics,
-                         train_size, scene_poses, pair_extrinsics, pair_meta, prune_index)
+                         train_size, scene_poses, pair_extrinsics, pair_meta, prune_index, inside)
 from .video import read_video, video_info, check_size, check_video_memory
 
 # %% auto #0
@@ -117,6 +117,10 @@ def _scene_frames(entry:SceneEntry|None, cam:str|None, bad_scenes:dict) -> int|N
     if bad_scenes[entry.path]: raise InfcamError(f"scene's camera file is unusable: {bad_scenes[entry.path]}")
     return len(scene_poses(entry)[cam])
 
+def _leaves(root:Path, path:Path) -> bool:
+    "Whether writing at `path` (a folder or file under `root`) would land outside `root` through a symbolic link."
+    return not inside(root, os.path.relpath(path, root))
+
 def _remove_temp(dirs) -> int:
     "Delete what a killed run left half-written (`.*.tmp.safetensors`) in `dirs`; how many there were."
     n = 0
@@ -197,10 +201,13 @@ def prepare(root, codec=None, text_encoder=None, num_frames:int|None=81, height:
         t0 = time.time()
         clips, problems = _layout(root, on_error)
         rep, tag, bad_scenes = PrepareReport(str(root), clips=len(clips)), codec_tag(codec) if codec is not None else None, {}
-        rep.removed_temp = _remove_temp({latents_path(c[0], 16, 16, 1, 'x').parent for c in clips} | {root / 'text'})
+        dirs = {latents_path(c[0], 16, 16, 1, 'x').parent for c in clips} | {root / 'text'}
+        rep.removed_temp = _remove_temp({d for d in dirs if not _leaves(root, d)})
         bar = tqdm(clips, desc='prepare latents', unit='clip', disable=not progress or codec is None)
         for video, caption, focal, entry, cam in (bar if codec is not None else []):
             try:
+                if _leaves(root, latents_path(video, 16, 16, 1, 'x').parent):
+                    raise InfcamError(f"its latents folder is a symbolic link out of {root} (not written)")
                 poses = _scene_frames(entry, cam, bad_scenes)
                 _, n, new = cache_latents(video, codec, focal, num_frames, height, width, poses, overwrite, dtype, tag)
                 rep.encoded, rep.cached, rep.lengths[n] = rep.encoded + new, rep.cached + (not new), rep.lengths.get(n, 0) + 1
@@ -209,6 +216,7 @@ def prepare(root, codec=None, text_encoder=None, num_frames:int|None=81, height:
                 rep.failed.append((str(video), " ".join(str(e).split())))
                 bar.set_postfix(skipped=len(rep.failed))
         if text_encoder is not None:
+            if _leaves(root, root / 'text'): raise InfcamError(f"{root / 'text'} is a symbolic link out of {root}; not writing there")
             rep.texts_encoded, rep.texts_cached = cache_texts(root, [c[1] for c in clips], text_encoder, overwrite, progress, text_batch)
             rep.captions = rep.texts_encoded + rep.texts_cached
         rep.failed, rep.problems, rep.seconds = [*problems, *rep.failed], len(problems), time.time() - t0

@@ -54,10 +54,11 @@ class Problems(list):
         if p not in self: self.append(p)
 
 def inside(root, rel) -> bool:
-    "Whether the relative path `rel` (from a data file) stays inside `root`: not absolute, no escaping `..`."
+    """Whether the relative path `rel` (from a data file, or a folder found under `root`) stays inside `root`: not
+    absolute, no escaping `..`, and no symbolic link on the way that leads out of `root` (real paths are compared)."""
     if Path(rel).is_absolute() or Path(rel).drive: return False
-    r = os.path.normpath(os.path.join(os.path.abspath(root), rel))
-    return r.startswith(os.path.join(os.path.abspath(root), ''))
+    real = os.path.realpath(root)
+    return os.path.realpath(os.path.join(root, rel)).startswith(os.path.join(real, ''))
 
 # %% ../nbs/21_data.ipynb #2d746f64
 @dataclass
@@ -120,6 +121,10 @@ class MultiCamDataset:
         roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
         if not roots: raise InfcamError("give at least one dataset root")
         self.roots, self.problems = [Path(r) for r in roots], Problems(on_error)
+        real = [os.path.realpath(r) for r in self.roots]
+        if twice := [str(r) for r, rr in zip(self.roots, real) if real.count(rr) > 1]:      # would double its scenes
+            same = 'is given twice' if twice[0] == twice[1] else f"and {twice[1]} are the same folder"
+            raise InfcamError(f"dataset root {twice[0]} {same}; give each root once")
         self.scenes: list[SceneEntry] = []
         for r in self.roots: self._scan(r, validate)
         self.groups: dict[str, list[SceneEntry]] = {}
@@ -133,16 +138,20 @@ class MultiCamDataset:
         caps, rows = {}, []
         if (root / 'metadata.csv').is_file():
             rows = read_metadata(root / 'metadata.csv')
-            for fn, text in rows: caps[tuple(Path(fn).parts[-4:])] = text
+            for fn, text in rows:
+                if inside(root, fn): caps[tuple(Path(fn).parts[-4:])] = text
+                else: self.problems.add(root / 'metadata.csv', f"row {fn!r} points outside {root} (skipped)")
         found = set()
         for sc in scene_folders(root):
+            if not inside(root, sc.relative_to(root)):
+                self.problems.add(sc, f"a symbolic link out of {root} (scene skipped)"); continue
             e = read_scene(sc, self.problems, caps, validate)
             if e is not None:
                 self.scenes.append(e)
                 found.update((e.setting, sc.name, 'videos', v.name) for v in e.cameras.values())
         for fn, _ in rows:
             key = tuple(Path(fn).parts[-4:])
-            if key not in found and not (root / fn).is_file():
+            if inside(root, fn) and key not in found and not (root / fn).is_file():
                 self.problems.add(root / 'metadata.csv', f"row {fn!r} names no video of an indexed scene")
 
     def caption(self, entry:SceneEntry, camera:str) -> str:

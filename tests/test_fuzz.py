@@ -415,3 +415,30 @@ def test_non_finite_infcam_weights_are_refused_everywhere(weights, clip, tmp_pat
     assert 'NaN or infinite' in one_line(capsys) and not video.exists()
     assert cli(['weights', 'convert', str(ck), str(tmp_path / 'c.safetensors')]) == 2
     assert 'NaN or infinite' in one_line(capsys) and not (tmp_path / 'c.safetensors').exists()
+
+
+def test_prepare_never_follows_a_link_out_of_the_dataset(mcv, tmp_path, capsys):
+    "A scene folder, or a scene's latents/ folder, that is a symbolic link out of the root: skipped, reported, nothing written."
+    data, outside = tmp_path / 'data', tmp_path / 'outside'
+    shutil.copytree(mcv, data, ignore=shutil.ignore_patterns('latents', 'text', 'prepare_report.json', '.infcam.lock'))
+    setting = next(p for p in data.iterdir() if p.is_dir())
+    scene = next(p for p in setting.iterdir() if p.is_dir())
+    shutil.copytree(scene, outside / 'scene_x')
+    (setting / 'scene_x').symlink_to(outside / 'scene_x')                   # a whole scene folder linked in
+    (outside / 'latents').mkdir()
+    (scene / 'latents').symlink_to(outside / 'latents')                     # a latents folder linked out
+    assert cli(['prepare', str(data), '--codec', 'pixel', '--frames', str(F), '--quiet']) == 2
+    assert 'could be prepared' in one_line(capsys)
+    assert not list(outside.rglob('*.safetensors'))
+    failed = json.loads((data / 'prepare_report.json').read_text())['failed']
+    assert any('a symbolic link out of' in why and 'scene_x' in p for p, why in failed), failed
+    assert any('latents folder is a symbolic link out of' in why for _, why in failed), failed
+
+
+def test_one_data_root_given_twice_is_refused(mcv, tmp_path, capsys):
+    alias = tmp_path / 'alias'
+    alias.symlink_to(mcv)
+    for roots in ([str(mcv), str(mcv)], [str(mcv), str(alias)]):
+        assert train_main([roots[0], roots[1], *train_cmd(mcv, tmp_path / 'run')[1:]]) == 2
+        assert 'give each root once' in one_line(capsys)
+        assert not (tmp_path / 'run').exists()
