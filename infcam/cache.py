@@ -9,15 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import torch
 from torch import Tensor
-from .core import InfcamError, atomic_path, folder_lock
+from .core import InfcamError, atomic_path, folder_lock, first_line
 from .cameras import num_latent_frames
 from .data import (MultiCamDataset, ClipFolder, SceneEntry, PairDataset, check_on_error, clip_intrinsics,
                          train_size, scene_poses, pair_extrinsics, pair_meta, prune_index, inside)
 from .video import read_video, video_info, check_size, check_video_memory
 
 # %% auto #0
-__all__ = ['codec_tag', 'text_tag', 'latents_path', 'text_path', 'load_latents', 'load_context', 'clip_length', 'PrepareReport',
-           'cache_latents', 'cache_texts', 'prepare', 'cached_latents', 'CachedPairDataset']
+__all__ = ['codec_tag', 'text_tag', 'latents_path', 'text_path', 'save_cache_file', 'load_latents', 'load_context', 'clip_length',
+           'PrepareReport', 'cache_latents', 'cache_texts', 'prepare', 'cached_latents', 'CachedPairDataset']
 
 # %% ../nbs/23_cache.ipynb #d3b14b05
 def codec_tag(codec) -> str:
@@ -41,6 +41,13 @@ def text_path(root, caption:str, tag:str) -> Path:
     return Path(root) / 'text' / f"{hashlib.sha1(clean_prompt(caption).encode()).hexdigest()[:20]}.{tag}.safetensors"
 
 # %% ../nbs/23_cache.ipynb #ee167c8d
+def save_cache_file(tensors:dict, path:Path, metadata:dict):
+    "Write a cache file under a temporary name and rename it; a full disk or another failed write is one line naming it."
+    from safetensors.torch import save_file
+    with atomic_path(path) as tmp:                         # the half-written temporary is removed on any error
+        try: save_file(tensors, str(tmp), metadata=metadata)
+        except Exception as e: raise InfcamError(f"{path}: could not write the cache file ({first_line(e)})") from None
+
 def _complete(path:Path) -> bool:
     from safetensors import safe_open
     try:
@@ -134,7 +141,6 @@ def cache_latents(video, codec, focal_mm:float=24., num_frames:int|None=None, he
     """Encode `video` with `codec` into its cache file unless a finished one is there: `(path, frames, encoded)`.
     `num_frames` None: the clip's `clip_length` (at most `poses`, the camera poses it has); `height`/`width` None: the
     video's size cropped to multiples of 16; `focal_mm` gives the stored intrinsics; `dtype` casts the latents."""
-    from safetensors.torch import save_file
     tag = tag or codec_tag(codec)
     info = video_info(video)
     n = clip_length(info['frames'], poses) if num_frames is None else num_frames
@@ -150,13 +156,12 @@ def cache_latents(video, codec, focal_mm:float=24., num_frames:int|None=None, he
     K = clip_intrinsics(focal_mm, (info['height'], info['width']), height, width)
     meta = dict(format='infcam-latents/1', video=str(video), num_frames=str(n), height=str(h), width=str(w), codec=tag,
                 focal_mm=f'{focal_mm:g}', video_hw=f"{info['height']}x{info['width']}")
-    with atomic_path(out) as tmp: save_file(dict(latents=z, K4=K.contiguous()), str(tmp), metadata=meta)
+    save_cache_file(dict(latents=z, K4=K.contiguous()), out, meta)
     return out, n, True
 
 # %% ../nbs/23_cache.ipynb #72fd2684
 def cache_texts(root, captions, text_encoder, overwrite:bool=False, progress:bool=True, batch:int=8) -> tuple[int, int]:
     "Encode the distinct cleaned `captions` into `<root>/text/`, `batch` at a time, unless cached: `(encoded, cached)`."
-    from safetensors.torch import save_file
     from tqdm.auto import tqdm
     from infcam.text import clean_prompt
     ttag = text_tag(text_encoder)
@@ -169,7 +174,7 @@ def cache_texts(root, captions, text_encoder, overwrite:bool=False, progress:boo
         lens = text_encoder.tokenize(chunk)[1].sum(1).clamp(min=1).tolist()
         for cap, c, n in zip(chunk, ctx, lens):
             meta = dict(format='infcam-text/1', caption=cap, text_len=str(c.shape[0]), tokens=str(n))
-            with atomic_path(text_path(root, cap, ttag)) as tmp: save_file(dict(context=c[:n].contiguous()), str(tmp), metadata=meta)
+            save_cache_file(dict(context=c[:n].contiguous()), text_path(root, cap, ttag), meta)
         bar.update(len(chunk))
     bar.close()
     return len(todo), len(caps) - len(todo)

@@ -9,9 +9,10 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['LOCK_NAME', 'WRAPPER_KEYS', 'DTYPE_NAMES', 'DTYPE_CHOICES', 'InfcamError', 'os_error_message', 'run_command',
-           'check_device', 'check_overwrite', 'make_folder', 'pid_alive', 'clean_stale_temps', 'atomic_path',
-           'folder_lock', 'natural_key', 'short_list', 'first_line', 'load_pickle', 'unwrap_state_dict', 'check_finite',
-           'read_state_dict', 'figure_path', 'write_figure', 'save_figure', 'check_parameters', 'as_dtype']
+           'check_device', 'check_seed', 'check_overwrite', 'make_folder', 'pid_alive', 'clean_stale_temps',
+           'atomic_path', 'folder_lock', 'natural_key', 'short_list', 'first_line', 'load_pickle', 'unwrap_state_dict',
+           'check_finite', 'read_state_dict', 'figure_path', 'write_figure', 'save_figure', 'check_parameters',
+           'as_dtype']
 
 # %% ../nbs/00_core.ipynb #664726ca
 class InfcamError(Exception):
@@ -53,12 +54,20 @@ def check_device(device, what:str='--device'):
     if dev.type == 'mps' and not torch.backends.mps.is_available(): raise InfcamError(f"{what} {device}: MPS is not available here")
     return dev
 
+# %% ../nbs/00_core.ipynb
+def check_seed(seed, what:str='--seed', bits:int=63) -> int:
+    "`seed` if it is an integer in `[0, 2**bits)` (63: what `torch.Generator.manual_seed` takes), else `InfcamError`."
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**bits:
+        raise InfcamError(f"{what} must be an integer from 0 to 2**{bits} - 1, got {seed!r}")
+    return seed
+
 # %% ../nbs/00_core.ipynb #be132da1
 def check_overwrite(path, overwrite:bool=False) -> Path:
     "Return `path` as a `Path`, raising `InfcamError` if it exists and `overwrite` is False."
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise InfcamError(f"{path} already exists; pass --overwrite to replace it")
+    if os.path.lexists(path) and not overwrite:                 # a dangling symbolic link is something there too
+        what = 'is a symbolic link to a missing file' if not path.exists() else 'already exists'
+        raise InfcamError(f"{path} {what}; pass --overwrite to replace it")
     return path
 
 # %% ../nbs/00_core.ipynb #c0641ed1

@@ -122,9 +122,10 @@ def read_metadata(path, text_required:bool=True) -> list[tuple[str, str]]:
     want = ('file_name', 'text') if text_required else ('file_name',)
     try:
         with open(path, newline='', encoding='utf-8') as f:
-            r = csv.DictReader(f)
+            r = csv.DictReader(f, strict=True)                       # an unclosed quote is an error, not one long field
             if not r.fieldnames or any(c not in r.fieldnames for c in want):
                 raise InfcamError(f"{path} must have columns {','.join(want)}; it has {','.join(c for c in r.fieldnames or [] if c)}")
             return [((row['file_name'] or '').strip(), row.get('text') or '') for row in r]
     except UnicodeDecodeError as e: raise InfcamError(f"cannot read {path}: it is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
-    except (OSError, csv.Error) as e: raise InfcamError(f"cannot read {path}: {e}") from None
+    except csv.Error as e: raise InfcamError(f"cannot read {path}: {e} (a quote that is never closed?)") from None
+    except OSError as e: raise InfcamError(f"cannot read {path}: {e}") from None

@@ -461,6 +461,9 @@ def make_dataset(root, num_scenes:int, seed:int=0, focal_mms=(24,), num_frames:i
     _int('num_scenes', num_scenes, 0)
     focal_mms = [focal_mms] if isinstance(focal_mms, (int, float)) else list(focal_mms)
     if not focal_mms: raise InfcamError("give at least one focal length")
+    names = [setting_name(f) for f in focal_mms]
+    if twice := next((f for f, n in zip(focal_mms, names) if names.count(n) > 1), None):
+        raise InfcamError(f"focal length {twice:g} mm is given twice (both would be the setting {setting_name(twice)}); give each once")
     jobs = [(setting_name(f), f'scene{i + 1}',
              SceneSpec(seed=seed + i, num_frames=num_frames, height=height, width=width, focal_mm=f, **spec_kw))
             for f in focal_mms for i in range(num_scenes)]

@@ -442,3 +442,71 @@ def test_one_data_root_given_twice_is_refused(mcv, tmp_path, capsys):
         assert train_main([roots[0], roots[1], *train_cmd(mcv, tmp_path / 'run')[1:]]) == 2
         assert 'give each root once' in one_line(capsys)
         assert not (tmp_path / 'run').exists()
+
+
+def test_a_full_disk_during_prepare_is_one_line(mcv, tmp_path, capsys, monkeypatch):
+    "safetensors reports a full disk as its own SafetensorError: one line naming the file, no half-written file left."
+    import safetensors, safetensors.torch
+    data = tmp_path / 'data'
+    shutil.copytree(mcv, data, ignore=shutil.ignore_patterns('latents', 'text', 'prepare_report.json', '.infcam.lock'))
+    def full(*a, **k):
+        Path(a[1]).write_bytes(b'half')
+        raise safetensors.SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+                                          'message: "No space left on device" })')
+    monkeypatch.setattr(safetensors.torch, 'save_file', full)
+    assert cli(['prepare', str(data), '--codec', 'pixel', '--frames', str(F), '--quiet', '--on-error', 'raise']) == 2
+    line = one_line(capsys)
+    assert 'could not write the cache file' in line and 'No space left on device' in line, line
+    assert not list(data.rglob('*.safetensors')) and not list(data.rglob('.*tmp*'))
+
+
+def test_train_refuses_a_seed_out_of_range_before_loading(mcv, tmp_path, capsys):
+    for seed in (str(2**70), '-1', str(2**31)):
+        assert train_main(train_cmd(mcv, tmp_path / 'run', '--seed', seed)) == 2
+        assert '--seed must be an integer from 0 to 2**31 - 1' in one_line(capsys)
+    assert not (tmp_path / 'run').exists()
+
+
+def test_synth_refuses_a_focal_length_given_twice(tmp_path, capsys):
+    out = tmp_path / 'synth'
+    assert cli(['synth', '--out', str(out), '--scenes', '1', '--focal-mm', '24', '24', '--frames', '5',
+                '--height', '32', '--width', '48']) == 2
+    assert 'focal length 24 mm is given twice' in one_line(capsys)
+    assert not list(out.rglob('*.mp4'))
+
+
+def test_a_csv_row_with_an_unclosed_quote_is_refused(clip, tmp_path, capsys):
+    data = tmp_path / 'clips'
+    (data / 'videos').mkdir(parents=True)
+    shutil.copy(clip, data / 'videos' / 'a.mp4')
+    shutil.copy(clip, data / 'videos' / 'b.mp4')
+    (data / 'metadata.csv').write_text('file_name,text\na.mp4,"a caption never closed\nb.mp4,fine\n')
+    assert cli(['prepare', str(data), '--codec', 'pixel', '--frames', '5', '--quiet']) == 2
+    assert 'a quote that is never closed' in one_line(capsys)
+    assert not list(data.rglob('*.safetensors'))
+
+
+def test_a_dangling_symlink_at_out_is_not_replaced(clip, tmp_path, capsys):
+    out = tmp_path / 'p.mp4'
+    out.symlink_to(tmp_path / 'missing.mp4')
+    args = ['preview', '--video', str(clip), '--trajectory', 'pan_right', '--frames', '9', '--height', '32',
+            '--width', '48', '--out', str(out)]
+    assert cli(args) == 2
+    assert 'is a symbolic link to a missing file; pass --overwrite' in one_line(capsys)
+    assert out.is_symlink() and not out.exists()
+    assert cli([*args, '--overwrite']) == 0 and out.is_file() and not out.is_symlink()
+
+
+def test_checkpoint_folders_follow_the_umask(tmp_path):
+    from types import SimpleNamespace
+    from infcam.checkpoints import build_model, save_checkpoint
+    from infcam.scheduler import FlowMatchScheduler
+    m = build_model('tiny', seed=0)
+    names = m.freeze_base()
+    module = SimpleNamespace(model=m, config=m.config, seed=0, base=None, scheduler=FlowMatchScheduler(),
+                             trainable_state=lambda: {n: m.state_dict()[n] for n in names})
+    old = os.umask(0o022)
+    try:
+        ck = save_checkpoint(module, tmp_path / 'ckpt', 1)
+        assert ck.stat().st_mode & 0o777 == 0o755 and (ck / 'state.pt').stat().st_mode & 0o777 == 0o644
+    finally: os.umask(old)
