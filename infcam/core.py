@@ -8,11 +8,11 @@ import os, re, json, socket, tempfile, contextlib
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['LOCK_NAME', 'WRAPPER_KEYS', 'DTYPE_NAMES', 'DTYPE_CHOICES', 'InfcamError', 'os_error_message', 'run_command',
-           'check_device', 'check_seed', 'check_overwrite', 'make_folder', 'pid_alive', 'clean_stale_temps',
-           'atomic_path', 'folder_lock', 'natural_key', 'short_list', 'first_line', 'load_pickle', 'unwrap_state_dict',
-           'check_finite', 'read_state_dict', 'figure_path', 'write_figure', 'save_figure', 'check_parameters',
-           'as_dtype']
+__all__ = ['LOCK_NAME', 'WRAPPER_KEYS', 'DTYPE_NAMES', 'DTYPE_CHOICES', 'InfcamError', 'os_error_message', 'Interrupted',
+           'stop_on_signals', 'run_command', 'check_device', 'check_seed', 'check_overwrite', 'make_folder',
+           'pid_alive', 'clean_stale_temps', 'atomic_path', 'folder_lock', 'natural_key', 'short_list', 'first_line',
+           'load_pickle', 'unwrap_state_dict', 'check_finite', 'read_state_dict', 'figure_path', 'write_figure',
+           'save_figure', 'check_parameters', 'as_dtype']
 
 # %% ../nbs/00_core.ipynb #664726ca
 class InfcamError(Exception):
@@ -27,16 +27,39 @@ def os_error_message(e:OSError) -> str:
     return f"{where}: {why}" if where else why
 
 # %% ../nbs/00_core.ipynb #6c2bad31
+class Interrupted(BaseException):
+    """A command stopped by SIGINT or SIGTERM. Not a `KeyboardInterrupt`, so that libraries which catch that (Lightning
+    ends the process with status 1) let it through; every `finally` on the way removes what was half-written."""
+    def __init__(self, signum:int):
+        import signal
+        super().__init__(signal.Signals(signum).name); self.signum = signum
+
+@contextlib.contextmanager
+def stop_on_signals():
+    "Within the block SIGINT and SIGTERM raise `Interrupted` once (later ones are ignored while cleaning up); main thread only."
+    import signal, threading
+    if threading.current_thread() is not threading.main_thread(): yield; return
+    def stop(signum, frame):
+        for s in old: signal.signal(s, signal.SIG_IGN)
+        raise Interrupted(signum)
+    old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try: yield
+    finally:
+        for s, h in old.items(): signal.signal(s, h)
+
 def run_command(func, args, prog:str='infcam') -> int:
-    "Run `func(args)` as a command: the exit status, with `InfcamError`s and `OSError`s as one `prog: error:` line."
-    import sys
-    try: func(args)
+    """Run `func(args)` as a command: the exit status, with `InfcamError`s and `OSError`s as one `prog: error:` line,
+    and SIGINT / SIGTERM as one `prog: interrupted` line and status 130 / 143 after cleaning up."""
+    import sys, signal
+    try:
+        with stop_on_signals(): func(args)
     except InfcamError as e:
         print(f"{prog}: error: {e}", file=sys.stderr); return 2
     except OSError as e:
         print(f"{prog}: error: {os_error_message(e)}", file=sys.stderr); return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr); return 130
+    except (KeyboardInterrupt, Interrupted) as e:
+        signum = getattr(e, 'signum', signal.SIGINT)
+        print(f"{prog}: interrupted ({signal.Signals(signum).name})", file=sys.stderr); return 128 + signum
     return 0
 
 # %% ../nbs/00_core.ipynb #aaa6b41c
@@ -54,7 +77,7 @@ def check_device(device, what:str='--device'):
     if dev.type == 'mps' and not torch.backends.mps.is_available(): raise InfcamError(f"{what} {device}: MPS is not available here")
     return dev
 
-# %% ../nbs/00_core.ipynb
+# %% ../nbs/00_core.ipynb #688da595
 def check_seed(seed, what:str='--seed', bits:int=63) -> int:
     "`seed` if it is an integer in `[0, 2**bits)` (63: what `torch.Generator.manual_seed` takes), else `InfcamError`."
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**bits:

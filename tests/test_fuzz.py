@@ -510,3 +510,27 @@ def test_checkpoint_folders_follow_the_umask(tmp_path):
         ck = save_checkpoint(module, tmp_path / 'ckpt', 1)
         assert ck.stat().st_mode & 0o777 == 0o755 and (ck / 'state.pt').stat().st_mode & 0o777 == 0o644
     finally: os.umask(old)
+
+
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
+def test_training_stopped_by_a_signal_cleans_up(mcv, tmp_path, sig):
+    "SIGINT or SIGTERM while training checkpoints every step: one line, status 128 + signal, no half-written checkpoint."
+    run = tmp_path / 'run'
+    p = subprocess.Popen([sys.executable, '-m', 'infcam.train', *train_cmd(mcv, run)[:-4], '--max-steps', '100000',
+                          '--every', '1', '--keep-last', '2', '--num-workers', '0', '--accelerator', 'cpu', '--devices', '1'],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': os.pathsep.join(sys.path)})
+    try:
+        deadline = time.time() + 300
+        while not list((run / 'ckpt').glob('step*')) and p.poll() is None and time.time() < deadline: time.sleep(0.2)
+        assert p.poll() is None, p.communicate()
+        time.sleep(1.0)                                                   # well inside the saving loop
+        p.send_signal(sig)
+        out, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None: p.kill()
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert p.returncode == 128 + sig, (p.returncode, err[-2000:])
+    assert lines[-1] == f'infcam.train: interrupted ({signal.Signals(sig).name})' and 'Traceback' not in err, err[-2000:]
+    assert not list((run / 'ckpt').glob('.step*')), list((run / 'ckpt').iterdir())
+    assert not (run / '.infcam.lock').exists()
