@@ -14,6 +14,7 @@ from .cameras import num_latent_frames
 from .data import (MultiCamDataset, ClipFolder, SceneEntry, PairDataset, check_on_error, clip_intrinsics,
                          train_size, scene_poses, pair_extrinsics, pair_meta, prune_index, inside)
 from .video import read_video, video_info, check_size, check_video_memory
+from .layout import videos_folder, latents_folder, text_folder
 
 # %% auto #0
 __all__ = ['codec_tag', 'text_tag', 'latents_path', 'text_path', 'save_cache_file', 'load_latents', 'load_context', 'clip_length',
@@ -32,13 +33,13 @@ def text_tag(text_encoder) -> str:
 def latents_path(video, height:int, width:int, num_frames:int, tag:str) -> Path:
     "Where `prepare` caches the latents of `video`: `<scene>/latents/camXX.<H>x<W>x<F>.<tag>.safetensors`."
     video = Path(video)
-    d = video.parent.parent if video.parent.name == 'videos' else video.parent
-    return d / 'latents' / f'{video.stem}.{height}x{width}x{num_frames}.{tag}.safetensors'
+    d = video.parent.parent if video.parent == videos_folder(video.parent.parent) else video.parent
+    return latents_folder(d) / f'{video.stem}.{height}x{width}x{num_frames}.{tag}.safetensors'
 
 def text_path(root, caption:str, tag:str) -> Path:
     "Where `prepare` caches the text states of `caption`: `<root>/text/<sha1 of the cleaned caption>.<tag>.safetensors`."
     from infcam.text import clean_prompt
-    return Path(root) / 'text' / f"{hashlib.sha1(clean_prompt(caption).encode()).hexdigest()[:20]}.{tag}.safetensors"
+    return text_folder(root) / f"{hashlib.sha1(clean_prompt(caption).encode()).hexdigest()[:20]}.{tag}.safetensors"
 
 # %% ../nbs/23_cache.ipynb #ee167c8d
 def save_cache_file(tensors:dict, path:Path, metadata:dict):
@@ -206,7 +207,7 @@ def prepare(root, codec=None, text_encoder=None, num_frames:int|None=81, height:
         t0 = time.time()
         clips, problems = _layout(root, on_error)
         rep, tag, bad_scenes = PrepareReport(str(root), clips=len(clips)), codec_tag(codec) if codec is not None else None, {}
-        dirs = {latents_path(c[0], 16, 16, 1, 'x').parent for c in clips} | {root / 'text'}
+        dirs = {latents_path(c[0], 16, 16, 1, 'x').parent for c in clips} | {text_folder(root)}
         rep.removed_temp = _remove_temp({d for d in dirs if not _leaves(root, d)})
         bar = tqdm(clips, desc='prepare latents', unit='clip', disable=not progress or codec is None)
         for video, caption, focal, entry, cam in (bar if codec is not None else []):
@@ -221,7 +222,7 @@ def prepare(root, codec=None, text_encoder=None, num_frames:int|None=81, height:
                 rep.failed.append((str(video), " ".join(str(e).split())))
                 bar.set_postfix(skipped=len(rep.failed))
         if text_encoder is not None:
-            if _leaves(root, root / 'text'): raise InfcamError(f"{root / 'text'} is a symbolic link out of {root}; not writing there")
+            if _leaves(root, text_folder(root)): raise InfcamError(f"{text_folder(root)} is a symbolic link out of {root}; not writing there")
             rep.texts_encoded, rep.texts_cached = cache_texts(root, [c[1] for c in clips], text_encoder, overwrite, progress, text_batch)
             rep.captions = rep.texts_encoded + rep.texts_cached
         rep.failed, rep.problems, rep.seconds = [*problems, *rep.failed], len(problems), time.time() - t0
@@ -282,7 +283,7 @@ class CachedPairDataset(PairDataset):
         root = next((r for r in self.index.roots if entry.path.is_relative_to(r)), entry.path.parents[1])
         if self.text is None:
             m = sorted(text_path(root, caption, '*').parent.glob(text_path(root, caption, '*').name))
-            if len(m) != 1: raise InfcamError(f"{'no' if not m else 'several'} cached text states for the caption of {entry.path} in {root / 'text'}")
+            if len(m) != 1: raise InfcamError(f"{'no' if not m else 'several'} cached text states for the caption of {entry.path} in {text_folder(root)}")
             return load_context(m[0])
         p = text_path(root, caption, self.text)
         if not p.is_file(): raise InfcamError(f"no cached text states {p} for the caption of {entry.path}; run prepare with the text encoder")

@@ -12,7 +12,8 @@ import torch
 from torch import Tensor
 from .core import InfcamError, atomic_path, folder_lock, natural_key
 from .layout import (NUM_CAMERAS, camera_name, setting_name, setting_focal_mm, scene_focal_mm, aug_setting,
-                           aug_scene_name, camera_file, video_file, scene_complete, scene_folders)
+                           aug_scene_name, camera_file, video_file, scene_complete, scene_folders, videos_folder,
+                           scene_info_file, metadata_file, read_metadata, write_metadata_rows)
 from .cameras import (PRESET_NAMES, preset, save_camera_extrinsics, load_camera_extrinsics, focal_mm_to_px,
                             pixel_intrinsics, num_latent_frames, relative_poses, ypr_to_rotation, pose_matrix)
 from .render import (Scene, Quad, box, billboard, ground_plane, make_env_map, make_texture, LinearMotion,
@@ -347,7 +348,7 @@ def _write_files(d:Path, spec:SceneSpec, save_depth:bool, crf:int):
     poses = camera_poses(spec)
     save_camera_extrinsics(camera_file(d), poses)
     scene, K4, t = make_scene(spec), spec.intrinsics, spec.times
-    (d / 'videos').mkdir(parents=True, exist_ok=True)
+    videos_folder(d).mkdir(parents=True, exist_ok=True)
     if save_depth: (d / 'depth').mkdir()
     names = list(poses)
     per_cam = spec.num_frames * spec.height * spec.width * (16 if save_depth else 12) * spec.ss ** 2
@@ -363,7 +364,7 @@ def _write_files(d:Path, spec:SceneSpec, save_depth:bool, crf:int):
     meta = dict(format='infcam-synthetic/1', spec=asdict(spec), caption=scene_caption(spec),
                 intrinsics=[round(v, 6) for v in K4.tolist()], fps=spec.fps, base_frame=BASE_FRAME,
                 cameras={n: (PRESET_NAMES[int(n[3:])] if int(n[3:]) <= NUM_CAMERAS else 'random') for n in poses})
-    (d / 'scene.json').write_text(json.dumps(meta, indent=1) + '\n')
+    scene_info_file(d).write_text(json.dumps(meta, indent=1) + '\n')
 
 def write_scene(root, setting:str|None, scene_name:str, spec:SceneSpec, overwrite:bool=False,
                 save_depth:bool=False, crf:int=18) -> Path:
@@ -402,7 +403,7 @@ def load_scene(path) -> dict:
     path = Path(path)
     if not scene_complete(path): raise InfcamError(f"{path} is not a complete scene (cameras/camera_extrinsics.json and videos/cam01..cam10.mp4)")
     cams = load_camera_extrinsics(camera_file(path))
-    meta = path / 'scene.json'
+    meta = scene_info_file(path)
     if meta.is_file():
         try: m = json.loads(meta.read_text())
         except json.JSONDecodeError as e: raise InfcamError(f"{meta} is not valid JSON: {e.msg}") from None
@@ -426,27 +427,23 @@ def scene_pair(path, source:str='cam01', target:str='cam05', num_frames:int|None
 
 # %% ../nbs/20_synthetic.ipynb #3ef8b72a
 def write_metadata(root) -> Path:
-    "Write `<root>/metadata.csv` (`file_name,text`, one row per video of every complete scene, paths relative to root)."
+    """Write `<root>/metadata.csv` (`file_name,text`, one row per video of every complete scene, paths relative to root;
+    a scene without a `scene.json` caption keeps the caption already listed, e.g. an augmented copy's)."""
     root = Path(root)
-    old = {}                                   # captions already listed (e.g. augmented copies, which have no scene.json)
-    if (root / 'metadata.csv').exists():
-        with open(root / 'metadata.csv', newline='') as f: old = {r['file_name']: r.get('text', '') for r in csv.DictReader(f)}
+    old = dict(read_metadata(metadata_file(root), text_required=False)) if metadata_file(root).is_file() else {}
     rows = []
     for sc in scene_folders(root):
         if not scene_complete(sc): continue
-        try: cap = json.loads((sc / 'scene.json').read_text()).get('caption', None)
+        try: cap = json.loads(scene_info_file(sc).read_text()).get('caption', None)
         except (OSError, json.JSONDecodeError): cap = None
-        for v in sorted((sc / 'videos').glob('*.mp4'), key=natural_key):
+        for v in videos_folder(sc).glob('*.mp4'):
             name = v.relative_to(root).as_posix()
             rows.append((name, cap if cap is not None else old.get(name, '')))
-    with atomic_path(root / 'metadata.csv') as tmp:
-        with open(tmp, 'w', newline='') as f:
-            w = csv.writer(f); w.writerow(['file_name', 'text']); w.writerows(rows)
-    return root / 'metadata.csv'
+    return write_metadata_rows(root, rows, keep_others=False)
 
 # %% ../nbs/20_synthetic.ipynb #98c221b2
 def _same_spec(path:Path, spec:SceneSpec):
-    try: old = json.loads((path / 'scene.json').read_text())['spec']
+    try: old = json.loads(scene_info_file(path).read_text())['spec']
     except (OSError, json.JSONDecodeError, KeyError):
         raise InfcamError(f"{path} exists but has no readable scene.json; pass overwrite=True to re-render it") from None
     diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in asdict(spec).items() if old.get(k) != v]
