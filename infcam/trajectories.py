@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_trajectories.ipynb #29348aa3
 from __future__ import annotations
-import json, math, re
+import html, json, math, re
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -13,11 +13,12 @@ from torch import Tensor
 import yaml
 from fastcore.basics import patch
 from .core import InfcamError, atomic_path
-from .cameras import (PRESET_NAMES, preset, preset_id, latent_frame_indices, load_camera_extrinsics,
+from .cameras import (PRESET_NAMES, PRESET_REFERENCE_FRAMES, preset, preset_id, latent_frame_indices, load_camera_extrinsics,
                             relative_poses, pose_matrix, homogeneous, ypr_to_rotation, rotation_to_ypr)
 
 # %% auto #0
-__all__ = ['MAX_DEGREES', 'Keyframe', 'Trajectory', 'load_trajectory']
+__all__ = ['MAX_DEGREES', 'DESIGN_COLUMNS', 'Keyframe', 'Trajectory', 'load_trajectory', 'trajectory_rows', 'rows_trajectory',
+           'preview_warnings', 'PathDesigner', 'path_figure', 'DesignerView', 'path_designer']
 
 # %% ../nbs/04_trajectories.ipynb #e4a9d2ae
 def _quat_from_matrix(R:Tensor) -> Tensor:
@@ -274,15 +275,24 @@ def _times(self:Trajectory, num_frames) -> tuple[Tensor, Tensor]:
     u = torch.linspace(0, 1, int(n), dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
     return T, u
 
+def _poses_at(keyframes:list, u:Tensor) -> Tensor:
+    "Camera-to-world poses (N, 4, 4) float64 of the path through `keyframes` at normalized times u (N,) float64."
+    T = torch.tensor([k.t for k in keyframes], dtype=torch.float64)
+    Q = _quat_from_matrix(torch.stack([k.matrix() for k in keyframes]))
+    P = torch.tensor([k.translation for k in keyframes], dtype=torch.float64)
+    return pose_matrix(_matrix_from_quat(_quat_spline(Q, T, u)), _hermite(P, T, u))
+
 @patch
 def sample(self:Trajectory, num_frames:int|None=None) -> Tensor:
     "Camera-to-world poses (num_frames, 4, 4) float32; frame i is at time i / (num_frames - 1). Default: `frames` or 81."
     T, u = self._times(num_frames)
-    Q = _quat_from_matrix(torch.stack([k.matrix() for k in self.keyframes]))
-    P = torch.tensor([k.translation for k in self.keyframes], dtype=torch.float64)
-    return pose_matrix(_matrix_from_quat(_quat_spline(Q, T, u)), _hermite(P, T, u)).float()
+    return _poses_at(self.keyframes, u).float()
 
 # %% ../nbs/04_trajectories.ipynb #a260fcfc
+def _keyframe_lenses(keyframes:list, source_focal_mm:float) -> list:
+    "Each keyframe's zoom relative to the source lens: its `zoom`, or `focal_mm / source_focal_mm`, or None."
+    return [k.zoom if k.zoom is not None else (None if k.focal_mm is None else k.focal_mm / source_focal_mm) for k in keyframes]
+
 @patch
 def zoom(self:Trajectory, num_frames:int|None=None, source_focal_mm:float=24.) -> Tensor:
     """Target focal length / source focal length per frame (num_frames,) float32: keyframes' `zoom`, or their
@@ -290,8 +300,7 @@ def zoom(self:Trajectory, num_frames:int|None=None, source_focal_mm:float=24.) -
     if isinstance(source_focal_mm, bool) or not isinstance(source_focal_mm, (int, float)) or not source_focal_mm > 0:
         raise InfcamError(f"source_focal_mm must be a positive number, got {source_focal_mm!r}")
     T, u = self._times(num_frames)
-    vals = [k.zoom if k.zoom is not None else (None if k.focal_mm is None else k.focal_mm / source_focal_mm)
-            for k in self.keyframes]
+    vals = _keyframe_lenses(self.keyframes, source_focal_mm)
     if all(v is None for v in vals): return torch.ones(len(u))
     return _lerp_known(T, vals, u).float()
 
@@ -416,3 +425,270 @@ def load_trajectory(spec, num_frames:int|None=81, *, stretch:bool=False, with_zo
     latent_frame_indices(n)
     c2w = traj.sample(n)
     return (c2w, traj.zoom(n, source_focal_mm)) if with_zoom else c2w
+
+# %% ../nbs/04_trajectories.ipynb #b23f02f4
+DESIGN_COLUMNS = ('t', 'yaw', 'pitch', 'roll', 'x', 'y', 'z', 'zoom')
+
+def trajectory_rows(traj:Trajectory) -> list[dict]:
+    """The keyframe table of `traj`: one row `{t, yaw, pitch, roll, x, y, z, zoom}` per keyframe. A rotation matrix is
+    given as its angles and every lens as a zoom (a keyframe without one takes the zoom `load_trajectory` gives it)."""
+    T = torch.tensor([k.t for k in traj.keyframes], dtype=torch.float64)
+    lenses = _keyframe_lenses(traj.keyframes, 24.)
+    zooms = [1.] * len(T) if all(v is None for v in lenses) else _lerp_known(T, lenses, T).tolist()
+    rows = []
+    for k, z in zip(traj.keyframes, zooms):
+        ypr = (k.yaw, k.pitch, k.roll) if k.rotation is None else tuple(rotation_to_ypr(k.matrix()).tolist())
+        rows.append(dict(zip(DESIGN_COLUMNS, (k.t, *ypr, *k.translation, float(z)))))
+    return rows
+
+def rows_trajectory(rows:list, name:str|None=None, frames:int|None=None) -> Trajectory:
+    "A checked `Trajectory` from a keyframe table (rows `{t, yaw, pitch, roll, x, y, z, zoom}`, in any order of `t`)."
+    for i, r in enumerate(rows):
+        missing = [c for c in DESIGN_COLUMNS if c not in r]
+        if missing: raise InfcamError(f"row {i} of the keyframe table has no {', '.join(missing)}")
+        _num(r['t'], f"row {i}: t")
+    kfs = [Keyframe(r['t'], r['yaw'], r['pitch'], r['roll'], (r['x'], r['y'], r['z']), zoom=r['zoom'])
+           for r in sorted(rows, key=lambda r: float(r['t']))]
+    return Trajectory(kfs, frames=frames, name=name)
+
+# %% ../nbs/04_trajectories.ipynb #fc76f3fc
+def _frame_ranges(idx) -> str:
+    "Frame indices as ranges: [0, 1, 2, 5] -> '0-2, 5'."
+    out, idx = [], sorted(int(i) for i in idx)
+    for i in idx:
+        if out and i == out[-1][1] + 1: out[-1][1] = i
+        else: out.append([i, i])
+    return ', '.join(f"{a}" if a == b else f"{a}-{b}" for a, b in out)
+
+def preview_warnings(c2w:Tensor, zoom:Tensor, coverage:Tensor, f_px:float, width:int, depth:float=2.0,
+                     min_coverage:float=0.5) -> list[str]:
+    """Where the rotation-only preview of a path cannot be trusted, one line each: frames where translation moves a
+    subject `depth` metres away more than the rotation moves the picture (and by over 2% of the width); frames whose
+    view the source covers less than `min_coverage` of; a zoom that varies over the clip (the model takes one lens)."""
+    out = []
+    R = c2w[:, :3, :3].double()
+    angle = torch.acos(((R.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1, 1))
+    rot_px = f_px * torch.tan(angle.clamp(max=math.radians(89)))
+    move = c2w[:, :3, 3].double().norm(dim=-1)
+    par_px = f_px * move / depth
+    bad = ((par_px > rot_px) & (par_px > 0.02 * width)).nonzero()[:, 0]
+    if len(bad):
+        i = int(bad[par_px[bad].argmax()])
+        out.append(f"translation dominates at frames {_frame_ranges(bad.tolist())}: at frame {i} the camera has moved "
+                   f"{float(move[i]):.2f} m, which shifts a subject {depth:g} m away by about {float(par_px[i]):.0f} px, "
+                   f"more than the rotation moves the picture ({float(rot_px[i]):.0f} px). The preview shows the rotation "
+                   f"only (translation needs depth, which the model learns), so the result will differ most there.")
+    low = (coverage < min_coverage).nonzero()[:, 0]
+    if len(low):
+        i = int(coverage.argmin())
+        least = 'none' if coverage[i] == 0 else f"{float(coverage[i]):.0%}"
+        out.append(f"the view leaves the source's field at frames {_frame_ranges(low.tolist())}: the source covers less "
+                   f"than {min_coverage:.0%} of it ({least} at frame {i}); the model has to invent the rest (grey here).")
+    z = zoom.double()
+    if float(z.max() - z.min()) > 1e-3 * float(z.mean()):
+        zl = z[latent_frame_indices(len(z))]
+        out.append(f"the zoom varies over the clip ({float(z.min()):.2f}x to {float(z.max()):.2f}x): the preview shows "
+                   f"each frame's lens, but the model takes one focal length per clip; infcam generate uses the mean "
+                   f"over the latent frames, {float(zl.mean()):.2f}x.")
+    return out
+
+# %% ../nbs/04_trajectories.ipynb #43ff55b6
+class PathDesigner:
+    """Design a camera path against a clip, without a GPU: the keyframe table (`rows`), the poses it makes, the
+    rotation-only preview of every frame exactly as `infcam preview` makes it (`shown`, `mask`), how much of each view
+    the source covers (`coverage`) and where the preview cannot be trusted (`warnings`). `DesignerView` is its page."""
+    def __init__(self, video=None, trajectory=None, num_frames:int|None=None, height:int|None=None,
+                 width:int|None=None, focal_mm:float|None=None, fov:float|None=None, depth:float=2.0,
+                 min_coverage:float=0.5, progress:bool=False):
+        from infcam.preview import source_intrinsics, demo_clip
+        from infcam.video import read_video
+        if video is None: src = demo_clip(num_frames or 17, height or 96, width or 176, progress=progress)
+        elif isinstance(video, Tensor): src = video[:num_frames].float()
+        else: src = read_video(video, num_frames=num_frames, height=height, width=width)
+        if src.ndim != 4 or src.shape[1] != 3: raise InfcamError(f"the clip must be frames (F, 3, H, W), got {tuple(src.shape)}")
+        latent_frame_indices(src.shape[0])                                   # 4k+1 frames, as generate needs
+        self.video, self.depth, self.min_coverage = src, depth, min_coverage
+        self.K_src = source_intrinsics(src.shape[-2], src.shape[-1], focal_mm=focal_mm, fov=fov)
+        self.name, self.error = None, None
+        self.load(Trajectory([Keyframe(0.), Keyframe(1., yaw=15.)], name='my_path') if trajectory is None else trajectory)
+
+    @property
+    def num_frames(self) -> int: return self.video.shape[0]
+
+    def trajectory(self) -> Trajectory:
+        "The table as a checked `Trajectory` (InfcamError naming the row and column if it is not a path)."
+        return rows_trajectory(self.rows, name=self.name, frames=self.num_frames)
+
+    def update(self) -> bool:
+        "Recompute poses, preview, coverage and warnings from the table; on a bad table keep the last good ones, set `error`."
+        from infcam.preview import preview_frames
+        try: traj = self.trajectory()
+        except InfcamError as e: self.error = str(e); return False
+        self.error = None
+        self.c2w, self.zoom = load_trajectory(traj, self.num_frames, with_zoom=True)
+        self.shown, self.mask = preview_frames(self.video, self.c2w, self.zoom, self.K_src, progress=False)
+        self.coverage = self.mask.flatten(1).mean(1)
+        self.warnings = preview_warnings(self.c2w, self.zoom, self.coverage, float(self.K_src[0]), self.video.shape[-1],
+                                         self.depth, self.min_coverage)
+        return True
+
+    def set(self, row:int, column:str, value:float) -> bool:
+        "Edit one cell of the table, then `update`."
+        if column not in DESIGN_COLUMNS: raise InfcamError(f"unknown column {column!r} (columns: {', '.join(DESIGN_COLUMNS)})")
+        self.rows[row][column] = float(value)
+        if column == 't': self.rows.sort(key=lambda r: r['t'])
+        return self.update()
+
+    def add(self, t:float|None=None) -> int:
+        "Add a keyframe at time `t` (default: the middle of the longest gap) holding the path's pose there; its row."
+        ts = sorted(r['t'] for r in self.rows)
+        if t is None:
+            gap = max(range(len(ts) - 1), key=lambda i: ts[i + 1] - ts[i])
+            t = (ts[gap] + ts[gap + 1]) / 2
+        t = _num(t, 't')
+        if not 0 <= t <= 1: raise InfcamError(f"a keyframe's t must be within [0, 1], got {t:g}")
+        if any(abs(r['t'] - t) < 1e-9 for r in self.rows): raise InfcamError(f"there is already a keyframe at t = {t:g}")
+        traj = self.trajectory()
+        u = torch.tensor([t], dtype=torch.float64)
+        pose = _poses_at(traj.keyframes, u)[0]
+        ypr, xyz = rotation_to_ypr(pose[:3, :3]).tolist(), pose[:3, 3].tolist()
+        T = torch.tensor([k.t for k in traj.keyframes], dtype=torch.float64)
+        zoom = float(_lerp_known(T, [k.zoom for k in traj.keyframes], u)[0])
+        self.rows.append(dict(zip(DESIGN_COLUMNS, (t, *ypr, *xyz, zoom))))
+        self.rows.sort(key=lambda r: r['t'])
+        self.update()
+        return next(i for i, r in enumerate(self.rows) if r['t'] == t)
+
+    def remove(self, row:int) -> None:
+        "Remove a keyframe (a path keeps at least two)."
+        if len(self.rows) <= 2: raise InfcamError("a path needs at least 2 keyframes; add one before removing this one")
+        del self.rows[row]
+        self.update()
+
+    def load(self, spec) -> None:
+        "Load a preset (name or 1-10), a trajectory file (.yaml/.yml/.json) or a `Trajectory` into the table."
+        if isinstance(spec, Trajectory): traj = spec
+        elif _is_preset(spec):
+            traj = Trajectory.from_c2w(load_trajectory(spec, PRESET_REFERENCE_FRAMES), every=10,
+                                       name=PRESET_NAMES[preset_id(spec)])
+        else:
+            p = Path(spec)
+            if p.suffix.lower() not in _EXTS: raise InfcamError(f"cannot load {str(spec)!r}: not a preset nor a .yaml/.yml/.json file")
+            traj = Trajectory.load(p)
+        self.rows, self.name = trajectory_rows(traj), traj.name
+        if not self.update(): raise InfcamError(self.error)
+
+    def save(self, path, overwrite:bool=False) -> Path:
+        "Write the table as a trajectory file that `infcam preview --trajectory` and `infcam generate --trajectory` take."
+        path = Path(path)
+        if path.exists() and not overwrite: raise InfcamError(f"{path} already exists; tick overwrite to replace it")
+        return self.trajectory().save(path, overwrite=True)
+
+# %% ../nbs/04_trajectories.ipynb #ea438e56
+def _png(image:Tensor) -> bytes:
+    "PNG bytes of one image (3, H, W) in [0, 1], pixel for pixel."
+    from infcam.homography import image_row
+    return image_row([image])
+
+def path_figure(c2w:Tensor, figsize=(4.6, 3.8)) -> bytes:
+    "PNG of the path `c2w` (F, 4, 4) drawn as camera frustums beside the source camera, for the designer."
+    import io
+    from matplotlib.figure import Figure
+    from infcam.cameras import plot_trajectory
+    fig = Figure(figsize=figsize, dpi=72)
+    ax = fig.add_subplot(projection='3d')
+    plot_trajectory([torch.eye(4)[None], c2w], ax=ax, labels=['source camera', 'path'], every=max(1, len(c2w) // 8))
+    fig.subplots_adjust(left=0, right=1, bottom=0.02, top=1)
+    buf = io.BytesIO(); fig.savefig(buf, format='png', metadata={'Software': None})
+    return buf.getvalue()
+
+class DesignerView:
+    """The designer's page (ipywidgets): the keyframe table with add/remove, the path in 3D, a frame slider with the
+    source and its preview, the coverage, the warnings, load and save. Every number it shows comes from `designer`."""
+    def __init__(self, designer:PathDesigner, path:str='my_path.yaml'):
+        import ipywidgets as W
+        self.d, self.W = designer, W
+        self.table = W.GridBox(layout=W.Layout(grid_template_columns=f"repeat({len(DESIGN_COLUMNS)}, 72px) 34px"))
+        self.add_button = W.Button(description='add keyframe', icon='plus')
+        self.add_button.on_click(lambda _: self._act(self.d.add))
+        self.paths = W.Image(format='png')
+        self.time = W.IntSlider(0, 0, designer.num_frames - 1, description='frame', continuous_update=False)
+        self.time.observe(lambda _: self._show_frame(), 'value')
+        self.source, self.preview = W.Image(format='png', width='45%'), W.Image(format='png', width='45%')
+        self.coverage, self.warnings, self.status = W.HTML(), W.HTML(), W.HTML()
+        self.file = W.Text(path, description='file')
+        self.overwrite = W.Checkbox(False, description='overwrite', indent=False)
+        self.save_button = W.Button(description='save', icon='save')
+        self.save_button.on_click(lambda _: self._save())
+        self.spec = W.Text('', placeholder='pan_right, tilt_up, ... or a .yaml/.json file', description='load')
+        self.load_button = W.Button(description='load', icon='folder-open')
+        self.load_button.on_click(lambda _: self._act(lambda: self.d.load(self.spec.value.strip())))
+        for w, c in ((self.add_button, 'add'), (self.paths, 'paths'), (self.time, 'time'), (self.source, 'source'),
+                     (self.preview, 'preview'), (self.coverage, 'coverage'), (self.warnings, 'warnings'),
+                     (self.status, 'status'), (self.file, 'file'), (self.overwrite, 'overwrite'),
+                     (self.save_button, 'save'), (self.spec, 'spec'), (self.load_button, 'load')):
+            w.add_class(f'infcam-{c}')
+        left = W.VBox([W.HTML('<b>keyframes</b> (t: 0 = first frame, 1 = last; degrees; metres; zoom x source lens)'),
+                       self.table, self.add_button, W.HBox([self.spec, self.load_button]),
+                       W.HBox([self.file, self.overwrite, self.save_button]), self.status])
+        self.box = W.VBox([W.HBox([left, self.paths]), self.time, W.HBox([self.source, self.preview]),
+                           self.coverage, self.warnings])
+        self.box.add_class('infcam-designer')
+        self.refresh()
+
+    def _ipython_display_(self):
+        from IPython.display import display
+        display(self.box)
+
+    def _act(self, f):
+        "Run a designer action from a button; its error goes to the status line, never a traceback."
+        try: f(); self.status.value = ''
+        except InfcamError as e: self.status.value = f'<span style="color:#b00">{html.escape(str(e))}</span>'
+        self.refresh()
+
+    def _edit(self, row:int, column:str, change):
+        self.d.set(row, column, change['new'])
+        self.refresh()
+
+    def _table(self):
+        W = self.W
+        cells = [W.HTML(f'<b>{c}</b>') for c in DESIGN_COLUMNS] + [W.HTML('')]
+        self.cells = []
+        for i, r in enumerate(self.d.rows):
+            row = {}
+            for c in DESIGN_COLUMNS:
+                w = W.FloatText(round(r[c], 6), layout=W.Layout(width='70px'))
+                w.add_class(f'infcam-kf-{i}-{c}')
+                w.observe(lambda ch, i=i, c=c: self._edit(i, c, ch), 'value')
+                row[c] = w; cells.append(w)
+            rm = W.Button(icon='minus', tooltip=f'remove keyframe {i}', layout=W.Layout(width='32px'))
+            rm.add_class(f'infcam-remove-{i}')
+            rm.on_click(lambda _, i=i: self._act(lambda: self.d.remove(i)))
+            cells.append(rm); self.cells.append(row)
+        self.table.children = cells
+
+    def refresh(self):
+        "Redraw everything from the designer's state (the table is rebuilt, so its order follows t)."
+        self._table()
+        if self.d.error: self.status.value = f'<span style="color:#b00">{html.escape(self.d.error)}</span>'
+        self.paths.value = path_figure(self.d.c2w)
+        warn = ''.join(f'<li>{html.escape(w)}</li>' for w in self.d.warnings)
+        self.warnings.value = f'<b>warnings</b><ul>{warn}</ul>' if warn else 'no warnings: the preview shows this path faithfully'
+        self._show_frame()
+
+    def _show_frame(self):
+        i = self.time.value
+        self.source.value, self.preview.value = _png(self.d.video[i]), _png(self.d.shown[i])
+        t = i / max(1, self.d.num_frames - 1)
+        self.coverage.value = (f'frame {i} (t = {t:.3f}): the source covers '
+                               f'<span class="infcam-fraction">{float(self.d.coverage[i]):.4f}</span> of the target view')
+
+    def _save(self):
+        try:
+            p = self.d.save(self.file.value.strip(), overwrite=self.overwrite.value)
+            self.status.value = f'saved {html.escape(str(p))}: infcam preview --trajectory {html.escape(str(p))}'
+        except InfcamError as e: self.status.value = f'<span style="color:#b00">{html.escape(str(e))}</span>'
+
+def path_designer(video=None, trajectory=None, path:str='my_path.yaml', **kwargs) -> DesignerView:
+    "The path designer in a notebook: `PathDesigner(video, trajectory, **kwargs)` on its page; display it."
+    return DesignerView(PathDesigner(video, trajectory, **kwargs), path)
