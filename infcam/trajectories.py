@@ -15,10 +15,13 @@ from fastcore.basics import patch
 from .core import InfcamError, atomic_path
 from .cameras import (PRESET_NAMES, PRESET_REFERENCE_FRAMES, preset, preset_id, latent_frame_indices, load_camera_extrinsics,
                             relative_poses, pose_matrix, homogeneous, ypr_to_rotation, rotation_to_ypr)
+from .homography import image_row, percent
+
 
 # %% auto #0
 __all__ = ['MAX_DEGREES', 'DESIGN_COLUMNS', 'Keyframe', 'Trajectory', 'load_trajectory', 'trajectory_rows', 'rows_trajectory',
-           'preview_warnings', 'PathDesigner', 'path_figure', 'DesignerView', 'path_designer']
+           'preview_warnings', 'design_clip', 'design_trajectory', 'keyframe_row', 'PathDesigner', 'path_figure',
+           'keyframe_table', 'DesignerView', 'path_designer']
 
 # %% ../nbs/04_trajectories.ipynb #e4a9d2ae
 def _quat_from_matrix(R:Tensor) -> Tensor:
@@ -492,6 +495,39 @@ def preview_warnings(c2w:Tensor, zoom:Tensor, coverage:Tensor, f_px:float, width
                    f"over the latent frames, {float(zl.mean()):.2f}x.")
     return out
 
+# %% ../nbs/04_trajectories.ipynb #85d79023
+def design_clip(video=None, num_frames:int|None=None, height:int|None=None, width:int|None=None,
+                progress:bool=False) -> Tensor:
+    "The clip to design against (F, 3, H, W): a video file, frames, or by default the rendered demo clip; 4k+1 frames."
+    from infcam.preview import demo_clip
+    from infcam.video import read_video
+    if video is None: src = demo_clip(num_frames or 17, height or 96, width or 176, progress=progress)
+    elif isinstance(video, Tensor): src = video[:num_frames].float()
+    else: src = read_video(video, num_frames=num_frames, height=height, width=width)
+    if src.ndim != 4 or src.shape[1] != 3: raise InfcamError(f"the clip must be frames (F, 3, H, W), got {tuple(src.shape)}")
+    latent_frame_indices(src.shape[0])                                   # 4k+1 frames, as generate needs
+    return src
+
+def design_trajectory(spec) -> Trajectory:
+    "A preset (spread over the clip: keyframes every 10 of its 81 reference frames), a trajectory file or a `Trajectory`."
+    if isinstance(spec, Trajectory): return spec
+    if _is_preset(spec):
+        return Trajectory.from_c2w(load_trajectory(spec, PRESET_REFERENCE_FRAMES), every=10, name=PRESET_NAMES[preset_id(spec)])
+    p = Path(spec)
+    if p.suffix.lower() not in _EXTS: raise InfcamError(f"cannot load {str(spec)!r}: not a preset nor a .yaml/.yml/.json file")
+    return Trajectory.load(p)
+
+def keyframe_row(traj:Trajectory, t:float) -> dict:
+    "A table row at time `t` holding the pose and zoom the path has there, so adding it does not move the path."
+    t = _num(t, 't')
+    if not 0 <= t <= 1: raise InfcamError(f"a keyframe's t must be within [0, 1], got {t:g}")
+    if any(abs(k.t - t) < 1e-9 for k in traj.keyframes): raise InfcamError(f"there is already a keyframe at t = {t:g}")
+    u = torch.tensor([t], dtype=torch.float64)
+    pose = _poses_at(traj.keyframes, u)[0]
+    T = torch.tensor([k.t for k in traj.keyframes], dtype=torch.float64)
+    zoom = float(_lerp_known(T, [r['zoom'] for r in trajectory_rows(traj)], u)[0])
+    return dict(zip(DESIGN_COLUMNS, (t, *rotation_to_ypr(pose[:3, :3]).tolist(), *pose[:3, 3].tolist(), zoom)))
+
 # %% ../nbs/04_trajectories.ipynb #43ff55b6
 class PathDesigner:
     """Design a camera path against a clip, without a GPU: the keyframe table (`rows`), the poses it makes, the
@@ -500,94 +536,62 @@ class PathDesigner:
     def __init__(self, video=None, trajectory=None, num_frames:int|None=None, height:int|None=None,
                  width:int|None=None, focal_mm:float|None=None, fov:float|None=None, depth:float=2.0,
                  min_coverage:float=0.5, progress:bool=False):
-        from infcam.preview import source_intrinsics, demo_clip
-        from infcam.video import read_video
-        if video is None: src = demo_clip(num_frames or 17, height or 96, width or 176, progress=progress)
-        elif isinstance(video, Tensor): src = video[:num_frames].float()
-        else: src = read_video(video, num_frames=num_frames, height=height, width=width)
-        if src.ndim != 4 or src.shape[1] != 3: raise InfcamError(f"the clip must be frames (F, 3, H, W), got {tuple(src.shape)}")
-        latent_frame_indices(src.shape[0])                                   # 4k+1 frames, as generate needs
-        self.video, self.depth, self.min_coverage = src, depth, min_coverage
-        self.K_src = source_intrinsics(src.shape[-2], src.shape[-1], focal_mm=focal_mm, fov=fov)
-        self.name, self.error = None, None
+        from infcam.preview import source_intrinsics
+        self.video = design_clip(video, num_frames, height, width, progress)
+        self.depth, self.min_coverage, self.error = depth, min_coverage, None
+        self.K_src = source_intrinsics(self.video.shape[-2], self.video.shape[-1], focal_mm=focal_mm, fov=fov)
         self.load(Trajectory([Keyframe(0.), Keyframe(1., yaw=15.)], name='my_path') if trajectory is None else trajectory)
 
     @property
     def num_frames(self) -> int: return self.video.shape[0]
-
     def trajectory(self) -> Trajectory:
-        "The table as a checked `Trajectory` (InfcamError naming the row and column if it is not a path)."
+        "The table as a checked `Trajectory` (an `InfcamError` naming the row or keyframe if it is not a path)."
         return rows_trajectory(self.rows, name=self.name, frames=self.num_frames)
 
     def update(self) -> bool:
-        "Recompute poses, preview, coverage and warnings from the table; on a bad table keep the last good ones, set `error`."
+        "Recompute poses, preview, coverage and warnings from the table; a bad table keeps the last good ones and sets `error`."
         from infcam.preview import preview_frames
         try: traj = self.trajectory()
         except InfcamError as e: self.error = str(e); return False
-        self.error = None
-        self.c2w, self.zoom = load_trajectory(traj, self.num_frames, with_zoom=True)
+        self.error, (self.c2w, self.zoom) = None, load_trajectory(traj, self.num_frames, with_zoom=True)
         self.shown, self.mask = preview_frames(self.video, self.c2w, self.zoom, self.K_src, progress=False)
         self.coverage = self.mask.flatten(1).mean(1)
         self.warnings = preview_warnings(self.c2w, self.zoom, self.coverage, float(self.K_src[0]), self.video.shape[-1],
                                          self.depth, self.min_coverage)
         return True
-
     def set(self, row:int, column:str, value:float) -> bool:
-        "Edit one cell of the table, then `update`."
+        "Edit one cell of the table (rows stay in order of t), then `update`."
         if column not in DESIGN_COLUMNS: raise InfcamError(f"unknown column {column!r} (columns: {', '.join(DESIGN_COLUMNS)})")
         self.rows[row][column] = float(value)
         if column == 't': self.rows.sort(key=lambda r: r['t'])
         return self.update()
 
-    def add(self, t:float|None=None) -> int:
-        "Add a keyframe at time `t` (default: the middle of the longest gap) holding the path's pose there; its row."
-        ts = sorted(r['t'] for r in self.rows)
+    def add(self, t:float|None=None) -> None:
+        "Add a keyframe at time `t` (default: the middle of the longest gap) that holds the path's pose there."
         if t is None:
+            ts = sorted(r['t'] for r in self.rows)
             gap = max(range(len(ts) - 1), key=lambda i: ts[i + 1] - ts[i])
             t = (ts[gap] + ts[gap + 1]) / 2
-        t = _num(t, 't')
-        if not 0 <= t <= 1: raise InfcamError(f"a keyframe's t must be within [0, 1], got {t:g}")
-        if any(abs(r['t'] - t) < 1e-9 for r in self.rows): raise InfcamError(f"there is already a keyframe at t = {t:g}")
-        traj = self.trajectory()
-        u = torch.tensor([t], dtype=torch.float64)
-        pose = _poses_at(traj.keyframes, u)[0]
-        ypr, xyz = rotation_to_ypr(pose[:3, :3]).tolist(), pose[:3, 3].tolist()
-        T = torch.tensor([k.t for k in traj.keyframes], dtype=torch.float64)
-        zoom = float(_lerp_known(T, [k.zoom for k in traj.keyframes], u)[0])
-        self.rows.append(dict(zip(DESIGN_COLUMNS, (t, *ypr, *xyz, zoom))))
-        self.rows.sort(key=lambda r: r['t'])
+        self.rows = sorted([*self.rows, keyframe_row(self.trajectory(), t)], key=lambda r: r['t'])
         self.update()
-        return next(i for i, r in enumerate(self.rows) if r['t'] == t)
-
     def remove(self, row:int) -> None:
         "Remove a keyframe (a path keeps at least two)."
         if len(self.rows) <= 2: raise InfcamError("a path needs at least 2 keyframes; add one before removing this one")
-        del self.rows[row]
-        self.update()
-
+        del self.rows[row]; self.update()
     def load(self, spec) -> None:
         "Load a preset (name or 1-10), a trajectory file (.yaml/.yml/.json) or a `Trajectory` into the table."
-        if isinstance(spec, Trajectory): traj = spec
-        elif _is_preset(spec):
-            traj = Trajectory.from_c2w(load_trajectory(spec, PRESET_REFERENCE_FRAMES), every=10,
-                                       name=PRESET_NAMES[preset_id(spec)])
-        else:
-            p = Path(spec)
-            if p.suffix.lower() not in _EXTS: raise InfcamError(f"cannot load {str(spec)!r}: not a preset nor a .yaml/.yml/.json file")
-            traj = Trajectory.load(p)
+        traj = design_trajectory(spec)
         self.rows, self.name = trajectory_rows(traj), traj.name
         if not self.update(): raise InfcamError(self.error)
-
     def save(self, path, overwrite:bool=False) -> Path:
-        "Write the table as a trajectory file that `infcam preview --trajectory` and `infcam generate --trajectory` take."
+        "Write the table as the trajectory file `infcam preview --trajectory` and `infcam generate --trajectory` take."
         path = Path(path)
         if path.exists() and not overwrite: raise InfcamError(f"{path} already exists; tick overwrite to replace it")
         return self.trajectory().save(path, overwrite=True)
 
-# %% ../nbs/04_trajectories.ipynb #ea438e56
+# %% ../nbs/04_trajectories.ipynb #7df0e5ec
 def _png(image:Tensor) -> bytes:
     "PNG bytes of one image (3, H, W) in [0, 1], pixel for pixel."
-    from infcam.homography import image_row
     return image_row([image])
 
 def path_figure(c2w:Tensor, figsize=(4.6, 3.8)) -> bytes:
@@ -598,42 +602,60 @@ def path_figure(c2w:Tensor, figsize=(4.6, 3.8)) -> bytes:
     fig = Figure(figsize=figsize, dpi=72)
     ax = fig.add_subplot(projection='3d')
     plot_trajectory([torch.eye(4)[None], c2w], ax=ax, labels=['source camera', 'path'], every=max(1, len(c2w) // 8))
-    fig.subplots_adjust(left=0, right=1, bottom=0.02, top=1)
+    fig.subplots_adjust(left=0, right=0.92, bottom=0.08, top=1)
     buf = io.BytesIO(); fig.savefig(buf, format='png', metadata={'Software': None})
     return buf.getvalue()
 
+def _error_html(e) -> str: return f'<span style="color:#b00">{html.escape(str(e))}</span>'
+
+def _named(w, name:str):
+    "The widget `w` with the CSS class `infcam-NAME`, by which a page (and its tests) find it."
+    w.add_class(f'infcam-{name}'); return w
+
+def _button(text:str, icon:str, name:str, f):
+    import ipywidgets as W
+    b = _named(W.Button(description=text, icon=icon), name); b.on_click(lambda _: f()); return b
+
+def keyframe_table(rows:list, on_edit, on_remove):
+    """Widgets of an editable keyframe table: a header, a `FloatText` per cell (class `infcam-kf-ROW-COLUMN`) calling
+    `on_edit(row, column, value)`, a remove button per row calling `on_remove(row)`. Returns (children, cells by row)."""
+    import ipywidgets as W
+    children, cells = [W.HTML(f'<b>{c}</b>') for c in DESIGN_COLUMNS] + [W.HTML('')], []
+    for i, r in enumerate(rows):
+        row = {}
+        for c in DESIGN_COLUMNS:
+            w = row[c] = _named(W.FloatText(round(r[c], 6), layout=W.Layout(width='70px')), f'kf-{i}-{c}')
+            w.observe(lambda ch, i=i, c=c: on_edit(i, c, ch['new']), 'value')
+        rm = _named(W.Button(icon='minus', tooltip=f'remove keyframe {i}', layout=W.Layout(width='32px')), f'remove-{i}')
+        rm.on_click(lambda _, i=i: on_remove(i))
+        children += [*row.values(), rm]; cells.append(row)
+    return children, cells
+
+# %% ../nbs/04_trajectories.ipynb #53235ff4
 class DesignerView:
     """The designer's page (ipywidgets): the keyframe table with add/remove, the path in 3D, a frame slider with the
     source and its preview, the coverage, the warnings, load and save. Every number it shows comes from `designer`."""
     def __init__(self, designer:PathDesigner, path:str='my_path.yaml'):
         import ipywidgets as W
-        self.d, self.W = designer, W
+        self.d = designer
+        named, button = _named, _button
         self.table = W.GridBox(layout=W.Layout(grid_template_columns=f"repeat({len(DESIGN_COLUMNS)}, 72px) 34px"))
-        self.add_button = W.Button(description='add keyframe', icon='plus')
-        self.add_button.on_click(lambda _: self._act(self.d.add))
-        self.paths = W.Image(format='png')
-        self.time = W.IntSlider(0, 0, designer.num_frames - 1, description='frame', continuous_update=False)
+        self.add_button = button('add keyframe', 'plus', 'add', lambda: self._act(self.d.add))
+        self.paths = named(W.Image(format='png'), 'paths')
+        self.time = named(W.IntSlider(0, 0, designer.num_frames - 1, description='frame', continuous_update=False), 'time')
         self.time.observe(lambda _: self._show_frame(), 'value')
-        self.source, self.preview = W.Image(format='png', width='45%'), W.Image(format='png', width='45%')
-        self.coverage, self.warnings, self.status = W.HTML(), W.HTML(), W.HTML()
-        self.file = W.Text(path, description='file')
-        self.overwrite = W.Checkbox(False, description='overwrite', indent=False)
-        self.save_button = W.Button(description='save', icon='save')
-        self.save_button.on_click(lambda _: self._save())
-        self.spec = W.Text('', placeholder='pan_right, tilt_up, ... or a .yaml/.json file', description='load')
-        self.load_button = W.Button(description='load', icon='folder-open')
-        self.load_button.on_click(lambda _: self._act(lambda: self.d.load(self.spec.value.strip())))
-        for w, c in ((self.add_button, 'add'), (self.paths, 'paths'), (self.time, 'time'), (self.source, 'source'),
-                     (self.preview, 'preview'), (self.coverage, 'coverage'), (self.warnings, 'warnings'),
-                     (self.status, 'status'), (self.file, 'file'), (self.overwrite, 'overwrite'),
-                     (self.save_button, 'save'), (self.spec, 'spec'), (self.load_button, 'load')):
-            w.add_class(f'infcam-{c}')
+        self.source, self.preview = (named(W.Image(format='png', width='45%'), n) for n in ('source', 'preview'))
+        self.coverage, self.warnings, self.status = (named(W.HTML(), n) for n in ('coverage', 'warnings', 'status'))
+        self.file = named(W.Text(path, description='file'), 'file')
+        self.overwrite = named(W.Checkbox(False, description='overwrite', indent=False), 'overwrite')
+        self.save_button = button('save', 'save', 'save', self._save)
+        self.spec = named(W.Text('', placeholder='pan_right, tilt_up, ... or a .yaml/.json file', description='load'), 'spec')
+        self.load_button = button('load', 'folder-open', 'load', lambda: self._act(lambda: self.d.load(self.spec.value.strip())))
         left = W.VBox([W.HTML('<b>keyframes</b> (t: 0 = first frame, 1 = last; degrees; metres; zoom x source lens)'),
                        self.table, self.add_button, W.HBox([self.spec, self.load_button]),
                        W.HBox([self.file, self.overwrite, self.save_button]), self.status])
-        self.box = W.VBox([W.HBox([left, self.paths]), self.time, W.HBox([self.source, self.preview]),
-                           self.coverage, self.warnings])
-        self.box.add_class('infcam-designer')
+        self.box = named(W.VBox([W.HBox([left, self.paths]), self.time, W.HBox([self.source, self.preview]),
+                                 self.coverage, self.warnings]), 'designer')
         self.refresh()
 
     def _ipython_display_(self):
@@ -641,36 +663,16 @@ class DesignerView:
         display(self.box)
 
     def _act(self, f):
-        "Run a designer action from a button; its error goes to the status line, never a traceback."
+        "Run a designer action; its error goes to the status line, never a traceback."
         try: f(); self.status.value = ''
-        except InfcamError as e: self.status.value = f'<span style="color:#b00">{html.escape(str(e))}</span>'
+        except InfcamError as e: self.status.value = _error_html(e)
         self.refresh()
-
-    def _edit(self, row:int, column:str, change):
-        self.d.set(row, column, change['new'])
-        self.refresh()
-
-    def _table(self):
-        W = self.W
-        cells = [W.HTML(f'<b>{c}</b>') for c in DESIGN_COLUMNS] + [W.HTML('')]
-        self.cells = []
-        for i, r in enumerate(self.d.rows):
-            row = {}
-            for c in DESIGN_COLUMNS:
-                w = W.FloatText(round(r[c], 6), layout=W.Layout(width='70px'))
-                w.add_class(f'infcam-kf-{i}-{c}')
-                w.observe(lambda ch, i=i, c=c: self._edit(i, c, ch), 'value')
-                row[c] = w; cells.append(w)
-            rm = W.Button(icon='minus', tooltip=f'remove keyframe {i}', layout=W.Layout(width='32px'))
-            rm.add_class(f'infcam-remove-{i}')
-            rm.on_click(lambda _, i=i: self._act(lambda: self.d.remove(i)))
-            cells.append(rm); self.cells.append(row)
-        self.table.children = cells
 
     def refresh(self):
         "Redraw everything from the designer's state (the table is rebuilt, so its order follows t)."
-        self._table()
-        if self.d.error: self.status.value = f'<span style="color:#b00">{html.escape(self.d.error)}</span>'
+        self.table.children, self.cells = keyframe_table(self.d.rows, lambda i, c, v: self._act(lambda: self.d.set(i, c, v)),
+                                                         lambda i: self._act(lambda: self.d.remove(i)))
+        if self.d.error: self.status.value = _error_html(self.d.error)
         self.paths.value = path_figure(self.d.c2w)
         warn = ''.join(f'<li>{html.escape(w)}</li>' for w in self.d.warnings)
         self.warnings.value = f'<b>warnings</b><ul>{warn}</ul>' if warn else 'no warnings: the preview shows this path faithfully'
@@ -679,16 +681,17 @@ class DesignerView:
     def _show_frame(self):
         i = self.time.value
         self.source.value, self.preview.value = _png(self.d.video[i]), _png(self.d.shown[i])
-        t = i / max(1, self.d.num_frames - 1)
-        self.coverage.value = (f'frame {i} (t = {t:.3f}): the source covers '
-                               f'<span class="infcam-fraction">{float(self.d.coverage[i]):.4f}</span> of the target view')
+        c = float(self.d.coverage[i])
+        self.coverage.value = (f'frame {i} (t = {i / max(1, self.d.num_frames - 1):.3f}): the source covers {percent(c)} '
+                               f'(<span class="infcam-fraction">{c:.4f}</span>) of the target view')
 
     def _save(self):
         try:
             p = self.d.save(self.file.value.strip(), overwrite=self.overwrite.value)
             self.status.value = f'saved {html.escape(str(p))}: infcam preview --trajectory {html.escape(str(p))}'
-        except InfcamError as e: self.status.value = f'<span style="color:#b00">{html.escape(str(e))}</span>'
+        except InfcamError as e: self.status.value = _error_html(e)
 
+# %% ../nbs/04_trajectories.ipynb #ca693169
 def path_designer(video=None, trajectory=None, path:str='my_path.yaml', **kwargs) -> DesignerView:
     "The path designer in a notebook: `PathDesigner(video, trajectory, **kwargs)` on its page; display it."
     return DesignerView(PathDesigner(video, trajectory, **kwargs), path)
