@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_trajectories.ipynb #29348aa3
 from __future__ import annotations
-import html, json, math, re
+import html, json, math, re, shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -20,8 +20,9 @@ from .homography import image_row, percent
 
 # %% auto #0
 __all__ = ['MAX_DEGREES', 'DESIGN_COLUMNS', 'Keyframe', 'Trajectory', 'load_trajectory', 'trajectory_rows', 'rows_trajectory',
-           'preview_warnings', 'design_clip', 'design_trajectory', 'keyframe_row', 'PathDesigner', 'path_figure',
-           'keyframe_table', 'DesignerView', 'path_designer']
+           'preview_warnings', 'design_clip', 'starter_path', 'design_trajectory', 'keyframe_row', 'PathDesigner',
+           'path_figure', 'preview_command', 'save_status', 'coverage_html', 'keyframe_table', 'DesignerView',
+           'path_designer']
 
 # %% ../nbs/04_trajectories.ipynb #e4a9d2ae
 def _quat_from_matrix(R:Tensor) -> Tensor:
@@ -477,16 +478,18 @@ def preview_warnings(c2w:Tensor, zoom:Tensor, coverage:Tensor, f_px:float, width
     bad = ((par_px > rot_px) & (par_px > 0.02 * width)).nonzero()[:, 0]
     if len(bad):
         i = int(bad[par_px[bad].argmax()])
-        out.append(f"translation dominates at frames {_frame_ranges(bad.tolist())}: at frame {i} the camera has moved "
-                   f"{float(move[i]):.2f} m, which shifts a subject {depth:g} m away by about {float(par_px[i]):.0f} px, "
-                   f"more than the rotation moves the picture ({float(rot_px[i]):.0f} px). The preview shows the rotation "
-                   f"only (translation needs depth, which the model learns), so the result will differ most there.")
+        out.append(f"translation dominates at frames {_frame_ranges(bad.tolist())}: at frame {i} the camera has "
+                   f"moved {float(move[i]):.2f} m, which shifts a subject {depth:g} m away by about "
+                   f"{float(par_px[i]):.0f} px, more than the rotation moves the picture ({float(rot_px[i]):.0f} px). "
+                   f"The preview shows the rotation only (translation needs depth, which the model learns), so the "
+                   f"result will differ most there.")
     low = (coverage < min_coverage).nonzero()[:, 0]
     if len(low):
         i = int(coverage.argmin())
         least = 'none' if coverage[i] == 0 else f"{float(coverage[i]):.0%}"
-        out.append(f"the view leaves the source's field at frames {_frame_ranges(low.tolist())}: the source covers less "
-                   f"than {min_coverage:.0%} of it ({least} at frame {i}); the model has to invent the rest (grey here).")
+        out.append(f"the view leaves the source's field at frames {_frame_ranges(low.tolist())}: the source covers "
+                   f"less than {min_coverage:.0%} of it ({least} at frame {i}); the model has to invent the rest "
+                   f"(grey here).")
     z = zoom.double()
     if float(z.max() - z.min()) > 1e-3 * float(z.mean()):
         zl = z[latent_frame_indices(len(z))]
@@ -504,17 +507,24 @@ def design_clip(video=None, num_frames:int|None=None, height:int|None=None, widt
     if video is None: src = demo_clip(num_frames or 17, height or 96, width or 176, progress=progress)
     elif isinstance(video, Tensor): src = video[:num_frames].float()
     else: src = read_video(video, num_frames=num_frames, height=height, width=width)
-    if src.ndim != 4 or src.shape[1] != 3: raise InfcamError(f"the clip must be frames (F, 3, H, W), got {tuple(src.shape)}")
+    if src.ndim != 4 or src.shape[1] != 3:
+        raise InfcamError(f"the clip must be frames (F, 3, H, W), got {tuple(src.shape)}")
     latent_frame_indices(src.shape[0])                                   # 4k+1 frames, as generate needs
     return src
 
+def starter_path() -> Trajectory:
+    "The path a new designer opens on: a turn of 15 degrees to the right."
+    return Trajectory([Keyframe(0.), Keyframe(1., yaw=15.)], name='my_path')
+
 def design_trajectory(spec) -> Trajectory:
-    "A preset (spread over the clip: keyframes every 10 of its 81 reference frames), a trajectory file or a `Trajectory`."
+    "A preset (keyframes every 10 of its 81 reference frames, spread over the clip), a trajectory file, a `Trajectory`."
     if isinstance(spec, Trajectory): return spec
     if _is_preset(spec):
-        return Trajectory.from_c2w(load_trajectory(spec, PRESET_REFERENCE_FRAMES), every=10, name=PRESET_NAMES[preset_id(spec)])
+        c2w = load_trajectory(spec, PRESET_REFERENCE_FRAMES)
+        return Trajectory.from_c2w(c2w, every=10, name=PRESET_NAMES[preset_id(spec)])
     p = Path(spec)
-    if p.suffix.lower() not in _EXTS: raise InfcamError(f"cannot load {str(spec)!r}: not a preset nor a .yaml/.yml/.json file")
+    if p.suffix.lower() not in _EXTS:
+        raise InfcamError(f"cannot load {str(spec)!r}: not a preset nor a .yaml/.yml/.json file")
     return Trajectory.load(p)
 
 def keyframe_row(traj:Trajectory, t:float) -> dict:
@@ -538,18 +548,18 @@ class PathDesigner:
                  min_coverage:float=0.5, progress:bool=False):
         from infcam.preview import source_intrinsics
         self.video = design_clip(video, num_frames, height, width, progress)
-        self.depth, self.min_coverage, self.error = depth, min_coverage, None
+        self.num_frames, self.depth, self.min_coverage, self.error = self.video.shape[0], depth, min_coverage, None
+        self.clip = video if video is None or isinstance(video, (str, Path)) else False    # False: frames were given
+        self.lens = dict(focal_mm=focal_mm, fov=fov)
         self.K_src = source_intrinsics(self.video.shape[-2], self.video.shape[-1], focal_mm=focal_mm, fov=fov)
-        self.load(Trajectory([Keyframe(0.), Keyframe(1., yaw=15.)], name='my_path') if trajectory is None else trajectory)
+        self.load(starter_path() if trajectory is None else trajectory)
 
-    @property
-    def num_frames(self) -> int: return self.video.shape[0]
     def trajectory(self) -> Trajectory:
         "The table as a checked `Trajectory` (an `InfcamError` naming the row or keyframe if it is not a path)."
         return rows_trajectory(self.rows, name=self.name, frames=self.num_frames)
 
     def update(self) -> bool:
-        "Recompute poses, preview, coverage and warnings from the table; a bad table keeps the last good ones and sets `error`."
+        "Recompute poses, preview, coverage and warnings; a bad table keeps the last good ones and sets `error`."
         from infcam.preview import preview_frames
         try: traj = self.trajectory()
         except InfcamError as e: self.error = str(e); return False
@@ -561,7 +571,7 @@ class PathDesigner:
         return True
     def set(self, row:int, column:str, value:float) -> bool:
         "Edit one cell of the table (rows stay in order of t), then `update`."
-        if column not in DESIGN_COLUMNS: raise InfcamError(f"unknown column {column!r} (columns: {', '.join(DESIGN_COLUMNS)})")
+        if column not in DESIGN_COLUMNS: raise InfcamError(f"unknown column {column!r} ({', '.join(DESIGN_COLUMNS)})")
         self.rows[row][column] = float(value)
         if column == 't': self.rows.sort(key=lambda r: r['t'])
         return self.update()
@@ -606,6 +616,31 @@ def path_figure(c2w:Tensor, figsize=(4.6, 3.8)) -> bytes:
     buf = io.BytesIO(); fig.savefig(buf, format='png', metadata={'Software': None})
     return buf.getvalue()
 
+# %% ../nbs/04_trajectories.ipynb #4762bde3
+def preview_command(d:PathDesigner, trajectory_file) -> str|None:
+    "The `infcam preview` command showing `trajectory_file` on the designer's clip as it does (None for given frames)."
+    if d.clip is False: return None
+    H, W = d.video.shape[-2:]
+    args = ['infcam', 'preview', *([] if d.clip is None else ['--video', str(d.clip)]),
+            '--trajectory', str(trajectory_file), '--frames', str(d.num_frames), '--height', str(H), '--width', str(W)]
+    for k, v in d.lens.items():
+        if v is not None: args += [f"--{k.replace('_', '-')}", f'{v:g}']
+    return shlex.join(args)
+
+def save_status(d:PathDesigner, path:str, overwrite:bool) -> str:
+    "Save the designer's path to `path`; the status line (HTML) saying where and how to see it, or why not."
+    try: p = d.save(path, overwrite=overwrite)
+    except InfcamError as e: return _error_html(e)
+    cmd = preview_command(d, p)
+    if cmd is None: return f'saved {html.escape(str(p))}'
+    return f'saved {html.escape(str(p))}; see it: <code class="infcam-command">{html.escape(cmd)} --out p.mp4</code>'
+
+def coverage_html(d:PathDesigner, i:int) -> str:
+    "The line under the pictures of frame `i`: its time and the fraction of the target view the source covers."
+    c = float(d.coverage[i])
+    return (f'frame {i} (t = {i / max(1, d.num_frames - 1):.3f}): the source covers {percent(c)} '
+            f'(<span class="infcam-fraction">{c:.4f}</span>) of the target view')
+
 def _error_html(e) -> str: return f'<span style="color:#b00">{html.escape(str(e))}</span>'
 
 def _named(w, name:str):
@@ -618,7 +653,7 @@ def _button(text:str, icon:str, name:str, f):
 
 def keyframe_table(rows:list, on_edit, on_remove):
     """Widgets of an editable keyframe table: a header, a `FloatText` per cell (class `infcam-kf-ROW-COLUMN`) calling
-    `on_edit(row, column, value)`, a remove button per row calling `on_remove(row)`. Returns (children, cells by row)."""
+    `on_edit(row, column, value)`, a remove button per row calling `on_remove(row)`; returns (children, row cells)."""
     import ipywidgets as W
     children, cells = [W.HTML(f'<b>{c}</b>') for c in DESIGN_COLUMNS] + [W.HTML('')], []
     for i, r in enumerate(rows):
@@ -626,7 +661,8 @@ def keyframe_table(rows:list, on_edit, on_remove):
         for c in DESIGN_COLUMNS:
             w = row[c] = _named(W.FloatText(round(r[c], 6), layout=W.Layout(width='70px')), f'kf-{i}-{c}')
             w.observe(lambda ch, i=i, c=c: on_edit(i, c, ch['new']), 'value')
-        rm = _named(W.Button(icon='minus', tooltip=f'remove keyframe {i}', layout=W.Layout(width='32px')), f'remove-{i}')
+        rm = W.Button(icon='minus', tooltip=f'remove keyframe {i}', layout=W.Layout(width='32px'))
+        _named(rm, f'remove-{i}')
         rm.on_click(lambda _, i=i: on_remove(i))
         children += [*row.values(), rm]; cells.append(row)
     return children, cells
@@ -637,20 +673,19 @@ class DesignerView:
     source and its preview, the coverage, the warnings, load and save. Every number it shows comes from `designer`."""
     def __init__(self, designer:PathDesigner, path:str='my_path.yaml'):
         import ipywidgets as W
-        self.d = designer
-        named, button = _named, _button
+        self.d, named, act = designer, _named, self._act
         self.table = W.GridBox(layout=W.Layout(grid_template_columns=f"repeat({len(DESIGN_COLUMNS)}, 72px) 34px"))
-        self.add_button = button('add keyframe', 'plus', 'add', lambda: self._act(self.d.add))
+        self.add_button = _button('add keyframe', 'plus', 'add', lambda: act(self.d.add))
         self.paths = named(W.Image(format='png'), 'paths')
-        self.time = named(W.IntSlider(0, 0, designer.num_frames - 1, description='frame', continuous_update=False), 'time')
+        self.time = named(W.IntSlider(0, 0, designer.num_frames - 1, description='frame'), 'time')
         self.time.observe(lambda _: self._show_frame(), 'value')
         self.source, self.preview = (named(W.Image(format='png', width='45%'), n) for n in ('source', 'preview'))
         self.coverage, self.warnings, self.status = (named(W.HTML(), n) for n in ('coverage', 'warnings', 'status'))
         self.file = named(W.Text(path, description='file'), 'file')
         self.overwrite = named(W.Checkbox(False, description='overwrite', indent=False), 'overwrite')
-        self.save_button = button('save', 'save', 'save', self._save)
-        self.spec = named(W.Text('', placeholder='pan_right, tilt_up, ... or a .yaml/.json file', description='load'), 'spec')
-        self.load_button = button('load', 'folder-open', 'load', lambda: self._act(lambda: self.d.load(self.spec.value.strip())))
+        self.save_button = _button('save', 'save', 'save', self._save)
+        self.spec = named(W.Text('', placeholder='pan_right, ... or a .yaml/.json file', description='load'), 'spec')
+        self.load_button = _button('load', 'folder-open', 'load', self._load)
         left = W.VBox([W.HTML('<b>keyframes</b> (t: 0 = first frame, 1 = last; degrees; metres; zoom x source lens)'),
                        self.table, self.add_button, W.HBox([self.spec, self.load_button]),
                        W.HBox([self.file, self.overwrite, self.save_button]), self.status])
@@ -670,26 +705,23 @@ class DesignerView:
 
     def refresh(self):
         "Redraw everything from the designer's state (the table is rebuilt, so its order follows t)."
-        self.table.children, self.cells = keyframe_table(self.d.rows, lambda i, c, v: self._act(lambda: self.d.set(i, c, v)),
-                                                         lambda i: self._act(lambda: self.d.remove(i)))
+        edit = lambda i, c, v: self._act(lambda: self.d.set(i, c, v))
+        remove = lambda i: self._act(lambda: self.d.remove(i))
+        self.table.children, self.cells = keyframe_table(self.d.rows, edit, remove)
         if self.d.error: self.status.value = _error_html(self.d.error)
         self.paths.value = path_figure(self.d.c2w)
         warn = ''.join(f'<li>{html.escape(w)}</li>' for w in self.d.warnings)
-        self.warnings.value = f'<b>warnings</b><ul>{warn}</ul>' if warn else 'no warnings: the preview shows this path faithfully'
+        self.warnings.value = (f'<b>warnings</b><ul>{warn}</ul>' if warn
+                               else 'no warnings: the preview shows this path faithfully')
         self._show_frame()
 
     def _show_frame(self):
         i = self.time.value
         self.source.value, self.preview.value = _png(self.d.video[i]), _png(self.d.shown[i])
-        c = float(self.d.coverage[i])
-        self.coverage.value = (f'frame {i} (t = {i / max(1, self.d.num_frames - 1):.3f}): the source covers {percent(c)} '
-                               f'(<span class="infcam-fraction">{c:.4f}</span>) of the target view')
+        self.coverage.value = coverage_html(self.d, i)
 
-    def _save(self):
-        try:
-            p = self.d.save(self.file.value.strip(), overwrite=self.overwrite.value)
-            self.status.value = f'saved {html.escape(str(p))}: infcam preview --trajectory {html.escape(str(p))}'
-        except InfcamError as e: self.status.value = _error_html(e)
+    def _load(self): self._act(lambda: self.d.load(self.spec.value.strip()))
+    def _save(self): self.status.value = save_status(self.d, self.file.value.strip(), self.overwrite.value)
 
 # %% ../nbs/04_trajectories.ipynb #ca693169
 def path_designer(video=None, trajectory=None, path:str='my_path.yaml', **kwargs) -> DesignerView:

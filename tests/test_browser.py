@@ -10,12 +10,12 @@ The tests compare what the page shows with what the library computes, not only t
 - the path designer (`nbs/04_trajectories.ipynb`): a keyframe is edited in the page's table, the frame slider moved,
   the path saved with the page's button; the saved file, loaded back, holds the table's rows and gives its poses
   (1e-5), the preview picture on the page is exactly `preview_frames` for that file (within 1 grey level), the coverage
-  shown is that frame's mask fraction, and `infcam preview` run on the saved file writes the same frame (within the
-  H.264 codec's error, the label box excluded).
+  shown is that frame's mask fraction, and the `infcam preview` command the page shows for the saved file writes the
+  same frame (within the H.264 codec's error: 4 grey levels on average, the label box excluded).
 
 CI installs Debian's `chromium` and `chromium-driver` (`.ci/run`); without them the tests fail under CI and are
 skipped elsewhere, naming what to install. Screenshots are left in the module's temporary folder."""
-import base64, io, math, os, re, shutil, socket, subprocess, sys, time, urllib.request
+import base64, io, os, re, shlex, shutil, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
 import numpy as np
 import pytest
@@ -120,19 +120,21 @@ def _run_notebook(d, lab:str, name:str):
     _wait(d, f"const w = window.jupyterapp && {NB}; const k = w && w.sessionContext && w.sessionContext.session && "
              f"w.sessionContext.session.kernel; return w && w.title.label === '{name}' && k && k.status === 'idle'",
           120, f"the kernel of {name}")
-    ok = d.execute_async_script("const done = arguments[arguments.length - 1];"
-                                "window.jupyterapp.commands.execute('notebook:run-all-cells').then(r => done(r), e => done('' + e))")
+    ok = d.execute_async_script("const done = arguments[arguments.length - 1]; window.jupyterapp.commands"
+                                ".execute('notebook:run-all-cells').then(r => done(r), e => done('' + e))")
     errors = d.execute_script("return Array.from(document.querySelectorAll('.jp-OutputArea-output'))"
                               ".map(e => e.textContent).filter(t => t.includes('Traceback'))")
     assert ok is True and not errors, f"{name} failed in JupyterLab: {ok!r} {errors[:1]}"
-    counts = d.execute_script(f"return {NB}.content.widgets.filter(c => c.model.type === 'code').map(c => c.model.executionCount)")
+    counts = d.execute_script(f"return {NB}.content.widgets.filter(c => c.model.type === 'code')"
+                              ".map(c => c.model.executionCount)")
     assert counts and all(c is not None for c in counts), f"cells not run: {counts}"
     _settle(d)
 
 def _png(data:bytes) -> torch.Tensor:
     "A PNG as a float image (3, H, W) in [0, 1] (values k/255)."
     from PIL import Image
-    return torch.from_numpy(np.asarray(Image.open(io.BytesIO(data)).convert('RGB')).copy()).permute(2, 0, 1).float() / 255
+    arr = np.asarray(Image.open(io.BytesIO(data)).convert('RGB')).copy()
+    return torch.from_numpy(arr).permute(2, 0, 1).float() / 255
 
 def _image_bytes(d, css:str) -> bytes:
     "The bytes of the picture an <img> shows (a data: or blob: URL), fetched inside the page."
@@ -250,7 +252,8 @@ def test_designer_edit_scrub_save(lab, browser, tmp):
     d = browser
     _run_notebook(d, lab, '04_trajectories.ipynb')
     css = _designer_css
-    d.execute_script("arguments[0].scrollIntoView({block: 'start'})", d.find_element(By.CSS_SELECTOR, '.infcam-designer'))
+    designer = d.find_element(By.CSS_SELECTOR, '.infcam-designer')
+    d.execute_script("arguments[0].scrollIntoView({block: 'start'})", designer)
     rows = _table(d)
     assert len(rows) >= 2, f"the designer shows no keyframe table: {rows}"
     # edit a keyframe: the last one turns 18 deg right and 4 deg up, as a user types it
@@ -295,12 +298,13 @@ def test_designer_edit_scrub_save(lab, browser, tmp):
     assert page.ne(_png(before)).any(), "the preview did not change with the path"
     fraction = float(d.find_element(By.CSS_SELECTOR, f"{css('coverage')} .infcam-fraction").text)
     assert abs(fraction - float(mask[frame].mean())) < 1e-4
-    # and `infcam preview` on the saved file writes the same frame (H.264 and its label box aside)
+    # and the `infcam preview` command the page shows writes the same frame (H.264 and its label box aside)
+    cmd = shlex.split(d.find_element(By.CSS_SELECTOR, f"{css('status')} .infcam-command").text)
+    assert cmd[:2] == ['infcam', 'preview'] and cmd[cmd.index('--trajectory') + 1] == str(out), cmd
     mp4 = tmp / 'preview.mp4'
-    r = subprocess.run([sys.executable, '-m', 'infcam.cli', 'preview', '--video', str(ROOT / 'data' / 'clips' / 'demo_17f.mp4'),
-                        '--trajectory', str(out), '--frames', str(n), '--height', str(clip.shape[-2]),
-                        '--width', str(clip.shape[-1]), '--out', str(mp4)],
-                       capture_output=True, text=True, env={**os.environ, 'PYTHONPATH': str(ROOT)}, timeout=300)
+    cmd[cmd.index('--out') + 1] = str(mp4)
+    r = subprocess.run([sys.executable, '-m', 'infcam.cli', *cmd[1:]], cwd=tmp / 'work' / 'nbs', capture_output=True,
+                       text=True, env={**os.environ, 'PYTHONPATH': str(ROOT)}, timeout=300)
     assert r.returncode == 0, r.stderr
     import av                                                       # decoded as written (read_video would crop to 16s)
     with av.open(str(mp4)) as c: written = [f.to_ndarray(format='rgb24') for f in c.decode(video=0)]

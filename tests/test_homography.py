@@ -219,5 +219,6 @@ def test_covered_psnr_ignores_what_the_source_does_not_cover():
     assert torch.equal(shown[m.expand_as(w) == 0], checkerboard(48, 80).expand(1, 3, -1, -1)[m.expand_as(w) == 0])
     assert f"{p:.1f} dB over" in overlap_report(p, frac)
     # turned right away from the source: nothing to compare, and no nan anywhere
-    w, m = warp_image(src, infinite_homography(intrinsics_matrix(K4), intrinsics_matrix(K4), rotation_matrix(120.)), return_mask=True)
+    K = intrinsics_matrix(K4)
+    w, m = warp_image(src, infinite_homography(K, K, rotation_matrix(120.)), return_mask=True)
     assert covered_psnr(w, tgt, m) == (None, 0.) and 'nan' not in overlap_report(*covered_psnr(w, tgt, m))

@@ -221,12 +221,12 @@ def test_table_round_trip_of_matrices_and_focal_lengths():
     "A file with a rotation matrix and focal_mm / missing lenses becomes a table that makes the same poses and zooms."
     from infcam.trajectories import trajectory_rows, rows_trajectory
     R = ypr_to_rotation(*(torch.tensor(v, dtype=torch.float64) for v in (30., -10., 5.))).tolist()
-    traj = Trajectory([Keyframe(0.), Keyframe(0.4, yaw=5, focal_mm=36), Keyframe(0.7, rotation=R, translation=(0.3, 0, 0.1)),
-                       Keyframe(1., yaw=-20, zoom=0.8)])
+    traj = Trajectory([Keyframe(0.), Keyframe(0.4, yaw=5, focal_mm=36),
+                       Keyframe(0.7, rotation=R, translation=(0.3, 0, 0.1)), Keyframe(1., yaw=-20, zoom=0.8)])
     back = rows_trajectory(trajectory_rows(traj))
     assert torch.allclose(back.sample(33), traj.sample(33), atol=1e-6)
     assert torch.allclose(back.zoom(33), traj.zoom(33), atol=1e-6)                  # 36 mm on the 24 mm default: 1.5
-    assert trajectory_rows(traj)[0]['zoom'] == 1.5                                  # held before the first lens keyframe
+    assert trajectory_rows(traj)[0]['zoom'] == 1.5                 # held before the first lens keyframe
 
 def test_designer_widgets_without_a_browser(tmp_path):
     "The page's widgets drive the designer: an edit, add and remove buttons, save refusing to overwrite, a bad load."
@@ -265,7 +265,7 @@ def test_a_designed_path_is_accepted_by_preview_and_generate(tmp_path, capsys):
     out = tmp_path / 'g.mp4'
     assert any('mean over the latent frames, 1.15x' in x for x in d.warnings)    # 9 frames here, 17 there: same mean
     with pytest.warns(UserWarning, match=r'zoom varies .* \(1\.150\) is used'):
-        assert main(['generate', '--video', str(CLIP), '--prompt', 'a street', '--trajectory', str(f), '--weights', str(w),
-                     '--out', str(out), '--size', 'tiny', '--frames', '9', '--height', '32', '--width', '48', '--steps', '1',
-                     '--dtype', 'fp32', '--device', 'cpu', '--quiet']) == 0
+        assert main(['generate', '--video', str(CLIP), '--prompt', 'a street', '--trajectory', str(f),
+                     '--weights', str(w), '--out', str(out), '--size', 'tiny', '--frames', '9', '--height', '32',
+                     '--width', '48', '--steps', '1', '--dtype', 'fp32', '--device', 'cpu', '--quiet']) == 0
     assert out.is_file()
