@@ -15,7 +15,8 @@ from .trajectories import load_trajectory
 from .video import read_video, write_comparison, side_by_side, check_size, check_video_memory, WAN_FPS
 
 # %% auto #0
-__all__ = ['source_intrinsics', 'rotation_only', 'demo_clip', 'preview', 'static_preview_note']
+__all__ = ['UNCOVERED_GREY', 'source_intrinsics', 'rotation_only', 'demo_clip', 'preview_frames', 'preview',
+           'static_preview_note']
 
 # %% ../nbs/06_preview.ipynb #5bf5e7ea
 def source_intrinsics(height:int, width:int, focal_mm:float|None=None, fov:float|None=None, fx:float|None=None) -> torch.Tensor:
@@ -66,6 +67,22 @@ def demo_clip(num_frames:int=81, height:int=240, width:int=416, seed:int=0, foca
         frames.append(img[0])
     return torch.stack(frames).clamp(0, 1)
 
+# %% ../nbs/06_preview.ipynb #87097310
+UNCOVERED_GREY = 0.15     # the grey of the target pixels the source does not cover, in a preview
+
+def preview_frames(src:torch.Tensor,          # (F, 3, H, W) source frames in [0, 1]
+                   c2w:torch.Tensor,          # (F, 4, 4) target poses, as `load_trajectory` gives them
+                   traj_zoom:torch.Tensor,    # (F,) the trajectory's zoom per frame (`load_trajectory(..., with_zoom=True)`)
+                   K_src:torch.Tensor,        # (4,) pixel intrinsics of the source
+                   zoom:float=1.0, first_frame:bool=False, progress:bool=True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rotation-only re-render of `src` along a trajectory as `infcam preview` shows it, and its mask:
+    (frames (F, 3, H, W) with uncovered pixels `UNCOVERED_GREY`, mask (F, 1, H, W))."""
+    Fn = src.shape[0]
+    K_tgt = K_src.float().repeat(Fn, 1)
+    K_tgt[:, :2] *= zoom * traj_zoom[:, None]                     # a trajectory file may zoom over time
+    warped, mask = rotation_only(src, c2w, K_src, K_tgt, first_frame=first_frame, progress=progress)
+    return warped * mask + UNCOVERED_GREY * (1 - mask), mask
+
 # %% ../nbs/06_preview.ipynb #32c20e9e
 def preview(video:str|Path|None=None, trajectory:str='pan_right', out:str|Path|None=None, num_frames:int=81,
             height:int|None=None, width:int|None=None, focal_mm:float|None=None, fov:float|None=None,
@@ -88,11 +105,9 @@ def preview(video:str|Path|None=None, trajectory:str='pan_right', out:str|Path|N
         check_size(height, width); check_video_memory(num_frames, height, width, copies=8)
         src = read_video(video, num_frames=num_frames, height=height, width=width, stride=stride)
     K_src = source_intrinsics(height, width, focal_mm=focal_mm, fov=fov)
-    K_tgt = K_src.repeat(num_frames, 1)
-    K_tgt[:, :2] *= zoom * traj_zoom[:, None]                     # a trajectory file may zoom over time
-    warped, mask = rotation_only(src, c2w, K_src, K_tgt, first_frame=first_frame, progress=progress)
+    shown, _ = preview_frames(src, c2w, traj_zoom, K_src, zoom, first_frame=first_frame, progress=progress)
     label = f"{traj_name}{' (first frame)' if first_frame else ''}"
-    return write_comparison(out, src, warped * mask + 0.15 * (1 - mask), labels=['source', label], overwrite=overwrite)
+    return write_comparison(out, src, shown, labels=['source', label], overwrite=overwrite)
 
 # %% ../nbs/06_preview.ipynb #b1459e9f
 def static_preview_note(trajectory, num_frames:int=81, zoom:float=1.0, tol_deg:float=0.05) -> str|None:
