@@ -24,7 +24,7 @@ __all__ = ['DEFAULT_FOCAL_MM', 'METHODS', 'FOCAL_MM_RANGE', 'ZOOM_RANGE', 'UNIDE
 DEFAULT_FOCAL_MM = 24.
 METHODS = ('default', 'explicit', 'selfcal', 'unidepth')
 FOCAL_MM_RANGE = (1., 1000.)     # focal lengths a lens can have (mm on the 23.76 mm sensor): a fisheye to a long telephoto
-ZOOM_RANGE = (0.05, 20.)         # a target focal length from 1/20 to 20 times the source's
+ZOOM_RANGE = (0.02, 50.)         # a target focal length from 1/50 to 50 times the source's (1000 mm / 24 mm is 42)
 
 def _in_range(v, lo:float, hi:float, what:str, unit:str='') -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and lo <= v <= hi):

@@ -12,6 +12,7 @@ from .core import InfcamError, check_overwrite, make_folder
 from .cameras import focal_mm_to_px, fov_to_focal_px, pixel_intrinsics, intrinsics_matrix
 from .homography import infinite_homography, warp_image
 from .trajectories import load_trajectory
+from .intrinsics import DEFAULT_FOCAL_MM, check_focal_mm, check_zoom
 from .video import read_video, write_comparison, side_by_side, check_size, check_video_memory, WAN_FPS
 
 # %% auto #0
@@ -20,14 +21,16 @@ __all__ = ['UNCOVERED_GREY', 'source_intrinsics', 'rotation_only', 'demo_clip', 
 
 # %% ../nbs/06_preview.ipynb #5bf5e7ea
 def source_intrinsics(height:int, width:int, focal_mm:float|None=None, fov:float|None=None, fx:float|None=None) -> torch.Tensor:
-    "Pixel intrinsics `[fx, fy, cx, cy]` from a focal length in mm (23.76 mm sensor), a horizontal field of view in degrees, or `fx` in pixels; 24 mm by default."
+    """Pixel intrinsics `[fx, fy, cx, cy]` from a focal length in mm (23.76 mm sensor), a horizontal field of view in
+    degrees, or `fx` in pixels; `DEFAULT_FOCAL_MM` (24) by default."""
     given = [v is not None for v in (focal_mm, fov, fx)]
     if sum(given) > 1: raise InfcamError("give only one of focal_mm, fov and fx")
-    for name, v in (('focal_mm', focal_mm), ('fov', fov), ('fx', fx)):
+    if focal_mm is not None: check_focal_mm(focal_mm)
+    for name, v in (('fov', fov), ('fx', fx)):
         if v is not None and not (math.isfinite(v) and v > 0): raise InfcamError(f"{name} must be a positive finite number, got {v}")
     if fov is not None and fov >= 180: raise InfcamError(f"fov must be below 180 degrees, got {fov}")
     if fx is None:
-        fx = fov_to_focal_px(fov, height, width) if fov is not None else focal_mm_to_px(24.0 if focal_mm is None else focal_mm, height, width)
+        fx = fov_to_focal_px(fov, height, width) if fov is not None else focal_mm_to_px(DEFAULT_FOCAL_MM if focal_mm is None else focal_mm, height, width)
     return pixel_intrinsics(float(fx), height, width)
 
 # %% ../nbs/06_preview.ipynb #34f82c84
@@ -88,7 +91,7 @@ def preview(video:str|Path|None=None, trajectory:str='pan_right', out:str|Path|N
             height:int|None=None, width:int|None=None, focal_mm:float|None=None, fov:float|None=None,
             zoom:float=1.0, first_frame:bool=False, stride:int=1, overwrite:bool=False, progress:bool=True) -> Path:
     "Write `source | rotation-only re-render` along `trajectory` to `out`; with no `video`, use the built-in demo clip."
-    if not (math.isfinite(zoom) and 0 < zoom <= 100): raise InfcamError(f"zoom must be a number in (0, 100], got {zoom}")
+    check_zoom(zoom)
     name = 'demo' if video is None else Path(video).stem
     traj_name = Path(trajectory).stem if Path(str(trajectory)).suffix else str(trajectory)
     out = Path(out) if out is not None else Path('outputs') / f'preview_{name}_{traj_name}.mp4'

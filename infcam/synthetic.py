@@ -14,6 +14,7 @@ from .core import InfcamError, atomic_path, folder_lock, natural_key
 from .layout import (NUM_CAMERAS, camera_name, setting_name, setting_focal_mm, scene_focal_mm, aug_setting,
                            aug_scene_name, camera_file, video_file, scene_complete, scene_folders, videos_folder,
                            scene_info_file, metadata_file, read_metadata, write_metadata_rows)
+from .intrinsics import check_focal_mm
 from .cameras import (PRESET_NAMES, preset, save_camera_extrinsics, load_camera_extrinsics, focal_mm_to_px,
                             pixel_intrinsics, num_latent_frames, relative_poses, ypr_to_rotation, pose_matrix)
 from .render import (Scene, Quad, box, billboard, ground_plane, make_env_map, make_texture, LinearMotion,
@@ -60,9 +61,7 @@ class SceneSpec:
         for n in ('height', 'width'):
             v = _int(n, getattr(self, n), 16, 4096)
             if v % 16: raise InfcamError(f"SceneSpec.{n} must be a multiple of 16 (the model's and read_video's grid), got {v}")
-        if isinstance(self.focal_mm, bool) or not isinstance(self.focal_mm, (int, float)) or not 1 <= self.focal_mm <= 1000:
-            raise InfcamError(f"SceneSpec.focal_mm must be a focal length in mm between 1 and 1000, got {self.focal_mm!r}")
-        self.focal_mm = float(self.focal_mm)
+        self.focal_mm = check_focal_mm(self.focal_mm, 'SceneSpec.focal_mm')
         if self.num_objects is not None: _int('num_objects', self.num_objects, 0, 12)
         if self.num_moving is not None: _int('num_moving', self.num_moving, 0, 4)
         if self.kind is not None and self.kind not in KINDS:

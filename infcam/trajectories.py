@@ -11,18 +11,18 @@ import numpy as np
 import torch
 from torch import Tensor
 import yaml
-from fastcore.basics import patch
 from .core import InfcamError, atomic_path
 from .cameras import (PRESET_NAMES, PRESET_REFERENCE_FRAMES, preset, preset_id, latent_frame_indices, load_camera_extrinsics,
                             relative_poses, pose_matrix, homogeneous, ypr_to_rotation, rotation_to_ypr)
 from .homography import image_row, percent
+from .intrinsics import DEFAULT_FOCAL_MM, check_focal_mm, check_zoom
 
 
 # %% auto #0
-__all__ = ['MAX_DEGREES', 'DESIGN_COLUMNS', 'Keyframe', 'Trajectory', 'load_trajectory', 'trajectory_rows', 'rows_trajectory',
-           'preview_warnings', 'design_clip', 'starter_path', 'design_trajectory', 'keyframe_row', 'PathDesigner',
-           'path_figure', 'preview_command', 'save_status', 'coverage_html', 'keyframe_table', 'DesignerView',
-           'path_designer']
+__all__ = ['MAX_DEGREES', 'DESIGN_COLUMNS', 'Keyframe', 'Trajectory', 'read_trajectory_file', 'keyframes_from_c2w',
+           'load_trajectory', 'trajectory_rows', 'rows_trajectory', 'preview_warnings', 'design_clip', 'starter_path',
+           'design_trajectory', 'keyframe_row', 'PathDesigner', 'path_figure', 'preview_command', 'save_status',
+           'coverage_html', 'keyframe_table', 'DesignerView', 'path_designer']
 
 # %% ../nbs/04_trajectories.ipynb #e4a9d2ae
 def _quat_from_matrix(R:Tensor) -> Tensor:
@@ -130,43 +130,37 @@ class Keyframe:
             if dev > _ORTHO_TOL:
                 raise InfcamError(f"{where}.rotation is not orthonormal: max |R^T R - I| = {dev:.3g} (tolerance {_ORTHO_TOL:g})")
             if torch.linalg.det(R) < 0: raise InfcamError(f"{where}.rotation is a reflection (determinant -1), not a rotation")
-        for k in ('focal_mm', 'zoom'):
-            v = getattr(self, k)
-            if v is not None:
-                v = _num(v, f"{where}.{k}")
-                if v <= 0: raise InfcamError(f"{where}.{k} must be positive, got {v:g}")
-                setattr(self, k, v)
+        for k, check in (('focal_mm', check_focal_mm), ('zoom', check_zoom)):     # a lens a camera can have
+            if (v := getattr(self, k)) is not None: setattr(self, k, check(_num(v, f"{where}.{k}"), f"{where}.{k}"))
         if self.focal_mm is not None and self.zoom is not None:
             raise InfcamError(f"{where}: give the lens as focal_mm or as zoom, not both")
 
-# %% ../nbs/04_trajectories.ipynb #342fd2fd
-@patch
-def matrix(self:Keyframe) -> Tensor:
-    "The camera-to-world rotation (3, 3), float64 (a given `rotation` is projected onto the nearest rotation)."
-    if self.rotation is None:
-        return ypr_to_rotation(*(torch.tensor(v, dtype=torch.float64) for v in (self.yaw, self.pitch, self.roll)))
-    U, _, Vh = torch.linalg.svd(torch.tensor(self.rotation, dtype=torch.float64))
-    return U @ Vh
+    def matrix(self) -> Tensor:
+        "The camera-to-world rotation (3, 3), float64 (a given `rotation` is projected onto the nearest rotation)."
+        if self.rotation is None:
+            return ypr_to_rotation(*(torch.tensor(v, dtype=torch.float64) for v in (self.yaw, self.pitch, self.roll)))
+        U, _, Vh = torch.linalg.svd(torch.tensor(self.rotation, dtype=torch.float64))
+        return U @ Vh
 
-@patch
-def to_dict(self:Keyframe) -> dict:
-    d = {'t': self.t}
-    if self.rotation is None: d.update(yaw=self.yaw, pitch=self.pitch, roll=self.roll)
-    else: d['rotation'] = [list(r) for r in self.rotation]
-    d['translation'] = list(self.translation)
-    for k in ('focal_mm', 'zoom'):
-        if getattr(self, k) is not None: d[k] = getattr(self, k)
-    return d
+    def to_dict(self) -> dict:
+        d = {'t': self.t}
+        if self.rotation is None: d.update(yaw=self.yaw, pitch=self.pitch, roll=self.roll)
+        else: d['rotation'] = [list(r) for r in self.rotation]
+        d['translation'] = list(self.translation)
+        for k in ('focal_mm', 'zoom'):
+            if getattr(self, k) is not None: d[k] = getattr(self, k)
+        return d
 
-@patch(cls_method=True)
-def from_dict(cls:Keyframe, d, where:str='keyframe') -> Keyframe:
-    if not isinstance(d, dict): raise InfcamError(f"{where} must be a mapping like {{t: 0.5, yaw: 10}}, got {d!r}")
-    for k in d:
-        if k not in _KEY_KEYS: raise InfcamError(f"{where}: unknown key {k!r} (allowed: {', '.join(_KEY_KEYS)})")
-    if 't' not in d: raise InfcamError(f"{where}: missing 't' (the keyframe's time: 0 = first frame, 1 = last)")
-    kf = cls(**d)
-    kf._check(where)
-    return kf
+    @classmethod
+    def from_dict(cls, d, where:str='keyframe') -> Keyframe:
+        if not isinstance(d, dict): raise InfcamError(f"{where} must be a mapping like {{t: 0.5, yaw: 10}}, got {d!r}")
+        for k in d:
+            if k not in _KEY_KEYS: raise InfcamError(f"{where}: unknown key {k!r} (allowed: {', '.join(_KEY_KEYS)})")
+        if 't' not in d: raise InfcamError(f"{where}: missing 't' (the keyframe's time: 0 = first frame, 1 = last)")
+        kf = cls(**d)
+        kf._check(where)
+        return kf
+
 
 # %% ../nbs/04_trajectories.ipynb #33ee91e7
 def _tangents(P:Tensor, T:Tensor) -> Tensor:
@@ -269,16 +263,53 @@ class Trajectory:
         return cls([Keyframe.from_dict(k, f"keyframes[{i}]") for i, k in enumerate(kfs)], frames=data.get('frames'),
                    name=data.get('name'), description=data.get('description'))
 
-# %% ../nbs/04_trajectories.ipynb #d131866c
-@patch
-def _times(self:Trajectory, num_frames) -> tuple[Tensor, Tensor]:
-    n = num_frames if num_frames is not None else (self.frames or 81)
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise InfcamError(f"the number of frames must be a positive integer, got {n!r}")
-    T = torch.tensor([k.t for k in self.keyframes], dtype=torch.float64)
-    u = torch.linspace(0, 1, int(n), dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
-    return T, u
+    def _times(self, num_frames) -> tuple[Tensor, Tensor]:
+        n = num_frames if num_frames is not None else (self.frames or 81)
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise InfcamError(f"the number of frames must be a positive integer, got {n!r}")
+        T = torch.tensor([k.t for k in self.keyframes], dtype=torch.float64)
+        u = torch.linspace(0, 1, int(n), dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
+        return T, u
 
+    def sample(self, num_frames:int|None=None) -> Tensor:
+        "Camera-to-world poses (num_frames, 4, 4) float32; frame i is at time i / (num_frames - 1). Default: `frames` or 81."
+        T, u = self._times(num_frames)
+        return _poses_at(self.keyframes, u).float()
+
+    def zoom(self, num_frames:int|None=None, source_focal_mm:float=DEFAULT_FOCAL_MM) -> Tensor:
+        """Target focal length / source focal length per frame (num_frames,) float32: keyframes' `zoom`, or their
+        `focal_mm / source_focal_mm`, interpolated linearly (held before the first and after the last); 1 with no lens."""
+        check_focal_mm(source_focal_mm, 'source_focal_mm')
+        T, u = self._times(num_frames)
+        vals = _keyframe_lenses(self.keyframes, source_focal_mm)
+        if all(v is None for v in vals): return torch.ones(len(u))
+        return _lerp_known(T, vals, u).float()
+
+    def focal_mm(self, num_frames:int|None=None, source_focal_mm:float=DEFAULT_FOCAL_MM) -> Tensor:
+        "Target focal length in mm per frame (num_frames,): `zoom * source_focal_mm`."
+        return self.zoom(num_frames, source_focal_mm) * source_focal_mm
+
+    def save(self, path, overwrite:bool=True) -> Path:
+        "Write the trajectory to `path` (.yaml, .yml or .json) atomically."
+        path = Path(path); ext = _check_ext(path)
+        with atomic_path(path, overwrite) as tmp: tmp.write_text(_to_text(self.to_dict(), ext))
+        return path
+
+    @classmethod
+    def load(cls, path) -> Trajectory:
+        "Read and check a trajectory file (.yaml, .yml or .json)."
+        data = read_trajectory_file(path)
+        try: return cls.from_dict(data)
+        except InfcamError as e: raise InfcamError(f"{path}: {e}") from None
+
+    @classmethod
+    def from_c2w(cls, c2w:Tensor, every:int=1, zoom:Tensor|None=None, name:str|None=None) -> Trajectory:
+        "Keyframes from poses (F, 4, 4) or (F, 3, 4), every `every` frames plus the last; optional per-frame `zoom` (F,)."
+        kfs, frames = keyframes_from_c2w(c2w, every, zoom)
+        return cls(kfs, frames=frames, name=name)
+
+
+# %% ../nbs/04_trajectories.ipynb #d131866c
 def _poses_at(keyframes:list, u:Tensor) -> Tensor:
     "Camera-to-world poses (N, 4, 4) float64 of the path through `keyframes` at normalized times u (N,) float64."
     T = torch.tensor([k.t for k in keyframes], dtype=torch.float64)
@@ -286,32 +317,12 @@ def _poses_at(keyframes:list, u:Tensor) -> Tensor:
     P = torch.tensor([k.translation for k in keyframes], dtype=torch.float64)
     return pose_matrix(_matrix_from_quat(_quat_spline(Q, T, u)), _hermite(P, T, u))
 
-@patch
-def sample(self:Trajectory, num_frames:int|None=None) -> Tensor:
-    "Camera-to-world poses (num_frames, 4, 4) float32; frame i is at time i / (num_frames - 1). Default: `frames` or 81."
-    T, u = self._times(num_frames)
-    return _poses_at(self.keyframes, u).float()
 
 # %% ../nbs/04_trajectories.ipynb #a260fcfc
 def _keyframe_lenses(keyframes:list, source_focal_mm:float) -> list:
     "Each keyframe's zoom relative to the source lens: its `zoom`, or `focal_mm / source_focal_mm`, or None."
     return [k.zoom if k.zoom is not None else (None if k.focal_mm is None else k.focal_mm / source_focal_mm) for k in keyframes]
 
-@patch
-def zoom(self:Trajectory, num_frames:int|None=None, source_focal_mm:float=24.) -> Tensor:
-    """Target focal length / source focal length per frame (num_frames,) float32: keyframes' `zoom`, or their
-    `focal_mm / source_focal_mm`, interpolated linearly (held before the first and after the last); 1 with no lens."""
-    if isinstance(source_focal_mm, bool) or not isinstance(source_focal_mm, (int, float)) or not source_focal_mm > 0:
-        raise InfcamError(f"source_focal_mm must be a positive number, got {source_focal_mm!r}")
-    T, u = self._times(num_frames)
-    vals = _keyframe_lenses(self.keyframes, source_focal_mm)
-    if all(v is None for v in vals): return torch.ones(len(u))
-    return _lerp_known(T, vals, u).float()
-
-@patch
-def focal_mm(self:Trajectory, num_frames:int|None=None, source_focal_mm:float=24.) -> Tensor:
-    "Target focal length in mm per frame (num_frames,): `zoom * source_focal_mm`."
-    return self.zoom(num_frames, source_focal_mm) * source_focal_mm
 
 # %% ../nbs/04_trajectories.ipynb #76dff236
 _EXTS = ('.yaml', '.yml', '.json')
@@ -334,33 +345,45 @@ def _to_text(d:dict, ext:str) -> str:
     top = ''.join(yaml.safe_dump({k: v}, sort_keys=False, width=1 << 30) for k, v in head.items())
     return _HEADER + top + 'keyframes:\n' + ''.join(f'  - {flow(k)}\n' for k in d['keyframes'])
 
-def _save(self, path, overwrite:bool=True) -> Path:
-    "Write the trajectory to `path` (.yaml, .yml or .json) atomically."
-    path = Path(path); ext = _check_ext(path)
-    with atomic_path(path, overwrite) as tmp: tmp.write_text(_to_text(self.to_dict(), ext))
-    return path
+def _no_duplicates(pairs, where:str) -> dict:
+    "A mapping from `pairs`, refusing a key given twice (JSON and YAML readers otherwise keep the last silently)."
+    d = {}
+    for k, v in pairs:
+        if k in d: raise InfcamError(f"{where}: the key {k!r} is given twice in one mapping")
+        d[k] = v
+    return d
 
-def _load(cls, path) -> Trajectory:
-    "Read a trajectory file (.yaml, .yml or .json)."
+class _StrictYAML(yaml.SafeLoader):
+    "PyYAML's safe loader, refusing a key given twice in one mapping."
+
+def _yaml_mapping(loader, node, deep=False):
+    loader.flatten_mapping(node)
+    pairs = [(loader.construct_object(k, deep=deep), loader.construct_object(v, deep=deep)) for k, v in node.value]
+    return _no_duplicates(pairs, f"line {node.start_mark.line + 1}")
+
+_StrictYAML.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _yaml_mapping)
+
+def read_trajectory_file(path) -> dict:
+    "The structure in a trajectory file (.yaml, .yml or .json): a parse error or a key given twice is an `InfcamError`."
     path = Path(path); ext = _check_ext(path)
     try: text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise InfcamError(f"cannot read trajectory file {path}: {getattr(e, 'strerror', None) or e}") from None
-    try: data = json.loads(text) if ext == '.json' else yaml.safe_load(text)
+    try:
+        if ext == '.json': return json.loads(text, object_pairs_hook=lambda p: _no_duplicates(p, 'JSON object'))
+        return yaml.load(text, Loader=_StrictYAML)
+    except InfcamError as e: raise InfcamError(f"{path}: {e}") from None
     except json.JSONDecodeError as e: raise InfcamError(f"{path} is not valid JSON: {e.msg} (line {e.lineno})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, 'problem_mark', None)
         where = f" (line {mark.line + 1})" if mark is not None else ''
         raise InfcamError(f"{path} is not valid YAML: {getattr(e, 'problem', None) or e}{where}") from None
-    try: return cls.from_dict(data)
-    except InfcamError as e: raise InfcamError(f"{path}: {e}") from None
 
-Trajectory.save = _save
-Trajectory.load = classmethod(_load)
 
 # %% ../nbs/04_trajectories.ipynb #9d0c1575
-def _from_c2w(cls, c2w:Tensor, every:int=1, zoom:Tensor|None=None, name:str|None=None) -> Trajectory:
-    "Keyframes from poses (F, 4, 4) or (F, 3, 4), every `every` frames plus the last; optional per-frame `zoom` (F,)."
+def keyframes_from_c2w(c2w:Tensor, every:int=1, zoom:Tensor|None=None) -> tuple[list, int|None]:
+    """`(keyframes, frames)` from poses (F, 4, 4) or (F, 3, 4), every `every` frames plus the last, with an optional
+    per-frame `zoom` (F,); `frames` is F where F = 4k + 1, else None."""
     if not isinstance(c2w, Tensor) or c2w.ndim != 3 or c2w.shape[-1] != 4 or c2w.shape[-2] not in (3, 4):
         raise InfcamError(f"poses must be a tensor (F, 4, 4) or (F, 3, 4), got {tuple(c2w.shape) if isinstance(c2w, Tensor) else type(c2w).__name__}")
     F = c2w.shape[0]
@@ -384,17 +407,15 @@ def _from_c2w(cls, c2w:Tensor, every:int=1, zoom:Tensor|None=None, name:str|None
         rot = None if (back - R[i]).abs().max() < 1e-9 else R[i].tolist()    # near gimbal lock: keep the matrix
         kfs.append(Keyframe(i / (F - 1), *((0., 0., 0.) if rot else (y, p, r)), translation=tuple(P[i, :3, 3].tolist()),
                             rotation=rot, zoom=None if zoom is None else float(zoom[i])))
-    frames = F if (F - 1) % 4 == 0 else None
-    return cls(kfs, frames=frames, name=name)
+    return kfs, (F if (F - 1) % 4 == 0 else None)
 
-Trajectory.from_c2w = classmethod(_from_c2w)
 
 # %% ../nbs/04_trajectories.ipynb #a14565e2
 def _is_preset(spec) -> bool:
     try: preset_id(spec); return True
     except InfcamError: return False
 
-def load_trajectory(spec, num_frames:int|None=81, *, stretch:bool=False, with_zoom:bool=False, source_focal_mm:float=24.):
+def load_trajectory(spec, num_frames:int|None=81, *, stretch:bool=False, with_zoom:bool=False, source_focal_mm:float=DEFAULT_FOCAL_MM):
     """Poses (num_frames, 4, 4) float32 for a preset (1-10 or name), a keyframe file (.yaml/.yml/.json) or
     'camera_extrinsics.json:camXX[@camYY]'; `num_frames` must be 4k+1 (None: the file's `frames`, else 81).
     With `with_zoom`, returns `(c2w, zoom (num_frames,))`."""
@@ -437,7 +458,7 @@ def trajectory_rows(traj:Trajectory) -> list[dict]:
     """The keyframe table of `traj`: one row `{t, yaw, pitch, roll, x, y, z, zoom}` per keyframe. A rotation matrix is
     given as its angles and every lens as a zoom (a keyframe without one takes the zoom `load_trajectory` gives it)."""
     T = torch.tensor([k.t for k in traj.keyframes], dtype=torch.float64)
-    lenses = _keyframe_lenses(traj.keyframes, 24.)
+    lenses = _keyframe_lenses(traj.keyframes, DEFAULT_FOCAL_MM)
     zooms = [1.] * len(T) if all(v is None for v in lenses) else _lerp_known(T, lenses, T).tolist()
     rows = []
     for k, z in zip(traj.keyframes, zooms):

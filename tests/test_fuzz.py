@@ -534,3 +534,29 @@ def test_training_stopped_by_a_signal_cleans_up(mcv, tmp_path, sig):
     assert lines[-1] == f'infcam.train: interrupted ({signal.Signals(sig).name})' and 'Traceback' not in err, err[-2000:]
     assert not list((run / 'ckpt').glob('.step*')), list((run / 'ckpt').iterdir())
     assert not (run / '.infcam.lock').exists()
+
+
+@pytest.mark.parametrize('ext,text', [
+    ('.json', '{"keyframes": [{"t": 0, "yaw": 10, "yaw": 3000}, {"t": 1}]}'),
+    ('.yaml', 'keyframes:\n  - {t: 0, yaw: 10, yaw: 3000}\n  - {t: 1}\n'),
+    ('.yaml', 'name: a\nname: b\nkeyframes:\n  - {t: 0}\n  - {t: 1}\n')])
+def test_a_key_given_twice_in_a_trajectory_is_refused(clip, tmp_path, capsys, ext, text):
+    f = tmp_path / f'path{ext}'
+    f.write_text(text)
+    assert cli(['preview', '--video', str(clip), '--trajectory', str(f), '--frames', '9', '--height', '32',
+                '--width', '48', '--out', str(tmp_path / 'p.mp4')]) == 2
+    assert 'is given twice in one mapping' in one_line(capsys) and not (tmp_path / 'p.mp4').exists()
+
+
+@pytest.mark.parametrize('lens,msg', [('zoom: 1.0e-9', 'zoom must be a number from 0.02 to 50'),
+                                      ('focal_mm: 5000', 'focal_mm must be a number from 1 mm to 1000 mm')])
+def test_degenerate_keyframe_lenses_are_refused(clip, tmp_path, capsys, lens, msg):
+    f = tmp_path / 'path.yaml'
+    f.write_text(f'keyframes:\n  - {{t: 0}}\n  - {{t: 1, {lens}}}\n')
+    assert cli(['preview', '--video', str(clip), '--trajectory', str(f), '--frames', '9', '--height', '32',
+                '--width', '48', '--out', str(tmp_path / 'p.mp4')]) == 2
+    assert msg in one_line(capsys)
+    for bad in (['--zoom', '1e-9'], ['--focal-mm', '1e9']):
+        assert cli(['preview', '--video', str(clip), '--trajectory', 'pan_right', '--frames', '9', '--height', '32',
+                    '--width', '48', '--out', str(tmp_path / 'p.mp4'), *bad]) == 2
+        assert 'must be a number from' in one_line(capsys)
