@@ -11,8 +11,8 @@ from pathlib import Path
 __all__ = ['LOCK_NAME', 'WRAPPER_KEYS', 'DTYPE_NAMES', 'DTYPE_CHOICES', 'InfcamError', 'os_error_message', 'Interrupted',
            'stop_on_signals', 'run_command', 'check_device', 'check_seed', 'check_overwrite', 'make_folder',
            'pid_alive', 'clean_stale_temps', 'atomic_path', 'folder_lock', 'natural_key', 'short_list', 'first_line',
-           'load_pickle', 'unwrap_state_dict', 'check_finite', 'read_state_dict', 'figure_path', 'write_figure',
-           'save_figure', 'check_parameters', 'as_dtype']
+           'load_pickle', 'unwrap_state_dict', 'check_finite', 'read_state_dict', 'checkout_root', 'figure_path',
+           'write_figure', 'save_figure', 'check_parameters', 'as_dtype']
 
 # %% ../nbs/00_core.ipynb #664726ca
 class InfcamError(Exception):
@@ -255,14 +255,24 @@ def read_state_dict(path, what:str='checkpoint', map_location='cpu') -> dict:
     return check_finite(sd, path, what)
 
 # %% ../nbs/00_core.ipynb #384f402d
+def checkout_root(start=None) -> Path|None:
+    "The infcam checkout `start` (default: the working directory) is in: the folder whose `settings.ini` names `lib_name = infcam`."
+    here = Path(start or os.getcwd()).resolve()
+    for d in (here, *here.parents):
+        s = d / 'settings.ini'
+        if s.is_file() and re.search(r'^lib_name\s*=\s*infcam\s*$', s.read_text(errors='replace'), re.M): return d
+    return None
+
 def figure_path(name:str) -> Path|None:
-    "Where the figure `name` is saved: in the folder `INFCAM_FIGURES` names (`1`: the repository's `figures/`), or None."
+    """Where the figure `name` is saved: in the folder `INFCAM_FIGURES` names (`1`: `figures/` of the checkout the
+    working directory is in, as when a notebook of `nbs/` runs), or None when figures are not asked for."""
     v = os.environ.get('INFCAM_FIGURES', '').strip()
     if not v or v == '0': return None
-    d = Path(__file__).resolve().parents[1] / 'figures' if v == '1' else Path(v)
-    if v == '1' and not (d.parent / 'settings.ini').is_file():
-        raise InfcamError("INFCAM_FIGURES=1 saves into the repository's figures/, but infcam is not installed from a checkout; give a folder")
-    return make_folder(d) / name
+    if v != '1': return make_folder(Path(v)) / name
+    if (root := checkout_root()) is None:
+        raise InfcamError("INFCAM_FIGURES=1 saves into figures/ of the infcam checkout you work in, but the working "
+                          f"directory {os.getcwd()} is not inside one; give a folder instead")
+    return make_folder(root / 'figures') / name
 
 def write_figure(fig, path, close:bool=True, **kw) -> Path:
     """Save the matplotlib figure `fig` at `path` (format from its suffix, folders made, written atomically, no version
