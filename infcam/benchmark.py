@@ -130,12 +130,13 @@ def _check_setup(self:BenchConfig):
     from infcam.models import InfCamConfig
     from infcam.cameras import num_latent_frames
     from infcam.video import check_size
-    from infcam.training import check_hardware
+    from infcam.training import check_hardware, lightning_strategy
     from infcam.vae import weightless_codec, vae_channels
     mc = InfCamConfig.preset(self.preset, **self.model)          # an unknown preset or field fails here
     num_latent_frames(self.num_frames); check_size(self.height, self.width)   # before bench.json is written
     if self.gen_device != 'auto': check_device(self.gen_device, 'gen_device')
     check_hardware(self.accelerator, self.devices)
+    lightning_strategy(self.strategy)                              # a known name, and DeepSpeed installed if named
     if self.preset == 'wan2.1-t2v-1.3b' and self.height * self.width < 256 * 256:
         raise InfcamError("the full-size preset wants real resolutions: set height and width (e.g. 480x832)")
     if self.preset == 'wan2.1-t2v-1.3b' and self.base is None and not self.train_backbone:
@@ -148,6 +149,11 @@ def _check_setup(self:BenchConfig):
     ch = vae_channels(self.vae) if self.codec == 'wanvae' else weightless_codec(self.codec).latent_channels
     if self.base is None and (mc.in_dim, mc.out_dim) != (ch, ch):
         raise InfcamError(f"the {self.codec} codec gives {ch}-channel latents; the model takes {mc.in_dim}: set model in_dim and out_dim to {ch}")
+    if self.base is not None:                                      # from the file's header, before any data is rendered
+        from infcam.weights import read_dit_checkpoint
+        if not Path(self.base).exists(): raise InfcamError(f"base weights not found: {self.base}")
+        base_in = read_dit_checkpoint(self.base, device='meta', heads_hint=mc.num_heads).config.in_dim
+        if base_in != ch: raise InfcamError(f"the {self.codec} codec gives {ch}-channel latents; the DiT in {self.base} takes {base_in}")
 
 # %% ../nbs/51_benchmark.ipynb #a185ab00
 @patch(cls_method=True)

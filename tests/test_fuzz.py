@@ -560,3 +560,14 @@ def test_degenerate_keyframe_lenses_are_refused(clip, tmp_path, capsys, lens, ms
         assert cli(['preview', '--video', str(clip), '--trajectory', 'pan_right', '--frames', '9', '--height', '32',
                     '--width', '48', '--out', str(tmp_path / 'p.mp4'), *bad]) == 2
         assert 'must be a number from' in one_line(capsys)
+
+
+def test_bench_refuses_a_bad_strategy_or_base_before_any_work(tmp_path, capsys):
+    out, junk = tmp_path / 'b', tmp_path / 'junk.safetensors'
+    junk.write_bytes(b'not weights')
+    for extra, msg in ((['--strategy', 'fsdp'], "unknown strategy 'fsdp'"),
+                       (['--base', str(tmp_path / 'none.safetensors')], 'base weights not found'),
+                       (['--base', str(junk)], 'junk.safetensors')):
+        assert cli(['bench', 'smoke', '--out', str(out), '--quiet', *extra]) == 2
+        assert msg in one_line(capsys)
+        assert not out.exists() or not any(out.iterdir()), list(out.rglob('*'))      # nothing rendered or trained
