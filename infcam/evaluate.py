@@ -19,9 +19,9 @@ from .layout import video_file
 from .metrics import METRICS, score_video, load_poses, format_mean_se
 
 # %% auto #0
-__all__ = ['SCORE_STRIDE', 'TABLE_COLUMNS', 'SCORES', 'ROW_COLUMNS', 'EvalItem', 'truth_for', 'items_from_results',
-           'items_from_table', 'score_item', 'collect_items', 'method_fvd', 'method_fid', 'summarize_methods',
-           'summary_markdown', 'plot_methods', 'score_row', 'evaluate']
+__all__ = ['SCORE_STRIDE', 'TABLE_COLUMNS', 'SCORES', 'ROW_COLUMNS', 'EvalItem', 'truth_for', 'resolve_spec',
+           'items_from_results', 'items_from_table', 'score_item', 'collect_items', 'method_fvd', 'method_fid',
+           'summarize_methods', 'summary_markdown', 'plot_methods', 'score_row', 'evaluate']
 
 # %% ../nbs/52_evaluate.ipynb #fe16cb70
 SCORE_STRIDE = 4                  # frames 0, 4, 8, ...: the first video frame of every latent frame
@@ -38,6 +38,7 @@ class EvalItem:
     focal_mm: float|None = None   # the generated view's lens when `K4` is not given (None: infcam's default, 24 mm)
     truth: Path|None = None       # a ground-truth video of the requested view
     poses: Path|None = None       # poses measured elsewhere (COLMAP images.txt, c2w .json/.npy/.txt)
+    source: Path|None = None      # the source clip the video was generated from (the unpaired FID/FVD reference)
 
 _CAMFILE = re.compile(r'(.+camera_extrinsics\.json):([^:@/\\]+)(?:@[^:@/\\]+)?', re.IGNORECASE)
 
@@ -48,9 +49,36 @@ def truth_for(trajectory:str) -> Path|None:
     p = video_file(Path(m.group(1)).parent.parent, m.group(2))
     return p if p.is_file() else None
 
+def _spec_file(spec:str) -> str|None:
+    "The file a trajectory request names (`camera_extrinsics.json:camXX`, `poses.json:key`, `path.yaml`), if any."
+    if m := _CAMFILE.fullmatch(spec) or re.fullmatch(r'(.+\.json):(.+)', spec, re.IGNORECASE): return m.group(1)
+    return spec if Path(spec).suffix.lower() in ('.yaml', '.yml', '.json') else None
+
+def resolve_spec(spec:str, bases) -> tuple[str, bool]:
+    """`(spec, found)`: a request whose file is a relative path made absolute against the first folder of `bases` (and
+    their parents) that holds it; `found` is False when the request names a file that none holds."""
+    f = _spec_file(spec)
+    if f is None: return spec, True
+    if Path(f).is_absolute(): return spec, Path(f).is_file()
+    for b in bases:
+        for a in (Path(b).absolute(), *Path(b).absolute().parents):
+            if (a / f).is_file(): return str(a / f) + spec[len(f):], True
+    return spec, False
+
+def _truth_note(spec:str, found:bool) -> str|None:
+    "Why a request that names a ground truth (`camera_extrinsics.json:camXX`) has none; None when it has one or names none."
+    m = _CAMFILE.fullmatch(spec)
+    if not m: return None
+    if not found: return f"no ground truth: {m.group(1)} not found (scored without PSNR/SSIM)"
+    if truth_for(spec) is None:
+        return f"no ground truth: {video_file(Path(m.group(1)).parent.parent, m.group(2))} not found (scored without PSNR/SSIM)"
+    return None
+
 # %% ../nbs/52_evaluate.ipynb #d1e2dee6
 def items_from_results(folder, method:str='infcam') -> tuple[list[EvalItem], list[tuple[str, str]]]:
-    "`(items, problems)` of the `infcam generate` results under `folder`, from their JSON sidecars."
+    """`(items, problems)` of the `infcam generate` results under `folder`, from their JSON sidecars. A relative
+    trajectory file (relative to where `generate` ran) is looked up from the current folder, then from the sidecar's
+    and the source video's folders and their parents; a request whose ground truth is missing is a problem."""
     folder = Path(folder)
     if not folder.is_dir(): raise InfcamError(f"results folder not found: {folder}")
     items, problems = [], []
@@ -63,22 +91,24 @@ def items_from_results(folder, method:str='infcam') -> tuple[list[EvalItem], lis
             if ext.ndim != 2 or ext.shape[1] != 12: raise ValueError(f"extrinsics of shape {tuple(ext.shape)}")
             K4 = torch.tensor(d['intrinsics']['K_tgt'], dtype=torch.float32)
             if K4.shape != (4,): raise ValueError(f"K_tgt of shape {tuple(K4.shape)}")
+            source = Path(d['video']) if d.get('video') else None
+            spec, found = resolve_spec(str(d['trajectory']), [Path.cwd(), js.parent] + ([source.parent] if source else []))
+            if note := _truth_note(spec, found): problems.append((str(js), note))
             items.append(EvalItem(method, str(js.relative_to(folder).with_suffix('')), js.with_name(d['outputs']['video']),
-                                  str(d['trajectory']), homogeneous(ext.reshape(-1, 3, 4)), K4, truth=truth_for(d['trajectory'])))
+                                  spec, homogeneous(ext.reshape(-1, 3, 4)), K4, truth=truth_for(spec), source=source))
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             problems.append((str(js), f"malformed sidecar: {' '.join(str(e).split())}"))
     return items, problems
 
 # %% ../nbs/52_evaluate.ipynb #9ab7a5bb
-TABLE_COLUMNS = ('video', 'trajectory', 'method', 'name', 'truth', 'poses', 'focal_mm', 'fx', 'fy', 'cx', 'cy')
+TABLE_COLUMNS = ('video', 'trajectory', 'method', 'name', 'truth', 'poses', 'source', 'focal_mm', 'fx', 'fy', 'cx', 'cy')
 
 def _in(base:Path, p:str) -> Path|None: return (base / p) if p else None
 
 def _spec_in(base:Path, spec:str) -> str:
     "A trajectory request with its file, if any, made relative to `base`."
-    if m := _CAMFILE.fullmatch(spec) or re.fullmatch(r'(.+\.json):(.+)', spec, re.IGNORECASE):
-        return str(base / m.group(1)) + spec[len(m.group(1)):]
-    return str(base / spec) if Path(spec).suffix.lower() in ('.yaml', '.yml', '.json') else spec
+    f = _spec_file(spec)
+    return spec if f is None else str(base / f) + spec[len(f):]
 
 def items_from_table(csv, method:str|None=None) -> tuple[list[EvalItem], list[tuple[str, str]]]:
     "`(items, problems)` of the videos a CSV lists (columns: `TABLE_COLUMNS`, `video` and `trajectory` required)."
@@ -105,8 +135,9 @@ def items_from_table(csv, method:str|None=None) -> tuple[list[EvalItem], list[tu
                 if not (math.isfinite(focal) and focal > 0): raise InfcamError(f"bad focal_mm {r['focal_mm']!r}")
             spec = _spec_in(base, r['trajectory'])
             truth = _in(base, r['truth']) or truth_for(spec)
+            if not r['truth'] and (note := _truth_note(spec, Path(_spec_file(spec) or '').is_file())): problems.append((where, note))
             items.append(EvalItem(r['method'] or method or csv.stem, r['name'] or Path(r['video']).stem, base / r['video'],
-                                  spec, None, K4, focal, truth, _in(base, r['poses'])))
+                                  spec, None, K4, focal, truth, _in(base, r['poses']), _in(base, r['source'])))
         except (InfcamError, ValueError) as e:
             problems.append((where, ' '.join(str(e).split())))
     return items, problems
@@ -207,16 +238,25 @@ def method_fid(rows:pd.DataFrame, net) -> float:
 
 # %% ../nbs/52_evaluate.ipynb #8111f52a
 def summarize_methods(rows:pd.DataFrame) -> pd.DataFrame:
-    "One row per method: videos, scored, failed, and the mean and standard error (`_se`) of every metric."
+    """One row per method: videos, scored, failed, and the mean and standard error (`_se`) of every metric over its
+    finite values. A video identical to its ground truth has an infinite PSNR: it is counted in `PSNR_inf`, never
+    averaged (no cap stands in for it)."""
     g = rows.groupby('method', sort=False)
     out = pd.DataFrame({'videos': g.size(), 'failed': g['error'].apply(lambda e: int((e.fillna('') != '').sum()))})
     out.insert(1, 'scored', out['videos'] - out['failed'])
     for k in SCORES:
-        v = rows[k].astype(float).replace([np.inf, -np.inf], np.nan).groupby(rows['method'], sort=False)
+        x = rows[k].astype(float)
+        v = x.replace([np.inf, -np.inf], np.nan).groupby(rows['method'], sort=False)
         out[k], out[k + '_se'] = v.mean(), v.sem()
+        if k == 'PSNR': out['PSNR_inf'] = (x == np.inf).groupby(rows['method'], sort=False).sum().astype(int)
     return out.reset_index()
 
 # %% ../nbs/52_evaluate.ipynb #66fd3af2
+def _psnr_cell(d:dict) -> str:
+    "The PSNR cell: mean ± standard error over the finite values, and how many videos equal their truth (∞ dB)."
+    n = int(d.get('PSNR_inf', 0) or 0)
+    return format_mean_se(d['PSNR'], d['PSNR_se'], 2) + (f" (∞ ×{n})" if n else '')
+
 def summary_markdown(summary:pd.DataFrame, rows:pd.DataFrame|None=None) -> str:
     "The summary as a markdown table, and the videos that could not be scored (from `rows`)."
     extra = [k for k in ('FVD', 'FID') if k in summary]                 # set-level distances, when computed
@@ -224,25 +264,34 @@ def summary_markdown(summary:pd.DataFrame, rows:pd.DataFrame|None=None) -> str:
     lines = ['| method | videos | scored | PSNR ↑ | SSIM ↑ | RotErr (deg) ↓ | TransErr ↓ | registered |' + (' LPIPS ↓ |' if lp else '')
              + ''.join(f' {k} ↓ |' for k in extra), '|---|---|---|---|---|---|---|---|' + '---|' * (len(extra) + lp)]
     for d in summary.to_dict('records'):
-        lines.append(f"| {d['method']} | {d['videos']} | {d['scored']} | {format_mean_se(d['PSNR'], d['PSNR_se'], 2)} | "
+        lines.append(f"| {d['method']} | {d['videos']} | {d['scored']} | {_psnr_cell(d)} | "
                      f"{format_mean_se(d['SSIM'], d['SSIM_se'], 3)} | {format_mean_se(d['RotErr'], d['RotErr_se'], 2)} | "
                      f"{format_mean_se(d['TransErr'], d['TransErr_se'], 3)} | {format_mean_se(d['registered'], math.nan, 2)} |"
                      + (f" {format_mean_se(d['LPIPS'], d['LPIPS_se'], 3)} |" if lp else '')
                      + ''.join(f" {format_mean_se(d[k], math.nan, 1)} |" for k in extra))
     text = '\n'.join(lines) + '\n'
+    if int(summary.get('PSNR_inf', pd.Series([0])).sum()):
+        text += '\n∞ ×n: n videos equal their ground truth (infinite PSNR); the PSNR mean is over the others.\n'
     if rows is not None and (bad := rows[rows['error'].fillna('') != '']).shape[0]:
         text += '\nNot scored:\n' + ''.join(f"- {r['method']} {r['name']}: {r['error']}\n" for r in bad.to_dict('records'))
     return text
 
 def plot_methods(summary:pd.DataFrame, path) -> Path:
-    "Bar charts of each metric per method, with standard errors, saved as a PNG."
+    """Bar charts of each metric per method, with standard errors, saved as a PNG. A value that was not measured (NaN)
+    has no bar, a dash at 0 and a note on its panel."""
     import matplotlib; matplotlib.use('Agg', force=False)
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(METRICS), figsize=(3.2 * len(METRICS), 3.2), dpi=100)
     x = np.arange(len(summary))
     for ax, k in zip(axes, METRICS):
-        se = summary[k + '_se'] if k + '_se' in summary else None
-        ax.bar(x, summary[k].fillna(0), yerr=None if se is None else se.fillna(0), capsize=3, color='tab:blue')
+        v = summary[k].astype(float).to_numpy()
+        se = summary[k + '_se'].astype(float).to_numpy() if k + '_se' in summary else np.full(len(v), np.nan)
+        ok = np.isfinite(v)
+        ax.bar(x[ok], v[ok], yerr=np.nan_to_num(se[ok]), capsize=3, color='tab:blue')
+        if not ok.all():
+            ax.plot(x[~ok], np.zeros((~ok).sum()), '_', color='grey', markersize=12)
+            ax.text(0.5, 0.97, 'not measured: ' + ', '.join(summary['method'][~ok].astype(str)), transform=ax.transAxes,
+                    ha='center', va='top', fontsize=7, color='grey', wrap=True)
         ax.set_xticks(x, summary['method'], rotation=30, ha='right', fontsize=8)
         ax.set_title(k + (' (higher is better)' if k in ('PSNR', 'SSIM', 'registered') else ' (lower is better)'), fontsize=9)
     fig.tight_layout()
@@ -337,7 +386,7 @@ def evaluate(inputs, out, method:str|None=None, progress:bool=True, min_register
         if fid_net is not None: summary['FID'] = [method_fid(rows[rows['method'] == m], fid_net) for m in summary['method']]
         with atomic_path(files['summary']) as tmp: summary.to_csv(tmp, index=False)
         md = summary_markdown(summary, rows)
-        if problems: md += '\nNot listed (unreadable entries):\n' + ''.join(f"- {w}: {why}\n" for w, why in problems)
+        if problems: md += '\nProblems with the inputs:\n' + ''.join(f"- {w}: {why}\n" for w, why in problems)
         with atomic_path(files['markdown']) as tmp: tmp.write_text(md, encoding='utf-8')
         plot_methods(summary, files['plot'])
     return dict(rows=rows, summary=summary, problems=problems, scored=len(new), files=files)

@@ -378,10 +378,11 @@ def _check(a, b) -> tuple[Tensor, Tensor]:
     return a, b
 
 def psnr(a, b, per_frame:bool=False):
-    "PSNR (dB) of frames a, b (F, C, H, W) in [0, 1]: per frame, then the mean (a float) unless `per_frame`."
+    """PSNR (dB) of frames a, b (F, C, H, W) in [0, 1]: per frame, then the mean (a float) unless `per_frame`. Identical
+    frames have an infinite PSNR (no cap), and so has the mean of frames that include one."""
     a, b = _check(a, b)
     mse = (a - b).pow(2).flatten(1).mean(1)
-    v = 10 * torch.log10(1 / mse.clamp_min(1e-10))
+    v = 10 * torch.log10(1 / mse)
     return v if per_frame else float(v.mean())
 
 def _gauss(size:int=11, sigma:float=1.5) -> Tensor:

@@ -144,3 +144,57 @@ def test_sharded_evaluation_matches_one_process_and_resumes(results, capsys):
     assert cli(['evaluate', str(d / 'ours'), '--out', str(d / 'e2'), '--quiet']) == 0
     assert 'scored 1 video(s) now, 1 unchanged' in capsys.readouterr().out
     assert not list((d / 'e2').glob('.rows.part*'))
+
+
+def test_unmeasured_metrics_are_drawn_as_missing(tmp_path, monkeypatch):
+    "A NaN (not measured) has no bar, not a bar of height 0 (the best value of a lower-is-better panel), and a note."
+    import numpy as np
+    import infcam.evaluate as ev
+    figs = []
+    monkeypatch.setattr(ev, 'write_figure', lambda fig, path: figs.append(fig) or Path(path))
+    s = pd.DataFrame({'method': ['a', 'b'], **{k: [1., np.nan] for k in ev.METRICS}, **{k + '_se': [0.1, np.nan] for k in ev.METRICS}})
+    ev.plot_methods(s, tmp_path / 'p.png')
+    for ax in figs[0].axes:
+        heights = [p.get_height() for p in ax.patches]
+        assert heights == [1.], (ax.get_title(), heights)
+        assert any('not measured: b' in t.get_text() for t in ax.texts)
+
+
+def _relative_sidecar(d, scene, folder, trajectory):
+    "A copy of the cam03 result whose sidecar names `trajectory` (as `generate` run in `d` would have stored it)."
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(d / 'ours' / 'cam03.mp4', folder / 'cam03.mp4')
+    side = json.loads((d / 'ours' / 'cam03.json').read_text())
+    side['trajectory'] = trajectory
+    (folder / 'cam03.json').write_text(json.dumps(side))
+
+
+def test_sidecar_trajectory_relative_to_where_generate_ran(results, tmp_path, monkeypatch, capsys):
+    "Evaluated from another folder, a relative trajectory still finds its ground truth; a missing one is reported."
+    d, scene = results
+    rel = os.path.relpath(scene / 'cameras' / 'camera_extrinsics.json', d)
+    _relative_sidecar(d, scene, d / 'rel', f"{rel}:cam03@cam01")
+    _relative_sidecar(d, scene, d / 'gone', "gone/cameras/camera_extrinsics.json:cam03@cam01")
+    monkeypatch.chdir(tmp_path)
+    assert cli(['evaluate', str(d / 'rel'), '--out', str(tmp_path / 'e'), '--quiet']) == 0
+    rows = pd.read_csv(tmp_path / 'e' / 'rows.csv', keep_default_na=False)
+    assert Path(rows['truth'][0]) == scene / 'videos' / 'cam03.mp4' and 0 < float(rows['PSNR'][0]) < 60
+    capsys.readouterr()
+    assert cli(['evaluate', str(d / 'gone'), '--out', str(tmp_path / 'e2'), '--quiet']) == 0
+    out = capsys.readouterr().out
+    assert 'no ground truth: gone/cameras/camera_extrinsics.json not found' in out
+    assert pd.read_csv(tmp_path / 'e2' / 'rows.csv')['PSNR'].isna().all()
+
+
+def test_identical_video_is_counted_not_averaged(results, tmp_path, capsys):
+    "A video equal to its ground truth has an infinite PSNR: counted beside the mean, which is over the others."
+    d, scene = results
+    cams = scene / 'cameras' / 'camera_extrinsics.json'
+    (tmp_path / 'm.csv').write_text(f"name,video,trajectory\nsame,{scene / 'videos' / 'cam03.mp4'},{cams}:cam03@cam01\n"
+                                    f"other,{scene / 'videos' / 'cam01.mp4'},{cams}:cam03@cam01\n")
+    assert cli(['evaluate', str(tmp_path / 'm.csv'), '--out', str(tmp_path / 'e'), '--quiet']) == 0
+    rows = pd.read_csv(tmp_path / 'e' / 'rows.csv').set_index('name')
+    assert rows.loc['same', 'PSNR'] == float('inf') and 0 < rows.loc['other', 'PSNR'] < 60
+    s = pd.read_csv(tmp_path / 'e' / 'summary.csv').iloc[0]
+    assert s['PSNR'] == pytest.approx(rows.loc['other', 'PSNR']) and s['PSNR_inf'] == 1
+    assert f"{rows.loc['other', 'PSNR']:.2f} (∞ ×1)" in capsys.readouterr().out
