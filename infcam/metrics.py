@@ -15,9 +15,9 @@ from .cameras import relative_poses, rigid_inverse, pose_matrix, homogeneous, in
 from .intrinsics import to_gray_uint8, best_rotation
 
 # %% auto #0
-__all__ = ['METRICS', 'align_scale', 'geodesic_deg', 'rot_err', 'trans_err', 'camera_metrics', 'estimate_poses',
-           'read_colmap_images', 'write_colmap_images', 'load_poses', 'psnr', 'ssim', 'AlexLPIPS', 'load_lpips',
-           'lpips', 'frechet_distance', 'load_fid_net', 'fid', 'format_mean_se', 'score_video']
+__all__ = ['SSIM_WINDOW', 'SSIM_SIGMA', 'METRICS', 'align_scale', 'geodesic_deg', 'rot_err', 'trans_err', 'camera_metrics',
+           'estimate_poses', 'read_colmap_images', 'write_colmap_images', 'load_poses', 'psnr', 'ssim', 'AlexLPIPS',
+           'load_lpips', 'lpips', 'frechet_distance', 'load_fid_net', 'fid', 'format_mean_se', 'score_video']
 
 # %% ../nbs/50_metrics.ipynb #9a4ea2e7
 def _poses(name:str, c2w) -> Tensor:
@@ -378,32 +378,27 @@ def _check(a, b) -> tuple[Tensor, Tensor]:
     return a, b
 
 def psnr(a, b, per_frame:bool=False):
-    """PSNR (dB) of frames a, b (F, C, H, W) in [0, 1]: per frame, then the mean (a float) unless `per_frame`. Identical
-    frames have an infinite PSNR (no cap), and so has the mean of frames that include one."""
+    """PSNR (dB) of frames a, b (F, C, H, W) in [0, 1] by torchmetrics (`data_range=1`, per frame), then the mean (a
+    float) unless `per_frame`. Identical frames have an infinite PSNR (no cap), and so has a mean that includes one."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio
     a, b = _check(a, b)
-    mse = (a - b).pow(2).flatten(1).mean(1)
-    v = 10 * torch.log10(1 / mse)
+    v = peak_signal_noise_ratio(a, b, data_range=1.0, reduction='none', dim=(1, 2, 3))
     return v if per_frame else float(v.mean())
 
-def _gauss(size:int=11, sigma:float=1.5) -> Tensor:
-    x = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
-    g = torch.exp(-x ** 2 / (2 * sigma ** 2))
-    return g / g.sum()
+SSIM_WINDOW, SSIM_SIGMA = 11, 1.5
 
-def ssim(a, b, per_frame:bool=False, size:int=11, sigma:float=1.5):
-    "SSIM of frames a, b (F, C, H, W) in [0, 1] (Gaussian 11x11, sigma 1.5, valid): per frame, then the mean."
+def ssim(a, b, per_frame:bool=False):
+    """SSIM of frames a, b (F, C, H, W) in [0, 1] by torchmetrics (Gaussian 11x11, sigma 1.5, `data_range=1`),
+    averaged over the windows that lie inside the frame (Wang et al.'s 'valid' map; torchmetrics' own mean also counts
+    the reflect-padded border windows): per frame, then the mean."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
     a, b = _check(a, b)
-    if min(a.shape[-2:]) < size: raise InfcamError(f"SSIM needs frames of at least {size}x{size}, got {tuple(a.shape[-2:])}")
-    C = a.shape[1]
-    g = _gauss(size, sigma)
-    def blur(x):                                                     # separable, valid, per channel
-        x = F.conv2d(x, g.view(1, 1, 1, -1).expand(C, 1, 1, size), groups=C)
-        return F.conv2d(x, g.view(1, 1, -1, 1).expand(C, 1, size, 1), groups=C)
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
-    mu_a, mu_b = blur(a), blur(b)
-    saa, sbb, sab = blur(a * a) - mu_a ** 2, blur(b * b) - mu_b ** 2, blur(a * b) - mu_a * mu_b
-    m = ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (saa + sbb + c2))
-    v = m.flatten(1).mean(1)
+    if min(a.shape[-2:]) < SSIM_WINDOW:
+        raise InfcamError(f"SSIM needs frames of at least {SSIM_WINDOW}x{SSIM_WINDOW}, got {tuple(a.shape[-2:])}")
+    _, full = structural_similarity_index_measure(a, b, gaussian_kernel=True, sigma=SSIM_SIGMA, kernel_size=SSIM_WINDOW,
+                                                  data_range=1.0, reduction='none', return_full_image=True)
+    p = SSIM_WINDOW // 2
+    v = full[..., p:-p, p:-p].flatten(1).mean(1)
     return v if per_frame else float(v.mean())
 
 # %% ../nbs/50_metrics.ipynb #e535081d
