@@ -19,9 +19,9 @@ from .layout import video_file
 from .metrics import METRICS, score_video, load_poses, format_mean_se
 
 # %% auto #0
-__all__ = ['SCORE_STRIDE', 'TABLE_COLUMNS', 'SCORES', 'ROW_COLUMNS', 'EvalItem', 'truth_for', 'resolve_spec',
-           'items_from_results', 'items_from_table', 'score_item', 'collect_items', 'method_fvd', 'method_fid',
-           'summarize_methods', 'summary_markdown', 'plot_methods', 'score_row', 'evaluate']
+__all__ = ['SCORE_STRIDE', 'TABLE_COLUMNS', 'SCORES', 'ROW_COLUMNS', 'VIDEO_SUFFIXES', 'EvalItem', 'truth_for', 'resolve_spec',
+           'items_from_results', 'items_from_table', 'score_item', 'collect_items', 'reference_videos', 'method_fvd',
+           'method_fid', 'summarize_methods', 'summary_markdown', 'plot_methods', 'score_row', 'evaluate']
 
 # %% ../nbs/52_evaluate.ipynb #fe16cb70
 SCORE_STRIDE = 4                  # frames 0, 4, 8, ...: the first video frame of every latent frame
@@ -212,29 +212,66 @@ def collect_items(inputs, method:str|None=None) -> tuple[list[EvalItem], list[tu
     return items, problems
 
 # %% ../nbs/52_evaluate.ipynb #6da190df
-def method_fvd(rows:pd.DataFrame, net) -> float:
-    """FVD (`infcam.fvd`) between the scored videos in `rows` that have a ground truth and those truths, all cut to the
-    shortest clip; NaN with fewer than two such videos."""
-    from infcam.fvd import i3d_features
+VIDEO_SUFFIXES = ('.mp4', '.mov', '.avi', '.mkv', '.webm')
+
+def reference_videos(reference, items:list[EvalItem]) -> dict[str, list[Path]]|None:
+    """Each method's unpaired FID/FVD reference: None for `reference=None` (paired: each video against its ground
+    truth); `'sources'`: the distinct source clips its videos were generated from; a folder: its videos (`VIDEO_SUFFIXES`,
+    recursively); a CSV: its `video` column (relative to the CSV's folder). The same folder or CSV serves every method."""
+    if reference is None: return None
+    methods = list(dict.fromkeys(it.method for it in items))
+    if str(reference) == 'sources':
+        out = {m: list(dict.fromkeys(Path(it.source) for it in items if it.method == m and it.source is not None)) for m in methods}
+        if missing := [m for m, v in out.items() if not v]:
+            raise InfcamError(f"--reference sources: no source clips known for {missing[0]} (a CSV needs a source column)")
+        return out
+    p = Path(reference)
+    if p.is_dir(): vids = sorted(f for f in p.rglob('*') if f.suffix.lower() in VIDEO_SUFFIXES)
+    elif p.suffix.lower() == '.csv' and p.is_file():
+        df = pd.read_csv(p, dtype=str, keep_default_na=False)
+        if 'video' not in df.columns: raise InfcamError(f"reference table {p} has no video column")
+        vids = [p.parent / v for v in df['video'] if v.strip()]
+    else: raise InfcamError(f"--reference must be 'sources', a folder of videos or a CSV with a video column, got {reference}")
+    if missing := [v for v in vids if not v.is_file()]: raise InfcamError(f"reference video not found: {missing[0]}")
+    if len(vids) < 2: raise InfcamError(f"the reference {p} holds {len(vids)} video(s); FID/FVD need at least two")
+    return {m: vids for m in methods}
+
+def _ok(rows:pd.DataFrame, paired:bool) -> pd.DataFrame:
+    ok = rows[rows['error'].fillna('') == '']
+    return ok[ok['truth'].fillna('') != ''] if paired else ok
+
+def method_fvd(rows:pd.DataFrame, net, reference:list[Path]|None=None) -> float:
+    """FVD (`infcam.fvd`, VideoGPT's protocol: the first `FVD_FRAMES` frames of each clip) of the scored videos in `rows`
+    against their ground truths (paired, `reference=None`) or against the clips `reference` (unpaired); NaN with fewer
+    than two clips that long on either side."""
+    from infcam.fvd import i3d_features, FVD_FRAMES
     from infcam.metrics import frechet_distance
-    from infcam.video import read_video
-    ok = rows[(rows['error'].fillna('') == '') & (rows['truth'].fillna('') != '')]
-    if len(ok) < 2: return math.nan
-    n = int(ok['frames'].min())
-    fake = [read_video(v, n) for v in ok['video']]
-    real = [read_video(t, n) for t in ok['truth']]
+    from infcam.video import read_video, video_info
+    ok = _ok(rows, reference is None)
+    ok = ok[ok['frames'].astype(int) >= FVD_FRAMES]
+    real = list(ok['truth']) if reference is None else [r for r in reference if video_info(r)['frames'] >= FVD_FRAMES]
+    if len(ok) < 2 or len(real) < 2: return math.nan
+    fake, real = ([read_video(v, FVD_FRAMES) for v in vs] for vs in (ok['video'], real))
     return frechet_distance(i3d_features(fake, net), i3d_features(real, net))
 
-def method_fid(rows:pd.DataFrame, net) -> float:
-    """FID (`infcam.metrics.fid`) between the scored frames (0, 4, 8, ...) of the videos in `rows` that have a ground
-    truth and the same frames of the truths; NaN with fewer than two such frames."""
-    from infcam.metrics import fid
-    from infcam.video import read_video
-    ok = rows[(rows['error'].fillna('') == '') & (rows['truth'].fillna('') != '')]
-    fake = [read_video(v, int(n))[::SCORE_STRIDE] for v, n in zip(ok['video'], ok['frames'])]
-    real = [read_video(t, int(n))[::SCORE_STRIDE] for t, n in zip(ok['truth'], ok['frames'])]
-    if sum(len(f) for f in fake) < 2: return math.nan
-    return fid(torch.cat(fake), torch.cat(real), net=net)
+def _strided(path, n:int|None=None) -> Tensor:
+    "Frames 0, 4, 8, ... of the first `n` (default: the longest 4k+1) frames of the video `path`."
+    from infcam.video import read_video, video_info
+    from infcam.cache import clip_length
+    n = n or clip_length(video_info(path)['frames'])
+    return read_video(path, len(_frames_of(n)), stride=SCORE_STRIDE)
+
+def method_fid(rows:pd.DataFrame, net, reference:list[Path]|None=None) -> float:
+    """FID (`infcam.metrics.fid`, clean-fid's protocol) between the scored frames (0, 4, 8, ...) of the videos in `rows`
+    and the same frames of their ground truths (paired) or of the clips `reference` (unpaired); NaN with fewer than two
+    frames on either side."""
+    from infcam.metrics import fid_features, frechet_distance
+    ok = _ok(rows, reference is None)
+    fake = [_strided(v, int(n)) for v, n in zip(ok['video'], ok['frames'])]
+    real = [_strided(t, int(n)) for t, n in zip(ok['truth'], ok['frames'])] if reference is None else [_strided(r) for r in reference]
+    if sum(len(f) for f in fake) < 2 or sum(len(r) for r in real) < 2: return math.nan
+    feats = lambda clips: torch.cat([fid_features(c, net) for c in clips])
+    return frechet_distance(feats(fake), feats(real))
 
 # %% ../nbs/52_evaluate.ipynb #8111f52a
 def summarize_methods(rows:pd.DataFrame) -> pd.DataFrame:
@@ -334,10 +371,12 @@ def _read_rows(path:Path) -> list[dict]:
 
 # %% ../nbs/52_evaluate.ipynb #e3d6ed50
 def evaluate(inputs, out, method:str|None=None, progress:bool=True, min_registered:float=0.5, fvd_weights=None,
-             fid_weights=None, lpips_weights=None, lpips_backbone=None, devices:int=1, num_nodes:int=1) -> dict:
+             fid_weights=None, lpips_weights=None, lpips_backbone=None, devices:int=1, num_nodes:int=1,
+             reference=None) -> dict:
     """Score every video `inputs` list (result folders and CSV tables) into the folder `out`, reusing the rows of
     videos that have not changed; with `fvd_weights` (i3d_pretrained_400.pt) / `fid_weights` (a TorchScript
-    Inception, e.g. inception-2015-12-05.pt) also each method's FVD / FID against the ground truths, with
+    Inception, e.g. inception-2015-12-05.pt) also each method's FVD / FID against the ground truths (or, unpaired,
+    against `reference`: 'sources', a folder of videos or a CSV; see `reference_videos`), with
     `lpips_weights` (alex.pth) and `lpips_backbone` (torchvision's AlexNet) each video's LPIPS; `devices` > 1 (or `num_nodes` > 1) shares the videos over processes with Lightning Fabric.
     Returns dict(rows, summary (DataFrames), problems, scored (this call), files)."""
     out = Path(out)
@@ -346,6 +385,7 @@ def evaluate(inputs, out, method:str|None=None, progress:bool=True, min_register
     items, problems = collect_items(inputs, method)
     if not items: raise InfcamError(f"nothing to evaluate in {', '.join(map(str, [inputs] if isinstance(inputs, (str, Path)) else inputs))}"
                                     + (f" ({problems[0][0]}: {problems[0][1]})" if problems else ''))
+    refs = reference_videos(reference, items) if (fvd_weights or fid_weights) else None
     net = None
     if fvd_weights is not None:
         from infcam.fvd import load_i3d
@@ -382,10 +422,14 @@ def evaluate(inputs, out, method:str|None=None, progress:bool=True, min_register
         with atomic_path(files['rows']) as tmp: rows.to_csv(tmp, index=False)
         for f in out.glob('.rows.part*.csv'): f.unlink(missing_ok=True)   # merged into rows.csv
         summary = summarize_methods(rows)
-        if net is not None: summary['FVD'] = [method_fvd(rows[rows['method'] == m], net) for m in summary['method']]
-        if fid_net is not None: summary['FID'] = [method_fid(rows[rows['method'] == m], fid_net) for m in summary['method']]
+        ref = lambda m: None if refs is None else refs[m]
+        if net is not None: summary['FVD'] = [method_fvd(rows[rows['method'] == m], net, ref(m)) for m in summary['method']]
+        if fid_net is not None: summary['FID'] = [method_fid(rows[rows['method'] == m], fid_net, ref(m)) for m in summary['method']]
         with atomic_path(files['summary']) as tmp: summary.to_csv(tmp, index=False)
         md = summary_markdown(summary, rows)
+        if net is not None or fid_net is not None:
+            md += ('\nFVD (VideoGPT\'s protocol, 16 frames) / FID (clean-fid) against '
+                   + ('each video\'s ground truth (paired).\n' if reference is None else f"{reference} (unpaired).\n"))
         if problems: md += '\nProblems with the inputs:\n' + ''.join(f"- {w}: {why}\n" for w, why in problems)
         with atomic_path(files['markdown']) as tmp: tmp.write_text(md, encoding='utf-8')
         plot_methods(summary, files['plot'])

@@ -15,9 +15,10 @@ from .cameras import relative_poses, rigid_inverse, pose_matrix, homogeneous, in
 from .intrinsics import to_gray_uint8, best_rotation
 
 # %% auto #0
-__all__ = ['SSIM_WINDOW', 'SSIM_SIGMA', 'METRICS', 'align_scale', 'geodesic_deg', 'rot_err', 'trans_err', 'camera_metrics',
-           'estimate_poses', 'read_colmap_images', 'write_colmap_images', 'load_poses', 'psnr', 'ssim', 'AlexLPIPS',
-           'load_lpips', 'lpips', 'frechet_distance', 'load_fid_net', 'fid', 'format_mean_se', 'score_video']
+__all__ = ['SSIM_WINDOW', 'SSIM_SIGMA', 'FID_SIZE', 'METRICS', 'align_scale', 'geodesic_deg', 'rot_err', 'trans_err',
+           'camera_metrics', 'estimate_poses', 'read_colmap_images', 'write_colmap_images', 'load_poses', 'psnr',
+           'ssim', 'AlexLPIPS', 'load_lpips', 'lpips', 'frechet_distance', 'load_fid_net', 'fid_resize', 'fid_features',
+           'fid', 'format_mean_se', 'score_video']
 
 # %% ../nbs/50_metrics.ipynb #9a4ea2e7
 def _poses(name:str, c2w) -> Tensor:
@@ -463,7 +464,8 @@ def lpips(a, b, weights=None, backbone=None, net:AlexLPIPS|None=None, batch_size
 
 # %% ../nbs/50_metrics.ipynb #55d95ac6
 def frechet_distance(fa:Tensor, fb:Tensor) -> float:
-    "The Fréchet distance between Gaussians fitted to features fa (N, D) and fb (M, D) (float64, small one-off)."
+    """The Fréchet distance between Gaussians fitted to features fa (N, D) and fb (M, D) (float64):
+    `|mu_a - mu_b|^2 + tr(Sa + Sb - 2 sqrt(Sa Sb))`, with `tr sqrt(Sa Sb)` from the symmetric `sqrt(Sa) Sb sqrt(Sa)`."""
     fa, fb = torch.as_tensor(fa).double(), torch.as_tensor(fb).double()
     if fa.ndim != 2 or fb.ndim != 2 or fa.shape[1] != fb.shape[1] or len(fa) < 2 or len(fb) < 2:
         raise InfcamError(f"features must be (N, D) and (M, D) with N, M >= 2, got {tuple(fa.shape)} and {tuple(fb.shape)}")
@@ -474,23 +476,38 @@ def frechet_distance(fa:Tensor, fb:Tensor) -> float:
     tr_sqrt = torch.linalg.eigvalsh(ra @ Sb @ ra).clamp_min(0).sqrt().sum()   # tr sqrt(Sa Sb)
     return float((ma - mb).pow(2).sum() + Sa.trace() + Sb.trace() - 2 * tr_sqrt)
 
+FID_SIZE = 299                    # the Inception input of clean-fid's protocol
+
 def load_fid_net(weights):
-    "The TorchScript Inception feature extractor of FID from the file `weights` (e.g. inception-2015-12-05.pt)."
+    """The TorchScript Inception of FID from the file `weights` (`inception-2015-12-05.pt`, StyleGAN2-ADA's, which
+    clean-fid uses); its `layers` module maps (N, 3, 299, 299) in [-1, 1] to the 2048 pool features."""
     p = _weights(weights, 'FID')
-    try: return torch.jit.load(str(p), map_location='cpu').eval()
+    try: net = torch.jit.load(str(p), map_location='cpu').eval()
     except Exception as e: raise InfcamError(f"FID: {p} is not a TorchScript feature extractor ({' '.join(str(e).split())[:200]})") from None
+    if not hasattr(net, 'layers'): raise InfcamError(f"FID: {p} has no `layers` module: not inception-2015-12-05.pt")
+    return net
+
+def fid_resize(x:Tensor) -> Tensor:
+    """Frames (N, 3, H, W) in [0, 1] -> (N, 3, 299, 299) in [0, 255] as clean-fid's 'clean' mode: 8-bit frames
+    (`round(255 x)`), each channel resized by PIL's bicubic filter in float ('F' images, antialiased), clipped to [0, 255]."""
+    from PIL import Image
+    u8 = (x.float().clamp(0, 1) * 255).round().numpy().astype(np.float32)
+    out = np.stack([np.stack([np.asarray(Image.fromarray(ch).resize((FID_SIZE, FID_SIZE), Image.BICUBIC)) for ch in img])
+                    for img in u8])
+    return torch.from_numpy(out.clip(0, 255))
+
+def fid_features(x, net, batch_size:int=32) -> Tensor:
+    "Inception features (N, 2048) of frames x (N, 3, H, W) in [0, 1] by clean-fid's protocol: `fid_resize`, (x - 128) / 128, `net.layers`."
+    x = _frames('frames', x)
+    with torch.no_grad():
+        return torch.cat([net.layers((fid_resize(x[i:i + batch_size]) - 128) / 128).reshape(len(x[i:i + batch_size]), -1).double()
+                          for i in range(0, len(x), batch_size)])
 
 def fid(a, b, weights=None, batch_size:int=32, net=None) -> float:
-    """FID between image sets a (N, 3, H, W) and b (M, 3, H, W) in [0, 1] with a TorchScript Inception feature
-    extractor `weights` (e.g. inception-2015-12-05.pt, called as net(uint8 images, return_features=True)), or `net`
-    already loaded by `load_fid_net`."""
-    a, b = _frames('a', a), _frames('b', b)
+    """FID by clean-fid's protocol ('clean' mode, Parmar et al. 2022) between image sets a (N, 3, H, W) and b (M, 3, H, W)
+    in [0, 1], with the TorchScript Inception `weights` (inception-2015-12-05.pt) or `net` from `load_fid_net`."""
     net = net if net is not None else load_fid_net(weights)
-    def feats(x):
-        with torch.no_grad():
-            return torch.cat([net((x[i:i + batch_size].clamp(0, 1) * 255).round().to(torch.uint8), return_features=True)
-                              for i in range(0, len(x), batch_size)])
-    return frechet_distance(feats(a), feats(b))
+    return frechet_distance(fid_features(a, net, batch_size), fid_features(b, net, batch_size))
 
 # %% ../nbs/50_metrics.ipynb #da80e97d
 METRICS = ('PSNR', 'SSIM', 'RotErr', 'TransErr', 'registered')

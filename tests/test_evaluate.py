@@ -96,6 +96,46 @@ def test_unreadable_video_is_listed_not_fatal(tmp_path, capsys):
     assert 'neither a results folder nor a .csv table' in capsys.readouterr().err
 
 
+def _save_inception(path):
+    "A stand-in for the TorchScript Inception of FID (inception-2015-12-05.pt): a scripted module with `layers`."
+    class Feat(torch.nn.Module):
+        def __init__(self):
+            super().__init__(); self.layers = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, 4), torch.nn.AdaptiveAvgPool2d(2))
+        def forward(self, x: torch.Tensor, return_features: bool = True) -> torch.Tensor:
+            return self.layers((x.float() - 128) / 128).flatten(1)
+    torch.manual_seed(0)
+    torch.jit.save(torch.jit.script(Feat()), str(path))
+
+
+def test_unpaired_fid_fvd_against_a_reference(tmp_path, capsys):
+    "No ground truth (new views of in-the-wild clips): FID/FVD against the sources, a folder or a CSV of videos."
+    from infcam.synthetic import make_dataset
+    from infcam.fvd import InceptionI3d
+    make_dataset(tmp_path / 'mcv', 1, num_frames=17, height=32, width=48, progress=False, num_objects=2, num_moving=0)
+    vids = next((tmp_path / 'mcv').glob('*/scene1')) / 'videos'
+    torch.manual_seed(0); torch.save(InceptionI3d().state_dict(), tmp_path / 'i3d.pt')
+    _save_inception(tmp_path / 'inc.pt')
+    # two "generated" videos (no truth: a preset was asked), made from two sources
+    (tmp_path / 'm.csv').write_text('video,trajectory,source\n' + ''.join(
+        f"{vids / f'cam0{k}.mp4'},pan_left,{vids / f'cam0{k - 2}.mp4'}\n" for k in (3, 4)))
+    (tmp_path / 'same.csv').write_text('video\n' + ''.join(f"{vids / f'cam0{k}.mp4'}\n" for k in (3, 4)))
+    (tmp_path / 'dir').mkdir()
+    for k in (5, 6): shutil.copy(vids / f'cam0{k}.mp4', tmp_path / 'dir')
+    w = ['--fvd-weights', str(tmp_path / 'i3d.pt'), '--fid-weights', str(tmp_path / 'inc.pt'), '--quiet']
+    get = lambda: pd.read_csv(tmp_path / 'e' / 'summary.csv').iloc[0]   # one folder: the clips are scored once
+    assert cli(['evaluate', str(tmp_path / 'm.csv'), '--out', str(tmp_path / 'e'), *w]) == 0
+    assert get()[['FVD', 'FID']].isna().all()                      # paired: nothing has a ground truth
+    assert cli(['evaluate', str(tmp_path / 'm.csv'), '--out', str(tmp_path / 'e'), '--reference', str(tmp_path / 'same.csv'), *w]) == 0
+    assert abs(get()['FVD']) < 1e-3 and abs(get()['FID']) < 1e-6   # the same two videos as the reference
+    assert 'against ' + str(tmp_path / 'same.csv') + ' (unpaired)' in capsys.readouterr().out
+    for ref in ('sources', str(tmp_path / 'dir')):                        # other clips: a distance (random I3D logits barely move)
+        assert cli(['evaluate', str(tmp_path / 'm.csv'), '--out', str(tmp_path / 'e'), '--reference', ref, *w]) == 0
+        assert get()['FVD'] >= 0 and get()['FID'] > 1e-3
+    capsys.readouterr()
+    assert cli(['evaluate', str(tmp_path / 'm.csv'), '--out', str(tmp_path / 'e'), '--reference', str(tmp_path / 'no'), *w]) == 2
+    assert "a folder of videos or a CSV" in capsys.readouterr().err
+
+
 def test_fvd_and_fid_columns_with_local_weights(results, capsys):
     "With --fvd-weights (here a random I3D saved as the released file would be), the summary has each method's FVD."
     from infcam.fvd import InceptionI3d
@@ -103,12 +143,7 @@ def test_fvd_and_fid_columns_with_local_weights(results, capsys):
     torch.manual_seed(0)
     w = d / 'i3d_pretrained_400.pt'
     if not w.exists(): torch.save(InceptionI3d().state_dict(), w)
-    class Feat(torch.nn.Module):                              # a stand-in for the TorchScript Inception of FID
-        def __init__(self):
-            super().__init__(); self.conv = torch.nn.Conv2d(3, 4, 3)
-        def forward(self, x: torch.Tensor, return_features: bool = True) -> torch.Tensor:
-            return self.conv(x.float() / 255).mean((2, 3))
-    torch.jit.save(torch.jit.script(Feat()), str(d / 'inception.pt'))
+    _save_inception(d / 'inception.pt')
     from infcam.metrics import AlexLPIPS
     lp = AlexLPIPS()                                           # random LPIPS weights saved under the released names
     torch.save({f'lin{k}.model.1.weight': l.weight.abs() for k, l in enumerate(lp.lins)}, d / 'alex.pth')
@@ -117,11 +152,11 @@ def test_fvd_and_fid_columns_with_local_weights(results, capsys):
                 '--fid-weights', str(d / 'inception.pt'), '--lpips-weights', str(d / 'alex.pth'),
                 '--lpips-backbone', str(d / 'alexnet.pth'), '--quiet']) == 0
     out = capsys.readouterr().out
-    assert '| LPIPS ↓ | FVD ↓ | FID ↓ |' in out
+    assert '| LPIPS ↓ | FVD ↓ | FID ↓ |' in out and "against each video's ground truth (paired)" in out
     rows = pd.read_csv(d / 'eval_fvd' / 'rows.csv')
     assert rows['LPIPS'].notna().all() and (rows['LPIPS'] > 0).all()   # each clip against its truth
     s = pd.read_csv(d / 'eval_fvd' / 'summary.csv')
-    assert s['FVD'].notna().all() and (s['FVD'] > 0).all()     # two generated clips against their two truths
+    assert s['FVD'].isna().all()                               # 9-frame clips: the protocol's 16 frames are not there
     assert s['FID'].notna().all() and (s['FID'] > 0).all()     # their six scored frames against the truths' six
     assert cli(['evaluate', str(d / 'ours'), '--out', str(d / 'eval_fvd2'), '--fvd-weights', str(d / 'none.pt')]) == 2
     assert 'does not exist' in capsys.readouterr().err
