@@ -19,9 +19,9 @@ from .layout import video_file
 from .metrics import METRICS, score_video, load_poses, format_mean_se
 
 # %% auto #0
-__all__ = ['SCORE_STRIDE', 'TABLE_COLUMNS', 'SCORES', 'ROW_COLUMNS', 'VIDEO_SUFFIXES', 'EvalItem', 'truth_for', 'resolve_spec',
-           'items_from_results', 'items_from_table', 'score_item', 'collect_items', 'reference_videos', 'method_fvd',
-           'method_fid', 'summarize_methods', 'summary_markdown', 'plot_methods', 'score_row', 'evaluate']
+__all__ = ['SCORE_STRIDE', 'TABLE_COLUMNS', 'SCORES', 'ROW_COLUMNS', 'VIDEO_SUFFIXES', 'CAMERA_UNDER', 'EvalItem', 'truth_for',
+           'resolve_spec', 'items_from_results', 'items_from_table', 'score_item', 'collect_items', 'reference_videos',
+           'method_fvd', 'method_fid', 'summarize_methods', 'summary_markdown', 'plot_methods', 'score_row', 'evaluate']
 
 # %% ../nbs/52_evaluate.ipynb #fe16cb70
 SCORE_STRIDE = 4                  # frames 0, 4, 8, ...: the first video frame of every latent frame
@@ -274,11 +274,16 @@ def method_fid(rows:pd.DataFrame, net, reference:list[Path]|None=None) -> float:
     return frechet_distance(feats(fake), feats(real))
 
 # %% ../nbs/52_evaluate.ipynb #8111f52a
+CAMERA_UNDER = dict(RotErr=5.0, TransErr=0.1)   # the thresholds of the robust camera statistic (deg; reference units)
+
 def summarize_methods(rows:pd.DataFrame) -> pd.DataFrame:
     """One row per method: videos, scored, failed, and the mean and standard error (`_se`) of every metric over its
     finite values. A video identical to its ground truth has an infinite PSNR: it is counted in `PSNR_inf`, never
-    averaged (no cap stands in for it)."""
+    averaged (no cap stands in for it). Camera errors are heavy-tailed, so beside their mean: the median (`_median`, over
+    the measured clips) and the fraction of the scored videos whose error was measured and is under `CAMERA_UNDER`
+    (`_under`; a clip that could not be posed counts as not under)."""
     g = rows.groupby('method', sort=False)
+    ok = rows['error'].fillna('') == ''
     out = pd.DataFrame({'videos': g.size(), 'failed': g['error'].apply(lambda e: int((e.fillna('') != '').sum()))})
     out.insert(1, 'scored', out['videos'] - out['failed'])
     for k in SCORES:
@@ -286,6 +291,10 @@ def summarize_methods(rows:pd.DataFrame) -> pd.DataFrame:
         v = x.replace([np.inf, -np.inf], np.nan).groupby(rows['method'], sort=False)
         out[k], out[k + '_se'] = v.mean(), v.sem()
         if k == 'PSNR': out['PSNR_inf'] = (x == np.inf).groupby(rows['method'], sort=False).sum().astype(int)
+        if k in CAMERA_UNDER:
+            out[k + '_median'] = v.median()
+            under = (x < CAMERA_UNDER[k])[ok].groupby(rows['method'][ok], sort=False)
+            out[k + '_under'] = under.mean().reindex(out.index)
     return out.reset_index()
 
 # %% ../nbs/52_evaluate.ipynb #66fd3af2
@@ -298,15 +307,21 @@ def summary_markdown(summary:pd.DataFrame, rows:pd.DataFrame|None=None) -> str:
     "The summary as a markdown table, and the videos that could not be scored (from `rows`)."
     extra = [k for k in ('FVD', 'FID') if k in summary]                 # set-level distances, when computed
     lp = bool(summary['LPIPS'].notna().any()) if 'LPIPS' in summary else False
-    lines = ['| method | videos | scored | PSNR ↑ | SSIM ↑ | RotErr (deg) ↓ | TransErr ↓ | registered |' + (' LPIPS ↓ |' if lp else '')
-             + ''.join(f' {k} ↓ |' for k in extra), '|---|---|---|---|---|---|---|---|' + '---|' * (len(extra) + lp)]
+    ru, tu = (f"{CAMERA_UNDER[k]:g}" for k in ('RotErr', 'TransErr'))
+    lines = [f'| method | videos | scored | PSNR ↑ | SSIM ↑ | RotErr (deg) ↓ | RotErr median ↓ | RotErr < {ru}° ↑ | TransErr ↓ | '
+             f'TransErr median ↓ | TransErr < {tu} ↑ | registered |' + (' LPIPS ↓ |' if lp else '')
+             + ''.join(f' {k} ↓ |' for k in extra), '|---' * 12 + '|' + '---|' * (len(extra) + lp)]
     for d in summary.to_dict('records'):
         lines.append(f"| {d['method']} | {d['videos']} | {d['scored']} | {_psnr_cell(d)} | "
                      f"{format_mean_se(d['SSIM'], d['SSIM_se'], 3)} | {format_mean_se(d['RotErr'], d['RotErr_se'], 2)} | "
-                     f"{format_mean_se(d['TransErr'], d['TransErr_se'], 3)} | {format_mean_se(d['registered'], math.nan, 2)} |"
+                     f"{format_mean_se(d['RotErr_median'], math.nan, 2)} | {format_mean_se(d['RotErr_under'], math.nan, 2)} | "
+                     f"{format_mean_se(d['TransErr'], d['TransErr_se'], 3)} | {format_mean_se(d['TransErr_median'], math.nan, 3)} | "
+                     f"{format_mean_se(d['TransErr_under'], math.nan, 2)} | {format_mean_se(d['registered'], math.nan, 2)} |"
                      + (f" {format_mean_se(d['LPIPS'], d['LPIPS_se'], 3)} |" if lp else '')
                      + ''.join(f" {format_mean_se(d[k], math.nan, 1)} |" for k in extra))
     text = '\n'.join(lines) + '\n'
+    text += (f"\nRotErr / TransErr: mean ± standard error, median (robust to the few clips an estimator loses) and the "
+             f"fraction of scored videos under {ru}° / {tu} (a clip that could not be posed counts as over).\n")
     if int(summary.get('PSNR_inf', pd.Series([0])).sum()):
         text += '\n∞ ×n: n videos equal their ground truth (infinite PSNR); the PSNR mean is over the others.\n'
     if rows is not None and (bad := rows[rows['error'].fillna('') != '']).shape[0]:
@@ -324,7 +339,10 @@ def plot_methods(summary:pd.DataFrame, path) -> Path:
         v = summary[k].astype(float).to_numpy()
         se = summary[k + '_se'].astype(float).to_numpy() if k + '_se' in summary else np.full(len(v), np.nan)
         ok = np.isfinite(v)
-        ax.bar(x[ok], v[ok], yerr=np.nan_to_num(se[ok]), capsize=3, color='tab:blue')
+        ax.bar(x[ok], v[ok], yerr=np.nan_to_num(se[ok]), capsize=3, color='tab:blue', label='mean ± s.e.')
+        if k + '_median' in summary:                                  # the robust statistic beside the mean
+            ax.plot(x, summary[k + '_median'].astype(float), 'D', color='black', markersize=5, label='median')
+            ax.legend(fontsize=7, loc='upper right')
         if not ok.all():
             ax.plot(x[~ok], np.zeros((~ok).sum()), '_', color='grey', markersize=12)
             ax.text(0.5, 0.97, 'not measured: ' + ', '.join(summary['method'][~ok].astype(str)), transform=ax.transAxes,

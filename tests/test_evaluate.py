@@ -44,10 +44,11 @@ def test_ours_and_another_method_give_the_same_table(results, capsys):
     assert cli(['evaluate', str(d / 'ours'), str(other / 'requests.csv'), '--out', str(d / 'eval'), '--quiet']) == 0
     out = capsys.readouterr().out
     assert '| infcam | 2 | 2 |' in out and '| requests | 2 | 2 |' in out and 'scored 4 video(s) now' in out
+    assert '| RotErr median ↓ | RotErr < 5° ↑ |' in out and 'median (robust to the few clips' in out
     summary = pd.read_csv(d / 'eval' / 'summary.csv').set_index('method')
     assert summary.index.tolist() == ['infcam', 'requests']
-    for k in ('PSNR', 'SSIM', 'registered'):                 # the same clips: the same row of the table
-        assert summary.loc['infcam', k] == pytest.approx(summary.loc['requests', k], abs=1e-9)
+    for k in ('PSNR', 'SSIM', 'registered', 'RotErr_median', 'RotErr_under'):   # the same clips: the same row of the table
+        assert summary.loc['infcam', k] == pytest.approx(summary.loc['requests', k], abs=1e-9, nan_ok=True)
     rows = pd.read_csv(d / 'eval' / 'rows.csv', keep_default_na=False)
     assert (rows['error'] == '').all() and len(rows) == 4
     assert all(Path(t).name in ('cam03.mp4', 'cam05.mp4') for t in rows['truth'])   # the scene's own renders
