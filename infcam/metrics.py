@@ -15,10 +15,11 @@ from .cameras import relative_poses, rigid_inverse, pose_matrix, homogeneous, in
 from .intrinsics import to_gray_uint8, best_rotation
 
 # %% auto #0
-__all__ = ['SSIM_WINDOW', 'SSIM_SIGMA', 'FID_SIZE', 'METRICS', 'align_scale', 'geodesic_deg', 'rot_err', 'trans_err',
-           'camera_metrics', 'estimate_poses', 'read_colmap_images', 'write_colmap_images', 'load_poses', 'psnr',
-           'ssim', 'AlexLPIPS', 'load_lpips', 'lpips', 'frechet_distance', 'load_fid_net', 'fid_resize', 'fid_features',
-           'fid', 'format_mean_se', 'score_video']
+__all__ = ['COLMAP_INIT_MIN_TRI_ANGLE', 'POSE_ESTIMATORS', 'SSIM_WINDOW', 'SSIM_SIGMA', 'FID_SIZE', 'METRICS', 'align_scale',
+           'geodesic_deg', 'rot_err', 'trans_err', 'camera_metrics', 'estimate_poses', 'colmap_poses', 'poses_by',
+           'read_colmap_images', 'write_colmap_images', 'load_poses', 'psnr', 'ssim', 'AlexLPIPS', 'load_lpips',
+           'lpips', 'frechet_distance', 'load_fid_net', 'fid_resize', 'fid_features', 'fid', 'format_mean_se',
+           'score_video']
 
 # %% ../nbs/50_metrics.ipynb #9a4ea2e7
 def _poses(name:str, c2w) -> Tensor:
@@ -272,6 +273,66 @@ def estimate_poses(video:Tensor, K4, method:str='chain', max_side:int|None=640, 
         start, pose0 = last, c2w[last]
     diag = dict(segments=segs, registered=float(reg.mean()), scale=fac)
     return torch.from_numpy(c2w).float(), torch.from_numpy(reg), diag
+
+# %% ../nbs/50_metrics.ipynb #5165ea09
+def _pycolmap():
+    try: import pycolmap
+    except ImportError: raise InfcamError('poses by COLMAP need pycolmap: pip install -e ".[eval]" (or pip install pycolmap)') from None
+    return pycolmap
+
+COLMAP_INIT_MIN_TRI_ANGLE = 4.0  # degrees; COLMAP's 16 needs more baseline than a short clip's first frames give
+
+def colmap_poses(video:Tensor, K4, seed:int=0, threads:int=1, init_min_tri_angle:float=COLMAP_INIT_MIN_TRI_ANGLE):
+    """Camera poses of a clip `video` (F, 3, H, W) in [0, 1] with pixel intrinsics `K4` [fx, fy, cx, cy] by COLMAP
+    (`pycolmap`) -> (c2w (F, 4, 4) float32 relative to frame 0, registered (F,) bool, diagnostics); the same outputs
+    as `estimate_poses`. Frame 0 must be registered (the trajectories are compared relative to it)."""
+    import tempfile
+    from PIL import Image
+    pc = _pycolmap()
+    if not isinstance(video, Tensor) or video.ndim != 4 or video.shape[1] != 3:
+        raise InfcamError(f"video must be a tensor (F, 3, H, W) in [0, 1], got {getattr(video, 'shape', type(video).__name__)}")
+    K4 = torch.as_tensor(K4, dtype=torch.float64).reshape(-1)
+    if K4.shape != (4,): raise InfcamError(f"K4 must be [fx, fy, cx, cy], got shape {tuple(K4.shape)}")
+    n = len(video)
+    pc.logging.minloglevel = 2                                      # errors only
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d); (d / 'images').mkdir()
+        u8 = (video.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        names = [f"{i:05d}.png" for i in range(n)]
+        for name, f in zip(names, u8): Image.fromarray(f).save(d / 'images' / name)
+        ro = pc.ImageReaderOptions(); ro.camera_model = 'PINHOLE'; ro.camera_params = ','.join(f"{v:.8g}" for v in K4.tolist())
+        eo = pc.FeatureExtractionOptions(); eo.num_threads = threads; eo.use_gpu = False
+        pc.extract_features(d / 'db.db', d / 'images', image_names=names, camera_mode=pc.CameraMode.SINGLE, reader_options=ro,
+                            extraction_options=eo, device=pc.Device.cpu)
+        mo = pc.FeatureMatchingOptions(); mo.num_threads = threads; mo.use_gpu = False
+        pc.match_exhaustive(d / 'db.db', matching_options=mo, device=pc.Device.cpu)
+        po = pc.IncrementalPipelineOptions(); po.num_threads = threads; po.random_seed = seed
+        po.ba_refine_focal_length = po.ba_refine_principal_point = po.ba_refine_extra_params = False
+        po.mapper.abs_pose_refine_focal_length = po.mapper.abs_pose_refine_extra_params = False   # the lens is given
+        po.mapper.init_min_tri_angle, po.min_model_size = init_min_tri_angle, 3
+        recs = pc.incremental_mapping(d / 'db.db', d / 'images', d / 'sparse', options=po)
+    reg = np.zeros(n, bool)
+    w2c = np.tile(np.eye(4), (n, 1, 1))
+    if recs:
+        rec = max(recs.values(), key=lambda r: r.num_reg_images())
+        for im in rec.images.values():
+            if not im.has_pose: continue
+            i = names.index(im.name)
+            w2c[i, :3] = im.cam_from_world().matrix()
+            reg[i] = True
+    diag = dict(models=len(recs), registered=float(reg.mean()))
+    if not reg[0]: raise InfcamError(f"COLMAP did not register frame 0 ({int(reg.sum())} of {n} frames registered)")
+    c2w = np.linalg.inv(w2c)
+    c2w = np.linalg.inv(c2w[0]) @ c2w                               # relative to frame 0
+    c2w[~reg] = np.eye(4)
+    return torch.from_numpy(c2w).float(), torch.from_numpy(reg), diag
+
+POSE_ESTIMATORS = ('builtin', 'colmap')
+
+def poses_by(estimator:str, video:Tensor, K4):
+    "`(c2w, registered, diagnostics)` of `video` by the `estimator` 'builtin' (`estimate_poses`) or 'colmap' (`colmap_poses`)."
+    if estimator not in POSE_ESTIMATORS: raise InfcamError(f"the pose estimator must be one of {', '.join(POSE_ESTIMATORS)}, got {estimator!r}")
+    return estimate_poses(video, K4) if estimator == 'builtin' else colmap_poses(video, K4)
 
 # %% ../nbs/50_metrics.ipynb #fac1758e
 def _quat_to_R(q:np.ndarray) -> np.ndarray:
