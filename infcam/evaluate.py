@@ -16,12 +16,13 @@ from torch import Tensor
 from .core import InfcamError, atomic_path, folder_lock, make_folder, write_figure
 from .cameras import homogeneous
 from .layout import video_file
-from .metrics import METRICS, score_video, load_poses, format_mean_se
+from .metrics import METRICS, POSE_ESTIMATORS, score_video, load_poses, format_mean_se, require_pycolmap
 
 # %% auto #0
-__all__ = ['SCORE_STRIDE', 'TABLE_COLUMNS', 'SCORES', 'ROW_COLUMNS', 'VIDEO_SUFFIXES', 'CAMERA_UNDER', 'EvalItem', 'truth_for',
-           'resolve_spec', 'items_from_results', 'items_from_table', 'score_item', 'collect_items', 'reference_videos',
-           'method_fvd', 'method_fid', 'summarize_methods', 'summary_markdown', 'plot_methods', 'score_row', 'evaluate']
+__all__ = ['SCORE_STRIDE', 'TABLE_COLUMNS', 'DEFAULT_POSES', 'SCORES', 'ROW_COLUMNS', 'VIDEO_SUFFIXES', 'CAMERA_UNDER',
+           'EvalItem', 'truth_for', 'resolve_spec', 'items_from_results', 'items_from_table', 'score_item',
+           'collect_items', 'reference_videos', 'method_fvd', 'method_fid', 'summarize_methods', 'summary_markdown',
+           'plot_methods', 'score_row', 'evaluate']
 
 # %% ../nbs/52_evaluate.ipynb #fe16cb70
 SCORE_STRIDE = 4                  # frames 0, 4, 8, ...: the first video frame of every latent frame
@@ -145,8 +146,11 @@ def items_from_table(csv, method:str|None=None) -> tuple[list[EvalItem], list[tu
 # %% ../nbs/52_evaluate.ipynb #70dd3fee
 def _frames_of(n:int) -> list[int]: return list(range(0, n, SCORE_STRIDE))
 
-def score_item(item:EvalItem, min_registered:float=0.5, lpips_net=None) -> dict:
-    "`{PSNR, SSIM, RotErr, TransErr, registered, frames}` of one generated clip, and `LPIPS` with a ground truth and `lpips_net`."
+DEFAULT_POSES = 'builtin'         # the pose estimator of `infcam evaluate` (chosen from notebook 50's floor table)
+
+def score_item(item:EvalItem, min_registered:float=0.5, lpips_net=None, poses:str=DEFAULT_POSES) -> dict:
+    """`{PSNR, SSIM, RotErr, TransErr, registered, frames}` of one generated clip, its poses estimated by `poses`
+    ('builtin' or 'colmap') unless the item gives them, and `LPIPS` with a ground truth and `lpips_net`."""
     from infcam.video import read_video, video_info
     from infcam.cache import clip_length
     from infcam.trajectories import load_trajectory
@@ -177,7 +181,7 @@ def score_item(item:EvalItem, min_registered:float=0.5, lpips_net=None) -> dict:
         est = load_poses(item.poses)
         if len(est) == n: est = est[idx]
         elif len(est) != len(idx): raise InfcamError(f"{item.poses} has {len(est)} poses; the clip has {n} frames ({len(idx)} scored)")
-    out = {**score_video(v[idx], K4, ref, truth, est, min_registered=min_registered), 'frames': n}
+    out = {**score_video(v[idx], K4, ref, truth, est, min_registered=min_registered, poses=poses), 'frames': n}
     if lpips_net is not None and truth is not None:
         from infcam.metrics import lpips
         out['LPIPS'] = lpips(v[idx], truth, net=lpips_net)
@@ -185,7 +189,9 @@ def score_item(item:EvalItem, min_registered:float=0.5, lpips_net=None) -> dict:
 
 # %% ../nbs/52_evaluate.ipynb #bb03c24c
 SCORES = (*METRICS, 'LPIPS')              # per video; LPIPS only with a ground truth and the LPIPS weights
-ROW_COLUMNS = ('method', 'name', 'video', 'trajectory', 'truth', 'frames', *SCORES, 'error', 'stamp')
+ROW_COLUMNS = ('method', 'name', 'video', 'trajectory', 'truth', 'frames', *SCORES, 'poses_by', 'error', 'stamp')
+
+def _poses_by(it:EvalItem, poses:str) -> str: return 'file' if it.poses is not None else poses   # what posed a row
 
 def _stamp(*paths) -> str:
     "What decides whether a row is still valid: size and modification time of each file."
@@ -353,36 +359,39 @@ def plot_methods(summary:pd.DataFrame, path) -> Path:
     return write_figure(fig, path)
 
 # %% ../nbs/52_evaluate.ipynb #67753532
-def score_row(it:EvalItem, min_registered:float=0.5, lpips_net=None) -> dict:
+def score_row(it:EvalItem, min_registered:float=0.5, lpips_net=None, poses:str=DEFAULT_POSES) -> dict:
     "The table row of one item: its request, its numbers (NaN where not measured) and the error that stopped it, if any."
     row = dict(method=it.method, name=it.name, video=str(it.video), trajectory=it.trajectory,
-               truth='' if it.truth is None else str(it.truth), frames=0, **dict.fromkeys(SCORES, math.nan), error='',
+               truth='' if it.truth is None else str(it.truth), frames=0, **dict.fromkeys(SCORES, math.nan), poses_by=_poses_by(it, poses), error='',
                stamp=_stamp(it.video, it.truth, it.poses))
-    try: row.update(score_item(it, min_registered, lpips_net))
+    try: row.update(score_item(it, min_registered, lpips_net, poses))
     except InfcamError as e: row['error'] = ' '.join(str(e).split())
     except OSError as e: row['error'] = f"cannot read: {e.strerror or e}"
     return row
 
-def _score_all(items:list[EvalItem], min_registered:float, progress:bool, partial:Path, lpips_net=None) -> list[dict]:
+def _score_all(items:list[EvalItem], min_registered:float, progress:bool, partial:Path, lpips_net=None,
+               poses:str=DEFAULT_POSES) -> list[dict]:
     "Score `items`, rewriting `partial` (atomically) after each one, so a killed run keeps what it scored."
     from tqdm.auto import tqdm
     rows = []
     for it in tqdm(items, desc='evaluate', unit='video', disable=not progress):
-        rows.append(score_row(it, min_registered, lpips_net))
+        rows.append(score_row(it, min_registered, lpips_net, poses))
         with atomic_path(partial) as tmp: pd.DataFrame(rows, columns=list(ROW_COLUMNS)).to_csv(tmp, index=False)
     return rows
 
-def _eval_worker(fabric, items:list[EvalItem], min_registered:float, out:Path, progress:bool, lpips_net=None) -> list[dict]:
+def _eval_worker(fabric, items:list[EvalItem], min_registered:float, out:Path, progress:bool, lpips_net=None,
+                 poses:str=DEFAULT_POSES) -> list[dict]:
     "One process of a sharded evaluation: every `world`-th item, then all ranks' rows."
     from infcam.generate import gather_and_leave
     rank, world = fabric.global_rank, fabric.world_size
-    mine = _score_all(items[rank::world], min_registered, progress and rank == 0, out / f'.rows.part{rank}.csv', lpips_net)
+    mine = _score_all(items[rank::world], min_registered, progress and rank == 0, out / f'.rows.part{rank}.csv', lpips_net, poses)
     return [r for part in gather_and_leave(mine) for r in part]
 
 def _read_rows(path:Path) -> list[dict]:
     try: df = pd.read_csv(path, dtype={'method': str, 'name': str, 'error': str, 'stamp': str, 'trajectory': str})
     except (ValueError, UnicodeDecodeError): raise InfcamError(f"{path} is not an evaluation table; use another --out folder") from None
     if 'LPIPS' not in df.columns: df['LPIPS'] = math.nan             # a table written before LPIPS was scored
+    if 'poses_by' not in df.columns: df['poses_by'] = 'builtin'      # ... or before COLMAP could pose the clips
     if missing := [c for c in ROW_COLUMNS if c not in df.columns]:
         raise InfcamError(f"{path} is not an evaluation table (no {missing[0]} column); use another --out folder")
     return [{**r, 'error': r['error'] if isinstance(r['error'], str) else ''} for r in df.to_dict('records')]
@@ -390,16 +399,19 @@ def _read_rows(path:Path) -> list[dict]:
 # %% ../nbs/52_evaluate.ipynb #e3d6ed50
 def evaluate(inputs, out, method:str|None=None, progress:bool=True, min_registered:float=0.5, fvd_weights=None,
              fid_weights=None, lpips_weights=None, lpips_backbone=None, devices:int=1, num_nodes:int=1,
-             reference=None) -> dict:
+             reference=None, poses:str=DEFAULT_POSES) -> dict:
     """Score every video `inputs` list (result folders and CSV tables) into the folder `out`, reusing the rows of
     videos that have not changed; with `fvd_weights` (i3d_pretrained_400.pt) / `fid_weights` (a TorchScript
     Inception, e.g. inception-2015-12-05.pt) also each method's FVD / FID against the ground truths (or, unpaired,
     against `reference`: 'sources', a folder of videos or a CSV; see `reference_videos`), with
-    `lpips_weights` (alex.pth) and `lpips_backbone` (torchvision's AlexNet) each video's LPIPS; `devices` > 1 (or `num_nodes` > 1) shares the videos over processes with Lightning Fabric.
+    `lpips_weights` (alex.pth) and `lpips_backbone` (torchvision's AlexNet) each video's LPIPS; `poses`: the pose
+    estimator of the clips without given poses ('builtin' or 'colmap', which needs pycolmap); `devices` > 1 (or `num_nodes` > 1) shares the videos over processes with Lightning Fabric.
     Returns dict(rows, summary (DataFrames), problems, scored (this call), files)."""
     out = Path(out)
     for k, v in (('devices', devices), ('num_nodes', num_nodes)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise InfcamError(f"{k} must be an integer >= 1, got {v!r}")
+    if poses not in POSE_ESTIMATORS: raise InfcamError(f"poses must be one of {', '.join(POSE_ESTIMATORS)}, got {poses!r}")
+    if poses == 'colmap': require_pycolmap()                       # a one-line error before any work
     items, problems = collect_items(inputs, method)
     if not items: raise InfcamError(f"nothing to evaluate in {', '.join(map(str, [inputs] if isinstance(inputs, (str, Path)) else inputs))}"
                                     + (f" ({problems[0][0]}: {problems[0][1]})" if problems else ''))
@@ -426,14 +438,15 @@ def evaluate(inputs, out, method:str|None=None, progress:bool=True, min_register
         for f in [files['rows'], *sorted(out.glob('.rows.part*.csv'))]:   # the table, then what a killed run scored
             if f.is_file(): cache.update({(r['method'], r['name']): r for r in _read_rows(f)})
         fresh = lambda it, r: (r is not None and r['stamp'] == _stamp(it.video, it.truth, it.poses) and r['trajectory'] == it.trajectory
+                               and r['poses_by'] == _poses_by(it, poses)
                                and not (lpips_net is not None and it.truth is not None and not r['error'] and math.isnan(float(r['LPIPS']))))
         todo = [it for it in items if not fresh(it, cache.get((it.method, it.name)))]
         if todo and (devices > 1 or num_nodes > 1):
             import lightning as L
             fabric = L.Fabric(accelerator='cpu', devices=devices, num_nodes=num_nodes,
                               strategy='ddp' if launched_externally() else 'ddp_spawn')   # torchrun's processes, or spawn them
-            new = fabric.launch(_eval_worker, todo, min_registered, out, progress, lpips_net)
-        else: new = _score_all(todo, min_registered, progress, out / '.rows.part0.csv', lpips_net)
+            new = fabric.launch(_eval_worker, todo, min_registered, out, progress, lpips_net, poses)
+        else: new = _score_all(todo, min_registered, progress, out / '.rows.part0.csv', lpips_net, poses)
         cache.update({(r['method'], r['name']): r for r in new})
         rows = pd.DataFrame([cache[(it.method, it.name)] for it in items], columns=list(ROW_COLUMNS))
         if not writer: return dict(rows=rows, summary=summarize_methods(rows), problems=problems, scored=len(new), files={})

@@ -16,10 +16,10 @@ from .intrinsics import to_gray_uint8, best_rotation
 
 # %% auto #0
 __all__ = ['COLMAP_INIT_MIN_TRI_ANGLE', 'POSE_ESTIMATORS', 'SSIM_WINDOW', 'SSIM_SIGMA', 'FID_SIZE', 'METRICS', 'align_scale',
-           'geodesic_deg', 'rot_err', 'trans_err', 'camera_metrics', 'estimate_poses', 'colmap_poses', 'poses_by',
-           'read_colmap_images', 'write_colmap_images', 'load_poses', 'psnr', 'ssim', 'AlexLPIPS', 'load_lpips',
-           'lpips', 'frechet_distance', 'load_fid_net', 'fid_resize', 'fid_features', 'fid', 'format_mean_se',
-           'score_video']
+           'geodesic_deg', 'rot_err', 'trans_err', 'camera_metrics', 'estimate_poses', 'require_pycolmap',
+           'colmap_poses', 'poses_by', 'read_colmap_images', 'write_colmap_images', 'load_poses', 'psnr', 'ssim',
+           'AlexLPIPS', 'load_lpips', 'lpips', 'frechet_distance', 'load_fid_net', 'fid_resize', 'fid_features', 'fid',
+           'format_mean_se', 'score_video']
 
 # %% ../nbs/50_metrics.ipynb #9a4ea2e7
 def _poses(name:str, c2w) -> Tensor:
@@ -275,7 +275,8 @@ def estimate_poses(video:Tensor, K4, method:str='chain', max_side:int|None=640, 
     return torch.from_numpy(c2w).float(), torch.from_numpy(reg), diag
 
 # %% ../nbs/50_metrics.ipynb #5165ea09
-def _pycolmap():
+def require_pycolmap():
+    "The `pycolmap` module, or a one-line error saying how to install it."
     try: import pycolmap
     except ImportError: raise InfcamError('poses by COLMAP need pycolmap: pip install -e ".[eval]" (or pip install pycolmap)') from None
     return pycolmap
@@ -288,7 +289,7 @@ def colmap_poses(video:Tensor, K4, seed:int=0, threads:int=1, init_min_tri_angle
     as `estimate_poses`. Frame 0 must be registered (the trajectories are compared relative to it)."""
     import tempfile
     from PIL import Image
-    pc = _pycolmap()
+    pc = require_pycolmap()
     if not isinstance(video, Tensor) or video.ndim != 4 or video.shape[1] != 3:
         raise InfcamError(f"video must be a tensor (F, 3, H, W) in [0, 1], got {getattr(video, 'shape', type(video).__name__)}")
     K4 = torch.as_tensor(K4, dtype=torch.float64).reshape(-1)
@@ -583,7 +584,9 @@ def score_video(video:Tensor, # (F, 3, H, W) generated frames in [0, 1]
                 ref=None, # (F, 4, 4) c2w of the requested path at the same frames (None: no camera metrics)
                 truth=None, # (F, 3, H, W) the ground-truth view (None: no PSNR/SSIM)
                 est=None, # (F, 4, 4) poses measured elsewhere, instead of estimating them
-                min_registered:float=0.5) -> dict:
+                min_registered:float=0.5,
+                poses:str='builtin', # the pose estimator when `est` is not given: 'builtin' or 'colmap' (`poses_by`)
+               ) -> dict:
     "`{PSNR, SSIM, RotErr, TransErr, registered}` of one clip; what cannot be measured is NaN."
     nan = float('nan')
     out = dict.fromkeys(METRICS, nan)
@@ -592,8 +595,9 @@ def score_video(video:Tensor, # (F, 3, H, W) generated frames in [0, 1]
     if ref is None: return out
     if est is not None: return {**out, **camera_metrics(est, ref)}
     if K4 is None: raise InfcamError("score_video needs the clip's intrinsics K4 to estimate its poses")
+    if poses == 'colmap': require_pycolmap()                        # a missing package is not a clip that failed
     try:
-        est, reg, _ = estimate_poses(v, K4)
+        est, reg, _ = poses_by(poses, v, K4)
         cm = camera_metrics(est, ref, reg)
     except InfcamError:
         return {**out, 'registered': 0.}

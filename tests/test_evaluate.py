@@ -234,3 +234,22 @@ def test_identical_video_is_counted_not_averaged(results, tmp_path, capsys):
     s = pd.read_csv(tmp_path / 'e' / 'summary.csv').iloc[0]
     assert s['PSNR'] == pytest.approx(rows.loc['other', 'PSNR']) and s['PSNR_inf'] == 1
     assert f"{rows.loc['other', 'PSNR']:.2f} (∞ ×1)" in capsys.readouterr().out
+
+
+def test_poses_by_colmap_and_the_cache_knows_the_estimator(results, tmp_path, capsys, monkeypatch):
+    "--poses colmap poses infcam's results and another method's CSV; a row posed by one estimator is not served for the other."
+    import sys
+    d, scene = results
+    (tmp_path / 'theirs.csv').write_text(f"video,trajectory\n{d / 'ours' / 'cam05.mp4'},{scene / 'cameras' / 'camera_extrinsics.json'}:cam05@cam01\n")
+    args = ['evaluate', str(d / 'ours'), str(tmp_path / 'theirs.csv'), '--out', str(tmp_path / 'e'), '--quiet']
+    assert cli(args + ['--poses', 'colmap']) == 0
+    rows = pd.read_csv(tmp_path / 'e' / 'rows.csv', keep_default_na=False)
+    assert (rows['poses_by'] == 'colmap').all() and (rows['error'] == '').all() and len(rows) == 3
+    capsys.readouterr()
+    assert cli(args + ['--poses', 'colmap']) == 0 and 'scored 0 video(s) now' in capsys.readouterr().out
+    assert cli(args + ['--poses', 'builtin']) == 0 and 'scored 3 video(s) now' in capsys.readouterr().out
+    assert cli(args + ['--poses', 'vipe']) == 2 and 'one of builtin, colmap' in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, 'pycolmap', None)              # not installed
+    assert cli(args + ['--poses', 'colmap']) == 2
+    err = capsys.readouterr().err.strip()
+    assert 'pip install -e ".[eval]"' in err and len(err.splitlines()) == 1
