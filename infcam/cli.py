@@ -229,7 +229,8 @@ def _evaluate(a):
     res = evaluate(a.inputs, a.out, method=a.method, progress=not a.quiet, min_registered=a.min_registered,
                    fvd_weights=a.fvd_weights, fid_weights=a.fid_weights, lpips_weights=a.lpips_weights,
                    lpips_backbone=a.lpips_backbone, devices=a.devices, num_nodes=a.num_nodes,
-                   reference=a.reference, **({'poses': a.poses} if a.poses else {}))
+                   reference=a.reference, clip_weights=a.clip_weights,
+                   **({'poses': a.poses} if a.poses else {}))
     if not res['files']: return                      # another rank under torchrun: rank 0 reports
     print(res['files']['markdown'].read_text(encoding='utf-8'), end='')
     print(f"scored {res['scored']} video(s) now, {len(res['rows']) - res['scored']} unchanged; tables and plot in {a.out}")
@@ -255,6 +256,8 @@ def _evaluate_parser(sub):
     ev.add_argument('--reference', metavar='sources|DIR|CSV',
                     help="unpaired FID/FVD: against the requests' source clips ('sources'), a folder of videos or a CSV "
                          "with a video column (default: each video's ground truth)")
+    ev.add_argument('--clip-weights', metavar='DIR', help='a local CLIP model folder (transformers CLIPModel with its '
+                    'tokenizer, e.g. a copy of openai/clip-vit-large-patch14): also each video\'s CLIP-T and CLIP-F')
     ev.add_argument('--lpips-weights', help='alex.pth (LPIPS linear layers): also each video\'s LPIPS against its ground truth')
     ev.add_argument('--lpips-backbone', help='alexnet-owt-7be5be79.pth (torchvision\'s AlexNet), with --lpips-weights')
     ev.add_argument('--devices', type=int, default=1, help='processes scoring videos in parallel (default 1)')

@@ -40,6 +40,7 @@ class EvalItem:
     truth: Path|None = None       # a ground-truth video of the requested view
     poses: Path|None = None       # poses measured elsewhere (COLMAP images.txt, c2w .json/.npy/.txt)
     source: Path|None = None      # the source clip the video was generated from (the unpaired FID/FVD reference)
+    prompt: str|None = None       # the text prompt (for CLIP-T)
 
 _CAMFILE = re.compile(r'(.+camera_extrinsics\.json):([^:@/\\]+)(?:@[^:@/\\]+)?', re.IGNORECASE)
 
@@ -96,13 +97,14 @@ def items_from_results(folder, method:str='infcam') -> tuple[list[EvalItem], lis
             spec, found = resolve_spec(str(d['trajectory']), [Path.cwd(), js.parent] + ([source.parent] if source else []))
             if note := _truth_note(spec, found): problems.append((str(js), note))
             items.append(EvalItem(method, str(js.relative_to(folder).with_suffix('')), js.with_name(d['outputs']['video']),
-                                  spec, homogeneous(ext.reshape(-1, 3, 4)), K4, truth=truth_for(spec), source=source))
+                                  spec, homogeneous(ext.reshape(-1, 3, 4)), K4, truth=truth_for(spec), source=source,
+                                  prompt=d.get('prompt') or None))
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             problems.append((str(js), f"malformed sidecar: {' '.join(str(e).split())}"))
     return items, problems
 
 # %% ../nbs/52_evaluate.ipynb #9ab7a5bb
-TABLE_COLUMNS = ('video', 'trajectory', 'method', 'name', 'truth', 'poses', 'source', 'focal_mm', 'fx', 'fy', 'cx', 'cy')
+TABLE_COLUMNS = ('video', 'trajectory', 'method', 'name', 'truth', 'poses', 'source', 'prompt', 'focal_mm', 'fx', 'fy', 'cx', 'cy')
 
 def _in(base:Path, p:str) -> Path|None: return (base / p) if p else None
 
@@ -138,7 +140,8 @@ def items_from_table(csv, method:str|None=None) -> tuple[list[EvalItem], list[tu
             truth = _in(base, r['truth']) or truth_for(spec)
             if not r['truth'] and (note := _truth_note(spec, Path(_spec_file(spec) or '').is_file())): problems.append((where, note))
             items.append(EvalItem(r['method'] or method or csv.stem, r['name'] or Path(r['video']).stem, base / r['video'],
-                                  spec, None, K4, focal, truth, _in(base, r['poses']), _in(base, r['source'])))
+                                  spec, None, K4, focal, truth, _in(base, r['poses']), _in(base, r['source']),
+                                  r['prompt'] or None))
         except (InfcamError, ValueError) as e:
             problems.append((where, ' '.join(str(e).split())))
     return items, problems
@@ -148,9 +151,10 @@ def _frames_of(n:int) -> list[int]: return list(range(0, n, SCORE_STRIDE))
 
 DEFAULT_POSES = 'builtin'         # the pose estimator of `infcam evaluate` (chosen from notebook 50's floor table)
 
-def score_item(item:EvalItem, min_registered:float=0.5, lpips_net=None, poses:str=DEFAULT_POSES) -> dict:
+def score_item(item:EvalItem, min_registered:float=0.5, lpips_net=None, poses:str=DEFAULT_POSES, clip=None) -> dict:
     """`{PSNR, SSIM, RotErr, TransErr, registered, frames}` of one generated clip, its poses estimated by `poses`
-    ('builtin' or 'colmap') unless the item gives them, and `LPIPS` with a ground truth and `lpips_net`."""
+    ('builtin' or 'colmap') unless the item gives them, `LPIPS` with a ground truth and `lpips_net`, and CLIP-T (with a
+    prompt) and CLIP-F over all the clip's frames with `clip` (`infcam.metrics.load_clip`)."""
     from infcam.video import read_video, video_info
     from infcam.cache import clip_length
     from infcam.trajectories import load_trajectory
@@ -185,10 +189,13 @@ def score_item(item:EvalItem, min_registered:float=0.5, lpips_net=None, poses:st
     if lpips_net is not None and truth is not None:
         from infcam.metrics import lpips
         out['LPIPS'] = lpips(v[idx], truth, net=lpips_net)
+    if clip is not None:
+        from infcam.metrics import clip_scores
+        out.update(clip_scores(v, item.prompt, clip))
     return out
 
 # %% ../nbs/52_evaluate.ipynb #bb03c24c
-SCORES = (*METRICS, 'LPIPS')              # per video; LPIPS only with a ground truth and the LPIPS weights
+SCORES = (*METRICS, 'LPIPS', 'CLIP-T', 'CLIP-F')   # per video; LPIPS with a truth and its weights, CLIP-T/F with CLIP weights
 ROW_COLUMNS = ('method', 'name', 'video', 'trajectory', 'truth', 'frames', *SCORES, 'poses_by', 'error', 'stamp')
 
 def _poses_by(it:EvalItem, poses:str) -> str: return 'file' if it.poses is not None else poses   # what posed a row
@@ -313,10 +320,12 @@ def summary_markdown(summary:pd.DataFrame, rows:pd.DataFrame|None=None) -> str:
     "The summary as a markdown table, and the videos that could not be scored (from `rows`)."
     extra = [k for k in ('FVD', 'FID') if k in summary]                 # set-level distances, when computed
     lp = bool(summary['LPIPS'].notna().any()) if 'LPIPS' in summary else False
+    cl = [k for k in ('CLIP-T', 'CLIP-F') if k in summary and summary[k].notna().any()]
     ru, tu = (f"{CAMERA_UNDER[k]:g}" for k in ('RotErr', 'TransErr'))
     lines = [f'| method | videos | scored | PSNR ↑ | SSIM ↑ | RotErr (deg) ↓ | RotErr median ↓ | RotErr < {ru}° ↑ | TransErr ↓ | '
              f'TransErr median ↓ | TransErr < {tu} ↑ | registered |' + (' LPIPS ↓ |' if lp else '')
-             + ''.join(f' {k} ↓ |' for k in extra), '|---' * 12 + '|' + '---|' * (len(extra) + lp)]
+             + ''.join(f' {k} ↑ |' for k in cl) + ''.join(f' {k} ↓ |' for k in extra),
+             '|---' * 12 + '|' + '---|' * (len(extra) + lp + len(cl))]
     for d in summary.to_dict('records'):
         lines.append(f"| {d['method']} | {d['videos']} | {d['scored']} | {_psnr_cell(d)} | "
                      f"{format_mean_se(d['SSIM'], d['SSIM_se'], 3)} | {format_mean_se(d['RotErr'], d['RotErr_se'], 2)} | "
@@ -324,6 +333,7 @@ def summary_markdown(summary:pd.DataFrame, rows:pd.DataFrame|None=None) -> str:
                      f"{format_mean_se(d['TransErr'], d['TransErr_se'], 3)} | {format_mean_se(d['TransErr_median'], math.nan, 3)} | "
                      f"{format_mean_se(d['TransErr_under'], math.nan, 2)} | {format_mean_se(d['registered'], math.nan, 2)} |"
                      + (f" {format_mean_se(d['LPIPS'], d['LPIPS_se'], 3)} |" if lp else '')
+                     + ''.join(f" {format_mean_se(d[k], d[k + '_se'], 2)} |" for k in cl)
                      + ''.join(f" {format_mean_se(d[k], math.nan, 1)} |" for k in extra))
     text = '\n'.join(lines) + '\n'
     text += (f"\nRotErr / TransErr: mean ± standard error, median (robust to the few clips an estimator loses) and the "
@@ -359,38 +369,39 @@ def plot_methods(summary:pd.DataFrame, path) -> Path:
     return write_figure(fig, path)
 
 # %% ../nbs/52_evaluate.ipynb #67753532
-def score_row(it:EvalItem, min_registered:float=0.5, lpips_net=None, poses:str=DEFAULT_POSES) -> dict:
+def score_row(it:EvalItem, min_registered:float=0.5, lpips_net=None, poses:str=DEFAULT_POSES, clip=None) -> dict:
     "The table row of one item: its request, its numbers (NaN where not measured) and the error that stopped it, if any."
     row = dict(method=it.method, name=it.name, video=str(it.video), trajectory=it.trajectory,
                truth='' if it.truth is None else str(it.truth), frames=0, **dict.fromkeys(SCORES, math.nan), poses_by=_poses_by(it, poses), error='',
                stamp=_stamp(it.video, it.truth, it.poses))
-    try: row.update(score_item(it, min_registered, lpips_net, poses))
+    try: row.update(score_item(it, min_registered, lpips_net, poses, clip))
     except InfcamError as e: row['error'] = ' '.join(str(e).split())
     except OSError as e: row['error'] = f"cannot read: {e.strerror or e}"
     return row
 
 def _score_all(items:list[EvalItem], min_registered:float, progress:bool, partial:Path, lpips_net=None,
-               poses:str=DEFAULT_POSES) -> list[dict]:
+               poses:str=DEFAULT_POSES, clip=None) -> list[dict]:
     "Score `items`, rewriting `partial` (atomically) after each one, so a killed run keeps what it scored."
     from tqdm.auto import tqdm
     rows = []
     for it in tqdm(items, desc='evaluate', unit='video', disable=not progress):
-        rows.append(score_row(it, min_registered, lpips_net, poses))
+        rows.append(score_row(it, min_registered, lpips_net, poses, clip))
         with atomic_path(partial) as tmp: pd.DataFrame(rows, columns=list(ROW_COLUMNS)).to_csv(tmp, index=False)
     return rows
 
 def _eval_worker(fabric, items:list[EvalItem], min_registered:float, out:Path, progress:bool, lpips_net=None,
-                 poses:str=DEFAULT_POSES) -> list[dict]:
+                 poses:str=DEFAULT_POSES, clip=None) -> list[dict]:
     "One process of a sharded evaluation: every `world`-th item, then all ranks' rows."
     from infcam.generate import gather_and_leave
     rank, world = fabric.global_rank, fabric.world_size
-    mine = _score_all(items[rank::world], min_registered, progress and rank == 0, out / f'.rows.part{rank}.csv', lpips_net, poses)
+    mine = _score_all(items[rank::world], min_registered, progress and rank == 0, out / f'.rows.part{rank}.csv', lpips_net, poses, clip)
     return [r for part in gather_and_leave(mine) for r in part]
 
 def _read_rows(path:Path) -> list[dict]:
     try: df = pd.read_csv(path, dtype={'method': str, 'name': str, 'error': str, 'stamp': str, 'trajectory': str})
     except (ValueError, UnicodeDecodeError): raise InfcamError(f"{path} is not an evaluation table; use another --out folder") from None
-    if 'LPIPS' not in df.columns: df['LPIPS'] = math.nan             # a table written before LPIPS was scored
+    for k in ('LPIPS', 'CLIP-T', 'CLIP-F'):
+        if k not in df.columns: df[k] = math.nan                     # a table written before these were scored
     if 'poses_by' not in df.columns: df['poses_by'] = 'builtin'      # ... or before COLMAP could pose the clips
     if missing := [c for c in ROW_COLUMNS if c not in df.columns]:
         raise InfcamError(f"{path} is not an evaluation table (no {missing[0]} column); use another --out folder")
@@ -399,13 +410,14 @@ def _read_rows(path:Path) -> list[dict]:
 # %% ../nbs/52_evaluate.ipynb #e3d6ed50
 def evaluate(inputs, out, method:str|None=None, progress:bool=True, min_registered:float=0.5, fvd_weights=None,
              fid_weights=None, lpips_weights=None, lpips_backbone=None, devices:int=1, num_nodes:int=1,
-             reference=None, poses:str=DEFAULT_POSES) -> dict:
+             reference=None, poses:str=DEFAULT_POSES, clip_weights=None) -> dict:
     """Score every video `inputs` list (result folders and CSV tables) into the folder `out`, reusing the rows of
     videos that have not changed; with `fvd_weights` (i3d_pretrained_400.pt) / `fid_weights` (a TorchScript
     Inception, e.g. inception-2015-12-05.pt) also each method's FVD / FID against the ground truths (or, unpaired,
     against `reference`: 'sources', a folder of videos or a CSV; see `reference_videos`), with
     `lpips_weights` (alex.pth) and `lpips_backbone` (torchvision's AlexNet) each video's LPIPS; `poses`: the pose
-    estimator of the clips without given poses ('builtin' or 'colmap', which needs pycolmap); `devices` > 1 (or `num_nodes` > 1) shares the videos over processes with Lightning Fabric.
+    estimator of the clips without given poses ('builtin' or 'colmap', which needs pycolmap); with `clip_weights` (a
+    local CLIP model folder) each video's CLIP-T and CLIP-F; `devices` > 1 (or `num_nodes` > 1) shares the videos over processes with Lightning Fabric.
     Returns dict(rows, summary (DataFrames), problems, scored (this call), files)."""
     out = Path(out)
     for k, v in (('devices', devices), ('num_nodes', num_nodes)):
@@ -429,6 +441,10 @@ def evaluate(inputs, out, method:str|None=None, progress:bool=True, min_register
     if fid_weights is not None:
         from infcam.metrics import load_fid_net
         fid_net = load_fid_net(fid_weights)
+    clip = None
+    if clip_weights is not None:
+        from infcam.metrics import load_clip
+        clip = load_clip(clip_weights)
     make_folder(out)
     files = dict(rows=out / 'rows.csv', summary=out / 'summary.csv', markdown=out / 'summary.md', plot=out / 'summary.png')
     from infcam.generate import launched_externally
@@ -439,14 +455,15 @@ def evaluate(inputs, out, method:str|None=None, progress:bool=True, min_register
             if f.is_file(): cache.update({(r['method'], r['name']): r for r in _read_rows(f)})
         fresh = lambda it, r: (r is not None and r['stamp'] == _stamp(it.video, it.truth, it.poses) and r['trajectory'] == it.trajectory
                                and r['poses_by'] == _poses_by(it, poses)
-                               and not (lpips_net is not None and it.truth is not None and not r['error'] and math.isnan(float(r['LPIPS']))))
+                               and not (lpips_net is not None and it.truth is not None and not r['error'] and math.isnan(float(r['LPIPS'])))
+                               and not (clip is not None and not r['error'] and math.isnan(float(r['CLIP-F']))))
         todo = [it for it in items if not fresh(it, cache.get((it.method, it.name)))]
         if todo and (devices > 1 or num_nodes > 1):
             import lightning as L
             fabric = L.Fabric(accelerator='cpu', devices=devices, num_nodes=num_nodes,
                               strategy='ddp' if launched_externally() else 'ddp_spawn')   # torchrun's processes, or spawn them
-            new = fabric.launch(_eval_worker, todo, min_registered, out, progress, lpips_net, poses)
-        else: new = _score_all(todo, min_registered, progress, out / '.rows.part0.csv', lpips_net, poses)
+            new = fabric.launch(_eval_worker, todo, min_registered, out, progress, lpips_net, poses, clip)
+        else: new = _score_all(todo, min_registered, progress, out / '.rows.part0.csv', lpips_net, poses, clip)
         cache.update({(r['method'], r['name']): r for r in new})
         rows = pd.DataFrame([cache[(it.method, it.name)] for it in items], columns=list(ROW_COLUMNS))
         if not writer: return dict(rows=rows, summary=summarize_methods(rows), problems=problems, scored=len(new), files={})

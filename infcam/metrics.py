@@ -15,11 +15,11 @@ from .cameras import relative_poses, rigid_inverse, pose_matrix, homogeneous, in
 from .intrinsics import to_gray_uint8, best_rotation
 
 # %% auto #0
-__all__ = ['COLMAP_INIT_MIN_TRI_ANGLE', 'POSE_ESTIMATORS', 'SSIM_WINDOW', 'SSIM_SIGMA', 'FID_SIZE', 'METRICS', 'align_scale',
-           'geodesic_deg', 'rot_err', 'trans_err', 'camera_metrics', 'estimate_poses', 'require_pycolmap',
-           'colmap_poses', 'poses_by', 'read_colmap_images', 'write_colmap_images', 'load_poses', 'psnr', 'ssim',
-           'AlexLPIPS', 'load_lpips', 'lpips', 'frechet_distance', 'load_fid_net', 'fid_resize', 'fid_features', 'fid',
-           'format_mean_se', 'score_video']
+__all__ = ['COLMAP_INIT_MIN_TRI_ANGLE', 'POSE_ESTIMATORS', 'SSIM_WINDOW', 'SSIM_SIGMA', 'FID_SIZE', 'CLIP_MEAN', 'CLIP_STD',
+           'METRICS', 'align_scale', 'geodesic_deg', 'rot_err', 'trans_err', 'camera_metrics', 'estimate_poses',
+           'require_pycolmap', 'colmap_poses', 'poses_by', 'read_colmap_images', 'write_colmap_images', 'load_poses',
+           'psnr', 'ssim', 'AlexLPIPS', 'load_lpips', 'lpips', 'frechet_distance', 'load_fid_net', 'fid_resize',
+           'fid_features', 'fid', 'load_clip', 'clip_pixels', 'clip_scores', 'format_mean_se', 'score_video']
 
 # %% ../nbs/50_metrics.ipynb #9a4ea2e7
 def _poses(name:str, c2w) -> Tensor:
@@ -570,6 +570,53 @@ def fid(a, b, weights=None, batch_size:int=32, net=None) -> float:
     in [0, 1], with the TorchScript Inception `weights` (inception-2015-12-05.pt) or `net` from `load_fid_net`."""
     net = net if net is not None else load_fid_net(weights)
     return frechet_distance(fid_features(a, net, batch_size), fid_features(b, net, batch_size))
+
+# %% ../nbs/50_metrics.ipynb #c011c8e1
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+
+def load_clip(folder):
+    "`(CLIPModel, tokenizer)` from the local folder `folder` (config, weights and tokenizer files); nothing is downloaded."
+    if folder is None: raise InfcamError("CLIP: pass clip_weights=DIR, a local CLIP model folder (infcam downloads nothing)")
+    p = Path(folder)
+    if not p.is_dir(): raise InfcamError(f"CLIP: weights folder {p} does not exist")
+    from transformers import CLIPModel, AutoTokenizer
+    try:
+        model = CLIPModel.from_pretrained(p, local_files_only=True).eval()
+        tok = AutoTokenizer.from_pretrained(p, local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise InfcamError(f"CLIP: {p} is not a CLIP model folder with its tokenizer ({' '.join(str(e).split())[:200]})") from None
+    return model, tok
+
+def clip_pixels(x:Tensor, size:int) -> Tensor:
+    "Frames (N, 3, H, W) in [0, 1] -> CLIP's input (N, 3, size, size): shorter side to `size` (bicubic), centre crop, normalised."
+    h, w = x.shape[-2:]
+    s = size / min(h, w)
+    x = F.interpolate(x.float(), size=(max(size, round(h * s)), max(size, round(w * s))), mode='bicubic', align_corners=False,
+                      antialias=True).clamp(0, 1)
+    top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
+    x = x[..., top:top + size, left:left + size]
+    return (x - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+
+def _embedding(out) -> Tensor:
+    "The projected embedding of `get_*_features` (a tensor, or transformers 5's output with `pooler_output`), unit length."
+    e = out if isinstance(out, Tensor) else out.pooler_output
+    return F.normalize(e.float(), dim=-1)
+
+def clip_scores(frames, prompt:str|None, clip, batch_size:int=16) -> dict:
+    """`{'CLIP-T', 'CLIP-F'}` of frames (F, 3, H, W) in [0, 1] with `clip` = `load_clip(...)`: CLIP-T = 100 x the mean over
+    frames of max(cos(frame, prompt), 0) (NaN without a prompt); CLIP-F = 100 x the mean cos of consecutive frames."""
+    model, tok = clip
+    x = _frames('frames', frames)
+    size = model.config.vision_config.image_size
+    with torch.no_grad():
+        img = torch.cat([_embedding(model.get_image_features(pixel_values=clip_pixels(x[i:i + batch_size], size)))
+                         for i in range(0, len(x), batch_size)])
+        out = {'CLIP-T': math.nan, 'CLIP-F': float(100 * (img[1:] * img[:-1]).sum(-1).mean()) if len(img) > 1 else math.nan}
+        if prompt:
+            t = tok([prompt], padding=True, truncation=True, max_length=model.config.text_config.max_position_embeddings, return_tensors='pt')
+            txt = _embedding(model.get_text_features(input_ids=t['input_ids'], attention_mask=t['attention_mask']))
+            out['CLIP-T'] = float(100 * (img @ txt[0]).clamp_min(0).mean())
+    return out
 
 # %% ../nbs/50_metrics.ipynb #da80e97d
 METRICS = ('PSNR', 'SSIM', 'RotErr', 'TransErr', 'registered')

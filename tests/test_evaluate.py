@@ -1,6 +1,6 @@
 """`infcam evaluate` on infcam's own results and on "another method's" folder described by a CSV: the same videos give
 the same table, a re-run scores nothing again, and bad inputs are one-line errors."""
-import json, os, shutil
+import json, math, os, shutil
 from pathlib import Path
 
 import pandas as pd
@@ -253,3 +253,32 @@ def test_poses_by_colmap_and_the_cache_knows_the_estimator(results, tmp_path, ca
     assert cli(args + ['--poses', 'colmap']) == 2
     err = capsys.readouterr().err.strip()
     assert 'pip install -e ".[eval]"' in err and len(err.splitlines()) == 1
+
+
+def _save_tiny_clip(d):
+    "A tiny random CLIP (transformers CLIPModel and CLIPTokenizer) saved as a downloaded one is."
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+    d.mkdir()
+    (d / 'vocab.json').write_text(json.dumps({'<|startoftext|>': 0, '<|endoftext|>': 1, 'a</w>': 2, 's': 3, 'c': 4, 'e': 5, 'n': 6}))
+    (d / 'merges.txt').write_text('#version: 0.2\n')
+    CLIPTokenizer(str(d / 'vocab.json'), str(d / 'merges.txt')).save_pretrained(d)
+    small = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    torch.manual_seed(0)
+    CLIPModel(CLIPConfig(text_config=dict(vocab_size=8, max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
+                                          pad_token_id=1, **small),
+                         vision_config=dict(image_size=32, patch_size=8, **small), projection_dim=8)).save_pretrained(d)
+
+
+def test_clip_scores_with_local_weights(results, tmp_path, capsys):
+    "--clip-weights DIR: CLIP-T from the sidecar's prompt, CLIP-F from consecutive frames; a CSV without prompts has no CLIP-T."
+    d, scene = results
+    _save_tiny_clip(tmp_path / 'clip')
+    (tmp_path / 't.csv').write_text(f"video,trajectory\n{d / 'ours' / 'cam03.mp4'},pan_left\n")
+    assert cli(['evaluate', str(d / 'ours'), str(tmp_path / 't.csv'), '--out', str(tmp_path / 'e'),
+                '--clip-weights', str(tmp_path / 'clip'), '--quiet']) == 0
+    assert '| CLIP-T ↑ | CLIP-F ↑ |' in capsys.readouterr().out
+    rows = pd.read_csv(tmp_path / 'e' / 'rows.csv').set_index('method')
+    assert rows.loc['infcam', 'CLIP-T'].notna().all() and (rows['CLIP-F'].between(-100, 100.01)).all()
+    assert math.isnan(rows.loc['t', 'CLIP-T'])                   # no prompt column
+    assert cli(['evaluate', str(d / 'ours'), '--out', str(tmp_path / 'e2'), '--clip-weights', str(tmp_path / 'none')]) == 2
+    assert 'does not exist' in capsys.readouterr().err
