@@ -249,6 +249,8 @@ def reference_videos(reference, items:list[EvalItem]) -> dict[str, list[Path]]|N
     if len(vids) < 2: raise InfcamError(f"the reference {p} holds {len(vids)} video(s); FID/FVD need at least two")
     return {m: vids for m in methods}
 
+
+# %% ../nbs/52_evaluate.ipynb #6da190e0
 def _ok(rows:pd.DataFrame, paired:bool) -> pd.DataFrame:
     ok = rows[rows['error'].fillna('') == '']
     return ok[ok['truth'].fillna('') != ''] if paired else ok
@@ -407,6 +409,26 @@ def _read_rows(path:Path) -> list[dict]:
         raise InfcamError(f"{path} is not an evaluation table (no {missing[0]} column); use another --out folder")
     return [{**r, 'error': r['error'] if isinstance(r['error'], str) else ''} for r in df.to_dict('records')]
 
+# %% ../nbs/52_evaluate.ipynb #e3d6ed4f
+def _load_nets(fvd_weights, fid_weights, lpips_weights, lpips_backbone, clip_weights) -> dict:
+    "The networks of the optional metrics, each loaded (and its weights checked) before any work; None when not asked for."
+    nets = dict.fromkeys(('fvd', 'fid', 'lpips', 'clip'))
+    if fvd_weights is not None:
+        from infcam.fvd import load_i3d
+        nets['fvd'] = load_i3d(fvd_weights)
+    if (lpips_weights is None) != (lpips_backbone is None): raise InfcamError("LPIPS needs both its weights (alex.pth) and the AlexNet backbone")
+    if lpips_weights is not None:
+        from infcam.metrics import load_lpips
+        nets['lpips'] = load_lpips(lpips_weights, lpips_backbone)
+    if fid_weights is not None:
+        from infcam.metrics import load_fid_net
+        nets['fid'] = load_fid_net(fid_weights)
+    if clip_weights is not None:
+        from infcam.metrics import load_clip
+        nets['clip'] = load_clip(clip_weights)
+    return nets
+
+
 # %% ../nbs/52_evaluate.ipynb #e3d6ed50
 def evaluate(inputs, out, method:str|None=None, progress:bool=True, min_registered:float=0.5, fvd_weights=None,
              fid_weights=None, lpips_weights=None, lpips_backbone=None, devices:int=1, num_nodes:int=1,
@@ -428,23 +450,8 @@ def evaluate(inputs, out, method:str|None=None, progress:bool=True, min_register
     if not items: raise InfcamError(f"nothing to evaluate in {', '.join(map(str, [inputs] if isinstance(inputs, (str, Path)) else inputs))}"
                                     + (f" ({problems[0][0]}: {problems[0][1]})" if problems else ''))
     refs = reference_videos(reference, items) if (fvd_weights or fid_weights) else None
-    net = None
-    if fvd_weights is not None:
-        from infcam.fvd import load_i3d
-        net = load_i3d(fvd_weights)                                 # a bad weights file fails before any work
-    lpips_net = None
-    if (lpips_weights is None) != (lpips_backbone is None): raise InfcamError("LPIPS needs both its weights (alex.pth) and the AlexNet backbone")
-    if lpips_weights is not None:
-        from infcam.metrics import load_lpips
-        lpips_net = load_lpips(lpips_weights, lpips_backbone)
-    fid_net = None
-    if fid_weights is not None:
-        from infcam.metrics import load_fid_net
-        fid_net = load_fid_net(fid_weights)
-    clip = None
-    if clip_weights is not None:
-        from infcam.metrics import load_clip
-        clip = load_clip(clip_weights)
+    nets = _load_nets(fvd_weights, fid_weights, lpips_weights, lpips_backbone, clip_weights)   # a bad file fails before any work
+    net, lpips_net, fid_net, clip = nets['fvd'], nets['lpips'], nets['fid'], nets['clip']
     make_folder(out)
     files = dict(rows=out / 'rows.csv', summary=out / 'summary.csv', markdown=out / 'summary.md', plot=out / 'summary.png')
     from infcam.generate import launched_externally
