@@ -228,7 +228,9 @@ def _evaluate(a):
     from infcam.evaluate import evaluate
     res = evaluate(a.inputs, a.out, method=a.method, progress=not a.quiet, min_registered=a.min_registered,
                    fvd_weights=a.fvd_weights, fid_weights=a.fid_weights, lpips_weights=a.lpips_weights,
-                   lpips_backbone=a.lpips_backbone, devices=a.devices, num_nodes=a.num_nodes)
+                   lpips_backbone=a.lpips_backbone, devices=a.devices, num_nodes=a.num_nodes,
+                   reference=a.reference, clip_weights=a.clip_weights,
+                   **({'poses': a.poses} if a.poses else {}))
     if not res['files']: return                      # another rank under torchrun: rank 0 reports
     print(res['files']['markdown'].read_text(encoding='utf-8'), end='')
     print(f"scored {res['scored']} video(s) now, {len(res['rows']) - res['scored']} unchanged; tables and plot in {a.out}")
@@ -248,6 +250,14 @@ def _evaluate_parser(sub):
     ev.add_argument('--min-registered', type=float, default=0.5, help='fraction of frames that must be posed for camera errors (default 0.5)')
     ev.add_argument('--fvd-weights', help='i3d_pretrained_400.pt: also each method\'s FVD against the ground truths')
     ev.add_argument('--fid-weights', help='a TorchScript Inception (e.g. inception-2015-12-05.pt): also each method\'s FID')
+    ev.add_argument('--poses', metavar='builtin|colmap',
+                    help="pose estimator of the clips without a poses column: infcam's own or COLMAP (pycolmap: "
+                         "pip install -e '.[eval]'); default: infcam.evaluate.DEFAULT_POSES, chosen from notebook 50's floor table")
+    ev.add_argument('--reference', metavar='sources|DIR|CSV',
+                    help="unpaired FID/FVD: against the requests' source clips ('sources'), a folder of videos or a CSV "
+                         "with a video column (default: each video's ground truth)")
+    ev.add_argument('--clip-weights', metavar='DIR', help='a local CLIP model folder (transformers CLIPModel with its '
+                    'tokenizer, e.g. a copy of openai/clip-vit-large-patch14): also each video\'s CLIP-T and CLIP-F')
     ev.add_argument('--lpips-weights', help='alex.pth (LPIPS linear layers): also each video\'s LPIPS against its ground truth')
     ev.add_argument('--lpips-backbone', help='alexnet-owt-7be5be79.pth (torchvision\'s AlexNet), with --lpips-weights')
     ev.add_argument('--devices', type=int, default=1, help='processes scoring videos in parallel (default 1)')
