@@ -233,7 +233,9 @@ def _evaluate(a):
                    **({'poses': a.poses} if a.poses else {}))
     if not res['files']: return                      # another rank under torchrun: rank 0 reports
     print(res['files']['markdown'].read_text(encoding='utf-8'), end='')
-    print(f"scored {res['scored']} video(s) now, {len(res['rows']) - res['scored']} unchanged; tables and plot in {a.out}")
+    failed = f", {res['failed']} could not be scored (listed above)" if res['failed'] else ''
+    print(f"scored {res['scored']} video(s) now{failed}, {len(res['rows']) - res['scored'] - res['failed']} unchanged; "
+          f"tables and plot in {a.out}")
 
 @subcommand
 def _evaluate_parser(sub):

@@ -440,8 +440,11 @@ def evaluate(inputs, out, method:str|None=None, progress:bool=True, min_register
     `lpips_weights` (alex.pth) and `lpips_backbone` (torchvision's AlexNet) each video's LPIPS; `poses`: the pose
     estimator of the clips without given poses ('builtin' or 'colmap', which needs pycolmap); with `clip_weights` (a
     local CLIP model folder) each video's CLIP-T and CLIP-F; `devices` > 1 (or `num_nodes` > 1) shares the videos over processes with Lightning Fabric.
-    Returns dict(rows, summary (DataFrames), problems, scored (this call), files)."""
+    Returns dict(rows, summary (DataFrames), problems, scored and failed (videos of this call), files); an `InfcamError`,
+    once the tables are written, when no video at all could be scored."""
     out = Path(out)
+    if isinstance(min_registered, bool) or not isinstance(min_registered, (int, float)) or not 0 <= min_registered <= 1:
+        raise InfcamError(f"min_registered is a fraction of the frames, from 0 to 1; got {min_registered!r}")
     for k, v in (('devices', devices), ('num_nodes', num_nodes)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise InfcamError(f"{k} must be an integer >= 1, got {v!r}")
     if poses not in POSE_ESTIMATORS: raise InfcamError(f"poses must be one of {', '.join(POSE_ESTIMATORS)}, got {poses!r}")
@@ -473,7 +476,9 @@ def evaluate(inputs, out, method:str|None=None, progress:bool=True, min_register
         else: new = _score_all(todo, min_registered, progress, out / '.rows.part0.csv', lpips_net, poses, clip)
         cache.update({(r['method'], r['name']): r for r in new})
         rows = pd.DataFrame([cache[(it.method, it.name)] for it in items], columns=list(ROW_COLUMNS))
-        if not writer: return dict(rows=rows, summary=summarize_methods(rows), problems=problems, scored=len(new), files={})
+        failed = sum(bool(r['error']) for r in new)
+        if not writer: return dict(rows=rows, summary=summarize_methods(rows), problems=problems, scored=len(new) - failed,
+                                   failed=failed, files={})
         with atomic_path(files['rows']) as tmp: rows.to_csv(tmp, index=False)
         for f in out.glob('.rows.part*.csv'): f.unlink(missing_ok=True)   # merged into rows.csv
         summary = summarize_methods(rows)
@@ -488,4 +493,8 @@ def evaluate(inputs, out, method:str|None=None, progress:bool=True, min_register
         if problems: md += '\nProblems with the inputs:\n' + ''.join(f"- {w}: {why}\n" for w, why in problems)
         with atomic_path(files['markdown']) as tmp: tmp.write_text(md, encoding='utf-8')
         plot_methods(summary, files['plot'])
-    return dict(rows=rows, summary=summary, problems=problems, scored=len(new), files=files)
+    errors = rows['error'].fillna('').astype(str)
+    if (errors != '').all():                                      # the tables say why; the exit status must too
+        raise InfcamError(f"none of the {len(rows)} video(s) could be scored ({rows['name'].iloc[0]}: {errors.iloc[0]}); "
+                          f"the reasons are in {files['markdown']}")
+    return dict(rows=rows, summary=summary, problems=problems, scored=len(new) - failed, failed=failed, files=files)

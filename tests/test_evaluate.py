@@ -87,12 +87,25 @@ def test_bad_tables_are_one_line_errors(tmp_path, capsys, content, msg):
     assert msg in err and len(err.splitlines()) == 1 and 'Traceback' not in err
 
 
-def test_unreadable_video_is_listed_not_fatal(tmp_path, capsys):
+def test_unreadable_video_is_listed_not_fatal(results, tmp_path, capsys):
+    "Videos that cannot be scored are listed; with nothing scored at all the command fails (the tables are still written)."
+    d, scene = results
     (tmp_path / 'bad.mp4').write_bytes(b'no video here')
     (tmp_path / 't.csv').write_text('video,trajectory\nbad.mp4,pan_left\nmissing.mp4,tilt_up\n')
-    assert cli(['evaluate', str(tmp_path / 't.csv'), '--out', str(tmp_path / 'e'), '--quiet']) == 0
+    assert cli(['evaluate', str(tmp_path / 't.csv'), '--out', str(tmp_path / 'e'), '--quiet']) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and 'none of the 2 video(s) could be scored' in err, err
+    md = (tmp_path / 'e' / 'summary.md').read_text()
+    assert 'Not scored:' in md and 'bad: cannot read video' in md and 'missing: video not found' in md
+    (tmp_path / 'u.csv').write_text(f"video,trajectory\nbad.mp4,pan_left\n{d / 'ours' / 'cam05.mp4'},"
+                                    f"{scene / 'cameras' / 'camera_extrinsics.json'}:cam05@cam01\n")
+    assert cli(['evaluate', str(tmp_path / 'u.csv'), '--out', str(tmp_path / 'e2'), '--quiet']) == 0   # one of two
     out = capsys.readouterr().out
-    assert 'Not scored:' in out and 'bad: cannot read video' in out and 'missing: video not found' in out
+    assert 'Not scored:' in out and 'scored 1 video(s) now, 1 could not be scored (listed above), 0 unchanged' in out
+    for bad in ('2', 'nan', '-0.1'):
+        assert cli(['evaluate', str(tmp_path / 'u.csv'), '--out', str(tmp_path / 'e3'), '--min-registered', bad]) == 2
+        assert 'min_registered is a fraction of the frames, from 0 to 1' in capsys.readouterr().err
+    assert not (tmp_path / 'e3').exists()
     assert cli(['evaluate', str(tmp_path / 'nope'), '--out', str(tmp_path / 'e')]) == 2
     assert 'neither a results folder nor a .csv table' in capsys.readouterr().err
 
