@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
-from fastcore.basics import patch
 
 from .core import InfcamError, LOCK_NAME, atomic_path, check_device, folder_lock, write_figure
 from .cameras import (relative_poses, rigid_inverse, homogeneous, latent_frame_indices, intrinsics_matrix,
@@ -20,11 +19,12 @@ from .cameras import (relative_poses, rigid_inverse, homogeneous, latent_frame_i
 
 # %% auto #0
 __all__ = ['VARIANTS', 'BASELINES', 'REFERENCE', 'BENCH_CAPTION', 'SMALL_MODEL', 'BACKBONE_DIR', 'ROW_FIELDS', 'TEXT_FIELDS',
-           'PAIR_KEY', 'TEST_SPLITS', 'CAMERA_ERRORS', 'SCORING_SETTINGS', 'BenchConfig', 'bench_codec', 'make_data',
-           'backbone_settings', 'find_backbone', 'ensure_backbone', 'eval_pairs', 'train_command', 'train_variant',
-           'copy_source', 'homography_warp', 'first_frame_warp', 'TrainedMethod', 'score', 'scorer_versions',
-           'scorer_tag', 'read_rows', 'write_table', 'sample_path', 'evaluate', 'summarize', 'markdown_table',
-           'learning_table', 'paired_difference', 'findings', 'plot_summary', 'plot_samples', 'run_benchmark']
+           'PAIR_KEY', 'TEST_SPLITS', 'CAMERA_ERRORS', 'SCORING_SETTINGS', 'BenchConfig', 'check_bench_values',
+           'check_bench_setup', 'bench_codec', 'make_data', 'backbone_settings', 'find_backbone', 'ensure_backbone',
+           'eval_pairs', 'train_command', 'train_variant', 'copy_source', 'homography_warp', 'first_frame_warp',
+           'TrainedMethod', 'score', 'scorer_versions', 'scorer_tag', 'read_rows', 'write_table', 'sample_path',
+           'evaluate', 'summarize', 'markdown_table', 'learning_table', 'paired_difference', 'findings', 'plot_summary',
+           'plot_samples', 'run_benchmark']
 
 # %% ../nbs/51_benchmark.ipynb #eb901696
 VARIANTS = {
@@ -95,11 +95,29 @@ class BenchConfig:
         self.aug_focals, self.variants, self.baselines, self.seeds = (tuple(x) for x in (self.aug_focals, self.variants, self.baselines, self.seeds))
         self.model = dict(self.model or {})
         if 'patch_size' in self.model: self.model['patch_size'] = tuple(self.model['patch_size'])
-        self._check_values(); self._check_setup()      # each value, then what they ask of model and machine
+        check_bench_values(self); check_bench_setup(self)   # each value, then what they ask of model and machine
+
+    @classmethod
+    def budget(cls, name:str='mini', **overrides) -> BenchConfig:
+        "A named budget ('smoke', 'mini', 'full') with any field overridden."
+        budgets = dict(
+            smoke=dict(train_scenes=4, test_scenes=2, pairs_per_scene=1, train_pairs=2, steps=150, warmup=20,
+                       gen_steps=10, seeds=(0,)),
+            mini={},
+            full=dict(preset='wan2.1-t2v-1.3b', model={}, train_scenes=64, test_scenes=10, num_frames=81, height=480,
+                      width=832, steps=5000, lr=1e-4, warmup=0, lr_schedule='constant', shift=5.0, prediction='velocity',
+                      gen_steps=20, devices=4, strategy='deepspeed_stage_1', seeds=(0,), codec='wanvae'))
+        if name not in budgets: raise InfcamError(f"unknown budget {name!r}; use one of {', '.join(budgets)}")
+        return cls(**{**budgets[name], **overrides})
+
+    def to_dict(self) -> dict:
+        "The configuration as JSON values (tuples as lists), as `bench.json` records it."
+        return {k: (list(v) if isinstance(v, tuple) else {a: list(b) if isinstance(b, tuple) else b for a, b in v.items()}
+                    if isinstance(v, dict) else v) for k, v in dataclasses.asdict(self).items()}
+
 
 # %% ../nbs/51_benchmark.ipynb #50aa9a28
-@patch
-def _check_values(self:BenchConfig):
+def check_bench_values(self:BenchConfig):
     "Each field on its own: counts, rates, the names of variants, baselines, codec and schedule, the seeds, the lenses."
     for k in ('train_scenes', 'test_scenes', 'pairs_per_scene', 'steps', 'batch_size', 'gen_steps', 'pretrain_steps', 'pretrain_batch'):
         v = getattr(self, k)
@@ -124,8 +142,7 @@ def _check_values(self:BenchConfig):
         raise InfcamError(f"test_focal_mm and aug_focals must be longer than focal_mm={self.focal_mm} (refocusing crops)")
 
 # %% ../nbs/51_benchmark.ipynb #e78034db
-@patch
-def _check_setup(self:BenchConfig):
+def check_bench_setup(self:BenchConfig):
     "What the fields ask of the model and the machine: the preset, frames and size, devices, the full-size model's needs."
     from infcam.models import InfCamConfig
     from infcam.cameras import num_latent_frames
@@ -154,26 +171,6 @@ def _check_setup(self:BenchConfig):
         if not Path(self.base).exists(): raise InfcamError(f"base weights not found: {self.base}")
         base_in = read_dit_checkpoint(self.base, device='meta', heads_hint=mc.num_heads).config.in_dim
         if base_in != ch: raise InfcamError(f"the {self.codec} codec gives {ch}-channel latents; the DiT in {self.base} takes {base_in}")
-
-# %% ../nbs/51_benchmark.ipynb #a185ab00
-@patch(cls_method=True)
-def budget(cls:BenchConfig, name:str='mini', **overrides) -> BenchConfig:
-    "A named budget ('smoke', 'mini', 'full') with any field overridden."
-    budgets = dict(
-        smoke=dict(train_scenes=4, test_scenes=2, pairs_per_scene=1, train_pairs=2, steps=150, warmup=20,
-                   gen_steps=10, seeds=(0,)),
-        mini={},
-        full=dict(preset='wan2.1-t2v-1.3b', model={}, train_scenes=64, test_scenes=10, num_frames=81, height=480,
-                  width=832, steps=5000, lr=1e-4, warmup=0, lr_schedule='constant', shift=5.0, prediction='velocity',
-                  gen_steps=20, devices=4, strategy='deepspeed_stage_1', seeds=(0,), codec='wanvae'))
-    if name not in budgets: raise InfcamError(f"unknown budget {name!r}; use one of {', '.join(budgets)}")
-    return cls(**{**budgets[name], **overrides})
-
-@patch
-def to_dict(self:BenchConfig) -> dict:
-    "The configuration as JSON values (tuples as lists), as `bench.json` records it."
-    return {k: (list(v) if isinstance(v, tuple) else {a: list(b) if isinstance(b, tuple) else b for a, b in v.items()}
-                if isinstance(v, dict) else v) for k, v in dataclasses.asdict(self).items()}
 
 # %% ../nbs/51_benchmark.ipynb #a6063514
 def bench_codec(cfg:BenchConfig, device:str='auto'):
