@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from .core import InfcamError, atomic_path, folder_lock, natural_key
+from .core import InfcamError, atomic_path, folder_lock, natural_key, check_int
 from .cameras import focal_mm_to_px, pixel_intrinsics, num_latent_frames
 from .layout import (scene_focal_mm, scene_complete, scene_problem, scene_folders, aug_setting, aug_scene_name,
                            camera_file, video_file, read_metadata, metadata_file, write_metadata_rows, videos_folder,
@@ -60,7 +60,7 @@ def refocus(frames:Tensor, # (..., 3, H, W) floats in [0, 1]
 
 # %% ../nbs/22_augment.ipynb #eef8e776
 def _check_len(n:int, what:str):
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1: raise InfcamError(f"{what} must be a positive integer, got {n!r}")
+    check_int(n, what, 1)
     num_latent_frames(int(n))
 
 def shift_indices(num_frames:int, shift:int, length:int) -> list[int]:
@@ -383,7 +383,7 @@ def augment(src, dst, focal_targets=None, trajectory=('shift', 'reverse', 'palin
     (`trajectory`: any of 'shift', 'reverse', 'palindrome', or None; `shifts`/`window` set the shift windows).
     Resumable; `workers` processes (0: in this process). Returns `{'written', 'skipped', 'failed': {scene: reason}, 'metadata'}`."""
     from tqdm.auto import tqdm
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0: raise InfcamError(f"workers must be an integer >= 0, got {workers!r}")
+    check_int(workers, 'workers')
     src, dst = Path(src), Path(dst)
     check_focal_targets(focal_targets)
     incomplete = {}

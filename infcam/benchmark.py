@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .core import InfcamError, LOCK_NAME, atomic_path, check_device, folder_lock, write_figure
+from .core import InfcamError, LOCK_NAME, atomic_path, check_device, folder_lock, write_figure, check_int, check_number
 from .cameras import (relative_poses, rigid_inverse, homogeneous, latent_frame_indices, intrinsics_matrix,
                             focal_mm_to_px, pixel_intrinsics, num_latent_frames)
 
@@ -121,13 +121,13 @@ def check_bench_values(self:BenchConfig):
     "Each field on its own: counts, rates, the names of variants, baselines, codec and schedule, the seeds, the lenses."
     for k in ('train_scenes', 'test_scenes', 'pairs_per_scene', 'steps', 'batch_size', 'gen_steps', 'pretrain_steps', 'pretrain_batch'):
         v = getattr(self, k)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise InfcamError(f"BenchConfig.{k} must be a positive integer, got {v!r}")
+        check_int(v, f"BenchConfig.{k}", 1)
     for k in ('train_pairs', 'warmup'):
         v = getattr(self, k)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0: raise InfcamError(f"BenchConfig.{k} must be an integer >= 0, got {v!r}")
+        check_int(v, f"BenchConfig.{k}")
     for k in ('lr', 'pretrain_lr', 'shift'):
         v = getattr(self, k)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < math.inf): raise InfcamError(f"BenchConfig.{k} must be a positive number, got {v!r}")
+        check_number(v, f"BenchConfig.{k}", positive=True)
     if self.prediction not in ('sample', 'velocity'): raise InfcamError(f"BenchConfig.prediction must be 'sample' or 'velocity', got {self.prediction!r}")
     from infcam.vae import CODECS
     if self.codec not in (*CODECS, 'wanvae'): raise InfcamError(f"BenchConfig.codec must be one of {', '.join(CODECS)} or 'wanvae', got {self.codec!r}")

@@ -4,15 +4,16 @@
 
 # %% ../nbs/00_core.ipynb #ff960e1f
 from __future__ import annotations
-import os, re, json, socket, tempfile, contextlib
+import os, re, json, math, numbers, socket, tempfile, contextlib
 from pathlib import Path
 
 # %% auto #0
 __all__ = ['LOCK_NAME', 'WRAPPER_KEYS', 'DTYPE_NAMES', 'DTYPE_CHOICES', 'InfcamError', 'os_error_message', 'Interrupted',
-           'stop_on_signals', 'run_command', 'check_device', 'check_seed', 'check_overwrite', 'make_folder',
-           'pid_alive', 'clean_stale_temps', 'atomic_path', 'folder_lock', 'natural_key', 'short_list', 'first_line',
-           'load_pickle', 'unwrap_state_dict', 'check_finite', 'read_state_dict', 'checkout_root', 'figure_path',
-           'write_figure', 'save_figure', 'check_parameters', 'as_dtype']
+           'stop_on_signals', 'run_command', 'check_device', 'check_int', 'check_number', 'check_seed',
+           'check_overwrite', 'make_folder', 'pid_alive', 'clean_stale_temps', 'atomic_path', 'folder_lock',
+           'natural_key', 'short_list', 'first_line', 'load_pickle', 'unwrap_state_dict', 'check_finite',
+           'read_state_dict', 'checkout_root', 'figure_path', 'write_figure', 'save_figure', 'check_parameters',
+           'as_dtype']
 
 # %% ../nbs/00_core.ipynb #664726ca
 class InfcamError(Exception):
@@ -78,11 +79,29 @@ def check_device(device, what:str='--device'):
     return dev
 
 # %% ../nbs/00_core.ipynb #688da595
+def check_int(v, what:str, lo:int=0, hi:int|None=None) -> int:
+    "`v` as an `int` if it is an integer (Python's or NumPy's, not a bool) in `[lo, hi]`, else `InfcamError` saying the range."
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo or (hi is not None and v > hi):
+        rng = f'an integer >= {lo}' if hi is None else f'an integer from {lo} to {hi}'
+        raise InfcamError(f"{what} must be {rng}, got {v!r}")
+    return int(v)
+
+def check_number(v, what:str, lo:float=-math.inf, hi:float=math.inf, positive:bool=False) -> float:
+    """`v` as a float if it is a finite real number (not a bool) in `[lo, hi]`, and above 0 with `positive`; else
+    `InfcamError` saying the range."""
+    if (isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or not lo <= v <= hi
+            or (positive and not v > 0)):
+        rng = (('a positive number' if hi == math.inf else f'a number above 0 and at most {hi:g}') if positive else
+               f'a number from {lo:g} to {hi:g}' if math.isfinite(lo) and math.isfinite(hi) else
+               f'a number >= {lo:g}' if math.isfinite(lo) else f'a number <= {hi:g}' if math.isfinite(hi) else 'a finite number')
+        raise InfcamError(f"{what} must be {rng}, got {v!r}")
+    return float(v)
+
 def check_seed(seed, what:str='--seed', bits:int=63) -> int:
     "`seed` if it is an integer in `[0, 2**bits)` (63: what `torch.Generator.manual_seed` takes), else `InfcamError`."
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**bits:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**bits:
         raise InfcamError(f"{what} must be an integer from 0 to 2**{bits} - 1, got {seed!r}")
-    return seed
+    return int(seed)
 
 # %% ../nbs/00_core.ipynb #be132da1
 def check_overwrite(path, overwrite:bool=False) -> Path:

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .core import InfcamError, atomic_path, folder_lock, make_folder, write_figure
+from .core import InfcamError, atomic_path, folder_lock, make_folder, write_figure, check_int, check_number
 from .cameras import homogeneous
 from .layout import video_file
 from .metrics import METRICS, POSE_ESTIMATORS, score_video, load_poses, format_mean_se, require_pycolmap
@@ -443,10 +443,9 @@ def evaluate(inputs, out, method:str|None=None, progress:bool=True, min_register
     Returns dict(rows, summary (DataFrames), problems, scored and failed (videos of this call), files); an `InfcamError`,
     once the tables are written, when no video at all could be scored."""
     out = Path(out)
-    if isinstance(min_registered, bool) or not isinstance(min_registered, (int, float)) or not 0 <= min_registered <= 1:
-        raise InfcamError(f"min_registered is a fraction of the frames, from 0 to 1; got {min_registered!r}")
+    check_number(min_registered, 'min_registered (a fraction of the frames)', 0, 1)
     for k, v in (('devices', devices), ('num_nodes', num_nodes)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise InfcamError(f"{k} must be an integer >= 1, got {v!r}")
+        check_int(v, k, 1)
     if poses not in POSE_ESTIMATORS: raise InfcamError(f"poses must be one of {', '.join(POSE_ESTIMATORS)}, got {poses!r}")
     if poses == 'colmap': require_pycolmap()                       # a one-line error before any work
     items, problems = collect_items(inputs, method)

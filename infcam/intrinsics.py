@@ -4,14 +4,14 @@
 
 # %% ../nbs/31_intrinsics.ipynb #d9f80f56
 from __future__ import annotations
-import math
+import math, numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from .core import InfcamError
+from .core import InfcamError, check_number
 from .cameras import SENSOR_MM, focal_mm_to_px, focal_px_to_mm, fov_to_focal_px, pixel_intrinsics
 
 # %% auto #0
@@ -27,7 +27,7 @@ FOCAL_MM_RANGE = (1., 1000.)     # focal lengths a lens can have (mm on the 23.7
 ZOOM_RANGE = (0.02, 50.)         # a target focal length from 1/50 to 50 times the source's (1000 mm / 24 mm is 42)
 
 def _in_range(v, lo:float, hi:float, what:str, unit:str='') -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and lo <= v <= hi):
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (math.isfinite(v) and lo <= v <= hi):
         raise InfcamError(f"{what} must be a number from {lo:g}{unit} to {hi:g}{unit}, got {v!r}")
     return float(v)
 
@@ -332,8 +332,7 @@ def estimate_intrinsics(video, method:str='default', focal_mm:float|None=None, f
     return est
 
 def _check_fx(v):
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0 and math.isfinite(v)):
-        raise InfcamError(f"fx must be a positive number of pixels, got {v!r}")
+    check_number(v, 'fx (pixels)', positive=True)
 
 # %% ../nbs/31_intrinsics.ipynb #186ff111
 def target_intrinsics(K_src4:Tensor, zoom:float=1.0, focal_mm:float|None=None, height:int|None=None,

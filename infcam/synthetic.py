@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from .core import InfcamError, atomic_path, folder_lock, natural_key
+from .core import InfcamError, atomic_path, folder_lock, natural_key, check_int
 from .layout import (NUM_CAMERAS, camera_name, setting_name, setting_focal_mm, scene_focal_mm, aug_setting,
                            aug_scene_name, camera_file, video_file, scene_complete, scene_folders, videos_folder,
                            scene_info_file, metadata_file, read_metadata, write_metadata_rows)
@@ -33,11 +33,7 @@ BASE_FRAME = 40         # the frame at which every preset camera is at the scene
 # %% ../nbs/20_synthetic.ipynb #5cde3b0a
 KINDS = ('landscape', 'courtyard')
 
-def _int(name, v, lo, hi=None):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo or (hi is not None and v > hi):
-        rng = f">= {lo}" if hi is None else f"in {lo}..{hi}"
-        raise InfcamError(f"SceneSpec.{name} must be an integer {rng}, got {v!r}")
-    return int(v)
+def _int(name, v, lo, hi=None): return check_int(v, f"SceneSpec.{name}", lo, hi)
 
 # %% ../nbs/20_synthetic.ipynb #b4ce886a
 @dataclass

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 import lightning as L
 
-from .core import InfcamError, atomic_path, folder_lock, write_figure
+from .core import InfcamError, atomic_path, folder_lock, write_figure, check_int, check_number
 from .models import InfCamConfig
 from .scheduler import FlowMatchScheduler
 from .checkpoints import build_model, list_checkpoints, prune_checkpoints, read_checkpoint, save_checkpoint, set_rng_state
@@ -98,10 +98,8 @@ class InfCamModule(L.LightningModule):
                  warmup:int=0, lr_schedule:str='constant', caption:str|None=None, **overrides):
         super().__init__()
         if lr_schedule not in LR_SCHEDULES: raise InfcamError(f"unknown lr_schedule {lr_schedule!r}; use one of {', '.join(LR_SCHEDULES)}")
-        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0: raise InfcamError(f"warmup must be an integer >= 0, got {warmup!r}")
-        for k, v, lo in (('lr', lr, 0), ('weight_decay', weight_decay, None), ('eps', eps, 0)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (lo == 0 and v == 0):
-                raise InfcamError(f"{k} must be a {'positive' if lo == 0 else 'non-negative'} finite number, got {v!r}")
+        check_int(warmup, 'warmup')
+        check_number(lr, 'lr', positive=True); check_number(eps, 'eps', positive=True); check_number(weight_decay, 'weight_decay', 0)
         self.model = build_model(config, base, seed, **overrides)
         self.trainable = self.model.freeze_base()
         self.train_backbone = bool(train_backbone)
@@ -376,11 +374,10 @@ def check_fit_args(max_steps:int, batch_size:int=1, accumulate:int=1, every:int=
     for name, v, lo in (('max_steps', max_steps, 1), ('batch_size', batch_size, 1), ('accumulate', accumulate, 1),
                         ('every', every, 0), ('keep_last', keep_last, 1), ('num_nodes', num_nodes, 1),
                         ('num_workers', num_workers, 0), ('log_every', log_every, 1)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            why = ' (a run keeps at least its last checkpoint, to resume from)' if name == 'keep_last' else ''
-            raise InfcamError(f"{name} must be an integer >= {lo}, got {v!r}{why}")
-    if keep_every is not None and (isinstance(keep_every, bool) or not isinstance(keep_every, int) or keep_every < 1):
-        raise InfcamError(f"keep_every must be an integer >= 1, got {keep_every!r}")
+        try: check_int(v, name, lo)
+        except InfcamError as e:
+            raise InfcamError(f"{e} (a run keeps at least its last checkpoint, to resume from)" if name == 'keep_last' else str(e)) from None
+    if keep_every is not None: check_int(keep_every, 'keep_every', 1)
     if grad_clip is not None and not (isinstance(grad_clip, (int, float)) and math.isfinite(grad_clip) and grad_clip > 0):
         raise InfcamError(f"grad_clip must be a positive number, got {grad_clip!r}")
     check_hardware(accelerator, devices, precision)

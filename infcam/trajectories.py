@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 import yaml
-from .core import InfcamError, atomic_path
+from .core import InfcamError, atomic_path, check_int
 from .cameras import (PRESET_NAMES, PRESET_REFERENCE_FRAMES, preset, preset_id, latent_frame_indices, load_camera_extrinsics,
                             relative_poses, pose_matrix, homogeneous, ypr_to_rotation, rotation_to_ypr)
 from .homography import image_row, percent
@@ -265,8 +265,7 @@ class Trajectory:
 
     def _times(self, num_frames) -> tuple[Tensor, Tensor]:
         n = num_frames if num_frames is not None else (self.frames or 81)
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise InfcamError(f"the number of frames must be a positive integer, got {n!r}")
+        check_int(n, 'the number of frames', 1)
         T = torch.tensor([k.t for k in self.keyframes], dtype=torch.float64)
         u = torch.linspace(0, 1, int(n), dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
         return T, u
@@ -389,7 +388,7 @@ def keyframes_from_c2w(c2w:Tensor, every:int=1, zoom:Tensor|None=None) -> tuple[
     F = c2w.shape[0]
     if F < 2: raise InfcamError(f"need at least 2 poses to make a trajectory, got {F}")
     if not torch.isfinite(c2w).all(): raise InfcamError("poses contain NaN or infinite values")
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1: raise InfcamError(f"every must be a positive integer, got {every!r}")
+    check_int(every, 'every', 1)
     P = homogeneous(c2w.detach().cpu().double())
     R = P[:, :3, :3]
     dev = (R.transpose(1, 2) @ R - torch.eye(3, dtype=R.dtype)).abs().amax((1, 2))
