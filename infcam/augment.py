@@ -10,10 +10,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from .core import InfcamError, atomic_path, folder_lock, natural_key
+from .core import InfcamError, atomic_path, folder_lock, natural_key, check_int
 from .cameras import focal_mm_to_px, pixel_intrinsics, num_latent_frames
 from .layout import (scene_focal_mm, scene_complete, scene_problem, scene_folders, aug_setting, aug_scene_name,
-                           camera_file, video_file, read_metadata)
+                           camera_file, video_file, read_metadata, metadata_file, write_metadata_rows, videos_folder,
+                           scene_info_file, augment_info_file)
 from .video import video_info
 
 # %% auto #0
@@ -59,7 +60,7 @@ def refocus(frames:Tensor, # (..., 3, H, W) floats in [0, 1]
 
 # %% ../nbs/22_augment.ipynb #eef8e776
 def _check_len(n:int, what:str):
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1: raise InfcamError(f"{what} must be a positive integer, got {n!r}")
+    check_int(n, what, 1)
     num_latent_frames(int(n))
 
 def shift_indices(num_frames:int, shift:int, length:int) -> list[int]:
@@ -136,7 +137,7 @@ def _focal_plan(f_src:float, focal_targets) -> list[float]:
     return [float(t) for t in ts if t > f_src]
 
 def _read_captions(src:Path) -> dict[str, str]:
-    m = src / 'metadata.csv'
+    m = metadata_file(src)
     return dict(read_metadata(m, text_required=False)) if m.is_file() else {}
 
 # %% ../nbs/22_augment.ipynb #2c477936
@@ -187,7 +188,7 @@ def _recipe(meta:dict) -> dict: return {k: meta[k] for k in ('source', 'kind', '
 def _finished(out:Path, meta:dict, overwrite:bool) -> bool:
     "Whether `out` is already a complete output with `meta`'s recipe (raises if it holds another one)."
     if overwrite or not out.exists(): return False
-    try: old = json.loads((out / 'augment.json').read_text())
+    try: old = json.loads(augment_info_file(out).read_text())
     except (OSError, json.JSONDecodeError): old = None
     if old is None or not scene_complete(out): return False           # a broken leftover: rewrite it
     if _recipe(old) != _recipe(meta):
@@ -205,11 +206,11 @@ def _swap_in(tmp:Path, out:Path):
 def _scene_captions(scene:Path, rel:str, cams, captions:dict|None) -> dict:
     "`{camera: caption}` of the source scene `rel`: its rows in `captions` (metadata.csv), else its `scene.json` caption."
     default_cap = ''
-    sj = scene / 'scene.json'
+    sj = scene_info_file(scene)
     if sj.is_file():
         try: default_cap = json.loads(sj.read_text()).get('caption', '')
         except json.JSONDecodeError: pass
-    return {c: (captions or {}).get(f'{rel}/videos/{c}.mp4', default_cap) for c in cams}
+    return {c: (captions or {}).get(video_file(rel, c).as_posix(), default_cap) for c in cams}
 
 def _write_output(tmp:Path, scene:Path, cams, video, meta:dict, cam_json:dict, focal_mm:float, mode:str, crf:int):
     "Write one output scene of `meta`'s recipe (videos, camera file, `augment.json`) into the new folder `tmp`."
@@ -232,7 +233,7 @@ def _write_output(tmp:Path, scene:Path, cams, video, meta:dict, cam_json:dict, f
     camera_file(tmp).write_text(json.dumps(new_json, indent=4) + '\n')
     f_px = focal_mm_to_px(meta['focal_mm'], H, W)
     meta['intrinsics'] = [round(v, 6) for v in pixel_intrinsics(f_px, H, W).tolist()]
-    (tmp / 'augment.json').write_text(json.dumps(meta, indent=1) + '\n')
+    augment_info_file(tmp).write_text(json.dumps(meta, indent=1) + '\n')
 
 # %% ../nbs/22_augment.ipynb #d396502e
 def augment_scene(scene, dst, rel:str, focal_mm:float, focals=(), plan:dict|None=None, captions:dict|None=None,
@@ -244,7 +245,7 @@ def augment_scene(scene, dst, rel:str, focal_mm:float, focals=(), plan:dict|None
     setting, name = rel.split('/')
     parent = dst / aug_setting(setting)
     cam_json = json.loads(camera_file(scene).read_text())
-    cams = sorted(p.stem for p in (scene / 'videos').glob('*.mp4'))
+    cams = sorted(p.stem for p in videos_folder(scene).glob('*.mp4'))
     caps = _scene_captions(scene, rel, cams, captions)
     jobs = [(aug_scene_name(name, f), 'focal', dict(focal_mm=float(f))) for f in focals] + \
            [(name + suf, {'_r': 'reverse', '_p': 'palindrome'}.get(suf[:2], 'shift'), dict(frames=idx)) for suf, idx in (plan or {}).items()]
@@ -258,13 +259,13 @@ def augment_scene(scene, dst, rel:str, focal_mm:float, focals=(), plan:dict|None
         out = parent / out_name
         meta = dict(format=_FORMAT, source=rel, kind=kind, focal_mm=kw.get('focal_mm', float(focal_mm)),
                     source_focal_mm=float(focal_mm), frames=kw.get('frames'), captions=caps)
-        rows = [(f'{aug_setting(setting)}/{out_name}/videos/{c}.mp4', caps[c]) for c in cams]
+        rows = [(video_file(Path(aug_setting(setting)) / out_name, c).as_posix(), caps[c]) for c in cams]
         if _finished(out, meta, overwrite):
             res['skipped'].append(f'{aug_setting(setting)}/{out_name}'); res['rows'] += rows; continue
         parent.mkdir(parents=True, exist_ok=True)
         for p in parent.glob(f'.{out_name}.tmp-*'): shutil.rmtree(p, ignore_errors=True)
         tmp = parent / f'.{out_name}.tmp-{uuid.uuid4().hex[:8]}'
-        (tmp / 'cameras').mkdir(parents=True); (tmp / 'videos').mkdir()
+        camera_file(tmp).parent.mkdir(parents=True); videos_folder(tmp).mkdir()
         try:
             _write_output(tmp, scene, cams, video, meta, cam_json, focal_mm, mode, crf)
             _swap_in(tmp, out)
@@ -281,16 +282,10 @@ def write_aug_metadata(root, rows=None) -> Path:
     if rows is None:
         rows = []
         for sc in scene_folders(root, 'aug'):
-            try: caps = json.loads((sc / 'augment.json').read_text()).get('captions', {})
+            try: caps = json.loads(augment_info_file(sc).read_text()).get('captions', {})
             except (OSError, json.JSONDecodeError): continue
-            rows += [(f'{sc.parent.name}/{sc.name}/videos/{c}.mp4', t) for c, t in caps.items()]
-    table = _read_captions(root)
-    table.update(dict(rows))
-    with atomic_path(root / 'metadata.csv') as tmp:
-        with open(tmp, 'w', newline='') as f:
-            w = csv.writer(f); w.writerow(['file_name', 'text'])
-            w.writerows(sorted(table.items(), key=lambda r: natural_key(r[0])))
-    return root / 'metadata.csv'
+            rows += [(video_file(sc, c).relative_to(root).as_posix(), t) for c, t in caps.items()]
+    return write_metadata_rows(root, rows)
 
 # %% ../nbs/22_augment.ipynb #c60385df
 def _task(args):
@@ -388,7 +383,7 @@ def augment(src, dst, focal_targets=None, trajectory=('shift', 'reverse', 'palin
     (`trajectory`: any of 'shift', 'reverse', 'palindrome', or None; `shifts`/`window` set the shift windows).
     Resumable; `workers` processes (0: in this process). Returns `{'written', 'skipped', 'failed': {scene: reason}, 'metadata'}`."""
     from tqdm.auto import tqdm
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0: raise InfcamError(f"workers must be an integer >= 0, got {workers!r}")
+    check_int(workers, 'workers')
     src, dst = Path(src), Path(dst)
     check_focal_targets(focal_targets)
     incomplete = {}

@@ -12,17 +12,17 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
-from fastcore.basics import patch
 
-from .core import InfcamError, LOCK_NAME, atomic_path, check_device, folder_lock, write_figure
+from .core import InfcamError, LOCK_NAME, atomic_path, check_device, folder_lock, write_figure, check_int, check_number
 from .cameras import (relative_poses, rigid_inverse, homogeneous, latent_frame_indices, intrinsics_matrix,
                             focal_mm_to_px, pixel_intrinsics, num_latent_frames)
 
 # %% auto #0
 __all__ = ['VARIANTS', 'BASELINES', 'REFERENCE', 'BENCH_CAPTION', 'SMALL_MODEL', 'BACKBONE_DIR', 'ROW_FIELDS', 'TEXT_FIELDS',
-           'TEST_SPLITS', 'SCORING_SETTINGS', 'BenchConfig', 'bench_codec', 'make_data', 'backbone_settings',
-           'find_backbone', 'ensure_backbone', 'eval_pairs', 'train_command', 'train_variant', 'copy_source',
-           'homography_warp', 'first_frame_warp', 'TrainedMethod', 'score', 'read_rows', 'write_table', 'sample_path',
+           'PAIR_KEY', 'TEST_SPLITS', 'CAMERA_ERRORS', 'SCORING_SETTINGS', 'BenchConfig', 'check_bench_values',
+           'check_bench_setup', 'bench_codec', 'make_data', 'backbone_settings', 'find_backbone', 'ensure_backbone',
+           'eval_pairs', 'train_command', 'train_variant', 'copy_source', 'homography_warp', 'first_frame_warp',
+           'TrainedMethod', 'score', 'scorer_versions', 'scorer_tag', 'read_rows', 'write_table', 'sample_path',
            'evaluate', 'summarize', 'markdown_table', 'learning_table', 'paired_difference', 'findings', 'plot_summary',
            'plot_samples', 'run_benchmark']
 
@@ -95,21 +95,39 @@ class BenchConfig:
         self.aug_focals, self.variants, self.baselines, self.seeds = (tuple(x) for x in (self.aug_focals, self.variants, self.baselines, self.seeds))
         self.model = dict(self.model or {})
         if 'patch_size' in self.model: self.model['patch_size'] = tuple(self.model['patch_size'])
-        self._check_values(); self._check_setup()      # each value, then what they ask of model and machine
+        check_bench_values(self); check_bench_setup(self)   # each value, then what they ask of model and machine
+
+    @classmethod
+    def budget(cls, name:str='mini', **overrides) -> BenchConfig:
+        "A named budget ('smoke', 'mini', 'full') with any field overridden."
+        budgets = dict(
+            smoke=dict(train_scenes=4, test_scenes=2, pairs_per_scene=1, train_pairs=2, steps=150, warmup=20,
+                       gen_steps=10, seeds=(0,)),
+            mini={},
+            full=dict(preset='wan2.1-t2v-1.3b', model={}, train_scenes=64, test_scenes=10, num_frames=81, height=480,
+                      width=832, steps=5000, lr=1e-4, warmup=0, lr_schedule='constant', shift=5.0, prediction='velocity',
+                      gen_steps=20, devices=4, strategy='deepspeed_stage_1', seeds=(0,), codec='wanvae'))
+        if name not in budgets: raise InfcamError(f"unknown budget {name!r}; use one of {', '.join(budgets)}")
+        return cls(**{**budgets[name], **overrides})
+
+    def to_dict(self) -> dict:
+        "The configuration as JSON values (tuples as lists), as `bench.json` records it."
+        return {k: (list(v) if isinstance(v, tuple) else {a: list(b) if isinstance(b, tuple) else b for a, b in v.items()}
+                    if isinstance(v, dict) else v) for k, v in dataclasses.asdict(self).items()}
+
 
 # %% ../nbs/51_benchmark.ipynb #50aa9a28
-@patch
-def _check_values(self:BenchConfig):
+def check_bench_values(self:BenchConfig):
     "Each field on its own: counts, rates, the names of variants, baselines, codec and schedule, the seeds, the lenses."
     for k in ('train_scenes', 'test_scenes', 'pairs_per_scene', 'steps', 'batch_size', 'gen_steps', 'pretrain_steps', 'pretrain_batch'):
         v = getattr(self, k)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise InfcamError(f"BenchConfig.{k} must be a positive integer, got {v!r}")
+        check_int(v, f"BenchConfig.{k}", 1)
     for k in ('train_pairs', 'warmup'):
         v = getattr(self, k)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0: raise InfcamError(f"BenchConfig.{k} must be an integer >= 0, got {v!r}")
+        check_int(v, f"BenchConfig.{k}")
     for k in ('lr', 'pretrain_lr', 'shift'):
         v = getattr(self, k)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < math.inf): raise InfcamError(f"BenchConfig.{k} must be a positive number, got {v!r}")
+        check_number(v, f"BenchConfig.{k}", positive=True)
     if self.prediction not in ('sample', 'velocity'): raise InfcamError(f"BenchConfig.prediction must be 'sample' or 'velocity', got {self.prediction!r}")
     from infcam.vae import CODECS
     if self.codec not in (*CODECS, 'wanvae'): raise InfcamError(f"BenchConfig.codec must be one of {', '.join(CODECS)} or 'wanvae', got {self.codec!r}")
@@ -124,18 +142,18 @@ def _check_values(self:BenchConfig):
         raise InfcamError(f"test_focal_mm and aug_focals must be longer than focal_mm={self.focal_mm} (refocusing crops)")
 
 # %% ../nbs/51_benchmark.ipynb #e78034db
-@patch
-def _check_setup(self:BenchConfig):
+def check_bench_setup(self:BenchConfig):
     "What the fields ask of the model and the machine: the preset, frames and size, devices, the full-size model's needs."
     from infcam.models import InfCamConfig
     from infcam.cameras import num_latent_frames
     from infcam.video import check_size
-    from infcam.training import check_hardware
+    from infcam.training import check_hardware, lightning_strategy
     from infcam.vae import weightless_codec, vae_channels
     mc = InfCamConfig.preset(self.preset, **self.model)          # an unknown preset or field fails here
     num_latent_frames(self.num_frames); check_size(self.height, self.width)   # before bench.json is written
     if self.gen_device != 'auto': check_device(self.gen_device, 'gen_device')
     check_hardware(self.accelerator, self.devices)
+    lightning_strategy(self.strategy)                              # a known name, and DeepSpeed installed if named
     if self.preset == 'wan2.1-t2v-1.3b' and self.height * self.width < 256 * 256:
         raise InfcamError("the full-size preset wants real resolutions: set height and width (e.g. 480x832)")
     if self.preset == 'wan2.1-t2v-1.3b' and self.base is None and not self.train_backbone:
@@ -148,26 +166,11 @@ def _check_setup(self:BenchConfig):
     ch = vae_channels(self.vae) if self.codec == 'wanvae' else weightless_codec(self.codec).latent_channels
     if self.base is None and (mc.in_dim, mc.out_dim) != (ch, ch):
         raise InfcamError(f"the {self.codec} codec gives {ch}-channel latents; the model takes {mc.in_dim}: set model in_dim and out_dim to {ch}")
-
-# %% ../nbs/51_benchmark.ipynb #a185ab00
-@patch(cls_method=True)
-def budget(cls:BenchConfig, name:str='mini', **overrides) -> BenchConfig:
-    "A named budget ('smoke', 'mini', 'full') with any field overridden."
-    budgets = dict(
-        smoke=dict(train_scenes=4, test_scenes=2, pairs_per_scene=1, train_pairs=2, steps=150, warmup=20,
-                   gen_steps=10, seeds=(0,)),
-        mini={},
-        full=dict(preset='wan2.1-t2v-1.3b', model={}, train_scenes=64, test_scenes=10, num_frames=81, height=480,
-                  width=832, steps=5000, lr=1e-4, warmup=0, lr_schedule='constant', shift=5.0, prediction='velocity',
-                  gen_steps=20, devices=4, strategy='deepspeed_stage_1', seeds=(0,), codec='wanvae'))
-    if name not in budgets: raise InfcamError(f"unknown budget {name!r}; use one of {', '.join(budgets)}")
-    return cls(**{**budgets[name], **overrides})
-
-@patch
-def to_dict(self:BenchConfig) -> dict:
-    "The configuration as JSON values (tuples as lists), as `bench.json` records it."
-    return {k: (list(v) if isinstance(v, tuple) else {a: list(b) if isinstance(b, tuple) else b for a, b in v.items()}
-                if isinstance(v, dict) else v) for k, v in dataclasses.asdict(self).items()}
+    if self.base is not None:                                      # from the file's header, before any data is rendered
+        from infcam.weights import read_dit_checkpoint
+        if not Path(self.base).exists(): raise InfcamError(f"base weights not found: {self.base}")
+        base_in = read_dit_checkpoint(self.base, device='meta', heads_hint=mc.num_heads).config.in_dim
+        if base_in != ch: raise InfcamError(f"the {self.codec} codec gives {ch}-channel latents; the DiT in {self.base} takes {base_in}")
 
 # %% ../nbs/51_benchmark.ipynb #a6063514
 def bench_codec(cfg:BenchConfig, device:str='auto'):
@@ -397,14 +400,31 @@ def score(pred:Tensor, gt:Tensor, pair:dict, num_frames:int, min_registered:floa
     idx = latent_frame_indices(num_frames)
     return score_video(pred[idx].float(), pair['K_tgt'], pair['ref'][idx], gt[idx].float(), min_registered=min_registered)
 
-# %% ../nbs/51_benchmark.ipynb #b054c06b
-ROW_FIELDS = ('method', 'seed', 'split', 'scene', 'pair', 'source_camera', 'target_camera', *METRICS, 'seconds')
+# %% ../nbs/51_benchmark.ipynb #0acee423
+def scorer_versions() -> dict:
+    "The versions of the libraries a score depends on: OpenCV (the pose estimator), NumPy and PyTorch."
+    import cv2
+    return {'opencv': cv2.__version__, 'numpy': np.__version__, 'torch': torch.__version__}
 
-TEXT_FIELDS = ('method', 'split', 'scene', 'source_camera', 'target_camera')
+def scorer_tag() -> str:
+    "What scores a row, in 12 hex digits: a hash of `score`, of `infcam.metrics` and of `scorer_versions()`."
+    import inspect
+    from infcam import metrics
+    h = hashlib.sha256()
+    for part in (inspect.getsource(score), inspect.getsource(metrics), json.dumps(scorer_versions(), sort_keys=True)):
+        h.update(part.encode())
+    return h.hexdigest()[:12]
+
+# %% ../nbs/51_benchmark.ipynb #b054c06b
+ROW_FIELDS = ('method', 'seed', 'split', 'scene', 'pair', 'source_camera', 'target_camera', *METRICS, 'seconds',
+              'scorer')
+
+TEXT_FIELDS = ('method', 'split', 'scene', 'source_camera', 'target_camera', 'scorer')
+PAIR_KEY = ('split', 'scene', 'pair', 'source_camera', 'target_camera')
 
 def read_rows(path) -> pd.DataFrame:
     "The per-clip rows `evaluate` wrote to the CSV `path` (columns `ROW_FIELDS`), as a DataFrame."
-    return pd.read_csv(path, dtype={k: str for k in TEXT_FIELDS})
+    return pd.read_csv(path, dtype={k: str for k in TEXT_FIELDS}, float_precision='round_trip')
 
 def write_table(df:pd.DataFrame, path) -> Path:
     "Write the DataFrame `df` to the CSV `path` atomically, without its index."
@@ -415,17 +435,23 @@ def sample_path(out_csv) -> Path:
     "Where `evaluate` keeps the frames it proposed for the sample pair."
     return Path(out_csv).with_suffix('.sample.safetensors')
 
+def _key(d) -> tuple: return tuple(str(d[k]) for k in PAIR_KEY)
+
 def evaluate(name:str, method, pairs:list[dict], cfg:BenchConfig, out_csv, seed:int=0, progress:bool=True,
              sample:int|None=None) -> pd.DataFrame:
-    """Score `method(pair, source_frames)` on every pair: one row per pair (`ROW_FIELDS`), cached in `out_csv`; the
-    frames proposed for pair `sample` are kept in `sample_path(out_csv)` (for `plot_samples`, without generating them again)."""
+    """Score `method(pair, source_frames)` on every pair: one row per pair (`ROW_FIELDS`), cached in `out_csv`. A cached
+    row is used only if today's `scorer_tag` scored it; any other row is made and scored again. The frames proposed for
+    pair `sample` are kept in `sample_path(out_csv)` (for `plot_samples`, without generating them again)."""
     from tqdm.auto import tqdm
     from infcam.video import read_video
     from safetensors.torch import save_file
-    out_csv = Path(out_csv)
-    if out_csv.is_file(): return read_rows(out_csv)
+    out_csv, tag = Path(out_csv), scorer_tag()
+    old = read_rows(out_csv) if out_csv.is_file() else pd.DataFrame(columns=list(ROW_FIELDS))
+    cached = {_key(r): r for r in old.to_dict('records') if r.get('scorer') == tag}
+    if len(old) == len(pairs) and all(_key(p) in cached for p in pairs): return old
     rows = []
     for i, pair in enumerate(tqdm(pairs, desc=f'evaluate {name}', unit='clip', disable=not progress)):
+        if _key(pair) in cached: rows.append(cached[_key(pair)]); continue
         src = read_video(pair['source'], cfg.num_frames, cfg.height, cfg.width)
         gt = read_video(pair['target'], cfg.num_frames, cfg.height, cfg.width)
         t = time.perf_counter()
@@ -435,33 +461,41 @@ def evaluate(name:str, method, pairs:list[dict], cfg:BenchConfig, out_csv, seed:
             with atomic_path(sample_path(out_csv)) as tmp: save_file({'frames': pred.float().contiguous()}, str(tmp))
         s = score(pred, gt, pair, cfg.num_frames)
         if method is None: s['PSNR'] = s['SSIM'] = float('nan')       # the reference is not scored against itself
-        rows.append(dict(method=name, seed=seed, **{k: pair[k] for k in ('split', 'scene', 'pair', 'source_camera', 'target_camera')},
-                         **s, seconds=secs))
-    rows = pd.DataFrame(rows, columns=list(ROW_FIELDS))
-    write_table(rows, out_csv)
-    return rows
+        rows.append(dict(method=name, seed=seed, **{k: pair[k] for k in PAIR_KEY}, **s, seconds=secs, scorer=tag))
+    write_table(pd.DataFrame(rows, columns=list(ROW_FIELDS)), out_csv)
+    return read_rows(out_csv)                        # fresh or cached, the same numbers through the same CSV
 
 # %% ../nbs/51_benchmark.ipynb #fecdae53
 def summarize(rows) -> pd.DataFrame:
-    """One row per (method, split), in the order the methods first appear: the number of clips and seeds, and the mean
-    and standard error (`_se`) of every metric over its finite values. `rows`: `evaluate`'s DataFrame (or its records)."""
+    """One row per (method, split), in the order the methods first appear: the number of clips and seeds, the mean
+    and standard error (`_se`) of every metric over its finite values, and the median (`_median`) of the camera errors,
+    which are heavy-tailed (one misplaced clip moves their mean). `rows`: `evaluate`'s DataFrame (or its records)."""
     df = pd.DataFrame(rows).replace([np.inf, -np.inf], np.nan)
     g = df.groupby(['method', 'split'], sort=False)
     out = g.agg(clips=('method', 'size'), seeds=('seed', 'nunique'))
     for k in METRICS: out[k], out[k + '_se'] = g[k].mean(), g[k].sem()
+    for k in CAMERA_ERRORS: out[k + '_median'] = g[k].median()
     return out.reset_index()
 
 def _records(table) -> list[dict]: return pd.DataFrame(table).to_dict('records')
 
 TEST_SPLITS = ('shared', 'different')
+CAMERA_ERRORS = ('RotErr', 'TransErr')
 
 def markdown_table(summary:list[dict], splits=TEST_SPLITS) -> str:
-    "The summary as a markdown table, one row per method and split (the held-out splits by default)."
-    lines = ['| method | split | PSNR ↑ | SSIM ↑ | RotErr (deg) ↓ | TransErr ↓ | registered |', '|---|---|---|---|---|---|---|']
+    """The summary as a markdown table, one row per method and split (the held-out splits by default): PSNR, SSIM and
+    the camera errors as mean ± standard error, each camera error's median beside it."""
+    nan = math.nan
+    lines = ['| method | split | PSNR ↑ | SSIM ↑ | RotErr (deg) ↓ | RotErr median | TransErr ↓ | TransErr median '
+             '| registered |',
+             '|---|---|---|---|---|---|---|---|---|']
     for d in _records(summary):
         if splits is not None and d['split'] not in splits: continue
-        lines.append(f"| {d['method']} | {d['split']} | {format_mean_se(d['PSNR'], d['PSNR_se'], 2)} | {format_mean_se(d['SSIM'], d['SSIM_se'], 3)} | "
-                     f"{format_mean_se(d['RotErr'], d['RotErr_se'], 2)} | {format_mean_se(d['TransErr'], d['TransErr_se'], 3)} | {d['registered']:.2f} |")
+        cells = [format_mean_se(d['PSNR'], d['PSNR_se'], 2), format_mean_se(d['SSIM'], d['SSIM_se'], 3)]
+        for k, digits in (('RotErr', 2), ('TransErr', 3)):
+            med = format_mean_se(d.get(k + '_median', nan), nan, digits)
+            cells += [format_mean_se(d[k], d[k + '_se'], digits), med]
+        lines.append(f"| {d['method']} | {d['split']} | " + ' | '.join(cells) + f" | {d['registered']:.2f} |")
     return '\n'.join(lines) + '\n'
 
 def learning_table(summary:list[dict]) -> str:
@@ -537,7 +571,8 @@ def findings(rows:list[dict], summary:list[dict], method:str='full') -> list[str
 
 # %% ../nbs/51_benchmark.ipynb #5798f66d
 def plot_summary(summary:list[dict], path, title:str='') -> Path:
-    "Bar charts of PSNR, SSIM, RotErr and TransErr per method and split, saved as a PNG."
+    """Bar charts of PSNR, SSIM, RotErr and TransErr per method and split (mean and standard error), saved as a PNG;
+    a black dot on a camera bar marks the median over clips."""
     import matplotlib; matplotlib.use('Agg', force=False)
     import matplotlib.pyplot as plt
     summary = _records(summary)
@@ -553,6 +588,9 @@ def plot_summary(summary:list[dict], path, title:str='') -> Path:
             ses = [s if math.isfinite(s) else 0 for s in ses]
             xs = np.arange(len(methods)) + (j - (len(splits) - 1) / 2) * w
             ax.bar(xs, vals, w, yerr=ses, capsize=2, label=sp)
+            if k in CAMERA_ERRORS:
+                med = [get.get((m, sp), {}).get(k + '_median', float('nan')) for m in methods]
+                ax.plot(xs, med, 'o', color='k', ms=3, label='median' if j == len(splits) - 1 else None)
             for x, v, m in zip(xs, vals, methods):                  # say why a bar is missing
                 if not math.isfinite(v) and not (m == REFERENCE and k in ('PSNR', 'SSIM')):
                     ax.text(x, 0.02, 'not posed', rotation=90, ha='center', va='bottom', fontsize=7,
@@ -563,6 +601,7 @@ def plot_summary(summary:list[dict], path, title:str='') -> Path:
             lo = np.nanmin([d[k] for d in summary if math.isfinite(d[k])] or [0])
             ax.set_ylim(lo * 0.9 if k == 'PSNR' else max(0, lo - 0.1), None)
     axes[0].legend(fontsize=8, title='intrinsics', title_fontsize=8)
+    axes[2].legend(handles=axes[2].lines[-1:], fontsize=8)
     if title: fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return write_figure(fig, path)
@@ -643,12 +682,14 @@ def _score_methods(methods:list[tuple], pairs:list[dict], cfg:BenchConfig, out:P
 # %% ../nbs/51_benchmark.ipynb #bc7a6a5a
 def _write_report(out:Path, cfg:BenchConfig, rows:pd.DataFrame, pairs:list[dict], pair:dict, sample:dict,
                   figures=None) -> dict:
-    """`table.csv`, `table.md` (the title, the table, the learning table and the findings), `ablation.png` and
-    `samples.png` in `out`, copied to `figures` when given; returns dict(summary, table, learning, findings, files)."""
+    """`table.csv`, `rows.csv` (every clip's row), `table.md` (the title, the table, what scored it, the learning table
+    and the findings), `ablation.png` and `samples.png` in `out`, copied to `figures` when given; returns
+    dict(summary, table, learning, findings, files)."""
     summary = summarize(rows)
     table, learning, found = markdown_table(summary), learning_table(summary), findings(rows, summary)
-    files = dict(csv=out / 'table.csv', md=out / 'table.md', plot=out / 'ablation.png', samples=out / 'samples.png')
-    write_table(summary, files['csv'])
+    files = dict(csv=out / 'table.csv', rows=out / 'rows.csv', md=out / 'table.md', plot=out / 'ablation.png',
+                 samples=out / 'samples.png')
+    write_table(summary, files['csv']); write_table(rows, files['rows'])
     n_test = sum(p['split'] in TEST_SPLITS for p in pairs)
     title = (f"{cfg.preset}, {cfg.steps} steps x batch {cfg.batch_size}, {cfg.num_frames}x{cfg.height}x{cfg.width}, "
              f"{n_test} test clips, seeds {list(cfg.seeds)}, "
@@ -657,7 +698,9 @@ def _write_report(out:Path, cfg:BenchConfig, rows:pd.DataFrame, pairs:list[dict]
     n_lat = num_latent_frames(cfg.num_frames)
     legend = (f"`registered`: the fraction of each clip's {n_lat} latent frames the pose estimator placed; the first, the "
               f"reference, counts whenever the estimator runs, so {1 / n_lat:.2f} means no other frame was placed; clips with less than half placed get no "
-              "RotErr/TransErr (—).\n")
+              "RotErr/TransErr (—). Camera errors: mean ± standard error over clips, and their median (one "
+              "misplaced clip moves the mean). Scored by scorer " + scorer_tag() + " ("
+              + ', '.join(f"{k} {v}" for k, v in scorer_versions().items()) + ").\n")
     with atomic_path(files['md']) as tmp:
         Path(tmp).write_text(f"{title}\n\n{table}\n{legend}\n{learning}\n" + ''.join(f"- {s}\n" for s in found))
     plot_summary(summary[summary['split'].isin(TEST_SPLITS)], files['plot'], title)
@@ -665,7 +708,8 @@ def _write_report(out:Path, cfg:BenchConfig, rows:pd.DataFrame, pairs:list[dict]
     if figures is not None:
         figures = Path(figures); figures.mkdir(parents=True, exist_ok=True)
         for k, f in list(files.items()):
-            dst = figures / {'csv': 'ablation.csv', 'md': 'ablation.md', 'plot': 'ablation.png', 'samples': 'ablation_samples.png'}[k]
+            dst = figures / {'csv': 'ablation.csv', 'rows': 'ablation_rows.csv', 'md': 'ablation.md',
+                             'plot': 'ablation.png', 'samples': 'ablation_samples.png'}[k]
             shutil.copyfile(f, dst); files[k + '_figure'] = dst
     return dict(summary=summary, table=table, learning=learning, findings=found, files=files)
 

@@ -4,20 +4,21 @@
 
 # %% ../nbs/23_cache.ipynb #7027ac55
 from __future__ import annotations
-import hashlib, json, re, time
+import hashlib, json, os, re, time
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch
 from torch import Tensor
-from .core import InfcamError, atomic_path, folder_lock
+from .core import InfcamError, atomic_path, folder_lock, first_line
 from .cameras import num_latent_frames
 from .data import (MultiCamDataset, ClipFolder, SceneEntry, PairDataset, check_on_error, clip_intrinsics,
-                         train_size, scene_poses, pair_extrinsics, pair_meta, prune_index)
+                         train_size, scene_poses, pair_extrinsics, pair_meta, prune_index, inside)
 from .video import read_video, video_info, check_size, check_video_memory
+from .layout import videos_folder, latents_folder, text_folder
 
 # %% auto #0
-__all__ = ['codec_tag', 'text_tag', 'latents_path', 'text_path', 'load_latents', 'load_context', 'clip_length', 'PrepareReport',
-           'cache_latents', 'cache_texts', 'prepare', 'cached_latents', 'CachedPairDataset']
+__all__ = ['codec_tag', 'text_tag', 'latents_path', 'text_path', 'save_cache_file', 'load_latents', 'load_context', 'clip_length',
+           'PrepareReport', 'cache_latents', 'cache_texts', 'prepare', 'cached_latents', 'CachedPairDataset']
 
 # %% ../nbs/23_cache.ipynb #d3b14b05
 def codec_tag(codec) -> str:
@@ -32,15 +33,22 @@ def text_tag(text_encoder) -> str:
 def latents_path(video, height:int, width:int, num_frames:int, tag:str) -> Path:
     "Where `prepare` caches the latents of `video`: `<scene>/latents/camXX.<H>x<W>x<F>.<tag>.safetensors`."
     video = Path(video)
-    d = video.parent.parent if video.parent.name == 'videos' else video.parent
-    return d / 'latents' / f'{video.stem}.{height}x{width}x{num_frames}.{tag}.safetensors'
+    d = video.parent.parent if video.parent == videos_folder(video.parent.parent) else video.parent
+    return latents_folder(d) / f'{video.stem}.{height}x{width}x{num_frames}.{tag}.safetensors'
 
 def text_path(root, caption:str, tag:str) -> Path:
     "Where `prepare` caches the text states of `caption`: `<root>/text/<sha1 of the cleaned caption>.<tag>.safetensors`."
     from infcam.text import clean_prompt
-    return Path(root) / 'text' / f"{hashlib.sha1(clean_prompt(caption).encode()).hexdigest()[:20]}.{tag}.safetensors"
+    return text_folder(root) / f"{hashlib.sha1(clean_prompt(caption).encode()).hexdigest()[:20]}.{tag}.safetensors"
 
 # %% ../nbs/23_cache.ipynb #ee167c8d
+def save_cache_file(tensors:dict, path:Path, metadata:dict):
+    "Write a cache file under a temporary name and rename it; a full disk or another failed write is one line naming it."
+    from safetensors.torch import save_file
+    with atomic_path(path) as tmp:                         # the half-written temporary is removed on any error
+        try: save_file(tensors, str(tmp), metadata=metadata)
+        except Exception as e: raise InfcamError(f"{path}: could not write the cache file ({first_line(e)})") from None
+
 def _complete(path:Path) -> bool:
     from safetensors import safe_open
     try:
@@ -117,6 +125,10 @@ def _scene_frames(entry:SceneEntry|None, cam:str|None, bad_scenes:dict) -> int|N
     if bad_scenes[entry.path]: raise InfcamError(f"scene's camera file is unusable: {bad_scenes[entry.path]}")
     return len(scene_poses(entry)[cam])
 
+def _leaves(root:Path, path:Path) -> bool:
+    "Whether writing at `path` (a folder or file under `root`) would land outside `root` through a symbolic link."
+    return not inside(root, os.path.relpath(path, root))
+
 def _remove_temp(dirs) -> int:
     "Delete what a killed run left half-written (`.*.tmp.safetensors`) in `dirs`; how many there were."
     n = 0
@@ -130,7 +142,6 @@ def cache_latents(video, codec, focal_mm:float=24., num_frames:int|None=None, he
     """Encode `video` with `codec` into its cache file unless a finished one is there: `(path, frames, encoded)`.
     `num_frames` None: the clip's `clip_length` (at most `poses`, the camera poses it has); `height`/`width` None: the
     video's size cropped to multiples of 16; `focal_mm` gives the stored intrinsics; `dtype` casts the latents."""
-    from safetensors.torch import save_file
     tag = tag or codec_tag(codec)
     info = video_info(video)
     n = clip_length(info['frames'], poses) if num_frames is None else num_frames
@@ -146,13 +157,12 @@ def cache_latents(video, codec, focal_mm:float=24., num_frames:int|None=None, he
     K = clip_intrinsics(focal_mm, (info['height'], info['width']), height, width)
     meta = dict(format='infcam-latents/1', video=str(video), num_frames=str(n), height=str(h), width=str(w), codec=tag,
                 focal_mm=f'{focal_mm:g}', video_hw=f"{info['height']}x{info['width']}")
-    with atomic_path(out) as tmp: save_file(dict(latents=z, K4=K.contiguous()), str(tmp), metadata=meta)
+    save_cache_file(dict(latents=z, K4=K.contiguous()), out, meta)
     return out, n, True
 
 # %% ../nbs/23_cache.ipynb #72fd2684
 def cache_texts(root, captions, text_encoder, overwrite:bool=False, progress:bool=True, batch:int=8) -> tuple[int, int]:
     "Encode the distinct cleaned `captions` into `<root>/text/`, `batch` at a time, unless cached: `(encoded, cached)`."
-    from safetensors.torch import save_file
     from tqdm.auto import tqdm
     from infcam.text import clean_prompt
     ttag = text_tag(text_encoder)
@@ -165,7 +175,7 @@ def cache_texts(root, captions, text_encoder, overwrite:bool=False, progress:boo
         lens = text_encoder.tokenize(chunk)[1].sum(1).clamp(min=1).tolist()
         for cap, c, n in zip(chunk, ctx, lens):
             meta = dict(format='infcam-text/1', caption=cap, text_len=str(c.shape[0]), tokens=str(n))
-            with atomic_path(text_path(root, cap, ttag)) as tmp: save_file(dict(context=c[:n].contiguous()), str(tmp), metadata=meta)
+            save_cache_file(dict(context=c[:n].contiguous()), text_path(root, cap, ttag), meta)
         bar.update(len(chunk))
     bar.close()
     return len(todo), len(caps) - len(todo)
@@ -197,10 +207,13 @@ def prepare(root, codec=None, text_encoder=None, num_frames:int|None=81, height:
         t0 = time.time()
         clips, problems = _layout(root, on_error)
         rep, tag, bad_scenes = PrepareReport(str(root), clips=len(clips)), codec_tag(codec) if codec is not None else None, {}
-        rep.removed_temp = _remove_temp({latents_path(c[0], 16, 16, 1, 'x').parent for c in clips} | {root / 'text'})
+        dirs = {latents_path(c[0], 16, 16, 1, 'x').parent for c in clips} | {text_folder(root)}
+        rep.removed_temp = _remove_temp({d for d in dirs if not _leaves(root, d)})
         bar = tqdm(clips, desc='prepare latents', unit='clip', disable=not progress or codec is None)
         for video, caption, focal, entry, cam in (bar if codec is not None else []):
             try:
+                if _leaves(root, latents_path(video, 16, 16, 1, 'x').parent):
+                    raise InfcamError(f"its latents folder is a symbolic link out of {root} (not written)")
                 poses = _scene_frames(entry, cam, bad_scenes)
                 _, n, new = cache_latents(video, codec, focal, num_frames, height, width, poses, overwrite, dtype, tag)
                 rep.encoded, rep.cached, rep.lengths[n] = rep.encoded + new, rep.cached + (not new), rep.lengths.get(n, 0) + 1
@@ -209,6 +222,7 @@ def prepare(root, codec=None, text_encoder=None, num_frames:int|None=81, height:
                 rep.failed.append((str(video), " ".join(str(e).split())))
                 bar.set_postfix(skipped=len(rep.failed))
         if text_encoder is not None:
+            if _leaves(root, text_folder(root)): raise InfcamError(f"{text_folder(root)} is a symbolic link out of {root}; not writing there")
             rep.texts_encoded, rep.texts_cached = cache_texts(root, [c[1] for c in clips], text_encoder, overwrite, progress, text_batch)
             rep.captions = rep.texts_encoded + rep.texts_cached
         rep.failed, rep.problems, rep.seconds = [*problems, *rep.failed], len(problems), time.time() - t0
@@ -269,7 +283,7 @@ class CachedPairDataset(PairDataset):
         root = next((r for r in self.index.roots if entry.path.is_relative_to(r)), entry.path.parents[1])
         if self.text is None:
             m = sorted(text_path(root, caption, '*').parent.glob(text_path(root, caption, '*').name))
-            if len(m) != 1: raise InfcamError(f"{'no' if not m else 'several'} cached text states for the caption of {entry.path} in {root / 'text'}")
+            if len(m) != 1: raise InfcamError(f"{'no' if not m else 'several'} cached text states for the caption of {entry.path} in {text_folder(root)}")
             return load_context(m[0])
         p = text_path(root, caption, self.text)
         if not p.is_file(): raise InfcamError(f"no cached text states {p} for the caption of {entry.path}; run prepare with the text encoder")

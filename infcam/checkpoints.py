@@ -96,6 +96,8 @@ def save_checkpoint(module, folder, step:int, optimizer=None) -> Path:
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     final = folder / f'step{step:08d}'
     tmp = Path(tempfile.mkdtemp(prefix=f'.{final.name}.', suffix='.tmp', dir=folder))
+    umask = os.umask(0); os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)                          # mkdtemp makes 0700; the folder follows the umask like its files
     try:
         write_checkpoint_files(module, tmp, step, module.trainable_state(), optimizer.state_dict() if optimizer is not None else {})
         publish(tmp, final)

@@ -228,10 +228,14 @@ def _evaluate(a):
     from infcam.evaluate import evaluate
     res = evaluate(a.inputs, a.out, method=a.method, progress=not a.quiet, min_registered=a.min_registered,
                    fvd_weights=a.fvd_weights, fid_weights=a.fid_weights, lpips_weights=a.lpips_weights,
-                   lpips_backbone=a.lpips_backbone, devices=a.devices, num_nodes=a.num_nodes)
+                   lpips_backbone=a.lpips_backbone, devices=a.devices, num_nodes=a.num_nodes,
+                   reference=a.reference, clip_weights=a.clip_weights,
+                   **({'poses': a.poses} if a.poses else {}))
     if not res['files']: return                      # another rank under torchrun: rank 0 reports
     print(res['files']['markdown'].read_text(encoding='utf-8'), end='')
-    print(f"scored {res['scored']} video(s) now, {len(res['rows']) - res['scored']} unchanged; tables and plot in {a.out}")
+    failed = f", {res['failed']} could not be scored (listed above)" if res['failed'] else ''
+    print(f"scored {res['scored']} video(s) now{failed}, {len(res['rows']) - res['scored'] - res['failed']} unchanged; "
+          f"tables and plot in {a.out}")
 
 @subcommand
 def _evaluate_parser(sub):
@@ -248,6 +252,14 @@ def _evaluate_parser(sub):
     ev.add_argument('--min-registered', type=float, default=0.5, help='fraction of frames that must be posed for camera errors (default 0.5)')
     ev.add_argument('--fvd-weights', help='i3d_pretrained_400.pt: also each method\'s FVD against the ground truths')
     ev.add_argument('--fid-weights', help='a TorchScript Inception (e.g. inception-2015-12-05.pt): also each method\'s FID')
+    ev.add_argument('--poses', metavar='builtin|colmap',
+                    help="pose estimator of the clips without a poses column: infcam's own or COLMAP (pycolmap: "
+                         "pip install -e '.[eval]'); default: infcam.evaluate.DEFAULT_POSES, chosen from notebook 50's floor table")
+    ev.add_argument('--reference', metavar='sources|DIR|CSV',
+                    help="unpaired FID/FVD: against the requests' source clips ('sources'), a folder of videos or a CSV "
+                         "with a video column (default: each video's ground truth)")
+    ev.add_argument('--clip-weights', metavar='DIR', help='a local CLIP model folder (transformers CLIPModel with its '
+                    'tokenizer, e.g. a copy of openai/clip-vit-large-patch14): also each video\'s CLIP-T and CLIP-F')
     ev.add_argument('--lpips-weights', help='alex.pth (LPIPS linear layers): also each video\'s LPIPS against its ground truth')
     ev.add_argument('--lpips-backbone', help='alexnet-owt-7be5be79.pth (torchvision\'s AlexNet), with --lpips-weights')
     ev.add_argument('--devices', type=int, default=1, help='processes scoring videos in parallel (default 1)')
@@ -260,7 +272,7 @@ def _weights_check(a):
     from infcam.weights import check_weights
     from infcam.weights import WeightsSpec
     spec = WeightsSpec.tiny() if a.size == 'tiny' else WeightsSpec.released()
-    report = check_weights(a.folder, spec=spec, infcam_checkpoint=a.checkpoint)
+    report = check_weights(a.folder, spec=spec, infcam_checkpoint=a.checkpoint, values=not a.shapes_only)
     print(report)
     if not report.usable: raise InfcamError(f"{a.folder} is not usable for generation: {len(report.problems)} problem(s) listed above")
 
@@ -273,11 +285,14 @@ def _weights_convert(a):
 def _weights_parser(sub):
     w = sub.add_parser('weights', help='check or convert downloaded weights').add_subparsers(dest='action', metavar='ACTION')
     w.required = True
-    wc = w.add_parser('check', help='say what is present, missing or wrong in a weights folder, without loading tensors',
+    wc = w.add_parser('check', help='say what is present, missing or wrong in a weights folder',
                       description='Check a folder with the Wan2.1-T2V-1.3B files (original or diffusers layout) and the InfCam '
-                                  'checkpoint: every file expected, every tensor name and shape. Exits non-zero if unusable.')
+                                  'checkpoint: every file expected, every tensor name and shape, and the DiT files\' values '
+                                  '(all finite). Exits non-zero if unusable.')
     wc.add_argument('folder', help='the weights folder')
     wc.add_argument('--checkpoint', help='the InfCam checkpoint, if it is not inside the folder')
+    wc.add_argument('--shapes-only', action='store_true',
+                    help="check names and shapes only, not the DiT files' values (reads headers: seconds instead of a minute)")
     wc.add_argument('--size', choices=['released', 'tiny'], default='released',
                     help="expected shapes: the released Wan2.1-T2V-1.3B (default) or the project's tiny test model")
     wc.set_defaults(func=_weights_check)

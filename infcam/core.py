@@ -4,14 +4,16 @@
 
 # %% ../nbs/00_core.ipynb #ff960e1f
 from __future__ import annotations
-import os, re, json, socket, tempfile, contextlib
+import os, re, json, math, numbers, socket, tempfile, contextlib
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['LOCK_NAME', 'WRAPPER_KEYS', 'DTYPE_NAMES', 'DTYPE_CHOICES', 'InfcamError', 'os_error_message', 'run_command',
-           'check_device', 'check_overwrite', 'make_folder', 'pid_alive', 'clean_stale_temps', 'atomic_path',
-           'folder_lock', 'natural_key', 'short_list', 'first_line', 'load_pickle', 'unwrap_state_dict',
-           'read_state_dict', 'figure_path', 'write_figure', 'save_figure', 'check_parameters', 'as_dtype']
+__all__ = ['LOCK_NAME', 'WRAPPER_KEYS', 'DTYPE_NAMES', 'DTYPE_CHOICES', 'InfcamError', 'os_error_message', 'Interrupted',
+           'stop_on_signals', 'run_command', 'check_device', 'check_int', 'check_number', 'check_seed',
+           'check_overwrite', 'make_folder', 'pid_alive', 'clean_stale_temps', 'atomic_path', 'folder_lock',
+           'natural_key', 'short_list', 'first_line', 'load_pickle', 'unwrap_state_dict', 'check_finite',
+           'read_state_dict', 'checkout_root', 'figure_path', 'write_figure', 'save_figure', 'check_parameters',
+           'as_dtype']
 
 # %% ../nbs/00_core.ipynb #664726ca
 class InfcamError(Exception):
@@ -26,16 +28,39 @@ def os_error_message(e:OSError) -> str:
     return f"{where}: {why}" if where else why
 
 # %% ../nbs/00_core.ipynb #6c2bad31
+class Interrupted(BaseException):
+    """A command stopped by SIGINT or SIGTERM. Not a `KeyboardInterrupt`, so that libraries which catch that (Lightning
+    ends the process with status 1) let it through; every `finally` on the way removes what was half-written."""
+    def __init__(self, signum:int):
+        import signal
+        super().__init__(signal.Signals(signum).name); self.signum = signum
+
+@contextlib.contextmanager
+def stop_on_signals():
+    "Within the block SIGINT and SIGTERM raise `Interrupted` once (later ones are ignored while cleaning up); main thread only."
+    import signal, threading
+    if threading.current_thread() is not threading.main_thread(): yield; return
+    def stop(signum, frame):
+        for s in old: signal.signal(s, signal.SIG_IGN)
+        raise Interrupted(signum)
+    old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try: yield
+    finally:
+        for s, h in old.items(): signal.signal(s, h)
+
 def run_command(func, args, prog:str='infcam') -> int:
-    "Run `func(args)` as a command: the exit status, with `InfcamError`s and `OSError`s as one `prog: error:` line."
-    import sys
-    try: func(args)
+    """Run `func(args)` as a command: the exit status, with `InfcamError`s and `OSError`s as one `prog: error:` line,
+    and SIGINT / SIGTERM as one `prog: interrupted` line and status 130 / 143 after cleaning up."""
+    import sys, signal
+    try:
+        with stop_on_signals(): func(args)
     except InfcamError as e:
         print(f"{prog}: error: {e}", file=sys.stderr); return 2
     except OSError as e:
         print(f"{prog}: error: {os_error_message(e)}", file=sys.stderr); return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr); return 130
+    except (KeyboardInterrupt, Interrupted) as e:
+        signum = getattr(e, 'signum', signal.SIGINT)
+        print(f"{prog}: interrupted ({signal.Signals(signum).name})", file=sys.stderr); return 128 + signum
     return 0
 
 # %% ../nbs/00_core.ipynb #aaa6b41c
@@ -53,12 +78,38 @@ def check_device(device, what:str='--device'):
     if dev.type == 'mps' and not torch.backends.mps.is_available(): raise InfcamError(f"{what} {device}: MPS is not available here")
     return dev
 
+# %% ../nbs/00_core.ipynb #688da595
+def check_int(v, what:str, lo:int=0, hi:int|None=None) -> int:
+    "`v` as an `int` if it is an integer (Python's or NumPy's, not a bool) in `[lo, hi]`, else `InfcamError` saying the range."
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo or (hi is not None and v > hi):
+        rng = f'an integer >= {lo}' if hi is None else f'an integer from {lo} to {hi}'
+        raise InfcamError(f"{what} must be {rng}, got {v!r}")
+    return int(v)
+
+def check_number(v, what:str, lo:float=-math.inf, hi:float=math.inf, positive:bool=False) -> float:
+    """`v` as a float if it is a finite real number (not a bool) in `[lo, hi]`, and above 0 with `positive`; else
+    `InfcamError` saying the range."""
+    if (isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or not lo <= v <= hi
+            or (positive and not v > 0)):
+        rng = (('a positive number' if hi == math.inf else f'a number above 0 and at most {hi:g}') if positive else
+               f'a number from {lo:g} to {hi:g}' if math.isfinite(lo) and math.isfinite(hi) else
+               f'a number >= {lo:g}' if math.isfinite(lo) else f'a number <= {hi:g}' if math.isfinite(hi) else 'a finite number')
+        raise InfcamError(f"{what} must be {rng}, got {v!r}")
+    return float(v)
+
+def check_seed(seed, what:str='--seed', bits:int=63) -> int:
+    "`seed` if it is an integer in `[0, 2**bits)` (63: what `torch.Generator.manual_seed` takes), else `InfcamError`."
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**bits:
+        raise InfcamError(f"{what} must be an integer from 0 to 2**{bits} - 1, got {seed!r}")
+    return int(seed)
+
 # %% ../nbs/00_core.ipynb #be132da1
 def check_overwrite(path, overwrite:bool=False) -> Path:
     "Return `path` as a `Path`, raising `InfcamError` if it exists and `overwrite` is False."
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise InfcamError(f"{path} already exists; pass --overwrite to replace it")
+    if os.path.lexists(path) and not overwrite:                 # a dangling symbolic link is something there too
+        what = 'is a symbolic link to a missing file' if not path.exists() else 'already exists'
+        raise InfcamError(f"{path} {what}; pass --overwrite to replace it")
     return path
 
 # %% ../nbs/00_core.ipynb #c0641ed1
@@ -204,25 +255,43 @@ def unwrap_state_dict(obj, where:str='checkpoint') -> tuple[dict, list[str]]:
         raise InfcamError(f"{where}: expected a flat dict of named tensors, got {got}")
     return obj, keys
 
+def check_finite(tensors:dict, path, what:str='checkpoint') -> dict:
+    "`tensors`, or `InfcamError` naming the floating-point tensors that hold a NaN or an infinity (meta tensors pass)."
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and t.device.type != 'meta' and not bool(t.isfinite().all())]
+    if bad: raise InfcamError(f"{path}: the {what} holds NaN or infinite values in {short_list(bad, 4)} "
+                              f"(a damaged or diverged file); refusing to use it")
+    return tensors
+
 def read_state_dict(path, what:str='checkpoint', map_location='cpu') -> dict:
     "Read a flat `{name: tensor}` from `.safetensors` or a `.pth`/`.ckpt`/`.pt`/`.bin` file (weights-only, memory-mapped)."
     path = Path(path)
     if not path.is_file(): raise InfcamError(f"{what} not found: {path}")
     if path.suffix == '.safetensors':
         from safetensors.torch import load_file
-        try: return load_file(str(path), device=str(map_location))
+        try: sd = load_file(str(path), device=str(map_location))
         except Exception as e: raise InfcamError(f"{path}: not a readable safetensors file ({first_line(e)})") from None
-    return unwrap_state_dict(load_pickle(path, what, map_location), str(path))[0]
+    else: sd = unwrap_state_dict(load_pickle(path, what, map_location), str(path))[0]
+    return check_finite(sd, path, what)
 
 # %% ../nbs/00_core.ipynb #384f402d
+def checkout_root(start=None) -> Path|None:
+    "The infcam checkout `start` (default: the working directory) is in: the folder whose `settings.ini` names `lib_name = infcam`."
+    here = Path(start or os.getcwd()).resolve()
+    for d in (here, *here.parents):
+        s = d / 'settings.ini'
+        if s.is_file() and re.search(r'^lib_name\s*=\s*infcam\s*$', s.read_text(errors='replace'), re.M): return d
+    return None
+
 def figure_path(name:str) -> Path|None:
-    "Where the figure `name` is saved: in the folder `INFCAM_FIGURES` names (`1`: the repository's `figures/`), or None."
+    """Where the figure `name` is saved: in the folder `INFCAM_FIGURES` names (`1`: `figures/` of the checkout the
+    working directory is in, as when a notebook of `nbs/` runs), or None when figures are not asked for."""
     v = os.environ.get('INFCAM_FIGURES', '').strip()
     if not v or v == '0': return None
-    d = Path(__file__).resolve().parents[1] / 'figures' if v == '1' else Path(v)
-    if v == '1' and not (d.parent / 'settings.ini').is_file():
-        raise InfcamError("INFCAM_FIGURES=1 saves into the repository's figures/, but infcam is not installed from a checkout; give a folder")
-    return make_folder(d) / name
+    if v != '1': return make_folder(Path(v)) / name
+    if (root := checkout_root()) is None:
+        raise InfcamError("INFCAM_FIGURES=1 saves into figures/ of the infcam checkout you work in, but the working "
+                          f"directory {os.getcwd()} is not inside one; give a folder instead")
+    return make_folder(root / 'figures') / name
 
 def write_figure(fig, path, close:bool=True, **kw) -> Path:
     """Save the matplotlib figure `fig` at `path` (format from its suffix, folders made, written atomically, no version

@@ -14,7 +14,7 @@ from .core import InfcamError, natural_key
 from .cameras import (load_camera_extrinsics, relative_poses, latent_frame_indices, to_extrinsics,
                             focal_mm_to_px, pixel_intrinsics, num_latent_frames)
 from .layout import (is_aug_setting, scene_focal_mm, scene_id, read_metadata, setting_folders, scene_folders,
-                           camera_file)
+                           camera_file, video_file, videos_folder, scene_info_file, metadata_file)
 from .video import read_video, video_info
 
 # %% auto #0
@@ -54,10 +54,11 @@ class Problems(list):
         if p not in self: self.append(p)
 
 def inside(root, rel) -> bool:
-    "Whether the relative path `rel` (from a data file) stays inside `root`: not absolute, no escaping `..`."
+    """Whether the relative path `rel` (from a data file, or a folder found under `root`) stays inside `root`: not
+    absolute, no escaping `..`, and no symbolic link on the way that leads out of `root` (real paths are compared)."""
     if Path(rel).is_absolute() or Path(rel).drive: return False
-    r = os.path.normpath(os.path.join(os.path.abspath(root), rel))
-    return r.startswith(os.path.join(os.path.abspath(root), ''))
+    real = os.path.realpath(root)
+    return os.path.realpath(os.path.join(root, rel)).startswith(os.path.join(real, ''))
 
 # %% ../nbs/21_data.ipynb #2d746f64
 @dataclass
@@ -88,9 +89,9 @@ def scene_poses(entry:SceneEntry) -> dict[str, Tensor]:
 # %% ../nbs/21_data.ipynb #ef0d3dde
 def read_scene(sc:Path, problems:Problems, caps:dict|None=None, validate:bool=False) -> SceneEntry|None:
     """The entry of the scene folder `sc` (in its setting folder), or None with the reason added to `problems`.
-    `caps` {(setting, scene, 'videos', file): caption}; `validate` parses the whole camera file."""
+    `caps` {path parts of `video_file` from the setting on: caption}; `validate` parses the whole camera file."""
     sc, setting, caps = Path(sc), Path(sc).parent.name, caps or {}
-    cam_file, vids = camera_file(sc), sc / 'videos'
+    cam_file, vids = camera_file(sc), videos_folder(sc)
     if not cam_file.is_file(): return problems.add(cam_file, "camera file missing (scene skipped)")
     videos = {p.stem: p for p in sorted(vids.glob('*.mp4'), key=natural_key)} if vids.is_dir() else {}
     if not videos: return problems.add(vids, "no videos (scene skipped)")
@@ -104,11 +105,11 @@ def read_scene(sc:Path, problems:Problems, caps:dict|None=None, validate:bool=Fa
             return problems.add(cam_file, f"unreadable camera file ({type(e).__name__}) (scene skipped)")
     for c in [c for c in videos if c not in listed]:
         problems.add(videos.pop(c), "camera not in the scene's camera file (video skipped)")
-    meta, cap = sc / 'scene.json', ''
+    meta, cap = scene_info_file(sc), ''
     if meta.is_file():
         try: cap = json.loads(meta.read_text()).get('caption', '') or ''
         except (OSError, json.JSONDecodeError, AttributeError): pass
-    captions = {c: caps.get((setting, sc.name, 'videos', p.name), cap) for c, p in videos.items()}
+    captions = {c: caps.get(video_file(Path(setting) / sc.name, c).parts, cap) for c, p in videos.items()}
     return SceneEntry(scene_id(setting, sc.name), sc, setting, sc.name, scene_focal_mm(setting, sc.name),
                       is_aug_setting(setting), videos, captions, n)
 
@@ -120,6 +121,10 @@ class MultiCamDataset:
         roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
         if not roots: raise InfcamError("give at least one dataset root")
         self.roots, self.problems = [Path(r) for r in roots], Problems(on_error)
+        real = [os.path.realpath(r) for r in self.roots]
+        if twice := [str(r) for r, rr in zip(self.roots, real) if real.count(rr) > 1]:      # would double its scenes
+            same = 'is given twice' if twice[0] == twice[1] else f"and {twice[1]} are the same folder"
+            raise InfcamError(f"dataset root {twice[0]} {same}; give each root once")
         self.scenes: list[SceneEntry] = []
         for r in self.roots: self._scan(r, validate)
         self.groups: dict[str, list[SceneEntry]] = {}
@@ -131,19 +136,23 @@ class MultiCamDataset:
         if not root.is_dir(): raise InfcamError(f"dataset root not found: {root}")
         if not setting_folders(root): raise InfcamError(f"{root} has no MultiCamVideo setting folders (named like 'f24_aperture5')")
         caps, rows = {}, []
-        if (root / 'metadata.csv').is_file():
-            rows = read_metadata(root / 'metadata.csv')
-            for fn, text in rows: caps[tuple(Path(fn).parts[-4:])] = text
+        if (metadata_file(root)).is_file():
+            rows = read_metadata(metadata_file(root))
+            for fn, text in rows:
+                if inside(root, fn): caps[tuple(Path(fn).parts[-4:])] = text
+                else: self.problems.add(metadata_file(root), f"row {fn!r} points outside {root} (skipped)")
         found = set()
         for sc in scene_folders(root):
+            if not inside(root, sc.relative_to(root)):
+                self.problems.add(sc, f"a symbolic link out of {root} (scene skipped)"); continue
             e = read_scene(sc, self.problems, caps, validate)
             if e is not None:
                 self.scenes.append(e)
-                found.update((e.setting, sc.name, 'videos', v.name) for v in e.cameras.values())
+                found.update(video_file(Path(e.setting) / sc.name, c).parts for c in e.cameras)
         for fn, _ in rows:
             key = tuple(Path(fn).parts[-4:])
-            if key not in found and not (root / fn).is_file():
-                self.problems.add(root / 'metadata.csv', f"row {fn!r} names no video of an indexed scene")
+            if inside(root, fn) and key not in found and not (root / fn).is_file():
+                self.problems.add(metadata_file(root), f"row {fn!r} names no video of an indexed scene")
 
     def caption(self, entry:SceneEntry, camera:str) -> str:
         "The caption of `camera` in `entry`, falling back to the original scene's for an augmented copy."
@@ -171,13 +180,13 @@ class ClipFolder:
         self.root, self.problems = Path(root), Problems(on_error)
         self.num_frames, self.height, self.width = num_frames, height, width
         if num_frames is not None: num_latent_frames(num_frames)
-        if not (self.root / 'metadata.csv').is_file(): raise InfcamError(f"{self.root} has no metadata.csv (file_name,text)")
+        if not metadata_file(self.root).is_file(): raise InfcamError(f"{self.root} has no metadata.csv (file_name,text)")
         self.clips = []
-        for fn, text in read_metadata(self.root / 'metadata.csv'):
+        for fn, text in read_metadata(metadata_file(self.root)):
             if fn and not inside(self.root, fn):                     # never read, or write latents, outside the dataset
-                self.problems.add(self.root / 'metadata.csv', f"row {fn!r} points outside {self.root} (skipped)"); continue
-            p = next((q for q in (self.root / fn, self.root / 'videos' / fn) if fn and q.is_file()), None)
-            if p is None: self.problems.add(self.root / 'metadata.csv', f"row {fn!r} names no video")
+                self.problems.add(metadata_file(self.root), f"row {fn!r} points outside {self.root} (skipped)"); continue
+            p = next((q for q in (self.root / fn, videos_folder(self.root) / fn) if fn and q.is_file()), None)
+            if p is None: self.problems.add(metadata_file(self.root), f"row {fn!r} names no video")
             else: self.clips.append((p, text))
 
     def __len__(self) -> int: return len(self.clips)

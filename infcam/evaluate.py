@@ -13,15 +13,16 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .core import InfcamError, atomic_path, folder_lock, make_folder, write_figure
+from .core import InfcamError, atomic_path, folder_lock, make_folder, write_figure, check_int, check_number
 from .cameras import homogeneous
 from .layout import video_file
-from .metrics import METRICS, score_video, load_poses, format_mean_se
+from .metrics import METRICS, POSE_ESTIMATORS, score_video, load_poses, format_mean_se, require_pycolmap
 
 # %% auto #0
-__all__ = ['SCORE_STRIDE', 'TABLE_COLUMNS', 'SCORES', 'ROW_COLUMNS', 'EvalItem', 'truth_for', 'items_from_results',
-           'items_from_table', 'score_item', 'collect_items', 'method_fvd', 'method_fid', 'summarize_methods',
-           'summary_markdown', 'plot_methods', 'score_row', 'evaluate']
+__all__ = ['SCORE_STRIDE', 'TABLE_COLUMNS', 'DEFAULT_POSES', 'SCORES', 'ROW_COLUMNS', 'VIDEO_SUFFIXES', 'CAMERA_UNDER',
+           'EvalItem', 'truth_for', 'resolve_spec', 'items_from_results', 'items_from_table', 'score_item',
+           'collect_items', 'reference_videos', 'method_fvd', 'method_fid', 'summarize_methods', 'summary_markdown',
+           'plot_methods', 'score_row', 'evaluate']
 
 # %% ../nbs/52_evaluate.ipynb #fe16cb70
 SCORE_STRIDE = 4                  # frames 0, 4, 8, ...: the first video frame of every latent frame
@@ -38,6 +39,8 @@ class EvalItem:
     focal_mm: float|None = None   # the generated view's lens when `K4` is not given (None: infcam's default, 24 mm)
     truth: Path|None = None       # a ground-truth video of the requested view
     poses: Path|None = None       # poses measured elsewhere (COLMAP images.txt, c2w .json/.npy/.txt)
+    source: Path|None = None      # the source clip the video was generated from (the unpaired FID/FVD reference)
+    prompt: str|None = None       # the text prompt (for CLIP-T)
 
 _CAMFILE = re.compile(r'(.+camera_extrinsics\.json):([^:@/\\]+)(?:@[^:@/\\]+)?', re.IGNORECASE)
 
@@ -48,9 +51,36 @@ def truth_for(trajectory:str) -> Path|None:
     p = video_file(Path(m.group(1)).parent.parent, m.group(2))
     return p if p.is_file() else None
 
+def _spec_file(spec:str) -> str|None:
+    "The file a trajectory request names (`camera_extrinsics.json:camXX`, `poses.json:key`, `path.yaml`), if any."
+    if m := _CAMFILE.fullmatch(spec) or re.fullmatch(r'(.+\.json):(.+)', spec, re.IGNORECASE): return m.group(1)
+    return spec if Path(spec).suffix.lower() in ('.yaml', '.yml', '.json') else None
+
+def resolve_spec(spec:str, bases) -> tuple[str, bool]:
+    """`(spec, found)`: a request whose file is a relative path made absolute against the first folder of `bases` (and
+    their parents) that holds it; `found` is False when the request names a file that none holds."""
+    f = _spec_file(spec)
+    if f is None: return spec, True
+    if Path(f).is_absolute(): return spec, Path(f).is_file()
+    for b in bases:
+        for a in (Path(b).absolute(), *Path(b).absolute().parents):
+            if (a / f).is_file(): return str(a / f) + spec[len(f):], True
+    return spec, False
+
+def _truth_note(spec:str, found:bool) -> str|None:
+    "Why a request that names a ground truth (`camera_extrinsics.json:camXX`) has none; None when it has one or names none."
+    m = _CAMFILE.fullmatch(spec)
+    if not m: return None
+    if not found: return f"no ground truth: {m.group(1)} not found (scored without PSNR/SSIM)"
+    if truth_for(spec) is None:
+        return f"no ground truth: {video_file(Path(m.group(1)).parent.parent, m.group(2))} not found (scored without PSNR/SSIM)"
+    return None
+
 # %% ../nbs/52_evaluate.ipynb #d1e2dee6
 def items_from_results(folder, method:str='infcam') -> tuple[list[EvalItem], list[tuple[str, str]]]:
-    "`(items, problems)` of the `infcam generate` results under `folder`, from their JSON sidecars."
+    """`(items, problems)` of the `infcam generate` results under `folder`, from their JSON sidecars. A relative
+    trajectory file (relative to where `generate` ran) is looked up from the current folder, then from the sidecar's
+    and the source video's folders and their parents; a request whose ground truth is missing is a problem."""
     folder = Path(folder)
     if not folder.is_dir(): raise InfcamError(f"results folder not found: {folder}")
     items, problems = [], []
@@ -63,22 +93,25 @@ def items_from_results(folder, method:str='infcam') -> tuple[list[EvalItem], lis
             if ext.ndim != 2 or ext.shape[1] != 12: raise ValueError(f"extrinsics of shape {tuple(ext.shape)}")
             K4 = torch.tensor(d['intrinsics']['K_tgt'], dtype=torch.float32)
             if K4.shape != (4,): raise ValueError(f"K_tgt of shape {tuple(K4.shape)}")
+            source = Path(d['video']) if d.get('video') else None
+            spec, found = resolve_spec(str(d['trajectory']), [Path.cwd(), js.parent] + ([source.parent] if source else []))
+            if note := _truth_note(spec, found): problems.append((str(js), note))
             items.append(EvalItem(method, str(js.relative_to(folder).with_suffix('')), js.with_name(d['outputs']['video']),
-                                  str(d['trajectory']), homogeneous(ext.reshape(-1, 3, 4)), K4, truth=truth_for(d['trajectory'])))
+                                  spec, homogeneous(ext.reshape(-1, 3, 4)), K4, truth=truth_for(spec), source=source,
+                                  prompt=d.get('prompt') or None))
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             problems.append((str(js), f"malformed sidecar: {' '.join(str(e).split())}"))
     return items, problems
 
 # %% ../nbs/52_evaluate.ipynb #9ab7a5bb
-TABLE_COLUMNS = ('video', 'trajectory', 'method', 'name', 'truth', 'poses', 'focal_mm', 'fx', 'fy', 'cx', 'cy')
+TABLE_COLUMNS = ('video', 'trajectory', 'method', 'name', 'truth', 'poses', 'source', 'prompt', 'focal_mm', 'fx', 'fy', 'cx', 'cy')
 
 def _in(base:Path, p:str) -> Path|None: return (base / p) if p else None
 
 def _spec_in(base:Path, spec:str) -> str:
     "A trajectory request with its file, if any, made relative to `base`."
-    if m := _CAMFILE.fullmatch(spec) or re.fullmatch(r'(.+\.json):(.+)', spec, re.IGNORECASE):
-        return str(base / m.group(1)) + spec[len(m.group(1)):]
-    return str(base / spec) if Path(spec).suffix.lower() in ('.yaml', '.yml', '.json') else spec
+    f = _spec_file(spec)
+    return spec if f is None else str(base / f) + spec[len(f):]
 
 def items_from_table(csv, method:str|None=None) -> tuple[list[EvalItem], list[tuple[str, str]]]:
     "`(items, problems)` of the videos a CSV lists (columns: `TABLE_COLUMNS`, `video` and `trajectory` required)."
@@ -105,8 +138,10 @@ def items_from_table(csv, method:str|None=None) -> tuple[list[EvalItem], list[tu
                 if not (math.isfinite(focal) and focal > 0): raise InfcamError(f"bad focal_mm {r['focal_mm']!r}")
             spec = _spec_in(base, r['trajectory'])
             truth = _in(base, r['truth']) or truth_for(spec)
+            if not r['truth'] and (note := _truth_note(spec, Path(_spec_file(spec) or '').is_file())): problems.append((where, note))
             items.append(EvalItem(r['method'] or method or csv.stem, r['name'] or Path(r['video']).stem, base / r['video'],
-                                  spec, None, K4, focal, truth, _in(base, r['poses'])))
+                                  spec, None, K4, focal, truth, _in(base, r['poses']), _in(base, r['source']),
+                                  r['prompt'] or None))
         except (InfcamError, ValueError) as e:
             problems.append((where, ' '.join(str(e).split())))
     return items, problems
@@ -114,8 +149,12 @@ def items_from_table(csv, method:str|None=None) -> tuple[list[EvalItem], list[tu
 # %% ../nbs/52_evaluate.ipynb #70dd3fee
 def _frames_of(n:int) -> list[int]: return list(range(0, n, SCORE_STRIDE))
 
-def score_item(item:EvalItem, min_registered:float=0.5, lpips_net=None) -> dict:
-    "`{PSNR, SSIM, RotErr, TransErr, registered, frames}` of one generated clip, and `LPIPS` with a ground truth and `lpips_net`."
+DEFAULT_POSES = 'builtin'         # the pose estimator of `infcam evaluate` (chosen from notebook 50's floor table)
+
+def score_item(item:EvalItem, min_registered:float=0.5, lpips_net=None, poses:str=DEFAULT_POSES, clip=None) -> dict:
+    """`{PSNR, SSIM, RotErr, TransErr, registered, frames}` of one generated clip, its poses estimated by `poses`
+    ('builtin' or 'colmap') unless the item gives them, `LPIPS` with a ground truth and `lpips_net`, and CLIP-T (with a
+    prompt) and CLIP-F over all the clip's frames with `clip` (`infcam.metrics.load_clip`)."""
     from infcam.video import read_video, video_info
     from infcam.cache import clip_length
     from infcam.trajectories import load_trajectory
@@ -146,15 +185,20 @@ def score_item(item:EvalItem, min_registered:float=0.5, lpips_net=None) -> dict:
         est = load_poses(item.poses)
         if len(est) == n: est = est[idx]
         elif len(est) != len(idx): raise InfcamError(f"{item.poses} has {len(est)} poses; the clip has {n} frames ({len(idx)} scored)")
-    out = {**score_video(v[idx], K4, ref, truth, est, min_registered=min_registered), 'frames': n}
+    out = {**score_video(v[idx], K4, ref, truth, est, min_registered=min_registered, poses=poses), 'frames': n}
     if lpips_net is not None and truth is not None:
         from infcam.metrics import lpips
         out['LPIPS'] = lpips(v[idx], truth, net=lpips_net)
+    if clip is not None:
+        from infcam.metrics import clip_scores
+        out.update(clip_scores(v, item.prompt, clip))
     return out
 
 # %% ../nbs/52_evaluate.ipynb #bb03c24c
-SCORES = (*METRICS, 'LPIPS')              # per video; LPIPS only with a ground truth and the LPIPS weights
-ROW_COLUMNS = ('method', 'name', 'video', 'trajectory', 'truth', 'frames', *SCORES, 'error', 'stamp')
+SCORES = (*METRICS, 'LPIPS', 'CLIP-T', 'CLIP-F')   # per video; LPIPS with a truth and its weights, CLIP-T/F with CLIP weights
+ROW_COLUMNS = ('method', 'name', 'video', 'trajectory', 'truth', 'frames', *SCORES, 'poses_by', 'error', 'stamp')
+
+def _poses_by(it:EvalItem, poses:str) -> str: return 'file' if it.poses is not None else poses   # what posed a row
 
 def _stamp(*paths) -> str:
     "What decides whether a row is still valid: size and modification time of each file."
@@ -181,135 +225,235 @@ def collect_items(inputs, method:str|None=None) -> tuple[list[EvalItem], list[tu
     return items, problems
 
 # %% ../nbs/52_evaluate.ipynb #6da190df
-def method_fvd(rows:pd.DataFrame, net) -> float:
-    """FVD (`infcam.fvd`) between the scored videos in `rows` that have a ground truth and those truths, all cut to the
-    shortest clip; NaN with fewer than two such videos."""
-    from infcam.fvd import i3d_features
+VIDEO_SUFFIXES = ('.mp4', '.mov', '.avi', '.mkv', '.webm')
+
+def reference_videos(reference, items:list[EvalItem]) -> dict[str, list[Path]]|None:
+    """Each method's unpaired FID/FVD reference: None for `reference=None` (paired: each video against its ground
+    truth); `'sources'`: the distinct source clips its videos were generated from; a folder: its videos (`VIDEO_SUFFIXES`,
+    recursively); a CSV: its `video` column (relative to the CSV's folder). The same folder or CSV serves every method."""
+    if reference is None: return None
+    methods = list(dict.fromkeys(it.method for it in items))
+    if str(reference) == 'sources':
+        out = {m: list(dict.fromkeys(Path(it.source) for it in items if it.method == m and it.source is not None)) for m in methods}
+        if missing := [m for m, v in out.items() if not v]:
+            raise InfcamError(f"--reference sources: no source clips known for {missing[0]} (a CSV needs a source column)")
+        return out
+    p = Path(reference)
+    if p.is_dir(): vids = sorted(f for f in p.rglob('*') if f.suffix.lower() in VIDEO_SUFFIXES)
+    elif p.suffix.lower() == '.csv' and p.is_file():
+        df = pd.read_csv(p, dtype=str, keep_default_na=False)
+        if 'video' not in df.columns: raise InfcamError(f"reference table {p} has no video column")
+        vids = [p.parent / v for v in df['video'] if v.strip()]
+    else: raise InfcamError(f"--reference must be 'sources', a folder of videos or a CSV with a video column, got {reference}")
+    if missing := [v for v in vids if not v.is_file()]: raise InfcamError(f"reference video not found: {missing[0]}")
+    if len(vids) < 2: raise InfcamError(f"the reference {p} holds {len(vids)} video(s); FID/FVD need at least two")
+    return {m: vids for m in methods}
+
+
+# %% ../nbs/52_evaluate.ipynb #6da190e0
+def _ok(rows:pd.DataFrame, paired:bool) -> pd.DataFrame:
+    ok = rows[rows['error'].fillna('') == '']
+    return ok[ok['truth'].fillna('') != ''] if paired else ok
+
+def method_fvd(rows:pd.DataFrame, net, reference:list[Path]|None=None) -> float:
+    """FVD (`infcam.fvd`, VideoGPT's protocol: the first `FVD_FRAMES` frames of each clip) of the scored videos in `rows`
+    against their ground truths (paired, `reference=None`) or against the clips `reference` (unpaired); NaN with fewer
+    than two clips that long on either side."""
+    from infcam.fvd import i3d_features, FVD_FRAMES
     from infcam.metrics import frechet_distance
-    from infcam.video import read_video
-    ok = rows[(rows['error'].fillna('') == '') & (rows['truth'].fillna('') != '')]
-    if len(ok) < 2: return math.nan
-    n = int(ok['frames'].min())
-    fake = [read_video(v, n) for v in ok['video']]
-    real = [read_video(t, n) for t in ok['truth']]
+    from infcam.video import read_video, video_info
+    ok = _ok(rows, reference is None)
+    ok = ok[ok['frames'].astype(int) >= FVD_FRAMES]
+    real = list(ok['truth']) if reference is None else [r for r in reference if video_info(r)['frames'] >= FVD_FRAMES]
+    if len(ok) < 2 or len(real) < 2: return math.nan
+    fake, real = ([read_video(v, FVD_FRAMES) for v in vs] for vs in (ok['video'], real))
     return frechet_distance(i3d_features(fake, net), i3d_features(real, net))
 
-def method_fid(rows:pd.DataFrame, net) -> float:
-    """FID (`infcam.metrics.fid`) between the scored frames (0, 4, 8, ...) of the videos in `rows` that have a ground
-    truth and the same frames of the truths; NaN with fewer than two such frames."""
-    from infcam.metrics import fid
-    from infcam.video import read_video
-    ok = rows[(rows['error'].fillna('') == '') & (rows['truth'].fillna('') != '')]
-    fake = [read_video(v, int(n))[::SCORE_STRIDE] for v, n in zip(ok['video'], ok['frames'])]
-    real = [read_video(t, int(n))[::SCORE_STRIDE] for t, n in zip(ok['truth'], ok['frames'])]
-    if sum(len(f) for f in fake) < 2: return math.nan
-    return fid(torch.cat(fake), torch.cat(real), net=net)
+def _strided(path, n:int|None=None) -> Tensor:
+    "Frames 0, 4, 8, ... of the first `n` (default: the longest 4k+1) frames of the video `path`."
+    from infcam.video import read_video, video_info
+    from infcam.cache import clip_length
+    n = n or clip_length(video_info(path)['frames'])
+    return read_video(path, len(_frames_of(n)), stride=SCORE_STRIDE)
+
+def method_fid(rows:pd.DataFrame, net, reference:list[Path]|None=None) -> float:
+    """FID (`infcam.metrics.fid`, clean-fid's protocol) between the scored frames (0, 4, 8, ...) of the videos in `rows`
+    and the same frames of their ground truths (paired) or of the clips `reference` (unpaired); NaN with fewer than two
+    frames on either side."""
+    from infcam.metrics import fid_features, frechet_distance
+    ok = _ok(rows, reference is None)
+    fake = [_strided(v, int(n)) for v, n in zip(ok['video'], ok['frames'])]
+    real = [_strided(t, int(n)) for t, n in zip(ok['truth'], ok['frames'])] if reference is None else [_strided(r) for r in reference]
+    if sum(len(f) for f in fake) < 2 or sum(len(r) for r in real) < 2: return math.nan
+    feats = lambda clips: torch.cat([fid_features(c, net) for c in clips])
+    return frechet_distance(feats(fake), feats(real))
 
 # %% ../nbs/52_evaluate.ipynb #8111f52a
+CAMERA_UNDER = dict(RotErr=5.0, TransErr=0.1)   # the thresholds of the robust camera statistic (deg; reference units)
+
 def summarize_methods(rows:pd.DataFrame) -> pd.DataFrame:
-    "One row per method: videos, scored, failed, and the mean and standard error (`_se`) of every metric."
+    """One row per method: videos, scored, failed, and the mean and standard error (`_se`) of every metric over its
+    finite values. A video identical to its ground truth has an infinite PSNR: it is counted in `PSNR_inf`, never
+    averaged (no cap stands in for it). Camera errors are heavy-tailed, so beside their mean: the median (`_median`, over
+    the measured clips) and the fraction of the scored videos whose error was measured and is under `CAMERA_UNDER`
+    (`_under`; a clip that could not be posed counts as not under)."""
     g = rows.groupby('method', sort=False)
+    ok = rows['error'].fillna('') == ''
     out = pd.DataFrame({'videos': g.size(), 'failed': g['error'].apply(lambda e: int((e.fillna('') != '').sum()))})
     out.insert(1, 'scored', out['videos'] - out['failed'])
     for k in SCORES:
-        v = rows[k].astype(float).replace([np.inf, -np.inf], np.nan).groupby(rows['method'], sort=False)
+        x = rows[k].astype(float)
+        v = x.replace([np.inf, -np.inf], np.nan).groupby(rows['method'], sort=False)
         out[k], out[k + '_se'] = v.mean(), v.sem()
+        if k == 'PSNR': out['PSNR_inf'] = (x == np.inf).groupby(rows['method'], sort=False).sum().astype(int)
+        if k in CAMERA_UNDER:
+            out[k + '_median'] = v.median()
+            under = (x < CAMERA_UNDER[k])[ok].groupby(rows['method'][ok], sort=False)
+            out[k + '_under'] = under.mean().reindex(out.index)
     return out.reset_index()
 
 # %% ../nbs/52_evaluate.ipynb #66fd3af2
+def _psnr_cell(d:dict) -> str:
+    "The PSNR cell: mean ± standard error over the finite values, and how many videos equal their truth (∞ dB)."
+    n = int(d.get('PSNR_inf', 0) or 0)
+    return format_mean_se(d['PSNR'], d['PSNR_se'], 2) + (f" (∞ ×{n})" if n else '')
+
 def summary_markdown(summary:pd.DataFrame, rows:pd.DataFrame|None=None) -> str:
     "The summary as a markdown table, and the videos that could not be scored (from `rows`)."
     extra = [k for k in ('FVD', 'FID') if k in summary]                 # set-level distances, when computed
     lp = bool(summary['LPIPS'].notna().any()) if 'LPIPS' in summary else False
-    lines = ['| method | videos | scored | PSNR ↑ | SSIM ↑ | RotErr (deg) ↓ | TransErr ↓ | registered |' + (' LPIPS ↓ |' if lp else '')
-             + ''.join(f' {k} ↓ |' for k in extra), '|---|---|---|---|---|---|---|---|' + '---|' * (len(extra) + lp)]
+    cl = [k for k in ('CLIP-T', 'CLIP-F') if k in summary and summary[k].notna().any()]
+    ru, tu = (f"{CAMERA_UNDER[k]:g}" for k in ('RotErr', 'TransErr'))
+    lines = [f'| method | videos | scored | PSNR ↑ | SSIM ↑ | RotErr (deg) ↓ | RotErr median ↓ | RotErr < {ru}° ↑ | TransErr ↓ | '
+             f'TransErr median ↓ | TransErr < {tu} ↑ | registered |' + (' LPIPS ↓ |' if lp else '')
+             + ''.join(f' {k} ↑ |' for k in cl) + ''.join(f' {k} ↓ |' for k in extra),
+             '|---' * 12 + '|' + '---|' * (len(extra) + lp + len(cl))]
     for d in summary.to_dict('records'):
-        lines.append(f"| {d['method']} | {d['videos']} | {d['scored']} | {format_mean_se(d['PSNR'], d['PSNR_se'], 2)} | "
+        lines.append(f"| {d['method']} | {d['videos']} | {d['scored']} | {_psnr_cell(d)} | "
                      f"{format_mean_se(d['SSIM'], d['SSIM_se'], 3)} | {format_mean_se(d['RotErr'], d['RotErr_se'], 2)} | "
-                     f"{format_mean_se(d['TransErr'], d['TransErr_se'], 3)} | {format_mean_se(d['registered'], math.nan, 2)} |"
+                     f"{format_mean_se(d['RotErr_median'], math.nan, 2)} | {format_mean_se(d['RotErr_under'], math.nan, 2)} | "
+                     f"{format_mean_se(d['TransErr'], d['TransErr_se'], 3)} | {format_mean_se(d['TransErr_median'], math.nan, 3)} | "
+                     f"{format_mean_se(d['TransErr_under'], math.nan, 2)} | {format_mean_se(d['registered'], math.nan, 2)} |"
                      + (f" {format_mean_se(d['LPIPS'], d['LPIPS_se'], 3)} |" if lp else '')
+                     + ''.join(f" {format_mean_se(d[k], d[k + '_se'], 2)} |" for k in cl)
                      + ''.join(f" {format_mean_se(d[k], math.nan, 1)} |" for k in extra))
     text = '\n'.join(lines) + '\n'
+    text += (f"\nRotErr / TransErr: mean ± standard error, median (robust to the few clips an estimator loses) and the "
+             f"fraction of scored videos under {ru}° / {tu} (a clip that could not be posed counts as over).\n")
+    if int(summary.get('PSNR_inf', pd.Series([0])).sum()):
+        text += '\n∞ ×n: n videos equal their ground truth (infinite PSNR); the PSNR mean is over the others.\n'
     if rows is not None and (bad := rows[rows['error'].fillna('') != '']).shape[0]:
         text += '\nNot scored:\n' + ''.join(f"- {r['method']} {r['name']}: {r['error']}\n" for r in bad.to_dict('records'))
     return text
 
 def plot_methods(summary:pd.DataFrame, path) -> Path:
-    "Bar charts of each metric per method, with standard errors, saved as a PNG."
+    """Bar charts of each metric per method, with standard errors, saved as a PNG. A value that was not measured (NaN)
+    has no bar, a dash at 0 and a note on its panel."""
     import matplotlib; matplotlib.use('Agg', force=False)
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(METRICS), figsize=(3.2 * len(METRICS), 3.2), dpi=100)
     x = np.arange(len(summary))
     for ax, k in zip(axes, METRICS):
-        se = summary[k + '_se'] if k + '_se' in summary else None
-        ax.bar(x, summary[k].fillna(0), yerr=None if se is None else se.fillna(0), capsize=3, color='tab:blue')
+        v = summary[k].astype(float).to_numpy()
+        se = summary[k + '_se'].astype(float).to_numpy() if k + '_se' in summary else np.full(len(v), np.nan)
+        ok = np.isfinite(v)
+        ax.bar(x[ok], v[ok], yerr=np.nan_to_num(se[ok]), capsize=3, color='tab:blue', label='mean ± s.e.')
+        if k + '_median' in summary:                                  # the robust statistic beside the mean
+            ax.plot(x, summary[k + '_median'].astype(float), 'D', color='black', markersize=5, label='median')
+            ax.legend(fontsize=7, loc='upper right')
+        if not ok.all():
+            ax.plot(x[~ok], np.zeros((~ok).sum()), '_', color='grey', markersize=12)
+            ax.text(0.5, 0.97, 'not measured: ' + ', '.join(summary['method'][~ok].astype(str)), transform=ax.transAxes,
+                    ha='center', va='top', fontsize=7, color='grey', wrap=True)
         ax.set_xticks(x, summary['method'], rotation=30, ha='right', fontsize=8)
         ax.set_title(k + (' (higher is better)' if k in ('PSNR', 'SSIM', 'registered') else ' (lower is better)'), fontsize=9)
     fig.tight_layout()
     return write_figure(fig, path)
 
 # %% ../nbs/52_evaluate.ipynb #67753532
-def score_row(it:EvalItem, min_registered:float=0.5, lpips_net=None) -> dict:
+def score_row(it:EvalItem, min_registered:float=0.5, lpips_net=None, poses:str=DEFAULT_POSES, clip=None) -> dict:
     "The table row of one item: its request, its numbers (NaN where not measured) and the error that stopped it, if any."
     row = dict(method=it.method, name=it.name, video=str(it.video), trajectory=it.trajectory,
-               truth='' if it.truth is None else str(it.truth), frames=0, **dict.fromkeys(SCORES, math.nan), error='',
+               truth='' if it.truth is None else str(it.truth), frames=0, **dict.fromkeys(SCORES, math.nan), poses_by=_poses_by(it, poses), error='',
                stamp=_stamp(it.video, it.truth, it.poses))
-    try: row.update(score_item(it, min_registered, lpips_net))
+    try: row.update(score_item(it, min_registered, lpips_net, poses, clip))
     except InfcamError as e: row['error'] = ' '.join(str(e).split())
     except OSError as e: row['error'] = f"cannot read: {e.strerror or e}"
     return row
 
-def _score_all(items:list[EvalItem], min_registered:float, progress:bool, partial:Path, lpips_net=None) -> list[dict]:
+def _score_all(items:list[EvalItem], min_registered:float, progress:bool, partial:Path, lpips_net=None,
+               poses:str=DEFAULT_POSES, clip=None) -> list[dict]:
     "Score `items`, rewriting `partial` (atomically) after each one, so a killed run keeps what it scored."
     from tqdm.auto import tqdm
     rows = []
     for it in tqdm(items, desc='evaluate', unit='video', disable=not progress):
-        rows.append(score_row(it, min_registered, lpips_net))
+        rows.append(score_row(it, min_registered, lpips_net, poses, clip))
         with atomic_path(partial) as tmp: pd.DataFrame(rows, columns=list(ROW_COLUMNS)).to_csv(tmp, index=False)
     return rows
 
-def _eval_worker(fabric, items:list[EvalItem], min_registered:float, out:Path, progress:bool, lpips_net=None) -> list[dict]:
+def _eval_worker(fabric, items:list[EvalItem], min_registered:float, out:Path, progress:bool, lpips_net=None,
+                 poses:str=DEFAULT_POSES, clip=None) -> list[dict]:
     "One process of a sharded evaluation: every `world`-th item, then all ranks' rows."
     from infcam.generate import gather_and_leave
     rank, world = fabric.global_rank, fabric.world_size
-    mine = _score_all(items[rank::world], min_registered, progress and rank == 0, out / f'.rows.part{rank}.csv', lpips_net)
+    mine = _score_all(items[rank::world], min_registered, progress and rank == 0, out / f'.rows.part{rank}.csv', lpips_net, poses, clip)
     return [r for part in gather_and_leave(mine) for r in part]
 
 def _read_rows(path:Path) -> list[dict]:
     try: df = pd.read_csv(path, dtype={'method': str, 'name': str, 'error': str, 'stamp': str, 'trajectory': str})
     except (ValueError, UnicodeDecodeError): raise InfcamError(f"{path} is not an evaluation table; use another --out folder") from None
-    if 'LPIPS' not in df.columns: df['LPIPS'] = math.nan             # a table written before LPIPS was scored
+    for k in ('LPIPS', 'CLIP-T', 'CLIP-F'):
+        if k not in df.columns: df[k] = math.nan                     # a table written before these were scored
+    if 'poses_by' not in df.columns: df['poses_by'] = 'builtin'      # ... or before COLMAP could pose the clips
     if missing := [c for c in ROW_COLUMNS if c not in df.columns]:
         raise InfcamError(f"{path} is not an evaluation table (no {missing[0]} column); use another --out folder")
     return [{**r, 'error': r['error'] if isinstance(r['error'], str) else ''} for r in df.to_dict('records')]
 
-# %% ../nbs/52_evaluate.ipynb #e3d6ed50
-def evaluate(inputs, out, method:str|None=None, progress:bool=True, min_registered:float=0.5, fvd_weights=None,
-             fid_weights=None, lpips_weights=None, lpips_backbone=None, devices:int=1, num_nodes:int=1) -> dict:
-    """Score every video `inputs` list (result folders and CSV tables) into the folder `out`, reusing the rows of
-    videos that have not changed; with `fvd_weights` (i3d_pretrained_400.pt) / `fid_weights` (a TorchScript
-    Inception, e.g. inception-2015-12-05.pt) also each method's FVD / FID against the ground truths, with
-    `lpips_weights` (alex.pth) and `lpips_backbone` (torchvision's AlexNet) each video's LPIPS; `devices` > 1 (or `num_nodes` > 1) shares the videos over processes with Lightning Fabric.
-    Returns dict(rows, summary (DataFrames), problems, scored (this call), files)."""
-    out = Path(out)
-    for k, v in (('devices', devices), ('num_nodes', num_nodes)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise InfcamError(f"{k} must be an integer >= 1, got {v!r}")
-    items, problems = collect_items(inputs, method)
-    if not items: raise InfcamError(f"nothing to evaluate in {', '.join(map(str, [inputs] if isinstance(inputs, (str, Path)) else inputs))}"
-                                    + (f" ({problems[0][0]}: {problems[0][1]})" if problems else ''))
-    net = None
+# %% ../nbs/52_evaluate.ipynb #e3d6ed4f
+def _load_nets(fvd_weights, fid_weights, lpips_weights, lpips_backbone, clip_weights) -> dict:
+    "The networks of the optional metrics, each loaded (and its weights checked) before any work; None when not asked for."
+    nets = dict.fromkeys(('fvd', 'fid', 'lpips', 'clip'))
     if fvd_weights is not None:
         from infcam.fvd import load_i3d
-        net = load_i3d(fvd_weights)                                 # a bad weights file fails before any work
-    lpips_net = None
+        nets['fvd'] = load_i3d(fvd_weights)
     if (lpips_weights is None) != (lpips_backbone is None): raise InfcamError("LPIPS needs both its weights (alex.pth) and the AlexNet backbone")
     if lpips_weights is not None:
         from infcam.metrics import load_lpips
-        lpips_net = load_lpips(lpips_weights, lpips_backbone)
-    fid_net = None
+        nets['lpips'] = load_lpips(lpips_weights, lpips_backbone)
     if fid_weights is not None:
         from infcam.metrics import load_fid_net
-        fid_net = load_fid_net(fid_weights)
+        nets['fid'] = load_fid_net(fid_weights)
+    if clip_weights is not None:
+        from infcam.metrics import load_clip
+        nets['clip'] = load_clip(clip_weights)
+    return nets
+
+
+# %% ../nbs/52_evaluate.ipynb #e3d6ed50
+def evaluate(inputs, out, method:str|None=None, progress:bool=True, min_registered:float=0.5, fvd_weights=None,
+             fid_weights=None, lpips_weights=None, lpips_backbone=None, devices:int=1, num_nodes:int=1,
+             reference=None, poses:str=DEFAULT_POSES, clip_weights=None) -> dict:
+    """Score every video `inputs` list (result folders and CSV tables) into the folder `out`, reusing the rows of
+    videos that have not changed; with `fvd_weights` (i3d_pretrained_400.pt) / `fid_weights` (a TorchScript
+    Inception, e.g. inception-2015-12-05.pt) also each method's FVD / FID against the ground truths (or, unpaired,
+    against `reference`: 'sources', a folder of videos or a CSV; see `reference_videos`), with
+    `lpips_weights` (alex.pth) and `lpips_backbone` (torchvision's AlexNet) each video's LPIPS; `poses`: the pose
+    estimator of the clips without given poses ('builtin' or 'colmap', which needs pycolmap); with `clip_weights` (a
+    local CLIP model folder) each video's CLIP-T and CLIP-F; `devices` > 1 (or `num_nodes` > 1) shares the videos over processes with Lightning Fabric.
+    Returns dict(rows, summary (DataFrames), problems, scored and failed (videos of this call), files); an `InfcamError`,
+    once the tables are written, when no video at all could be scored."""
+    out = Path(out)
+    check_number(min_registered, 'min_registered (a fraction of the frames)', 0, 1)
+    for k, v in (('devices', devices), ('num_nodes', num_nodes)):
+        check_int(v, k, 1)
+    if poses not in POSE_ESTIMATORS: raise InfcamError(f"poses must be one of {', '.join(POSE_ESTIMATORS)}, got {poses!r}")
+    if poses == 'colmap': require_pycolmap()                       # a one-line error before any work
+    items, problems = collect_items(inputs, method)
+    if not items: raise InfcamError(f"nothing to evaluate in {', '.join(map(str, [inputs] if isinstance(inputs, (str, Path)) else inputs))}"
+                                    + (f" ({problems[0][0]}: {problems[0][1]})" if problems else ''))
+    refs = reference_videos(reference, items) if (fvd_weights or fid_weights) else None
+    nets = _load_nets(fvd_weights, fid_weights, lpips_weights, lpips_backbone, clip_weights)   # a bad file fails before any work
+    net, lpips_net, fid_net, clip = nets['fvd'], nets['lpips'], nets['fid'], nets['clip']
     make_folder(out)
     files = dict(rows=out / 'rows.csv', summary=out / 'summary.csv', markdown=out / 'summary.md', plot=out / 'summary.png')
     from infcam.generate import launched_externally
@@ -319,25 +463,37 @@ def evaluate(inputs, out, method:str|None=None, progress:bool=True, min_register
         for f in [files['rows'], *sorted(out.glob('.rows.part*.csv'))]:   # the table, then what a killed run scored
             if f.is_file(): cache.update({(r['method'], r['name']): r for r in _read_rows(f)})
         fresh = lambda it, r: (r is not None and r['stamp'] == _stamp(it.video, it.truth, it.poses) and r['trajectory'] == it.trajectory
-                               and not (lpips_net is not None and it.truth is not None and not r['error'] and math.isnan(float(r['LPIPS']))))
+                               and r['poses_by'] == _poses_by(it, poses)
+                               and not (lpips_net is not None and it.truth is not None and not r['error'] and math.isnan(float(r['LPIPS'])))
+                               and not (clip is not None and not r['error'] and math.isnan(float(r['CLIP-F']))))
         todo = [it for it in items if not fresh(it, cache.get((it.method, it.name)))]
         if todo and (devices > 1 or num_nodes > 1):
             import lightning as L
             fabric = L.Fabric(accelerator='cpu', devices=devices, num_nodes=num_nodes,
                               strategy='ddp' if launched_externally() else 'ddp_spawn')   # torchrun's processes, or spawn them
-            new = fabric.launch(_eval_worker, todo, min_registered, out, progress, lpips_net)
-        else: new = _score_all(todo, min_registered, progress, out / '.rows.part0.csv', lpips_net)
+            new = fabric.launch(_eval_worker, todo, min_registered, out, progress, lpips_net, poses, clip)
+        else: new = _score_all(todo, min_registered, progress, out / '.rows.part0.csv', lpips_net, poses, clip)
         cache.update({(r['method'], r['name']): r for r in new})
         rows = pd.DataFrame([cache[(it.method, it.name)] for it in items], columns=list(ROW_COLUMNS))
-        if not writer: return dict(rows=rows, summary=summarize_methods(rows), problems=problems, scored=len(new), files={})
+        failed = sum(bool(r['error']) for r in new)
+        if not writer: return dict(rows=rows, summary=summarize_methods(rows), problems=problems, scored=len(new) - failed,
+                                   failed=failed, files={})
         with atomic_path(files['rows']) as tmp: rows.to_csv(tmp, index=False)
         for f in out.glob('.rows.part*.csv'): f.unlink(missing_ok=True)   # merged into rows.csv
         summary = summarize_methods(rows)
-        if net is not None: summary['FVD'] = [method_fvd(rows[rows['method'] == m], net) for m in summary['method']]
-        if fid_net is not None: summary['FID'] = [method_fid(rows[rows['method'] == m], fid_net) for m in summary['method']]
+        ref = lambda m: None if refs is None else refs[m]
+        if net is not None: summary['FVD'] = [method_fvd(rows[rows['method'] == m], net, ref(m)) for m in summary['method']]
+        if fid_net is not None: summary['FID'] = [method_fid(rows[rows['method'] == m], fid_net, ref(m)) for m in summary['method']]
         with atomic_path(files['summary']) as tmp: summary.to_csv(tmp, index=False)
         md = summary_markdown(summary, rows)
-        if problems: md += '\nNot listed (unreadable entries):\n' + ''.join(f"- {w}: {why}\n" for w, why in problems)
+        if net is not None or fid_net is not None:
+            md += ('\nFVD (VideoGPT\'s protocol, 16 frames) / FID (clean-fid) against '
+                   + ('each video\'s ground truth (paired).\n' if reference is None else f"{reference} (unpaired).\n"))
+        if problems: md += '\nProblems with the inputs:\n' + ''.join(f"- {w}: {why}\n" for w, why in problems)
         with atomic_path(files['markdown']) as tmp: tmp.write_text(md, encoding='utf-8')
         plot_methods(summary, files['plot'])
-    return dict(rows=rows, summary=summary, problems=problems, scored=len(new), files=files)
+    errors = rows['error'].fillna('').astype(str)
+    if (errors != '').all():                                      # the tables say why; the exit status must too
+        raise InfcamError(f"none of the {len(rows)} video(s) could be scored ({rows['name'].iloc[0]}: {errors.iloc[0]}); "
+                          f"the reasons are in {files['markdown']}")
+    return dict(rows=rows, summary=summary, problems=problems, scored=len(new) - failed, failed=failed, files=files)

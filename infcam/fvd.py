@@ -16,8 +16,8 @@ from .core import InfcamError
 from .metrics import frechet_distance
 
 # %% auto #0
-__all__ = ['I3D_MIXED', 'same_pad', 'Unit3D', 'MaxPoolSame', 'InceptionModule', 'InceptionI3d', 'load_i3d', 'preprocess_i3d',
-           'i3d_features', 'fvd']
+__all__ = ['I3D_MIXED', 'FVD_FRAMES', 'same_pad', 'Unit3D', 'MaxPoolSame', 'InceptionModule', 'InceptionI3d', 'load_i3d',
+           'preprocess_i3d', 'i3d_features', 'fvd_clips', 'fvd']
 
 # %% ../nbs/53_fvd.ipynb #a449317f
 def same_pad(x:Tensor, kernel:tuple, stride:tuple) -> Tensor:
@@ -111,15 +111,21 @@ def load_i3d(weights, device='cpu') -> InceptionI3d:
 
 # %% ../nbs/53_fvd.ipynb #49b93e4d
 def preprocess_i3d(clip:Tensor, size:int=224) -> Tensor:
-    "A clip (F, 3, H, W) in [0, 1] -> (3, F, size, size) in [-1, 1]: shorter side scaled to `size`, centre crop."
+    """A clip (F, 3, H, W) in [0, 1] -> (3, F, size, size) in [-1, 1], as VideoGPT's FVD (`videogpt/fvd/fvd.py`,
+    `preprocess`): 8-bit frames (here `round(255 x)`) / 255, the shorter side resized to exactly `size` and the longer to
+    `ceil(side * size / shorter)` (bilinear, `align_corners=False`), a centre crop, then `(x - 0.5) * 2`."""
     if not isinstance(clip, Tensor) or clip.ndim != 4 or clip.shape[1] != 3:
         raise InfcamError(f"a clip must be frames (F, 3, H, W) in [0, 1], got {getattr(clip, 'shape', type(clip).__name__)}")
     if clip.shape[0] < 9: raise InfcamError(f"FVD needs clips of at least 9 frames, got {clip.shape[0]}")
-    h, w = clip.shape[-2:]
+    x = (clip.float().clamp(0, 1) * 255).round() / 255
+    h, w = x.shape[-2:]
     s = size / min(h, w)
-    x = F.interpolate(clip.float(), size=(max(size, math.ceil(h * s)), max(size, math.ceil(w * s))), mode='bilinear', align_corners=False)
+    hw = (size, math.ceil(w * s)) if h < w else (math.ceil(h * s), size)
+    x = F.interpolate(x, size=hw, mode='bilinear', align_corners=False)
     top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
-    return (x[..., top:top + size, left:left + size] * 2 - 1).transpose(0, 1)
+    return ((x[..., top:top + size, left:left + size] - 0.5) * 2).transpose(0, 1)
+
+FVD_FRAMES = 16                   # frames per clip of the FVD protocol (VideoGPT's)
 
 def i3d_features(clips, net:InceptionI3d, batch_size:int=4) -> Tensor:
     "Features (N, 400) of `clips` (a list of (F, 3, H, W) in [0, 1], or one tensor (N, F, 3, H, W)) with `net`."
@@ -131,8 +137,15 @@ def i3d_features(clips, net:InceptionI3d, batch_size:int=4) -> Tensor:
             out.append(net(x).float().cpu())
     return torch.cat(out)
 
-def fvd(a, b, weights=None, net:InceptionI3d|None=None, batch_size:int=4) -> float:
-    "FVD between two sets of clips (lists of (F, 3, H, W) in [0, 1]) with the I3D `weights` file (or a loaded `net`)."
-    if len(a) < 2 or len(b) < 2: raise InfcamError(f"FVD needs at least two clips per set, got {len(a)} and {len(b)}")
-    net = net if net is not None else load_i3d(weights)
+def fvd_clips(clips, frames:int|None=FVD_FRAMES) -> list[Tensor]:
+    "The clips the protocol scores: the first `frames` frames of each clip that has that many (all of each with None)."
+    return [c[:frames] for c in clips if frames is None or len(c) >= frames]
+
+def fvd(a, b, weights=None, net:InceptionI3d|None=None, batch_size:int=4, frames:int|None=FVD_FRAMES) -> float:
+    """FVD by VideoGPT's protocol between two sets of clips (lists of (F, 3, H, W) in [0, 1]): the first `frames` frames
+    of each clip, I3D with the `weights` file (or a loaded `net`), `preprocess_i3d`, the Fréchet distance of the logits."""
+    net = net if net is not None else load_i3d(weights)             # a bad weights file fails first
+    a, b = fvd_clips(a, frames), fvd_clips(b, frames)
+    if len(a) < 2 or len(b) < 2:
+        raise InfcamError(f"FVD needs at least two clips of {frames or 9}+ frames per set, got {len(a)} and {len(b)}")
     return frechet_distance(i3d_features(a, net, batch_size), i3d_features(b, net, batch_size))

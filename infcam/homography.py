@@ -12,9 +12,10 @@ from .core import InfcamError
 from .cameras import intrinsics_matrix
 
 # %% auto #0
-__all__ = ['CONVENTIONS', 'intrinsics_inverse', 'infinite_homography', 'inverse_infinite_homography', 'inverse_3x3',
+__all__ = ['CONVENTIONS', 'ROW_GAP', 'intrinsics_inverse', 'infinite_homography', 'inverse_infinite_homography', 'inverse_3x3',
            'apply_homography', 'pixel_coords', 'homography_grid', 'sample_locations', 'warp_image', 'latent_intrinsics',
-           'latent_homographies', 'latent_warp_grid', 'warp_with_grid', 'warp_latents', 'convention_shift']
+           'latent_homographies', 'latent_warp_grid', 'warp_with_grid', 'warp_latents', 'convention_shift',
+           'covered_psnr', 'percent', 'overlap_report', 'checkerboard', 'mask_uncovered', 'image_row']
 
 # %% ../nbs/03_homography.ipynb #a247d581
 CONVENTIONS = ('released', 'exact')
@@ -199,3 +200,54 @@ def convention_shift(H:Tensor, h:int, w:int) -> Tensor:
     each target pixel of a homography H (..., 3, 3) (source -> target, on an h x w grid)."""
     H_inv = inverse_3x3(H.float())
     return (sample_locations(H_inv, h, w, 'released') - sample_locations(H_inv, h, w, 'exact')).norm(dim=-1)
+
+# %% ../nbs/03_homography.ipynb #7678bc8d
+def covered_psnr(a:Tensor, b:Tensor, mask:Tensor) -> tuple[float|None, float]:
+    """PSNR in dB of images `a`, `b` (N, C, H, W) in [0, 1] over the pixels where `mask` (N, 1, H, W) is 1, and the
+    fraction of the frame those pixels make up: `(None, 0.)` when nothing is covered, `inf` dB when they agree exactly."""
+    m = (mask > 0.5).to(torch.float64)
+    n = float(m.sum())
+    if n == 0: return None, 0.
+    mse = float(((a.double() - b.double()) ** 2 * m).sum()) / (n * a.shape[1])
+    return (math.inf if mse == 0 else 10 * math.log10(1 / mse)), n / m.numel()
+
+def percent(fraction:float) -> str:
+    "A fraction as a percentage that reads 0% or 100% only when it is exactly that: '0.6%', '62%', '99.5%', '>99.9%'."
+    p = 100 * float(fraction)
+    if p in (0., 100.): return f"{p:.0f}%"
+    if p < 0.1: return '<0.1%'
+    if p > 99.9: return '>99.9%'
+    return f"{p:.0f}%" if 10 <= p <= 90 else f"{p:.1f}%"
+
+def overlap_report(psnr:float|None, fraction:float) -> str:
+    "One line for a warp's comparison with its target: the PSNR and the fraction it covers, or that there is no overlap."
+    if psnr is None: return "no overlap: the target view sees none of the source, so there is nothing to compare"
+    db = 'exact (no error)' if psnr == math.inf else f"{psnr:.1f} dB"
+    return f"PSNR of the warp against the target: {db} over {percent(fraction)} of the frame (the pixels the source covers)"
+
+# %% ../nbs/03_homography.ipynb #1f180c5e
+ROW_GAP = 4      # white pixels between the pictures of an `image_row`
+
+def checkerboard(h:int, w:int, square:int=8, dark:float=0.35, light:float=0.6) -> Tensor:
+    "A grey checkerboard (1, h, w) of `square`-pixel squares: the pattern that marks pixels with no data."
+    y, x = torch.meshgrid(torch.arange(h) // square, torch.arange(w) // square, indexing='ij')
+    return torch.where((x + y) % 2 == 0, dark, light)[None].float()
+
+def mask_uncovered(images:Tensor, mask:Tensor) -> Tensor:
+    "Images (N, C, H, W) with the pixels where `mask` (N, 1, H, W) is 0 replaced by a checkerboard (not smeared from the border)."
+    m = (mask > 0.5).to(images.dtype)
+    return images * m + checkerboard(*images.shape[-2:]).to(images) * (1 - m)
+
+def image_row(images:list, gap:int=ROW_GAP) -> bytes:
+    "PNG bytes of images (3, H, W) in [0, 1] of one height, side by side, `gap` white pixels apart, pixel for pixel."
+    import io
+    from PIL import Image
+    hs = {int(im.shape[-2]) for im in images}
+    if len(hs) != 1: raise InfcamError(f"image_row needs images of one height, got heights {sorted(hs)}")
+    parts = []
+    for i, im in enumerate(images):
+        if i: parts.append(torch.ones(3, images[0].shape[-2], gap))
+        parts.append(im.detach().float().cpu().expand(3, -1, -1).clamp(0, 1))
+    arr = (torch.cat(parts, -1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    buf = io.BytesIO(); Image.fromarray(arr).save(buf, format='PNG')
+    return buf.getvalue()

@@ -4,24 +4,40 @@
 
 # %% ../nbs/31_intrinsics.ipynb #d9f80f56
 from __future__ import annotations
-import math
+import math, numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from .core import InfcamError
+from .core import InfcamError, check_number
 from .cameras import SENSOR_MM, focal_mm_to_px, focal_px_to_mm, fov_to_focal_px, pixel_intrinsics
 
 # %% auto #0
-__all__ = ['DEFAULT_FOCAL_MM', 'METHODS', 'UNIDEPTH_REPO', 'IntrinsicsEstimate', 'default_intrinsics', 'to_gray_uint8',
-           'track_pairs', 'rotation_residual', 'best_rotation', 'reprojection_residual', 'selfcal_focal',
-           'rotation_clip', 'unidepth_focal', 'estimate_intrinsics', 'target_intrinsics']
+__all__ = ['DEFAULT_FOCAL_MM', 'METHODS', 'FOCAL_MM_RANGE', 'ZOOM_RANGE', 'UNIDEPTH_REPO', 'check_focal_mm', 'check_zoom',
+           'IntrinsicsEstimate', 'default_intrinsics', 'to_gray_uint8', 'track_pairs', 'rotation_residual',
+           'best_rotation', 'reprojection_residual', 'selfcal_focal', 'rotation_clip', 'unidepth_focal',
+           'estimate_intrinsics', 'target_intrinsics']
 
 # %% ../nbs/31_intrinsics.ipynb #15bbaac0
 DEFAULT_FOCAL_MM = 24.
 METHODS = ('default', 'explicit', 'selfcal', 'unidepth')
+FOCAL_MM_RANGE = (1., 1000.)     # focal lengths a lens can have (mm on the 23.76 mm sensor): a fisheye to a long telephoto
+ZOOM_RANGE = (0.02, 50.)         # a target focal length from 1/50 to 50 times the source's (1000 mm / 24 mm is 42)
+
+def _in_range(v, lo:float, hi:float, what:str, unit:str='') -> float:
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (math.isfinite(v) and lo <= v <= hi):
+        raise InfcamError(f"{what} must be a number from {lo:g}{unit} to {hi:g}{unit}, got {v!r}")
+    return float(v)
+
+def check_focal_mm(v, what:str='focal_mm') -> float:
+    "`v` as a float if it is a focal length a lens can have (`FOCAL_MM_RANGE`), else `InfcamError` saying the range."
+    return _in_range(v, *FOCAL_MM_RANGE, what, ' mm')
+
+def check_zoom(v, what:str='zoom') -> float:
+    "`v` as a float if it is a zoom factor in `ZOOM_RANGE` (a focal length of 0, or a million times the source's, is no lens)."
+    return _in_range(v, *ZOOM_RANGE, what)
 
 @dataclass
 class IntrinsicsEstimate:
@@ -316,8 +332,7 @@ def estimate_intrinsics(video, method:str='default', focal_mm:float|None=None, f
     return est
 
 def _check_fx(v):
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0 and math.isfinite(v)):
-        raise InfcamError(f"fx must be a positive number of pixels, got {v!r}")
+    check_number(v, 'fx (pixels)', positive=True)
 
 # %% ../nbs/31_intrinsics.ipynb #186ff111
 def target_intrinsics(K_src4:Tensor, zoom:float=1.0, focal_mm:float|None=None, height:int|None=None,
@@ -326,15 +341,14 @@ def target_intrinsics(K_src4:Tensor, zoom:float=1.0, focal_mm:float|None=None, h
     source's, or `focal_mm` explicitly, at `height` x `width` (default the source size), principal point at the centre."""
     K = torch.as_tensor(K_src4, dtype=torch.float32)
     if K.shape[-1:] != (4,): raise InfcamError(f"source intrinsics must be (..., 4) [fx, fy, cx, cy], got {tuple(K.shape)}")
-    if isinstance(zoom, bool) or not isinstance(zoom, (int, float)) or not (zoom > 0 and math.isfinite(zoom)):
-        raise InfcamError(f"zoom must be a positive number, got {zoom!r}")
+    check_zoom(zoom)
     if focal_mm is not None and zoom != 1: raise InfcamError("give zoom= or focal_mm= for the target, not both")
     Hs, Ws = 2 * K[..., 3], 2 * K[..., 2]
     H = Hs if height is None else torch.full_like(Hs, float(height))
     W = Ws if width is None else torch.full_like(Ws, float(width))
     if not bool(((H > 0) & (W > 0)).all()): raise InfcamError(f"target size must be positive, got {height} x {width}")
     if focal_mm is not None:
-        if not (isinstance(focal_mm, (int, float)) and focal_mm > 0): raise InfcamError(f"focal_mm must be positive, got {focal_mm!r}")
+        check_focal_mm(focal_mm)
         f = focal_mm * torch.maximum(H, W) / SENSOR_MM
         return torch.stack([f, f, W / 2, H / 2], -1)
     s = zoom * torch.maximum(H, W) / torch.maximum(Hs, Ws)

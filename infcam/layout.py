@@ -6,13 +6,14 @@
 from __future__ import annotations
 import csv, json, re
 from pathlib import Path
-from .core import InfcamError, natural_key
+from .core import InfcamError, natural_key, atomic_path
 
 # %% auto #0
 __all__ = ['NUM_CAMERAS', 'APERTURES', 'CACHE_FOLDERS', 'camera_name', 'setting_name', 'is_setting', 'setting_focal_mm',
            'is_aug_setting', 'aug_setting', 'aug_scene_name', 'split_aug_scene', 'scene_focal_mm', 'scene_id',
-           'camera_file', 'video_file', 'scene_problem', 'scene_complete', 'visible_folders', 'setting_folders',
-           'scene_folders', 'read_metadata']
+           'camera_file', 'videos_folder', 'video_file', 'scene_info_file', 'augment_info_file', 'metadata_file',
+           'scene_problem', 'scene_complete', 'latents_folder', 'text_folder', 'visible_folders', 'setting_folders',
+           'scene_folders', 'read_metadata', 'write_metadata_rows']
 
 # %% ../nbs/08_layout.ipynb #694e98c4
 NUM_CAMERAS = 10                                 # cam01..cam10
@@ -76,9 +77,25 @@ def camera_file(scene) -> Path:
     "The camera file of a scene folder: `<scene>/cameras/camera_extrinsics.json`."
     return Path(scene) / 'cameras' / 'camera_extrinsics.json'
 
+def videos_folder(scene) -> Path:
+    "The folder of a scene's videos (and of a clip folder's, where `metadata.csv` names them): `<scene>/videos`."
+    return Path(scene) / 'videos'
+
 def video_file(scene, camera:str) -> Path:
     "The video of `camera` in a scene folder: `<scene>/videos/<camera>.mp4`."
-    return Path(scene) / 'videos' / f'{camera}.mp4'
+    return videos_folder(scene) / f'{camera}.mp4'
+
+def scene_info_file(scene) -> Path:
+    "`<scene>/scene.json`: how `infcam synth` rendered a scene, and its caption."
+    return Path(scene) / 'scene.json'
+
+def augment_info_file(scene) -> Path:
+    "`<scene>/augment.json`: how `infcam augment` made a copy, and its captions."
+    return Path(scene) / 'augment.json'
+
+def metadata_file(root) -> Path:
+    "A dataset's (or clip folder's) captions: `<root>/metadata.csv`."
+    return Path(root) / 'metadata.csv'
 
 def scene_problem(scene) -> str|None:
     "Why the scene folder `scene` is not complete, in words; None when it is."
@@ -97,6 +114,14 @@ def scene_complete(scene) -> bool:
 
 # %% ../nbs/08_layout.ipynb #e50a8ffb
 CACHE_FOLDERS = ('latents', 'text')
+
+def latents_folder(scene) -> Path:
+    "Where `prepare` caches a scene's (or a clip folder's) latents: `<scene>/latents`."
+    return Path(scene) / CACHE_FOLDERS[0]
+
+def text_folder(root) -> Path:
+    "Where `prepare` caches a dataset's text states: `<root>/text`."
+    return Path(root) / CACHE_FOLDERS[1]
 
 def visible_folders(path) -> list[Path]:
     "The folders in `path` whose names do not start with '.', in natural order."
@@ -122,9 +147,22 @@ def read_metadata(path, text_required:bool=True) -> list[tuple[str, str]]:
     want = ('file_name', 'text') if text_required else ('file_name',)
     try:
         with open(path, newline='', encoding='utf-8') as f:
-            r = csv.DictReader(f)
+            r = csv.DictReader(f, strict=True)                       # an unclosed quote is an error, not one long field
             if not r.fieldnames or any(c not in r.fieldnames for c in want):
                 raise InfcamError(f"{path} must have columns {','.join(want)}; it has {','.join(c for c in r.fieldnames or [] if c)}")
             return [((row['file_name'] or '').strip(), row.get('text') or '') for row in r]
     except UnicodeDecodeError as e: raise InfcamError(f"cannot read {path}: it is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
-    except (OSError, csv.Error) as e: raise InfcamError(f"cannot read {path}: {e}") from None
+    except csv.Error as e: raise InfcamError(f"cannot read {path}: {e} (a quote that is never closed?)") from None
+    except OSError as e: raise InfcamError(f"cannot read {path}: {e}") from None
+
+def write_metadata_rows(root, rows, keep_others:bool=True) -> Path:
+    """Write `<root>/metadata.csv` (the one writer of these files): `rows` [(file_name, text)], plus, with `keep_others`,
+    the rows already there for other files; sorted naturally, written atomically. Returns the file."""
+    path = metadata_file(root)
+    table = dict(read_metadata(path, text_required=False)) if keep_others and path.is_file() else {}
+    table.update(dict(rows))
+    with atomic_path(path) as tmp:
+        with open(tmp, 'w', newline='', encoding='utf-8') as f:
+            w = csv.writer(f); w.writerow(['file_name', 'text'])
+            w.writerows(sorted(table.items(), key=lambda r: natural_key(r[0])))
+    return path

@@ -15,9 +15,11 @@ from .cameras import relative_poses, rigid_inverse, pose_matrix, homogeneous, in
 from .intrinsics import to_gray_uint8, best_rotation
 
 # %% auto #0
-__all__ = ['METRICS', 'align_scale', 'geodesic_deg', 'rot_err', 'trans_err', 'camera_metrics', 'estimate_poses',
-           'read_colmap_images', 'write_colmap_images', 'load_poses', 'psnr', 'ssim', 'AlexLPIPS', 'load_lpips',
-           'lpips', 'frechet_distance', 'load_fid_net', 'fid', 'format_mean_se', 'score_video']
+__all__ = ['COLMAP_INIT_MIN_TRI_ANGLE', 'POSE_ESTIMATORS', 'SSIM_WINDOW', 'SSIM_SIGMA', 'FID_SIZE', 'CLIP_MEAN', 'CLIP_STD',
+           'METRICS', 'align_scale', 'geodesic_deg', 'rot_err', 'trans_err', 'camera_metrics', 'estimate_poses',
+           'require_pycolmap', 'colmap_poses', 'poses_by', 'read_colmap_images', 'write_colmap_images', 'load_poses',
+           'psnr', 'ssim', 'AlexLPIPS', 'load_lpips', 'lpips', 'frechet_distance', 'load_fid_net', 'fid_resize',
+           'fid_features', 'fid', 'load_clip', 'clip_pixels', 'clip_scores', 'format_mean_se', 'score_video']
 
 # %% ../nbs/50_metrics.ipynb #9a4ea2e7
 def _poses(name:str, c2w) -> Tensor:
@@ -272,6 +274,67 @@ def estimate_poses(video:Tensor, K4, method:str='chain', max_side:int|None=640, 
     diag = dict(segments=segs, registered=float(reg.mean()), scale=fac)
     return torch.from_numpy(c2w).float(), torch.from_numpy(reg), diag
 
+# %% ../nbs/50_metrics.ipynb #5165ea09
+def require_pycolmap():
+    "The `pycolmap` module, or a one-line error saying how to install it."
+    try: import pycolmap
+    except ImportError: raise InfcamError('poses by COLMAP need pycolmap: pip install -e ".[eval]" (or pip install pycolmap)') from None
+    return pycolmap
+
+COLMAP_INIT_MIN_TRI_ANGLE = 4.0  # degrees; COLMAP's 16 needs more baseline than a short clip's first frames give
+
+def colmap_poses(video:Tensor, K4, seed:int=0, threads:int=1, init_min_tri_angle:float=COLMAP_INIT_MIN_TRI_ANGLE):
+    """Camera poses of a clip `video` (F, 3, H, W) in [0, 1] with pixel intrinsics `K4` [fx, fy, cx, cy] by COLMAP
+    (`pycolmap`) -> (c2w (F, 4, 4) float32 relative to frame 0, registered (F,) bool, diagnostics); the same outputs
+    as `estimate_poses`. Frame 0 must be registered (the trajectories are compared relative to it)."""
+    import tempfile
+    from PIL import Image
+    pc = require_pycolmap()
+    if not isinstance(video, Tensor) or video.ndim != 4 or video.shape[1] != 3:
+        raise InfcamError(f"video must be a tensor (F, 3, H, W) in [0, 1], got {getattr(video, 'shape', type(video).__name__)}")
+    K4 = torch.as_tensor(K4, dtype=torch.float64).reshape(-1)
+    if K4.shape != (4,): raise InfcamError(f"K4 must be [fx, fy, cx, cy], got shape {tuple(K4.shape)}")
+    n = len(video)
+    pc.logging.minloglevel = 2                                      # errors only
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d); (d / 'images').mkdir()
+        u8 = (video.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        names = [f"{i:05d}.png" for i in range(n)]
+        for name, f in zip(names, u8): Image.fromarray(f).save(d / 'images' / name)
+        ro = pc.ImageReaderOptions(); ro.camera_model = 'PINHOLE'; ro.camera_params = ','.join(f"{v:.8g}" for v in K4.tolist())
+        eo = pc.FeatureExtractionOptions(); eo.num_threads = threads; eo.use_gpu = False
+        pc.extract_features(d / 'db.db', d / 'images', image_names=names, camera_mode=pc.CameraMode.SINGLE, reader_options=ro,
+                            extraction_options=eo, device=pc.Device.cpu)
+        mo = pc.FeatureMatchingOptions(); mo.num_threads = threads; mo.use_gpu = False
+        pc.match_exhaustive(d / 'db.db', matching_options=mo, device=pc.Device.cpu)
+        po = pc.IncrementalPipelineOptions(); po.num_threads = threads; po.random_seed = seed
+        po.ba_refine_focal_length = po.ba_refine_principal_point = po.ba_refine_extra_params = False
+        po.mapper.abs_pose_refine_focal_length = po.mapper.abs_pose_refine_extra_params = False   # the lens is given
+        po.mapper.init_min_tri_angle, po.min_model_size = init_min_tri_angle, 3
+        recs = pc.incremental_mapping(d / 'db.db', d / 'images', d / 'sparse', options=po)
+    reg = np.zeros(n, bool)
+    w2c = np.tile(np.eye(4), (n, 1, 1))
+    if recs:
+        rec = max(recs.values(), key=lambda r: r.num_reg_images())
+        for im in rec.images.values():
+            if not im.has_pose: continue
+            i = names.index(im.name)
+            w2c[i, :3] = im.cam_from_world().matrix()
+            reg[i] = True
+    diag = dict(models=len(recs), registered=float(reg.mean()))
+    if not reg[0]: raise InfcamError(f"COLMAP did not register frame 0 ({int(reg.sum())} of {n} frames registered)")
+    c2w = np.linalg.inv(w2c)
+    c2w = np.linalg.inv(c2w[0]) @ c2w                               # relative to frame 0
+    c2w[~reg] = np.eye(4)
+    return torch.from_numpy(c2w).float(), torch.from_numpy(reg), diag
+
+POSE_ESTIMATORS = ('builtin', 'colmap')
+
+def poses_by(estimator:str, video:Tensor, K4):
+    "`(c2w, registered, diagnostics)` of `video` by the `estimator` 'builtin' (`estimate_poses`) or 'colmap' (`colmap_poses`)."
+    if estimator not in POSE_ESTIMATORS: raise InfcamError(f"the pose estimator must be one of {', '.join(POSE_ESTIMATORS)}, got {estimator!r}")
+    return estimate_poses(video, K4) if estimator == 'builtin' else colmap_poses(video, K4)
+
 # %% ../nbs/50_metrics.ipynb #fac1758e
 def _quat_to_R(q:np.ndarray) -> np.ndarray:
     "Unit quaternions (N, 4) w, x, y, z -> rotations (N, 3, 3)."
@@ -378,31 +441,27 @@ def _check(a, b) -> tuple[Tensor, Tensor]:
     return a, b
 
 def psnr(a, b, per_frame:bool=False):
-    "PSNR (dB) of frames a, b (F, C, H, W) in [0, 1]: per frame, then the mean (a float) unless `per_frame`."
+    """PSNR (dB) of frames a, b (F, C, H, W) in [0, 1] by torchmetrics (`data_range=1`, per frame), then the mean (a
+    float) unless `per_frame`. Identical frames have an infinite PSNR (no cap), and so has a mean that includes one."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio
     a, b = _check(a, b)
-    mse = (a - b).pow(2).flatten(1).mean(1)
-    v = 10 * torch.log10(1 / mse.clamp_min(1e-10))
+    v = peak_signal_noise_ratio(a, b, data_range=1.0, reduction='none', dim=(1, 2, 3))
     return v if per_frame else float(v.mean())
 
-def _gauss(size:int=11, sigma:float=1.5) -> Tensor:
-    x = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
-    g = torch.exp(-x ** 2 / (2 * sigma ** 2))
-    return g / g.sum()
+SSIM_WINDOW, SSIM_SIGMA = 11, 1.5
 
-def ssim(a, b, per_frame:bool=False, size:int=11, sigma:float=1.5):
-    "SSIM of frames a, b (F, C, H, W) in [0, 1] (Gaussian 11x11, sigma 1.5, valid): per frame, then the mean."
+def ssim(a, b, per_frame:bool=False):
+    """SSIM of frames a, b (F, C, H, W) in [0, 1] by torchmetrics (Gaussian 11x11, sigma 1.5, `data_range=1`),
+    averaged over the windows that lie inside the frame (Wang et al.'s 'valid' map; torchmetrics' own mean also counts
+    the reflect-padded border windows): per frame, then the mean."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
     a, b = _check(a, b)
-    if min(a.shape[-2:]) < size: raise InfcamError(f"SSIM needs frames of at least {size}x{size}, got {tuple(a.shape[-2:])}")
-    C = a.shape[1]
-    g = _gauss(size, sigma)
-    def blur(x):                                                     # separable, valid, per channel
-        x = F.conv2d(x, g.view(1, 1, 1, -1).expand(C, 1, 1, size), groups=C)
-        return F.conv2d(x, g.view(1, 1, -1, 1).expand(C, 1, size, 1), groups=C)
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
-    mu_a, mu_b = blur(a), blur(b)
-    saa, sbb, sab = blur(a * a) - mu_a ** 2, blur(b * b) - mu_b ** 2, blur(a * b) - mu_a * mu_b
-    m = ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (saa + sbb + c2))
-    v = m.flatten(1).mean(1)
+    if min(a.shape[-2:]) < SSIM_WINDOW:
+        raise InfcamError(f"SSIM needs frames of at least {SSIM_WINDOW}x{SSIM_WINDOW}, got {tuple(a.shape[-2:])}")
+    _, full = structural_similarity_index_measure(a, b, gaussian_kernel=True, sigma=SSIM_SIGMA, kernel_size=SSIM_WINDOW,
+                                                  data_range=1.0, reduction='none', return_full_image=True)
+    p = SSIM_WINDOW // 2
+    v = full[..., p:-p, p:-p].flatten(1).mean(1)
     return v if per_frame else float(v.mean())
 
 # %% ../nbs/50_metrics.ipynb #e535081d
@@ -467,7 +526,8 @@ def lpips(a, b, weights=None, backbone=None, net:AlexLPIPS|None=None, batch_size
 
 # %% ../nbs/50_metrics.ipynb #55d95ac6
 def frechet_distance(fa:Tensor, fb:Tensor) -> float:
-    "The Fréchet distance between Gaussians fitted to features fa (N, D) and fb (M, D) (float64, small one-off)."
+    """The Fréchet distance between Gaussians fitted to features fa (N, D) and fb (M, D) (float64):
+    `|mu_a - mu_b|^2 + tr(Sa + Sb - 2 sqrt(Sa Sb))`, with `tr sqrt(Sa Sb)` from the symmetric `sqrt(Sa) Sb sqrt(Sa)`."""
     fa, fb = torch.as_tensor(fa).double(), torch.as_tensor(fb).double()
     if fa.ndim != 2 or fb.ndim != 2 or fa.shape[1] != fb.shape[1] or len(fa) < 2 or len(fb) < 2:
         raise InfcamError(f"features must be (N, D) and (M, D) with N, M >= 2, got {tuple(fa.shape)} and {tuple(fb.shape)}")
@@ -478,23 +538,85 @@ def frechet_distance(fa:Tensor, fb:Tensor) -> float:
     tr_sqrt = torch.linalg.eigvalsh(ra @ Sb @ ra).clamp_min(0).sqrt().sum()   # tr sqrt(Sa Sb)
     return float((ma - mb).pow(2).sum() + Sa.trace() + Sb.trace() - 2 * tr_sqrt)
 
+FID_SIZE = 299                    # the Inception input of clean-fid's protocol
+
 def load_fid_net(weights):
-    "The TorchScript Inception feature extractor of FID from the file `weights` (e.g. inception-2015-12-05.pt)."
+    """The TorchScript Inception of FID from the file `weights` (`inception-2015-12-05.pt`, StyleGAN2-ADA's, which
+    clean-fid uses); its `layers` module maps (N, 3, 299, 299) in [-1, 1] to the 2048 pool features."""
     p = _weights(weights, 'FID')
-    try: return torch.jit.load(str(p), map_location='cpu').eval()
+    try: net = torch.jit.load(str(p), map_location='cpu').eval()
     except Exception as e: raise InfcamError(f"FID: {p} is not a TorchScript feature extractor ({' '.join(str(e).split())[:200]})") from None
+    if not hasattr(net, 'layers'): raise InfcamError(f"FID: {p} has no `layers` module: not inception-2015-12-05.pt")
+    return net
+
+def fid_resize(x:Tensor) -> Tensor:
+    """Frames (N, 3, H, W) in [0, 1] -> (N, 3, 299, 299) in [0, 255] as clean-fid's 'clean' mode: 8-bit frames
+    (`round(255 x)`), each channel resized by PIL's bicubic filter in float ('F' images, antialiased), clipped to [0, 255]."""
+    from PIL import Image
+    u8 = (x.float().clamp(0, 1) * 255).round().numpy().astype(np.float32)
+    out = np.stack([np.stack([np.asarray(Image.fromarray(ch).resize((FID_SIZE, FID_SIZE), Image.BICUBIC)) for ch in img])
+                    for img in u8])
+    return torch.from_numpy(out.clip(0, 255))
+
+def fid_features(x, net, batch_size:int=32) -> Tensor:
+    "Inception features (N, 2048) of frames x (N, 3, H, W) in [0, 1] by clean-fid's protocol: `fid_resize`, (x - 128) / 128, `net.layers`."
+    x = _frames('frames', x)
+    with torch.no_grad():
+        return torch.cat([net.layers((fid_resize(x[i:i + batch_size]) - 128) / 128).reshape(len(x[i:i + batch_size]), -1).double()
+                          for i in range(0, len(x), batch_size)])
 
 def fid(a, b, weights=None, batch_size:int=32, net=None) -> float:
-    """FID between image sets a (N, 3, H, W) and b (M, 3, H, W) in [0, 1] with a TorchScript Inception feature
-    extractor `weights` (e.g. inception-2015-12-05.pt, called as net(uint8 images, return_features=True)), or `net`
-    already loaded by `load_fid_net`."""
-    a, b = _frames('a', a), _frames('b', b)
+    """FID by clean-fid's protocol ('clean' mode, Parmar et al. 2022) between image sets a (N, 3, H, W) and b (M, 3, H, W)
+    in [0, 1], with the TorchScript Inception `weights` (inception-2015-12-05.pt) or `net` from `load_fid_net`."""
     net = net if net is not None else load_fid_net(weights)
-    def feats(x):
-        with torch.no_grad():
-            return torch.cat([net((x[i:i + batch_size].clamp(0, 1) * 255).round().to(torch.uint8), return_features=True)
-                              for i in range(0, len(x), batch_size)])
-    return frechet_distance(feats(a), feats(b))
+    return frechet_distance(fid_features(a, net, batch_size), fid_features(b, net, batch_size))
+
+# %% ../nbs/50_metrics.ipynb #c011c8e1
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+
+def load_clip(folder):
+    "`(CLIPModel, tokenizer)` from the local folder `folder` (config, weights and tokenizer files); nothing is downloaded."
+    if folder is None: raise InfcamError("CLIP: pass clip_weights=DIR, a local CLIP model folder (infcam downloads nothing)")
+    p = Path(folder)
+    if not p.is_dir(): raise InfcamError(f"CLIP: weights folder {p} does not exist")
+    from transformers import CLIPModel, AutoTokenizer
+    try:
+        model = CLIPModel.from_pretrained(p, local_files_only=True).eval()
+        tok = AutoTokenizer.from_pretrained(p, local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise InfcamError(f"CLIP: {p} is not a CLIP model folder with its tokenizer ({' '.join(str(e).split())[:200]})") from None
+    return model, tok
+
+def clip_pixels(x:Tensor, size:int) -> Tensor:
+    "Frames (N, 3, H, W) in [0, 1] -> CLIP's input (N, 3, size, size): shorter side to `size` (bicubic), centre crop, normalised."
+    h, w = x.shape[-2:]
+    s = size / min(h, w)
+    x = F.interpolate(x.float(), size=(max(size, round(h * s)), max(size, round(w * s))), mode='bicubic', align_corners=False,
+                      antialias=True).clamp(0, 1)
+    top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
+    x = x[..., top:top + size, left:left + size]
+    return (x - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+
+def _embedding(out) -> Tensor:
+    "The projected embedding of `get_*_features` (a tensor, or transformers 5's output with `pooler_output`), unit length."
+    e = out if isinstance(out, Tensor) else out.pooler_output
+    return F.normalize(e.float(), dim=-1)
+
+def clip_scores(frames, prompt:str|None, clip, batch_size:int=16) -> dict:
+    """`{'CLIP-T', 'CLIP-F'}` of frames (F, 3, H, W) in [0, 1] with `clip` = `load_clip(...)`: CLIP-T = 100 x the mean over
+    frames of max(cos(frame, prompt), 0) (NaN without a prompt); CLIP-F = 100 x the mean cos of consecutive frames."""
+    model, tok = clip
+    x = _frames('frames', frames)
+    size = model.config.vision_config.image_size
+    with torch.no_grad():
+        img = torch.cat([_embedding(model.get_image_features(pixel_values=clip_pixels(x[i:i + batch_size], size)))
+                         for i in range(0, len(x), batch_size)])
+        out = {'CLIP-T': math.nan, 'CLIP-F': float(100 * (img[1:] * img[:-1]).sum(-1).mean()) if len(img) > 1 else math.nan}
+        if prompt:
+            t = tok([prompt], padding=True, truncation=True, max_length=model.config.text_config.max_position_embeddings, return_tensors='pt')
+            txt = _embedding(model.get_text_features(input_ids=t['input_ids'], attention_mask=t['attention_mask']))
+            out['CLIP-T'] = float(100 * (img @ txt[0]).clamp_min(0).mean())
+    return out
 
 # %% ../nbs/50_metrics.ipynb #da80e97d
 METRICS = ('PSNR', 'SSIM', 'RotErr', 'TransErr', 'registered')
@@ -509,7 +631,9 @@ def score_video(video:Tensor, # (F, 3, H, W) generated frames in [0, 1]
                 ref=None, # (F, 4, 4) c2w of the requested path at the same frames (None: no camera metrics)
                 truth=None, # (F, 3, H, W) the ground-truth view (None: no PSNR/SSIM)
                 est=None, # (F, 4, 4) poses measured elsewhere, instead of estimating them
-                min_registered:float=0.5) -> dict:
+                min_registered:float=0.5,
+                poses:str='builtin', # the pose estimator when `est` is not given: 'builtin' or 'colmap' (`poses_by`)
+               ) -> dict:
     "`{PSNR, SSIM, RotErr, TransErr, registered}` of one clip; what cannot be measured is NaN."
     nan = float('nan')
     out = dict.fromkeys(METRICS, nan)
@@ -518,8 +642,9 @@ def score_video(video:Tensor, # (F, 3, H, W) generated frames in [0, 1]
     if ref is None: return out
     if est is not None: return {**out, **camera_metrics(est, ref)}
     if K4 is None: raise InfcamError("score_video needs the clip's intrinsics K4 to estimate its poses")
+    if poses == 'colmap': require_pycolmap()                        # a missing package is not a clip that failed
     try:
-        est, reg, _ = estimate_poses(v, K4)
+        est, reg, _ = poses_by(poses, v, K4)
         cm = camera_metrics(est, ref, reg)
     except InfcamError:
         return {**out, 'registered': 0.}

@@ -12,21 +12,25 @@ from .core import InfcamError, check_overwrite, make_folder
 from .cameras import focal_mm_to_px, fov_to_focal_px, pixel_intrinsics, intrinsics_matrix
 from .homography import infinite_homography, warp_image
 from .trajectories import load_trajectory
+from .intrinsics import DEFAULT_FOCAL_MM, check_focal_mm, check_zoom
 from .video import read_video, write_comparison, side_by_side, check_size, check_video_memory, WAN_FPS
 
 # %% auto #0
-__all__ = ['source_intrinsics', 'rotation_only', 'demo_clip', 'preview', 'static_preview_note']
+__all__ = ['UNCOVERED_GREY', 'source_intrinsics', 'rotation_only', 'demo_clip', 'preview_frames', 'preview',
+           'static_preview_note']
 
 # %% ../nbs/06_preview.ipynb #5bf5e7ea
 def source_intrinsics(height:int, width:int, focal_mm:float|None=None, fov:float|None=None, fx:float|None=None) -> torch.Tensor:
-    "Pixel intrinsics `[fx, fy, cx, cy]` from a focal length in mm (23.76 mm sensor), a horizontal field of view in degrees, or `fx` in pixels; 24 mm by default."
+    """Pixel intrinsics `[fx, fy, cx, cy]` from a focal length in mm (23.76 mm sensor), a horizontal field of view in
+    degrees, or `fx` in pixels; `DEFAULT_FOCAL_MM` (24) by default."""
     given = [v is not None for v in (focal_mm, fov, fx)]
     if sum(given) > 1: raise InfcamError("give only one of focal_mm, fov and fx")
-    for name, v in (('focal_mm', focal_mm), ('fov', fov), ('fx', fx)):
+    if focal_mm is not None: check_focal_mm(focal_mm)
+    for name, v in (('fov', fov), ('fx', fx)):
         if v is not None and not (math.isfinite(v) and v > 0): raise InfcamError(f"{name} must be a positive finite number, got {v}")
     if fov is not None and fov >= 180: raise InfcamError(f"fov must be below 180 degrees, got {fov}")
     if fx is None:
-        fx = fov_to_focal_px(fov, height, width) if fov is not None else focal_mm_to_px(24.0 if focal_mm is None else focal_mm, height, width)
+        fx = fov_to_focal_px(fov, height, width) if fov is not None else focal_mm_to_px(DEFAULT_FOCAL_MM if focal_mm is None else focal_mm, height, width)
     return pixel_intrinsics(float(fx), height, width)
 
 # %% ../nbs/06_preview.ipynb #34f82c84
@@ -66,12 +70,28 @@ def demo_clip(num_frames:int=81, height:int=240, width:int=416, seed:int=0, foca
         frames.append(img[0])
     return torch.stack(frames).clamp(0, 1)
 
+# %% ../nbs/06_preview.ipynb #87097310
+UNCOVERED_GREY = 0.15     # the grey of the target pixels the source does not cover, in a preview
+
+def preview_frames(src:torch.Tensor,          # (F, 3, H, W) source frames in [0, 1]
+                   c2w:torch.Tensor,          # (F, 4, 4) target poses, as `load_trajectory` gives them
+                   traj_zoom:torch.Tensor,    # (F,) the trajectory's zoom per frame (`load_trajectory(..., with_zoom=True)`)
+                   K_src:torch.Tensor,        # (4,) pixel intrinsics of the source
+                   zoom:float=1.0, first_frame:bool=False, progress:bool=True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rotation-only re-render of `src` along a trajectory as `infcam preview` shows it, and its mask:
+    (frames (F, 3, H, W) with uncovered pixels `UNCOVERED_GREY`, mask (F, 1, H, W))."""
+    Fn = src.shape[0]
+    K_tgt = K_src.float().repeat(Fn, 1)
+    K_tgt[:, :2] *= zoom * traj_zoom[:, None]                     # a trajectory file may zoom over time
+    warped, mask = rotation_only(src, c2w, K_src, K_tgt, first_frame=first_frame, progress=progress)
+    return warped * mask + UNCOVERED_GREY * (1 - mask), mask
+
 # %% ../nbs/06_preview.ipynb #32c20e9e
 def preview(video:str|Path|None=None, trajectory:str='pan_right', out:str|Path|None=None, num_frames:int=81,
             height:int|None=None, width:int|None=None, focal_mm:float|None=None, fov:float|None=None,
             zoom:float=1.0, first_frame:bool=False, stride:int=1, overwrite:bool=False, progress:bool=True) -> Path:
     "Write `source | rotation-only re-render` along `trajectory` to `out`; with no `video`, use the built-in demo clip."
-    if not (math.isfinite(zoom) and 0 < zoom <= 100): raise InfcamError(f"zoom must be a number in (0, 100], got {zoom}")
+    check_zoom(zoom)
     name = 'demo' if video is None else Path(video).stem
     traj_name = Path(trajectory).stem if Path(str(trajectory)).suffix else str(trajectory)
     out = Path(out) if out is not None else Path('outputs') / f'preview_{name}_{traj_name}.mp4'
@@ -88,11 +108,9 @@ def preview(video:str|Path|None=None, trajectory:str='pan_right', out:str|Path|N
         check_size(height, width); check_video_memory(num_frames, height, width, copies=8)
         src = read_video(video, num_frames=num_frames, height=height, width=width, stride=stride)
     K_src = source_intrinsics(height, width, focal_mm=focal_mm, fov=fov)
-    K_tgt = K_src.repeat(num_frames, 1)
-    K_tgt[:, :2] *= zoom * traj_zoom[:, None]                     # a trajectory file may zoom over time
-    warped, mask = rotation_only(src, c2w, K_src, K_tgt, first_frame=first_frame, progress=progress)
+    shown, _ = preview_frames(src, c2w, traj_zoom, K_src, zoom, first_frame=first_frame, progress=progress)
     label = f"{traj_name}{' (first frame)' if first_frame else ''}"
-    return write_comparison(out, src, warped * mask + 0.15 * (1 - mask), labels=['source', label], overwrite=overwrite)
+    return write_comparison(out, src, shown, labels=['source', label], overwrite=overwrite)
 
 # %% ../nbs/06_preview.ipynb #b1459e9f
 def static_preview_note(trajectory, num_frames:int=81, zoom:float=1.0, tol_deg:float=0.05) -> str|None:

@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from .core import InfcamError, atomic_path, folder_lock, natural_key
+from .core import InfcamError, atomic_path, folder_lock, natural_key, check_int
 from .layout import (NUM_CAMERAS, camera_name, setting_name, setting_focal_mm, scene_focal_mm, aug_setting,
-                           aug_scene_name, camera_file, video_file, scene_complete, scene_folders)
+                           aug_scene_name, camera_file, video_file, scene_complete, scene_folders, videos_folder,
+                           scene_info_file, metadata_file, read_metadata, write_metadata_rows)
+from .intrinsics import check_focal_mm
 from .cameras import (PRESET_NAMES, preset, save_camera_extrinsics, load_camera_extrinsics, focal_mm_to_px,
                             pixel_intrinsics, num_latent_frames, relative_poses, ypr_to_rotation, pose_matrix)
 from .render import (Scene, Quad, box, billboard, ground_plane, make_env_map, make_texture, LinearMotion,
@@ -31,11 +33,7 @@ BASE_FRAME = 40         # the frame at which every preset camera is at the scene
 # %% ../nbs/20_synthetic.ipynb #5cde3b0a
 KINDS = ('landscape', 'courtyard')
 
-def _int(name, v, lo, hi=None):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo or (hi is not None and v > hi):
-        rng = f">= {lo}" if hi is None else f"in {lo}..{hi}"
-        raise InfcamError(f"SceneSpec.{name} must be an integer {rng}, got {v!r}")
-    return int(v)
+def _int(name, v, lo, hi=None): return check_int(v, f"SceneSpec.{name}", lo, hi)
 
 # %% ../nbs/20_synthetic.ipynb #b4ce886a
 @dataclass
@@ -59,9 +57,7 @@ class SceneSpec:
         for n in ('height', 'width'):
             v = _int(n, getattr(self, n), 16, 4096)
             if v % 16: raise InfcamError(f"SceneSpec.{n} must be a multiple of 16 (the model's and read_video's grid), got {v}")
-        if isinstance(self.focal_mm, bool) or not isinstance(self.focal_mm, (int, float)) or not 1 <= self.focal_mm <= 1000:
-            raise InfcamError(f"SceneSpec.focal_mm must be a focal length in mm between 1 and 1000, got {self.focal_mm!r}")
-        self.focal_mm = float(self.focal_mm)
+        self.focal_mm = check_focal_mm(self.focal_mm, 'SceneSpec.focal_mm')
         if self.num_objects is not None: _int('num_objects', self.num_objects, 0, 12)
         if self.num_moving is not None: _int('num_moving', self.num_moving, 0, 4)
         if self.kind is not None and self.kind not in KINDS:
@@ -347,7 +343,7 @@ def _write_files(d:Path, spec:SceneSpec, save_depth:bool, crf:int):
     poses = camera_poses(spec)
     save_camera_extrinsics(camera_file(d), poses)
     scene, K4, t = make_scene(spec), spec.intrinsics, spec.times
-    (d / 'videos').mkdir(parents=True, exist_ok=True)
+    videos_folder(d).mkdir(parents=True, exist_ok=True)
     if save_depth: (d / 'depth').mkdir()
     names = list(poses)
     per_cam = spec.num_frames * spec.height * spec.width * (16 if save_depth else 12) * spec.ss ** 2
@@ -363,7 +359,7 @@ def _write_files(d:Path, spec:SceneSpec, save_depth:bool, crf:int):
     meta = dict(format='infcam-synthetic/1', spec=asdict(spec), caption=scene_caption(spec),
                 intrinsics=[round(v, 6) for v in K4.tolist()], fps=spec.fps, base_frame=BASE_FRAME,
                 cameras={n: (PRESET_NAMES[int(n[3:])] if int(n[3:]) <= NUM_CAMERAS else 'random') for n in poses})
-    (d / 'scene.json').write_text(json.dumps(meta, indent=1) + '\n')
+    scene_info_file(d).write_text(json.dumps(meta, indent=1) + '\n')
 
 def write_scene(root, setting:str|None, scene_name:str, spec:SceneSpec, overwrite:bool=False,
                 save_depth:bool=False, crf:int=18) -> Path:
@@ -402,7 +398,7 @@ def load_scene(path) -> dict:
     path = Path(path)
     if not scene_complete(path): raise InfcamError(f"{path} is not a complete scene (cameras/camera_extrinsics.json and videos/cam01..cam10.mp4)")
     cams = load_camera_extrinsics(camera_file(path))
-    meta = path / 'scene.json'
+    meta = scene_info_file(path)
     if meta.is_file():
         try: m = json.loads(meta.read_text())
         except json.JSONDecodeError as e: raise InfcamError(f"{meta} is not valid JSON: {e.msg}") from None
@@ -426,27 +422,23 @@ def scene_pair(path, source:str='cam01', target:str='cam05', num_frames:int|None
 
 # %% ../nbs/20_synthetic.ipynb #3ef8b72a
 def write_metadata(root) -> Path:
-    "Write `<root>/metadata.csv` (`file_name,text`, one row per video of every complete scene, paths relative to root)."
+    """Write `<root>/metadata.csv` (`file_name,text`, one row per video of every complete scene, paths relative to root;
+    a scene without a `scene.json` caption keeps the caption already listed, e.g. an augmented copy's)."""
     root = Path(root)
-    old = {}                                   # captions already listed (e.g. augmented copies, which have no scene.json)
-    if (root / 'metadata.csv').exists():
-        with open(root / 'metadata.csv', newline='') as f: old = {r['file_name']: r.get('text', '') for r in csv.DictReader(f)}
+    old = dict(read_metadata(metadata_file(root), text_required=False)) if metadata_file(root).is_file() else {}
     rows = []
     for sc in scene_folders(root):
         if not scene_complete(sc): continue
-        try: cap = json.loads((sc / 'scene.json').read_text()).get('caption', None)
+        try: cap = json.loads(scene_info_file(sc).read_text()).get('caption', None)
         except (OSError, json.JSONDecodeError): cap = None
-        for v in sorted((sc / 'videos').glob('*.mp4'), key=natural_key):
+        for v in videos_folder(sc).glob('*.mp4'):
             name = v.relative_to(root).as_posix()
             rows.append((name, cap if cap is not None else old.get(name, '')))
-    with atomic_path(root / 'metadata.csv') as tmp:
-        with open(tmp, 'w', newline='') as f:
-            w = csv.writer(f); w.writerow(['file_name', 'text']); w.writerows(rows)
-    return root / 'metadata.csv'
+    return write_metadata_rows(root, rows, keep_others=False)
 
 # %% ../nbs/20_synthetic.ipynb #98c221b2
 def _same_spec(path:Path, spec:SceneSpec):
-    try: old = json.loads((path / 'scene.json').read_text())['spec']
+    try: old = json.loads(scene_info_file(path).read_text())['spec']
     except (OSError, json.JSONDecodeError, KeyError):
         raise InfcamError(f"{path} exists but has no readable scene.json; pass overwrite=True to re-render it") from None
     diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in asdict(spec).items() if old.get(k) != v]
@@ -461,6 +453,9 @@ def make_dataset(root, num_scenes:int, seed:int=0, focal_mms=(24,), num_frames:i
     _int('num_scenes', num_scenes, 0)
     focal_mms = [focal_mms] if isinstance(focal_mms, (int, float)) else list(focal_mms)
     if not focal_mms: raise InfcamError("give at least one focal length")
+    names = [setting_name(f) for f in focal_mms]
+    if twice := next((f for f, n in zip(focal_mms, names) if names.count(n) > 1), None):
+        raise InfcamError(f"focal length {twice:g} mm is given twice (both would be the setting {setting_name(twice)}); give each once")
     jobs = [(setting_name(f), f'scene{i + 1}',
              SceneSpec(seed=seed + i, num_frames=num_frames, height=height, width=width, focal_mm=f, **spec_kw))
             for f in focal_mms for i in range(num_scenes)]

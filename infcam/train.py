@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse, math, os, sys
 from pathlib import Path
 
-from .core import InfcamError, run_command
+from .core import InfcamError, run_command, check_seed
 
 # %% auto #0
 __all__ = ['build_parser', 'run', 'main']
@@ -61,6 +61,7 @@ def run(args) -> Path:
     from infcam.checkpoints import list_checkpoints
     from infcam.training import InfCamModule, fit, is_global_zero, check_fit_args
     devices = int(args.devices) if str(args.devices).isdigit() else args.devices
+    check_seed(args.seed, '--seed', bits=31)               # Lightning seeds each rank with seed + rank, in 32 bits
     check_fit_args(args.max_steps, args.batch_size, args.accumulate, args.every, args.keep_last, args.keep_every,   # before any loading
                    args.num_nodes, args.num_workers, 1, args.grad_clip, args.accelerator, devices, args.precision)
     for k in ('lr', 'weight_decay'):

@@ -12,9 +12,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 import lightning as L
-from fastcore.basics import patch
 
-from .core import InfcamError, atomic_path, folder_lock, write_figure
+from .core import InfcamError, atomic_path, folder_lock, write_figure, check_int, check_number
 from .models import InfCamConfig
 from .scheduler import FlowMatchScheduler
 from .checkpoints import build_model, list_checkpoints, prune_checkpoints, read_checkpoint, save_checkpoint, set_rng_state
@@ -22,9 +21,10 @@ from .zero import deepspeed_engine, is_zero_param, load_zero_shards, save_zero_c
 
 # %% auto #0
 __all__ = ['ADAMW_DEFAULTS', 'LR_SCHEDULES', 'STRATEGIES', 'RESUMABLE', 'ACCELERATORS', 'PRECISIONS', 'collate', 'StepSampler',
-           'EpochIndexed', 'lr_factor', 'InfCamModule', 'eval_loss', 'CheckpointCallback', 'lightning_strategy',
-           'default_precision', 'is_global_zero', 'wandb_logger', 'read_log', 'read_losses', 'plot_loss', 'config_diff',
-           'check_hardware', 'check_fit_args', 'resume_from', 'run_config', 'check_resumable', 'run_loggers', 'fit']
+           'EpochIndexed', 'StepData', 'lr_factor', 'InfCamModule', 'eval_loss', 'CheckpointCallback',
+           'lightning_strategy', 'default_precision', 'is_global_zero', 'finish_wandb', 'wandb_logger', 'read_log',
+           'read_losses', 'plot_loss', 'config_diff', 'check_hardware', 'check_fit_args', 'run_config',
+           'check_resumable', 'run_loggers', 'fit']
 
 # %% ../nbs/42_training.ipynb #b63b7aee
 def collate(items:list[dict]) -> dict:
@@ -65,6 +65,19 @@ class EpochIndexed(torch.utils.data.Dataset):
         if hasattr(self.ds, 'set_epoch'): self.ds.set_epoch(e)
         return self.ds[i]
 
+class StepData(L.LightningDataModule):
+    "`dataset` in `StepSampler` order for each rank, from micro-batch `start_micro` on: what `fit` hands Lightning."
+    def __init__(self, dataset, batch_size:int=1, num_workers:int=0, seed:int=0, start_micro:int=0):
+        super().__init__()
+        self.dataset, self.batch_size, self.num_workers, self.seed, self.start_micro = dataset, batch_size, num_workers, seed, start_micro
+
+    def train_dataloader(self):
+        t = self.trainer
+        sampler = StepSampler(len(self.dataset), self.batch_size, self.seed, self.start_micro, t.global_rank, t.world_size)
+        return torch.utils.data.DataLoader(EpochIndexed(self.dataset), batch_sampler=sampler, collate_fn=collate,
+                                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+
 # %% ../nbs/42_training.ipynb #bf0e5d5d
 ADAMW_DEFAULTS = dict(lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
 LR_SCHEDULES = ('constant', 'cosine')
@@ -85,10 +98,8 @@ class InfCamModule(L.LightningModule):
                  warmup:int=0, lr_schedule:str='constant', caption:str|None=None, **overrides):
         super().__init__()
         if lr_schedule not in LR_SCHEDULES: raise InfcamError(f"unknown lr_schedule {lr_schedule!r}; use one of {', '.join(LR_SCHEDULES)}")
-        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0: raise InfcamError(f"warmup must be an integer >= 0, got {warmup!r}")
-        for k, v, lo in (('lr', lr, 0), ('weight_decay', weight_decay, None), ('eps', eps, 0)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (lo == 0 and v == 0):
-                raise InfcamError(f"{k} must be a {'positive' if lo == 0 else 'non-negative'} finite number, got {v!r}")
+        check_int(warmup, 'warmup')
+        check_number(lr, 'lr', positive=True); check_number(eps, 'eps', positive=True); check_number(weight_decay, 'weight_decay', 0)
         self.model = build_model(config, base, seed, **overrides)
         self.trainable = self.model.freeze_base()
         self.train_backbone = bool(train_backbone)
@@ -101,7 +112,7 @@ class InfCamModule(L.LightningModule):
         self.scheduler = FlowMatchScheduler(shift=shift, prediction=prediction)
         self.warmup, self.lr_schedule, self.max_steps, self.caption = warmup, lr_schedule, None, caption
         self.codec, self.text_encoder = codec, text_encoder
-        self.start_step, self._optim_state, self._rng, self.data, self._zero_ckpt = 0, None, None, None, None
+        self.start_step, self._optim_state, self._rng, self._zero_ckpt = 0, None, None, None
         n = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         if verbose: print(f"InfCamModule: {len(self.trainable)} trainable tensors, {n:,} trainable numbers "
                           f"of {sum(p.numel() for p in self.model.parameters()):,}")
@@ -109,104 +120,108 @@ class InfCamModule(L.LightningModule):
     @property
     def config(self) -> InfCamConfig: return self.model.config
     @property
-    def step(self) -> int: return self.start_step + (self.trainer.global_step if self._trainer is not None else 0)
+    def attached(self) -> bool:
+        "Whether a Lightning `Trainer` runs this module now (Lightning's `trainer` raises when there is none)."
+        try: return self.trainer is not None
+        except RuntimeError: return False
     @property
-    def start_micro(self) -> int: return self.start_step * (self.trainer.accumulate_grad_batches if self._trainer is not None else 1)
+    def step(self) -> int: return self.start_step + (self.trainer.global_step if self.attached else 0)
+    @property
+    def start_micro(self) -> int: return self.start_step * (self.trainer.accumulate_grad_batches if self.attached else 1)
 
-# %% ../nbs/42_training.ipynb #8c2c6d3d
-@patch
-def trainable_state(self:InfCamModule) -> dict[str, Tensor]:
-    """The trained tensors, `model.state_dict()` names, float32 on the CPU. Under DeepSpeed ZeRO (whose stage 3
-    shards the parameters and whose bf16 modes keep the float32 weights in the optimizer) these are the full float32
-    master weights gathered from every rank: a collective call that all ranks must make."""
-    params = dict(self.model.named_parameters())
-    if any(is_zero_param(params[n]) for n in self.trainable):
-        return {n: zero_full_param(params[n]) for n in self.trainable}
-    sd = self.model.state_dict()
-    return {n: sd[n].detach().float().cpu().contiguous() for n in self.trainable}
+    def trainable_state(self) -> dict[str, Tensor]:
+        """The trained tensors, `model.state_dict()` names, float32 on the CPU. Under DeepSpeed ZeRO (whose stage 3
+        shards the parameters and whose bf16 modes keep the float32 weights in the optimizer) these are the full float32
+        master weights gathered from every rank: a collective call that all ranks must make."""
+        params = dict(self.model.named_parameters())
+        if any(is_zero_param(params[n]) for n in self.trainable):
+            return {n: zero_full_param(params[n]) for n in self.trainable}
+        sd = self.model.state_dict()
+        return {n: sd[n].detach().float().cpu().contiguous() for n in self.trainable}
 
-# %% ../nbs/42_training.ipynb #f620ba10
-@patch
-def prepare_batch(self:InfCamModule, batch:dict) -> dict:
-    "Latents and context on this device: encode videos with `codec`, captions with `text_encoder` when needed."
-    b = dict(batch)
-    if b['target'].shape[1] == 3 and self.config.in_dim != 3:
-        if self.codec is None: raise InfcamError("the batch holds videos (3 channels) but the module has no codec")
-        with torch.no_grad(): b['target'], b['source'] = (self.codec.encode(b[k].to(self.device)) for k in ('target', 'source'))
-    if self.caption is not None:                                  # one fixed caption for every pair
-        b.pop('context', None); b['caption'] = [self.caption] * len(b['target'])
-    if 'context' not in b:
-        if self.text_encoder is None: raise InfcamError("the batch has no cached text states and the module has no text_encoder")
-        with torch.no_grad(): b['context'] = self.text_encoder.encode(b['caption'])
-    return {k: (v.to(self.device) if isinstance(v, Tensor) else v) for k, v in b.items()}
+    def prepare_batch(self, batch:dict) -> dict:
+        "Latents and context on this device: encode videos with `codec`, captions with `text_encoder` when needed."
+        b = dict(batch)
+        if b['target'].shape[1] == 3 and self.config.in_dim != 3:
+            if self.codec is None: raise InfcamError("the batch holds videos (3 channels) but the module has no codec")
+            with torch.no_grad(): b['target'], b['source'] = (self.codec.encode(b[k].to(self.device)) for k in ('target', 'source'))
+        if self.caption is not None:                                  # one fixed caption for every pair
+            b.pop('context', None); b['caption'] = [self.caption] * len(b['target'])
+        if 'context' not in b:
+            if self.text_encoder is None: raise InfcamError("the batch has no cached text states and the module has no text_encoder")
+            with torch.no_grad(): b['context'] = self.text_encoder.encode(b['caption'])
+        return {k: (v.to(self.device) if isinstance(v, Tensor) else v) for k, v in b.items()}
 
-@patch
-def loss(self:InfCamModule, batch:dict, generator:torch.Generator|None=None) -> Tensor:
-    "Weighted flow-matching MSE of the target half (source clean, same timestep), on the velocity or on `x0`."
-    b = self.prepare_batch(batch)
-    x0, src = b['target'].float(), b['source'].float()
-    B = x0.shape[0]
-    _, sigma, t, w = self.scheduler.sample_training(B, generator, device=self.device)
-    noise = torch.randn(x0.shape, generator=generator).to(self.device)
-    xt = self.scheduler.add_noise(x0, noise, sigma)
-    out = self.model(xt, src, t, b['context'], b['K_src'], b['K_tgt'], b['extrinsics'])
-    err = (out.float() - self.scheduler.training_target(x0, noise)) ** 2
-    return (err.flatten(1).mean(1) * w).mean()
+    def loss(self, batch:dict, generator:torch.Generator|None=None) -> Tensor:
+        "Weighted flow-matching MSE of the target half (source clean, same timestep), on the velocity or on `x0`."
+        b = self.prepare_batch(batch)
+        x0, src = b['target'].float(), b['source'].float()
+        B = x0.shape[0]
+        _, sigma, t, w = self.scheduler.sample_training(B, generator, device=self.device)
+        noise = torch.randn(x0.shape, generator=generator).to(self.device)
+        xt = self.scheduler.add_noise(x0, noise, sigma)
+        out = self.model(xt, src, t, b['context'], b['K_src'], b['K_tgt'], b['extrinsics'])
+        err = (out.float() - self.scheduler.training_target(x0, noise)) ** 2
+        return (err.flatten(1).mean(1) * w).mean()
+
+    def training_step(self, batch:dict, batch_idx:int) -> Tensor:
+        "The loss of a micro-batch, its noise drawn from `(seed, rank, micro-batch)`; logged with the absolute step."
+        rank = self.trainer.global_rank if self.attached else 0
+        g = torch.Generator().manual_seed(_mix(self.seed, rank, self.start_micro + batch_idx))
+        loss = self.loss(batch, g)
+        self.log('train/loss', loss, prog_bar=True, on_step=True, on_epoch=False)
+        self.log('step', float(self.step), on_step=True, on_epoch=False)   # absolute step for the loggers
+        return loss
+
+    def setup(self, stage:str):
+        "Seed this rank (`seed + rank`), then restore the RNG states of a resumed checkpoint."
+        L.seed_everything(self.seed + self.trainer.global_rank, workers=True, verbose=False)
+        if self._rng is not None: set_rng_state(self._rng); self._rng = None
+
+    def configure_optimizers(self):
+        "AdamW over the trainable tensors (with a resumed run's state), its learning rate `lr_factor` of the absolute step."
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, **self.opt_kw)
+        if self._optim_state is not None:
+            if self.attached and deepspeed_engine(self.trainer) is not None:
+                warnings.warn("the checkpoint's optimizer state was saved without DeepSpeed and cannot be loaded into "
+                              "a ZeRO optimizer: the optimizer starts afresh")
+            else: opt.load_state_dict(self._optim_state)
+            self._optim_state = None
+        start = self.start_step                                       # the schedule is a function of the absolute step
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(start + k, self.warmup, self.lr_schedule, self.max_steps))
+        return dict(optimizer=opt, lr_scheduler=dict(scheduler=sched, interval='step'))
+
+    def on_train_start(self):
+        "Restore the ZeRO optimizer shards of a resumed DeepSpeed checkpoint (the engine exists by now)."
+        ck, self._zero_ckpt = self._zero_ckpt, None
+        if ck is None: return
+        if (engine := deepspeed_engine(self.trainer)) is not None: load_zero_shards(engine, ck)
+        else: warnings.warn(f"{ck} holds DeepSpeed ZeRO optimizer shards, which the {type(self.trainer.strategy).__name__} "
+                            "cannot load: the optimizer starts afresh")
+
+    def resume_from(self, ckpt, optimizer:bool=True) -> int:
+        """Load a checkpoint's trained tensors, optimizer state (applied when the optimizer is made; `optimizer=False`
+        starts it afresh) and RNG; return its step."""
+        tensors, meta, st = read_checkpoint(ckpt)
+        sd = self.model.state_dict()
+        if missing := [n for n in self.trainable if n not in tensors]:
+            raise InfcamError(f"cannot resume from {ckpt}: it lacks the trained tensor {missing[0]} ({len(missing)} missing); "
+                              "it was saved by a different model (another preset, variant or --train-backbone)")
+        with torch.no_grad():
+            for n, t in tensors.items(): sd[n].copy_(t)
+        self.start_step = int(st.get('step', meta.get('step', 0)))
+        self._optim_state = (st.get('optimizer') or None) if optimizer else None
+        self._zero_ckpt = Path(ckpt) if st.get('zero') and optimizer else None   # ZeRO shards, loaded once the engine exists
+        self._rng = st.get('rng')                                        # restored in `setup`, after the seeding
+        return self.start_step
+
 
 # %% ../nbs/42_training.ipynb #3e351fe2
 def _mix(*xs) -> int:
     "A 63-bit seed from hashing `xs`: nearby tuples give unrelated seeds."
     return int.from_bytes(hashlib.sha256(repr(xs).encode()).digest()[:8], 'little') >> 1
 
-@patch
-def training_step(self:InfCamModule, batch:dict, batch_idx:int) -> Tensor:
-    "The loss of a micro-batch, its noise drawn from `(seed, rank, micro-batch)`; logged with the absolute step."
-    rank = self.trainer.global_rank if self._trainer is not None else 0
-    g = torch.Generator().manual_seed(_mix(self.seed, rank, self.start_micro + batch_idx))
-    loss = self.loss(batch, g)
-    self.log('train/loss', loss, prog_bar=True, on_step=True, on_epoch=False)
-    self.log('step', float(self.step), on_step=True, on_epoch=False)   # absolute step for the loggers
-    return loss
-
-@patch
-def setup(self:InfCamModule, stage:str):
-    "Seed this rank (`seed + rank`), then restore the RNG states of a resumed checkpoint."
-    L.seed_everything(self.seed + self.trainer.global_rank, workers=True, verbose=False)
-    if getattr(self, '_rng', None) is not None: set_rng_state(self._rng); self._rng = None
-
-@patch
-def train_dataloader(self:InfCamModule):
-    "Step-indexed batches of `self.data` (set by `fit`) for this rank, from the step the run resumes at."
-    ds, bs, workers = self.data
-    t = self.trainer
-    sampler = StepSampler(len(ds), bs, self.seed, self.start_micro, t.global_rank, t.world_size)
-    return torch.utils.data.DataLoader(EpochIndexed(ds), batch_sampler=sampler, collate_fn=collate,
-                                       num_workers=workers, persistent_workers=workers > 0)
-
-# %% ../nbs/42_training.ipynb #bcb34750
-@patch
-def configure_optimizers(self:InfCamModule):
-    "AdamW over the trainable tensors (with a resumed run's state), its learning rate `lr_factor` of the absolute step."
-    params = [p for p in self.model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, **self.opt_kw)
-    if self._optim_state is not None:
-        if self._trainer is not None and deepspeed_engine(self.trainer) is not None:
-            warnings.warn("the checkpoint's optimizer state was saved without DeepSpeed and cannot be loaded into "
-                          "a ZeRO optimizer: the optimizer starts afresh")
-        else: opt.load_state_dict(self._optim_state)
-        self._optim_state = None
-    start = self.start_step                                       # the schedule is a function of the absolute step
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(start + k, self.warmup, self.lr_schedule, self.max_steps))
-    return dict(optimizer=opt, lr_scheduler=dict(scheduler=sched, interval='step'))
-
-@patch
-def on_train_start(self:InfCamModule):
-    "Restore the ZeRO optimizer shards of a resumed DeepSpeed checkpoint (the engine exists by now)."
-    ck, self._zero_ckpt = getattr(self, '_zero_ckpt', None), None
-    if ck is None: return
-    if (engine := deepspeed_engine(self.trainer)) is not None: load_zero_shards(engine, ck)
-    else: warnings.warn(f"{ck} holds DeepSpeed ZeRO optimizer shards, which the {type(self.trainer.strategy).__name__} "
-                        "cannot load: the optimizer starts afresh")
 
 # %% ../nbs/42_training.ipynb #c580950e
 @torch.no_grad()
@@ -266,6 +281,11 @@ def is_global_zero() -> bool:
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
     if getattr(rank_zero_only, 'rank', 0) != 0: return False
     return all(os.environ.get(k, '0') == '0' for k in ('RANK', 'NODE_RANK', 'LOCAL_RANK'))
+
+def finish_wandb():
+    "Close the Weights & Biases run of this process, if one was started (wandb's own API; nothing to do otherwise)."
+    import wandb
+    if wandb.run is not None: wandb.finish()
 
 def wandb_logger(run_dir, project:str):
     "A Lightning `WandbLogger` for `project` saving into `run_dir/logs/`; `InfcamError` when wandb is not installed."
@@ -354,30 +374,13 @@ def check_fit_args(max_steps:int, batch_size:int=1, accumulate:int=1, every:int=
     for name, v, lo in (('max_steps', max_steps, 1), ('batch_size', batch_size, 1), ('accumulate', accumulate, 1),
                         ('every', every, 0), ('keep_last', keep_last, 1), ('num_nodes', num_nodes, 1),
                         ('num_workers', num_workers, 0), ('log_every', log_every, 1)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            why = ' (a run keeps at least its last checkpoint, to resume from)' if name == 'keep_last' else ''
-            raise InfcamError(f"{name} must be an integer >= {lo}, got {v!r}{why}")
-    if keep_every is not None and (isinstance(keep_every, bool) or not isinstance(keep_every, int) or keep_every < 1):
-        raise InfcamError(f"keep_every must be an integer >= 1, got {keep_every!r}")
+        try: check_int(v, name, lo)
+        except InfcamError as e:
+            raise InfcamError(f"{e} (a run keeps at least its last checkpoint, to resume from)" if name == 'keep_last' else str(e)) from None
+    if keep_every is not None: check_int(keep_every, 'keep_every', 1)
     if grad_clip is not None and not (isinstance(grad_clip, (int, float)) and math.isfinite(grad_clip) and grad_clip > 0):
         raise InfcamError(f"grad_clip must be a positive number, got {grad_clip!r}")
     check_hardware(accelerator, devices, precision)
-
-# %% ../nbs/42_training.ipynb #89f9e286
-def resume_from(module:InfCamModule, ckpt) -> int:
-    "Load a checkpoint's trained tensors, optimizer state (applied when the optimizer is made) and RNG; return its step."
-    tensors, meta, st = read_checkpoint(ckpt)
-    sd = module.model.state_dict()
-    if missing := [n for n in module.trainable if n not in tensors]:
-        raise InfcamError(f"cannot resume from {ckpt}: it lacks the trained tensor {missing[0]} ({len(missing)} missing); "
-                          "it was saved by a different model (another preset, variant or --train-backbone)")
-    with torch.no_grad():
-        for n, t in tensors.items(): sd[n].copy_(t)
-    module.start_step = int(st.get('step', meta.get('step', 0)))
-    module._optim_state = st.get('optimizer') or None
-    module._zero_ckpt = Path(ckpt) if st.get('zero') else None         # ZeRO shards, loaded once the engine exists
-    module._rng = st.get('rng')                                        # restored in `setup`, after the seeding
-    return module.start_step
 
 # %% ../nbs/42_training.ipynb #46e9bf34
 def run_config(module:InfCamModule, **settings) -> dict:
@@ -424,10 +427,10 @@ def fit(module:InfCamModule, dataset, run_dir, max_steps:int, batch_size:int=1, 
     with folder_lock(run_dir, 'training') if is_global_zero() else contextlib.nullcontext():
         ck_dir = run_dir / 'ckpt'
         for t in ck_dir.glob('.step*.tmp') if ck_dir.is_dir() else []: shutil.rmtree(t, ignore_errors=True)   # a killed save
-        if resume and (cks := list_checkpoints(ck_dir)): resume_from(module, cks[-1])
+        if resume and (cks := list_checkpoints(ck_dir)): module.resume_from(cks[-1])
         left = max_steps - module.start_step
         if left <= 0: return module
-        module.data, module.max_steps = (dataset, batch_size, num_workers), max_steps
+        module.max_steps = max_steps
         rec = run_config(module, grad_clip=grad_clip, batch_size=batch_size, accumulate=accumulate, max_steps=max_steps,
                          strategy=strategy, **(extra_config or {}))
         if module.start_step: check_resumable(run_dir, rec)            # resuming: the same run, or a clear refusal
@@ -448,11 +451,12 @@ def fit(module:InfCamModule, dataset, run_dir, max_steps:int, batch_size:int=1, 
             try:
                 if wandb is not None and is_global_zero(): wb.experiment.define_metric('train/*', step_metric='step')
                 pg, had_group = torch.distributed, torch.distributed.is_initialized()
-                trainer.fit(module)
+                trainer.fit(module, datamodule=StepData(dataset, batch_size, num_workers, module.seed, module.start_step * accumulate))
                 if not had_group and pg.is_initialized() and pg.get_backend() == 'gloo':
                     pg.destroy_process_group()                        # the group this fit opened; left open, a rank can abort at exit
             finally:
                 if plot and trainer.is_global_zero: plot_loss(run_dir)
-                if wandb is not None and trainer.is_global_zero and wb._experiment is not None: wb.experiment.finish()
-        module.start_step, module._trainer = module.step, None
+                if wandb is not None and trainer.is_global_zero: finish_wandb()
+        module.start_step = module.step
+        module.trainer = None                                         # detached: `step` counts from start_step again
         return module

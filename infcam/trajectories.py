@@ -4,20 +4,25 @@
 
 # %% ../nbs/04_trajectories.ipynb #29348aa3
 from __future__ import annotations
-import json, math, re
+import html, json, math, re, shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
 import yaml
-from fastcore.basics import patch
-from .core import InfcamError, atomic_path
-from .cameras import (PRESET_NAMES, preset, preset_id, latent_frame_indices, load_camera_extrinsics,
+from .core import InfcamError, atomic_path, check_int
+from .cameras import (PRESET_NAMES, PRESET_REFERENCE_FRAMES, preset, preset_id, latent_frame_indices, load_camera_extrinsics,
                             relative_poses, pose_matrix, homogeneous, ypr_to_rotation, rotation_to_ypr)
+from .homography import image_row, percent
+from .intrinsics import DEFAULT_FOCAL_MM, check_focal_mm, check_zoom
+
 
 # %% auto #0
-__all__ = ['MAX_DEGREES', 'Keyframe', 'Trajectory', 'load_trajectory']
+__all__ = ['MAX_DEGREES', 'DESIGN_COLUMNS', 'Keyframe', 'Trajectory', 'read_trajectory_file', 'keyframes_from_c2w',
+           'load_trajectory', 'trajectory_rows', 'rows_trajectory', 'preview_warnings', 'design_clip', 'starter_path',
+           'design_trajectory', 'keyframe_row', 'PathDesigner', 'path_figure', 'preview_command', 'save_status',
+           'coverage_html', 'keyframe_table', 'DesignerView', 'path_designer']
 
 # %% ../nbs/04_trajectories.ipynb #e4a9d2ae
 def _quat_from_matrix(R:Tensor) -> Tensor:
@@ -125,43 +130,37 @@ class Keyframe:
             if dev > _ORTHO_TOL:
                 raise InfcamError(f"{where}.rotation is not orthonormal: max |R^T R - I| = {dev:.3g} (tolerance {_ORTHO_TOL:g})")
             if torch.linalg.det(R) < 0: raise InfcamError(f"{where}.rotation is a reflection (determinant -1), not a rotation")
-        for k in ('focal_mm', 'zoom'):
-            v = getattr(self, k)
-            if v is not None:
-                v = _num(v, f"{where}.{k}")
-                if v <= 0: raise InfcamError(f"{where}.{k} must be positive, got {v:g}")
-                setattr(self, k, v)
+        for k, check in (('focal_mm', check_focal_mm), ('zoom', check_zoom)):     # a lens a camera can have
+            if (v := getattr(self, k)) is not None: setattr(self, k, check(_num(v, f"{where}.{k}"), f"{where}.{k}"))
         if self.focal_mm is not None and self.zoom is not None:
             raise InfcamError(f"{where}: give the lens as focal_mm or as zoom, not both")
 
-# %% ../nbs/04_trajectories.ipynb #342fd2fd
-@patch
-def matrix(self:Keyframe) -> Tensor:
-    "The camera-to-world rotation (3, 3), float64 (a given `rotation` is projected onto the nearest rotation)."
-    if self.rotation is None:
-        return ypr_to_rotation(*(torch.tensor(v, dtype=torch.float64) for v in (self.yaw, self.pitch, self.roll)))
-    U, _, Vh = torch.linalg.svd(torch.tensor(self.rotation, dtype=torch.float64))
-    return U @ Vh
+    def matrix(self) -> Tensor:
+        "The camera-to-world rotation (3, 3), float64 (a given `rotation` is projected onto the nearest rotation)."
+        if self.rotation is None:
+            return ypr_to_rotation(*(torch.tensor(v, dtype=torch.float64) for v in (self.yaw, self.pitch, self.roll)))
+        U, _, Vh = torch.linalg.svd(torch.tensor(self.rotation, dtype=torch.float64))
+        return U @ Vh
 
-@patch
-def to_dict(self:Keyframe) -> dict:
-    d = {'t': self.t}
-    if self.rotation is None: d.update(yaw=self.yaw, pitch=self.pitch, roll=self.roll)
-    else: d['rotation'] = [list(r) for r in self.rotation]
-    d['translation'] = list(self.translation)
-    for k in ('focal_mm', 'zoom'):
-        if getattr(self, k) is not None: d[k] = getattr(self, k)
-    return d
+    def to_dict(self) -> dict:
+        d = {'t': self.t}
+        if self.rotation is None: d.update(yaw=self.yaw, pitch=self.pitch, roll=self.roll)
+        else: d['rotation'] = [list(r) for r in self.rotation]
+        d['translation'] = list(self.translation)
+        for k in ('focal_mm', 'zoom'):
+            if getattr(self, k) is not None: d[k] = getattr(self, k)
+        return d
 
-@patch(cls_method=True)
-def from_dict(cls:Keyframe, d, where:str='keyframe') -> Keyframe:
-    if not isinstance(d, dict): raise InfcamError(f"{where} must be a mapping like {{t: 0.5, yaw: 10}}, got {d!r}")
-    for k in d:
-        if k not in _KEY_KEYS: raise InfcamError(f"{where}: unknown key {k!r} (allowed: {', '.join(_KEY_KEYS)})")
-    if 't' not in d: raise InfcamError(f"{where}: missing 't' (the keyframe's time: 0 = first frame, 1 = last)")
-    kf = cls(**d)
-    kf._check(where)
-    return kf
+    @classmethod
+    def from_dict(cls, d, where:str='keyframe') -> Keyframe:
+        if not isinstance(d, dict): raise InfcamError(f"{where} must be a mapping like {{t: 0.5, yaw: 10}}, got {d!r}")
+        for k in d:
+            if k not in _KEY_KEYS: raise InfcamError(f"{where}: unknown key {k!r} (allowed: {', '.join(_KEY_KEYS)})")
+        if 't' not in d: raise InfcamError(f"{where}: missing 't' (the keyframe's time: 0 = first frame, 1 = last)")
+        kf = cls(**d)
+        kf._check(where)
+        return kf
+
 
 # %% ../nbs/04_trajectories.ipynb #33ee91e7
 def _tangents(P:Tensor, T:Tensor) -> Tensor:
@@ -264,41 +263,65 @@ class Trajectory:
         return cls([Keyframe.from_dict(k, f"keyframes[{i}]") for i, k in enumerate(kfs)], frames=data.get('frames'),
                    name=data.get('name'), description=data.get('description'))
 
-# %% ../nbs/04_trajectories.ipynb #d131866c
-@patch
-def _times(self:Trajectory, num_frames) -> tuple[Tensor, Tensor]:
-    n = num_frames if num_frames is not None else (self.frames or 81)
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise InfcamError(f"the number of frames must be a positive integer, got {n!r}")
-    T = torch.tensor([k.t for k in self.keyframes], dtype=torch.float64)
-    u = torch.linspace(0, 1, int(n), dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
-    return T, u
+    def _times(self, num_frames) -> tuple[Tensor, Tensor]:
+        n = num_frames if num_frames is not None else (self.frames or 81)
+        check_int(n, 'the number of frames', 1)
+        T = torch.tensor([k.t for k in self.keyframes], dtype=torch.float64)
+        u = torch.linspace(0, 1, int(n), dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
+        return T, u
 
-@patch
-def sample(self:Trajectory, num_frames:int|None=None) -> Tensor:
-    "Camera-to-world poses (num_frames, 4, 4) float32; frame i is at time i / (num_frames - 1). Default: `frames` or 81."
-    T, u = self._times(num_frames)
-    Q = _quat_from_matrix(torch.stack([k.matrix() for k in self.keyframes]))
-    P = torch.tensor([k.translation for k in self.keyframes], dtype=torch.float64)
-    return pose_matrix(_matrix_from_quat(_quat_spline(Q, T, u)), _hermite(P, T, u)).float()
+    def sample(self, num_frames:int|None=None) -> Tensor:
+        "Camera-to-world poses (num_frames, 4, 4) float32; frame i is at time i / (num_frames - 1). Default: `frames` or 81."
+        T, u = self._times(num_frames)
+        return _poses_at(self.keyframes, u).float()
+
+    def zoom(self, num_frames:int|None=None, source_focal_mm:float=DEFAULT_FOCAL_MM) -> Tensor:
+        """Target focal length / source focal length per frame (num_frames,) float32: keyframes' `zoom`, or their
+        `focal_mm / source_focal_mm`, interpolated linearly (held before the first and after the last); 1 with no lens."""
+        check_focal_mm(source_focal_mm, 'source_focal_mm')
+        T, u = self._times(num_frames)
+        vals = _keyframe_lenses(self.keyframes, source_focal_mm)
+        if all(v is None for v in vals): return torch.ones(len(u))
+        return _lerp_known(T, vals, u).float()
+
+    def focal_mm(self, num_frames:int|None=None, source_focal_mm:float=DEFAULT_FOCAL_MM) -> Tensor:
+        "Target focal length in mm per frame (num_frames,): `zoom * source_focal_mm`."
+        return self.zoom(num_frames, source_focal_mm) * source_focal_mm
+
+    def save(self, path, overwrite:bool=True) -> Path:
+        "Write the trajectory to `path` (.yaml, .yml or .json) atomically."
+        path = Path(path); ext = _check_ext(path)
+        with atomic_path(path, overwrite) as tmp: tmp.write_text(_to_text(self.to_dict(), ext))
+        return path
+
+    @classmethod
+    def load(cls, path) -> Trajectory:
+        "Read and check a trajectory file (.yaml, .yml or .json)."
+        data = read_trajectory_file(path)
+        try: return cls.from_dict(data)
+        except InfcamError as e: raise InfcamError(f"{path}: {e}") from None
+
+    @classmethod
+    def from_c2w(cls, c2w:Tensor, every:int=1, zoom:Tensor|None=None, name:str|None=None) -> Trajectory:
+        "Keyframes from poses (F, 4, 4) or (F, 3, 4), every `every` frames plus the last; optional per-frame `zoom` (F,)."
+        kfs, frames = keyframes_from_c2w(c2w, every, zoom)
+        return cls(kfs, frames=frames, name=name)
+
+
+# %% ../nbs/04_trajectories.ipynb #d131866c
+def _poses_at(keyframes:list, u:Tensor) -> Tensor:
+    "Camera-to-world poses (N, 4, 4) float64 of the path through `keyframes` at normalized times u (N,) float64."
+    T = torch.tensor([k.t for k in keyframes], dtype=torch.float64)
+    Q = _quat_from_matrix(torch.stack([k.matrix() for k in keyframes]))
+    P = torch.tensor([k.translation for k in keyframes], dtype=torch.float64)
+    return pose_matrix(_matrix_from_quat(_quat_spline(Q, T, u)), _hermite(P, T, u))
+
 
 # %% ../nbs/04_trajectories.ipynb #a260fcfc
-@patch
-def zoom(self:Trajectory, num_frames:int|None=None, source_focal_mm:float=24.) -> Tensor:
-    """Target focal length / source focal length per frame (num_frames,) float32: keyframes' `zoom`, or their
-    `focal_mm / source_focal_mm`, interpolated linearly (held before the first and after the last); 1 with no lens."""
-    if isinstance(source_focal_mm, bool) or not isinstance(source_focal_mm, (int, float)) or not source_focal_mm > 0:
-        raise InfcamError(f"source_focal_mm must be a positive number, got {source_focal_mm!r}")
-    T, u = self._times(num_frames)
-    vals = [k.zoom if k.zoom is not None else (None if k.focal_mm is None else k.focal_mm / source_focal_mm)
-            for k in self.keyframes]
-    if all(v is None for v in vals): return torch.ones(len(u))
-    return _lerp_known(T, vals, u).float()
+def _keyframe_lenses(keyframes:list, source_focal_mm:float) -> list:
+    "Each keyframe's zoom relative to the source lens: its `zoom`, or `focal_mm / source_focal_mm`, or None."
+    return [k.zoom if k.zoom is not None else (None if k.focal_mm is None else k.focal_mm / source_focal_mm) for k in keyframes]
 
-@patch
-def focal_mm(self:Trajectory, num_frames:int|None=None, source_focal_mm:float=24.) -> Tensor:
-    "Target focal length in mm per frame (num_frames,): `zoom * source_focal_mm`."
-    return self.zoom(num_frames, source_focal_mm) * source_focal_mm
 
 # %% ../nbs/04_trajectories.ipynb #76dff236
 _EXTS = ('.yaml', '.yml', '.json')
@@ -321,39 +344,51 @@ def _to_text(d:dict, ext:str) -> str:
     top = ''.join(yaml.safe_dump({k: v}, sort_keys=False, width=1 << 30) for k, v in head.items())
     return _HEADER + top + 'keyframes:\n' + ''.join(f'  - {flow(k)}\n' for k in d['keyframes'])
 
-def _save(self, path, overwrite:bool=True) -> Path:
-    "Write the trajectory to `path` (.yaml, .yml or .json) atomically."
-    path = Path(path); ext = _check_ext(path)
-    with atomic_path(path, overwrite) as tmp: tmp.write_text(_to_text(self.to_dict(), ext))
-    return path
+def _no_duplicates(pairs, where:str) -> dict:
+    "A mapping from `pairs`, refusing a key given twice (JSON and YAML readers otherwise keep the last silently)."
+    d = {}
+    for k, v in pairs:
+        if k in d: raise InfcamError(f"{where}: the key {k!r} is given twice in one mapping")
+        d[k] = v
+    return d
 
-def _load(cls, path) -> Trajectory:
-    "Read a trajectory file (.yaml, .yml or .json)."
+class _StrictYAML(yaml.SafeLoader):
+    "PyYAML's safe loader, refusing a key given twice in one mapping."
+
+def _yaml_mapping(loader, node, deep=False):
+    loader.flatten_mapping(node)
+    pairs = [(loader.construct_object(k, deep=deep), loader.construct_object(v, deep=deep)) for k, v in node.value]
+    return _no_duplicates(pairs, f"line {node.start_mark.line + 1}")
+
+_StrictYAML.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _yaml_mapping)
+
+def read_trajectory_file(path) -> dict:
+    "The structure in a trajectory file (.yaml, .yml or .json): a parse error or a key given twice is an `InfcamError`."
     path = Path(path); ext = _check_ext(path)
     try: text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise InfcamError(f"cannot read trajectory file {path}: {getattr(e, 'strerror', None) or e}") from None
-    try: data = json.loads(text) if ext == '.json' else yaml.safe_load(text)
+    try:
+        if ext == '.json': return json.loads(text, object_pairs_hook=lambda p: _no_duplicates(p, 'JSON object'))
+        return yaml.load(text, Loader=_StrictYAML)
+    except InfcamError as e: raise InfcamError(f"{path}: {e}") from None
     except json.JSONDecodeError as e: raise InfcamError(f"{path} is not valid JSON: {e.msg} (line {e.lineno})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, 'problem_mark', None)
         where = f" (line {mark.line + 1})" if mark is not None else ''
         raise InfcamError(f"{path} is not valid YAML: {getattr(e, 'problem', None) or e}{where}") from None
-    try: return cls.from_dict(data)
-    except InfcamError as e: raise InfcamError(f"{path}: {e}") from None
 
-Trajectory.save = _save
-Trajectory.load = classmethod(_load)
 
 # %% ../nbs/04_trajectories.ipynb #9d0c1575
-def _from_c2w(cls, c2w:Tensor, every:int=1, zoom:Tensor|None=None, name:str|None=None) -> Trajectory:
-    "Keyframes from poses (F, 4, 4) or (F, 3, 4), every `every` frames plus the last; optional per-frame `zoom` (F,)."
+def keyframes_from_c2w(c2w:Tensor, every:int=1, zoom:Tensor|None=None) -> tuple[list, int|None]:
+    """`(keyframes, frames)` from poses (F, 4, 4) or (F, 3, 4), every `every` frames plus the last, with an optional
+    per-frame `zoom` (F,); `frames` is F where F = 4k + 1, else None."""
     if not isinstance(c2w, Tensor) or c2w.ndim != 3 or c2w.shape[-1] != 4 or c2w.shape[-2] not in (3, 4):
         raise InfcamError(f"poses must be a tensor (F, 4, 4) or (F, 3, 4), got {tuple(c2w.shape) if isinstance(c2w, Tensor) else type(c2w).__name__}")
     F = c2w.shape[0]
     if F < 2: raise InfcamError(f"need at least 2 poses to make a trajectory, got {F}")
     if not torch.isfinite(c2w).all(): raise InfcamError("poses contain NaN or infinite values")
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1: raise InfcamError(f"every must be a positive integer, got {every!r}")
+    check_int(every, 'every', 1)
     P = homogeneous(c2w.detach().cpu().double())
     R = P[:, :3, :3]
     dev = (R.transpose(1, 2) @ R - torch.eye(3, dtype=R.dtype)).abs().amax((1, 2))
@@ -371,17 +406,15 @@ def _from_c2w(cls, c2w:Tensor, every:int=1, zoom:Tensor|None=None, name:str|None
         rot = None if (back - R[i]).abs().max() < 1e-9 else R[i].tolist()    # near gimbal lock: keep the matrix
         kfs.append(Keyframe(i / (F - 1), *((0., 0., 0.) if rot else (y, p, r)), translation=tuple(P[i, :3, 3].tolist()),
                             rotation=rot, zoom=None if zoom is None else float(zoom[i])))
-    frames = F if (F - 1) % 4 == 0 else None
-    return cls(kfs, frames=frames, name=name)
+    return kfs, (F if (F - 1) % 4 == 0 else None)
 
-Trajectory.from_c2w = classmethod(_from_c2w)
 
 # %% ../nbs/04_trajectories.ipynb #a14565e2
 def _is_preset(spec) -> bool:
     try: preset_id(spec); return True
     except InfcamError: return False
 
-def load_trajectory(spec, num_frames:int|None=81, *, stretch:bool=False, with_zoom:bool=False, source_focal_mm:float=24.):
+def load_trajectory(spec, num_frames:int|None=81, *, stretch:bool=False, with_zoom:bool=False, source_focal_mm:float=DEFAULT_FOCAL_MM):
     """Poses (num_frames, 4, 4) float32 for a preset (1-10 or name), a keyframe file (.yaml/.yml/.json) or
     'camera_extrinsics.json:camXX[@camYY]'; `num_frames` must be 4k+1 (None: the file's `frames`, else 81).
     With `with_zoom`, returns `(c2w, zoom (num_frames,))`."""
@@ -416,3 +449,301 @@ def load_trajectory(spec, num_frames:int|None=81, *, stretch:bool=False, with_zo
     latent_frame_indices(n)
     c2w = traj.sample(n)
     return (c2w, traj.zoom(n, source_focal_mm)) if with_zoom else c2w
+
+# %% ../nbs/04_trajectories.ipynb #b23f02f4
+DESIGN_COLUMNS = ('t', 'yaw', 'pitch', 'roll', 'x', 'y', 'z', 'zoom')
+
+def trajectory_rows(traj:Trajectory) -> list[dict]:
+    """The keyframe table of `traj`: one row `{t, yaw, pitch, roll, x, y, z, zoom}` per keyframe. A rotation matrix is
+    given as its angles and every lens as a zoom (a keyframe without one takes the zoom `load_trajectory` gives it)."""
+    T = torch.tensor([k.t for k in traj.keyframes], dtype=torch.float64)
+    lenses = _keyframe_lenses(traj.keyframes, DEFAULT_FOCAL_MM)
+    zooms = [1.] * len(T) if all(v is None for v in lenses) else _lerp_known(T, lenses, T).tolist()
+    rows = []
+    for k, z in zip(traj.keyframes, zooms):
+        ypr = (k.yaw, k.pitch, k.roll) if k.rotation is None else tuple(rotation_to_ypr(k.matrix()).tolist())
+        rows.append(dict(zip(DESIGN_COLUMNS, (k.t, *ypr, *k.translation, float(z)))))
+    return rows
+
+def rows_trajectory(rows:list, name:str|None=None, frames:int|None=None) -> Trajectory:
+    "A checked `Trajectory` from a keyframe table (rows `{t, yaw, pitch, roll, x, y, z, zoom}`, in any order of `t`)."
+    for i, r in enumerate(rows):
+        missing = [c for c in DESIGN_COLUMNS if c not in r]
+        if missing: raise InfcamError(f"row {i} of the keyframe table has no {', '.join(missing)}")
+        _num(r['t'], f"row {i}: t")
+    kfs = [Keyframe(r['t'], r['yaw'], r['pitch'], r['roll'], (r['x'], r['y'], r['z']), zoom=r['zoom'])
+           for r in sorted(rows, key=lambda r: float(r['t']))]
+    return Trajectory(kfs, frames=frames, name=name)
+
+# %% ../nbs/04_trajectories.ipynb #fc76f3fc
+def _frame_ranges(idx) -> str:
+    "Frame indices as ranges: [0, 1, 2, 5] -> '0-2, 5'."
+    out, idx = [], sorted(int(i) for i in idx)
+    for i in idx:
+        if out and i == out[-1][1] + 1: out[-1][1] = i
+        else: out.append([i, i])
+    return ', '.join(f"{a}" if a == b else f"{a}-{b}" for a, b in out)
+
+def preview_warnings(c2w:Tensor, zoom:Tensor, coverage:Tensor, f_px:float, width:int, depth:float=2.0,
+                     min_coverage:float=0.5) -> list[str]:
+    """Where the rotation-only preview of a path cannot be trusted, one line each: frames where translation moves a
+    subject `depth` metres away more than the rotation moves the picture (and by over 2% of the width); frames whose
+    view the source covers less than `min_coverage` of; a zoom that varies over the clip (the model takes one lens)."""
+    out = []
+    R = c2w[:, :3, :3].double()
+    angle = torch.acos(((R.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1, 1))
+    rot_px = f_px * torch.tan(angle.clamp(max=math.radians(89)))
+    move = c2w[:, :3, 3].double().norm(dim=-1)
+    par_px = f_px * move / depth
+    bad = ((par_px > rot_px) & (par_px > 0.02 * width)).nonzero()[:, 0]
+    if len(bad):
+        i = int(bad[par_px[bad].argmax()])
+        out.append(f"translation dominates at frames {_frame_ranges(bad.tolist())}: at frame {i} the camera has "
+                   f"moved {float(move[i]):.2f} m, which shifts a subject {depth:g} m away by about "
+                   f"{float(par_px[i]):.0f} px, more than the rotation moves the picture ({float(rot_px[i]):.0f} px). "
+                   f"The preview shows the rotation only (translation needs depth, which the model learns), so the "
+                   f"result will differ most there.")
+    low = (coverage < min_coverage).nonzero()[:, 0]
+    if len(low):
+        i = int(coverage.argmin())
+        least = 'none' if coverage[i] == 0 else f"{float(coverage[i]):.0%}"
+        out.append(f"the view leaves the source's field at frames {_frame_ranges(low.tolist())}: the source covers "
+                   f"less than {min_coverage:.0%} of it ({least} at frame {i}); the model has to invent the rest "
+                   f"(grey here).")
+    z = zoom.double()
+    if float(z.max() - z.min()) > 1e-3 * float(z.mean()):
+        zl = z[latent_frame_indices(len(z))]
+        out.append(f"the zoom varies over the clip ({float(z.min()):.2f}x to {float(z.max()):.2f}x): the preview shows "
+                   f"each frame's lens, but the model takes one focal length per clip; infcam generate uses the mean "
+                   f"over the latent frames, {float(zl.mean()):.2f}x.")
+    return out
+
+# %% ../nbs/04_trajectories.ipynb #85d79023
+def design_clip(video=None, num_frames:int|None=None, height:int|None=None, width:int|None=None,
+                progress:bool=False) -> Tensor:
+    "The clip to design against (F, 3, H, W): a video file, frames, or by default the rendered demo clip; 4k+1 frames."
+    from infcam.preview import demo_clip
+    from infcam.video import read_video
+    if video is None: src = demo_clip(num_frames or 17, height or 96, width or 176, progress=progress)
+    elif isinstance(video, Tensor): src = video[:num_frames].float()
+    else: src = read_video(video, num_frames=num_frames, height=height, width=width)
+    if src.ndim != 4 or src.shape[1] != 3:
+        raise InfcamError(f"the clip must be frames (F, 3, H, W), got {tuple(src.shape)}")
+    latent_frame_indices(src.shape[0])                                   # 4k+1 frames, as generate needs
+    return src
+
+def starter_path() -> Trajectory:
+    "The path a new designer opens on: a turn of 15 degrees to the right."
+    return Trajectory([Keyframe(0.), Keyframe(1., yaw=15.)], name='my_path')
+
+def design_trajectory(spec) -> Trajectory:
+    "A preset (keyframes every 10 of its 81 reference frames, spread over the clip), a trajectory file, a `Trajectory`."
+    if isinstance(spec, Trajectory): return spec
+    if _is_preset(spec):
+        c2w = load_trajectory(spec, PRESET_REFERENCE_FRAMES)
+        return Trajectory.from_c2w(c2w, every=10, name=PRESET_NAMES[preset_id(spec)])
+    p = Path(spec)
+    if p.suffix.lower() not in _EXTS:
+        raise InfcamError(f"cannot load {str(spec)!r}: not a preset nor a .yaml/.yml/.json file")
+    return Trajectory.load(p)
+
+def keyframe_row(traj:Trajectory, t:float) -> dict:
+    "A table row at time `t` holding the pose and zoom the path has there, so adding it does not move the path."
+    t = _num(t, 't')
+    if not 0 <= t <= 1: raise InfcamError(f"a keyframe's t must be within [0, 1], got {t:g}")
+    if any(abs(k.t - t) < 1e-9 for k in traj.keyframes): raise InfcamError(f"there is already a keyframe at t = {t:g}")
+    u = torch.tensor([t], dtype=torch.float64)
+    pose = _poses_at(traj.keyframes, u)[0]
+    T = torch.tensor([k.t for k in traj.keyframes], dtype=torch.float64)
+    zoom = float(_lerp_known(T, [r['zoom'] for r in trajectory_rows(traj)], u)[0])
+    return dict(zip(DESIGN_COLUMNS, (t, *rotation_to_ypr(pose[:3, :3]).tolist(), *pose[:3, 3].tolist(), zoom)))
+
+# %% ../nbs/04_trajectories.ipynb #43ff55b6
+class PathDesigner:
+    """Design a camera path against a clip, without a GPU: the keyframe table (`rows`), the poses it makes, the
+    rotation-only preview of every frame exactly as `infcam preview` makes it (`shown`, `mask`), how much of each view
+    the source covers (`coverage`) and where the preview cannot be trusted (`warnings`). `DesignerView` is its page."""
+    def __init__(self, video=None, trajectory=None, num_frames:int|None=None, height:int|None=None,
+                 width:int|None=None, focal_mm:float|None=None, fov:float|None=None, depth:float=2.0,
+                 min_coverage:float=0.5, progress:bool=False):
+        from infcam.preview import source_intrinsics
+        self.video = design_clip(video, num_frames, height, width, progress)
+        self.num_frames, self.depth, self.min_coverage, self.error = self.video.shape[0], depth, min_coverage, None
+        self.clip = video if video is None or isinstance(video, (str, Path)) else False    # False: frames were given
+        self.lens = dict(focal_mm=focal_mm, fov=fov)
+        self.K_src = source_intrinsics(self.video.shape[-2], self.video.shape[-1], focal_mm=focal_mm, fov=fov)
+        self.load(starter_path() if trajectory is None else trajectory)
+
+    def trajectory(self) -> Trajectory:
+        "The table as a checked `Trajectory` (an `InfcamError` naming the row or keyframe if it is not a path)."
+        return rows_trajectory(self.rows, name=self.name, frames=self.num_frames)
+
+    def update(self) -> bool:
+        "Recompute poses, preview, coverage and warnings; a bad table keeps the last good ones and sets `error`."
+        from infcam.preview import preview_frames
+        try: traj = self.trajectory()
+        except InfcamError as e: self.error = str(e); return False
+        self.error, (self.c2w, self.zoom) = None, load_trajectory(traj, self.num_frames, with_zoom=True)
+        self.shown, self.mask = preview_frames(self.video, self.c2w, self.zoom, self.K_src, progress=False)
+        self.coverage = self.mask.flatten(1).mean(1)
+        self.warnings = preview_warnings(self.c2w, self.zoom, self.coverage, float(self.K_src[0]), self.video.shape[-1],
+                                         self.depth, self.min_coverage)
+        return True
+    def set(self, row:int, column:str, value:float) -> bool:
+        "Edit one cell of the table (rows stay in order of t), then `update`."
+        if column not in DESIGN_COLUMNS: raise InfcamError(f"unknown column {column!r} ({', '.join(DESIGN_COLUMNS)})")
+        self.rows[row][column] = float(value)
+        if column == 't': self.rows.sort(key=lambda r: r['t'])
+        return self.update()
+
+    def add(self, t:float|None=None) -> None:
+        "Add a keyframe at time `t` (default: the middle of the longest gap) that holds the path's pose there."
+        if t is None:
+            ts = sorted(r['t'] for r in self.rows)
+            gap = max(range(len(ts) - 1), key=lambda i: ts[i + 1] - ts[i])
+            t = (ts[gap] + ts[gap + 1]) / 2
+        self.rows = sorted([*self.rows, keyframe_row(self.trajectory(), t)], key=lambda r: r['t'])
+        self.update()
+    def remove(self, row:int) -> None:
+        "Remove a keyframe (a path keeps at least two)."
+        if len(self.rows) <= 2: raise InfcamError("a path needs at least 2 keyframes; add one before removing this one")
+        del self.rows[row]; self.update()
+    def load(self, spec) -> None:
+        "Load a preset (name or 1-10), a trajectory file (.yaml/.yml/.json) or a `Trajectory` into the table."
+        traj = design_trajectory(spec)
+        self.rows, self.name = trajectory_rows(traj), traj.name
+        if not self.update(): raise InfcamError(self.error)
+    def save(self, path, overwrite:bool=False) -> Path:
+        "Write the table as the trajectory file `infcam preview --trajectory` and `infcam generate --trajectory` take."
+        path = Path(path)
+        if path.exists() and not overwrite: raise InfcamError(f"{path} already exists; tick overwrite to replace it")
+        return self.trajectory().save(path, overwrite=True)
+
+# %% ../nbs/04_trajectories.ipynb #7df0e5ec
+def _png(image:Tensor) -> bytes:
+    "PNG bytes of one image (3, H, W) in [0, 1], pixel for pixel."
+    return image_row([image])
+
+def path_figure(c2w:Tensor, figsize=(4.6, 3.8)) -> bytes:
+    "PNG of the path `c2w` (F, 4, 4) drawn as camera frustums beside the source camera, for the designer."
+    import io
+    from matplotlib.figure import Figure
+    from infcam.cameras import plot_trajectory
+    fig = Figure(figsize=figsize, dpi=72)
+    ax = fig.add_subplot(projection='3d')
+    plot_trajectory([torch.eye(4)[None], c2w], ax=ax, labels=['source camera', 'path'], every=max(1, len(c2w) // 8))
+    fig.subplots_adjust(left=0, right=0.92, bottom=0.08, top=1)
+    buf = io.BytesIO(); fig.savefig(buf, format='png', metadata={'Software': None})
+    return buf.getvalue()
+
+# %% ../nbs/04_trajectories.ipynb #4762bde3
+def preview_command(d:PathDesigner, trajectory_file) -> str|None:
+    "The `infcam preview` command showing `trajectory_file` on the designer's clip as it does (None for given frames)."
+    if d.clip is False: return None
+    H, W = d.video.shape[-2:]
+    args = ['infcam', 'preview', *([] if d.clip is None else ['--video', str(d.clip)]),
+            '--trajectory', str(trajectory_file), '--frames', str(d.num_frames), '--height', str(H), '--width', str(W)]
+    for k, v in d.lens.items():
+        if v is not None: args += [f"--{k.replace('_', '-')}", f'{v:g}']
+    return shlex.join(args)
+
+def save_status(d:PathDesigner, path:str, overwrite:bool) -> str:
+    "Save the designer's path to `path`; the status line (HTML) saying where and how to see it, or why not."
+    try: p = d.save(path, overwrite=overwrite)
+    except InfcamError as e: return _error_html(e)
+    cmd = preview_command(d, p)
+    if cmd is None: return f'saved {html.escape(str(p))}'
+    return f'saved {html.escape(str(p))}; see it: <code class="infcam-command">{html.escape(cmd)} --out p.mp4</code>'
+
+def coverage_html(d:PathDesigner, i:int) -> str:
+    "The line under the pictures of frame `i`: its time and the fraction of the target view the source covers."
+    c = float(d.coverage[i])
+    return (f'frame {i} (t = {i / max(1, d.num_frames - 1):.3f}): the source covers {percent(c)} '
+            f'(<span class="infcam-fraction">{c:.4f}</span>) of the target view')
+
+def _error_html(e) -> str: return f'<span style="color:#b00">{html.escape(str(e))}</span>'
+
+def _named(w, name:str):
+    "The widget `w` with the CSS class `infcam-NAME`, by which a page (and its tests) find it."
+    w.add_class(f'infcam-{name}'); return w
+
+def _button(text:str, icon:str, name:str, f):
+    import ipywidgets as W
+    b = _named(W.Button(description=text, icon=icon), name); b.on_click(lambda _: f()); return b
+
+def keyframe_table(rows:list, on_edit, on_remove):
+    """Widgets of an editable keyframe table: a header, a `FloatText` per cell (class `infcam-kf-ROW-COLUMN`) calling
+    `on_edit(row, column, value)`, a remove button per row calling `on_remove(row)`; returns (children, row cells)."""
+    import ipywidgets as W
+    children, cells = [W.HTML(f'<b>{c}</b>') for c in DESIGN_COLUMNS] + [W.HTML('')], []
+    for i, r in enumerate(rows):
+        row = {}
+        for c in DESIGN_COLUMNS:
+            w = row[c] = _named(W.FloatText(round(r[c], 6), layout=W.Layout(width='70px')), f'kf-{i}-{c}')
+            w.observe(lambda ch, i=i, c=c: on_edit(i, c, ch['new']), 'value')
+        rm = W.Button(icon='minus', tooltip=f'remove keyframe {i}', layout=W.Layout(width='32px'))
+        _named(rm, f'remove-{i}')
+        rm.on_click(lambda _, i=i: on_remove(i))
+        children += [*row.values(), rm]; cells.append(row)
+    return children, cells
+
+# %% ../nbs/04_trajectories.ipynb #53235ff4
+class DesignerView:
+    """The designer's page (ipywidgets): the keyframe table with add/remove, the path in 3D, a frame slider with the
+    source and its preview, the coverage, the warnings, load and save. Every number it shows comes from `designer`."""
+    def __init__(self, designer:PathDesigner, path:str='my_path.yaml'):
+        import ipywidgets as W
+        self.d, named, act = designer, _named, self._act
+        self.table = W.GridBox(layout=W.Layout(grid_template_columns=f"repeat({len(DESIGN_COLUMNS)}, 72px) 34px"))
+        self.add_button = _button('add keyframe', 'plus', 'add', lambda: act(self.d.add))
+        self.paths = named(W.Image(format='png'), 'paths')
+        self.time = named(W.IntSlider(0, 0, designer.num_frames - 1, description='frame'), 'time')
+        self.time.observe(lambda _: self._show_frame(), 'value')
+        self.source, self.preview = (named(W.Image(format='png', width='45%'), n) for n in ('source', 'preview'))
+        self.coverage, self.warnings, self.status = (named(W.HTML(), n) for n in ('coverage', 'warnings', 'status'))
+        self.file = named(W.Text(path, description='file'), 'file')
+        self.overwrite = named(W.Checkbox(False, description='overwrite', indent=False), 'overwrite')
+        self.save_button = _button('save', 'save', 'save', self._save)
+        self.spec = named(W.Text('', placeholder='pan_right, ... or a .yaml/.json file', description='load'), 'spec')
+        self.load_button = _button('load', 'folder-open', 'load', self._load)
+        left = W.VBox([W.HTML('<b>keyframes</b> (t: 0 = first frame, 1 = last; degrees; metres; zoom x source lens)'),
+                       self.table, self.add_button, W.HBox([self.spec, self.load_button]),
+                       W.HBox([self.file, self.overwrite, self.save_button]), self.status])
+        self.box = named(W.VBox([W.HBox([left, self.paths]), self.time, W.HBox([self.source, self.preview]),
+                                 self.coverage, self.warnings]), 'designer')
+        self.refresh()
+
+    def _ipython_display_(self):
+        from IPython.display import display
+        display(self.box)
+
+    def _act(self, f):
+        "Run a designer action; its error goes to the status line, never a traceback."
+        try: f(); self.status.value = ''
+        except InfcamError as e: self.status.value = _error_html(e)
+        self.refresh()
+
+    def refresh(self):
+        "Redraw everything from the designer's state (the table is rebuilt, so its order follows t)."
+        edit = lambda i, c, v: self._act(lambda: self.d.set(i, c, v))
+        remove = lambda i: self._act(lambda: self.d.remove(i))
+        self.table.children, self.cells = keyframe_table(self.d.rows, edit, remove)
+        if self.d.error: self.status.value = _error_html(self.d.error)
+        self.paths.value = path_figure(self.d.c2w)
+        warn = ''.join(f'<li>{html.escape(w)}</li>' for w in self.d.warnings)
+        self.warnings.value = (f'<b>warnings</b><ul>{warn}</ul>' if warn
+                               else 'no warnings: the preview shows this path faithfully')
+        self._show_frame()
+
+    def _show_frame(self):
+        i = self.time.value
+        self.source.value, self.preview.value = _png(self.d.video[i]), _png(self.d.shown[i])
+        self.coverage.value = coverage_html(self.d, i)
+
+    def _load(self): self._act(lambda: self.d.load(self.spec.value.strip()))
+    def _save(self): self.status.value = save_status(self.d, self.file.value.strip(), self.overwrite.value)
+
+# %% ../nbs/04_trajectories.ipynb #ca693169
+def path_designer(video=None, trajectory=None, path:str='my_path.yaml', **kwargs) -> DesignerView:
+    "The path designer in a notebook: `PathDesigner(video, trajectory, **kwargs)` on its page; display it."
+    return DesignerView(PathDesigner(video, trajectory, **kwargs), path)

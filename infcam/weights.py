@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from .core import InfcamError, atomic_path, load_pickle, unwrap_state_dict, short_list, first_line, as_dtype
+from .core import InfcamError, atomic_path, load_pickle, unwrap_state_dict, short_list, first_line, as_dtype, check_finite
 from .models.wan import WanConfig, WanDiT
 from .models.infcam import InfCamDiT, InfCamConfig
 
@@ -195,10 +195,11 @@ def read_tensors(path, device='meta', dtype:torch.dtype|None=None, what:str='che
             try:
                 with safe_open(str(path), framework='pt', device='cpu') as fh: out = {k: cast(fh.get_tensor(k)) for k in hdr}
             except Exception as e: raise InfcamError(f"{path}: not a readable safetensors file ({first_line(e)})") from None
+            check_finite(out, path, what)
         return out, dict(format='safetensors', files=[path], wrappers=[], metadata=meta)
     obj = load_pickle(path, what, 'meta' if str(device) == 'meta' else 'cpu')
     sd, wrappers = unwrap_state_dict(obj, str(path))
-    if str(device) != 'meta': sd = {k: cast(v) for k, v in sd.items()}
+    if str(device) != 'meta': sd = check_finite({k: cast(v) for k, v in sd.items()}, path, what)
     return sd, dict(format='pickle', files=[path], wrappers=wrappers, metadata={})
 
 # %% ../nbs/16_weights.ipynb #e0ac2f17
@@ -500,6 +501,10 @@ def _check_dit(c:ComponentCheck, path:Path, spec:WeightsSpec, kind:str) -> None:
     c.problems += _wrong_lines(ck.missing, ck.unexpected, ck.wrong, 8 if ck.inferred is None else 3)
     c.status = 'wrong' if c.problems else 'ok'
 
+def _check_values(c:ComponentCheck, path:Path) -> None:
+    try: read_tensors(path, 'cpu', what=TITLES[c.name])                   # refuses NaN and infinite values by name
+    except InfcamError as e: c.status = 'wrong'; c.problems.append(str(e))
+
 def _check_tensors(c:ComponentCheck, path:Path, spec:WeightsSpec, layout:str) -> None:
     tensors, info = read_tensors(path, 'meta', what=TITLES[c.name])
     _summarise(c, tensors)
@@ -516,9 +521,10 @@ def _check_tokenizer(c:ComponentCheck, path:Path, spec:WeightsSpec) -> None:
     c.status = 'wrong' if c.problems else 'ok'
 
 # %% ../nbs/16_weights.ipynb #106574b4
-def check_weights(folder, spec:WeightsSpec|None=None, infcam_checkpoint=None) -> WeightsReport:
-    """Find and check every component under `folder` against `spec` (default: the released Wan2.1-T2V-1.3B + InfCam),
-    reading only headers and pickles' metadata, never tensor data."""
+def check_weights(folder, spec:WeightsSpec|None=None, infcam_checkpoint=None, values:bool=True) -> WeightsReport:
+    """Find and check every component under `folder` against `spec` (default: the released Wan2.1-T2V-1.3B + InfCam):
+    names and shapes from headers and pickles' metadata; then, unless `values=False`, the two DiT files' values, which
+    must all be finite (read memory-mapped where the format allows; the encoders' values are checked when loaded)."""
     folder = Path(folder)
     named = spec is None
     spec = spec or WeightsSpec.released()
@@ -534,7 +540,9 @@ def check_weights(folder, spec:WeightsSpec|None=None, infcam_checkpoint=None) ->
             c.layout = ''; c.problems.append(f"missing: {c.path} not found"); continue
         if others: c.notes.append(f"also found {', '.join(str(o) for o in others[:3])}{' ...' if len(others) > 3 else ''}; checked the first")
         try:
-            if k in ('dit', 'infcam'): _check_dit(c, c.path, spec, k)
+            if k in ('dit', 'infcam'):
+                _check_dit(c, c.path, spec, k)
+                if values and c.ok: _check_values(c, c.path)
             elif k == 'tokenizer': _check_tokenizer(c, c.path, spec)
             else: _check_tensors(c, c.path, spec, c.layout)
         except InfcamError as e:

@@ -78,6 +78,30 @@ def test_cli_resumes_and_refuses_other_settings(smoke, capsys):
     assert "other settings (steps)" in capsys.readouterr().err
 
 
+def test_rescoring_a_cached_benchmark_gives_its_table(smoke, tmp_path, capsys):
+    """Rows scored by other code or libraries (another scorer tag) are scored again, and today's scorer gives back the
+    committed table exactly: a table is always what today's code says of the cached runs."""
+    import shutil
+    from infcam.benchmark import read_rows, write_table, scorer_tag
+    out = tmp_path / "bench"
+    shutil.copytree(smoke / "bench", out)
+    table, rows = (out / "table.csv").read_bytes(), read_rows(out / "rows.csv")
+    assert set(rows["scorer"]) == {scorer_tag()}
+    stale = ["ground_truth", *BASELINES]                      # what needs no trained run: scored again in seconds
+    for m in stale:
+        f = out / "eval" / f"{m}-s0.csv"
+        r = read_rows(f)
+        r["scorer"], r["RotErr"] = "0123456789ab", r["RotErr"] + 7.0     # an older scorer, and other numbers
+        write_table(r, f)
+    kept = {p: p.stat().st_mtime_ns for p in (out / "eval").glob("*.csv") if p.stem[:-3] not in stale}
+    assert main(["bench", "smoke", "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    assert (out / "table.csv").read_bytes() == table
+    again = read_rows(out / "rows.csv")
+    pd.testing.assert_frame_equal(again.drop(columns="seconds"), rows.drop(columns="seconds"))
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept    # rows of today's scorer were read, not made again
+
+
 def test_cli_scores_again_with_other_generation_steps(smoke, tmp_path, capsys):
     import shutil
     out = tmp_path / "bench"

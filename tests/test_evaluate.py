@@ -1,6 +1,6 @@
 """`infcam evaluate` on infcam's own results and on "another method's" folder described by a CSV: the same videos give
 the same table, a re-run scores nothing again, and bad inputs are one-line errors."""
-import json, os, shutil
+import json, math, os, shutil
 from pathlib import Path
 
 import pandas as pd
@@ -44,10 +44,11 @@ def test_ours_and_another_method_give_the_same_table(results, capsys):
     assert cli(['evaluate', str(d / 'ours'), str(other / 'requests.csv'), '--out', str(d / 'eval'), '--quiet']) == 0
     out = capsys.readouterr().out
     assert '| infcam | 2 | 2 |' in out and '| requests | 2 | 2 |' in out and 'scored 4 video(s) now' in out
+    assert '| RotErr median ↓ | RotErr < 5° ↑ |' in out and 'median (robust to the few clips' in out
     summary = pd.read_csv(d / 'eval' / 'summary.csv').set_index('method')
     assert summary.index.tolist() == ['infcam', 'requests']
-    for k in ('PSNR', 'SSIM', 'registered'):                 # the same clips: the same row of the table
-        assert summary.loc['infcam', k] == pytest.approx(summary.loc['requests', k], abs=1e-9)
+    for k in ('PSNR', 'SSIM', 'registered', 'RotErr_median', 'RotErr_under'):   # the same clips: the same row of the table
+        assert summary.loc['infcam', k] == pytest.approx(summary.loc['requests', k], abs=1e-9, nan_ok=True)
     rows = pd.read_csv(d / 'eval' / 'rows.csv', keep_default_na=False)
     assert (rows['error'] == '').all() and len(rows) == 4
     assert all(Path(t).name in ('cam03.mp4', 'cam05.mp4') for t in rows['truth'])   # the scene's own renders
@@ -86,14 +87,67 @@ def test_bad_tables_are_one_line_errors(tmp_path, capsys, content, msg):
     assert msg in err and len(err.splitlines()) == 1 and 'Traceback' not in err
 
 
-def test_unreadable_video_is_listed_not_fatal(tmp_path, capsys):
+def test_unreadable_video_is_listed_not_fatal(results, tmp_path, capsys):
+    "Videos that cannot be scored are listed; with nothing scored at all the command fails (the tables are still written)."
+    d, scene = results
     (tmp_path / 'bad.mp4').write_bytes(b'no video here')
     (tmp_path / 't.csv').write_text('video,trajectory\nbad.mp4,pan_left\nmissing.mp4,tilt_up\n')
-    assert cli(['evaluate', str(tmp_path / 't.csv'), '--out', str(tmp_path / 'e'), '--quiet']) == 0
+    assert cli(['evaluate', str(tmp_path / 't.csv'), '--out', str(tmp_path / 'e'), '--quiet']) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and 'none of the 2 video(s) could be scored' in err, err
+    md = (tmp_path / 'e' / 'summary.md').read_text()
+    assert 'Not scored:' in md and 'bad: cannot read video' in md and 'missing: video not found' in md
+    (tmp_path / 'u.csv').write_text(f"video,trajectory\nbad.mp4,pan_left\n{d / 'ours' / 'cam05.mp4'},"
+                                    f"{scene / 'cameras' / 'camera_extrinsics.json'}:cam05@cam01\n")
+    assert cli(['evaluate', str(tmp_path / 'u.csv'), '--out', str(tmp_path / 'e2'), '--quiet']) == 0   # one of two
     out = capsys.readouterr().out
-    assert 'Not scored:' in out and 'bad: cannot read video' in out and 'missing: video not found' in out
+    assert 'Not scored:' in out and 'scored 1 video(s) now, 1 could not be scored (listed above), 0 unchanged' in out
+    for bad in ('2', 'nan', '-0.1'):
+        assert cli(['evaluate', str(tmp_path / 'u.csv'), '--out', str(tmp_path / 'e3'), '--min-registered', bad]) == 2
+        assert 'min_registered is a fraction of the frames, from 0 to 1' in capsys.readouterr().err
+    assert not (tmp_path / 'e3').exists()
     assert cli(['evaluate', str(tmp_path / 'nope'), '--out', str(tmp_path / 'e')]) == 2
     assert 'neither a results folder nor a .csv table' in capsys.readouterr().err
+
+
+def _save_inception(path):
+    "A stand-in for the TorchScript Inception of FID (inception-2015-12-05.pt): a scripted module with `layers`."
+    class Feat(torch.nn.Module):
+        def __init__(self):
+            super().__init__(); self.layers = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, 4), torch.nn.AdaptiveAvgPool2d(2))
+        def forward(self, x: torch.Tensor, return_features: bool = True) -> torch.Tensor:
+            return self.layers((x.float() - 128) / 128).flatten(1)
+    torch.manual_seed(0)
+    torch.jit.save(torch.jit.script(Feat()), str(path))
+
+
+def test_unpaired_fid_fvd_against_a_reference(tmp_path, capsys):
+    "No ground truth (new views of in-the-wild clips): FID/FVD against the sources, a folder or a CSV of videos."
+    from infcam.synthetic import make_dataset
+    from infcam.fvd import InceptionI3d
+    make_dataset(tmp_path / 'mcv', 1, num_frames=17, height=32, width=48, progress=False, num_objects=2, num_moving=0)
+    vids = next((tmp_path / 'mcv').glob('*/scene1')) / 'videos'
+    torch.manual_seed(0); torch.save(InceptionI3d().state_dict(), tmp_path / 'i3d.pt')
+    _save_inception(tmp_path / 'inc.pt')
+    # two "generated" videos (no truth: a preset was asked), made from two sources
+    (tmp_path / 'm.csv').write_text('video,trajectory,source\n' + ''.join(
+        f"{vids / f'cam0{k}.mp4'},pan_left,{vids / f'cam0{k - 2}.mp4'}\n" for k in (3, 4)))
+    (tmp_path / 'same.csv').write_text('video\n' + ''.join(f"{vids / f'cam0{k}.mp4'}\n" for k in (3, 4)))
+    (tmp_path / 'dir').mkdir()
+    for k in (5, 6): shutil.copy(vids / f'cam0{k}.mp4', tmp_path / 'dir')
+    w = ['--fvd-weights', str(tmp_path / 'i3d.pt'), '--fid-weights', str(tmp_path / 'inc.pt'), '--quiet']
+    get = lambda: pd.read_csv(tmp_path / 'e' / 'summary.csv').iloc[0]   # one folder: the clips are scored once
+    assert cli(['evaluate', str(tmp_path / 'm.csv'), '--out', str(tmp_path / 'e'), *w]) == 0
+    assert get()[['FVD', 'FID']].isna().all()                      # paired: nothing has a ground truth
+    assert cli(['evaluate', str(tmp_path / 'm.csv'), '--out', str(tmp_path / 'e'), '--reference', str(tmp_path / 'same.csv'), *w]) == 0
+    assert abs(get()['FVD']) < 1e-3 and abs(get()['FID']) < 1e-6   # the same two videos as the reference
+    assert 'against ' + str(tmp_path / 'same.csv') + ' (unpaired)' in capsys.readouterr().out
+    for ref in ('sources', str(tmp_path / 'dir')):                        # other clips: a distance (random I3D logits barely move)
+        assert cli(['evaluate', str(tmp_path / 'm.csv'), '--out', str(tmp_path / 'e'), '--reference', ref, *w]) == 0
+        assert get()['FVD'] >= 0 and get()['FID'] > 1e-3
+    capsys.readouterr()
+    assert cli(['evaluate', str(tmp_path / 'm.csv'), '--out', str(tmp_path / 'e'), '--reference', str(tmp_path / 'no'), *w]) == 2
+    assert "a folder of videos or a CSV" in capsys.readouterr().err
 
 
 def test_fvd_and_fid_columns_with_local_weights(results, capsys):
@@ -103,12 +157,7 @@ def test_fvd_and_fid_columns_with_local_weights(results, capsys):
     torch.manual_seed(0)
     w = d / 'i3d_pretrained_400.pt'
     if not w.exists(): torch.save(InceptionI3d().state_dict(), w)
-    class Feat(torch.nn.Module):                              # a stand-in for the TorchScript Inception of FID
-        def __init__(self):
-            super().__init__(); self.conv = torch.nn.Conv2d(3, 4, 3)
-        def forward(self, x: torch.Tensor, return_features: bool = True) -> torch.Tensor:
-            return self.conv(x.float() / 255).mean((2, 3))
-    torch.jit.save(torch.jit.script(Feat()), str(d / 'inception.pt'))
+    _save_inception(d / 'inception.pt')
     from infcam.metrics import AlexLPIPS
     lp = AlexLPIPS()                                           # random LPIPS weights saved under the released names
     torch.save({f'lin{k}.model.1.weight': l.weight.abs() for k, l in enumerate(lp.lins)}, d / 'alex.pth')
@@ -117,11 +166,11 @@ def test_fvd_and_fid_columns_with_local_weights(results, capsys):
                 '--fid-weights', str(d / 'inception.pt'), '--lpips-weights', str(d / 'alex.pth'),
                 '--lpips-backbone', str(d / 'alexnet.pth'), '--quiet']) == 0
     out = capsys.readouterr().out
-    assert '| LPIPS ↓ | FVD ↓ | FID ↓ |' in out
+    assert '| LPIPS ↓ | FVD ↓ | FID ↓ |' in out and "against each video's ground truth (paired)" in out
     rows = pd.read_csv(d / 'eval_fvd' / 'rows.csv')
     assert rows['LPIPS'].notna().all() and (rows['LPIPS'] > 0).all()   # each clip against its truth
     s = pd.read_csv(d / 'eval_fvd' / 'summary.csv')
-    assert s['FVD'].notna().all() and (s['FVD'] > 0).all()     # two generated clips against their two truths
+    assert s['FVD'].isna().all()                               # 9-frame clips: the protocol's 16 frames are not there
     assert s['FID'].notna().all() and (s['FID'] > 0).all()     # their six scored frames against the truths' six
     assert cli(['evaluate', str(d / 'ours'), '--out', str(d / 'eval_fvd2'), '--fvd-weights', str(d / 'none.pt')]) == 2
     assert 'does not exist' in capsys.readouterr().err
@@ -144,3 +193,105 @@ def test_sharded_evaluation_matches_one_process_and_resumes(results, capsys):
     assert cli(['evaluate', str(d / 'ours'), '--out', str(d / 'e2'), '--quiet']) == 0
     assert 'scored 1 video(s) now, 1 unchanged' in capsys.readouterr().out
     assert not list((d / 'e2').glob('.rows.part*'))
+
+
+def test_unmeasured_metrics_are_drawn_as_missing(tmp_path, monkeypatch):
+    "A NaN (not measured) has no bar, not a bar of height 0 (the best value of a lower-is-better panel), and a note."
+    import numpy as np
+    import infcam.evaluate as ev
+    figs = []
+    monkeypatch.setattr(ev, 'write_figure', lambda fig, path: figs.append(fig) or Path(path))
+    s = pd.DataFrame({'method': ['a', 'b'], **{k: [1., np.nan] for k in ev.METRICS}, **{k + '_se': [0.1, np.nan] for k in ev.METRICS}})
+    ev.plot_methods(s, tmp_path / 'p.png')
+    for ax in figs[0].axes:
+        heights = [p.get_height() for p in ax.patches]
+        assert heights == [1.], (ax.get_title(), heights)
+        assert any('not measured: b' in t.get_text() for t in ax.texts)
+
+
+def _relative_sidecar(d, scene, folder, trajectory):
+    "A copy of the cam03 result whose sidecar names `trajectory` (as `generate` run in `d` would have stored it)."
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(d / 'ours' / 'cam03.mp4', folder / 'cam03.mp4')
+    side = json.loads((d / 'ours' / 'cam03.json').read_text())
+    side['trajectory'] = trajectory
+    (folder / 'cam03.json').write_text(json.dumps(side))
+
+
+def test_sidecar_trajectory_relative_to_where_generate_ran(results, tmp_path, monkeypatch, capsys):
+    "Evaluated from another folder, a relative trajectory still finds its ground truth; a missing one is reported."
+    d, scene = results
+    rel = os.path.relpath(scene / 'cameras' / 'camera_extrinsics.json', d)
+    _relative_sidecar(d, scene, d / 'rel', f"{rel}:cam03@cam01")
+    _relative_sidecar(d, scene, d / 'gone', "gone/cameras/camera_extrinsics.json:cam03@cam01")
+    monkeypatch.chdir(tmp_path)
+    assert cli(['evaluate', str(d / 'rel'), '--out', str(tmp_path / 'e'), '--quiet']) == 0
+    rows = pd.read_csv(tmp_path / 'e' / 'rows.csv', keep_default_na=False)
+    assert Path(rows['truth'][0]) == scene / 'videos' / 'cam03.mp4' and 0 < float(rows['PSNR'][0]) < 60
+    capsys.readouterr()
+    assert cli(['evaluate', str(d / 'gone'), '--out', str(tmp_path / 'e2'), '--quiet']) == 0
+    out = capsys.readouterr().out
+    assert 'no ground truth: gone/cameras/camera_extrinsics.json not found' in out
+    assert pd.read_csv(tmp_path / 'e2' / 'rows.csv')['PSNR'].isna().all()
+
+
+def test_identical_video_is_counted_not_averaged(results, tmp_path, capsys):
+    "A video equal to its ground truth has an infinite PSNR: counted beside the mean, which is over the others."
+    d, scene = results
+    cams = scene / 'cameras' / 'camera_extrinsics.json'
+    (tmp_path / 'm.csv').write_text(f"name,video,trajectory\nsame,{scene / 'videos' / 'cam03.mp4'},{cams}:cam03@cam01\n"
+                                    f"other,{scene / 'videos' / 'cam01.mp4'},{cams}:cam03@cam01\n")
+    assert cli(['evaluate', str(tmp_path / 'm.csv'), '--out', str(tmp_path / 'e'), '--quiet']) == 0
+    rows = pd.read_csv(tmp_path / 'e' / 'rows.csv').set_index('name')
+    assert rows.loc['same', 'PSNR'] == float('inf') and 0 < rows.loc['other', 'PSNR'] < 60
+    s = pd.read_csv(tmp_path / 'e' / 'summary.csv').iloc[0]
+    assert s['PSNR'] == pytest.approx(rows.loc['other', 'PSNR']) and s['PSNR_inf'] == 1
+    assert f"{rows.loc['other', 'PSNR']:.2f} (∞ ×1)" in capsys.readouterr().out
+
+
+def test_poses_by_colmap_and_the_cache_knows_the_estimator(results, tmp_path, capsys, monkeypatch):
+    "--poses colmap poses infcam's results and another method's CSV; a row posed by one estimator is not served for the other."
+    import sys
+    d, scene = results
+    (tmp_path / 'theirs.csv').write_text(f"video,trajectory\n{d / 'ours' / 'cam05.mp4'},{scene / 'cameras' / 'camera_extrinsics.json'}:cam05@cam01\n")
+    args = ['evaluate', str(d / 'ours'), str(tmp_path / 'theirs.csv'), '--out', str(tmp_path / 'e'), '--quiet']
+    assert cli(args + ['--poses', 'colmap']) == 0
+    rows = pd.read_csv(tmp_path / 'e' / 'rows.csv', keep_default_na=False)
+    assert (rows['poses_by'] == 'colmap').all() and (rows['error'] == '').all() and len(rows) == 3
+    capsys.readouterr()
+    assert cli(args + ['--poses', 'colmap']) == 0 and 'scored 0 video(s) now' in capsys.readouterr().out
+    assert cli(args + ['--poses', 'builtin']) == 0 and 'scored 3 video(s) now' in capsys.readouterr().out
+    assert cli(args + ['--poses', 'vipe']) == 2 and 'one of builtin, colmap' in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, 'pycolmap', None)              # not installed
+    assert cli(args + ['--poses', 'colmap']) == 2
+    err = capsys.readouterr().err.strip()
+    assert 'pip install -e ".[eval]"' in err and len(err.splitlines()) == 1
+
+
+def _save_tiny_clip(d):
+    "A tiny random CLIP (transformers CLIPModel and CLIPTokenizer) saved as a downloaded one is."
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+    d.mkdir()
+    (d / 'vocab.json').write_text(json.dumps({'<|startoftext|>': 0, '<|endoftext|>': 1, 'a</w>': 2, 's': 3, 'c': 4, 'e': 5, 'n': 6}))
+    (d / 'merges.txt').write_text('#version: 0.2\n')
+    CLIPTokenizer(str(d / 'vocab.json'), str(d / 'merges.txt')).save_pretrained(d)
+    small = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    torch.manual_seed(0)
+    CLIPModel(CLIPConfig(text_config=dict(vocab_size=8, max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
+                                          pad_token_id=1, **small),
+                         vision_config=dict(image_size=32, patch_size=8, **small), projection_dim=8)).save_pretrained(d)
+
+
+def test_clip_scores_with_local_weights(results, tmp_path, capsys):
+    "--clip-weights DIR: CLIP-T from the sidecar's prompt, CLIP-F from consecutive frames; a CSV without prompts has no CLIP-T."
+    d, scene = results
+    _save_tiny_clip(tmp_path / 'clip')
+    (tmp_path / 't.csv').write_text(f"video,trajectory\n{d / 'ours' / 'cam03.mp4'},pan_left\n")
+    assert cli(['evaluate', str(d / 'ours'), str(tmp_path / 't.csv'), '--out', str(tmp_path / 'e'),
+                '--clip-weights', str(tmp_path / 'clip'), '--quiet']) == 0
+    assert '| CLIP-T ↑ | CLIP-F ↑ |' in capsys.readouterr().out
+    rows = pd.read_csv(tmp_path / 'e' / 'rows.csv').set_index('method')
+    assert rows.loc['infcam', 'CLIP-T'].notna().all() and (rows['CLIP-F'].between(-100, 100.01)).all()
+    assert math.isnan(rows.loc['t', 'CLIP-T'])                   # no prompt column
+    assert cli(['evaluate', str(d / 'ours'), '--out', str(tmp_path / 'e2'), '--clip-weights', str(tmp_path / 'none')]) == 2
+    assert 'does not exist' in capsys.readouterr().err

@@ -395,3 +395,179 @@ def test_a_refused_write_is_one_line(clip, tmp_path, capsys, monkeypatch):
                 '--width', '48', '--out', str(out)]) == 2
     assert one_line(capsys) == f"infcam: error: {out}: Permission denied"
     assert not out.exists() and not list(out.parent.glob('.*tmp*'))    # and no temporary left behind
+
+
+# ---- issue 30: accepted although it cannot work ----
+@pytest.mark.parametrize('value', ['nan', 'inf'])
+def test_non_finite_infcam_weights_are_refused_everywhere(weights, clip, tmp_path, capsys, value):
+    "A checkpoint with one NaN/inf has the right names and shapes: check, generate and convert must still refuse it."
+    w, _ = _broken_release(weights, tmp_path, 'none')
+    ck = w / 'InfCam' / 'step35000.ckpt'
+    sd = torch.load(ck, weights_only=True)
+    name = next(k for k, v in sd.items() if v.is_floating_point())
+    sd[name].view(-1)[0] = float(value)
+    torch.save(sd, ck)
+    assert cli(['weights', 'check', str(w), '--size', 'tiny']) != 0
+    out = capsys.readouterr().out
+    assert 'NOT usable for generation' in out and f'NaN or infinite values in {name}' in out
+    video = tmp_path / 'out' / 'x.mp4'
+    assert _generate(clip, w, video) == 2
+    assert 'NaN or infinite' in one_line(capsys) and not video.exists()
+    assert cli(['weights', 'convert', str(ck), str(tmp_path / 'c.safetensors')]) == 2
+    assert 'NaN or infinite' in one_line(capsys) and not (tmp_path / 'c.safetensors').exists()
+
+
+def test_prepare_never_follows_a_link_out_of_the_dataset(mcv, tmp_path, capsys):
+    "A scene folder, or a scene's latents/ folder, that is a symbolic link out of the root: skipped, reported, nothing written."
+    data, outside = tmp_path / 'data', tmp_path / 'outside'
+    shutil.copytree(mcv, data, ignore=shutil.ignore_patterns('latents', 'text', 'prepare_report.json', '.infcam.lock'))
+    setting = next(p for p in data.iterdir() if p.is_dir())
+    scene = next(p for p in setting.iterdir() if p.is_dir())
+    shutil.copytree(scene, outside / 'scene_x')
+    (setting / 'scene_x').symlink_to(outside / 'scene_x')                   # a whole scene folder linked in
+    (outside / 'latents').mkdir()
+    (scene / 'latents').symlink_to(outside / 'latents')                     # a latents folder linked out
+    assert cli(['prepare', str(data), '--codec', 'pixel', '--frames', str(F), '--quiet']) == 2
+    assert 'could be prepared' in one_line(capsys)
+    assert not list(outside.rglob('*.safetensors'))
+    failed = json.loads((data / 'prepare_report.json').read_text())['failed']
+    assert any('a symbolic link out of' in why and 'scene_x' in p for p, why in failed), failed
+    assert any('latents folder is a symbolic link out of' in why for _, why in failed), failed
+
+
+def test_one_data_root_given_twice_is_refused(mcv, tmp_path, capsys):
+    alias = tmp_path / 'alias'
+    alias.symlink_to(mcv)
+    for roots in ([str(mcv), str(mcv)], [str(mcv), str(alias)]):
+        assert train_main([roots[0], roots[1], *train_cmd(mcv, tmp_path / 'run')[1:]]) == 2
+        assert 'give each root once' in one_line(capsys)
+        assert not (tmp_path / 'run').exists()
+
+
+def test_a_full_disk_during_prepare_is_one_line(mcv, tmp_path, capsys, monkeypatch):
+    "safetensors reports a full disk as its own SafetensorError: one line naming the file, no half-written file left."
+    import safetensors, safetensors.torch
+    data = tmp_path / 'data'
+    shutil.copytree(mcv, data, ignore=shutil.ignore_patterns('latents', 'text', 'prepare_report.json', '.infcam.lock'))
+    def full(*a, **k):
+        Path(a[1]).write_bytes(b'half')
+        raise safetensors.SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+                                          'message: "No space left on device" })')
+    monkeypatch.setattr(safetensors.torch, 'save_file', full)
+    assert cli(['prepare', str(data), '--codec', 'pixel', '--frames', str(F), '--quiet', '--on-error', 'raise']) == 2
+    line = one_line(capsys)
+    assert 'could not write the cache file' in line and 'No space left on device' in line, line
+    assert not list(data.rglob('*.safetensors')) and not list(data.rglob('.*tmp*'))
+
+
+def test_train_refuses_a_seed_out_of_range_before_loading(mcv, tmp_path, capsys):
+    for seed in (str(2**70), '-1', str(2**31)):
+        assert train_main(train_cmd(mcv, tmp_path / 'run', '--seed', seed)) == 2
+        assert '--seed must be an integer from 0 to 2**31 - 1' in one_line(capsys)
+    assert not (tmp_path / 'run').exists()
+
+
+def test_synth_refuses_a_focal_length_given_twice(tmp_path, capsys):
+    out = tmp_path / 'synth'
+    assert cli(['synth', '--out', str(out), '--scenes', '1', '--focal-mm', '24', '24', '--frames', '5',
+                '--height', '32', '--width', '48']) == 2
+    assert 'focal length 24 mm is given twice' in one_line(capsys)
+    assert not list(out.rglob('*.mp4'))
+
+
+def test_a_csv_row_with_an_unclosed_quote_is_refused(clip, tmp_path, capsys):
+    data = tmp_path / 'clips'
+    (data / 'videos').mkdir(parents=True)
+    shutil.copy(clip, data / 'videos' / 'a.mp4')
+    shutil.copy(clip, data / 'videos' / 'b.mp4')
+    (data / 'metadata.csv').write_text('file_name,text\na.mp4,"a caption never closed\nb.mp4,fine\n')
+    assert cli(['prepare', str(data), '--codec', 'pixel', '--frames', '5', '--quiet']) == 2
+    assert 'a quote that is never closed' in one_line(capsys)
+    assert not list(data.rglob('*.safetensors'))
+
+
+def test_a_dangling_symlink_at_out_is_not_replaced(clip, tmp_path, capsys):
+    out = tmp_path / 'p.mp4'
+    out.symlink_to(tmp_path / 'missing.mp4')
+    args = ['preview', '--video', str(clip), '--trajectory', 'pan_right', '--frames', '9', '--height', '32',
+            '--width', '48', '--out', str(out)]
+    assert cli(args) == 2
+    assert 'is a symbolic link to a missing file; pass --overwrite' in one_line(capsys)
+    assert out.is_symlink() and not out.exists()
+    assert cli([*args, '--overwrite']) == 0 and out.is_file() and not out.is_symlink()
+
+
+def test_checkpoint_folders_follow_the_umask(tmp_path):
+    from types import SimpleNamespace
+    from infcam.checkpoints import build_model, save_checkpoint
+    from infcam.scheduler import FlowMatchScheduler
+    m = build_model('tiny', seed=0)
+    names = m.freeze_base()
+    module = SimpleNamespace(model=m, config=m.config, seed=0, base=None, scheduler=FlowMatchScheduler(),
+                             trainable_state=lambda: {n: m.state_dict()[n] for n in names})
+    old = os.umask(0o022)
+    try:
+        ck = save_checkpoint(module, tmp_path / 'ckpt', 1)
+        assert ck.stat().st_mode & 0o777 == 0o755 and (ck / 'state.pt').stat().st_mode & 0o777 == 0o644
+    finally: os.umask(old)
+
+
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
+def test_training_stopped_by_a_signal_cleans_up(mcv, tmp_path, sig):
+    "SIGINT or SIGTERM while training checkpoints every step: one line, status 128 + signal, no half-written checkpoint."
+    run = tmp_path / 'run'
+    p = subprocess.Popen([sys.executable, '-m', 'infcam.train', *train_cmd(mcv, run)[:-4], '--max-steps', '100000',
+                          '--every', '1', '--keep-last', '2', '--num-workers', '0', '--accelerator', 'cpu', '--devices', '1'],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': os.pathsep.join(sys.path)})
+    try:
+        deadline = time.time() + 300
+        while not list((run / 'ckpt').glob('step*')) and p.poll() is None and time.time() < deadline: time.sleep(0.2)
+        assert p.poll() is None, p.communicate()
+        time.sleep(1.0)                                                   # well inside the saving loop
+        p.send_signal(sig)
+        out, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None: p.kill()
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert p.returncode == 128 + sig, (p.returncode, err[-2000:])
+    assert lines[-1] == f'infcam.train: interrupted ({signal.Signals(sig).name})' and 'Traceback' not in err, err[-2000:]
+    assert not list((run / 'ckpt').glob('.step*')), list((run / 'ckpt').iterdir())
+    assert not (run / '.infcam.lock').exists()
+
+
+@pytest.mark.parametrize('ext,text', [
+    ('.json', '{"keyframes": [{"t": 0, "yaw": 10, "yaw": 3000}, {"t": 1}]}'),
+    ('.yaml', 'keyframes:\n  - {t: 0, yaw: 10, yaw: 3000}\n  - {t: 1}\n'),
+    ('.yaml', 'name: a\nname: b\nkeyframes:\n  - {t: 0}\n  - {t: 1}\n')])
+def test_a_key_given_twice_in_a_trajectory_is_refused(clip, tmp_path, capsys, ext, text):
+    f = tmp_path / f'path{ext}'
+    f.write_text(text)
+    assert cli(['preview', '--video', str(clip), '--trajectory', str(f), '--frames', '9', '--height', '32',
+                '--width', '48', '--out', str(tmp_path / 'p.mp4')]) == 2
+    assert 'is given twice in one mapping' in one_line(capsys) and not (tmp_path / 'p.mp4').exists()
+
+
+@pytest.mark.parametrize('lens,msg', [('zoom: 1.0e-9', 'zoom must be a number from 0.02 to 50'),
+                                      ('focal_mm: 5000', 'focal_mm must be a number from 1 mm to 1000 mm')])
+def test_degenerate_keyframe_lenses_are_refused(clip, tmp_path, capsys, lens, msg):
+    f = tmp_path / 'path.yaml'
+    f.write_text(f'keyframes:\n  - {{t: 0}}\n  - {{t: 1, {lens}}}\n')
+    assert cli(['preview', '--video', str(clip), '--trajectory', str(f), '--frames', '9', '--height', '32',
+                '--width', '48', '--out', str(tmp_path / 'p.mp4')]) == 2
+    assert msg in one_line(capsys)
+    for bad in (['--zoom', '1e-9'], ['--focal-mm', '1e9']):
+        assert cli(['preview', '--video', str(clip), '--trajectory', 'pan_right', '--frames', '9', '--height', '32',
+                    '--width', '48', '--out', str(tmp_path / 'p.mp4'), *bad]) == 2
+        assert 'must be a number from' in one_line(capsys)
+
+
+def test_bench_refuses_a_bad_strategy_or_base_before_any_work(tmp_path, capsys):
+    out, junk = tmp_path / 'b', tmp_path / 'junk.safetensors'
+    junk.write_bytes(b'not weights')
+    for extra, msg in ((['--strategy', 'fsdp'], "unknown strategy 'fsdp'"),
+                       (['--base', str(tmp_path / 'none.safetensors')], 'base weights not found'),
+                       (['--base', str(junk)], 'junk.safetensors')):
+        assert cli(['bench', 'smoke', '--out', str(out), '--quiet', *extra]) == 2
+        assert msg in one_line(capsys)
+        assert not out.exists() or not any(out.iterdir()), list(out.rglob('*'))      # nothing rendered or trained

@@ -199,3 +199,26 @@ def test_rendered_rotation_and_zoom_second_pose(env):
         w, m = warp_image(src, half, return_mask=True)
         assert psnr(w, tgt, m) < good - 3
 
+
+
+# ---------------------------------------------------------------- the explore panel's honest comparison
+
+def test_covered_psnr_ignores_what_the_source_does_not_cover():
+    "A sky render turned 30 deg: over the covered pixels the warp is right (> 30 dB); the border-smeared rest is not."
+    from infcam.homography import covered_psnr, overlap_report, mask_uncovered, checkerboard
+    env = make_env_map(256, 512, seed=1)
+    K4 = fov_intrinsics(48, 80, 60.)
+    R = rotation_matrix(30., 0., 0.)
+    src, tgt = render_env(env, K4, torch.eye(3), 48, 80, ss=2), render_env(env, K4, R, 48, 80, ss=2)
+    w, m = warp_image(src, infinite_homography(intrinsics_matrix(K4), intrinsics_matrix(K4), R), return_mask=True)
+    p, frac = covered_psnr(w, tgt, m)
+    assert p > 30 and 0.3 < frac < 0.7 and frac == m.mean().item()
+    everywhere = psnr(w, tgt, torch.ones_like(m))                 # the old report: smeared border pixels included
+    assert everywhere < p - 10
+    shown = mask_uncovered(w, m)
+    assert torch.equal(shown[m.expand_as(w) == 0], checkerboard(48, 80).expand(1, 3, -1, -1)[m.expand_as(w) == 0])
+    assert f"{p:.1f} dB over" in overlap_report(p, frac)
+    # turned right away from the source: nothing to compare, and no nan anywhere
+    K = intrinsics_matrix(K4)
+    w, m = warp_image(src, infinite_homography(K, K, rotation_matrix(120.)), return_mask=True)
+    assert covered_psnr(w, tgt, m) == (None, 0.) and 'nan' not in overlap_report(*covered_psnr(w, tgt, m))

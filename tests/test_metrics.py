@@ -184,6 +184,18 @@ def test_frechet_distance_with_scaled_covariance():
     want = (d ** 2).sum() + np.trace(Sa) + np.trace(4 * Sa) - 2 * np.trace(2 * Sa)  # sqrt(Sa 4Sa) = 2Sa
     assert abs(frechet_distance(fa, fb) - want) < 1e-6
 
+def test_frechet_distance_against_scipy_sqrtm():
+    "Random covariances that do not commute: the closed form with scipy's general matrix square root."
+    from scipy.linalg import sqrtm
+    g = torch.Generator().manual_seed(3)
+    fa = torch.randn(300, 6, generator=g) @ torch.randn(6, 6, generator=g) + 1
+    fb = torch.randn(200, 6, generator=g) @ torch.randn(6, 6, generator=g)
+    Sa, Sb = np.cov(fa.double().numpy().T), np.cov(fb.double().numpy().T)
+    assert np.abs(Sa @ Sb - Sb @ Sa).max() > 1                              # they do not commute
+    d = fa.double().mean(0).numpy() - fb.double().mean(0).numpy()
+    want = d @ d + np.trace(Sa) + np.trace(Sb) - 2 * np.trace(sqrtm(Sa @ Sb).real)
+    assert abs(frechet_distance(fa, fb) - want) < 1e-8 * abs(want)
+
 def test_learned_metrics_need_local_weights(tmp_path):
     "(50 checks lpips without weights and fid with a missing file.)"
     x = torch.rand(1, 3, 16, 16)

@@ -305,7 +305,7 @@ import torch, deepspeed
 from infcam.cache import CachedPairDataset
 from infcam.pipeline import RandomTextEncoder
 from infcam.checkpoints import list_checkpoints, read_checkpoint
-from infcam.training import InfCamModule, collate, resume_from
+from infcam.training import InfCamModule, collate
 from infcam.zero import load_zero_shards, save_zero_checkpoint, zero_full_param
 deepspeed.init_distributed(dist_backend='gloo', verbose=False)
 root, out = Path(sys.argv[1]), Path(sys.argv[2])
@@ -360,14 +360,14 @@ for stage in map(int, sys.argv[4].split(',')):
     fresh = module().trainable_state()
     assert any(not torch.equal(tensors[n], fresh[n]) for n in tensors)   # trained values, not the initial ones
     # resume into a fresh module and engine, then both take the same two steps
-    b = module(); resume_from(b, ck); eb = engine(b, stage)
+    b = module(); b.resume_from(ck); eb = engine(b, stage)
     assert b._zero_ckpt == ck
-    b._trainer = fake_trainer(eb); b.on_train_start(); b._trainer = None      # what fit does once the engine exists
+    b.trainer = fake_trainer(eb); b.on_train_start(); b.trainer = None        # what fit does once the engine exists
     assert b._zero_ckpt is None
     assert eb.optimizer.loss_scaler.cur_scale == 4.0 and eb.global_steps == 2
     ma, mb = moments(ea), moments(eb)
     assert ma.keys() == mb.keys() and all(torch.equal(ma[i][k], mb[i][k]) for i in ma for k in ma[i])
-    c = module(); resume_from(c, ck); ec = engine(c, stage); c._zero_ckpt = None     # same weights, fresh optimizer
+    c = module(); c.resume_from(ck, optimizer=False); ec = engine(c, stage)     # same weights, fresh optimizer
     for e in (ea, eb, ec): steps(e, [2, 3])
     ta, tb, tc = a.trainable_state(), b.trainable_state(), c.trainable_state()
     assert all(torch.equal(ta[n], tb[n]) for n in ta), stage

@@ -135,8 +135,8 @@ K0 = {'t': 0}
     ({'keyframes': [K0, {'t': 1, 'translation': [0, 0, float('-inf')]}]}, 'keyframes[1].translation[2] is -inf'),
     ({'keyframes': [K0, {'t': 1, 'translation': 'up'}]}, 'keyframes[1].translation must be a list of 3 numbers'),
     ({'keyframes': [K0, {'t': 1, 'roll': True}]}, 'keyframes[1].roll must be a number, got True'),
-    ({'keyframes': [K0, {'t': 1, 'focal_mm': -24}]}, 'keyframes[1].focal_mm must be positive, got -24'),
-    ({'keyframes': [K0, {'t': 1, 'zoom': 0}]}, 'keyframes[1].zoom must be positive, got 0'),
+    ({'keyframes': [K0, {'t': 1, 'focal_mm': -24}]}, 'keyframes[1].focal_mm must be a number from 1 mm to 1000 mm, got -24'),
+    ({'keyframes': [K0, {'t': 1, 'zoom': 0}]}, 'keyframes[1].zoom must be a number from 0.02 to 50, got 0'),
     ({'keyframes': [K0, {'t': 1, 'zoom': 2, 'focal_mm': 30}]}, 'not both'),
     ({'keyframes': [K0, {'t': 1, 'rotation': [[1, 0, 0], [0, 1.01, 0], [0, 0, 1]]}]}, 'keyframes[1].rotation is not orthonormal: max |R^T R - I| = 0.0201'),
     ({'keyframes': [K0, {'t': 1, 'rotation': [[1, 0, 0], [0, 1, 0], [0, 0, -1]]}]}, 'reflection'),
@@ -212,3 +212,60 @@ def test_load_trajectory_reference_camera_file():
     for i in (1, 7, 9):
         assert (load_trajectory(f'{TEN_TYPES}:cam{i:02d}') - preset(i, full=True)).abs().max() < 1e-4
         assert (load_trajectory(f'{TEN_TYPES}:cam{i:02d}', 41) - preset(i, 41, full=True)).abs().max() < 1e-4
+
+
+# ---- the path designer (04 shows the convention with it; these are the cases a notebook should not hold) ------------------
+CLIP = Path(__file__).resolve().parents[1] / 'data' / 'clips' / 'demo_17f.mp4'
+
+def test_table_round_trip_of_matrices_and_focal_lengths():
+    "A file with a rotation matrix and focal_mm / missing lenses becomes a table that makes the same poses and zooms."
+    from infcam.trajectories import trajectory_rows, rows_trajectory
+    R = ypr_to_rotation(*(torch.tensor(v, dtype=torch.float64) for v in (30., -10., 5.))).tolist()
+    traj = Trajectory([Keyframe(0.), Keyframe(0.4, yaw=5, focal_mm=36),
+                       Keyframe(0.7, rotation=R, translation=(0.3, 0, 0.1)), Keyframe(1., yaw=-20, zoom=0.8)])
+    back = rows_trajectory(trajectory_rows(traj))
+    assert torch.allclose(back.sample(33), traj.sample(33), atol=1e-6)
+    assert torch.allclose(back.zoom(33), traj.zoom(33), atol=1e-6)                  # 36 mm on the 24 mm default: 1.5
+    assert trajectory_rows(traj)[0]['zoom'] == 1.5                 # held before the first lens keyframe
+
+def test_designer_widgets_without_a_browser(tmp_path):
+    "The page's widgets drive the designer: an edit, add and remove buttons, save refusing to overwrite, a bad load."
+    from infcam.trajectories import path_designer, load_trajectory
+    view = path_designer(CLIP, path=str(tmp_path / 'p.yaml'))
+    d = view.d
+    view.cells[1]['roll'].value = 10.
+    assert d.rows[1]['roll'] == 10. and view.cells[1]['roll'].value == 10.        # the table was rebuilt from the state
+    view.add_button.click()
+    assert len(d.rows) == 3 and len(view.cells) == 3
+    view.table.children[-1].click()                                                # the last row's remove button
+    assert [r['t'] for r in d.rows] == [0., 0.5]
+    view.save_button.click()
+    assert 'saved' in view.status.value and torch.equal(load_trajectory(tmp_path / 'p.yaml', 17), d.c2w)
+    view.save_button.click()
+    assert 'already exists; tick overwrite' in view.status.value
+    view.spec.value = 'no_such_preset'; view.load_button.click()
+    assert 'not a preset' in view.status.value and len(d.rows) == 2              # the table is kept
+    view.cells[1]['t'].value = 0.                                                  # two keyframes at t = 0
+    assert 'times must increase' in view.status.value and d.error
+    shown = view.preview.value
+    view.time.value = 16
+    assert view.preview.value != shown and 'frame 16 (t = 1.000)' in view.coverage.value
+
+def test_a_designed_path_is_accepted_by_preview_and_generate(tmp_path, capsys):
+    "What the designer saves, `infcam preview` and `infcam generate` (the tiny model on the CPU) take."
+    from infcam.trajectories import PathDesigner
+    from infcam.cli import main
+    from infcam.testing import make_tiny_release
+    d = PathDesigner(CLIP)
+    d.set(1, 'pitch', 6.); d.set(1, 'zoom', 1.3); d.add(0.25); d.set(1, 'x', 0.2)
+    f = d.save(tmp_path / 'designed.yaml')
+    assert main(['preview', '--video', str(CLIP), '--trajectory', str(f), '--frames', '17', '--height', '96',
+                 '--width', '176', '--out', str(tmp_path / 'p.mp4')]) == 0
+    w = make_tiny_release(tmp_path / 'weights')
+    out = tmp_path / 'g.mp4'
+    assert any('mean over the latent frames, 1.15x' in x for x in d.warnings)    # 9 frames here, 17 there: same mean
+    with pytest.warns(UserWarning, match=r'zoom varies .* \(1\.150\) is used'):
+        assert main(['generate', '--video', str(CLIP), '--prompt', 'a street', '--trajectory', str(f),
+                     '--weights', str(w), '--out', str(out), '--size', 'tiny', '--frames', '9', '--height', '32',
+                     '--width', '48', '--steps', '1', '--dtype', 'fp32', '--device', 'cpu', '--quiet']) == 0
+    assert out.is_file()

@@ -8,7 +8,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
-from fastcore.basics import patch
 from ..core import InfcamError
 from ..homography import warp_latents, latent_warp_grid, warp_with_grid
 import dataclasses
@@ -96,7 +95,10 @@ class InfCamBlock(WanBlock):
         return self.wan_forward(x, context, self.mods(t_mod), rope)
 
     def triplet(self, x, t_mod, grid, cams, rope3, target_only=False) -> torch.Tensor:
-        "Steps 1-5 above: `x + gate0 * out` for the asked halves (target and source, or target only)."
+        """The camera-conditioned triplet attention: modulate `x` with `modulation0`; build the warped stream (the source's
+        first frame repeated over the frames, frame `i` warped by its homography, through `zero_conv`); add each stream's
+        camera code; attend over `[target, source, warped]` per latent frame with `self_attn_pre`; return
+        `x + gate0 * out` for the asked halves (target and source, or target only)."""
         (f, h, w), B, d = grid, x.shape[0] // 2, x.shape[-1]
         warp_grid, code_in = cams
         shift0, scale0, gate0 = (self.modulation0.float() + t_mod)[:, :3].chunk(3, dim=1)
@@ -170,45 +172,44 @@ class InfCamDiT(WanDiT):
         v_tgt, v_src = self.unpatchify(self.head(tokens, t_emb.repeat(2, 1)), grid).chunk(2)
         return v_tgt, v_src
 
-# %% ../../nbs/11_infcam_dit.ipynb #2612d90c
-@patch(cls_method=True)
-def from_base(cls:InfCamDiT, base:WanDiT|dict, config:InfCamConfig|WanConfig|None=None, share:bool=False) -> InfCamDiT:
-    """InfCamDiT initialised from Wan2.1 weights (a `WanDiT` or its state dict) as the paper does: `self_attn_pre`
-    copies `self_attn`, `modulation0` copies `modulation`, `cam_encoder` and `zero_conv` are zero.
-    The Wan tensors are copied unless `share` (then they are the base's storage)."""
-    if isinstance(base, nn.Module):
-        config = config or getattr(base, 'config', None)
-        training, sd = base.training, base.state_dict()
-    elif isinstance(base, dict): training, sd = True, base
-    else: raise InfcamError(f"from_base needs a WanDiT or a state dict, got {type(base).__name__}")
-    if config is None: raise InfcamError("from_base with a state dict needs the WanConfig it was built with")
-    if not isinstance(config, InfCamConfig): config = InfCamConfig.of(config)
-    with torch.device('meta'): ref = WanDiT(config).state_dict()
-    msg = state_dict_mismatch(ref, sd)
-    if msg: raise InfcamError(f"base weights do not fit WanDiT: {msg}")
-    sd = {k: (v.detach() if share else v.detach().clone()) for k, v in sd.items()}
-    for i in range(config.num_layers):
-        p = f'blocks.{i}.'
-        for n in ('q.weight', 'q.bias', 'k.weight', 'k.bias', 'v.weight', 'v.bias', 'o.weight', 'o.bias',
-                  'norm_q.weight', 'norm_k.weight'):
-            sd[p + 'self_attn_pre.' + n] = sd[p + 'self_attn.' + n].clone()
-        m = sd[p + 'modulation']
-        sd[p + 'modulation0'] = m.clone()
-        d = config.dim
-        sd[p + 'cam_encoder.weight'] = m.new_zeros(d, CAM_CODE_DIM)
-        sd[p + 'cam_encoder.bias'] = m.new_zeros(d)
-        sd[p + 'zero_conv.weight'] = m.new_zeros(d, d, 1, 1, 1)
-        sd[p + 'zero_conv.bias'] = m.new_zeros(d)
-    with torch.device('meta'): model = cls(config)
-    model.load_state_dict(sd, assign=True)
-    return model.train(training)
+    @classmethod
+    def from_base(cls, base:WanDiT|dict, config:InfCamConfig|WanConfig|None=None, share:bool=False) -> InfCamDiT:
+        """InfCamDiT initialised from Wan2.1 weights (a `WanDiT` or its state dict) as the paper does: `self_attn_pre`
+        copies `self_attn`, `modulation0` copies `modulation`, `cam_encoder` and `zero_conv` are zero.
+        The Wan tensors are copied unless `share` (then they are the base's storage)."""
+        if isinstance(base, nn.Module):
+            config = config or getattr(base, 'config', None)
+            training, sd = base.training, base.state_dict()
+        elif isinstance(base, dict): training, sd = True, base
+        else: raise InfcamError(f"from_base needs a WanDiT or a state dict, got {type(base).__name__}")
+        if config is None: raise InfcamError("from_base with a state dict needs the WanConfig it was built with")
+        if not isinstance(config, InfCamConfig): config = InfCamConfig.of(config)
+        with torch.device('meta'): ref = WanDiT(config).state_dict()
+        msg = state_dict_mismatch(ref, sd)
+        if msg: raise InfcamError(f"base weights do not fit WanDiT: {msg}")
+        sd = {k: (v.detach() if share else v.detach().clone()) for k, v in sd.items()}
+        for i in range(config.num_layers):
+            p = f'blocks.{i}.'
+            for n in ('q.weight', 'q.bias', 'k.weight', 'k.bias', 'v.weight', 'v.bias', 'o.weight', 'o.bias',
+                      'norm_q.weight', 'norm_k.weight'):
+                sd[p + 'self_attn_pre.' + n] = sd[p + 'self_attn.' + n].clone()
+            m = sd[p + 'modulation']
+            sd[p + 'modulation0'] = m.clone()
+            d = config.dim
+            sd[p + 'cam_encoder.weight'] = m.new_zeros(d, CAM_CODE_DIM)
+            sd[p + 'cam_encoder.bias'] = m.new_zeros(d)
+            sd[p + 'zero_conv.weight'] = m.new_zeros(d, d, 1, 1, 1)
+            sd[p + 'zero_conv.bias'] = m.new_zeros(d)
+        with torch.device('meta'): model = cls(config)
+        model.load_state_dict(sd, assign=True)
+        return model.train(training)
 
-@patch
-def freeze_base(self:InfCamDiT) -> list[str]:
-    """Freeze the Wan weights and unfreeze InfCam's; return the names of the trainable parameters (without the
-    warping module, `zero_conv` has nothing to learn and stays frozen)."""
-    names, train = [], [k for k in INFCAM_PARAMS if self.config.warp_module or k != 'zero_conv.']
-    for n, p in self.named_parameters():
-        p.requires_grad_(any(f'.{k}' in n for k in train))
-        if p.requires_grad: names.append(n)
-    return names
+    def freeze_base(self) -> list[str]:
+        """Freeze the Wan weights and unfreeze InfCam's; return the names of the trainable parameters (without the
+        warping module, `zero_conv` has nothing to learn and stays frozen)."""
+        names, train = [], [k for k in INFCAM_PARAMS if self.config.warp_module or k != 'zero_conv.']
+        for n, p in self.named_parameters():
+            p.requires_grad_(any(f'.{k}' in n for k in train))
+            if p.requires_grad: names.append(n)
+        return names
+

@@ -11,7 +11,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from einops import rearrange
-from fastcore.basics import patch
 from ..core import InfcamError
 
 # %% auto #0
@@ -19,6 +18,21 @@ __all__ = ['LEGACY_FIELDS', 'WAN_PRESETS', 'ATTENTION_BACKENDS', 'WanConfig', 'r
            'sinusoidal_embedding', 'linear32', 'rope_split', 'rope_table', 'clear_rope_cache', 'apply_rope', 'RMSNorm',
            'norm32', 'Attention', 'SelfAttention', 'CrossAttention', 'modulate', 'gated_add', 'WanBlock', 'Head',
            'state_dict_mismatch', 'StrictLoad', 'WanDiT']
+
+# %% ../../nbs/10_wan.ipynb #55057c11
+# fields older configs carried that are not architecture: dropped on reading (None: always; a value: when it is that
+# default and the config class has no such field, i.e. InfCam fields in a plain WanConfig)
+LEGACY_FIELDS = {'attention_backend': None, 'gradient_checkpointing': None, 'warp_convention': 'released', 'warp_module': True}
+
+WAN_PRESETS = {
+    'wan2.1-t2v-1.3b': dict(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30, in_dim=16, out_dim=16,
+                            text_dim=4096, freq_dim=256, patch_size=(1, 2, 2), eps=1e-6),
+    'mini': dict(dim=192, ffn_dim=768, num_heads=4, num_layers=4, in_dim=16, out_dim=16,
+                 text_dim=4096, freq_dim=256, patch_size=(1, 2, 2), eps=1e-6),
+    'tiny': dict(dim=96, ffn_dim=192, num_heads=4, num_layers=2, in_dim=16, out_dim=16,
+                 text_dim=64, freq_dim=32, patch_size=(1, 2, 2), eps=1e-6),
+}
+
 
 # %% ../../nbs/10_wan.ipynb #aa621384
 @dataclass
@@ -59,46 +73,31 @@ class WanConfig:
     @property
     def head_dim(self) -> int: return self.dim // self.num_heads
 
-# %% ../../nbs/10_wan.ipynb #55057c11
-# fields older configs carried that are not architecture: dropped on reading (None: always; a value: when it is that
-# default and the config class has no such field, i.e. InfCam fields in a plain WanConfig)
-LEGACY_FIELDS = {'attention_backend': None, 'gradient_checkpointing': None, 'warp_convention': 'released', 'warp_module': True}
+    @classmethod
+    def preset(cls, name:str, **overrides) -> WanConfig:
+        "A named configuration ('wan2.1-t2v-1.3b', 'mini', 'tiny'), with any field overridden."
+        if name not in WAN_PRESETS:
+            raise InfcamError(f"unknown WanConfig preset {name!r}; known: {', '.join(WAN_PRESETS)}")
+        return cls.from_dict({**WAN_PRESETS[name], **overrides})
 
-WAN_PRESETS = {
-    'wan2.1-t2v-1.3b': dict(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30, in_dim=16, out_dim=16,
-                            text_dim=4096, freq_dim=256, patch_size=(1, 2, 2), eps=1e-6),
-    'mini': dict(dim=192, ffn_dim=768, num_heads=4, num_layers=4, in_dim=16, out_dim=16,
-                 text_dim=4096, freq_dim=256, patch_size=(1, 2, 2), eps=1e-6),
-    'tiny': dict(dim=96, ffn_dim=192, num_heads=4, num_layers=2, in_dim=16, out_dim=16,
-                 text_dim=64, freq_dim=32, patch_size=(1, 2, 2), eps=1e-6),
-}
+    def to_dict(self) -> dict:
+        "A JSON-friendly dict of every field."
+        d = dataclasses.asdict(self); d['patch_size'] = list(self.patch_size); return d
 
-@patch(cls_method=True)
-def preset(cls:WanConfig, name:str, **overrides) -> WanConfig:
-    "A named configuration ('wan2.1-t2v-1.3b', 'mini', 'tiny'), with any field overridden."
-    if name not in WAN_PRESETS:
-        raise InfcamError(f"unknown WanConfig preset {name!r}; known: {', '.join(WAN_PRESETS)}")
-    return cls.from_dict({**WAN_PRESETS[name], **overrides})
+    @classmethod
+    def from_dict(cls, d:dict|str) -> WanConfig:
+        "Build from a dict (or its JSON text), e.g. a checkpoint's metadata; unknown keys are an error (see `LEGACY_FIELDS`)."
+        if isinstance(d, str): d = json.loads(d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k in known or k not in LEGACY_FIELDS or LEGACY_FIELDS[k] not in (None, v)}
+        bad = sorted(set(d) - known)
+        if bad: raise InfcamError(f"unknown {cls.__name__} field(s): {', '.join(bad)}")
+        return cls(**d)
 
-@patch
-def to_dict(self:WanConfig) -> dict:
-    "A JSON-friendly dict of every field."
-    d = dataclasses.asdict(self); d['patch_size'] = list(self.patch_size); return d
+    def replace(self, **changes) -> WanConfig:
+        "A copy with some fields changed (validated again)."
+        return dataclasses.replace(self, **changes)
 
-@patch(cls_method=True)
-def from_dict(cls:WanConfig, d:dict|str) -> WanConfig:
-    "Build from a dict (or its JSON text), e.g. a checkpoint's metadata; unknown keys are an error (see `LEGACY_FIELDS`)."
-    if isinstance(d, str): d = json.loads(d)
-    known = {f.name for f in dataclasses.fields(cls)}
-    d = {k: v for k, v in d.items() if k in known or k not in LEGACY_FIELDS or LEGACY_FIELDS[k] not in (None, v)}
-    bad = sorted(set(d) - known)
-    if bad: raise InfcamError(f"unknown {cls.__name__} field(s): {', '.join(bad)}")
-    return cls(**d)
-
-@patch
-def replace(self:WanConfig, **changes) -> WanConfig:
-    "A copy with some fields changed (validated again)."
-    return dataclasses.replace(self, **changes)
 
 # %% ../../nbs/10_wan.ipynb #819358d3
 ATTENTION_BACKENDS = ('sdpa', 'flash3', 'sage')
@@ -377,53 +376,46 @@ class WanDiT(StrictLoad, nn.Module):
         for block in self.blocks: tokens = self.run_block(block, tokens, ctx, t_mod, rope)
         return self.unpatchify(self.head(tokens, t_emb), grid)
 
-# %% ../../nbs/10_wan.ipynb #79cdcb6b
-@patch
-def embed_time(self:WanDiT, timestep:torch.Tensor, # (B,) or scalar
-               batch:int) -> tuple[torch.Tensor, torch.Tensor]: # t_emb (B, dim), t_mod (B, 6, dim), float32
-    "The time embedding and its six modulation vectors, in float32."
-    t = torch.as_tensor(timestep, device=self.device).float().reshape(-1)
-    if t.numel() == 1: t = t.expand(batch)
-    if t.numel() != batch: raise InfcamError(f"timestep has {t.numel()} values for a batch of {batch}")
-    e = sinusoidal_embedding(t, self.config.freq_dim)
-    t_emb = linear32(self.time_embedding[2], F.silu(linear32(self.time_embedding[0], e)))
-    t_mod = linear32(self.time_projection[1], F.silu(t_emb)).unflatten(1, (6, self.config.dim))
-    return t_emb, t_mod
+    def embed_time(self, timestep:torch.Tensor, # (B,) or scalar
+                   batch:int) -> tuple[torch.Tensor, torch.Tensor]: # t_emb (B, dim), t_mod (B, 6, dim), float32
+        "The time embedding and its six modulation vectors, in float32."
+        t = torch.as_tensor(timestep, device=self.device).float().reshape(-1)
+        if t.numel() == 1: t = t.expand(batch)
+        if t.numel() != batch: raise InfcamError(f"timestep has {t.numel()} values for a batch of {batch}")
+        e = sinusoidal_embedding(t, self.config.freq_dim)
+        t_emb = linear32(self.time_embedding[2], F.silu(linear32(self.time_embedding[0], e)))
+        t_mod = linear32(self.time_projection[1], F.silu(t_emb)).unflatten(1, (6, self.config.dim))
+        return t_emb, t_mod
 
-@patch
-def embed_text(self:WanDiT, context:torch.Tensor) -> torch.Tensor: # (B, Lc, text_dim) -> (B, Lc, dim)
-    "Project text-encoder states to the model width."
-    if context.ndim != 3 or context.shape[-1] != self.config.text_dim:
-        raise InfcamError(f"context has shape {tuple(context.shape)}; expected (B, L, {self.config.text_dim})")
-    return self.text_embedding(context.to(self.dtype))
+    def embed_text(self, context:torch.Tensor) -> torch.Tensor: # (B, Lc, text_dim) -> (B, Lc, dim)
+        "Project text-encoder states to the model width."
+        if context.ndim != 3 or context.shape[-1] != self.config.text_dim:
+            raise InfcamError(f"context has shape {tuple(context.shape)}; expected (B, L, {self.config.text_dim})")
+        return self.text_embedding(context.to(self.dtype))
 
-# %% ../../nbs/10_wan.ipynb #8a840495
-@patch
-def patchify(self:WanDiT, x:torch.Tensor) -> tuple[torch.Tensor, tuple]: # (B, C, F, H, W) -> (B, f*h*w, dim), (f, h, w)
-    "Embed the latent patches as tokens in (frame, row, column) order."
-    c = self.config
-    if x.ndim != 5 or x.shape[1] != c.in_dim:
-        raise InfcamError(f"latents have shape {tuple(x.shape)}; expected (B, {c.in_dim}, F, H, W)")
-    if any(s % p for s, p in zip(x.shape[2:], c.patch_size)):
-        raise InfcamError(f"latent size {tuple(x.shape[2:])} is not a multiple of the patch {c.patch_size}")
-    x = self.patch_embedding(x.to(self.dtype))
-    return rearrange(x, 'b c f h w -> b (f h w) c'), tuple(x.shape[2:])
+    def patchify(self, x:torch.Tensor) -> tuple[torch.Tensor, tuple]: # (B, C, F, H, W) -> (B, f*h*w, dim), (f, h, w)
+        "Embed the latent patches as tokens in (frame, row, column) order."
+        c = self.config
+        if x.ndim != 5 or x.shape[1] != c.in_dim:
+            raise InfcamError(f"latents have shape {tuple(x.shape)}; expected (B, {c.in_dim}, F, H, W)")
+        if any(s % p for s, p in zip(x.shape[2:], c.patch_size)):
+            raise InfcamError(f"latent size {tuple(x.shape[2:])} is not a multiple of the patch {c.patch_size}")
+        x = self.patch_embedding(x.to(self.dtype))
+        return rearrange(x, 'b c f h w -> b (f h w) c'), tuple(x.shape[2:])
 
-@patch
-def unpatchify(self:WanDiT, x:torch.Tensor, grid:tuple) -> torch.Tensor: # (B, f*h*w, out*prod(p)) -> (B, out, F, H, W)
-    "Put the head's per-token patch values back on the latent grid."
-    (f, h, w), (pf, ph, pw) = grid, self.config.patch_size
-    return rearrange(x, 'b (f h w) (pf ph pw c) -> b c (f pf) (h ph) (w pw)', f=f, h=h, w=w, pf=pf, ph=ph, pw=pw)
+    def unpatchify(self, x:torch.Tensor, grid:tuple) -> torch.Tensor: # (B, f*h*w, out*prod(p)) -> (B, out, F, H, W)
+        "Put the head's per-token patch values back on the latent grid."
+        (f, h, w), (pf, ph, pw) = grid, self.config.patch_size
+        return rearrange(x, 'b (f h w) (pf ph pw c) -> b c (f pf) (h ph) (w pw)', f=f, h=h, w=w, pf=pf, ph=ph, pw=pw)
 
-@patch
-def rope(self:WanDiT, f:int, h:int, w:int) -> tuple[torch.Tensor, torch.Tensor]:
-    "The cached RoPE table of an `(f, h, w)` token grid."
-    return rope_table(f, h, w, self.config.head_dim, self.config.rope_theta, self.device)
+    def rope(self, f:int, h:int, w:int) -> tuple[torch.Tensor, torch.Tensor]:
+        "The cached RoPE table of an `(f, h, w)` token grid."
+        return rope_table(f, h, w, self.config.head_dim, self.config.rope_theta, self.device)
 
-@patch
-def run_block(self:WanDiT, block:nn.Module, *args):
-    "Run one block, with gradient checkpointing when it is on and the model is training, and the model's `ffn_chunk`."
-    block.ffn_chunk = self.ffn_chunk
-    if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-        return checkpoint(block, *args, use_reentrant=False)
-    return block(*args)
+    def run_block(self, block:nn.Module, *args):
+        "Run one block, with gradient checkpointing when it is on and the model is training, and the model's `ffn_chunk`."
+        block.ffn_chunk = self.ffn_chunk
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
+
