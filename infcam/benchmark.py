@@ -213,7 +213,7 @@ def backbone_settings(cfg:BenchConfig) -> dict:
 def find_backbone(cfg:BenchConfig, folders=None) -> Path|None:
     "A pretrained backbone of `cfg` (its `backbone_settings` in the file's metadata) in `data/backbones/` or the cache."
     from safetensors import safe_open
-    from infcam.generate import cache_dir
+    from infcam.core import cache_dir
     from infcam.models import WanConfig
     want = backbone_settings(cfg)
     for folder in folders or (BACKBONE_DIR, cache_dir() / 'backbones'):
@@ -233,7 +233,7 @@ def ensure_backbone(cfg:BenchConfig, data:dict, progress:bool=True) -> Path:
         if not Path(cfg.base).exists(): raise InfcamError(f"base weights not found: {cfg.base}")
         return Path(cfg.base)
     if (f := find_backbone(cfg)) is not None: return f
-    from infcam.generate import cache_dir
+    from infcam.core import cache_dir
     from infcam.models import InfCamConfig
     from infcam.pretrain import pretrain_backbone
     settings = backbone_settings(cfg)

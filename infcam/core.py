@@ -4,16 +4,16 @@
 
 # %% ../nbs/00_core.ipynb #ff960e1f
 from __future__ import annotations
-import os, re, json, math, numbers, socket, tempfile, contextlib
+import os, re, json, math, numbers, socket, tempfile, contextlib, hashlib
 from pathlib import Path
 
 # %% auto #0
 __all__ = ['LOCK_NAME', 'WRAPPER_KEYS', 'DTYPE_NAMES', 'DTYPE_CHOICES', 'InfcamError', 'os_error_message', 'Interrupted',
            'stop_on_signals', 'run_command', 'check_device', 'check_int', 'check_number', 'check_seed',
            'check_overwrite', 'make_folder', 'pid_alive', 'clean_stale_temps', 'atomic_path', 'folder_lock',
-           'natural_key', 'short_list', 'first_line', 'load_pickle', 'unwrap_state_dict', 'check_finite',
-           'read_state_dict', 'checkout_root', 'figure_path', 'write_figure', 'save_figure', 'check_parameters',
-           'as_dtype']
+           'natural_key', 'cache_dir', 'file_sha256', 'short_list', 'first_line', 'load_pickle', 'unwrap_state_dict',
+           'check_finite', 'read_state_dict', 'checkout_root', 'figure_path', 'write_figure', 'save_figure',
+           'check_parameters', 'as_dtype']
 
 # %% ../nbs/00_core.ipynb #664726ca
 class InfcamError(Exception):
@@ -209,6 +209,36 @@ def natural_key(s) -> list:
     "Sort key for natural order: the runs of digits in `s` (a path: its name) compare as numbers ('cam2' < 'cam10')."
     s = os.path.basename(os.fspath(s)) if isinstance(s, os.PathLike) else str(s)
     return [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', s)]
+
+# %% ../nbs/00_core.ipynb
+def cache_dir() -> Path:
+    "Where infcam caches small things: `$INFCAM_CACHE`, else `~/.cache/infcam`."
+    return Path(os.environ.get('INFCAM_CACHE') or Path.home() / '.cache' / 'infcam')
+
+def file_sha256(path, cache:bool=True, chunk:int=1 << 24) -> str:
+    "SHA-256 (hex) of the file at `path`, read in `chunk`-byte pieces; cached by (path, size, mtime) when `cache`."
+    path = Path(path).resolve()
+    st = path.stat()
+    key, stamp = str(path), [st.st_size, st.st_mtime_ns]
+    cf = cache_dir() / 'sha256.json'
+    db = {}
+    if cache and cf.is_file():
+        try: db = json.loads(cf.read_text())
+        except (OSError, ValueError): db = {}
+        hit = db.get(key)
+        if isinstance(hit, dict) and hit.get('stamp') == stamp: return hit['sha256']
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        while b := f.read(chunk): h.update(b)
+    digest = h.hexdigest()
+    if cache:
+        db[key] = dict(stamp=stamp, sha256=digest)
+        try:
+            cf.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(cf) as tmp: tmp.write_text(json.dumps(db, indent=0))
+        except OSError: pass                       # a read-only home only costs the cache
+    return digest
+
 
 # %% ../nbs/00_core.ipynb #3e81bb61
 def short_list(names, n:int=8) -> str:

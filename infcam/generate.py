@@ -5,22 +5,26 @@
 # %% ../nbs/32_generate.ipynb #3c50f969
 from __future__ import annotations
 import argparse, contextlib, hashlib, json, math, os, sys, time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from .core import InfcamError, atomic_path, check_overwrite, check_device, folder_lock, as_dtype, DTYPE_CHOICES, run_command
+from .core import (InfcamError, atomic_path, check_overwrite, check_device, folder_lock, as_dtype, DTYPE_CHOICES,
+                         run_command, cache_dir, file_sha256, check_int, check_number, check_seed)
 from .cameras import PRESET_NAMES, num_latent_frames
-from .layout import read_metadata
+from .layout import read_metadata, metadata_file, videos_folder
+from .data import inside
+from .intrinsics import check_focal_mm, check_zoom
 from .trajectories import load_trajectory
 from .video import check_size, check_video_memory, read_video, video_info, write_video, write_comparison, WAN_FPS
 
 # %% auto #0
-__all__ = ['DEFAULTS', 'ESTIMATE_METHODS', 'check_settings', 'cache_dir', 'file_sha256', 'weight_hashes', 'Job', 'JobResult',
-           'trajectory_name', 'read_batch', 'make_jobs', 'load_pipeline', 'check_weights_usable', 'source_fps',
-           'deterministic_algorithms', 'run_jobs', 'launched_externally', 'gather_and_leave', 'run_sharded',
-           'TrainingRun', 'training_run', 'run_settings', 'load_run_pipeline', 'run_hashes', 'settings_from_sidecar',
-           'run_generate', 'add_generate_parser', 'generate_main']
+__all__ = ['DEFAULTS', 'ESTIMATE_METHODS', 'check_settings', 'weight_hashes', 'Job', 'JobResult', 'trajectory_name', 'read_batch',
+           'clip_names', 'make_jobs', 'load_pipeline', 'check_weights_usable', 'source_fps', 'deterministic_algorithms',
+           'run_jobs', 'launched_externally', 'gather_and_leave', 'run_sharded', 'TrainingRun', 'training_run',
+           'run_settings', 'load_run_pipeline', 'run_hashes', 'settings_from_sidecar', 'run_generate',
+           'add_generate_parser', 'generate_main']
 
 # %% ../nbs/32_generate.ipynb #e2817b00
 DEFAULTS = dict(frames=81, height=480, width=832, steps=20, cfg=5.0, negative_prompt=None, seed=0, zoom=1.0,
@@ -28,8 +32,6 @@ DEFAULTS = dict(frames=81, height=480, width=832, steps=20, cfg=5.0, negative_pr
                 vae_tiled=False, size='released', checkpoint=None, base_only=False, numerics='exact', deterministic=False)
 ESTIMATE_METHODS = ('selfcal', 'unidepth')
 
-def _intlike(name, v, lo=1):
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo: raise InfcamError(f"{name} must be an integer >= {lo}, got {v!r}")
 
 def check_settings(s:dict) -> dict:
     "Fill `DEFAULTS` into `s` (missing or None keys) and validate every value that needs no file; returns the filled dict."
@@ -38,22 +40,23 @@ def check_settings(s:dict) -> dict:
     if unknown: raise InfcamError(f"unknown generation setting(s): {', '.join(sorted(unknown))}")
     s = {k: (s.get(k) if s.get(k) is not None else v) for k, v in DEFAULTS.items()}
     if s['negative_prompt'] is None: s['negative_prompt'] = WAN_NEGATIVE_PROMPT
-    _intlike('frames', s['frames']); num_latent_frames(s['frames'])           # 4k+1
+    check_int(s['frames'], 'frames', 1); num_latent_frames(s['frames'])           # 4k+1
     check_size(s['height'], s['width'], 16)
-    _intlike('steps', s['steps']); _intlike('seed', s['seed'], 0)
-    for k in ('cfg', 'zoom'):
-        v = s[k]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (k == 'zoom' and v == 0):
-            raise InfcamError(f"{k} must be a {'positive' if k == 'zoom' else 'non-negative'} number, got {v!r}")
+    check_int(s['steps'], 'steps', 1); check_seed(s['seed'], 'seed')
+    check_number(s['cfg'], 'cfg', 0); check_zoom(s['zoom'])
     given = [k for k in ('focal_mm', 'fov', 'fx', 'estimate') if s[k] is not None]
     if len(given) > 1: raise InfcamError(f"give one of --focal-mm, --fov, --fx, --estimate, not {' and '.join(given)}")
-    for k in ('focal_mm', 'fov', 'fx'):
-        if s[k] is not None and not (isinstance(s[k], (int, float)) and s[k] > 0 and math.isfinite(s[k])):
-            raise InfcamError(f"{k} must be a positive number, got {s[k]!r}")
+    if s['focal_mm'] is not None: check_focal_mm(s['focal_mm'])
+    for k in ('fov', 'fx'):
+        if s[k] is not None: check_number(s[k], k, positive=True)
     if s['fov'] is not None and s['fov'] >= 180: raise InfcamError(f"fov must be below 180 degrees, got {s['fov']}")
     if s['estimate'] is not None and s['estimate'] not in ESTIMATE_METHODS:
         raise InfcamError(f"unknown --estimate method {s['estimate']!r}; use one of {', '.join(ESTIMATE_METHODS)}")
     if s['memory'] not in MEMORY_MODES: raise InfcamError(f"unknown memory mode {s['memory']!r}; use one of {', '.join(MEMORY_MODES)}")
+    on_cpu = s['device'] == 'cpu' or (s['device'] is None and not torch.cuda.is_available())
+    if s['memory'] != 'resident' and on_cpu:
+        raise InfcamError(f"--memory {s['memory']} moves weights between the GPU and the CPU; generating on the CPU it "
+                          "would change nothing: use --memory resident")
     if s['dtype'] not in DTYPE_CHOICES: raise InfcamError(f"unknown dtype {s['dtype']!r}; use one of {', '.join(DTYPE_CHOICES)}")
     if s['numerics'] not in NUMERICS: raise InfcamError(f"unknown --numerics {s['numerics']!r}; use one of {', '.join(NUMERICS)}")
     if s['numerics'] == 'released' and s['dtype'] != 'bf16':
@@ -64,34 +67,6 @@ def check_settings(s:dict) -> dict:
     return s
 
 # %% ../nbs/32_generate.ipynb #5608e87e
-def cache_dir() -> Path:
-    "Where infcam caches small things: `$INFCAM_CACHE`, else `~/.cache/infcam`."
-    return Path(os.environ.get('INFCAM_CACHE') or Path.home() / '.cache' / 'infcam')
-
-def file_sha256(path, cache:bool=True, chunk:int=1 << 24) -> str:
-    "SHA-256 (hex) of the file at `path`, read in `chunk`-byte pieces; cached by (path, size, mtime) when `cache`."
-    path = Path(path).resolve()
-    st = path.stat()
-    key, stamp = str(path), [st.st_size, st.st_mtime_ns]
-    cf = cache_dir() / 'sha256.json'
-    db = {}
-    if cache and cf.is_file():
-        try: db = json.loads(cf.read_text())
-        except (OSError, ValueError): db = {}
-        hit = db.get(key)
-        if isinstance(hit, dict) and hit.get('stamp') == stamp: return hit['sha256']
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        while b := f.read(chunk): h.update(b)
-    digest = h.hexdigest()
-    if cache:
-        db[key] = dict(stamp=stamp, sha256=digest)
-        try:
-            cf.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(cf) as tmp: tmp.write_text(json.dumps(db, indent=0))
-        except OSError: pass                       # a read-only home only costs the cache
-    return digest
-
 def _component_files(path:Path) -> list[Path]:
     "The files a component is loaded from: the file, a shard index and its shards, or every file of a folder."
     if path.is_dir(): return sorted(p for p in path.rglob('*') if p.is_file() and not p.name.startswith('.'))
@@ -150,23 +125,43 @@ def trajectory_name(spec) -> str:
 def read_batch(folder) -> list[tuple[Path, str]]:
     "`[(video path, prompt)]` from `folder/metadata.csv` (`file_name,text`); paths need not exist yet (checked per job)."
     folder = Path(folder)
-    meta = folder / 'metadata.csv'
+    meta = metadata_file(folder)
     if not meta.is_file(): raise InfcamError(f"batch folder {folder} has no metadata.csv (columns file_name,text)")
     rows = read_metadata(meta)
     if not rows: raise InfcamError(f"{meta} lists no clips")
     out = []
     for name, text in rows:
         if not name: raise InfcamError(f"{meta} has a row with an empty file_name")
+        if not inside(folder, name): raise InfcamError(f"{meta}: the row {name!r} points outside {folder}; list clips inside it")
         p = folder / name
-        if not p.exists() and (folder / 'videos' / name).exists(): p = folder / 'videos' / name
+        if not p.exists() and (videos_folder(folder) / name).exists(): p = videos_folder(folder) / name
         out.append((p, text.strip()))
     return out
 
 # %% ../nbs/32_generate.ipynb #b551d09e
+def clip_names(clips:list[tuple]) -> list[str]:
+    """A unique output name per `(video, prompt)`: the video's stem, with a short hash of its path (relative to the
+    clips' common folder) and prompt where two clips share a stem. The same clip listed twice with one prompt is refused."""
+    real = [os.path.realpath(v) for v, _ in clips]
+    if len(real) != len(set(zip(real, (p for _, p in clips)))):
+        v = next(v for (v, p), r in zip(clips, real) if sum(r == r2 and p == p2 for r2, (_, p2) in zip(real, clips)) > 1)
+        raise InfcamError(f"{v} is listed twice with the same prompt; list each clip once")
+    root = os.path.commonpath([os.path.dirname(r) for r in real])
+    stems = Counter(Path(v).stem for v, _ in clips)
+    tag = lambda r, p: hashlib.sha1(f"{os.path.relpath(r, root)}\n{p}".encode()).hexdigest()[:6]
+    return [Path(v).stem if stems[Path(v).stem] == 1 else f"{Path(v).stem}-{tag(r, p)}" for (v, p), r in zip(clips, real)]
+
 def make_jobs(clips:list[tuple], trajectories:list[str], out_dir) -> list[Job]:
-    "Every clip x trajectory, written to `out_dir/<clip stem>_<trajectory name>.mp4`."
+    """Every clip x trajectory, written to `out_dir/<clip name>_<trajectory name>.mp4` (`clip_names`); two jobs that
+    would write one file are refused before any work."""
     out_dir = Path(out_dir)
-    return [Job(Path(v), p, str(t), out_dir / f"{Path(v).stem}_{trajectory_name(t)}.mp4") for v, p in clips for t in trajectories]
+    jobs = [Job(Path(v), p, str(t), out_dir / f"{n}_{trajectory_name(t)}.mp4")
+            for (v, p), n in zip(clips, clip_names(clips)) for t in trajectories]
+    if clash := next((o for o, k in Counter(j.out for j in jobs).items() if k > 1), None):
+        a, b = [j for j in jobs if j.out == clash][:2]
+        raise InfcamError(f"two jobs would write {clash} ({a.video} x {a.trajectory} and {b.video} x {b.trajectory}); "
+                          "give the trajectories different names")
+    return jobs
 
 # %% ../nbs/32_generate.ipynb #75a4fd0f
 def _oom_types() -> tuple:
@@ -243,6 +238,14 @@ def _generate_one(pipe, job:Job, s:dict, weights, hashes:dict, overwrite:bool, p
         raise InfcamError(_oom_message(s['memory'], s)) from None
     o = job.outputs
     job.marker.parent.mkdir(parents=True, exist_ok=True); job.marker.touch()
+    try: _write_result(job, frames, src, p, s, weights, hashes, overwrite, method, msg, pipe, t0)
+    except BaseException:                                 # an error, Ctrl-C or SIGTERM: no half result is left (a kill
+        for f in (*o.values(), job.timings, job.marker): f.unlink(missing_ok=True)   # leaves the marker: redone next run)
+        raise
+
+def _write_result(job:Job, frames, src, p, s:dict, weights, hashes:dict, overwrite:bool, method, msg, pipe, t0) -> None:
+    "Write the clip, the side-by-side, the timings and the sidecar (last) of `job`, then remove its marker."
+    o = job.outputs
     fps = source_fps(job.video)                           # the generated frames are the source's instants, seen elsewhere
     write_video(o['video'], frames, fps=fps, overwrite=overwrite)
     write_comparison(o['comparison'], src, frames, labels=['source', f"{trajectory_name(job.trajectory)} (generated)"],
@@ -271,7 +274,7 @@ def _preflight(jobs:list[Job], s:dict, overwrite:bool, strict:bool) -> tuple[dic
     results, todo, redo = {}, [], set()
     for j in jobs:
         if j.out.suffix.lower() != '.mp4': raise InfcamError(f"output must be an .mp4 file, got {j.out}")
-        if any(p.resolve() == Path(j.video).resolve() for p in j.outputs.values()):
+        if any(os.path.realpath(p) == os.path.realpath(j.video) for p in j.outputs.values()):   # realpath: no error on a link loop
             raise InfcamError(f"--out {j.out} would replace the source video {j.video}; choose another output")
         if j.marker.exists():                             # cut short by a kill: finish it
             redo.add(id(j)); todo.append(j); continue
@@ -372,7 +375,7 @@ def run_sharded(jobs:list[Job], weights, settings:dict|None=None, devices:int=2,
     to set; several: `MASTER_ADDR`, `MASTER_PORT`, `NODE_RANK` on each node); under `torchrun`, it joins them."""
     import lightning as L
     s = check_settings(dict(settings or {}))
-    _intlike('devices', devices); _intlike('num_nodes', num_nodes)
+    check_int(devices, 'devices', 1); check_int(num_nodes, 'num_nodes', 1)
     accel = 'cuda' if (s['device'] or ('cuda' if torch.cuda.is_available() else 'cpu')).startswith('cuda') else 'cpu'
     fabric = L.Fabric(accelerator=accel, devices=devices, num_nodes=num_nodes,
                       strategy='ddp' if launched_externally() else 'ddp_spawn')
@@ -475,7 +478,8 @@ def settings_from_sidecar(path) -> dict:
     except ValueError as e: raise InfcamError(f"{path} is not JSON: {e}") from None
     if d.get('command') != 'generate' or 'settings' not in d: raise InfcamError(f"{path} is not an `infcam generate` sidecar")
     return dict(settings={k: v for k, v in d['settings'].items() if k in DEFAULTS}, video=d['video'], prompt=d['prompt'],
-                trajectory=d['trajectory'], weights=d['weights']['folder'], hashes=d['weights'].get('files', {}))
+                trajectory=d['trajectory'], weights=d['weights']['folder'], hashes=d['weights'].get('files', {}),
+                video_sha256=d.get('video_sha256'))
 
 # %% ../nbs/32_generate.ipynb #21db665e
 def _add_source_args(g:argparse.ArgumentParser):
@@ -543,7 +547,7 @@ def _run_batch(args:argparse.Namespace, s:dict, weights, traj, log) -> list[JobR
     trajs = [t.strip() for t in (args.trajectories or traj or '').split(',') if t.strip()]
     if not trajs: raise InfcamError("batch mode needs --trajectories a,b,... (or --trajectory)")
     jobs = make_jobs(read_batch(args.batch), trajs, args.out_dir)
-    _intlike('--devices', args.devices); _intlike('--num-nodes', args.num_nodes)
+    check_int(args.devices, '--devices', 1); check_int(args.num_nodes, '--num-nodes', 1)
     if args.devices > 1 or args.num_nodes > 1:
         res = run_sharded(jobs, weights, s, args.devices, args.num_nodes, args.overwrite, not args.quiet, args.quiet)
     else: res = run_jobs(jobs, weights, s, overwrite=args.overwrite, strict=False, progress=not args.quiet, log=log)
@@ -564,6 +568,9 @@ def run_generate(args:argparse.Namespace) -> list[JobResult]:
         if args.batch: raise InfcamError("--from re-runs one result; it cannot be combined with --batch")
         r = settings_from_sidecar(args.from_json)
         s = {**r['settings'], **{k: v for k, v in s.items() if v is not None}}
+        if video is None and r['video_sha256'] and Path(r['video']).is_file() and file_sha256(r['video'], cache=False) != r['video_sha256']:
+            raise InfcamError(f"{r['video']} is not the video {args.from_json} was made from (its sha256 changed); restore it, "
+                              "or give --video to generate from this one on purpose")
         weights, video, prompt, traj = weights or r['weights'], video or r['video'], prompt if prompt is not None else r['prompt'], traj or r['trajectory']
         hashes = r['hashes']
     log = (lambda *a: None) if args.quiet else print

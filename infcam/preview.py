@@ -5,7 +5,7 @@
 # %% ../nbs/06_preview.ipynb #adfeefb3
 from __future__ import annotations
 from pathlib import Path
-import math
+import math, os
 import torch
 from tqdm.auto import tqdm
 from .core import InfcamError, check_overwrite, make_folder
@@ -96,7 +96,8 @@ def preview(video:str|Path|None=None, trajectory:str='pan_right', out:str|Path|N
     traj_name = Path(trajectory).stem if Path(str(trajectory)).suffix else str(trajectory)
     out = Path(out) if out is not None else Path('outputs') / f'preview_{name}_{traj_name}.mp4'
     if out.suffix.lower() != '.mp4': raise InfcamError(f"output must be an .mp4 file, got {out}")
-    if video is not None and out.resolve() == Path(video).resolve(): raise InfcamError(f"--out {out} is the source video; choose another output")
+    if video is not None and os.path.realpath(out) == os.path.realpath(video):    # realpath: no error on a link loop
+        raise InfcamError(f"--out {out} is the source video; choose another output")
     check_overwrite(out, overwrite); make_folder(out.parent)     # fail before any work is done
     c2w, traj_zoom = load_trajectory(trajectory, num_frames=num_frames, with_zoom=True)  # validates both
     if video is None:

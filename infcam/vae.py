@@ -4,14 +4,14 @@
 
 # %% ../nbs/15_vae.ipynb #96db5b48
 from __future__ import annotations
-import atexit, contextlib, functools, json, math, re, shutil, tempfile
+import contextlib, functools, hashlib, json, math, re
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from .core import InfcamError, read_state_dict, short_list
+from .core import InfcamError, read_state_dict, short_list, cache_dir, atomic_path, make_folder
 
 # %% auto #0
 __all__ = ['CODECS', 'WAN21_VAE_CONFIG', 'VideoCodec', 'latent_shape', 'PixelCodec', 'dct_matrix', 'DCTCodec', 'weightless_codec',
@@ -113,11 +113,12 @@ WAN21_VAE_CONFIG = {
     "latents_std": [2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
                     3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.916]}
 
-@functools.lru_cache(maxsize=None)
 def _config_dir(config_json:str) -> Path:
-    d = Path(tempfile.mkdtemp(prefix='infcam_vae_config_'))
-    atexit.register(shutil.rmtree, d, True)                # removed when the process ends
-    (d / 'config.json').write_text(config_json)
+    "A folder holding `config_json`, named by its hash in the infcam cache: written once, shared, never left behind."
+    d = cache_dir() / 'vae_config' / hashlib.sha256(config_json.encode()).hexdigest()[:16]
+    f = d / 'config.json'
+    if not (f.is_file() and f.read_text() == config_json):
+        with atomic_path(make_folder(d) / 'config.json') as tmp: tmp.write_text(config_json)
     return d
 
 def wan_vae_config_dir(config:dict|None=None) -> Path:

@@ -5,7 +5,7 @@
 # %% ../nbs/05_video.ipynb #43b0dab8
 from __future__ import annotations
 from pathlib import Path
-import functools, math, os
+import errno, functools, math, os, stat
 from fractions import Fraction
 import numpy as np
 import torch
@@ -96,8 +96,14 @@ def _av_reason(e:Exception) -> str:
 def _open(path):
     import av
     path = Path(path)
-    if not path.exists(): raise InfcamError(f"video not found: {path}")
-    if path.is_dir(): raise InfcamError(f"expected a video file, got a directory: {path}")
+    try: st = path.stat()                                  # follows links: a loop or a dangling link is an OSError
+    except RuntimeError: raise InfcamError(f"{path} is a symbolic link loop, not a video") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP: raise InfcamError(f"{path} is a symbolic link loop, not a video") from None
+        raise InfcamError(f"video not found: {path}") from None
+    if stat.S_ISDIR(st.st_mode): raise InfcamError(f"expected a video file, got a directory: {path}")
+    if not stat.S_ISREG(st.st_mode):                       # a FIFO or a device would block or never end
+        raise InfcamError(f"{path} is not a regular file (a pipe, socket or device); give a video file")
     try: c = av.open(str(path))
     except Exception as e: raise InfcamError(f"cannot read video {path}: {_av_reason(e)}") from None
     if not c.streams.video:

@@ -122,7 +122,11 @@ def test_prepare_never_leaves_the_dataset(tmp_path, capsys):
     (['--height', '100000', '--width', '48'], 'larger than 4096'),
     (['--height', '0', '--width', '48'], 'height 0 must be a positive multiple of 16'),
     (['--width', '0', '--height', '32'], 'width 0 must be a positive multiple of 16'),
-    (['--focal-mm', 'inf'], 'focal_mm must be a positive number'),
+    (['--focal-mm', 'inf'], 'focal_mm must be a number from 1 mm to 1000 mm'),
+    (['--focal-mm', '1e9'], 'focal_mm must be a number from 1 mm to 1000 mm'),
+    (['--zoom', '1e-9'], 'zoom must be a number from 0.02 to 50'),
+    (['--seed', str(2**70)], 'seed must be an integer from 0 to 2**63 - 1'),
+    (['--memory', 'block_offload'], 'on the CPU it would change nothing'),
     (['--device', 'cuda' if not torch.cuda.is_available() else 'cuda:99'], 'cuda'),
 ])
 def test_generate_refuses_bad_numbers(weights, clip, tmp_path, capsys, args, msg):
@@ -375,8 +379,12 @@ def test_leftover_temporaries_are_cleaned(clip, tmp_path):
                 '--width', '48', '--out', str(out / 'x.mp4')]) == 0
     assert not stale.exists() and sorted(p.name for p in out.iterdir()) == ['x.mp4']
     code = "from infcam.vae import wan_vae_config_dir; print(wan_vae_config_dir())"
-    d = Path(subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout.strip())
-    assert d.name.startswith('infcam_vae_config_') and not d.exists()       # removed when its process ended
+    env = {**os.environ, 'INFCAM_CACHE': str(tmp_path / 'cache'), 'TMPDIR': str(tmp_path / 'tmp')}
+    (tmp_path / 'tmp').mkdir()
+    run = lambda: Path(subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True, env=env).stdout.strip())
+    d = run()                               # the VAE's config folder: one per config, in the cache, shared by every process
+    assert d.parent == tmp_path / 'cache' / 'vae_config' and (d / 'config.json').is_file() and run() == d
+    assert not list((tmp_path / 'tmp').iterdir())                                # nothing left in TMPDIR
 
 
 def test_latents_follow_the_umask(mcv):
@@ -571,3 +579,68 @@ def test_bench_refuses_a_bad_strategy_or_base_before_any_work(tmp_path, capsys):
         assert cli(['bench', 'smoke', '--out', str(out), '--quiet', *extra]) == 2
         assert msg in one_line(capsys)
         assert not out.exists() or not any(out.iterdir()), list(out.rglob('*'))      # nothing rendered or trained
+
+
+def _batch(folder, rows):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / 'metadata.csv').write_text('file_name,text\n' + ''.join(f'{a},{b}\n' for a, b in rows))
+    return folder
+
+
+def test_batch_output_names_never_collide(weights, clip, tmp_path, capsys):
+    "Same file name in two folders, one clip with two prompts: every job its own result; run 2 skips them all."
+    b = tmp_path / 'batch'
+    for d in ('a', 'b'): (b / d).mkdir(parents=True); shutil.copy(clip, b / d / 'x.mp4')
+    _batch(b, [('a/x.mp4', 'one'), ('b/x.mp4', 'two'), ('a/x.mp4', 'three')])
+    args = ['generate', '--batch', str(b), '--trajectories', 'arc_left', '--weights', str(weights),
+            '--out-dir', str(tmp_path / 'out'), *SMALL]
+    assert generate_main(args) == 0 and 'generated 3, skipped 0' in capsys.readouterr().out
+    sidecars = sorted((tmp_path / 'out').glob('*_arc_left.json'))
+    assert len(sidecars) == 3 and not list((tmp_path / 'out').glob('.*incomplete'))
+    made = {(Path(json.loads(f.read_text())['video']).parent.name, json.loads(f.read_text())['prompt']) for f in sidecars}
+    assert made == {('a', 'one'), ('b', 'two'), ('a', 'three')}
+    assert generate_main(args) == 0 and 'generated 0, skipped 3' in capsys.readouterr().out
+    _batch(b, [('a/x.mp4', 'one'), ('a/x.mp4', 'one')])                      # a true duplicate: refused before work
+    assert generate_main(['generate', '--batch', str(b), '--trajectories', 'arc_left', '--weights', str(weights),
+                          '--out-dir', str(tmp_path / 'o2'), *SMALL]) == 2
+    assert 'is listed twice with the same prompt' in one_line(capsys) and not (tmp_path / 'o2').exists()
+
+
+def test_batch_rows_stay_inside_the_batch_folder(weights, clip, tmp_path, capsys):
+    shutil.copy(clip, tmp_path / 'outside.mp4')
+    b = _batch(tmp_path / 'batch', [('../outside.mp4', 'x')])
+    assert generate_main(['generate', '--batch', str(b), '--trajectories', 'arc_left', '--weights', str(weights),
+                          '--out-dir', str(tmp_path / 'out'), *SMALL]) == 2
+    assert "points outside" in one_line(capsys) and not (tmp_path / 'out').exists()
+
+
+def test_from_refuses_a_changed_video(weights, clip, tmp_path, capsys):
+    video = tmp_path / 'v.mp4'; shutil.copy(clip, video)
+    out = tmp_path / 'r' / 'x.mp4'
+    assert _generate(video, weights, out) == 0
+    write_video(video, torch.rand(9, 3, 32, 48, generator=torch.Generator().manual_seed(5)), overwrite=True)
+    assert generate_main(['generate', '--from', str(out.with_suffix('.json')), '--out', str(tmp_path / 'again.mp4'),
+                          '--quiet']) == 2
+    assert 'is not the video' in one_line(capsys) and not (tmp_path / 'again.mp4').exists()
+
+
+@pytest.mark.parametrize('kind', ['loop', 'fifo'])
+def test_a_video_that_is_no_file_is_refused(weights, tmp_path, capsys, kind):
+    v = tmp_path / 'v.mp4'
+    if kind == 'loop': v.symlink_to(tmp_path / 'w.mp4'); (tmp_path / 'w.mp4').symlink_to(v)
+    else: os.mkfifo(v)
+    assert _generate(v, weights, tmp_path / 'o' / 'x.mp4') == 2          # a FIFO would block here forever
+    assert ('symbolic link loop' if kind == 'loop' else 'not a regular file') in one_line(capsys)
+
+
+@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
+def test_generate_stopped_while_writing_leaves_nothing(weights, clip, tmp_path, capsys, monkeypatch, sig):
+    "A signal between the clip and its side-by-side: one line, 128 + signal, no clip, temporary, marker or sidecar left."
+    import infcam.generate
+    from infcam.core import Interrupted
+    def stop(*a, **k): raise Interrupted(sig)
+    monkeypatch.setattr(infcam.generate, 'write_comparison', stop)
+    out = tmp_path / 'r' / 'x.mp4'
+    assert _generate(clip, weights, out) == 128 + sig
+    assert one_line(capsys) == f'infcam: interrupted ({signal.Signals(sig).name})'
+    assert not list(out.parent.iterdir()), list(out.parent.iterdir())
