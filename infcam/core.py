@@ -210,7 +210,7 @@ def natural_key(s) -> list:
     s = os.path.basename(os.fspath(s)) if isinstance(s, os.PathLike) else str(s)
     return [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', s)]
 
-# %% ../nbs/00_core.ipynb
+# %% ../nbs/00_core.ipynb #6a85b00d
 def cache_dir() -> Path:
     "Where infcam caches small things: `$INFCAM_CACHE`, else `~/.cache/infcam`."
     return Path(os.environ.get('INFCAM_CACHE') or Path.home() / '.cache' / 'infcam')
