@@ -381,7 +381,7 @@ def from_pretrained(cls:InfCamPipeline, folder, infcam_checkpoint=None, device=N
     if memory not in MEMORY_MODES: raise InfcamError(f"unknown memory mode {memory!r}; use one of {', '.join(MEMORY_MODES)}")
     if numerics not in NUMERICS: raise InfcamError(f"unknown numerics {numerics!r}; use one of {', '.join(NUMERICS)}")
     if numerics == 'released' and dtype != torch.bfloat16: raise InfcamError(f"numerics='released' runs the DiT in bf16, not {dtype}")
-    report = check_weights(folder, spec, infcam_checkpoint)
+    report = check_weights(folder, spec, infcam_checkpoint, values=False)   # names and shapes; values are checked as they load
     if not (report.usable_base_only if base_only else report.usable):
         raise InfcamError(f"weights in {folder} are not usable for generation{' (base only)' if base_only else ''}: "
                           f"{'; '.join(report.problems[:3])}")
