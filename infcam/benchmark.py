@@ -41,10 +41,12 @@ BASELINES = {
 REFERENCE = 'ground_truth'
 from .metrics import METRICS, format_mean_se   # PSNR, SSIM, RotErr, TransErr, registered
 
-# %% ../nbs/51_benchmark.ipynb #c2cdd426
+# %% ../nbs/51_benchmark.ipynb #817318db
 BENCH_CAPTION = 'a synthetic scene'
 SMALL_MODEL = dict(in_dim=192, out_dim=192, patch_size=(1, 1, 1), text_dim=64, text_len=16)
 
+
+# %% ../nbs/51_benchmark.ipynb #c2cdd426
 @dataclass
 class BenchConfig:
     "Every setting of a benchmark run (data, backbone, training budget, generation)."

@@ -22,7 +22,7 @@ from .metrics import METRICS, POSE_ESTIMATORS, score_video, load_poses, format_m
 __all__ = ['SCORE_STRIDE', 'TABLE_COLUMNS', 'DEFAULT_POSES', 'SCORES', 'ROW_COLUMNS', 'VIDEO_SUFFIXES', 'CAMERA_UNDER',
            'EvalItem', 'truth_for', 'resolve_spec', 'items_from_results', 'items_from_table', 'score_item',
            'collect_items', 'reference_videos', 'method_fvd', 'method_fid', 'summarize_methods', 'summary_markdown',
-           'plot_methods', 'score_row', 'evaluate']
+           'plot_methods', 'score_row', 'distance_note', 'check_scored', 'evaluate']
 
 # %% ../nbs/52_evaluate.ipynb #fe16cb70
 SCORE_STRIDE = 4                  # frames 0, 4, 8, ...: the first video frame of every latent frame
@@ -429,31 +429,42 @@ def _load_nets(fvd_weights, fid_weights, lpips_weights, lpips_backbone, clip_wei
     return nets
 
 
+# %% ../nbs/52_evaluate.ipynb #4ab430f0
+def distance_note(reference=None) -> str:
+    "The line under the table naming FVD's and FID's protocols and what they were measured against."
+    return ('\nFVD (VideoGPT\'s protocol, 16 frames) / FID (clean-fid) against '
+            + ('each video\'s ground truth (paired).\n' if reference is None else f"{reference} (unpaired).\n"))
+
+def check_scored(rows:pd.DataFrame, where) -> None:
+    "`InfcamError` when no row of `rows` was scored (each has an error), naming the first reason and `where` the rest are."
+    errors = rows['error'].fillna('').astype(str)
+    if len(rows) and (errors != '').all():
+        raise InfcamError(f"none of the {len(rows)} video(s) could be scored ({rows['name'].iloc[0]}: {errors.iloc[0]}); "
+                          f"the reasons are in {where}")
+
+
 # %% ../nbs/52_evaluate.ipynb #e3d6ed50
 def evaluate(inputs, out, method:str|None=None, progress:bool=True, min_registered:float=0.5, fvd_weights=None,
              fid_weights=None, lpips_weights=None, lpips_backbone=None, devices:int=1, num_nodes:int=1,
              reference=None, poses:str=DEFAULT_POSES, clip_weights=None) -> dict:
     """Score every video `inputs` list (result folders and CSV tables) into the folder `out`, reusing the rows of
-    videos that have not changed; with `fvd_weights` (i3d_pretrained_400.pt) / `fid_weights` (a TorchScript
-    Inception, e.g. inception-2015-12-05.pt) also each method's FVD / FID against the ground truths (or, unpaired,
-    against `reference`: 'sources', a folder of videos or a CSV; see `reference_videos`), with
-    `lpips_weights` (alex.pth) and `lpips_backbone` (torchvision's AlexNet) each video's LPIPS; `poses`: the pose
-    estimator of the clips without given poses ('builtin' or 'colmap', which needs pycolmap); with `clip_weights` (a
-    local CLIP model folder) each video's CLIP-T and CLIP-F; `devices` > 1 (or `num_nodes` > 1) shares the videos over processes with Lightning Fabric.
-    Returns dict(rows, summary (DataFrames), problems, scored and failed (videos of this call), files); an `InfcamError`,
-    once the tables are written, when no video at all could be scored."""
+    videos that have not changed; with `fvd_weights` (i3d_pretrained_400.pt) / `fid_weights` (a TorchScript Inception)
+    each method's FVD / FID against the ground truths (or, unpaired, `reference`: see `reference_videos`); with
+    `lpips_weights` (alex.pth) and `lpips_backbone` (torchvision's AlexNet) each video's LPIPS; `poses`: the estimator
+    ('builtin' or 'colmap'); with `clip_weights` (a local CLIP folder) CLIP-T and CLIP-F; `devices` / `num_nodes` > 1
+    share the videos over processes (Lightning Fabric). Returns dict(rows, summary (DataFrames), problems, scored and
+    failed (this call's videos), files); `InfcamError`, once the tables are written, when no video could be scored."""
     out = Path(out)
     check_number(min_registered, 'min_registered (a fraction of the frames)', 0, 1)
-    for k, v in (('devices', devices), ('num_nodes', num_nodes)):
-        check_int(v, k, 1)
+    check_int(devices, 'devices', 1); check_int(num_nodes, 'num_nodes', 1)
     if poses not in POSE_ESTIMATORS: raise InfcamError(f"poses must be one of {', '.join(POSE_ESTIMATORS)}, got {poses!r}")
     if poses == 'colmap': require_pycolmap()                       # a one-line error before any work
     items, problems = collect_items(inputs, method)
     if not items: raise InfcamError(f"nothing to evaluate in {', '.join(map(str, [inputs] if isinstance(inputs, (str, Path)) else inputs))}"
                                     + (f" ({problems[0][0]}: {problems[0][1]})" if problems else ''))
     refs = reference_videos(reference, items) if (fvd_weights or fid_weights) else None
-    nets = _load_nets(fvd_weights, fid_weights, lpips_weights, lpips_backbone, clip_weights)   # a bad file fails before any work
-    net, lpips_net, fid_net, clip = nets['fvd'], nets['lpips'], nets['fid'], nets['clip']
+    nets = _load_nets(fvd_weights, fid_weights, lpips_weights, lpips_backbone, clip_weights)   # fails before any work
+    net, lpips_net, fid_net, clip = map(nets.get, ('fvd', 'lpips', 'fid', 'clip'))
     make_folder(out)
     files = dict(rows=out / 'rows.csv', summary=out / 'summary.csv', markdown=out / 'summary.md', plot=out / 'summary.png')
     from infcam.generate import launched_externally
@@ -476,8 +487,8 @@ def evaluate(inputs, out, method:str|None=None, progress:bool=True, min_register
         cache.update({(r['method'], r['name']): r for r in new})
         rows = pd.DataFrame([cache[(it.method, it.name)] for it in items], columns=list(ROW_COLUMNS))
         failed = sum(bool(r['error']) for r in new)
-        if not writer: return dict(rows=rows, summary=summarize_methods(rows), problems=problems, scored=len(new) - failed,
-                                   failed=failed, files={})
+        res = dict(rows=rows, problems=problems, scored=len(new) - failed, failed=failed)
+        if not writer: return dict(res, summary=summarize_methods(rows), files={})
         with atomic_path(files['rows']) as tmp: rows.to_csv(tmp, index=False)
         for f in out.glob('.rows.part*.csv'): f.unlink(missing_ok=True)   # merged into rows.csv
         summary = summarize_methods(rows)
@@ -486,14 +497,9 @@ def evaluate(inputs, out, method:str|None=None, progress:bool=True, min_register
         if fid_net is not None: summary['FID'] = [method_fid(rows[rows['method'] == m], fid_net, ref(m)) for m in summary['method']]
         with atomic_path(files['summary']) as tmp: summary.to_csv(tmp, index=False)
         md = summary_markdown(summary, rows)
-        if net is not None or fid_net is not None:
-            md += ('\nFVD (VideoGPT\'s protocol, 16 frames) / FID (clean-fid) against '
-                   + ('each video\'s ground truth (paired).\n' if reference is None else f"{reference} (unpaired).\n"))
+        if net is not None or fid_net is not None: md += distance_note(reference)
         if problems: md += '\nProblems with the inputs:\n' + ''.join(f"- {w}: {why}\n" for w, why in problems)
         with atomic_path(files['markdown']) as tmp: tmp.write_text(md, encoding='utf-8')
         plot_methods(summary, files['plot'])
-    errors = rows['error'].fillna('').astype(str)
-    if (errors != '').all():                                      # the tables say why; the exit status must too
-        raise InfcamError(f"none of the {len(rows)} video(s) could be scored ({rows['name'].iloc[0]}: {errors.iloc[0]}); "
-                          f"the reasons are in {files['markdown']}")
-    return dict(rows=rows, summary=summary, problems=problems, scored=len(new) - failed, failed=failed, files=files)
+    check_scored(rows, files['markdown'])                         # the tables say why; the exit status must too
+    return dict(res, summary=summary, files=files)

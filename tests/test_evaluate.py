@@ -104,7 +104,7 @@ def test_unreadable_video_is_listed_not_fatal(results, tmp_path, capsys):
     assert 'Not scored:' in out and 'scored 1 video(s) now, 1 could not be scored (listed above), 0 unchanged' in out
     for bad in ('2', 'nan', '-0.1'):
         assert cli(['evaluate', str(tmp_path / 'u.csv'), '--out', str(tmp_path / 'e3'), '--min-registered', bad]) == 2
-        assert 'min_registered is a fraction of the frames, from 0 to 1' in capsys.readouterr().err
+        assert 'min_registered (a fraction of the frames) must be a number from 0 to 1' in capsys.readouterr().err
     assert not (tmp_path / 'e3').exists()
     assert cli(['evaluate', str(tmp_path / 'nope'), '--out', str(tmp_path / 'e')]) == 2
     assert 'neither a results folder nor a .csv table' in capsys.readouterr().err

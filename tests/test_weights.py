@@ -284,8 +284,13 @@ def test_check_reads_no_tensor_data(tmp_path, load_calls):
 
 
 def test_check_does_not_load_data(release, load_calls):
-    assert check_weights(release, SPEC).usable
+    "Names and shapes come from headers only; the values read are the DiT files', memory-mapped, weights only."
+    assert check_weights(release, SPEC, values=False).usable
     assert len(load_calls) == 3 and all(c["map_location"] == "meta" and c["weights_only"] for c in load_calls)
+    load_calls.clear()
+    assert check_weights(release, SPEC).usable                      # + the InfCam checkpoint's values (a pickle here)
+    data = [c for c in load_calls if c["map_location"] != "meta"]
+    assert len(load_calls) == 4 and len(data) == 1 and data[0]["mmap"] and data[0]["weights_only"]
 
 
 # ---------------------------------------------------------------- the InfCam checkpoint
