@@ -6,7 +6,6 @@
 from __future__ import annotations
 import torch
 from torch import Tensor
-from fastcore.basics import patch
 from .core import InfcamError
 
 # %% auto #0
@@ -15,6 +14,18 @@ __all__ = ['PREDICTIONS', 'FlowMatchScheduler']
 # %% ../nbs/13_scheduler.ipynb #69770ed3
 PREDICTIONS = ('velocity', 'sample')
 
+def _bcast(v, x:Tensor) -> Tensor:
+    "`v` (a number, a 0-d tensor or one value per batch item `(B,)`) shaped to broadcast against `x` `(B, ...)`."
+    v = torch.as_tensor(v, dtype=x.dtype, device=x.device)
+    return v.reshape(v.shape + (1,) * (x.ndim - v.ndim)) if v.ndim else v
+
+def _weights(t:Tensor, n:int) -> Tensor:
+    "Bell weights `y(t) - min y`, normalized to mean 1, with `y(t) = exp(-2 ((t - n/2)/n)^2)`."
+    y = torch.exp(-2 * ((t - n / 2) / n) ** 2)
+    y = y - y.min()
+    return y * (n / y.sum())
+
+# %% ../nbs/13_scheduler.ipynb #d8d337ae
 class FlowMatchScheduler:
     """Rectified-flow schedule with a timestep shift, as Wan2.1 and InfCam use it (Euler sampler, shifted tables).
     `prediction` says what the network outputs: the velocity `noise - x0` (Wan, the released InfCam) or the clean
@@ -22,7 +33,8 @@ class FlowMatchScheduler:
     def __init__(self, num_train_timesteps:int=1000, shift:float=5.0, prediction:str='velocity'):
         if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not (0 < shift < float('inf')):
             raise InfcamError(f"the timestep shift must be a positive number, got {shift!r}")
-        if prediction not in PREDICTIONS: raise InfcamError(f"unknown prediction {prediction!r}; use one of {', '.join(PREDICTIONS)}")
+        if prediction not in PREDICTIONS:
+            raise InfcamError(f"unknown prediction {prediction!r}; use one of {', '.join(PREDICTIONS)}")
         self.num_train_timesteps, self.shift, self.prediction = num_train_timesteps, float(shift), prediction
         self.sigmas = self.timesteps = None
 
@@ -45,74 +57,53 @@ class FlowMatchScheduler:
         "The level each Euler step lands on: `sigmas[1:]` followed by 0."
         return torch.cat([sigmas[1:], sigmas.new_zeros(1)])
 
-# %% ../nbs/13_scheduler.ipynb #d8d337ae
-def _bcast(v, x:Tensor) -> Tensor:
-    "`v` (a number, a 0-d tensor or one value per batch item `(B,)`) shaped to broadcast against `x` `(B, ...)`."
-    v = torch.as_tensor(v, dtype=x.dtype, device=x.device)
-    return v.reshape(v.shape + (1,) * (x.ndim - v.ndim)) if v.ndim else v
+    def _table(self, n:int) -> tuple[Tensor, Tensor]:
+        "`n` levels from 1 down (0 excluded), shifted: `(sigmas (n,), timesteps (n,))`, float32."
+        s = self.shift_sigmas(torch.linspace(1, 0, n + 1, dtype=torch.float32)[:-1])
+        return s, s * self.num_train_timesteps
 
-@patch
-def _table(self:FlowMatchScheduler, n:int) -> tuple[Tensor, Tensor]:
-    s = self.shift_sigmas(torch.linspace(1, 0, n + 1, dtype=torch.float32)[:-1])
-    return s, s * self.num_train_timesteps
+    def set_timesteps(self, steps:int) -> tuple[Tensor, Tensor]:
+        "Inference schedule, `steps` levels from 1 down (0 excluded): `(sigmas (steps,), timesteps (steps,))` float32."
+        if int(steps) != steps or steps < 1:
+            raise InfcamError(f"the number of sampling steps must be a positive integer, got {steps}")
+        steps = int(steps)
+        self.sigmas, self.timesteps = self._table(steps)
+        return self.sigmas, self.timesteps
 
-@patch
-def set_timesteps(self:FlowMatchScheduler, steps:int) -> tuple[Tensor, Tensor]:
-    "Inference schedule of `steps` levels from 1 down (0 excluded): `(sigmas (steps,), timesteps (steps,))`, float32."
-    if int(steps) != steps or steps < 1: raise InfcamError(f"the number of sampling steps must be a positive integer, got {steps}")
-    steps = int(steps)
-    self.sigmas, self.timesteps = self._table(steps)
-    return self.sigmas, self.timesteps
+    def step(self, v:Tensor, sigma, sigma_next, x:Tensor) -> Tensor:
+        "Euler step `x + v * (sigma_next - sigma)`; sigmas are numbers or `(B,)` tensors, `v`, `x` `(B, ...)`."
+        return x + v * (_bcast(sigma_next, x) - _bcast(sigma, x))
 
-@patch
-def step(self:FlowMatchScheduler, v:Tensor, sigma, sigma_next, x:Tensor) -> Tensor:
-    "Euler step `x + v * (sigma_next - sigma)`; sigmas are numbers or `(B,)` tensors, `v`, `x` `(B, ...)`."
-    return x + v * (_bcast(sigma_next, x) - _bcast(sigma, x))
+    def training_table(self) -> tuple[Tensor, Tensor]:
+        "The `num_train_timesteps`-level shifted table: `(sigmas (T,), timesteps (T,))`, float32, noisiest first."
+        return self._table(self.num_train_timesteps)
 
-# %% ../nbs/13_scheduler.ipynb #7f90af54
-def _weights(t:Tensor, n:int) -> Tensor:
-    "Bell weights `y(t) - min y`, normalized to mean 1, with `y(t) = exp(-2 ((t - n/2)/n)^2)`."
-    y = torch.exp(-2 * ((t - n / 2) / n) ** 2)
-    y = y - y.min()
-    return y * (n / y.sum())
+    def loss_weights(self) -> Tensor:
+        "Per-level loss weights `(T,)` matching `training_table()`: `y(t) - min y`, normalized to mean 1."
+        return _weights(self.training_table()[1], self.num_train_timesteps)
 
-@patch
-def training_table(self:FlowMatchScheduler) -> tuple[Tensor, Tensor]:
-    "The `num_train_timesteps`-level shifted table: `(sigmas (T,), timesteps (T,))`, float32, noisiest first."
-    return self._table(self.num_train_timesteps)
+    def sample_training(self, batch:int, generator:torch.Generator|None=None,
+                        device=None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        "Draw `batch` uniform table indices: `(index (B,) long, sigma (B,), timestep (B,), weight (B,))`."
+        idx = torch.randint(0, self.num_train_timesteps, (batch,), generator=generator)
+        s, t = self.training_table()
+        out = (idx, s[idx], t[idx], _weights(t, self.num_train_timesteps)[idx])
+        return tuple(o.to(device) for o in out) if device is not None else out
 
-@patch
-def loss_weights(self:FlowMatchScheduler) -> Tensor:
-    "Per-level loss weights `(T,)` matching `training_table()`: `y(t) - min y`, normalized to mean 1."
-    return _weights(self.training_table()[1], self.num_train_timesteps)
+    def add_noise(self, x0:Tensor, noise:Tensor, sigma) -> Tensor:
+        "Noisy sample `(1 - sigma) x0 + sigma noise`; `sigma` a number or `(B,)`, `x0`, `noise` `(B, ...)`."
+        s = _bcast(sigma, x0)
+        return (1 - s) * x0 + s * noise
 
-@patch
-def sample_training(self:FlowMatchScheduler, batch:int, generator:torch.Generator|None=None,
-                    device=None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    "Draw `batch` uniform table indices: `(index (B,) long, sigma (B,), timestep (B,), weight (B,))`."
-    idx = torch.randint(0, self.num_train_timesteps, (batch,), generator=generator)
-    s, t = self.training_table()
-    out = (idx, s[idx], t[idx], _weights(t, self.num_train_timesteps)[idx])
-    return tuple(o.to(device) for o in out) if device is not None else out
+    def velocity_target(self, x0:Tensor, noise:Tensor) -> Tensor:
+        "The velocity of flow matching, `noise - x0`."
+        return noise - x0
 
-# %% ../nbs/13_scheduler.ipynb #e9151183
-@patch
-def add_noise(self:FlowMatchScheduler, x0:Tensor, noise:Tensor, sigma) -> Tensor:
-    "Noisy sample `(1 - sigma) x0 + sigma noise`; `sigma` a number or `(B,)`, `x0`, `noise` `(B, ...)`."
-    s = _bcast(sigma, x0)
-    return (1 - s) * x0 + s * noise
+    def training_target(self, x0:Tensor, noise:Tensor) -> Tensor:
+        "What the network regresses: the velocity `noise - x0`, or `x0` itself with `prediction='sample'`."
+        return self.velocity_target(x0, noise) if self.prediction == 'velocity' else x0
 
-@patch
-def velocity_target(self:FlowMatchScheduler, x0:Tensor, noise:Tensor) -> Tensor:
-    "The velocity of flow matching, `noise - x0`."
-    return noise - x0
-
-@patch
-def training_target(self:FlowMatchScheduler, x0:Tensor, noise:Tensor) -> Tensor:
-    "What the network regresses: the velocity `noise - x0`, or `x0` itself with `prediction='sample'`."
-    return self.velocity_target(x0, noise) if self.prediction == 'velocity' else x0
-
-@patch
-def to_velocity(self:FlowMatchScheduler, out:Tensor, x:Tensor, sigma) -> Tensor:
-    "The velocity of the network output `out` at the sample `x` of level `sigma`: `(x - x0) / sigma` for sample prediction."
-    return out if self.prediction == 'velocity' else (x - out) / _bcast(sigma, x).clamp_min(1e-6)
+    def to_velocity(self, out:Tensor, x:Tensor, sigma) -> Tensor:
+        """The velocity of the network output `out` at the sample `x` of level `sigma`: `out`, or `(x - out) / sigma`
+        for sample prediction."""
+        return out if self.prediction == 'velocity' else (x - out) / _bcast(sigma, x).clamp_min(1e-6)
