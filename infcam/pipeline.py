@@ -13,25 +13,24 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 from tqdm.auto import tqdm
-from fastcore.basics import patch
 
 from .core import InfcamError
-from .cameras import (latent_frame_indices, num_latent_frames, to_extrinsics, focal_mm_to_px, pixel_intrinsics,
-                            relative_poses)
+from .cameras import latent_frame_indices, num_latent_frames, to_extrinsics
+from .intrinsics import default_intrinsics
 from .trajectories import load_trajectory
-from .video import read_video, fit_frames, check_size
+from .video import read_video, fit_frames
 from .scheduler import FlowMatchScheduler
 
 # %% auto #0
-__all__ = ['WAN_NEGATIVE_PROMPT', 'MEMORY_MODES', 'NUMERICS', 'RandomTextEncoder', 'BlockOffload', 'InfCamPipeline',
-           'PreparedInputs']
+__all__ = ['WAN_NEGATIVE_PROMPT', 'MEMORY_MODES', 'NUMERICS', 'RandomTextEncoder', 'BlockOffload', 'PreparedInputs',
+           'InfCamPipeline']
 
 # %% ../nbs/30_pipeline.ipynb #9602f126
 WAN_NEGATIVE_PROMPT = ('色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，'
                        '丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，'
                        '静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走')
 MEMORY_MODES = ('resident', 'model_offload', 'block_offload')
-NUMERICS = ('exact', 'released')     # infcam's float32 arithmetic, or the published pipeline's own (see the table below)
+NUMERICS = ('exact', 'released')     # infcam's float32 arithmetic, or the published pipeline's (see the table below)
 
 # %% ../nbs/30_pipeline.ipynb #8a5d4831
 class RandomTextEncoder:
@@ -60,6 +59,24 @@ class RandomTextEncoder:
             h[:n] = torch.randn(n, self.dim, generator=g) * 0.2
             out.append(h)
         return torch.stack(out).to(self._device, self._dtype)
+
+# %% ../nbs/30_pipeline.ipynb #7c2f4a15
+def _check_modes(memory:str, numerics:str):
+    "InfcamError unless `memory` is one of `MEMORY_MODES` and `numerics` one of `NUMERICS`."
+    if memory not in MEMORY_MODES:
+        raise InfcamError(f"unknown memory mode {memory!r}; use one of {', '.join(MEMORY_MODES)}")
+    if numerics not in NUMERICS: raise InfcamError(f"unknown numerics {numerics!r}; use one of {', '.join(NUMERICS)}")
+
+def _check_parts(model:nn.Module, codec, text_encoder):
+    "InfcamError unless `model` has a `.config`, its channels fit `codec`'s latents and its `text_dim` `text_encoder`."
+    cfg = getattr(model, 'config', None)
+    if cfg is None: raise InfcamError(f"the model must be an InfCamDiT (with a .config), got {type(model).__name__}")
+    if codec.latent_channels != cfg.in_dim or cfg.out_dim != cfg.in_dim:
+        raise InfcamError(f"the codec makes {codec.latent_channels}-channel latents but the model takes {cfg.in_dim} "
+                          f"and predicts {cfg.out_dim}; build the model with in_dim=out_dim={codec.latent_channels}")
+    tdim = getattr(text_encoder, 'dim', None)
+    if isinstance(tdim, int) and tdim != cfg.text_dim:
+        raise InfcamError(f"the text encoder gives {tdim}-wide states but the model's text_dim is {cfg.text_dim}")
 
 # %% ../nbs/30_pipeline.ipynb #058e474e
 class BlockOffload:
@@ -91,14 +108,45 @@ class BlockOffload:
         for h in self.handles: h.remove()
         self.handles = []
 
+# %% ../nbs/30_pipeline.ipynb #d5a7c3b8
+def _move_except(module:nn.Module, skip, device):
+    "Point every parameter and buffer of `module` at a copy on `device`, except those of the modules in `skip`."
+    held = {id(t) for b in skip for t in [*b.parameters(), *b.buffers()]}
+    for t in [*module.parameters(), *module.buffers()]:
+        if id(t) not in held: t.data = t.data.to(device)
+
+def _move(part, device, skip=None):
+    """Move a codec or text encoder (anything with `.to`, or a `.model` module) to `device`; with `skip` (modules of
+    its `.model`, e.g. offloaded blocks), all of its `.model` but those."""
+    inner = getattr(part, 'model', None)
+    if skip is not None: _move_except(inner, skip, device)
+    elif isinstance(inner, nn.Module): inner.to(device)
+    elif hasattr(part, 'to'): part.to(device)
+
+def _place(model:nn.Module, codec, text_encoder, memory:str, device) -> tuple[BlockOffload|None, BlockOffload|None]:
+    """Put the parts where `memory` keeps them between stages; `block_offload` also hooks the DiT's blocks and the text
+    encoder's (if it has `blocks`): their `BlockOffload`s, else None."""
+    if memory == 'resident':
+        model.to(device); _move(codec, device); _move(text_encoder, device)
+        return None, None
+    model.to('cpu'); _move(codec, 'cpu'); _move(text_encoder, 'cpu')
+    if memory != 'block_offload': return None, None
+    for n, m in model.named_children():
+        if n != 'blocks': m.to(device)
+    offload = BlockOffload(model.blocks, device)
+    tb = getattr(text_encoder, 'blocks', None)
+    return offload, (BlockOffload(tb, device) if tb is not None else None)
+
 # %% ../nbs/30_pipeline.ipynb #4d701d48
 def _as_source_intrinsics(intrinsics, height:int, width:int) -> Tensor:
-    "Pixel intrinsics (4,) float32; the default is a 24 mm lens on the 23.76 mm sensor, centred principal point."
-    if intrinsics is None: return pixel_intrinsics(focal_mm_to_px(24.0, height, width), height, width)
-    K = torch.as_tensor(intrinsics, dtype=torch.float32).reshape(-1) if not isinstance(intrinsics, Tensor) else intrinsics.float().reshape(-1)
+    "Pixel intrinsics (4,) float32; the default is `infcam.intrinsics.default_intrinsics` (the published lens)."
+    if intrinsics is None: return default_intrinsics(height, width)
+    K = intrinsics.float() if isinstance(intrinsics, Tensor) else torch.as_tensor(intrinsics, dtype=torch.float32)
+    K = K.reshape(-1)
     if K.numel() != 4: raise InfcamError(f"intrinsics must be 4 numbers [fx, fy, cx, cy] in pixels, got {K.numel()}")
     if not bool(torch.isfinite(K).all()) or not bool((K > 0).all()):
-        raise InfcamError(f"intrinsics [fx, fy, cx, cy] must be positive and finite, got {[round(v, 3) for v in K.tolist()]}")
+        raise InfcamError(f"intrinsics [fx, fy, cx, cy] must be positive and finite, "
+                          f"got {[round(v, 3) for v in K.tolist()]}")
     return K
 
 def _as_trajectory(trajectory, num_frames:int) -> tuple[Tensor, Tensor]:
@@ -106,7 +154,8 @@ def _as_trajectory(trajectory, num_frames:int) -> tuple[Tensor, Tensor]:
     if isinstance(trajectory, Tensor):
         t = trajectory.detach().float().cpu()
         if t.ndim != 3 or t.shape[-2:] not in ((4, 4), (3, 4)):
-            raise InfcamError(f"a trajectory tensor must be c2w poses (F, 4, 4) or (F, 3, 4), got shape {tuple(t.shape)}")
+            raise InfcamError(f"a trajectory tensor must be c2w poses (F, 4, 4) or (F, 3, 4), "
+                              f"got shape {tuple(t.shape)}")
         if t.shape[0] < num_frames:
             raise InfcamError(f"trajectory has {t.shape[0]} poses, fewer than the {num_frames} frames asked for")
         if t.shape[-2] == 3: t = torch.cat([t, t.new_tensor([0., 0., 0., 1.]).expand(t.shape[0], 1, 4)], 1)
@@ -121,7 +170,8 @@ def _as_trajectory(trajectory, num_frames:int) -> tuple[Tensor, Tensor]:
 def _as_video(video, num_frames:int, height:int, width:int, pil:bool=False) -> Tensor:
     "Frames (num_frames, 3, height, width) in [0, 1] from a path or a tensor (F, 3, H, W), fitted (`fit_frames`)."
     if isinstance(video, (str, Path)): return read_video(video, num_frames, height, width, pil=pil)
-    if not isinstance(video, Tensor): raise InfcamError(f"video must be a path or a tensor (F, 3, H, W), got {type(video).__name__}")
+    if not isinstance(video, Tensor):
+        raise InfcamError(f"video must be a path or a tensor (F, 3, H, W), got {type(video).__name__}")
     if video.ndim != 4 or video.shape[1] != 3:
         raise InfcamError(f"video tensor must have shape (F, 3, H, W) in [0, 1], got {tuple(video.shape)}")
     if video.shape[0] < num_frames:
@@ -129,82 +179,24 @@ def _as_video(video, num_frames:int, height:int, width:int, pil:bool=False) -> T
     v = video[:num_frames].float().cpu()
     return fit_frames(v, height, width, pil) if tuple(v.shape[-2:]) != (height, width) else v
 
-# %% ../nbs/30_pipeline.ipynb #5b2136c9
-def _cuda_sync(device):
-    if torch.device(device).type == 'cuda': torch.cuda.synchronize(device)
+# %% ../nbs/30_pipeline.ipynb #24a12ab3
+def _check_sizes(num_frames, height, width, temporal_stride:int, multiple:int):
+    "InfcamError unless `num_frames` is 4k+1 (`temporal_stride` 4) and `height`, `width` are multiples of `multiple`."
+    n_lat = num_latent_frames(num_frames)                  # 4k+1 or InfcamError
+    if temporal_stride != 4 or (num_frames - 1) // temporal_stride + 1 != n_lat:
+        raise InfcamError(f"the codec's temporal stride {temporal_stride} does not match "
+                          "the 4x latent frames the cameras assume")
+    for name, v in (('height', height), ('width', width)):
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0 or v % multiple:
+            raise InfcamError(f"{name} {v!r} must be a positive multiple of {multiple}")
 
-class InfCamPipeline:
-    "Camera-controlled video-to-video generation with an `InfCamDiT`, a codec, a text encoder and a `FlowMatchScheduler`."
-    def __init__(self, model:nn.Module, codec, text_encoder, scheduler:FlowMatchScheduler|None=None,
-                 device=None, dtype:torch.dtype|None=None, memory:str='resident', numerics:str='exact'):
-        if memory not in MEMORY_MODES: raise InfcamError(f"unknown memory mode {memory!r}; use one of {', '.join(MEMORY_MODES)}")
-        if numerics not in NUMERICS: raise InfcamError(f"unknown numerics {numerics!r}; use one of {', '.join(NUMERICS)}")
-        if numerics == 'released':                          # the published pipeline: DiT in bf16, VAE in bf16 and tiled
-            if dtype not in (None, torch.bfloat16): raise InfcamError(f"numerics='released' runs the DiT in bf16, not {dtype}")
-            dtype = torch.bfloat16
-            if hasattr(codec, 'to_released'): codec.to_released()
-        cfg = getattr(model, 'config', None)
-        if cfg is None: raise InfcamError(f"the model must be an InfCamDiT (with a .config), got {type(model).__name__}")
-        if codec.latent_channels != cfg.in_dim or cfg.out_dim != cfg.in_dim:
-            raise InfcamError(f"the codec makes {codec.latent_channels}-channel latents but the model takes {cfg.in_dim} "
-                              f"and predicts {cfg.out_dim}; build the model with in_dim=out_dim={codec.latent_channels}")
-        tdim = getattr(text_encoder, 'dim', None)
-        if isinstance(tdim, int) and tdim != cfg.text_dim:
-            raise InfcamError(f"the text encoder gives {tdim}-wide states but the model's text_dim is {cfg.text_dim}")
-        self.device = torch.device(device if device is not None else ('cuda' if torch.cuda.is_available() else 'cpu'))
-        self.model, self.codec, self.text_encoder = model.eval().requires_grad_(False), codec, text_encoder
-        self.scheduler, self.memory, self.numerics = scheduler or FlowMatchScheduler(), memory, numerics
-        if dtype is not None: self.model.to(dtype)
-        self.dtype, self.timings, self.offload, self.text_offload = self.model.dtype, {}, None, None
-        if memory == 'resident':
-            self.model.to(self.device); self._move(self.codec, self.device); self._move(self.text_encoder, self.device)
-        else:
-            self.model.to('cpu'); self._move(self.codec, 'cpu'); self._move(self.text_encoder, 'cpu')
-            if memory == 'block_offload':
-                for n, m in self.model.named_children():
-                    if n != 'blocks': m.to(self.device)
-                self.offload = BlockOffload(self.model.blocks, self.device)
-                if (tb := getattr(self.text_encoder, 'blocks', None)) is not None: self.text_offload = BlockOffload(tb, self.device)
-
-    @staticmethod
-    def _move(part, device):
-        "Move a codec or text encoder (anything with `.to`, or a `.model`/`.vae` module) to `device`."
-        inner = getattr(part, 'model', None)
-        if isinstance(inner, nn.Module): inner.to(device)
-        elif hasattr(part, 'to'): part.to(device)
-
-    @property
-    def size_multiple(self) -> int:
-        "Height and width must be multiples of this: 16, or the codec stride times the model's patch if larger."
-        m = self.codec.spatial_stride * max(self.model.config.patch_size[1:])
-        return m * 16 // math.gcd(m, 16)
-
-# %% ../nbs/30_pipeline.ipynb #d5a7c3b8
-def _move_except(module:nn.Module, skip, device):
-    "Point every parameter and buffer of `module` at a copy on `device`, except those of the modules in `skip`."
-    held = {id(t) for b in skip for t in [*b.parameters(), *b.buffers()]}
-    for t in [*module.parameters(), *module.buffers()]:
-        if id(t) not in held: t.data = t.data.to(device)
-
-@patch
-def _mover(self:InfCamPipeline, part) -> Callable:
-    "`move(device)` for `part`: the DiT whole, the text encoder but its offloaded blocks, or a codec/text encoder whole."
-    if part is self.model: return part.to
-    if part is self.text_encoder and self.text_offload is not None:
-        return lambda d: _move_except(part.model, self.text_offload.host, d)
-    return lambda d: self._move(part, d)
-
-@patch
-@contextlib.contextmanager
-def _on_device(self:InfCamPipeline, part):
-    "With `model_offload`/`block_offload`, hold `part` (codec, text encoder or the DiT) on the device inside the block."
-    if self.memory == 'resident' or (part is self.model and self.memory == 'block_offload'): yield; return
-    move = self._mover(part)
-    move(self.device)
-    try: yield
-    finally:
-        move('cpu')
-        if self.device.type == 'cuda': torch.cuda.empty_cache()
+def _check_run(steps, cfg, seed):
+    "InfcamError unless `steps` is a positive integer, `cfg` a finite number >= 0 and `seed` an integer."
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise InfcamError(f"steps must be a positive integer, got {steps!r}")
+    if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or not math.isfinite(cfg) or cfg < 0:
+        raise InfcamError(f"cfg must be a finite number >= 0, got {cfg!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int): raise InfcamError(f"seed must be an integer, got {seed!r}")
 
 # %% ../nbs/30_pipeline.ipynb #6505cc64
 @dataclass(eq=False)
@@ -213,14 +205,15 @@ class PreparedInputs:
     frames: Tensor       # (num_frames, 3, height, width) float32 in [0, 1]: the source clip at the generation size
     K_src: Tensor        # (4,) the source's pixel intrinsics [fx, fy, cx, cy]
     K_tgt: Tensor        # (4,) the target's: the source's focal length times the zoom, same principal point
-    extrinsics: Tensor   # (num_latent_frames, 12) target cameras at the latent frames, in the source's first camera frame
+    extrinsics: Tensor   # (num_latent_frames, 12) target cameras at the latent frames, in the source's first camera
 
     def __post_init__(self):
         F_ = self.frames.shape[0] if self.frames.ndim == 4 and self.frames.shape[1] == 3 else None
         if F_ is None or tuple(self.K_src.shape) != (4,) or tuple(self.K_tgt.shape) != (4,) \
            or tuple(self.extrinsics.shape) != (num_latent_frames(F_), 12):
-            raise InfcamError(f"PreparedInputs wants frames (F, 3, H, W), K_src and K_tgt (4,) and extrinsics (F_lat, 12); got "
-                              f"{tuple(self.frames.shape)}, {tuple(self.K_src.shape)}, {tuple(self.K_tgt.shape)}, {tuple(self.extrinsics.shape)}")
+            raise InfcamError(f"PreparedInputs wants frames (F, 3, H, W), K_src and K_tgt (4,) and extrinsics "
+                              f"(F_lat, 12); got {tuple(self.frames.shape)}, {tuple(self.K_src.shape)}, "
+                              f"{tuple(self.K_tgt.shape)}, {tuple(self.extrinsics.shape)}")
 
     @property
     def num_frames(self) -> int: return self.frames.shape[0]
@@ -232,168 +225,189 @@ class PreparedInputs:
     def num_latent_frames(self) -> int: return self.extrinsics.shape[0]
 
 
-# %% ../nbs/30_pipeline.ipynb #fed7dd87
-@patch
-def _check_sizes(self:InfCamPipeline, num_frames, height, width):
-    "InfcamError unless `num_frames` is 4k+1 (the codec's temporal stride is 4) and `height`, `width` are multiples of `size_multiple`."
-    n_lat = num_latent_frames(num_frames)                  # 4k+1 or InfcamError
-    if self.codec.temporal_stride != 4 or (num_frames - 1) // self.codec.temporal_stride + 1 != n_lat:
-        raise InfcamError(f"the codec's temporal stride {self.codec.temporal_stride} does not match the 4x latent frames the cameras assume")
-    for name, v in (('height', height), ('width', width)):
-        if isinstance(v, bool) or not isinstance(v, int) or v <= 0 or v % self.size_multiple:
-            raise InfcamError(f"{name} {v!r} must be a positive multiple of {self.size_multiple}")
-
-@patch
-@torch.no_grad()
-def prepare(self:InfCamPipeline, video, trajectory, intrinsics=None, num_frames:int=81, height:int=480, width:int=832,
-            zoom:float=1.0) -> PreparedInputs:
-    """Check the request and load its inputs (see `__call__` for the arguments); runs no model.
-
-    The target focal length is `zoom` times the source's, times the trajectory's zoom averaged over the latent frames."""
-    self._check_sizes(num_frames, height, width)
-    if isinstance(zoom, bool) or not isinstance(zoom, (int, float)) or not (math.isfinite(zoom) and zoom > 0):
-        raise InfcamError(f"zoom must be a positive number, got {zoom!r}")
-    K_src = _as_source_intrinsics(intrinsics, height, width)
+# %% ../nbs/30_pipeline.ipynb #6c1d8e2f
+def _target_cameras(trajectory, num_frames:int, K_src:Tensor, zoom:float) -> tuple[Tensor, Tensor]:
+    """`(K_tgt (4,), extrinsics (F_lat, 12))`: the target at the latent frames, in the source's first camera frame; its
+    focal length is `zoom` times the source's, times the trajectory's zoom averaged over the latent frames."""
     c2w, tzoom = _as_trajectory(trajectory, num_frames)
     lat = latent_frame_indices(num_frames)
     extr = to_extrinsics(c2w[lat])                          # (F_lat, 12), already in the source's first camera frame
     z = tzoom[lat]
     if float(z.max() - z.min()) > 1e-3 * float(z.mean()):
-        warnings.warn(f"the trajectory's zoom varies from {z.min():.3f} to {z.max():.3f}; the model takes one target focal "
-                      f"length, so the mean over latent frames ({z.mean():.3f}) is used")
+        warnings.warn(f"the trajectory's zoom varies from {z.min():.3f} to {z.max():.3f}; the model takes one target "
+                      f"focal length, so the mean over latent frames ({z.mean():.3f}) is used")
     K_tgt = K_src.clone()
     K_tgt[:2] = K_src[:2] * (float(zoom) * float(z.mean()))
-    return PreparedInputs(_as_video(video, num_frames, height, width, self.numerics == 'released'), K_src, K_tgt, extr)
-
+    return K_tgt, extr
 
 # %% ../nbs/30_pipeline.ipynb #8787ab0c
-@patch
+@contextlib.contextmanager
+def _timed(timings:dict, name:str, device):
+    "Time the block into `timings[name]` (seconds), after the device's queued work has finished (CUDA)."
+    t = time.perf_counter()
+    yield
+    if torch.device(device).type == 'cuda': torch.cuda.synchronize(device)
+    timings[name] = time.perf_counter() - t
+
 @torch.no_grad()
-def _velocity(self:InfCamPipeline, x, x_src, t, ctx, K_src, K_tgt, extr, cfg:float, cfg_batch:bool, sigma:float=1.0) -> Tensor:
-    """The guided velocity (1, C, f, h, w) float32 at time `t` (noise level `sigma`); `ctx` is (1 or 2, L, D): conditional
-    then unconditional. A model that predicts the clean sample has its output turned into a velocity by the scheduler."""
-    dt = torch.bfloat16 if self.numerics == 'released' else torch.float32   # the published pipeline guides in bf16
-    m, to_v = self.model, lambda out: self.scheduler.to_velocity(out.to(dt), x, sigma)
-    if ctx.shape[0] == 1:
-        return to_v(m(x, x_src, t.reshape(1), ctx, K_src, K_tgt, extr))
+def _guided_velocity(model, x, x_src, t, ctx, cams, cfg:float, cfg_batch:bool, to_velocity:Callable) -> Tensor:
+    """The guided velocity (1, C, f, h, w) of `model` at latents `x` and time `t` (a 0-d or (1,) tensor); `ctx` is
+    (1 or 2, L, D), conditional then unconditional; `cams` is `(K_src, K_tgt, extrinsics)`, each of batch 1."""
+    if ctx.shape[0] == 1: return to_velocity(model(x, x_src, t.reshape(1), ctx, *cams))
     if cfg_batch:
         rep = lambda a: torch.cat([a, a])
-        v_c, v_u = map(to_v, m(rep(x), rep(x_src), t.reshape(1).repeat(2), ctx, rep(K_src), rep(K_tgt), rep(extr)).chunk(2))
-    else:
-        v_c = to_v(m(x, x_src, t.reshape(1), ctx[:1], K_src, K_tgt, extr))
-        v_u = to_v(m(x, x_src, t.reshape(1), ctx[1:], K_src, K_tgt, extr))
+        v_c, v_u = map(to_velocity, model(rep(x), rep(x_src), t.reshape(1).repeat(2), ctx, *map(rep, cams)).chunk(2))
+    else: v_c, v_u = (to_velocity(model(x, x_src, t.reshape(1), c, *cams)) for c in (ctx[:1], ctx[1:]))
     return v_u + cfg * (v_c - v_u)
 
-# %% ../nbs/30_pipeline.ipynb #24a12ab3
-def _check_run(steps, cfg, seed):
-    "InfcamError unless `steps` is a positive integer, `cfg` a finite number >= 0 and `seed` an integer."
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1: raise InfcamError(f"steps must be a positive integer, got {steps!r}")
-    if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or not math.isfinite(cfg) or cfg < 0:
-        raise InfcamError(f"cfg must be a finite number >= 0, got {cfg!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int): raise InfcamError(f"seed must be an integer, got {seed!r}")
-
-@patch
-def _inputs(self:InfCamPipeline, video, trajectory, intrinsics, num_frames, height, width, zoom) -> PreparedInputs:
-    "`video` itself if it is a `PreparedInputs` (everything else unset), else `prepare` of the raw arguments (`None`: the default)."
-    raw = dict(num_frames=num_frames, height=height, width=width, zoom=zoom)
-    if not isinstance(video, PreparedInputs):
-        if trajectory is None: raise InfcamError("a trajectory is required (a preset, a file or c2w poses) unless video is a PreparedInputs")
-        return self.prepare(video, trajectory, intrinsics, **{k: v for k, v in raw.items() if v is not None})
-    if given := [k for k, v in dict(trajectory=trajectory, intrinsics=intrinsics, **raw).items() if v is not None]:
-        raise InfcamError(f"{', '.join(given)} cannot change after prepare(); pass {'it' if len(given) == 1 else 'them'} to prepare()")
-    self._check_sizes(video.num_frames, video.height, video.width)
-    return video
-
-
-# %% ../nbs/30_pipeline.ipynb #c5425179
-@patch
-@torch.no_grad()
-def __call__(self:InfCamPipeline, video, prompt:str, trajectory=None, intrinsics=None, num_frames:int|None=None,
-             height:int|None=None, width:int|None=None, steps:int=20, cfg:float=5.0,
-             negative_prompt:str=WAN_NEGATIVE_PROMPT, seed:int=0, zoom:float|None=None, callback:Callable|None=None,
-             progress:bool=True, cfg_batch:bool=True) -> Tensor:
-    """Generate `num_frames` frames `(F, 3, height, width)` float32 in [0, 1] (CPU) of `video` seen along `trajectory`.
-
-    `video`: a path or frames `(F, 3, H, W)` in [0, 1] (at least `num_frames`; cropped and resized to the size asked),
-    or the `PreparedInputs` from `prepare` (then leave `trajectory`, `intrinsics`, `num_frames`, `height`, `width` and
-    `zoom` unset); `trajectory`: a preset (1-10 or name), a trajectory file, `camera_extrinsics.json:camXX[@camYY]`, or
-    c2w poses `(F, 4, 4)` in the source's first camera frame; `intrinsics`: the source's pixel `[fx, fy, cx, cy]` at
-    `height x width` (default: 24 mm on a 23.76 mm sensor); `num_frames`, `height`, `width` default to 81, 480, 832;
-    the target focal length is `zoom` (default 1) times the source's (times the trajectory's mean zoom).
-    `callback(step, total, latents)` is called after every Euler step (`step` counts from 0). `cfg_batch=False` runs
-    the two CFG passes one after the other (half the activations)."""
-    t0 = time.perf_counter()
-    _check_run(steps, cfg, seed)
-    p = self._inputs(video, trajectory, intrinsics, num_frames, height, width, zoom)
-    dev, T, released = self.device, {}, self.numerics == 'released'
-    lat = torch.bfloat16 if released else torch.float32  # latents' dtype; released also rounds the cameras to bf16
-    K_src, K_tgt, extr = (a[None].to(lat).float().to(dev) for a in (p.K_src, p.K_tgt, p.extrinsics))
-    # 1. encode the source once: clean latents
-    t = time.perf_counter()
-    with self._on_device(self.codec):
-        x_src = self.codec.encode((p.frames.permute(1, 0, 2, 3)[None] * 2 - 1).to(dev)).float().to(dev, lat)
-    _cuda_sync(dev); T['encode'] = time.perf_counter() - t
-    # 2. text, once per prompt (conditional first)
-    t = time.perf_counter()
-    guided = float(cfg) != 1.0
-    with self._on_device(self.text_encoder):
-        ctx = self.text_encoder.encode([prompt, negative_prompt] if guided else [prompt]).to(dev)
-    _cuda_sync(dev); T['text'] = time.perf_counter() - t
-    # 3. noise from a CPU generator: the same on every device
-    g = torch.Generator(device='cpu').manual_seed(seed)
-    x = torch.randn(x_src.shape, generator=g, dtype=torch.float32).to(dev, lat)
-    # 4. Euler over the shifted sigmas, with CFG
-    t = time.perf_counter()
-    sigmas, timesteps = self.scheduler.set_timesteps(steps)
-    nxt = self.scheduler.next_sigmas(sigmas)
-    with self._on_device(self.model):
-        for i in tqdm(range(steps), desc='denoising', unit='step', disable=not progress):
-            # released: the DiT sees bf16 times (936 for 937.5), CFG takes two passes, the step is taken in bf16
-            t_i, s_i, n_i = ((timesteps[i].to(dev, torch.bfloat16), sigmas[i].to(dev), nxt[i].to(dev)) if released
-                             else (timesteps[i].to(dev), float(sigmas[i]), float(nxt[i])))
-            v = self._velocity(x, x_src, t_i, ctx, K_src, K_tgt, extr, float(cfg), cfg_batch and not released, s_i)
-            x = self.scheduler.step(v, s_i, n_i, x)
-            if callback is not None: callback(i, steps, x)
-    _cuda_sync(dev); T['denoise'] = time.perf_counter() - t
-    # 5. decode
-    t = time.perf_counter()
-    with self._on_device(self.codec):
-        out = self.codec.decode(x).float()
-    frames = ((out[0].permute(1, 0, 2, 3) + 1) / 2).clamp(0, 1).cpu()
-    if released: frames = ((out[0].permute(1, 0, 2, 3).cpu() + 1) * 127.5).clamp(0, 255).floor() / 255   # 8 bits, floored
-    _cuda_sync(dev); T['decode'] = time.perf_counter() - t
-    T['total'] = time.perf_counter() - t0
-    self.timings = T
-    return frames
-
 # %% ../nbs/30_pipeline.ipynb #dfafd412
-@patch(cls_method=True)
-def from_pretrained(cls:InfCamPipeline, folder, infcam_checkpoint=None, device=None, dtype:torch.dtype=torch.bfloat16,
-                     memory:str='resident', vae_tiled:bool=False, vae_dtype:torch.dtype=torch.float32,
-                     text_dtype:torch.dtype=torch.bfloat16, spec=None, base_only:bool=False,
-                     numerics:str='exact') -> InfCamPipeline:
-    """Load every part from a weights folder (see `infcam.weights.check_weights`); `spec` defaults to the released shapes.
-    The InfCam checkpoint is required; `base_only=True` asks explicitly for the base Wan DiT without camera control."""
+def _load_parts(folder, *, infcam_checkpoint, spec, base_only:bool, device, dtype:torch.dtype, vae_dtype:torch.dtype,
+                vae_tiled:bool, text_dtype:torch.dtype) -> tuple:
+    "`(dit, codec, text_encoder)` from the weights `folder`, loaded onto `device` (`spec` None: the released shapes)."
     from infcam.weights import check_weights, load_dit, WeightsSpec
     from infcam.models import InfCamDiT
     from infcam.vae import load_wan_vae, WanVAECodec
     from infcam.text import TextEncoder
-    if memory not in MEMORY_MODES: raise InfcamError(f"unknown memory mode {memory!r}; use one of {', '.join(MEMORY_MODES)}")
-    if numerics not in NUMERICS: raise InfcamError(f"unknown numerics {numerics!r}; use one of {', '.join(NUMERICS)}")
-    if numerics == 'released' and dtype != torch.bfloat16: raise InfcamError(f"numerics='released' runs the DiT in bf16, not {dtype}")
-    report = check_weights(folder, spec, infcam_checkpoint, values=False)   # names and shapes; values are checked as they load
+    report = check_weights(folder, spec, infcam_checkpoint, values=False)   # names, shapes; values checked as they load
     if not (report.usable_base_only if base_only else report.usable):
         raise InfcamError(f"weights in {folder} are not usable for generation{' (base only)' if base_only else ''}: "
                           f"{'; '.join(report.problems[:3])}")
-    spec = spec or WeightsSpec.released()
-    device = torch.device(device if device is not None else ('cuda' if torch.cuda.is_available() else 'cpu'))
-    load_dev = device if memory == 'resident' else torch.device('cpu')
-    c = report.components
-    if not base_only: model = load_dit(c['infcam'].path, dtype=dtype, device=load_dev, config=spec.dit)
+    spec, c = spec or WeightsSpec.released(), report.components
+    if not base_only: model = load_dit(c['infcam'].path, dtype=dtype, device=device, config=spec.dit)
     else:
         warnings.warn(f"base_only: the InfCam DiT is initialised from the base Wan DiT in {folder} (no camera control)")
-        model = InfCamDiT.from_base(load_dit(c['dit'].path, dtype=dtype, device=load_dev, config=spec.dit), share=True).eval()
+        base = load_dit(c['dit'].path, dtype=dtype, device=device, config=spec.dit)
+        model = InfCamDiT.from_base(base, share=True).eval()
     if not isinstance(model, InfCamDiT): raise InfcamError(f"{c['infcam'].path} holds a plain Wan DiT, not InfCam's")
-    codec = WanVAECodec(load_wan_vae(c['vae'].path, vae_dtype, load_dev, config=None if c['vae'].path.is_dir() else spec.vae), tiled=vae_tiled)
-    te = TextEncoder.load(c['text_encoder'].path, c['tokenizer'].path, dtype=text_dtype, device=load_dev, text_len=spec.dit.text_len)
-    return cls(model, codec, te, FlowMatchScheduler(), device=device, memory=memory, numerics=numerics)
+    vae = load_wan_vae(c['vae'].path, vae_dtype, device, config=None if c['vae'].path.is_dir() else spec.vae)
+    te = TextEncoder.load(c['text_encoder'].path, c['tokenizer'].path, dtype=text_dtype, device=device,
+                          text_len=spec.dit.text_len)
+    return model, WanVAECodec(vae, tiled=vae_tiled), te
+
+# %% ../nbs/30_pipeline.ipynb #5b2136c9
+class InfCamPipeline:
+    "Camera-controlled video-to-video generation: an `InfCamDiT`, a codec, a text encoder and a `FlowMatchScheduler`."
+    def __init__(self, model:nn.Module, codec, text_encoder, scheduler:FlowMatchScheduler|None=None,
+                 device=None, dtype:torch.dtype|None=None, memory:str='resident', numerics:str='exact'):
+        _check_modes(memory, numerics)
+        if numerics == 'released':                          # the published pipeline: DiT in bf16, VAE in bf16 and tiled
+            if dtype not in (None, torch.bfloat16):
+                raise InfcamError(f"numerics='released' runs the DiT in bf16, not {dtype}")
+            dtype = torch.bfloat16
+            if hasattr(codec, 'to_released'): codec.to_released()
+        _check_parts(model, codec, text_encoder)
+        self.device = torch.device(device if device is not None else ('cuda' if torch.cuda.is_available() else 'cpu'))
+        self.model, self.codec, self.text_encoder = model.eval().requires_grad_(False), codec, text_encoder
+        self.scheduler, self.memory, self.numerics = scheduler or FlowMatchScheduler(), memory, numerics
+        if dtype is not None: self.model.to(dtype)
+        self.dtype, self.timings = self.model.dtype, {}
+        self.offload, self.text_offload = _place(self.model, codec, text_encoder, memory, self.device)
+
+    @property
+    def size_multiple(self) -> int:
+        "Height and width must be multiples of this: 16, or the codec stride times the model's patch if larger."
+        m = self.codec.spatial_stride * max(self.model.config.patch_size[1:])
+        return m * 16 // math.gcd(m, 16)
+
+    @contextlib.contextmanager
+    def _on_device(self, part):
+        "With `model_offload`/`block_offload`, hold `part` (codec, text encoder or DiT) on the device inside the block."
+        if self.memory == 'resident' or (part is self.model and self.memory == 'block_offload'): yield; return
+        skip = self.text_offload.host if part is self.text_encoder and self.text_offload is not None else None
+        move = part.to if part is self.model else lambda d: _move(part, d, skip)   # skip: the offloaded text blocks
+        move(self.device)
+        try: yield
+        finally:
+            move('cpu')
+            if self.device.type == 'cuda': torch.cuda.empty_cache()
+
+    @torch.no_grad()
+    def prepare(self, video, trajectory, intrinsics=None, num_frames:int=81, height:int=480, width:int=832,
+                zoom:float=1.0) -> PreparedInputs:
+        """Check the request and load its inputs (see `__call__` for the arguments); runs no model.
+
+        The target focal length is `zoom` times the source's, times the trajectory's mean zoom at the latent frames."""
+        _check_sizes(num_frames, height, width, self.codec.temporal_stride, self.size_multiple)
+        if isinstance(zoom, bool) or not isinstance(zoom, (int, float)) or not (math.isfinite(zoom) and zoom > 0):
+            raise InfcamError(f"zoom must be a positive number, got {zoom!r}")
+        K_src = _as_source_intrinsics(intrinsics, height, width)
+        K_tgt, extr = _target_cameras(trajectory, num_frames, K_src, zoom)
+        frames = _as_video(video, num_frames, height, width, self.numerics == 'released')
+        return PreparedInputs(frames, K_src, K_tgt, extr)
+
+    def _inputs(self, video, trajectory, intrinsics, num_frames, height, width, zoom) -> PreparedInputs:
+        "`video` if it is a `PreparedInputs` (all else unset), else `prepare` of the raw arguments (`None`: default)."
+        raw = dict(num_frames=num_frames, height=height, width=width, zoom=zoom)
+        if not isinstance(video, PreparedInputs):
+            if trajectory is None: raise InfcamError("a trajectory is required (a preset, a file or c2w poses) "
+                                                     "unless video is a PreparedInputs")
+            return self.prepare(video, trajectory, intrinsics, **{k: v for k, v in raw.items() if v is not None})
+        if given := [k for k, v in dict(trajectory=trajectory, intrinsics=intrinsics, **raw).items() if v is not None]:
+            raise InfcamError(f"{', '.join(given)} cannot change after prepare(); "
+                              f"pass {'it' if len(given) == 1 else 'them'} to prepare()")
+        _check_sizes(video.num_frames, video.height, video.width, self.codec.temporal_stride, self.size_multiple)
+        return video
+
+    @torch.no_grad()
+    def __call__(self, video, prompt:str, trajectory=None, intrinsics=None, num_frames:int|None=None,
+                 height:int|None=None, width:int|None=None, steps:int=20, cfg:float=5.0,
+                 negative_prompt:str=WAN_NEGATIVE_PROMPT, seed:int=0, zoom:float|None=None, callback:Callable|None=None,
+                 progress:bool=True, cfg_batch:bool=True) -> Tensor:
+        """Generate `num_frames` frames `(F, 3, height, width)` float32 in [0, 1] (CPU) of `video` along `trajectory`.
+
+        `video`: a path or frames `(F, 3, H, W)` in [0, 1] (at least `num_frames`; cropped and resized to the size
+        asked), or the `PreparedInputs` from `prepare` (then leave `trajectory`, `intrinsics`, `num_frames`, `height`,
+        `width` and `zoom` unset); `trajectory`: a preset (1-10 or name), a trajectory file,
+        `camera_extrinsics.json:camXX[@camYY]`, or c2w poses `(F, 4, 4)` in the source's first camera frame;
+        `intrinsics`: the source's pixel `[fx, fy, cx, cy]` at `height x width` (default: `default_intrinsics`, the
+        published lens); `num_frames`, `height`, `width` default to 81, 480, 832; the target focal length is `zoom`
+        (default 1) times the source's (times the trajectory's mean zoom). `callback(step, total, latents)` is called
+        after every Euler step (`step` counts from 0). `cfg_batch=False` runs the two CFG passes one after the other
+        (half the activations)."""
+        t0 = time.perf_counter()
+        _check_run(steps, cfg, seed)
+        p = self._inputs(video, trajectory, intrinsics, num_frames, height, width, zoom)
+        dev, T, released = self.device, {}, self.numerics == 'released'
+        lat = torch.bfloat16 if released else torch.float32  # latents' dtype; released also rounds the cameras to bf16
+        cams = tuple(a[None].to(lat).float().to(dev) for a in (p.K_src, p.K_tgt, p.extrinsics))
+        with _timed(T, 'encode', dev), self._on_device(self.codec):          # 1. the source, once: clean latents
+            x_src = self.codec.encode((p.frames.permute(1, 0, 2, 3)[None] * 2 - 1).to(dev)).float().to(dev, lat)
+        with _timed(T, 'text', dev), self._on_device(self.text_encoder):     # 2. each prompt once, conditional first
+            ctx = self.text_encoder.encode([prompt, negative_prompt] if float(cfg) != 1.0 else [prompt]).to(dev)
+        g = torch.Generator(device='cpu').manual_seed(seed)                  # 3. noise from a CPU generator: the
+        x = torch.randn(x_src.shape, generator=g, dtype=torch.float32).to(dev, lat)   # same on every device
+        with _timed(T, 'denoise', dev):                                      # 4. Euler, shifted sigmas, CFG
+            sigmas, timesteps = self.scheduler.set_timesteps(steps)
+            nxt = self.scheduler.next_sigmas(sigmas)
+            with self._on_device(self.model):
+                for i in tqdm(range(steps), desc='denoising', unit='step', disable=not progress):
+                    # released: the DiT sees bf16 times (936 for 937.5), CFG takes two passes, the step is in bf16
+                    t_i, s_i, n_i = ((timesteps[i].to(dev, torch.bfloat16), sigmas[i].to(dev), nxt[i].to(dev))
+                                     if released else (timesteps[i].to(dev), float(sigmas[i]), float(nxt[i])))
+                    v = _guided_velocity(self.model, x, x_src, t_i, ctx, cams, float(cfg), cfg_batch and not released,
+                                         lambda out: self.scheduler.to_velocity(out.to(lat), x, s_i))
+                    x = self.scheduler.step(v, s_i, n_i, x)
+                    if callback is not None: callback(i, steps, x)
+        with _timed(T, 'decode', dev):                                       # 5. decode (released: 8 bits, floored)
+            with self._on_device(self.codec): out = self.codec.decode(x).float()
+            frames = ((out[0].permute(1, 0, 2, 3) + 1) / 2).clamp(0, 1).cpu()
+            if released: frames = ((out[0].permute(1, 0, 2, 3).cpu() + 1) * 127.5).clamp(0, 255).floor() / 255
+        self.timings = {**T, 'total': time.perf_counter() - t0}
+        return frames
+
+    @classmethod
+    def from_pretrained(cls, folder, infcam_checkpoint=None, device=None, dtype:torch.dtype=torch.bfloat16,
+                        memory:str='resident', vae_tiled:bool=False, vae_dtype:torch.dtype=torch.float32,
+                        text_dtype:torch.dtype=torch.bfloat16, spec=None, base_only:bool=False,
+                        numerics:str='exact') -> InfCamPipeline:
+        """Load every part from a weights folder (see `infcam.weights.check_weights`); `spec` defaults to the released
+        shapes. The InfCam checkpoint is required; `base_only=True` asks explicitly for the base Wan DiT without
+        camera control."""
+        _check_modes(memory, numerics)
+        if numerics == 'released' and dtype != torch.bfloat16:
+            raise InfcamError(f"numerics='released' runs the DiT in bf16, not {dtype}")
+        device = torch.device(device if device is not None else ('cuda' if torch.cuda.is_available() else 'cpu'))
+        parts = _load_parts(folder, infcam_checkpoint=infcam_checkpoint, spec=spec, base_only=base_only,
+                            device=device if memory == 'resident' else torch.device('cpu'), dtype=dtype,
+                            vae_dtype=vae_dtype, vae_tiled=vae_tiled, text_dtype=text_dtype)
+        return cls(*parts, FlowMatchScheduler(), device=device, memory=memory, numerics=numerics)

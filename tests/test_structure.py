@@ -130,3 +130,78 @@ def test_readme_module_table_matches_the_notebooks():
     rows = dict(re.findall(r"^\| `(\d\d_\w+)` \| `(infcam[\w.]*)`", (ROOT / 'README.md').read_text(), re.M))
     exported = {nb.stem: _notebook_code(nb)[0] for nb in sorted(ROOT.glob('nbs/[0-9][0-9]_*.ipynb'))}
     assert len(exported) > 20 and rows == exported
+
+
+# --- classes read in one place: no method bolted onto an infcam class from outside its body --------------------------
+PATCH_ALLOWED = {   # (module, function): why this one is patched onto an infcam class instead of written in its body
+}
+
+def _infcam_classes() -> set[str]:
+    "The names of every class defined in the infcam package."
+    return {n.name for p, tree, here, _ in _sources() if here for n in ast.walk(tree) if isinstance(n, ast.ClassDef)}
+
+def _named(node) -> list[str]:
+    "The dotted names in an annotation or decorator argument: `A`, `'A'`, `m.A`, `A|B`, `(A, B)`, `Union[A, B]`."
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        try: node = ast.parse(node.value, mode='eval').body
+        except SyntaxError: return []
+    if isinstance(node, ast.BinOp): return _named(node.left) + _named(node.right)
+    if isinstance(node, ast.Tuple): return [n for e in node.elts for n in _named(e)]
+    if isinstance(node, ast.Subscript): return _named(node.slice)
+    return [d] if (d := _dotted(node)) else []
+
+def _patched_classes(fn:ast.FunctionDef) -> list[str]:
+    "The classes `fn` is patched onto by fastcore (`@patch`, `@patch(...)`: its first argument's annotation; `@patch_to(C)`)."
+    out = []
+    for d in fn.decorator_list:
+        call = d if isinstance(d, ast.Call) else None
+        name = (_dotted(call.func if call else d) or '').split('.')[-1]
+        if name == 'patch' and fn.args.args and fn.args.args[0].annotation is not None:
+            out += _named(fn.args.args[0].annotation)
+        elif name == 'patch_to' and call and call.args: out += _named(call.args[0])
+    return out
+
+def _own_patches(tree:ast.AST, here:str, is_package:bool, classes:set[str]) -> list[str]:
+    "`module.function -> Class` for each function in `tree` patched onto a class that the infcam package defines."
+    local = {n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef)}
+    bound = set(local)                                       # names here that come from infcam
+    for n in ast.walk(tree):
+        if isinstance(n, ast.ImportFrom) and _absolute(n, here, is_package).startswith('infcam'):
+            bound |= {a.asname or a.name for a in n.names}
+        elif isinstance(n, ast.Import): bound |= {a.asname or 'infcam' for a in n.names if a.name.startswith('infcam')}
+    return [f"{here}.{fn.name} -> {c}" for fn in ast.walk(tree) if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
+            for c in _patched_classes(fn) if c.split('.')[0] in bound and c.split('.')[-1] in classes
+            and (here, fn.name) not in PATCH_ALLOWED]
+
+def test_no_patch_on_our_own_classes():
+    "A class of infcam keeps its methods in its body: `@patch` is for classes of other packages (or the allow-list)."
+    classes = _infcam_classes()
+    bad = [v for p, tree, here, pkg in _sources() if here for v in _own_patches(tree, here, pkg, classes)]
+    assert not bad, "methods patched onto infcam classes (write them in the class body):\n" + '\n'.join(bad)
+    assert all(isinstance(why, str) and len(why) > 20 for why in PATCH_ALLOWED.values()), "each allowed patch needs a reason"
+
+
+def test_the_patch_rule_catches_what_it_should():
+    "The checker itself, on the pattern it forbids and the ones it allows."
+    classes = {'Sched', 'Pipe'}
+    own = '''
+from fastcore.basics import patch
+from .pipe import Pipe
+import torch.nn as nn
+class Sched: pass
+@patch
+def step(self:Sched, x): return x
+@patch(cls_method=True)
+def load(cls:Pipe, folder): return cls()
+@patch
+def both(self:'Sched|nn.Module'): pass
+@patch
+def theirs(self:nn.Module): pass
+@patch_to(Sched)
+def later(self): pass
+def plain(self:Sched): pass
+'''
+    got = _own_patches(ast.parse(own), 'infcam.sched', False, classes)
+    assert got == ['infcam.sched.step -> Sched', 'infcam.sched.load -> Pipe', 'infcam.sched.both -> Sched',
+                   'infcam.sched.later -> Sched'], got
+    assert _own_patches(ast.parse('from torch import Sched\n@patch\ndef f(self:Sched): pass'), 'infcam.x', False, classes) == []
