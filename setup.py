@@ -42,6 +42,7 @@ setuptools.setup(
     url = cfg['git_url'],
     packages = setuptools.find_packages(include=['infcam', 'infcam.*']),
     include_package_data = True,
+    package_data = {'infcam': ['backbones/*.safetensors']},   # the small benchmark backbone the package ships
     install_requires = requirements,
     extras_require = extras,
     dependency_links = cfg.get('dep_links','').split(),

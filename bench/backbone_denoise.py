@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """How much detail can the mini benchmark's frozen backbone give back? `python bench/backbone_denoise.py [DATA_DIR]`.
 
-The committed backbone (`data/backbones/mini.safetensors`, found by the mini budget's settings) predicts `x0` from
+The committed backbone (`infcam/backbones/mini.safetensors`, found by the mini budget's settings) predicts `x0` from
 training clips noised to each level; the table gives its PSNR against the clean clip, beside the PSNR of the noisy input
 itself (rescaled by 1/(1 - sigma)) and of the clip's mean colour. Where the backbone's estimate stays below the noisy
 input at low noise, its width caps the detail it can carry. Renders and caches the benchmark's training data into
@@ -26,7 +26,7 @@ if __name__ == '__main__':
     cfg = BenchConfig.budget('mini')
     data = make_data(a.data, cfg, progress=True)
     bb = find_backbone(cfg)
-    if bb is None: raise SystemExit("no pretrained mini backbone found (data/backbones/ or the cache): run `infcam bench mini` first")
+    if bb is None: raise SystemExit("no pretrained mini backbone found (infcam/backbones/ or the cache): run `infcam bench mini` first")
     model = load_dit(bb, dtype=torch.float32, heads_hint=InfCamConfig.preset(cfg.preset, **cfg.model).num_heads).eval()
     files = latent_files(data['train'], cfg.num_frames, cfg.codec)
     files = files[::max(1, len(files) // a.clips)][:a.clips]

@@ -4,7 +4,7 @@
 
 # %% ../nbs/51_benchmark.ipynb #381f5d21
 from __future__ import annotations
-import dataclasses, hashlib, json, math, os, shutil, subprocess, sys, time
+import dataclasses, hashlib, importlib.resources, json, math, os, shutil, subprocess, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -197,11 +197,7 @@ def make_data(root, cfg:BenchConfig, progress:bool=True) -> dict:
     return dict(train=root / 'train', test=root / 'test')
 
 # %% ../nbs/51_benchmark.ipynb #17750d0c
-def _repo_root() -> Path:
-    import importlib.util
-    return Path(importlib.util.find_spec('infcam').origin).resolve().parents[1]
-
-BACKBONE_DIR = _repo_root() / 'data' / 'backbones'     # backbones committed with a source checkout
+BACKBONE_DIR = Path(str(importlib.resources.files('infcam') / 'backbones'))   # backbones shipped with the package
 
 def backbone_settings(cfg:BenchConfig) -> dict:
     "Everything that determines the pretrained backbone: its model, the clips it sees, the pretraining and the diffusion."
@@ -213,7 +209,7 @@ def backbone_settings(cfg:BenchConfig) -> dict:
                 **({'vae': str(Path(cfg.vae).resolve())} if cfg.codec == 'wanvae' else {}))
 
 def find_backbone(cfg:BenchConfig, folders=None) -> Path|None:
-    "A pretrained backbone of `cfg` (its `backbone_settings` in the file's metadata) in `data/backbones/` or the cache."
+    "A pretrained backbone of `cfg` (its `backbone_settings` in the file's metadata) shipped with the package (`BACKBONE_DIR`) or in the cache."
     from safetensors import safe_open
     from infcam.core import cache_dir
     from infcam.models import WanConfig

@@ -23,7 +23,7 @@ def smoke(tmp_path_factory):
     import papermill as pm
     from infcam.benchmark import find_backbone, BACKBONE_DIR
     # the committed backbone must serve the smoke budget (else the fixture would pretrain one for many minutes)
-    assert find_backbone(BenchConfig.budget("smoke"), [BACKBONE_DIR]) is not None, "no committed backbone in data/backbones"
+    assert find_backbone(BenchConfig.budget("smoke"), [BACKBONE_DIR]) is not None, "no backbone shipped in infcam/backbones"
     d = tmp_path_factory.mktemp("abl")
     pm.execute_notebook(str(NB), str(d / "out.ipynb"), parameters=dict(budget="smoke", out=str(d / "bench"),
                         figures=str(d / "fig")), progress_bar=False, kernel_name="python3", cwd=str(ROOT))
