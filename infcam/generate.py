@@ -16,15 +16,15 @@ from .cameras import PRESET_NAMES, num_latent_frames
 from .layout import read_metadata, metadata_file, videos_folder
 from .data import inside
 from .intrinsics import check_focal_mm, check_zoom
+from .processes import fabric_strategy, gather_and_leave, is_lead, launched_externally
 from .trajectories import load_trajectory
 from .video import check_size, check_video_memory, read_video, video_info, write_video, write_comparison, WAN_FPS
 
 # %% auto #0
 __all__ = ['DEFAULTS', 'ESTIMATE_METHODS', 'check_settings', 'weight_hashes', 'Job', 'JobResult', 'trajectory_name', 'read_batch',
            'clip_names', 'make_jobs', 'load_pipeline', 'check_weights_usable', 'source_fps', 'deterministic_algorithms',
-           'run_jobs', 'launched_externally', 'gather_and_leave', 'run_sharded', 'TrainingRun', 'training_run',
-           'run_settings', 'load_run_pipeline', 'run_hashes', 'settings_from_sidecar', 'run_generate',
-           'add_generate_parser', 'generate_main']
+           'run_jobs', 'run_sharded', 'TrainingRun', 'training_run', 'run_settings', 'load_run_pipeline', 'run_hashes',
+           'settings_from_sidecar', 'run_generate', 'add_generate_parser', 'generate_main']
 
 # %% ../nbs/32_generate.ipynb #e2817b00
 DEFAULTS = dict(frames=81, height=480, width=832, steps=20, cfg=5.0, negative_prompt=None, seed=0, zoom=1.0,
@@ -340,19 +340,6 @@ def run_jobs(jobs:list[Job], weights, settings:dict|None=None, overwrite:bool=Fa
     return [results[id(j)] for j in jobs]
 
 # %% ../nbs/32_generate.ipynb #146a46ac
-def launched_externally() -> bool:
-    "Whether a launcher such as torchrun started this process as one rank of several."
-    return 'LOCAL_RANK' in os.environ or 'TORCHELASTIC_RUN_ID' in os.environ
-
-def gather_and_leave(obj) -> list:
-    """Every rank's `obj`, in rank order; then this process leaves the process group. A gloo process that exits with
-    its group still open can abort (SIGABRT) while its worker threads are torn down, failing a finished run."""
-    import torch.distributed as dist
-    parts = [None] * dist.get_world_size()
-    try: dist.all_gather_object(parts, obj)
-    finally: dist.destroy_process_group()
-    return parts
-
 def _shard_worker(fabric, jobs:list[Job], weights, settings:dict, overwrite:bool, progress:bool, quiet:bool,
                   threads:int|None=None) -> list[JobResult]:
     """One process of a sharded batch: the jobs `rank, rank + world, ...`, then every rank's results in job order.
@@ -377,11 +364,10 @@ def run_sharded(jobs:list[Job], weights, settings:dict|None=None, devices:int=2,
     s = check_settings(dict(settings or {}))
     check_int(devices, 'devices', 1); check_int(num_nodes, 'num_nodes', 1)
     accel = 'cuda' if (s['device'] or ('cuda' if torch.cuda.is_available() else 'cpu')).startswith('cuda') else 'cpu'
-    fabric = L.Fabric(accelerator=accel, devices=devices, num_nodes=num_nodes,
-                      strategy='ddp' if launched_externally() else 'ddp_spawn')
+    fabric = L.Fabric(accelerator=accel, devices=devices, num_nodes=num_nodes, strategy=fabric_strategy())
     outs = sorted({j.out.parent for j in jobs})
     with contextlib.ExitStack() as locks:                 # the launcher holds the folders for all its processes
-        if not launched_externally() or int(os.environ.get('RANK', 0)) == 0:
+        if is_lead():
             for d in outs: locks.enter_context(folder_lock(d, 'generate'))
         threads = None if launched_externally() else torch.get_num_threads()   # Lightning gives each process cores/devices
         return fabric.launch(_shard_worker, jobs, weights, settings, overwrite, progress, quiet, threads)
@@ -552,7 +538,7 @@ def _run_batch(args:argparse.Namespace, s:dict, weights, traj, log) -> list[JobR
         res = run_sharded(jobs, weights, s, args.devices, args.num_nodes, args.overwrite, not args.quiet, args.quiet)
     else: res = run_jobs(jobs, weights, s, overwrite=args.overwrite, strict=False, progress=not args.quiet, log=log)
     done, skipped, failed = ([r for r in res if r.status == k] for k in ('done', 'skipped', 'failed'))
-    if int(os.environ.get('RANK', 0)) == 0:           # under torchrun, every process has the results; one reports
+    if is_lead():                                     # under torchrun, every process has the results; one reports
         print(f"generated {len(done)}, skipped {len(skipped)} (already there), failed {len(failed)} of {len(res)}")
         for r in failed: print(f"  FAILED {r.job.video.name} x {r.job.trajectory}: {r.message}")
     if failed: raise InfcamError(f"{len(failed)} of {len(res)} generation(s) failed (listed above)")
