@@ -16,6 +16,7 @@ from .cameras import PRESET_NAMES, num_latent_frames
 from .layout import read_metadata, metadata_file, videos_folder
 from .data import inside
 from .intrinsics import check_focal_mm, check_zoom
+from .checkpoints import TrainingRun, training_run
 from .processes import fabric_strategy, gather_and_leave, is_lead, launched_externally
 from .trajectories import load_trajectory
 from .video import check_size, check_video_memory, read_video, video_info, write_video, write_comparison, WAN_FPS
@@ -23,8 +24,8 @@ from .video import check_size, check_video_memory, read_video, video_info, write
 # %% auto #0
 __all__ = ['DEFAULTS', 'ESTIMATE_METHODS', 'check_settings', 'weight_hashes', 'Job', 'JobResult', 'trajectory_name', 'read_batch',
            'clip_names', 'make_jobs', 'load_pipeline', 'check_weights_usable', 'source_fps', 'deterministic_algorithms',
-           'run_jobs', 'run_sharded', 'TrainingRun', 'training_run', 'run_settings', 'load_run_pipeline', 'run_hashes',
-           'settings_from_sidecar', 'run_generate', 'add_generate_parser', 'generate_main']
+           'run_jobs', 'run_sharded', 'run_settings', 'load_run_pipeline', 'run_hashes', 'settings_from_sidecar',
+           'run_generate', 'add_generate_parser', 'generate_main']
 
 # %% ../nbs/32_generate.ipynb #e2817b00
 DEFAULTS = dict(frames=81, height=480, width=832, steps=20, cfg=5.0, negative_prompt=None, seed=0, zoom=1.0,
@@ -371,37 +372,6 @@ def run_sharded(jobs:list[Job], weights, settings:dict|None=None, devices:int=2,
             for d in outs: locks.enter_context(folder_lock(d, 'generate'))
         threads = None if launched_externally() else torch.get_num_threads()   # Lightning gives each process cores/devices
         return fabric.launch(_shard_worker, jobs, weights, settings, overwrite, progress, quiet, threads)
-
-# %% ../nbs/32_generate.ipynb #83b121df
-@dataclass
-class TrainingRun:
-    "A run trained by `python -m infcam.train`: its folder, the checkpoint to generate with, and its `config.json`."
-    run_dir: Path|None
-    checkpoint: Path
-    config: dict
-
-    @property
-    def data(self) -> dict: return self.config.get('data') or {}
-
-def training_run(weights, checkpoint=None) -> TrainingRun|None:
-    """The training run that `--weights RUN_DIR` (its last checkpoint) or `--checkpoint RUN_DIR/ckpt/stepN` names, or
-    None when they name released weights instead."""
-    from infcam.checkpoints import list_checkpoints
-    ck = Path(checkpoint) if checkpoint is not None else None
-    if ck is not None and ck.name == 'trainable.safetensors': ck = ck.parent
-    if ck is not None and (ck / 'trainable.safetensors').is_file():
-        run = ck.parent.parent if (ck.parent.parent / 'config.json').is_file() else None
-    elif ck is None and weights is not None and (Path(weights) / 'config.json').is_file() and (Path(weights) / 'ckpt').is_dir():
-        run = Path(weights)
-        cks = list_checkpoints(run / 'ckpt')
-        if not cks: raise InfcamError(f"the training run {run} has no complete checkpoint yet (nothing in {run / 'ckpt'})")
-        ck = cks[-1]
-    else: return None
-    cfg = {}
-    if run is not None:
-        try: cfg = json.loads((run / 'config.json').read_text())
-        except ValueError: raise InfcamError(f"{run / 'config.json'} is not JSON") from None
-    return TrainingRun(run, ck, cfg)
 
 # %% ../nbs/32_generate.ipynb #4533823b
 def run_settings(run:TrainingRun, s:dict) -> dict:
