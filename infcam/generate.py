@@ -34,10 +34,11 @@ ESTIMATE_METHODS = ('selfcal', 'unidepth')
 SIZES = ('released', 'tiny')                       # the shapes the weights must have: Wan2.1's, or the test model's
 
 # %% ../nbs/32_generate.ipynb #17e78d15
-@dataclass(frozen=True)
+@dataclass
 class GenerateSettings:
     """The checked settings of `infcam generate`: everything a result depends on besides its clip, prompt, trajectory
-    and weights, recorded in this order in every sidecar. A field given as None takes its default."""
+    and weights, recorded in this order in every sidecar. A field given as None takes its default; `replace` makes a
+    changed copy, checked again."""
     frames: int = 81                   # frames to generate, 4k+1
     height: int = 480                  # pixels, a multiple of 16
     width: int = 832                   # pixels, a multiple of 16
@@ -62,8 +63,8 @@ class GenerateSettings:
 
     def __post_init__(self):
         for f in fields(self):
-            if getattr(self, f.name) is None and f.default is not None: object.__setattr__(self, f.name, f.default)
-        if self.negative_prompt is None: object.__setattr__(self, 'negative_prompt', WAN_NEGATIVE_PROMPT)
+            if getattr(self, f.name) is None and f.default is not None: setattr(self, f.name, f.default)
+        if self.negative_prompt is None: self.negative_prompt = WAN_NEGATIVE_PROMPT
         check_int(self.frames, 'frames', 1); num_latent_frames(self.frames)           # 4k+1
         check_size(self.height, self.width, 16)
         check_int(self.steps, 'steps', 1); check_seed(self.seed, 'seed')
