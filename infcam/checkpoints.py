@@ -180,10 +180,12 @@ def training_run(weights, checkpoint=None) -> TrainingRun|None:
     if ck is not None and ck.name == 'trainable.safetensors': ck = ck.parent
     if ck is not None and (ck / 'trainable.safetensors').is_file():
         run = ck.parent.parent if (ck.parent.parent / 'config.json').is_file() else None
-    elif ck is None and weights is not None and (Path(weights) / 'config.json').is_file() and (Path(weights) / 'ckpt').is_dir():
+    elif ck is None and weights is not None and (Path(weights) / 'config.json').is_file() \
+            and (Path(weights) / 'ckpt').is_dir():
         run = Path(weights)
         cks = list_checkpoints(run / 'ckpt')
-        if not cks: raise InfcamError(f"the training run {run} has no complete checkpoint yet (nothing in {run / 'ckpt'})")
+        if not cks:
+            raise InfcamError(f"the training run {run} has no complete checkpoint yet (nothing in {run / 'ckpt'})")
         ck = cks[-1]
     else: return None
     cfg = {}

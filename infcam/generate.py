@@ -294,7 +294,8 @@ def _generate_one(pipe, job:Job, s:GenerateSettings, weights, hashes:dict, overw
         for f in (*o.values(), job.timings, job.marker): f.unlink(missing_ok=True)   # leaves the marker: redone next run)
         raise
 
-def _write_result(job:Job, frames, src, p, s:GenerateSettings, weights, hashes:dict, overwrite:bool, method, msg, pipe, t0) -> None:
+def _write_result(job:Job, frames, src, p, s:GenerateSettings, weights, hashes:dict, overwrite:bool, method, msg, pipe,
+                  t0) -> None:
     "Write the clip, the side-by-side, the timings and the sidecar (last) of `job`, then remove its marker."
     o = job.outputs
     fps = source_fps(job.video)                           # the generated frames are the source's instants, seen elsewhere
@@ -306,8 +307,8 @@ def _write_result(job:Job, frames, src, p, s:GenerateSettings, weights, hashes:d
         video=str(Path(job.video).resolve()), video_sha256=file_sha256(job.video, cache=False),
         prompt=job.prompt, trajectory=job.trajectory, fps=fps,
         settings=s.to_dict(),
-        intrinsics=dict(method=method, requested=s.estimate or method, message=msg, K_src=[round(float(v), 6) for v in p.K_src],
-                        K_tgt=[round(float(v), 6) for v in p.K_tgt]),
+        intrinsics=dict(method=method, requested=s.estimate or method, message=msg,
+                        K_src=[round(float(v), 6) for v in p.K_src], K_tgt=[round(float(v), 6) for v in p.K_tgt]),
         extrinsics=[[round(float(v), 7) for v in row] for row in p.extrinsics],
         device=str(pipe.device), model_dtype=str(pipe.dtype).replace('torch.', ''), threads=torch.get_num_threads(),
         weights=dict(folder=str(Path(weights).resolve()) if weights is not None else None, files=hashes),
@@ -347,7 +348,7 @@ def _preflight(jobs:list[Job], s:GenerateSettings, overwrite:bool, strict:bool) 
 
 # %% ../nbs/32_generate.ipynb #9ea5370a
 def job_trajectory(spec, frames:int) -> Trajectory|torch.Tensor:
-    "The trajectory `spec` read once: a keyframe file's `Trajectory`, else the poses (frames, 4, 4), checked for `frames`."
+    "The trajectory `spec` read once: a keyframe file's `Trajectory`, else poses (frames, 4, 4); checked for `frames`."
     if Path(str(spec)).suffix.lower() not in ('.yaml', '.yml', '.json'): return load_trajectory(spec, frames)
     traj = Trajectory.load(spec)                          # the keyframe files `load_trajectory` reads
     load_trajectory(traj, frames)                         # can be sampled at `frames`
@@ -367,7 +368,8 @@ def deterministic_algorithms():
 
 # %% ../nbs/32_generate.ipynb #3728c395
 def run_jobs(jobs:list[Job], weights, settings:GenerateSettings|dict|None=None, overwrite:bool=False, strict:bool=True,
-             progress:bool=True, log=print, loader=None, lock:bool=True, run:TrainingRun|None|str='auto') -> list[JobResult]:
+             progress:bool=True, log=print, loader=None, lock:bool=True,
+             run:TrainingRun|None|str='auto') -> list[JobResult]:
     """Generate every job with one pipeline (loaded by `loader(weights, settings)`, default `load_pipeline`). Existing
     results are skipped (`strict=False`) or refused (`strict=True`) unless `overwrite`; with `strict=False` a bad clip
     is recorded as failed and the others go on. With a training run as `weights` (or `checkpoint`), the unset settings
@@ -390,7 +392,8 @@ def run_jobs(jobs:list[Job], weights, settings:GenerateSettings|dict|None=None, 
                 log(f"[{i + 1}/{len(ok)}] {j.video.name} x {j.trajectory} -> {j.out}")
                 t0 = time.perf_counter()
                 if id(j) in redo: log(f"  {j.out.name} was cut short by an earlier run; writing it again")
-                try: _generate_one(pipe, j, s, weights, hashes, overwrite or id(j) in redo, progress, trajs[j.trajectory])
+                again = overwrite or id(j) in redo
+                try: _generate_one(pipe, j, s, weights, hashes, again, progress, trajs[j.trajectory])
                 except InfcamError as e:
                     if strict or str(e).startswith('out of GPU memory'): raise
                     results[id(j)] = JobResult(j, 'failed', str(e)); continue
@@ -412,7 +415,8 @@ def _shard_worker(fabric, jobs:list[Job], weights, s:GenerateSettings, run:Train
     return [r for _, r in sorted((x for part in parts for x in part), key=lambda x: x[0])]
 
 def run_sharded(jobs:list[Job], weights, settings:GenerateSettings|dict|None=None, devices:int=2, num_nodes:int=1,
-                overwrite:bool=False, progress:bool=True, quiet:bool=False, run:TrainingRun|None|str='auto') -> list[JobResult]:
+                overwrite:bool=False, progress:bool=True, quiet:bool=False,
+                run:TrainingRun|None|str='auto') -> list[JobResult]:
     """`run_jobs` spread over `devices` processes per node on `num_nodes` nodes with Lightning Fabric (DDP; gloo on
     the CPU, one GPU per process with CUDA): each process takes every `world`-th job, results are written atomically and
     existing ones skipped, so a killed batch resumes. Started by hand, Fabric spawns the processes (one node: nothing
@@ -502,7 +506,8 @@ def settings_from_sidecar(path) -> dict:
     try: d = json.loads(path.read_text())
     except ValueError as e: raise InfcamError(f"{path} is not JSON: {e}") from None
     if d.get('command') != 'generate' or 'settings' not in d: raise InfcamError(f"{path} is not an `infcam generate` sidecar")
-    return dict(settings={k: v for k, v in d['settings'].items() if k in GenerateSettings.defaults()}, video=d['video'], prompt=d['prompt'],
+    known = GenerateSettings.defaults()
+    return dict(settings={k: v for k, v in d['settings'].items() if k in known}, video=d['video'], prompt=d['prompt'],
                 trajectory=d['trajectory'], weights=d['weights']['folder'], hashes=d['weights'].get('files', {}),
                 video_sha256=d.get('video_sha256'))
 
@@ -576,8 +581,11 @@ def _run_batch(args:argparse.Namespace, s:dict, run:TrainingRun|None, weights, t
     jobs = make_jobs(read_batch(args.batch), trajs, args.out_dir)
     check_int(args.devices, '--devices', 1); check_int(args.num_nodes, '--num-nodes', 1)
     if args.devices > 1 or args.num_nodes > 1:
-        res = run_sharded(jobs, weights, s, args.devices, args.num_nodes, args.overwrite, not args.quiet, args.quiet, run)
-    else: res = run_jobs(jobs, weights, s, overwrite=args.overwrite, strict=False, progress=not args.quiet, log=log, run=run)
+        res = run_sharded(jobs, weights, s, args.devices, args.num_nodes, args.overwrite, not args.quiet, args.quiet,
+                          run)
+    else:
+        res = run_jobs(jobs, weights, s, overwrite=args.overwrite, strict=False, progress=not args.quiet, log=log,
+                       run=run)
     done, skipped, failed = ([r for r in res if r.status == k] for k in ('done', 'skipped', 'failed'))
     if is_lead():                                     # under torchrun, every process has the results; one reports
         print(f"generated {len(done)}, skipped {len(skipped)} (already there), failed {len(failed)} of {len(res)}")
@@ -601,7 +609,7 @@ def run_generate(args:argparse.Namespace) -> list[JobResult]:
         weights, video, prompt, traj = weights or r['weights'], video or r['video'], prompt if prompt is not None else r['prompt'], traj or r['trajectory']
         hashes = r['hashes']
     log = (lambda *a: None) if args.quiet else print
-    run = training_run(weights, s['checkpoint'])          # looked for once; unset settings come from it (`run_settings`)
+    run = training_run(weights, s['checkpoint'])          # looked for once; unset settings come from it
     if run is not None and prompt is None and not args.batch and run.config.get('caption') is not None:
         prompt = run.config['caption']
     if args.batch: return _run_batch(args, s, run, weights, traj, log)
