@@ -5,6 +5,7 @@
 # %% ../nbs/40_checkpoints.ipynb #8433fdae
 from __future__ import annotations
 import json, os, random, re, shutil, tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,8 @@ from .scheduler import FlowMatchScheduler
 
 # %% auto #0
 __all__ = ['as_infcam_config', 'build_model', 'rng_state', 'set_rng_state', 'list_checkpoints', 'write_checkpoint_files',
-           'publish', 'save_checkpoint', 'prune_checkpoints', 'read_checkpoint', 'load_trained', 'trained_scheduler']
+           'publish', 'save_checkpoint', 'prune_checkpoints', 'read_checkpoint', 'load_trained', 'trained_scheduler',
+           'TrainingRun', 'training_run']
 
 # %% ../nbs/40_checkpoints.ipynb #4b9a6361
 def as_infcam_config(config:InfCamConfig|WanConfig|str|dict, **fields) -> InfCamConfig:
@@ -159,3 +161,35 @@ def trained_scheduler(path) -> FlowMatchScheduler:
     _, meta, _ = read_checkpoint(path)
     try: return FlowMatchScheduler.from_dict(json.loads(meta['scheduler']) if meta.get('scheduler') else None)
     except ValueError: raise InfcamError(f"{path}: the scheduler in its metadata is not JSON") from None
+
+# %% ../nbs/40_checkpoints.ipynb #b19790c9
+@dataclass
+class TrainingRun:
+    "A run trained by `python -m infcam.train`: its folder, the checkpoint to generate with, and its `config.json`."
+    run_dir: Path|None
+    checkpoint: Path
+    config: dict
+
+    @property
+    def data(self) -> dict: return self.config.get('data') or {}
+
+def training_run(weights, checkpoint=None) -> TrainingRun|None:
+    """The training run that `--weights RUN_DIR` (its last checkpoint) or `--checkpoint RUN_DIR/ckpt/stepN` names, or
+    None when they name released weights instead."""
+    ck = Path(checkpoint) if checkpoint is not None else None
+    if ck is not None and ck.name == 'trainable.safetensors': ck = ck.parent
+    if ck is not None and (ck / 'trainable.safetensors').is_file():
+        run = ck.parent.parent if (ck.parent.parent / 'config.json').is_file() else None
+    elif ck is None and weights is not None and (Path(weights) / 'config.json').is_file() \
+            and (Path(weights) / 'ckpt').is_dir():
+        run = Path(weights)
+        cks = list_checkpoints(run / 'ckpt')
+        if not cks:
+            raise InfcamError(f"the training run {run} has no complete checkpoint yet (nothing in {run / 'ckpt'})")
+        ck = cks[-1]
+    else: return None
+    cfg = {}
+    if run is not None:
+        try: cfg = json.loads((run / 'config.json').read_text())
+        except ValueError: raise InfcamError(f"{run / 'config.json'} is not JSON") from None
+    return TrainingRun(run, ck, cfg)

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .core import InfcamError, atomic_path, folder_lock, make_folder, write_figure, check_int, check_number
+from .processes import fabric_strategy, gather_and_leave, is_lead
 from .cameras import homogeneous
 from .layout import video_file
 from .metrics import METRICS, POSE_ESTIMATORS, score_video, load_poses, format_mean_se, require_pycolmap
@@ -394,7 +395,6 @@ def _score_all(items:list[EvalItem], min_registered:float, progress:bool, partia
 def _eval_worker(fabric, items:list[EvalItem], min_registered:float, out:Path, progress:bool, lpips_net=None,
                  poses:str=DEFAULT_POSES, clip=None) -> list[dict]:
     "One process of a sharded evaluation: every `world`-th item, then all ranks' rows."
-    from infcam.generate import gather_and_leave
     rank, world = fabric.global_rank, fabric.world_size
     mine = _score_all(items[rank::world], min_registered, progress and rank == 0, out / f'.rows.part{rank}.csv', lpips_net, poses, clip)
     return [r for part in gather_and_leave(mine) for r in part]
@@ -467,8 +467,7 @@ def evaluate(inputs, out, method:str|None=None, progress:bool=True, min_register
     net, lpips_net, fid_net, clip = map(nets.get, ('fvd', 'lpips', 'fid', 'clip'))
     make_folder(out)
     files = dict(rows=out / 'rows.csv', summary=out / 'summary.csv', markdown=out / 'summary.md', plot=out / 'summary.png')
-    from infcam.generate import launched_externally
-    writer = not launched_externally() or int(os.environ.get('RANK', 0)) == 0   # under torchrun, rank 0 writes the tables
+    writer = is_lead()                                            # under torchrun, rank 0 writes the tables
     with folder_lock(out, 'evaluate') if writer else contextlib.nullcontext():
         cache = {}
         for f in [files['rows'], *sorted(out.glob('.rows.part*.csv'))]:   # the table, then what a killed run scored
@@ -481,7 +480,7 @@ def evaluate(inputs, out, method:str|None=None, progress:bool=True, min_register
         if todo and (devices > 1 or num_nodes > 1):
             import lightning as L
             fabric = L.Fabric(accelerator='cpu', devices=devices, num_nodes=num_nodes,
-                              strategy='ddp' if launched_externally() else 'ddp_spawn')   # torchrun's processes, or spawn them
+                              strategy=fabric_strategy())   # torchrun's processes, or spawn them
             new = fabric.launch(_eval_worker, todo, min_registered, out, progress, lpips_net, poses, clip)
         else: new = _score_all(todo, min_registered, progress, out / '.rows.part0.csv', lpips_net, poses, clip)
         cache.update({(r['method'], r['name']): r for r in new})

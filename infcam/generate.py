@@ -4,9 +4,9 @@
 
 # %% ../nbs/32_generate.ipynb #3c50f969
 from __future__ import annotations
-import argparse, contextlib, hashlib, json, math, os, sys, time
+import argparse, contextlib, dataclasses, hashlib, json, math, os, sys, time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -16,55 +16,104 @@ from .cameras import PRESET_NAMES, num_latent_frames
 from .layout import read_metadata, metadata_file, videos_folder
 from .data import inside
 from .intrinsics import check_focal_mm, check_zoom
-from .trajectories import load_trajectory
+from .checkpoints import TrainingRun, training_run
+from .processes import fabric_strategy, gather_and_leave, is_lead, launched_externally
+from .trajectories import Trajectory, load_trajectory
+from .pipeline import MEMORY_MODES, NUMERICS, WAN_NEGATIVE_PROMPT
 from .video import check_size, check_video_memory, read_video, video_info, write_video, write_comparison, WAN_FPS
 
 # %% auto #0
-__all__ = ['DEFAULTS', 'ESTIMATE_METHODS', 'check_settings', 'weight_hashes', 'Job', 'JobResult', 'trajectory_name', 'read_batch',
-           'clip_names', 'make_jobs', 'load_pipeline', 'check_weights_usable', 'source_fps', 'deterministic_algorithms',
-           'run_jobs', 'launched_externally', 'gather_and_leave', 'run_sharded', 'TrainingRun', 'training_run',
-           'run_settings', 'load_run_pipeline', 'run_hashes', 'settings_from_sidecar', 'run_generate',
-           'add_generate_parser', 'generate_main']
+__all__ = ['ESTIMATE_METHODS', 'SIZES', 'GenerateSettings', 'weight_hashes', 'Job', 'JobResult', 'trajectory_name', 'read_batch',
+           'clip_names', 'make_jobs', 'load_pipeline', 'check_weights_usable', 'source_fps', 'job_trajectory',
+           'deterministic_algorithms', 'run_jobs', 'run_sharded', 'run_settings', 'resolve_settings',
+           'load_run_pipeline', 'run_hashes', 'settings_from_sidecar', 'run_generate', 'add_generate_parser',
+           'generate_main']
 
 # %% ../nbs/32_generate.ipynb #e2817b00
-DEFAULTS = dict(frames=81, height=480, width=832, steps=20, cfg=5.0, negative_prompt=None, seed=0, zoom=1.0,
-                focal_mm=None, fov=None, fx=None, estimate=None, memory='resident', device=None, dtype='bf16',
-                vae_tiled=False, size='released', checkpoint=None, base_only=False, numerics='exact', deterministic=False)
 ESTIMATE_METHODS = ('selfcal', 'unidepth')
+SIZES = ('released', 'tiny')                       # the shapes the weights must have: Wan2.1's, or the test model's
 
+# %% ../nbs/32_generate.ipynb #17e78d15
+@dataclass
+class GenerateSettings:
+    """The checked settings of `infcam generate`: everything a result depends on besides its clip, prompt, trajectory
+    and weights, recorded in this order in every sidecar. A field given as None takes its default; `replace` makes a
+    changed copy, checked again."""
+    frames: int = 81                   # frames to generate, 4k+1
+    height: int = 480                  # pixels, a multiple of 16
+    width: int = 832                   # pixels, a multiple of 16
+    steps: int = 20                    # denoising steps
+    cfg: float = 5.0                   # classifier-free guidance scale, >= 0
+    negative_prompt: str|None = None   # None: Wan's (`WAN_NEGATIVE_PROMPT`)
+    seed: int = 0                      # the noise's seed
+    zoom: float = 1.0                  # the target's focal length is zoom x the source's
+    focal_mm: float|None = None        # the source lens, one way at most: mm on a 23.76 mm sensor,
+    fov: float|None = None             #   horizontal field of view in degrees (< 180),
+    fx: float|None = None              #   pixels at height x width,
+    estimate: str|None = None          #   or estimated from the clip (`ESTIMATE_METHODS`); none given: 24 mm
+    memory: str = 'resident'           # where the parts live (`MEMORY_MODES`); offloading needs a GPU
+    device: str|None = None            # cuda, cuda:1, cpu; None: cuda if available
+    dtype: str = 'bf16'                # the DiT's weights (`DTYPE_CHOICES`)
+    vae_tiled: bool = False            # decode in tiles (less memory)
+    size: str = 'released'             # the shapes the weights must have (`SIZES`)
+    checkpoint: str|None = None        # the InfCam checkpoint if not in the weights folder, or a training checkpoint
+    base_only: bool = False            # the base Wan DiT alone, without camera control
+    numerics: str = 'exact'            # `NUMERICS`: exact, or the published pipeline's step for step
+    deterministic: bool = False        # deterministic GPU kernels
 
-def check_settings(s:dict) -> dict:
-    "Fill `DEFAULTS` into `s` (missing or None keys) and validate every value that needs no file; returns the filled dict."
-    from infcam.pipeline import MEMORY_MODES, NUMERICS, WAN_NEGATIVE_PROMPT
-    unknown = set(s) - set(DEFAULTS)
-    if unknown: raise InfcamError(f"unknown generation setting(s): {', '.join(sorted(unknown))}")
-    s = {k: (s.get(k) if s.get(k) is not None else v) for k, v in DEFAULTS.items()}
-    if s['negative_prompt'] is None: s['negative_prompt'] = WAN_NEGATIVE_PROMPT
-    check_int(s['frames'], 'frames', 1); num_latent_frames(s['frames'])           # 4k+1
-    check_size(s['height'], s['width'], 16)
-    check_int(s['steps'], 'steps', 1); check_seed(s['seed'], 'seed')
-    check_number(s['cfg'], 'cfg', 0); check_zoom(s['zoom'])
-    given = [k for k in ('focal_mm', 'fov', 'fx', 'estimate') if s[k] is not None]
-    if len(given) > 1: raise InfcamError(f"give one of --focal-mm, --fov, --fx, --estimate, not {' and '.join(given)}")
-    if s['focal_mm'] is not None: check_focal_mm(s['focal_mm'])
-    for k in ('fov', 'fx'):
-        if s[k] is not None: check_number(s[k], k, positive=True)
-    if s['fov'] is not None and s['fov'] >= 180: raise InfcamError(f"fov must be below 180 degrees, got {s['fov']}")
-    if s['estimate'] is not None and s['estimate'] not in ESTIMATE_METHODS:
-        raise InfcamError(f"unknown --estimate method {s['estimate']!r}; use one of {', '.join(ESTIMATE_METHODS)}")
-    if s['memory'] not in MEMORY_MODES: raise InfcamError(f"unknown memory mode {s['memory']!r}; use one of {', '.join(MEMORY_MODES)}")
-    on_cpu = s['device'] == 'cpu' or (s['device'] is None and not torch.cuda.is_available())
-    if s['memory'] != 'resident' and on_cpu:
-        raise InfcamError(f"--memory {s['memory']} moves weights between the GPU and the CPU; generating on the CPU it "
-                          "would change nothing: use --memory resident")
-    if s['dtype'] not in DTYPE_CHOICES: raise InfcamError(f"unknown dtype {s['dtype']!r}; use one of {', '.join(DTYPE_CHOICES)}")
-    if s['numerics'] not in NUMERICS: raise InfcamError(f"unknown --numerics {s['numerics']!r}; use one of {', '.join(NUMERICS)}")
-    if s['numerics'] == 'released' and s['dtype'] != 'bf16':
-        raise InfcamError(f"--numerics released runs the DiT in bf16, as the published pipeline does; drop --dtype {s['dtype']}")
-    if s['size'] not in ('released', 'tiny'): raise InfcamError(f"unknown --size {s['size']!r}; 'released' or 'tiny'")
-    if s['device'] is not None: check_device(s['device'])
-    check_video_memory(s['frames'], s['height'], s['width'])
-    return s
+    def __post_init__(self):
+        for f in fields(self):
+            if getattr(self, f.name) is None and f.default is not None: setattr(self, f.name, f.default)
+        if self.negative_prompt is None: self.negative_prompt = WAN_NEGATIVE_PROMPT
+        check_int(self.frames, 'frames', 1); num_latent_frames(self.frames)           # 4k+1
+        check_size(self.height, self.width, 16)
+        check_int(self.steps, 'steps', 1); check_seed(self.seed, 'seed')
+        check_number(self.cfg, 'cfg', 0); check_zoom(self.zoom)
+        given = [k for k in ('focal_mm', 'fov', 'fx', 'estimate') if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise InfcamError(f"give one of --focal-mm, --fov, --fx, --estimate, not {' and '.join(given)}")
+        if self.focal_mm is not None: check_focal_mm(self.focal_mm)
+        for k in ('fov', 'fx'):
+            if getattr(self, k) is not None: check_number(getattr(self, k), k, positive=True)
+        if self.fov is not None and self.fov >= 180: raise InfcamError(f"fov must be below 180 degrees, got {self.fov}")
+        if self.estimate is not None and self.estimate not in ESTIMATE_METHODS:
+            raise InfcamError(f"unknown --estimate method {self.estimate!r}; use one of {', '.join(ESTIMATE_METHODS)}")
+        if self.memory not in MEMORY_MODES:
+            raise InfcamError(f"unknown memory mode {self.memory!r}; use one of {', '.join(MEMORY_MODES)}")
+        on_cpu = self.device == 'cpu' or (self.device is None and not torch.cuda.is_available())
+        if self.memory != 'resident' and on_cpu:
+            raise InfcamError(f"--memory {self.memory} moves weights between the GPU and the CPU; generating on the "
+                              "CPU it would change nothing: use --memory resident")
+        if self.dtype not in DTYPE_CHOICES:
+            raise InfcamError(f"unknown dtype {self.dtype!r}; use one of {', '.join(DTYPE_CHOICES)}")
+        if self.numerics not in NUMERICS:
+            raise InfcamError(f"unknown --numerics {self.numerics!r}; use one of {', '.join(NUMERICS)}")
+        if self.numerics == 'released' and self.dtype != 'bf16':
+            raise InfcamError("--numerics released runs the DiT in bf16, as the published pipeline does; "
+                              f"drop --dtype {self.dtype}")
+        if self.size not in SIZES: raise InfcamError(f"unknown --size {self.size!r}; 'released' or 'tiny'")
+        if self.device is not None: check_device(self.device)
+        check_video_memory(self.frames, self.height, self.width)
+
+    @classmethod
+    def defaults(cls) -> dict:
+        "Every setting's default, by name (`negative_prompt`: None, Wan's)."
+        return {f.name: f.default for f in fields(cls)}
+
+    @classmethod
+    def from_dict(cls, d:dict) -> GenerateSettings:
+        "Checked settings from a dict (options with None where unset, or a sidecar's); an unknown name is refused."
+        if unknown := set(d) - set(cls.defaults()):
+            raise InfcamError(f"unknown generation setting(s): {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        "The settings by name, in field order: what a sidecar records."
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def replace(self, **changes) -> GenerateSettings:
+        "A copy with `changes`, checked again."
+        return dataclasses.replace(self, **changes)
 
 # %% ../nbs/32_generate.ipynb #5608e87e
 def _component_files(path:Path) -> list[Path]:
@@ -167,52 +216,51 @@ def make_jobs(clips:list[tuple], trajectories:list[str], out_dir) -> list[Job]:
 def _oom_types() -> tuple:
     return tuple({getattr(torch, 'OutOfMemoryError', MemoryError), getattr(torch.cuda, 'OutOfMemoryError', MemoryError)})
 
-def _oom_message(memory:str, s:dict) -> str:
-    from infcam.pipeline import MEMORY_MODES
+def _oom_message(memory:str, s:GenerateSettings) -> str:
     i = MEMORY_MODES.index(memory)
     hint = (f"try --memory {MEMORY_MODES[i + 1]}" if i + 1 < len(MEMORY_MODES) else
             f"--memory {memory} is already the lightest; try fewer --frames, a smaller --height/--width"
-            f"{'' if s['vae_tiled'] else ', or --vae-tiled'}")
-    return f"out of GPU memory with --memory {memory} at {s['frames']} frames of {s['height']}x{s['width']}; {hint}"
+            f"{'' if s.vae_tiled else ', or --vae-tiled'}")
+    return f"out of GPU memory with --memory {memory} at {s.frames} frames of {s.height}x{s.width}; {hint}"
 
-def load_pipeline(weights, s:dict):
+def load_pipeline(weights, s:GenerateSettings):
     "Load `InfCamPipeline.from_pretrained` for the settings `s` (one call per batch)."
     from infcam.pipeline import InfCamPipeline
     from infcam.weights import WeightsSpec
-    spec = WeightsSpec.tiny() if s['size'] == 'tiny' else WeightsSpec.released()
+    spec = WeightsSpec.tiny() if s.size == 'tiny' else WeightsSpec.released()
     try:
-        return InfCamPipeline.from_pretrained(weights, s['checkpoint'], device=s['device'], dtype=as_dtype(s['dtype']),
-                                              memory=s['memory'], vae_tiled=s['vae_tiled'], spec=spec,
-                                              base_only=bool(s['base_only']), numerics=s['numerics'])
-    except _oom_types(): raise InfcamError(_oom_message(s['memory'], s)) from None
+        return InfCamPipeline.from_pretrained(weights, s.checkpoint, device=s.device, dtype=as_dtype(s.dtype),
+                                              memory=s.memory, vae_tiled=s.vae_tiled, spec=spec,
+                                              base_only=bool(s.base_only), numerics=s.numerics)
+    except _oom_types(): raise InfcamError(_oom_message(s.memory, s)) from None
 
-def check_weights_usable(weights, s:dict):
+def check_weights_usable(weights, s:GenerateSettings):
     """The `WeightsReport` of `weights`, or `InfcamError` naming what blocks generation (the file expected). The InfCam
-    checkpoint is required unless `s['base_only']` asks for generation without camera control."""
+    checkpoint is required unless `s.base_only` asks for generation without camera control."""
     from infcam.weights import check_weights, WeightsSpec, TITLES
-    spec = WeightsSpec.tiny() if s['size'] == 'tiny' else WeightsSpec.released()
+    spec = WeightsSpec.tiny() if s.size == 'tiny' else WeightsSpec.released()
     if weights is None: raise InfcamError("no weights folder given; pass --weights DIR (see `infcam weights check`)")
-    report = check_weights(weights, spec, s['checkpoint'])
-    if not (report.usable_base_only if s['base_only'] else report.usable):
+    report = check_weights(weights, spec, s.checkpoint)
+    if not (report.usable_base_only if s.base_only else report.usable):
         c = report.components
         blocking = [k for k in ('vae', 'text_encoder', 'tokenizer') if not c[k].ok]
-        dit = 'dit' if s['base_only'] else 'infcam'
+        dit = 'dit' if s.base_only else 'infcam'
         if not c[dit].ok: blocking.insert(0, dit)
         raise InfcamError(f"weights in {weights} are not usable: " + '; '.join(f"{TITLES[k]}: {p}" for k in blocking for p in c[k].problems[:1]))
     return report
 
-def _source_intrinsics(frames:torch.Tensor, s:dict) -> tuple[torch.Tensor, str, str]:
+def _source_intrinsics(frames:torch.Tensor, s:GenerateSettings) -> tuple[torch.Tensor, str, str]:
     "(K_src (4,), method, message) for frames (F, 3, H, W) at the generation size."
     from infcam.preview import source_intrinsics
     H, W = frames.shape[-2:]
-    if s['estimate']:
+    if s.estimate:
         from infcam.intrinsics import estimate_intrinsics
-        est = estimate_intrinsics(frames, method=s['estimate'], fallback=True)
-        if est.method != s['estimate']: print(f"note: {est.message}", file=sys.stderr)
+        est = estimate_intrinsics(frames, method=s.estimate, fallback=True)
+        if est.method != s.estimate: print(f"note: {est.message}", file=sys.stderr)
         return est.K4.float(), est.method, est.message
-    given = next((k for k in ('focal_mm', 'fov', 'fx') if s[k] is not None), None)
-    K = source_intrinsics(H, W, focal_mm=s['focal_mm'], fov=s['fov'], fx=s['fx'])
-    return K, 'explicit' if given else 'default', f"{given}={s[given]:g}" if given else 'default 24 mm lens'
+    given = next((k for k in ('focal_mm', 'fov', 'fx') if getattr(s, k) is not None), None)
+    K = source_intrinsics(H, W, focal_mm=s.focal_mm, fov=s.fov, fx=s.fx)
+    return K, 'explicit' if given else 'default', f"{given}={getattr(s, given):g}" if given else 'default 24 mm lens'
 
 def source_fps(video) -> float:
     "The frame rate of `video` (Wan's 16 fps when the container does not say): outputs play at their source's rate."
@@ -224,18 +272,21 @@ def _versions() -> dict:
     return dict(infcam=getattr(infcam, '__version__', '?'), torch=torch.__version__, python=sys.version.split()[0])
 
 # %% ../nbs/32_generate.ipynb #01b35e42
-def _generate_one(pipe, job:Job, s:dict, weights, hashes:dict, overwrite:bool, progress:bool) -> None:
-    "Generate `job` with a loaded pipeline and write the clip, the side-by-side and the sidecar (last)."
+def _generate_one(pipe, job:Job, s:GenerateSettings, weights, hashes:dict, overwrite:bool, progress:bool,
+                  trajectory=None) -> None:
+    """Generate `job` with a loaded pipeline and write the clip, the side-by-side and the sidecar (last); `trajectory`:
+    the job's, loaded already (`job_trajectory`; default: loaded here from `job.trajectory`)."""
     t0 = time.perf_counter()
-    src = read_video(job.video, s['frames'], s['height'], s['width'], pil=s['numerics'] == 'released')
+    src = read_video(job.video, s.frames, s.height, s.width, pil=s.numerics == 'released')
     K_src, method, msg = _source_intrinsics(src, s)
-    p = pipe.prepare(src, job.trajectory, K_src, num_frames=s['frames'], height=s['height'], width=s['width'], zoom=s['zoom'])
+    traj = job.trajectory if trajectory is None else trajectory
+    p = pipe.prepare(src, traj, K_src, num_frames=s.frames, height=s.height, width=s.width, zoom=s.zoom)
     try:
-        frames = pipe(p, job.prompt, steps=s['steps'], cfg=s['cfg'], negative_prompt=s['negative_prompt'], seed=s['seed'],
+        frames = pipe(p, job.prompt, steps=s.steps, cfg=s.cfg, negative_prompt=s.negative_prompt, seed=s.seed,
                       progress=progress)
     except _oom_types():
         if torch.cuda.is_available(): torch.cuda.empty_cache()
-        raise InfcamError(_oom_message(s['memory'], s)) from None
+        raise InfcamError(_oom_message(s.memory, s)) from None
     o = job.outputs
     job.marker.parent.mkdir(parents=True, exist_ok=True); job.marker.touch()
     try: _write_result(job, frames, src, p, s, weights, hashes, overwrite, method, msg, pipe, t0)
@@ -243,7 +294,8 @@ def _generate_one(pipe, job:Job, s:dict, weights, hashes:dict, overwrite:bool, p
         for f in (*o.values(), job.timings, job.marker): f.unlink(missing_ok=True)   # leaves the marker: redone next run)
         raise
 
-def _write_result(job:Job, frames, src, p, s:dict, weights, hashes:dict, overwrite:bool, method, msg, pipe, t0) -> None:
+def _write_result(job:Job, frames, src, p, s:GenerateSettings, weights, hashes:dict, overwrite:bool, method, msg, pipe,
+                  t0) -> None:
     "Write the clip, the side-by-side, the timings and the sidecar (last) of `job`, then remove its marker."
     o = job.outputs
     fps = source_fps(job.video)                           # the generated frames are the source's instants, seen elsewhere
@@ -254,9 +306,9 @@ def _write_result(job:Job, frames, src, p, s:dict, weights, hashes:dict, overwri
         command='generate', versions=_versions(),
         video=str(Path(job.video).resolve()), video_sha256=file_sha256(job.video, cache=False),
         prompt=job.prompt, trajectory=job.trajectory, fps=fps,
-        settings={k: s[k] for k in DEFAULTS},
-        intrinsics=dict(method=method, requested=s['estimate'] or method, message=msg, K_src=[round(float(v), 6) for v in p.K_src],
-                        K_tgt=[round(float(v), 6) for v in p.K_tgt]),
+        settings=s.to_dict(),
+        intrinsics=dict(method=method, requested=s.estimate or method, message=msg,
+                        K_src=[round(float(v), 6) for v in p.K_src], K_tgt=[round(float(v), 6) for v in p.K_tgt]),
         extrinsics=[[round(float(v), 7) for v in row] for row in p.extrinsics],
         device=str(pipe.device), model_dtype=str(pipe.dtype).replace('torch.', ''), threads=torch.get_num_threads(),
         weights=dict(folder=str(Path(weights).resolve()) if weights is not None else None, files=hashes),
@@ -268,7 +320,7 @@ def _write_result(job:Job, frames, src, p, s:dict, weights, hashes:dict, overwri
     job.marker.unlink(missing_ok=True)                    # complete: all three files are there
 
 # %% ../nbs/32_generate.ipynb #ec53bdbc
-def _preflight(jobs:list[Job], s:dict, overwrite:bool, strict:bool) -> tuple[dict, list[Job], set]:
+def _preflight(jobs:list[Job], s:GenerateSettings, overwrite:bool, strict:bool) -> tuple[dict, list[Job], set]:
     """The checks of `run_jobs` before any weight is read: `(results, ok, redo)`, the results known already (by `id` of
     the job: skipped, or failed with `strict=False`), the jobs to generate, and the ids of those cut short by a kill."""
     results, todo, redo = {}, [], set()
@@ -287,12 +339,20 @@ def _preflight(jobs:list[Job], s:dict, overwrite:bool, strict:bool) -> tuple[dic
     for j in todo:                                        # every clip readable and long enough, before any weight
         try:
             n = video_info(j.video)['frames']
-            if n < s['frames']: raise InfcamError(f"{j.video} is too short: {n} frames, need {s['frames']}")
+            if n < s.frames: raise InfcamError(f"{j.video} is too short: {n} frames, need {s.frames}")
             ok.append(j)
         except InfcamError as e:
             if strict: raise
             results[id(j)] = JobResult(j, 'failed', str(e))
     return results, ok, redo
+
+# %% ../nbs/32_generate.ipynb #9ea5370a
+def job_trajectory(spec, frames:int) -> Trajectory|torch.Tensor:
+    "The trajectory `spec` read once: a keyframe file's `Trajectory`, else poses (frames, 4, 4); checked for `frames`."
+    if Path(str(spec)).suffix.lower() not in ('.yaml', '.yml', '.json'): return load_trajectory(spec, frames)
+    traj = Trajectory.load(spec)                          # the keyframe files `load_trajectory` reads
+    load_trajectory(traj, frames)                         # can be sampled at `frames`
+    return traj
 
 # %% ../nbs/32_generate.ipynb #9d708f6a
 @contextlib.contextmanager
@@ -307,32 +367,33 @@ def deterministic_algorithms():
         if env is None: os.environ.pop('CUBLAS_WORKSPACE_CONFIG', None)
 
 # %% ../nbs/32_generate.ipynb #3728c395
-def run_jobs(jobs:list[Job], weights, settings:dict|None=None, overwrite:bool=False, strict:bool=True,
-             progress:bool=True, log=print, loader=None, lock:bool=True) -> list[JobResult]:
+def run_jobs(jobs:list[Job], weights, settings:GenerateSettings|dict|None=None, overwrite:bool=False, strict:bool=True,
+             progress:bool=True, log=print, loader=None, lock:bool=True,
+             run:TrainingRun|None|str='auto') -> list[JobResult]:
     """Generate every job with one pipeline (loaded by `loader(weights, settings)`, default `load_pipeline`). Existing
     results are skipped (`strict=False`) or refused (`strict=True`) unless `overwrite`; with `strict=False` a bad clip
-    is recorded as failed and the others go on. With a training run as `weights` (or `checkpoint`), unset settings
-    come from the run (`run_settings`). `lock=False` when the caller holds the output folders' locks (sharded runs)."""
-    settings = dict(settings or {})
-    if (run := training_run(weights, settings.get('checkpoint'))) is not None: settings = run_settings(run, settings)
-    s = check_settings(settings)
-    for t in sorted({j.trajectory for j in jobs}): load_trajectory(t, s['frames'])      # a bad trajectory fails all
+    is recorded as failed and the others go on. With a training run as `weights` (or `checkpoint`), the unset settings
+    of a dict come from the run (`resolve_settings`; `run`: the one found already, or 'auto'). `lock=False` when the
+    caller holds the output folders' locks (sharded runs)."""
+    s, run = resolve_settings(weights, settings, run)
+    trajs = {t: job_trajectory(t, s.frames) for t in sorted({j.trajectory for j in jobs})}   # a bad one fails all
     results, ok, redo = _preflight(jobs, s, overwrite, strict)
     if ok:
         with contextlib.ExitStack() as locks:             # one run per output folder
-            if s['deterministic']: locks.enter_context(deterministic_algorithms())
-            if (run := training_run(weights, s['checkpoint'])) is not None:      # a run trained here
+            if s.deterministic: locks.enter_context(deterministic_algorithms())
+            if run is not None:                           # a run trained here
                 hashes, load = run_hashes(run), loader or (lambda w, s: load_run_pipeline(run, s, w))
             else:
                 hashes, load = weight_hashes(check_weights_usable(weights, s)), loader or load_pipeline
             for d in sorted({j.out.parent for j in ok}) if lock else []: locks.enter_context(folder_lock(d, 'generate'))
             try: pipe = load(weights, s)
-            except _oom_types(): raise InfcamError(_oom_message(s['memory'], s)) from None
+            except _oom_types(): raise InfcamError(_oom_message(s.memory, s)) from None
             for i, j in enumerate(ok):
                 log(f"[{i + 1}/{len(ok)}] {j.video.name} x {j.trajectory} -> {j.out}")
                 t0 = time.perf_counter()
                 if id(j) in redo: log(f"  {j.out.name} was cut short by an earlier run; writing it again")
-                try: _generate_one(pipe, j, s, weights, hashes, overwrite or id(j) in redo, progress)
+                again = overwrite or id(j) in redo
+                try: _generate_one(pipe, j, s, weights, hashes, again, progress, trajs[j.trajectory])
                 except InfcamError as e:
                     if strict or str(e).startswith('out of GPU memory'): raise
                     results[id(j)] = JobResult(j, 'failed', str(e)); continue
@@ -340,82 +401,38 @@ def run_jobs(jobs:list[Job], weights, settings:dict|None=None, overwrite:bool=Fa
     return [results[id(j)] for j in jobs]
 
 # %% ../nbs/32_generate.ipynb #146a46ac
-def launched_externally() -> bool:
-    "Whether a launcher such as torchrun started this process as one rank of several."
-    return 'LOCAL_RANK' in os.environ or 'TORCHELASTIC_RUN_ID' in os.environ
-
-def gather_and_leave(obj) -> list:
-    """Every rank's `obj`, in rank order; then this process leaves the process group. A gloo process that exits with
-    its group still open can abort (SIGABRT) while its worker threads are torn down, failing a finished run."""
-    import torch.distributed as dist
-    parts = [None] * dist.get_world_size()
-    try: dist.all_gather_object(parts, obj)
-    finally: dist.destroy_process_group()
-    return parts
-
-def _shard_worker(fabric, jobs:list[Job], weights, settings:dict, overwrite:bool, progress:bool, quiet:bool,
-                  threads:int|None=None) -> list[JobResult]:
+def _shard_worker(fabric, jobs:list[Job], weights, s:GenerateSettings, run:TrainingRun|None, overwrite:bool,
+                  progress:bool, quiet:bool, threads:int|None=None) -> list[JobResult]:
     """One process of a sharded batch: the jobs `rank, rank + world, ...`, then every rank's results in job order.
     `threads`: the launcher's CPU thread count, so that each result is the one a single process would write."""
     if threads: torch.set_num_threads(threads)
     rank, world = fabric.global_rank, fabric.world_size
-    s = dict(settings)
-    if fabric.device.type == 'cuda': s['device'] = str(fabric.device)
+    if fabric.device.type == 'cuda': s = s.replace(device=str(fabric.device))
     log = (lambda *a: None) if quiet else (lambda m: print(f"[rank {rank}] {m}", flush=True))
     mine = run_jobs(jobs[rank::world], weights, s, overwrite=overwrite, strict=False, progress=progress and rank == 0,
-                    log=log, lock=False)
+                    log=log, lock=False, run=run)
     parts = gather_and_leave([(rank + world * i, r) for i, r in enumerate(mine)])
     return [r for _, r in sorted((x for part in parts for x in part), key=lambda x: x[0])]
 
-def run_sharded(jobs:list[Job], weights, settings:dict|None=None, devices:int=2, num_nodes:int=1, overwrite:bool=False,
-                progress:bool=True, quiet:bool=False) -> list[JobResult]:
+def run_sharded(jobs:list[Job], weights, settings:GenerateSettings|dict|None=None, devices:int=2, num_nodes:int=1,
+                overwrite:bool=False, progress:bool=True, quiet:bool=False,
+                run:TrainingRun|None|str='auto') -> list[JobResult]:
     """`run_jobs` spread over `devices` processes per node on `num_nodes` nodes with Lightning Fabric (DDP; gloo on
     the CPU, one GPU per process with CUDA): each process takes every `world`-th job, results are written atomically and
     existing ones skipped, so a killed batch resumes. Started by hand, Fabric spawns the processes (one node: nothing
-    to set; several: `MASTER_ADDR`, `MASTER_PORT`, `NODE_RANK` on each node); under `torchrun`, it joins them."""
+    to set; several: `MASTER_ADDR`, `MASTER_PORT`, `NODE_RANK` on each node); under `torchrun`, it joins them.
+    `settings` and `run` as for `run_jobs`: resolved here once, for every process."""
     import lightning as L
-    s = check_settings(dict(settings or {}))
+    s, run = resolve_settings(weights, settings, run)
     check_int(devices, 'devices', 1); check_int(num_nodes, 'num_nodes', 1)
-    accel = 'cuda' if (s['device'] or ('cuda' if torch.cuda.is_available() else 'cpu')).startswith('cuda') else 'cpu'
-    fabric = L.Fabric(accelerator=accel, devices=devices, num_nodes=num_nodes,
-                      strategy='ddp' if launched_externally() else 'ddp_spawn')
+    accel = 'cuda' if (s.device or ('cuda' if torch.cuda.is_available() else 'cpu')).startswith('cuda') else 'cpu'
+    fabric = L.Fabric(accelerator=accel, devices=devices, num_nodes=num_nodes, strategy=fabric_strategy())
     outs = sorted({j.out.parent for j in jobs})
     with contextlib.ExitStack() as locks:                 # the launcher holds the folders for all its processes
-        if not launched_externally() or int(os.environ.get('RANK', 0)) == 0:
+        if is_lead():
             for d in outs: locks.enter_context(folder_lock(d, 'generate'))
         threads = None if launched_externally() else torch.get_num_threads()   # Lightning gives each process cores/devices
-        return fabric.launch(_shard_worker, jobs, weights, settings, overwrite, progress, quiet, threads)
-
-# %% ../nbs/32_generate.ipynb #83b121df
-@dataclass
-class TrainingRun:
-    "A run trained by `python -m infcam.train`: its folder, the checkpoint to generate with, and its `config.json`."
-    run_dir: Path|None
-    checkpoint: Path
-    config: dict
-
-    @property
-    def data(self) -> dict: return self.config.get('data') or {}
-
-def training_run(weights, checkpoint=None) -> TrainingRun|None:
-    """The training run that `--weights RUN_DIR` (its last checkpoint) or `--checkpoint RUN_DIR/ckpt/stepN` names, or
-    None when they name released weights instead."""
-    from infcam.checkpoints import list_checkpoints
-    ck = Path(checkpoint) if checkpoint is not None else None
-    if ck is not None and ck.name == 'trainable.safetensors': ck = ck.parent
-    if ck is not None and (ck / 'trainable.safetensors').is_file():
-        run = ck.parent.parent if (ck.parent.parent / 'config.json').is_file() else None
-    elif ck is None and weights is not None and (Path(weights) / 'config.json').is_file() and (Path(weights) / 'ckpt').is_dir():
-        run = Path(weights)
-        cks = list_checkpoints(run / 'ckpt')
-        if not cks: raise InfcamError(f"the training run {run} has no complete checkpoint yet (nothing in {run / 'ckpt'})")
-        ck = cks[-1]
-    else: return None
-    cfg = {}
-    if run is not None:
-        try: cfg = json.loads((run / 'config.json').read_text())
-        except ValueError: raise InfcamError(f"{run / 'config.json'} is not JSON") from None
-    return TrainingRun(run, ck, cfg)
+        return fabric.launch(_shard_worker, jobs, weights, s, run, overwrite, progress, quiet, threads)
 
 # %% ../nbs/32_generate.ipynb #4533823b
 def run_settings(run:TrainingRun, s:dict) -> dict:
@@ -426,16 +443,28 @@ def run_settings(run:TrainingRun, s:dict) -> dict:
         if out.get(k) is None and v is not None: out[k] = v
     return out
 
+def resolve_settings(weights, settings:GenerateSettings|dict|None=None,
+                     run:TrainingRun|None|str='auto') -> tuple[GenerateSettings, TrainingRun|None]:
+    """`(settings, run)` for generating with `weights`: the checked `GenerateSettings` and the training run that
+    `weights` or the settings' checkpoint name (None: released weights), found once. A dict's unset settings come from
+    the run (`run_settings`); a `GenerateSettings` is used as it is. `run='auto'` looks for the run (`training_run`);
+    a caller that has looked already passes what it found."""
+    if isinstance(settings, GenerateSettings):
+        return settings, training_run(weights, settings.checkpoint) if isinstance(run, str) else run
+    d = dict(settings or {})
+    if isinstance(run, str): run = training_run(weights, d.get('checkpoint'))
+    return GenerateSettings.from_dict(d if run is None else run_settings(run, d)), run
+
 # %% ../nbs/32_generate.ipynb #b0a1fa41
-def load_run_pipeline(run:TrainingRun, s:dict, weights=None):
+def load_run_pipeline(run:TrainingRun, s:GenerateSettings, weights=None):
     """An `InfCamPipeline` for a training run: the trained DiT (backbone rebuilt as recorded), its scheduler, and the
     codec and text encoder it was trained with (`PixelCodec`, `DCTCodec` and `RandomTextEncoder` need no files; the Wan VAE and
     umT5 come from the released `weights` folder)."""
     from infcam.pipeline import InfCamPipeline, RandomTextEncoder
     from infcam.checkpoints import load_trained, trained_scheduler
     from infcam.vae import weightless_codec
-    dev = s['device'] or ('cuda' if torch.cuda.is_available() else 'cpu')
-    model = load_trained(run.checkpoint, dtype=as_dtype(s['dtype']), device='cpu')
+    dev = s.device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    model = load_trained(run.checkpoint, dtype=as_dtype(s.dtype), device='cpu')
     codec_tag, text = run.data.get('codec'), run.data.get('text')
     if codec_tag is None or text is None:
         raise InfcamError(f"{run.run_dir or run.checkpoint}: the run does not record how its data was encoded (an older run); "
@@ -447,18 +476,18 @@ def load_run_pipeline(run:TrainingRun, s:dict, weights=None):
         if weights is None or Path(weights) == run.run_dir:
             raise InfcamError(f"this run was trained on {codec_tag} latents and {text} text states: pass the Wan2.1 weights "
                               f"folder with --weights and the run's checkpoint with --checkpoint {run.checkpoint}")
-        report = check_weights(weights, WeightsSpec.tiny() if s['size'] == 'tiny' else WeightsSpec.released())
+        report = check_weights(weights, WeightsSpec.tiny() if s.size == 'tiny' else WeightsSpec.released())
         c = report.components
         if bad := [k for k in (['vae'] if codec is None else []) + (['text_encoder', 'tokenizer'] if te is None else []) if not c[k].ok]:
             raise InfcamError(f"weights in {weights}: " + '; '.join(p for k in bad for p in c[k].problems[:1]))
         if codec is None:
             from infcam.vae import load_wan_vae, WanVAECodec
-            codec = WanVAECodec(load_wan_vae(c['vae'].path, torch.float32, 'cpu'), tiled=s['vae_tiled'])
+            codec = WanVAECodec(load_wan_vae(c['vae'].path, torch.float32, 'cpu'), tiled=s.vae_tiled)
         if te is None:
             from infcam.text import TextEncoder
             te = TextEncoder.load(c['text_encoder'].path, c['tokenizer'].path, dtype=torch.bfloat16, device='cpu',
                                   text_len=model.config.text_len)
-    return InfCamPipeline(model, codec, te, trained_scheduler(run.checkpoint), device=dev, memory=s['memory'])
+    return InfCamPipeline(model, codec, te, trained_scheduler(run.checkpoint), device=dev, memory=s.memory)
 
 # %% ../nbs/32_generate.ipynb #a2b43edc
 def run_hashes(run:TrainingRun) -> dict:
@@ -477,7 +506,8 @@ def settings_from_sidecar(path) -> dict:
     try: d = json.loads(path.read_text())
     except ValueError as e: raise InfcamError(f"{path} is not JSON: {e}") from None
     if d.get('command') != 'generate' or 'settings' not in d: raise InfcamError(f"{path} is not an `infcam generate` sidecar")
-    return dict(settings={k: v for k, v in d['settings'].items() if k in DEFAULTS}, video=d['video'], prompt=d['prompt'],
+    known = GenerateSettings.defaults()
+    return dict(settings={k: v for k, v in d['settings'].items() if k in known}, video=d['video'], prompt=d['prompt'],
                 trajectory=d['trajectory'], weights=d['weights']['folder'], hashes=d['weights'].get('files', {}),
                 video_sha256=d.get('video_sha256'))
 
@@ -498,12 +528,12 @@ def _add_weights_args(g:argparse.ArgumentParser):
     "The options naming the weights: a released folder or a training run, a checkpoint, the expected shapes."
     g.add_argument('--weights', help='weights folder (see `infcam weights check`), or a training run folder of `python -m infcam.train`')
     g.add_argument('--checkpoint', help='the InfCam checkpoint, if it is not inside the weights folder, or a training checkpoint RUN_DIR/ckpt/stepN')
-    g.add_argument('--size', choices=['released', 'tiny'], help="expected shapes: released (default) or the tiny test model")
+    g.add_argument('--size', choices=SIZES, help="expected shapes: released (default) or the tiny test model")
 
 # %% ../nbs/32_generate.ipynb #e692bcd9
 def _add_sampling_args(g:argparse.ArgumentParser):
     "The options of the sampling: size, steps, guidance, seed, zoom, and the source lens (one way at most)."
-    d = DEFAULTS
+    d = GenerateSettings.defaults()
     g.add_argument('--frames', type=int, help=f"frames, 4k+1 (default {d['frames']})")
     g.add_argument('--height', type=int, help=f"height, a multiple of 16 (default {d['height']})")
     g.add_argument('--width', type=int, help=f"width, a multiple of 16 (default {d['width']})")
@@ -522,11 +552,12 @@ def _add_sampling_args(g:argparse.ArgumentParser):
 # %% ../nbs/32_generate.ipynb #0065b936
 def _add_run_args(g:argparse.ArgumentParser):
     "The options of how it runs: memory, device, dtype, the base model alone, processes, overwriting, bars."
-    g.add_argument('--memory', choices=['resident', 'model_offload', 'block_offload'], help='where the parts live (default resident)')
+    d = GenerateSettings.defaults()
+    g.add_argument('--memory', choices=MEMORY_MODES, help=f"where the parts live (default {d['memory']})")
     g.add_argument('--device', help='cuda, cuda:1, cpu (default: cuda if available)')
-    g.add_argument('--dtype', choices=DTYPE_CHOICES, help='DiT weights dtype (default bf16)')
+    g.add_argument('--dtype', choices=DTYPE_CHOICES, help=f"DiT weights dtype (default {d['dtype']})")
     g.add_argument('--vae-tiled', action='store_true', default=None, help='decode in tiles (less memory)')
-    g.add_argument('--numerics', choices=['exact', 'released'], help="exact (default): float32 timesteps, latents and VAE; "
+    g.add_argument('--numerics', choices=NUMERICS, help="exact (default): float32 timesteps, latents and VAE; "
                    "released: the published pipeline's own numerics step for step (bf16 timesteps, latents and tiled VAE, "
                    "PIL resize then crop, frames floored to 8 bits), to remake the paper's videos")
     g.add_argument('--deterministic', action='store_true', default=None, help='deterministic GPU kernels '
@@ -539,8 +570,9 @@ def _add_run_args(g:argparse.ArgumentParser):
     g.add_argument('--quiet', action='store_true', help='no progress bars')
 
 # %% ../nbs/32_generate.ipynb #90524887
-def _run_batch(args:argparse.Namespace, s:dict, weights, traj, log) -> list[JobResult]:
-    "Batch mode of `run_generate`: every clip of `args.batch` x every trajectory, in one process or sharded."
+def _run_batch(args:argparse.Namespace, s:dict, run:TrainingRun|None, weights, traj, log) -> list[JobResult]:
+    """Batch mode of `run_generate`: every clip of `args.batch` x every trajectory, in one process or sharded; `s`: the
+    settings given (None: unset), `run`: the training run `weights` name, if any."""
     if args.video or args.out or args.prompt is not None:
         raise InfcamError("batch mode takes the clips and prompts from metadata.csv and writes to --out-dir; drop --video/--prompt/--out")
     if not args.out_dir: raise InfcamError("batch mode needs --out-dir")
@@ -549,10 +581,13 @@ def _run_batch(args:argparse.Namespace, s:dict, weights, traj, log) -> list[JobR
     jobs = make_jobs(read_batch(args.batch), trajs, args.out_dir)
     check_int(args.devices, '--devices', 1); check_int(args.num_nodes, '--num-nodes', 1)
     if args.devices > 1 or args.num_nodes > 1:
-        res = run_sharded(jobs, weights, s, args.devices, args.num_nodes, args.overwrite, not args.quiet, args.quiet)
-    else: res = run_jobs(jobs, weights, s, overwrite=args.overwrite, strict=False, progress=not args.quiet, log=log)
+        res = run_sharded(jobs, weights, s, args.devices, args.num_nodes, args.overwrite, not args.quiet, args.quiet,
+                          run)
+    else:
+        res = run_jobs(jobs, weights, s, overwrite=args.overwrite, strict=False, progress=not args.quiet, log=log,
+                       run=run)
     done, skipped, failed = ([r for r in res if r.status == k] for k in ('done', 'skipped', 'failed'))
-    if int(os.environ.get('RANK', 0)) == 0:           # under torchrun, every process has the results; one reports
+    if is_lead():                                     # under torchrun, every process has the results; one reports
         print(f"generated {len(done)}, skipped {len(skipped)} (already there), failed {len(failed)} of {len(res)}")
         for r in failed: print(f"  FAILED {r.job.video.name} x {r.job.trajectory}: {r.message}")
     if failed: raise InfcamError(f"{len(failed)} of {len(res)} generation(s) failed (listed above)")
@@ -561,7 +596,7 @@ def _run_batch(args:argparse.Namespace, s:dict, weights, traj, log) -> list[JobR
 # %% ../nbs/32_generate.ipynb #7cfe9327
 def run_generate(args:argparse.Namespace) -> list[JobResult]:
     "Run `infcam generate` from parsed `args`; raises `InfcamError` on a user error or when any batch job failed."
-    s = {k: getattr(args, k, None) for k in DEFAULTS}
+    s = {k: getattr(args, k, None) for k in GenerateSettings.defaults()}
     weights, hashes = args.weights, None
     video, prompt, traj = args.video, args.prompt, args.trajectory
     if args.from_json:
@@ -574,16 +609,16 @@ def run_generate(args:argparse.Namespace) -> list[JobResult]:
         weights, video, prompt, traj = weights or r['weights'], video or r['video'], prompt if prompt is not None else r['prompt'], traj or r['trajectory']
         hashes = r['hashes']
     log = (lambda *a: None) if args.quiet else print
-    if (run := training_run(weights, s['checkpoint'])) is not None:       # frames, size, dtype from the run when unset
-        s = run_settings(run, s)
-        if prompt is None and not args.batch and run.config.get('caption') is not None: prompt = run.config['caption']
-    if args.batch: return _run_batch(args, s, weights, traj, log)
+    run = training_run(weights, s['checkpoint'])          # looked for once; unset settings come from it
+    if run is not None and prompt is None and not args.batch and run.config.get('caption') is not None:
+        prompt = run.config['caption']
+    if args.batch: return _run_batch(args, s, run, weights, traj, log)
     if args.trajectories: raise InfcamError("--trajectories is for --batch; give one --trajectory")
     if args.devices != 1 or args.num_nodes != 1: raise InfcamError("--devices and --num-nodes share the jobs of a --batch run")
     missing = [n for n, v in (('--video', video), ('--prompt', prompt), ('--trajectory', traj), ('--out', args.out)) if v is None]
     if missing: raise InfcamError(f"missing {', '.join(missing)} (or use --batch FOLDER, or --from result.json)")
     res = run_jobs([Job(Path(video), prompt, str(traj), Path(args.out))], weights, s, overwrite=args.overwrite,
-                   strict=True, progress=not args.quiet, log=log)
+                   strict=True, progress=not args.quiet, log=log, run=run)
     if hashes is not None:
         new = json.loads(Path(args.out).with_suffix('.json').read_text())['weights']['files']
         same = {k: [f['sha256'] for f in v] for k, v in new.items()} == {k: [f['sha256'] for f in v] for k, v in hashes.items()}

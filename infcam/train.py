@@ -59,7 +59,8 @@ def run(args) -> Path:
     from infcam.cache import CachedPairDataset
     from infcam.models import WanConfig
     from infcam.checkpoints import list_checkpoints
-    from infcam.training import InfCamModule, fit, is_global_zero, check_fit_args
+    from infcam.training import InfCamModule, fit, check_fit_args
+    from infcam.processes import is_global_zero
     devices = int(args.devices) if str(args.devices).isdigit() else args.devices
     check_seed(args.seed, '--seed', bits=31)               # Lightning seeds each rank with seed + rank, in 32 bits
     check_fit_args(args.max_steps, args.batch_size, args.accumulate, args.every, args.keep_last, args.keep_every,   # before any loading

@@ -16,15 +16,16 @@ import lightning as L
 from .core import InfcamError, atomic_path, folder_lock, write_figure, check_int, check_number
 from .models import InfCamConfig
 from .scheduler import FlowMatchScheduler
+from .processes import is_global_zero, leave_new_group
 from .checkpoints import build_model, list_checkpoints, prune_checkpoints, read_checkpoint, save_checkpoint, set_rng_state
 from .zero import deepspeed_engine, is_zero_param, load_zero_shards, save_zero_checkpoint, zero_full_param
 
 # %% auto #0
 __all__ = ['ADAMW_DEFAULTS', 'LR_SCHEDULES', 'STRATEGIES', 'RESUMABLE', 'ACCELERATORS', 'PRECISIONS', 'collate', 'StepSampler',
            'EpochIndexed', 'StepData', 'lr_factor', 'InfCamModule', 'eval_loss', 'CheckpointCallback',
-           'lightning_strategy', 'default_precision', 'is_global_zero', 'finish_wandb', 'wandb_logger', 'read_log',
-           'read_losses', 'plot_loss', 'config_diff', 'check_hardware', 'check_fit_args', 'run_config',
-           'check_resumable', 'run_loggers', 'fit']
+           'lightning_strategy', 'default_precision', 'finish_wandb', 'wandb_logger', 'read_log', 'read_losses',
+           'plot_loss', 'config_diff', 'check_hardware', 'check_fit_args', 'run_config', 'check_resumable',
+           'run_loggers', 'fit']
 
 # %% ../nbs/42_training.ipynb #b63b7aee
 def collate(items:list[dict]) -> dict:
@@ -275,13 +276,6 @@ def default_precision(accelerator:str='auto') -> str:
     return 'bf16-mixed' if gpu else '32-true'
 
 # %% ../nbs/42_training.ipynb #5a603bc4
-def is_global_zero() -> bool:
-    """Whether this process is global rank 0: Lightning's rank once a strategy has set it, else the launcher's
-    environment (`RANK`, `NODE_RANK`, `LOCAL_RANK`)."""
-    from lightning.pytorch.utilities.rank_zero import rank_zero_only
-    if getattr(rank_zero_only, 'rank', 0) != 0: return False
-    return all(os.environ.get(k, '0') == '0' for k in ('RANK', 'NODE_RANK', 'LOCAL_RANK'))
-
 def finish_wandb():
     "Close the Weights & Biases run of this process, if one was started (wandb's own API; nothing to do otherwise)."
     import wandb
@@ -450,10 +444,9 @@ def fit(module:InfCamModule, dataset, run_dir, max_steps:int, batch_size:int=1, 
             warnings.filterwarnings('ignore', message='.*(does not have many workers|Consider setting `persistent_workers`|LeafSpec).*')
             try:
                 if wandb is not None and is_global_zero(): wb.experiment.define_metric('train/*', step_metric='step')
-                pg, had_group = torch.distributed, torch.distributed.is_initialized()
-                trainer.fit(module, datamodule=StepData(dataset, batch_size, num_workers, module.seed, module.start_step * accumulate))
-                if not had_group and pg.is_initialized() and pg.get_backend() == 'gloo':
-                    pg.destroy_process_group()                        # the group this fit opened; left open, a rank can abort at exit
+                with leave_new_group():                                   # left open, a rank can abort at exit
+                    data = StepData(dataset, batch_size, num_workers, module.seed, module.start_step * accumulate)
+                    trainer.fit(module, datamodule=data)
             finally:
                 if plot and trainer.is_global_zero: plot_loss(run_dir)
                 if wandb is not None and trainer.is_global_zero: finish_wandb()

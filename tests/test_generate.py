@@ -57,11 +57,14 @@ def single(clip, weights, out, *extra):
 
 def test_single_outputs_and_sidecar(clip, weights, tmp_path, capsys, monkeypatch):
     import infcam.pipeline as P
-    out, loaded = tmp_path / 'r' / 'y.mp4', []
-    real = P.load_trajectory
-    monkeypatch.setattr(P, 'load_trajectory', lambda *a, **k: (loaded.append(a[0]), real(*a, **k))[1])
+    out, loaded, runs = tmp_path / 'r' / 'y.mp4', [], []
+    for m in (G, P):
+        real = m.load_trajectory
+        monkeypatch.setattr(m, 'load_trajectory', lambda *a, real=real, **k: (loaded.append(a[0]), real(*a, **k))[1])
+    real_run = G.training_run
+    monkeypatch.setattr(G, 'training_run', lambda *a, **k: (runs.append(a), real_run(*a, **k))[1])
     assert generate_main(single(clip, weights, out, '--seed', '3', '--focal-mm', '35')) == 0
-    assert loaded == ['arc_left']                                            # the pipeline prepares the job once
+    assert loaded == ['arc_left'] and len(runs) == 1          # the trajectory loaded, the run looked for: once each
     for p in (out, out.with_suffix('.sbs.mp4'), out.with_suffix('.json')): assert p.is_file(), p
     assert read_video(out).shape == (9, 3, 32, 48)
     from infcam.video import video_info
@@ -135,6 +138,24 @@ def test_user_errors_before_loading(clip, weights, tmp_path, capsys, monkeypatch
     loads = Loads(monkeypatch)
     assert generate_main(single(clip, weights, tmp_path / 'y.mp4') + extra) == 2
     assert msg in capsys.readouterr().err and loads.n == 0       # refused before any weight was read
+
+
+def test_a_batch_reads_a_trajectory_file_and_looks_for_the_run_once(clip, weights, tmp_path, monkeypatch):
+    import infcam.trajectories as T
+    b = tmp_path / 'batch'; b.mkdir()
+    shutil.copy(clip, b / 'a.mp4'); shutil.copy(clip, b / 'b.mp4')
+    (b / 'metadata.csv').write_text('file_name,text\na.mp4,a street\nb.mp4,a field\n')
+    T.Trajectory([T.Keyframe(0.), T.Keyframe(1., yaw=10., zoom=1.5)], name='turn').save(tmp_path / 'turn.yaml')
+    reads, runs = [], []
+    real_read, real_run = T.read_trajectory_file, G.training_run
+    monkeypatch.setattr(T, 'read_trajectory_file', lambda p: (reads.append(p), real_read(p))[1])
+    monkeypatch.setattr(G, 'training_run', lambda *a, **k: (runs.append(a), real_run(*a, **k))[1])
+    assert generate_main(['generate', '--batch', str(b), '--trajectories', str(tmp_path / 'turn.yaml'), '--weights',
+                          str(weights), '--out-dir', str(tmp_path / 'out'), *SMALL]) == 0
+    assert len(reads) == 1 and len(runs) == 1                   # two jobs, one file read, one look for a run
+    side = json.loads((tmp_path / 'out' / 'b_turn.json').read_text())
+    assert side['trajectory'] == str(tmp_path / 'turn.yaml')
+    assert side['intrinsics']['K_tgt'][0] > side['intrinsics']['K_src'][0]   # the file's zoom reached the pipeline
 
 
 def test_unreadable_and_short_video(weights, tmp_path, capsys, monkeypatch):
