@@ -269,9 +269,8 @@ def _evaluate_parser(sub):
 
 # %% ../nbs/07_cli.ipynb #ccfe13e8
 def _weights_check(a):
-    from infcam.weights import check_weights
-    from infcam.weights import WeightsSpec
-    spec = WeightsSpec.tiny() if a.size == 'tiny' else WeightsSpec.released()
+    from infcam.weights import check_weights, WeightsSpec
+    spec = WeightsSpec.named(a.size)
     report = check_weights(a.folder, spec=spec, infcam_checkpoint=a.checkpoint, values=not a.shapes_only)
     print(report)
     if not report.usable: raise InfcamError(f"{a.folder} is not usable for generation: {len(report.problems)} problem(s) listed above")
@@ -283,6 +282,7 @@ def _weights_convert(a):
 
 @subcommand
 def _weights_parser(sub):
+    from infcam.weights import WEIGHT_SIZES
     w = sub.add_parser('weights', help='check or convert downloaded weights').add_subparsers(dest='action', metavar='ACTION')
     w.required = True
     wc = w.add_parser('check', help='say what is present, missing or wrong in a weights folder',
@@ -293,7 +293,7 @@ def _weights_parser(sub):
     wc.add_argument('--checkpoint', help='the InfCam checkpoint, if it is not inside the folder')
     wc.add_argument('--shapes-only', action='store_true',
                     help="check names and shapes only, not the DiT files' values (reads headers: seconds instead of a minute)")
-    wc.add_argument('--size', choices=['released', 'tiny'], default='released',
+    wc.add_argument('--size', choices=WEIGHT_SIZES, default='released',
                     help="expected shapes: the released Wan2.1-T2V-1.3B (default) or the project's tiny test model")
     wc.set_defaults(func=_weights_check)
     wv = w.add_parser('convert', help='convert a pickled checkpoint (e.g. step35000.ckpt) to safetensors',

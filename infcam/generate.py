@@ -20,10 +20,12 @@ from .checkpoints import TrainingRun, training_run
 from .processes import fabric_strategy, gather_and_leave, is_lead, launched_externally
 from .trajectories import Trajectory, load_trajectory
 from .pipeline import MEMORY_MODES, NUMERICS, WAN_NEGATIVE_PROMPT
-from .video import check_size, check_video_memory, read_video, video_info, write_video, write_comparison, WAN_FPS
+from .weights import WeightsSpec, WEIGHT_SIZES
+from .memory import check_generation_memory
+from .video import check_size, read_video, video_info, write_video, write_comparison, WAN_FPS
 
 # %% auto #0
-__all__ = ['ESTIMATE_METHODS', 'SIZES', 'GenerateSettings', 'weight_hashes', 'Job', 'JobResult', 'trajectory_name', 'read_batch',
+__all__ = ['ESTIMATE_METHODS', 'GenerateSettings', 'weight_hashes', 'Job', 'JobResult', 'trajectory_name', 'read_batch',
            'clip_names', 'make_jobs', 'load_pipeline', 'check_weights_usable', 'source_fps', 'job_trajectory',
            'deterministic_algorithms', 'run_jobs', 'run_sharded', 'run_settings', 'resolve_settings',
            'load_run_pipeline', 'run_hashes', 'settings_from_sidecar', 'run_generate', 'add_generate_parser',
@@ -31,7 +33,7 @@ __all__ = ['ESTIMATE_METHODS', 'SIZES', 'GenerateSettings', 'weight_hashes', 'Jo
 
 # %% ../nbs/32_generate.ipynb #e2817b00
 ESTIMATE_METHODS = ('selfcal', 'unidepth')
-SIZES = ('released', 'tiny')                       # the shapes the weights must have: Wan2.1's, or the test model's
+
 
 # %% ../nbs/32_generate.ipynb #17e78d15
 @dataclass
@@ -55,7 +57,7 @@ class GenerateSettings:
     device: str|None = None            # cuda, cuda:1, cpu; None: cuda if available
     dtype: str = 'bf16'                # the DiT's weights (`DTYPE_CHOICES`)
     vae_tiled: bool = False            # decode in tiles (less memory)
-    size: str = 'released'             # the shapes the weights must have (`SIZES`)
+    size: str = 'released'             # the shapes the weights must have (`WEIGHT_SIZES`)
     checkpoint: str|None = None        # the InfCam checkpoint if not in the weights folder, or a training checkpoint
     base_only: bool = False            # the base Wan DiT alone, without camera control
     numerics: str = 'exact'            # `NUMERICS`: exact, or the published pipeline's step for step
@@ -91,9 +93,16 @@ class GenerateSettings:
         if self.numerics == 'released' and self.dtype != 'bf16':
             raise InfcamError("--numerics released runs the DiT in bf16, as the published pipeline does; "
                               f"drop --dtype {self.dtype}")
-        if self.size not in SIZES: raise InfcamError(f"unknown --size {self.size!r}; 'released' or 'tiny'")
         if self.device is not None: check_device(self.device)
-        check_video_memory(self.frames, self.height, self.width)
+        device = self.device or ('cuda' if torch.cuda.is_available() else 'cpu')
+        check_generation_memory(self.spec, self.frames, self.height, self.width, dtype=self.dtype, device=device,
+                                memory=self.memory, vae_tiled=self.vae_tiled, guided=float(self.cfg) != 1.0,
+                                base_only=self.base_only)
+
+    @property
+    def spec(self) -> WeightsSpec:
+        "The shapes the weights must have (`WeightsSpec.named(size)`)."
+        return WeightsSpec.named(self.size)
 
     @classmethod
     def defaults(cls) -> dict:
@@ -226,8 +235,7 @@ def _oom_message(memory:str, s:GenerateSettings) -> str:
 def load_pipeline(weights, s:GenerateSettings):
     "Load `InfCamPipeline.from_pretrained` for the settings `s` (one call per batch)."
     from infcam.pipeline import InfCamPipeline
-    from infcam.weights import WeightsSpec
-    spec = WeightsSpec.tiny() if s.size == 'tiny' else WeightsSpec.released()
+    spec = s.spec
     try:
         return InfCamPipeline.from_pretrained(weights, s.checkpoint, device=s.device, dtype=as_dtype(s.dtype),
                                               memory=s.memory, vae_tiled=s.vae_tiled, spec=spec,
@@ -237,8 +245,8 @@ def load_pipeline(weights, s:GenerateSettings):
 def check_weights_usable(weights, s:GenerateSettings):
     """The `WeightsReport` of `weights`, or `InfcamError` naming what blocks generation (the file expected). The InfCam
     checkpoint is required unless `s.base_only` asks for generation without camera control."""
-    from infcam.weights import check_weights, WeightsSpec, TITLES
-    spec = WeightsSpec.tiny() if s.size == 'tiny' else WeightsSpec.released()
+    from infcam.weights import check_weights, TITLES
+    spec = s.spec
     if weights is None: raise InfcamError("no weights folder given; pass --weights DIR (see `infcam weights check`)")
     report = check_weights(weights, spec, s.checkpoint)
     if not (report.usable_base_only if s.base_only else report.usable):
@@ -472,11 +480,11 @@ def load_run_pipeline(run:TrainingRun, s:GenerateSettings, weights=None):
     codec = weightless_codec(codec_tag)
     te = RandomTextEncoder(model.config.text_dim, text_len=model.config.text_len) if text == 'random' else None
     if codec is None or te is None:
-        from infcam.weights import check_weights, WeightsSpec
+        from infcam.weights import check_weights
         if weights is None or Path(weights) == run.run_dir:
             raise InfcamError(f"this run was trained on {codec_tag} latents and {text} text states: pass the Wan2.1 weights "
                               f"folder with --weights and the run's checkpoint with --checkpoint {run.checkpoint}")
-        report = check_weights(weights, WeightsSpec.tiny() if s.size == 'tiny' else WeightsSpec.released())
+        report = check_weights(weights, s.spec)
         c = report.components
         if bad := [k for k in (['vae'] if codec is None else []) + (['text_encoder', 'tokenizer'] if te is None else []) if not c[k].ok]:
             raise InfcamError(f"weights in {weights}: " + '; '.join(p for k in bad for p in c[k].problems[:1]))
@@ -528,7 +536,7 @@ def _add_weights_args(g:argparse.ArgumentParser):
     "The options naming the weights: a released folder or a training run, a checkpoint, the expected shapes."
     g.add_argument('--weights', help='weights folder (see `infcam weights check`), or a training run folder of `python -m infcam.train`')
     g.add_argument('--checkpoint', help='the InfCam checkpoint, if it is not inside the weights folder, or a training checkpoint RUN_DIR/ckpt/stepN')
-    g.add_argument('--size', choices=SIZES, help="expected shapes: released (default) or the tiny test model")
+    g.add_argument('--size', choices=WEIGHT_SIZES, help="expected shapes: released (default) or the tiny test model")
 
 # %% ../nbs/32_generate.ipynb #e692bcd9
 def _add_sampling_args(g:argparse.ArgumentParser):

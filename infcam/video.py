@@ -11,11 +11,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from .core import InfcamError, atomic_path, check_overwrite
+from .memory import check_memory
 
 # %% auto #0
-__all__ = ['WAN_FPS', 'MAX_SIDE', 'X264_AVX512', 'check_size', 'memory_bytes', 'check_video_memory', 'fit_frames', 'to_uint8',
-           'pil_fit_frames', 'video_info', 'read_video', 'write_video', 'side_by_side', 'draw_label',
-           'write_comparison']
+__all__ = ['WAN_FPS', 'MAX_SIDE', 'X264_AVX512', 'check_size', 'check_video_memory', 'fit_frames', 'to_uint8', 'pil_fit_frames',
+           'video_info', 'read_video', 'write_video', 'side_by_side', 'draw_label', 'write_comparison']
 
 # %% ../nbs/05_video.ipynb #5528c3c1
 WAN_FPS = 16
@@ -29,17 +29,10 @@ def check_size(height:int, width:int, multiple:int=16):
             raise InfcamError(f"{name} {v!r} must be a positive multiple of {multiple}")
         if v > MAX_SIDE: raise InfcamError(f"{name} {v} is larger than {MAX_SIDE} pixels, the most infcam handles")
 
-def memory_bytes() -> int:
-    "The physical memory of this machine in bytes (0 where the system does not say)."
-    try: return os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
-    except (ValueError, OSError, AttributeError): return 0
-
 def check_video_memory(num_frames:int, height:int, width:int, copies:int=4, what:str='video'):
-    "Raise `InfcamError` if `copies` float32 copies of a `num_frames x 3 x height x width` clip exceed this machine's memory."
-    need, have = copies * num_frames * 3 * height * width * 4, memory_bytes()
-    if have and need > have:
-        raise InfcamError(f"a {num_frames}x{height}x{width} {what} needs about {need / 2**30:.0f} GB of memory, more than this "
-                          f"machine's {have / 2**30:.0f} GB; use a smaller --height/--width or fewer --frames")
+    "Raise `InfcamError` if `copies` float32 copies of a `num_frames x 3 x height x width` clip exceed what this process may use."
+    check_memory(copies * num_frames * 3 * height * width * 4, f"a {num_frames}x{height}x{width} {what}",
+                 "use a smaller --height/--width or fewer --frames")
 
 # %% ../nbs/05_video.ipynb #8f5c62ce
 def fit_frames(frames:torch.Tensor, # (F, 3, H, W) in [0, 1]

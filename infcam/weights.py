@@ -16,12 +16,15 @@ from .models.wan import WanConfig, WanDiT
 from .models.infcam import InfCamDiT, InfCamConfig
 
 # %% auto #0
-__all__ = ['COMPONENTS', 'TITLES', 'DIT_ANCHOR', 'WAN_HEAD_DIM', 'EXPECTED_FILES', 'WeightsSpec', 'dit_to_diffusers',
-           'dit_from_diffusers', 'expected_tensors', 'safetensors_header', 'save_safetensors', 'read_tensors',
-           'find_dit_prefix', 'infer_dit_config', 'DiTCheckpoint', 'read_dit_checkpoint', 'load_infcam_checkpoint',
-           'convert_checkpoint', 'load_dit', 'find_weights', 'ComponentCheck', 'WeightsReport', 'check_weights']
+__all__ = ['WEIGHT_SIZES', 'COMPONENTS', 'TITLES', 'DIT_ANCHOR', 'WAN_HEAD_DIM', 'EXPECTED_FILES', 'WeightsSpec',
+           'dit_to_diffusers', 'dit_from_diffusers', 'expected_tensors', 'safetensors_header', 'save_safetensors',
+           'read_tensors', 'find_dit_prefix', 'infer_dit_config', 'DiTCheckpoint', 'read_dit_checkpoint',
+           'load_infcam_checkpoint', 'convert_checkpoint', 'load_dit', 'find_weights', 'ComponentCheck',
+           'WeightsReport', 'check_weights']
 
 # %% ../nbs/16_weights.ipynb #4d033f10
+WEIGHT_SIZES = ('released', 'tiny')   # the named shapes weights can have: Wan2.1's, or the test model's
+
 @dataclass
 class WeightsSpec:
     "The shapes a set of weights should have: DiT config, VAE config (diffusers `AutoencoderKLWan`), umT5 hyper-parameters."
@@ -42,6 +45,12 @@ class WeightsSpec:
         dit = WanConfig.preset('tiny')
         return cls(dit, dict(WAN21_VAE_CONFIG, base_dim=8), dict(vocab=64, dim=dit.text_dim, dim_attn=dit.text_dim, dim_ffn=2 * dit.text_dim,
                                                  num_heads=4, num_layers=2))
+
+    @classmethod
+    def named(cls, size:str) -> WeightsSpec:
+        "The spec called `size`, one of `WEIGHT_SIZES`: 'released' (Wan2.1's shapes) or 'tiny' (the test model's)."
+        if size not in WEIGHT_SIZES: raise InfcamError(f"unknown --size {size!r}; use one of {', '.join(WEIGHT_SIZES)}")
+        return cls.released() if size == 'released' else cls.tiny()
 
     def key(self) -> str:
         "A JSON text identifying the shapes (used to cache the derived name lists)."

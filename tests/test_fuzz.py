@@ -644,3 +644,23 @@ def test_generate_stopped_while_writing_leaves_nothing(weights, clip, tmp_path, 
     assert _generate(clip, weights, out) == 128 + sig
     assert one_line(capsys) == f'infcam: interrupted ({signal.Signals(sig).name})'
     assert not list(out.parent.iterdir()), list(out.parent.iterdir())
+
+
+def test_a_generation_beyond_the_memory_limit_is_refused_before_loading(weights, clip, tmp_path):
+    """Under an address-space limit (`prlimit --as`, `ulimit -v`), 33 frames at 2048x2048 with the tiny model are refused
+    in one line before the model loads (they died in the allocator); the small run still works under the same limit."""
+    import resource
+    def limit(): resource.setrlimit(resource.RLIMIT_AS, (6_000_000_000, 6_000_000_000))
+    base = [sys.executable, '-m', 'infcam.cli', 'generate', '--video', str(clip), '--prompt', 'a street', '--trajectory',
+            'arc_left', '--weights', str(weights), *SMALL]
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    big = subprocess.run(base + ['--frames', '33', '--height', '2048', '--width', '2048', '--out', str(tmp_path / 'big.mp4')],
+                         capture_output=True, text=True, preexec_fn=limit, env=env, timeout=300)
+    err = big.stderr.strip().splitlines()
+    assert big.returncode == 2 and len(err) == 1, big.stderr[-2000:]
+    assert 'a 33x2048x2048 generation needs about' in err[0] and 'address-space limit' in err[0], err
+    assert not list(tmp_path.glob('big*'))
+    small = subprocess.run(base + ['--out', str(tmp_path / 'small.mp4')], capture_output=True, text=True,
+                           preexec_fn=limit, env=env, timeout=300)
+    assert small.returncode == 0, small.stderr[-2000:]
+    assert (tmp_path / 'small.mp4').stat().st_size > 0
