@@ -114,8 +114,10 @@ def _settle(d, timeout:float=120):
         time.sleep(0.2)
     raise AssertionError(f"the kernel stayed busy for {timeout:.0f} s")
 
-def _run_notebook(d, lab:str, name:str):
-    "Open `name` in JupyterLab and run all its cells; fail with the first traceback shown."
+def _run_notebook(d, lab:str, name:str, ready:str):
+    """Open `name` in JupyterLab and run all its cells; fail with the first traceback shown. Then wait for the element
+    `ready` (a CSS selector): the kernel is idle before the browser has drawn the widgets it sent, more so on a busy
+    machine."""
     d.get(f'{lab}/lab/tree/nbs/{name}')
     _wait(d, f"const w = window.jupyterapp && {NB}; const k = w && w.sessionContext && w.sessionContext.session && "
              f"w.sessionContext.session.kernel; return w && w.title.label === '{name}' && k && k.status === 'idle'",
@@ -129,6 +131,7 @@ def _run_notebook(d, lab:str, name:str):
                               ".map(c => c.model.executionCount)")
     assert counts and all(c is not None for c in counts), f"cells not run: {counts}"
     _settle(d)
+    _wait(d, "return document.querySelector(arguments[0])", 120, f"{ready} to be drawn", ready)
 
 def _png(data:bytes) -> torch.Tensor:
     "A PNG as a float image (3, H, W) in [0, 1] (values k/255)."
@@ -214,7 +217,7 @@ def _check_panel(d) -> tuple[float|None, float]:
 
 def test_homography_panel_shows_the_warp(lab, browser, tmp):
     d = browser
-    _run_notebook(d, lab, '03_homography.ipynb')
+    _run_notebook(d, lab, '03_homography.ipynb', f'{PANEL_OUT} img')
     d.execute_script("arguments[0].scrollIntoView({block: 'start'})", _slider(d, 'yaw'))
     p0, f0 = _check_panel(d)                                        # as the notebook left it: yaw 15, pitch 5
     assert p0 is not None and 0.5 < f0 < 1
@@ -250,7 +253,7 @@ def test_designer_edit_scrub_save(lab, browser, tmp):
     from infcam.preview import preview_frames, source_intrinsics
     from infcam.video import read_video
     d = browser
-    _run_notebook(d, lab, '04_trajectories.ipynb')
+    _run_notebook(d, lab, '04_trajectories.ipynb', '.infcam-designer .infcam-preview')
     css = _designer_css
     designer = d.find_element(By.CSS_SELECTOR, '.infcam-designer')
     d.execute_script("arguments[0].scrollIntoView({block: 'start'})", designer)
