@@ -37,7 +37,8 @@ class Interrupted(BaseException):
 
 @contextlib.contextmanager
 def stop_on_signals():
-    "Within the block SIGINT and SIGTERM raise `Interrupted` once (later ones are ignored while cleaning up); main thread only."
+    """Within the block SIGINT and SIGTERM raise `Interrupted` once (later ones are ignored while cleaning up); main
+    thread only."""
     import signal, threading
     if threading.current_thread() is not threading.main_thread(): yield; return
     def stop(signum, frame):
@@ -73,14 +74,18 @@ def check_device(device, what:str='--device'):
         raise InfcamError(f"{what} {device!r} is not a device infcam runs on; use cpu, cuda or cuda:N")
     if dev.type == 'cuda':
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if n == 0: raise InfcamError(f"{what} {device}: no CUDA GPU is visible to PyTorch {torch.__version__} here; use cpu")
-        if dev.index is not None and dev.index >= n: raise InfcamError(f"{what} {device}: this machine has {n} CUDA GPU(s)")
-    if dev.type == 'mps' and not torch.backends.mps.is_available(): raise InfcamError(f"{what} {device}: MPS is not available here")
+        if n == 0:
+            raise InfcamError(f"{what} {device}: no CUDA GPU is visible to PyTorch {torch.__version__} here; use cpu")
+        if dev.index is not None and dev.index >= n:
+            raise InfcamError(f"{what} {device}: this machine has {n} CUDA GPU(s)")
+    if dev.type == 'mps' and not torch.backends.mps.is_available():
+        raise InfcamError(f"{what} {device}: MPS is not available here")
     return dev
 
 # %% ../nbs/00_core.ipynb #688da595
 def check_int(v, what:str, lo:int=0, hi:int|None=None) -> int:
-    "`v` as an `int` if it is an integer (Python's or NumPy's, not a bool) in `[lo, hi]`, else `InfcamError` saying the range."
+    """`v` as an `int` if it is an integer (Python's or NumPy's, not a bool) in `[lo, hi]`, else `InfcamError` saying
+    the range."""
     if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo or (hi is not None and v > hi):
         rng = f'an integer >= {lo}' if hi is None else f'an integer from {lo} to {hi}'
         raise InfcamError(f"{what} must be {rng}, got {v!r}")
@@ -93,7 +98,8 @@ def check_number(v, what:str, lo:float=-math.inf, hi:float=math.inf, positive:bo
             or (positive and not v > 0)):
         rng = (('a positive number' if hi == math.inf else f'a number above 0 and at most {hi:g}') if positive else
                f'a number from {lo:g} to {hi:g}' if math.isfinite(lo) and math.isfinite(hi) else
-               f'a number >= {lo:g}' if math.isfinite(lo) else f'a number <= {hi:g}' if math.isfinite(hi) else 'a finite number')
+               f'a number >= {lo:g}' if math.isfinite(lo) else f'a number <= {hi:g}'
+               if math.isfinite(hi) else 'a finite number')
         raise InfcamError(f"{what} must be {rng}, got {v!r}")
     return float(v)
 
@@ -152,7 +158,8 @@ def atomic_path(path, overwrite:bool=True):
     "Yield a temporary path beside `path`; rename it onto `path` only if the block finishes without error."
     path = check_overwrite(path, overwrite)
     make_folder(path.parent)
-    if (d := str(path.parent.resolve())) not in _swept: clean_stale_temps(path.parent); _swept.add(d)   # once per folder and process
+    # once per folder and process
+    if (d := str(path.parent.resolve())) not in _swept: clean_stale_temps(path.parent); _swept.add(d)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.{os.getpid()}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
@@ -160,7 +167,8 @@ def atomic_path(path, overwrite:bool=True):
     os.chmod(tmp, 0o666 & ~umask)                     # mkstemp makes 0600; give the file normal permissions
     try:
         yield tmp
-        if tmp.is_file(): os.chmod(tmp, 0o666 & ~umask)   # writers that replace the file (safetensors) make it 0600 again
+        # writers that replace the file (safetensors) make it 0600 again
+        if tmp.is_file(): os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if tmp.exists(): tmp.unlink()
@@ -193,7 +201,8 @@ def folder_lock(folder, what:str='run'):
                 with contextlib.suppress(FileNotFoundError): lock.unlink()   # stale: its run was killed
                 continue
             raise InfcamError(f"{folder} is in use by another infcam {o.get('what', 'run')} (process {o.get('pid')} on "
-                              f"{o.get('host')}); wait for it to finish, or delete {lock} if that process is gone") from None
+                              f"{o.get('host')}); wait for it to finish, or delete {lock} if that process "
+                              "is gone") from None
         with os.fdopen(fd, 'w') as fh: json.dump(me, fh)
         break
     else: raise InfcamError(f"cannot take the lock {lock}")
@@ -242,7 +251,8 @@ def file_sha256(path, cache:bool=True, chunk:int=1 << 24) -> str:
 
 # %% ../nbs/00_core.ipynb #3e81bb61
 def short_list(names, n:int=8) -> str:
-    "`a, b, c (and 5 more)`: the first `n` of `names` in natural order (`blocks.2` before `blocks.10`), for one-line messages."
+    """`a, b, c (and 5 more)`: the first `n` of `names` in natural order (`blocks.2` before `blocks.10`), for one-line
+    messages."""
     names = sorted((str(x) for x in names), key=natural_key)
     return ", ".join(names[:n]) + (f" (and {len(names) - n} more)" if len(names) > n else "")
 
@@ -263,7 +273,8 @@ def load_pickle(path, what:str='checkpoint', map_location='cpu'):
     except pickle.UnpicklingError as e:
         with open(path, 'rb') as f: head = f.read(2)
         if 'Unsupported operand' in str(e) or not (is_zip or head[:1] == b'\x80'):   # not a pickle at all
-            raise InfcamError(f"{path}: not a readable PyTorch checkpoint ({first_line(e)}; {path.stat().st_size:,d} bytes)") from None
+            raise InfcamError(f"{path}: not a readable PyTorch checkpoint ({first_line(e)}; {path.stat().st_size:,d} "
+                              "bytes)") from None
         raise InfcamError(f"{path}: refused, the file holds more than tensors and loading it would run code "
                           f"({first_line(e)}); convert it to safetensors from a trusted copy") from None
     except Exception as e: raise InfcamError(f"{path}: not a readable PyTorch checkpoint ({first_line(e)})") from None
@@ -272,7 +283,8 @@ def load_pickle(path, what:str='checkpoint', map_location='cpu'):
 WRAPPER_KEYS = ('state_dict', 'module', 'model', 'model_state_dict', 'ema', 'dit', 'transformer', 'net')
 
 def unwrap_state_dict(obj, where:str='checkpoint') -> tuple[dict, list[str]]:
-    "Descend through wrapper dicts (`WRAPPER_KEYS`, or a single key) to a flat `{name: tensor}`; return it and the keys descended."
+    """Descend through wrapper dicts (`WRAPPER_KEYS`, or a single key) to a flat `{name: tensor}`; return it and the
+    keys descended."""
     import torch
     keys = []
     while isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -280,20 +292,24 @@ def unwrap_state_dict(obj, where:str='checkpoint') -> tuple[dict, list[str]]:
         if k is None and len(obj) == 1 and isinstance(next(iter(obj.values())), dict): k = next(iter(obj))
         if k is None: break
         keys.append(k); obj = obj[k]
-    if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-        got = f"a dict with keys {short_list(obj, 6)}" if isinstance(obj, dict) and obj else type(obj).__name__ if not isinstance(obj, dict) else "an empty dict"
+    if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                       for k, v in obj.items()):
+        got = (f"a dict with keys {short_list(obj, 6)}" if isinstance(obj, dict) and obj
+               else type(obj).__name__ if not isinstance(obj, dict) else "an empty dict")
         raise InfcamError(f"{where}: expected a flat dict of named tensors, got {got}")
     return obj, keys
 
 def check_finite(tensors:dict, path, what:str='checkpoint') -> dict:
     "`tensors`, or `InfcamError` naming the floating-point tensors that hold a NaN or an infinity (meta tensors pass)."
-    bad = [k for k, t in tensors.items() if t.is_floating_point() and t.device.type != 'meta' and not bool(t.isfinite().all())]
+    bad = [k for k, t in tensors.items()
+           if t.is_floating_point() and t.device.type != 'meta' and not bool(t.isfinite().all())]
     if bad: raise InfcamError(f"{path}: the {what} holds NaN or infinite values in {short_list(bad, 4)} "
                               f"(a damaged or diverged file); refusing to use it")
     return tensors
 
 def read_state_dict(path, what:str='checkpoint', map_location='cpu') -> dict:
-    "Read a flat `{name: tensor}` from `.safetensors` or a `.pth`/`.ckpt`/`.pt`/`.bin` file (weights-only, memory-mapped)."
+    """Read a flat `{name: tensor}` from `.safetensors` or a `.pth`/`.ckpt`/`.pt`/`.bin` file (weights-only,
+    memory-mapped)."""
     path = Path(path)
     if not path.is_file(): raise InfcamError(f"{what} not found: {path}")
     if path.suffix == '.safetensors':
@@ -305,7 +321,8 @@ def read_state_dict(path, what:str='checkpoint', map_location='cpu') -> dict:
 
 # %% ../nbs/00_core.ipynb #384f402d
 def checkout_root(start=None) -> Path|None:
-    "The infcam checkout `start` (default: the working directory) is in: the folder whose `settings.ini` names `lib_name = infcam`."
+    """The infcam checkout `start` (default: the working directory) is in: the folder whose `settings.ini` names
+    `lib_name = infcam`."""
     here = Path(start or os.getcwd()).resolve()
     for d in (here, *here.parents):
         s = d / 'settings.ini'
@@ -335,7 +352,8 @@ def write_figure(fig, path, close:bool=True, **kw) -> Path:
     return path
 
 def save_figure(name:str, fig=None, **kw) -> Path|None:
-    "Save `fig` (default: the current matplotlib figure) as `figure_path(name)` when figures are asked for; returns the path."
+    """Save `fig` (default: the current matplotlib figure) as `figure_path(name)` when figures are asked for; returns
+    the path."""
     if (path := figure_path(name)) is None: return None
     import matplotlib.pyplot as plt
     return write_figure(fig or plt.gcf(), path, close=False, **kw)      # a notebook still shows it
