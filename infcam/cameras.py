@@ -56,7 +56,8 @@ def _rz(a):
     return torch.stack([c, -s, z, s, c, z, z, z, o], -1).unflatten(-1, (3, 3))
 
 def ypr_to_rotation(yaw, pitch=0., roll=0.) -> Tensor:
-    "Yaw (turn right), pitch (look up), roll (clockwise), in degrees, broadcast (...) -> camera-to-world rotations (..., 3, 3)."
+    """Yaw (turn right), pitch (look up), roll (clockwise), in degrees, broadcast (...) -> camera-to-world rotations
+    (..., 3, 3)."""
     ts = [v for v in (yaw, pitch, roll) if isinstance(v, Tensor) and v.is_floating_point()]
     dtype = ts[0].dtype if ts else torch.float32
     yaw, pitch, roll = torch.broadcast_tensors(*[torch.as_tensor(v, dtype=dtype) for v in (yaw, pitch, roll)])
@@ -64,7 +65,8 @@ def ypr_to_rotation(yaw, pitch=0., roll=0.) -> Tensor:
     return _ry(torch.deg2rad(yaw)) @ _rx(torch.deg2rad(pitch)) @ _rz(torch.deg2rad(roll))
 
 def rotation_to_ypr(R:Tensor) -> Tensor:
-    "Rotations (..., 3, 3) -> (..., 3) `[yaw, pitch, roll]` in degrees with `ypr_to_rotation(*ypr.unbind(-1)) == R`; pitch in [-90, 90]."
+    """Rotations (..., 3, 3) -> (..., 3) `[yaw, pitch, roll]` in degrees with `ypr_to_rotation(*ypr.unbind(-1)) == R`;
+    pitch in [-90, 90]."""
     pitch = torch.asin((-R[..., 1, 2]).clamp(-1, 1))
     yaw = torch.atan2(R[..., 0, 2], R[..., 2, 2])
     roll = torch.atan2(R[..., 1, 0], R[..., 1, 1])
@@ -81,7 +83,8 @@ _ROW = re.compile(r'\[([^\[\]]*)\]')
 def parse_unreal_matrix(s:str) -> Tensor:
     "`'[a b c d] [e f g h] [i j k l] [tx ty tz 1] '` -> the float64 (4, 4) matrix of those rows."
     if not isinstance(s, str):
-        raise InfcamError(f"expected a matrix string '[a b c d] [e f g h] [i j k l] [tx ty tz 1]', got {type(s).__name__}")
+        raise InfcamError("expected a matrix string '[a b c d] [e f g h] [i j k l] [tx ty tz 1]', got "
+                          f"{type(s).__name__}")
     short = s if len(s) <= 80 else s[:77] + '...'
     rows = _ROW.findall(s)
     if len(rows) != 4 or _ROW.sub('', s).strip():
@@ -102,7 +105,8 @@ def unreal_to_opencv(m:Tensor) -> Tensor:
     return c2w
 
 def opencv_to_unreal(c2w:Tensor) -> Tensor:
-    "OpenCV c2w (..., 4, 4) in metres -> the Unreal matrices (..., 4, 4) of the file, centimetres; inverse of `unreal_to_opencv`."
+    """OpenCV c2w (..., 4, 4) in metres -> the Unreal matrices (..., 4, 4) of the file, centimetres; inverse of
+    `unreal_to_opencv`."""
     a = homogeneous(c2w).clone()
     a[..., :3, 3] *= 100
     a[..., :3, 1] *= -1
@@ -117,22 +121,26 @@ def _short(v:float, scale:float) -> str:
     return repr(float(v))
 
 def format_unreal_matrix(m:Tensor) -> str:
-    "An Unreal matrix (4, 4) in centimetres -> `'[a b c d] [e f g h] [i j k l] [tx ty tz 1] '`, exact for float32 poses."
+    """An Unreal matrix (4, 4) in centimetres -> `'[a b c d] [e f g h] [i j k l] [tx ty tz 1] '`, exact for float32
+    poses."""
     if not isinstance(m, Tensor) or tuple(m.shape) != (4, 4):
-        raise InfcamError(f"expected a (4, 4) matrix, got {tuple(m.shape) if isinstance(m, Tensor) else type(m).__name__}")
+        raise InfcamError("expected a (4, 4) matrix, got "
+                          f"{tuple(m.shape) if isinstance(m, Tensor) else type(m).__name__}")
     a = m.double().tolist()
     return ''.join('[' + ' '.join(_short(v, 100. if (i == 3 and j < 3) else 1.) for j, v in enumerate(row)) + '] '
                    for i, row in enumerate(a))
 
 # %% ../nbs/01_cameras.ipynb #43be0837
 def load_camera_extrinsics(path) -> dict[str, Tensor]:
-    "Read a MultiCamVideo `camera_extrinsics.json` -> `{camXX: c2w (F, 4, 4)}`, OpenCV, metres, frames in numeric order."
+    """Read a MultiCamVideo `camera_extrinsics.json` -> `{camXX: c2w (F, 4, 4)}`, OpenCV, metres, frames in numeric
+    order."""
     path = Path(path)
     try: text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise InfcamError(f"cannot read camera file {path}: {getattr(e, 'strerror', None) or e}") from None
     try: data = json.loads(text)
-    except json.JSONDecodeError as e: raise InfcamError(f"{path} is not valid JSON: {e.msg} (line {e.lineno})") from None
+    except json.JSONDecodeError as e:
+        raise InfcamError(f"{path} is not valid JSON: {e.msg} (line {e.lineno})") from None
     if not isinstance(data, dict) or not data:
         raise InfcamError(f"{path}: expected an object {{\"frameN\": {{\"camXX\": \"[..] [..] [..] [..]\"}}}}")
     frames = {}
@@ -160,7 +168,8 @@ def load_camera_extrinsics(path) -> dict[str, Tensor]:
     dev = torch.maximum(dev, (c2w[..., 3, :] - c2w.new_tensor([0., 0., 0., 1.])).abs().amax(-1))
     if (dev > 1e-3).any():
         a, b = np.unravel_index(int(dev.argmax()), dev.shape)
-        raise InfcamError(f"{path}: frame{order[a]}.{cams[b]} is not a rigid transform (orthonormality error {float(dev[a, b]):.3g})")
+        raise InfcamError(f"{path}: frame{order[a]}.{cams[b]} is not a rigid transform (orthonormality error "
+                          f"{float(dev[a, b]):.3g})")
     return {c: c2w[:, b].float() for b, c in enumerate(cams)}
 
 def save_camera_extrinsics(path, cameras:dict, overwrite:bool=True) -> Path:
@@ -182,7 +191,8 @@ def save_camera_extrinsics(path, cameras:dict, overwrite:bool=True) -> Path:
 
 # %% ../nbs/01_cameras.ipynb #1691c4b8
 def relative_poses(c2w_ref:Tensor, c2w:Tensor) -> Tensor:
-    "`inv(c2w_ref) @ c2w`: reference (4, 4) or (B, 4, 4), poses (..., F, 4, 4) (B leading when batched) -> (..., F, 4, 4)."
+    """`inv(c2w_ref) @ c2w`: reference (4, 4) or (B, 4, 4), poses (..., F, 4, 4) (B leading when batched) -> (..., F, 4,
+    4)."""
     _check_pose('c2w_ref', c2w_ref); _check_pose('c2w', c2w)
     return rigid_inverse(c2w_ref).unsqueeze(-3) @ homogeneous(c2w)
 
@@ -207,7 +217,8 @@ def to_extrinsics(c2w:Tensor) -> Tensor:
 def from_extrinsics(e:Tensor) -> Tensor:
     "Extrinsics (..., 12) -> poses (..., 4, 4)."
     if not isinstance(e, Tensor) or e.shape[-1:] != (12,):
-        raise InfcamError(f"extrinsics must have shape (..., 12), got {tuple(e.shape) if isinstance(e, Tensor) else type(e).__name__}")
+        raise InfcamError("extrinsics must have shape (..., 12), got "
+                          f"{tuple(e.shape) if isinstance(e, Tensor) else type(e).__name__}")
     return homogeneous(e.unflatten(-1, (3, 4)))
 
 # %% ../nbs/01_cameras.ipynb #7c088bac
@@ -230,12 +241,14 @@ def preset_id(cam_type) -> int:
         if m: i = int(m.group(1))
         else: i = {v: k for k, v in PRESET_NAMES.items()}.get(s)
     if i not in PRESET_NAMES:
-        raise InfcamError(f"unknown camera preset {cam_type!r}; use 1-10, 'cam01'-'cam10' or one of {', '.join(PRESET_NAMES.values())}")
+        raise InfcamError(f"unknown camera preset {cam_type!r}; use 1-10, 'cam01'-'cam10' or one of "
+                          f"{', '.join(PRESET_NAMES.values())}")
     return i
 
 # %% ../nbs/01_cameras.ipynb #b06b7f46
 def look_at(eye:Tensor, target:Tensor) -> Tensor:
-    "Cameras at `eye` (..., 3) looking at `target` (..., 3) with a level horizon (x axis horizontal) -> c2w (..., 4, 4)."
+    """Cameras at `eye` (..., 3) looking at `target` (..., 3) with a level horizon (x axis horizontal) -> c2w (..., 4,
+    4)."""
     eye, target = torch.broadcast_tensors(eye, target)
     z = target - eye
     z = z / z.norm(dim=-1, keepdim=True)
@@ -250,7 +263,8 @@ def _preset_world(kind:str, sign:int, s:Tensor, amount:float, dist:float) -> Ten
     z = torch.zeros_like(s)
     if kind == 'pan': return pose_matrix(ypr_to_rotation(sign * amount * s, z, z))
     if kind == 'tilt': return pose_matrix(ypr_to_rotation(z, sign * amount * s, z))
-    if kind == 'dolly': return pose_matrix(torch.eye(3).expand(len(s), 3, 3), torch.stack([z, z, sign * amount * s], -1))
+    if kind == 'dolly':
+        return pose_matrix(torch.eye(3).expand(len(s), 3, 3), torch.stack([z, z, sign * amount * s], -1))
     if kind == 'translate':   # rise by amount*s (y points down) looking at a point at the starting height, dist ahead
         return look_at(torch.stack([z, -sign * amount * s, z], -1), torch.tensor([0., sign * amount, dist]))
     a = math.radians(amount)  # arc: slide along x, looking at a point dist*cos(a) ahead of the line's middle
@@ -263,12 +277,14 @@ def preset(cam_type, num_frames:int=81, extent:float=1.0, full:bool=False, *, an
     `full=True` every frame's c2w (num_frames, 4, 4). `extent` scales the motion; `angle_deg` (pan, tilt, arc),
     `distance` (zoom, translate) and `target_distance` (translate, arc) set it explicitly (before `extent`).
     Frame f is the reference's frame f; `stretch=True` spreads the 81-frame motion over `num_frames` instead.
-    `ref_frame` is the reference frame that coincides with the source camera (40 in the published file, 0 to start there)."""
+    `ref_frame` is the reference frame that coincides with the source camera (40 in the published file, 0 to start
+    there)."""
     i = preset_id(cam_type)
     lat = latent_frame_indices(num_frames)
     kind, sign = _PRESET_KIND[i]
     angular = kind in ('pan', 'tilt', 'arc')
-    for name, v in (('extent', extent), ('angle_deg', angle_deg), ('distance', distance), ('target_distance', target_distance),
+    for name, v in (('extent', extent), ('angle_deg', angle_deg), ('distance', distance),
+                    ('target_distance', target_distance),
                     ('ref_frame', ref_frame)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
             raise InfcamError(f"preset {PRESET_NAMES[i]}: {name} must be a finite number, got {v!r}")
@@ -332,7 +348,8 @@ def focal_px_to_fov(f_px, height:int, width:int, axis:str='horizontal'):
     return math.degrees(2 * math.atan(side / 2 / f_px))
 
 def pixel_intrinsics(f_px, height:int, width:int) -> Tensor:
-    "`[fx, fy, cx, cy]` (4,) float32 with `fx = fy = f_px` and the principal point at the centre `(W/2, H/2)`; (..., 4) for a tensor `f_px`."
+    """`[fx, fy, cx, cy]` (4,) float32 with `fx = fy = f_px` and the principal point at the centre `(W/2, H/2)`; (...,
+    4) for a tensor `f_px`."""
     _positive('focal length (px)', f_px); _positive('height', height); _positive('width', width)
     f = torch.as_tensor(f_px, dtype=torch.float32)
     return torch.stack([f, f, torch.full_like(f, width / 2), torch.full_like(f, height / 2)], -1)
@@ -345,7 +362,8 @@ def normalize_intrinsics(K4:Tensor, width:int) -> Tensor:
 def intrinsics_matrix(K4:Tensor) -> Tensor:
     "`[fx, fy, cx, cy]` (..., 4) -> the (..., 3, 3) matrix `[[fx, 0, cx], [0, fy, cy], [0, 0, 1]]`."
     K4 = K4 if isinstance(K4, Tensor) else torch.as_tensor(K4, dtype=torch.float32)
-    if K4.shape[-1:] != (4,): raise InfcamError(f"intrinsics must have shape (..., 4) [fx, fy, cx, cy], got {tuple(K4.shape)}")
+    if K4.shape[-1:] != (4,):
+        raise InfcamError(f"intrinsics must have shape (..., 4) [fx, fy, cx, cy], got {tuple(K4.shape)}")
     fx, fy, cx, cy = K4.unbind(-1)
     z, o = torch.zeros_like(fx), torch.ones_like(fx)
     return torch.stack([fx, z, cx, z, fy, cy, z, z, o], -1).unflatten(-1, (3, 3))
@@ -355,7 +373,8 @@ _CMAPS = ('viridis', 'Oranges', 'Blues', 'Greens', 'Reds', 'Purples', 'Greys')
 
 def plot_trajectory(c2w, ax=None, labels=None, every:int=4, scale:float|None=None, aspect:float=16 / 9,
                     title:str|None=None, elev:float=22., azim:float=-78.):
-    "Draw poses (F, 4, 4), or a list of them, as frustums coloured along time on a 3D `ax` (created if None); returns the Axes."
+    """Draw poses (F, 4, 4), or a list of them, as frustums coloured along time on a 3D `ax` (created if None); returns
+    the Axes."""
     import matplotlib.pyplot as plt
     trajs = [c2w] if isinstance(c2w, Tensor) else list(c2w)
     for T_ in trajs:
@@ -363,7 +382,8 @@ def plot_trajectory(c2w, ax=None, labels=None, every:int=4, scale:float|None=Non
         if T_.ndim != 3: raise InfcamError(f"a trajectory must be (F, 4, 4), got {tuple(T_.shape)}")
     trajs = [homogeneous(T_.detach().cpu().float()) for T_ in trajs]
     if labels is not None and isinstance(labels, str): labels = [labels]
-    if labels is not None and len(labels) != len(trajs): raise InfcamError(f"{len(labels)} labels for {len(trajs)} trajectories")
+    if labels is not None and len(labels) != len(trajs):
+        raise InfcamError(f"{len(labels)} labels for {len(trajs)} trajectories")
     if ax is None: ax = plt.figure(figsize=(5, 4)).add_subplot(projection='3d')
     view = lambda p: (p[..., 0], p[..., 2], -p[..., 1])                   # x right, z forward (depth), -y up
     centres = torch.cat([T_[:, :3, 3] for T_ in trajs])
@@ -395,7 +415,8 @@ def plot_trajectory(c2w, ax=None, labels=None, every:int=4, scale:float|None=Non
     mid = (P.max(0).values + P.min(0).values) / 2
     r = float((P.max(0).values - P.min(0).values).max()) / 2 * 1.05
     (x0, y0, z0) = view(mid)
-    ax.set_xlim(float(x0) - r, float(x0) + r); ax.set_ylim(float(y0) - r, float(y0) + r); ax.set_zlim(float(z0) - r, float(z0) + r)
+    ax.set_xlim(float(x0) - r, float(x0) + r); ax.set_ylim(float(y0) - r, float(y0) + r); ax.set_zlim(float(z0) - r,
+                                                                                                      float(z0) + r)
     ax.set_box_aspect((1, 1, 1))
     ax.set_xlabel('x (right)'); ax.set_ylabel('z (forward)'); ax.set_zlabel('up (-y)')
     ax.view_init(elev=elev, azim=azim)
