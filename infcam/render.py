@@ -17,7 +17,8 @@ __all__ = ['fov_intrinsics', 'make_env_map', 'camera_rays', 'sample_env', 'rende
            'Scene', 'make_texture', 'box', 'billboard', 'ground_plane', 'render_view', 'demo_scene']
 
 # %% ../nbs/02_render.ipynb #70e69563
-from .cameras import ypr_to_rotation as rotation_matrix, pose_matrix as c2w_matrix, fov_to_focal_px, pixel_intrinsics
+from .cameras import (ypr_to_rotation as rotation_matrix, pose_matrix as c2w_matrix, fov_to_focal_px,
+                            pixel_intrinsics)
 
 def fov_intrinsics(height:int, width:int, hfov_deg:float=60.) -> Tensor:
     "Pixel intrinsics `[fx, fy, cx, cy]` (4,) for a horizontal field of view, square pixels, centred principal point."
@@ -44,7 +45,9 @@ def _lonlat_grid(height:int, width:int) -> tuple[Tensor, Tensor]:
 def _sine_noise(d:Tensor, gen:torch.Generator, n:int=48, fmin:float=2., fmax:float=40., channels:int=1) -> Tensor:
     "Smooth noise on the sphere: a sum of `n` plane waves with random 3D frequencies; d (..., 3) -> (..., channels)."
     k = torch.randn(channels, n, 3, generator=gen)
-    k = k / k.norm(dim=-1, keepdim=True) * torch.exp(torch.empty(channels, n, 1).uniform_(math.log(fmin), math.log(fmax), generator=gen))
+    k = k / k.norm(dim=-1, keepdim=True) * torch.exp(torch.empty(channels, n, 1).uniform_(math.log(fmin),
+                                                                                          math.log(fmax),
+                                                                                          generator=gen))
     phase = torch.rand(channels, n, generator=gen) * 2 * math.pi
     amp = 1 / k.norm(dim=-1)                                   # 1/f spectrum
     amp = amp / amp.sum(-1, keepdim=True)
@@ -113,7 +116,8 @@ def make_env_map(height:int=256, width:int=512, seed:int=0) -> Tensor:
     # graticule every 15 degrees, red at the cardinal directions and the horizon
     px = math.pi / height                                     # angle of one texel
     def dist(a, step): return ((a / step) - (a / step).round()).abs() * step
-    minor = torch.exp(-(torch.minimum(dist(lon, math.radians(15)) * lat.cos(), dist(lat, math.radians(15))) / (0.5 * px)) ** 2)
+    minor = torch.exp(-(torch.minimum(dist(lon, math.radians(15)) * lat.cos(),
+                                      dist(lat, math.radians(15))) / (0.5 * px)) ** 2)
     major = torch.exp(-(torch.minimum(dist(lon, math.pi / 2) * lat.cos(), lat.abs()) / (0.6 * px)) ** 2)
     img = img * (1 - 0.35 * minor[..., None]) + 0.35 * minor[..., None] * col(1.0, 1.0, 1.0)
     img = img * (1 - 0.6 * major[..., None]) + 0.6 * major[..., None] * col(1.0, 0.15, 0.15)
@@ -123,11 +127,14 @@ def make_env_map(height:int=256, width:int=512, seed:int=0) -> Tensor:
 def _as_batch(K4, c2w_or_R, mat:int) -> tuple[Tensor, Tensor]:
     K4 = torch.as_tensor(K4, dtype=torch.float32)
     M = torch.as_tensor(c2w_or_R, dtype=torch.float32)
-    if K4.shape[-1:] != (4,) or K4.ndim > 2: raise InfcamError(f"K4 must be (4,) or (N, 4) [fx, fy, cx, cy], got {tuple(K4.shape)}")
-    if M.shape[-2:] != (mat, mat) or M.ndim > 3: raise InfcamError(f"camera matrices must be ({mat}, {mat}) or (N, {mat}, {mat}), got {tuple(M.shape)}")
+    if K4.shape[-1:] != (4,) or K4.ndim > 2:
+        raise InfcamError(f"K4 must be (4,) or (N, 4) [fx, fy, cx, cy], got {tuple(K4.shape)}")
+    if M.shape[-2:] != (mat, mat) or M.ndim > 3:
+        raise InfcamError(f"camera matrices must be ({mat}, {mat}) or (N, {mat}, {mat}), got {tuple(M.shape)}")
     K4, M = K4.reshape(-1, 4), M.reshape(-1, mat, mat)
     N = max(len(K4), len(M))
-    if len(K4) not in (1, N) or len(M) not in (1, N): raise InfcamError(f"batch sizes differ: {len(K4)} intrinsics, {len(M)} cameras")
+    if len(K4) not in (1, N) or len(M) not in (1, N):
+        raise InfcamError(f"batch sizes differ: {len(K4)} intrinsics, {len(M)} cameras")
     return K4.expand(N, 4), M.expand(N, mat, mat)
 
 def camera_rays(K4:Tensor, R:Tensor, height:int, width:int) -> Tensor:
@@ -142,8 +149,9 @@ def camera_rays(K4:Tensor, R:Tensor, height:int, width:int) -> Tensor:
     return torch.einsum('nij,nhwj->nhwi', R, dc)
 
 def _bilinear(flat:Tensor, base, h:int, w:int, u:Tensor, v:Tensor, wrap_x, wrap_y) -> Tensor:
-    """Bilinear lookup in images stored flat (C, L) (image k occupies [k*h*w, (k+1)*h*w)) at continuous texel coordinates
-    u, v (P,) (texel centres at +0.5) of images starting at `base` (P,) or int; wrapping or clamping per axis -> (C, P)."""
+    """Bilinear lookup in images stored flat (C, L) (image k occupies [k*h*w, (k+1)*h*w)) at continuous texel
+    coordinates u, v (P,) (texel centres at +0.5) of images starting at `base` (P,) or int; wrapping or clamping per
+    axis -> (C, P)."""
     x, y = u - 0.5, v - 0.5
     x0, y0 = x.floor(), y.floor()
     fx, fy = x - x0, y - y0
@@ -249,10 +257,12 @@ def box(center, size, texture:Tensor, yaw_deg:float=0., motion=None) -> list[Qua
 
 def billboard(center, size, texture:Tensor, yaw_deg:float=0., motion=None) -> Quad:
     "An upright rectangle (width, height) facing -z (the default camera) turned by `yaw_deg`."
-    return Quad(torch.as_tensor(center, dtype=torch.float32), rotation_matrix(yaw_deg), tuple(size), texture, None, motion)
+    return Quad(torch.as_tensor(center, dtype=torch.float32), rotation_matrix(yaw_deg), tuple(size), texture, None,
+                motion)
 
 def ground_plane(height:float=1.5, extent:float=80., texture:Tensor|None=None, tile:float=2.) -> Quad:
-    "A horizontal ground quad `height` metres below the origin (y is down), `extent` metres across, tiled every `tile` m."
+    """A horizontal ground quad `height` metres below the origin (y is down), `extent` metres across, tiled every `tile`
+    m."""
     tex = texture if texture is not None else make_texture('checker', 0, 64, (0.55, 0.6, 0.45))
     return Quad(torch.tensor([0., height, 0.]), _frame((1, 0, 0), (0, 0, -1)), (extent, extent), tex, tile)
 
@@ -265,7 +275,8 @@ def _pack(quads:list, t:float|None):
     half = torch.tensor([q.size for q in quads], dtype=torch.float32) / 2
     tile = torch.tensor([q.tile if q.tile else 0. for q in quads], dtype=torch.float32)
     tex = torch.stack([q.texture if q.texture.shape[-2:] == (T, T) else
-                       F.interpolate(q.texture[None], size=(T, T), mode='bilinear', align_corners=False)[0] for q in quads], 1)
+                       F.interpolate(q.texture[None], size=(T, T), mode='bilinear', align_corners=False)[0]
+                       for q in quads], 1)
     return C, A, half, tile, tex                                      # tex (3, M, T, T)
 
 def _in_frustum(c2w:Tensor, bounds:tuple, C:Tensor, radius:Tensor) -> Tensor:
@@ -367,12 +378,15 @@ def demo_scene(seed:int=0, env_size:tuple=(512, 1024)) -> Scene:
         az, dist = math.radians(az + rnd(-5, 5)), dist + rnd(-0.3, 0.3)
         w, h, lift = rnd(0.8, 1.4), rnd(0.6, 1.1), rnd(0.8, 1.5)
         x, z = dist * math.sin(az), dist * math.cos(az)
-        quads.append(billboard((x, ground_y - lift - h / 2, z), (w, h), make_texture(kinds[(i + 3) % 5], seed * 100 + 50 + i, 64),
+        quads.append(billboard((x, ground_y - lift - h / 2, z), (w, h),
+                               make_texture(kinds[(i + 3) % 5], seed * 100 + 50 + i, 64),
                                math.degrees(az)))
-        quads.append(billboard((x + 0.02 * math.sin(az), ground_y - lift / 2, z + 0.02 * math.cos(az)), (0.08, lift), post,
+        quads.append(billboard((x + 0.02 * math.sin(az), ground_y - lift / 2, z + 0.02 * math.cos(az)), (0.08, lift),
+                               post,
                                math.degrees(az)))
     # one red box that drives to the right (0.5 m/s) about 4 m ahead
     s = rnd(0.4, 0.5)
-    quads += box((-1.6, ground_y - s / 2, 4.0), (s, s, s), make_texture('checker', seed * 100 + 99, 64, (0.9, 0.2, 0.15)),
+    quads += box((-1.6, ground_y - s / 2, 4.0), (s, s, s),
+                 make_texture('checker', seed * 100 + 99, 64, (0.9, 0.2, 0.15)),
                  0., LinearMotion((0.5, 0., 0.)))
     return Scene(make_env_map(*env_size, seed=seed), quads)
