@@ -76,7 +76,8 @@ def apply_homography(H:Tensor, pts:Tensor) -> Tensor:
 
 # %% ../nbs/03_homography.ipynb #2a8c1a86
 def pixel_coords(h:int, w:int, convention:str='exact', device=None, dtype=torch.float32) -> Tensor:
-    "Homogeneous target pixel coordinates (h, w, 3): pixel centres `(i+0.5, j+0.5, 1)` ('exact') or `(i, j, 1)` ('released')."
+    """Homogeneous target pixel coordinates (h, w, 3): pixel centres `(i+0.5, j+0.5, 1)` ('exact') or `(i, j, 1)`
+    ('released')."""
     _check_convention(convention)
     off = 0.5 if convention == 'exact' else 0.
     ys = torch.arange(h, device=device, dtype=dtype) + off
@@ -142,7 +143,8 @@ def latent_intrinsics(K_norm:Tensor, h:int, w:int, convention:str='released') ->
 
 def _rotations(extrinsics:Tensor) -> Tensor:
     if not isinstance(extrinsics, Tensor) or extrinsics.ndim < 2 or extrinsics.shape[-1] != 12:
-        raise InfcamError(f"extrinsics must have shape (B, F, 12) (3x4 [R|t] row-major), got {getattr(extrinsics, 'shape', extrinsics)}")
+        raise InfcamError("extrinsics must have shape (B, F, 12) (3x4 [R|t] row-major), got "
+                          f"{getattr(extrinsics, 'shape', extrinsics)}")
     return extrinsics.float().unflatten(-1, (3, 4))[..., :3]
 
 def latent_homographies(K_src_norm:Tensor, K_tgt_norm:Tensor, extrinsics:Tensor, h:int, w:int,
@@ -164,7 +166,8 @@ def latent_warp_grid(K_src_norm:Tensor, K_tgt_norm:Tensor, extrinsics:Tensor, h:
     Ks = latent_intrinsics(K_src_norm, h, w, convention)
     Kt = latent_intrinsics(K_tgt_norm, h, w, convention)
     if Ks.shape[:-2] != (B,) or Kt.shape[:-2] != (B,):
-        raise InfcamError(f"normalized intrinsics must be (B={B}, 4), got {tuple(K_src_norm.shape)} and {tuple(K_tgt_norm.shape)}")
+        raise InfcamError(f"normalized intrinsics must be (B={B}, 4), got {tuple(K_src_norm.shape)} and "
+                          f"{tuple(K_tgt_norm.shape)}")
     H_inv = inverse_infinite_homography(Ks[:, None], Kt[:, None], R)         # (B, F, 3, 3)
     return homography_grid(H_inv.reshape(B * Fr, 3, 3), h, w, convention)[0].unflatten(0, (B, Fr))
 
@@ -204,7 +207,8 @@ def convention_shift(H:Tensor, h:int, w:int) -> Tensor:
 # %% ../nbs/03_homography.ipynb #7678bc8d
 def covered_psnr(a:Tensor, b:Tensor, mask:Tensor) -> tuple[float|None, float]:
     """PSNR in dB of images `a`, `b` (N, C, H, W) in [0, 1] over the pixels where `mask` (N, 1, H, W) is 1, and the
-    fraction of the frame those pixels make up: `(None, 0.)` when nothing is covered, `inf` dB when they agree exactly."""
+    fraction of the frame those pixels make up: `(None, 0.)` when nothing is covered, `inf` dB when they agree
+    exactly."""
     m = (mask > 0.5).to(torch.float64)
     n = float(m.sum())
     if n == 0: return None, 0.
@@ -220,10 +224,12 @@ def percent(fraction:float) -> str:
     return f"{p:.0f}%" if 10 <= p <= 90 else f"{p:.1f}%"
 
 def overlap_report(psnr:float|None, fraction:float) -> str:
-    "One line for a warp's comparison with its target: the PSNR and the fraction it covers, or that there is no overlap."
+    """One line for a warp's comparison with its target: the PSNR and the fraction it covers, or that there is no
+    overlap."""
     if psnr is None: return "no overlap: the target view sees none of the source, so there is nothing to compare"
     db = 'exact (no error)' if psnr == math.inf else f"{psnr:.1f} dB"
-    return f"PSNR of the warp against the target: {db} over {percent(fraction)} of the frame (the pixels the source covers)"
+    return (f"PSNR of the warp against the target: {db} over {percent(fraction)} of the frame "
+            "(the pixels the source covers)")
 
 # %% ../nbs/03_homography.ipynb #1f180c5e
 ROW_GAP = 4      # white pixels between the pictures of an `image_row`
@@ -234,7 +240,8 @@ def checkerboard(h:int, w:int, square:int=8, dark:float=0.35, light:float=0.6) -
     return torch.where((x + y) % 2 == 0, dark, light)[None].float()
 
 def mask_uncovered(images:Tensor, mask:Tensor) -> Tensor:
-    "Images (N, C, H, W) with the pixels where `mask` (N, 1, H, W) is 0 replaced by a checkerboard (not smeared from the border)."
+    """Images (N, C, H, W) with the pixels where `mask` (N, 1, H, W) is 0 replaced by a checkerboard (not smeared from
+    the border)."""
     m = (mask > 0.5).to(images.dtype)
     return images * m + checkerboard(*images.shape[-2:]).to(images) * (1 - m)
 
