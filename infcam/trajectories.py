@@ -12,7 +12,8 @@ import torch
 from torch import Tensor
 import yaml
 from .core import InfcamError, atomic_path, check_int
-from .cameras import (PRESET_NAMES, PRESET_REFERENCE_FRAMES, preset, preset_id, latent_frame_indices, load_camera_extrinsics,
+from .cameras import (PRESET_NAMES, PRESET_REFERENCE_FRAMES, preset, preset_id, latent_frame_indices,
+                            load_camera_extrinsics,
                             relative_poses, pose_matrix, homogeneous, ypr_to_rotation, rotation_to_ypr)
 from .homography import image_row, percent
 from .intrinsics import DEFAULT_FOCAL_MM, check_focal_mm, check_zoom
@@ -31,9 +32,12 @@ def _quat_from_matrix(R:Tensor) -> Tensor:
     t = m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2]
     cands = torch.stack([
         torch.stack([1 + t, m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]], -1),
-        torch.stack([m[..., 2, 1] - m[..., 1, 2], 1 + m[..., 0, 0] - m[..., 1, 1] - m[..., 2, 2], m[..., 0, 1] + m[..., 1, 0], m[..., 0, 2] + m[..., 2, 0]], -1),
-        torch.stack([m[..., 0, 2] - m[..., 2, 0], m[..., 0, 1] + m[..., 1, 0], 1 - m[..., 0, 0] + m[..., 1, 1] - m[..., 2, 2], m[..., 1, 2] + m[..., 2, 1]], -1),
-        torch.stack([m[..., 1, 0] - m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1], 1 - m[..., 0, 0] - m[..., 1, 1] + m[..., 2, 2]], -1),
+        torch.stack([m[..., 2, 1] - m[..., 1, 2], 1 + m[..., 0, 0] - m[..., 1, 1] - m[..., 2, 2],
+                     m[..., 0, 1] + m[..., 1, 0], m[..., 0, 2] + m[..., 2, 0]], -1),
+        torch.stack([m[..., 0, 2] - m[..., 2, 0], m[..., 0, 1] + m[..., 1, 0],
+                     1 - m[..., 0, 0] + m[..., 1, 1] - m[..., 2, 2], m[..., 1, 2] + m[..., 2, 1]], -1),
+        torch.stack([m[..., 1, 0] - m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1],
+                     1 - m[..., 0, 0] - m[..., 1, 1] + m[..., 2, 2]], -1),
     ], -2)                                                                    # (..., 4, 4): each row is 4|q_k| q
     k = torch.stack([t, m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]], -1).argmax(-1)
     q = cands.gather(-2, k[..., None, None].expand(*k.shape, 1, 4))[..., 0, :]
@@ -103,7 +107,8 @@ def _vec(v, n:int, where:str) -> tuple:
 # %% ../nbs/04_trajectories.ipynb #bbec35ef
 @dataclass
 class Keyframe:
-    "One keyframe: normalized time `t`, yaw/pitch/roll in degrees (or a 3x3 `rotation`), centre `translation` in metres, optional lens."
+    """One keyframe: normalized time `t`, yaw/pitch/roll in degrees (or a 3x3 `rotation`), centre `translation` in
+    metres, optional lens."""
     t: float
     yaw: float = 0.
     pitch: float = 0.
@@ -128,8 +133,10 @@ class Keyframe:
             R = torch.tensor(self.rotation, dtype=torch.float64)
             dev = float((R.T @ R - torch.eye(3, dtype=torch.float64)).abs().max())
             if dev > _ORTHO_TOL:
-                raise InfcamError(f"{where}.rotation is not orthonormal: max |R^T R - I| = {dev:.3g} (tolerance {_ORTHO_TOL:g})")
-            if torch.linalg.det(R) < 0: raise InfcamError(f"{where}.rotation is a reflection (determinant -1), not a rotation")
+                raise InfcamError(f"{where}.rotation is not orthonormal: max |R^T R - I| = {dev:.3g} (tolerance "
+                                  f"{_ORTHO_TOL:g})")
+            if torch.linalg.det(R) < 0:
+                raise InfcamError(f"{where}.rotation is a reflection (determinant -1), not a rotation")
         for k, check in (('focal_mm', check_focal_mm), ('zoom', check_zoom)):     # a lens a camera can have
             if (v := getattr(self, k)) is not None: setattr(self, k, check(_num(v, f"{where}.{k}"), f"{where}.{k}"))
         if self.focal_mm is not None and self.zoom is not None:
@@ -227,15 +234,19 @@ class Trajectory:
     def __post_init__(self):
         if not isinstance(self.keyframes, (list, tuple)):
             raise InfcamError(f"'keyframes' must be a list of keyframes, got {type(self.keyframes).__name__}")
-        self.keyframes = [Keyframe.from_dict(k, f"keyframes[{i}]") if isinstance(k, dict) else k for i, k in enumerate(self.keyframes)]
+        self.keyframes = [Keyframe.from_dict(k, f"keyframes[{i}]") if isinstance(k, dict) else k
+                          for i, k in enumerate(self.keyframes)]
         if len(self.keyframes) < 2:
             raise InfcamError(f"a trajectory needs at least 2 keyframes, got {len(self.keyframes)}")
         for i, k in enumerate(self.keyframes):
-            if not isinstance(k, Keyframe): raise InfcamError(f"keyframes[{i}] must be a Keyframe or a mapping, got {k!r}")
+            if not isinstance(k, Keyframe):
+                raise InfcamError(f"keyframes[{i}] must be a Keyframe or a mapping, got {k!r}")
             k._check(f"keyframes[{i}]")
-            if not 0 <= k.t <= 1: raise InfcamError(f"keyframes[{i}].t = {k.t:g} is outside [0, 1] (0 = first frame, 1 = last)")
+            if not 0 <= k.t <= 1:
+                raise InfcamError(f"keyframes[{i}].t = {k.t:g} is outside [0, 1] (0 = first frame, 1 = last)")
             if i and k.t <= self.keyframes[i - 1].t:
-                raise InfcamError(f"keyframe times must increase: keyframes[{i}].t = {k.t:g} does not follow keyframes[{i-1}].t = {self.keyframes[i-1].t:g}")
+                raise InfcamError(f"keyframe times must increase: keyframes[{i}].t = {k.t:g} does not follow "
+                                  f"keyframes[{i-1}].t = {self.keyframes[i-1].t:g}")
         if self.frames is not None: latent_frame_indices(self.frames)
         for k in ('name', 'description'):
             if getattr(self, k) is not None and not isinstance(getattr(self, k), str):
@@ -251,13 +262,17 @@ class Trajectory:
     @classmethod
     def from_dict(cls, data) -> Trajectory:
         "Build and check a trajectory from the file's structure (a mapping with a 'keyframes' list)."
-        if not isinstance(data, dict): raise InfcamError(f"a trajectory must be a mapping with a 'keyframes' list, got {type(data).__name__}")
+        if not isinstance(data, dict):
+            raise InfcamError(f"a trajectory must be a mapping with a 'keyframes' list, got {type(data).__name__}")
         unknown = [k for k in data if k not in _TOP_KEYS]
         if unknown and all(re.fullmatch(r'frame\d+', str(k)) for k in unknown):
-            raise InfcamError("this is a MultiCamVideo camera file, not a keyframe trajectory: pick a camera with FILE.json:camXX")
+            raise InfcamError("this is a MultiCamVideo camera file, not a keyframe trajectory: pick a camera with "
+                              "FILE.json:camXX")
         if unknown: raise InfcamError(f"unknown key {unknown[0]!r} (allowed: {', '.join(_TOP_KEYS)})")
-        if data.get('version', 1) != 1: raise InfcamError(f"unsupported trajectory version {data['version']!r} (this is version 1)")
-        if 'keyframes' not in data: raise InfcamError("missing 'keyframes' (a list of {t, yaw, pitch, roll, translation, ...})")
+        if data.get('version', 1) != 1:
+            raise InfcamError(f"unsupported trajectory version {data['version']!r} (this is version 1)")
+        if 'keyframes' not in data:
+            raise InfcamError("missing 'keyframes' (a list of {t, yaw, pitch, roll, translation, ...})")
         kfs = data['keyframes']
         if not isinstance(kfs, list): raise InfcamError(f"'keyframes' must be a list, got {type(kfs).__name__}")
         return cls([Keyframe.from_dict(k, f"keyframes[{i}]") for i, k in enumerate(kfs)], frames=data.get('frames'),
@@ -271,13 +286,15 @@ class Trajectory:
         return T, u
 
     def sample(self, num_frames:int|None=None) -> Tensor:
-        "Camera-to-world poses (num_frames, 4, 4) float32; frame i is at time i / (num_frames - 1). Default: `frames` or 81."
+        """Camera-to-world poses (num_frames, 4, 4) float32; frame i is at time i / (num_frames - 1). Default: `frames`
+        or 81."""
         T, u = self._times(num_frames)
         return _poses_at(self.keyframes, u).float()
 
     def zoom(self, num_frames:int|None=None, source_focal_mm:float=DEFAULT_FOCAL_MM) -> Tensor:
         """Target focal length / source focal length per frame (num_frames,) float32: keyframes' `zoom`, or their
-        `focal_mm / source_focal_mm`, interpolated linearly (held before the first and after the last); 1 with no lens."""
+        `focal_mm / source_focal_mm`, interpolated linearly (held before the first and after the last); 1 with no
+        lens."""
         check_focal_mm(source_focal_mm, 'source_focal_mm')
         T, u = self._times(num_frames)
         vals = _keyframe_lenses(self.keyframes, source_focal_mm)
@@ -303,7 +320,8 @@ class Trajectory:
 
     @classmethod
     def from_c2w(cls, c2w:Tensor, every:int=1, zoom:Tensor|None=None, name:str|None=None) -> Trajectory:
-        "Keyframes from poses (F, 4, 4) or (F, 3, 4), every `every` frames plus the last; optional per-frame `zoom` (F,)."
+        """Keyframes from poses (F, 4, 4) or (F, 3, 4), every `every` frames plus the last; optional per-frame `zoom`
+        (F,)."""
         kfs, frames = keyframes_from_c2w(c2w, every, zoom)
         return cls(kfs, frames=frames, name=name)
 
@@ -320,18 +338,21 @@ def _poses_at(keyframes:list, u:Tensor) -> Tensor:
 # %% ../nbs/04_trajectories.ipynb #a260fcfc
 def _keyframe_lenses(keyframes:list, source_focal_mm:float) -> list:
     "Each keyframe's zoom relative to the source lens: its `zoom`, or `focal_mm / source_focal_mm`, or None."
-    return [k.zoom if k.zoom is not None else (None if k.focal_mm is None else k.focal_mm / source_focal_mm) for k in keyframes]
+    return [k.zoom if k.zoom is not None else (None if k.focal_mm is None else k.focal_mm / source_focal_mm)
+            for k in keyframes]
 
 
 # %% ../nbs/04_trajectories.ipynb #76dff236
 _EXTS = ('.yaml', '.yml', '.json')
 _HEADER = ("# infcam trajectory v1\n"
-           "# t: 0 = first frame, 1 = last. yaw/pitch/roll: degrees (turn right, look up, roll clockwise), R = Ry(yaw) Rx(pitch) Rz(roll).\n"
-           "# translation: camera centre in metres, source camera frame (x right, y down, z forward).\n")
+           "# t: 0 = first frame, 1 = last. yaw/pitch/roll: degrees (turn right, look up, roll clockwise), R = Ry(yaw) "
+           "Rx(pitch) Rz(roll).\n# translation: camera centre in metres, source camera frame (x right, y down, z "
+           "forward).\n")
 
 def _check_ext(path:Path) -> str:
     ext = path.suffix.lower()
-    if ext not in _EXTS: raise InfcamError(f"{path}: unsupported trajectory file extension {ext or '(none)'!r}; use .yaml, .yml or .json")
+    if ext not in _EXTS: raise InfcamError(f"{path}: unsupported trajectory file extension {ext or '(none)'!r}; use "
+                                           ".yaml, .yml or .json")
     return ext
 
 def _to_text(d:dict, ext:str) -> str:
@@ -372,7 +393,8 @@ def read_trajectory_file(path) -> dict:
         if ext == '.json': return json.loads(text, object_pairs_hook=lambda p: _no_duplicates(p, 'JSON object'))
         return yaml.load(text, Loader=_StrictYAML)
     except InfcamError as e: raise InfcamError(f"{path}: {e}") from None
-    except json.JSONDecodeError as e: raise InfcamError(f"{path} is not valid JSON: {e.msg} (line {e.lineno})") from None
+    except json.JSONDecodeError as e:
+        raise InfcamError(f"{path} is not valid JSON: {e.msg} (line {e.lineno})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, 'problem_mark', None)
         where = f" (line {mark.line + 1})" if mark is not None else ''
@@ -384,7 +406,8 @@ def keyframes_from_c2w(c2w:Tensor, every:int=1, zoom:Tensor|None=None) -> tuple[
     """`(keyframes, frames)` from poses (F, 4, 4) or (F, 3, 4), every `every` frames plus the last, with an optional
     per-frame `zoom` (F,); `frames` is F where F = 4k + 1, else None."""
     if not isinstance(c2w, Tensor) or c2w.ndim != 3 or c2w.shape[-1] != 4 or c2w.shape[-2] not in (3, 4):
-        raise InfcamError(f"poses must be a tensor (F, 4, 4) or (F, 3, 4), got {tuple(c2w.shape) if isinstance(c2w, Tensor) else type(c2w).__name__}")
+        raise InfcamError("poses must be a tensor (F, 4, 4) or (F, 3, 4), got "
+                          f"{tuple(c2w.shape) if isinstance(c2w, Tensor) else type(c2w).__name__}")
     F = c2w.shape[0]
     if F < 2: raise InfcamError(f"need at least 2 poses to make a trajectory, got {F}")
     if not torch.isfinite(c2w).all(): raise InfcamError("poses contain NaN or infinite values")
@@ -414,7 +437,8 @@ def _is_preset(spec) -> bool:
     try: preset_id(spec); return True
     except InfcamError: return False
 
-def load_trajectory(spec, num_frames:int|None=81, *, stretch:bool=False, with_zoom:bool=False, source_focal_mm:float=DEFAULT_FOCAL_MM):
+def load_trajectory(spec, num_frames:int|None=81, *, stretch:bool=False, with_zoom:bool=False,
+                    source_focal_mm:float=DEFAULT_FOCAL_MM):
     """Poses (num_frames, 4, 4) float32 for a preset (1-10 or name), a keyframe file (.yaml/.yml/.json) or
     'camera_extrinsics.json:camXX[@camYY]'; `num_frames` must be 4k+1 (None: the file's `frames`, else 81).
     With `with_zoom`, returns `(c2w, zoom (num_frames,))`."""
@@ -433,16 +457,18 @@ def load_trajectory(spec, num_frames:int|None=81, *, stretch:bool=False, with_zo
             latent_frame_indices(n)
             cams = load_camera_extrinsics(path)
             for c in (cam, ref):
-                if c is not None and c not in cams: raise InfcamError(f"{path} has no camera {c!r} (it has {', '.join(cams)})")
+                if c is not None and c not in cams:
+                    raise InfcamError(f"{path} has no camera {c!r} (it has {', '.join(cams)})")
             c2w = cams[cam] if ref is None else relative_poses(cams[ref][0], cams[cam])
             if stretch: c2w = Trajectory.from_c2w(c2w).sample(n)
-            elif c2w.shape[0] < n: raise InfcamError(f"{path}:{cam} has {c2w.shape[0]} frames, fewer than the {n} asked for")
+            elif c2w.shape[0] < n:
+                raise InfcamError(f"{path}:{cam} has {c2w.shape[0]} frames, fewer than the {n} asked for")
             else: c2w = c2w[:n]
             return (c2w, torch.ones(n)) if with_zoom else c2w
         p = Path(spec)
         if p.suffix.lower() not in _EXTS:
-            raise InfcamError(f"unknown trajectory {str(spec)!r}: not a preset ({', '.join(PRESET_NAMES.values())} or 1-10) "
-                              f"nor a .yaml/.yml/.json trajectory file")
+            raise InfcamError(f"unknown trajectory {str(spec)!r}: not a preset ({', '.join(PRESET_NAMES.values())} or "
+                              f"1-10) nor a .yaml/.yml/.json trajectory file")
         traj = Trajectory.load(p)
     else: raise InfcamError(f"unknown trajectory {spec!r}: expected a preset, a file path or a Trajectory")
     n = num_frames if num_frames is not None else (traj.frames or 81)
