@@ -30,7 +30,8 @@ def check_size(height:int, width:int, multiple:int=16):
         if v > MAX_SIDE: raise InfcamError(f"{name} {v} is larger than {MAX_SIDE} pixels, the most infcam handles")
 
 def check_video_memory(num_frames:int, height:int, width:int, copies:int=4, what:str='video'):
-    "Raise `InfcamError` if `copies` float32 copies of a `num_frames x 3 x height x width` clip exceed what this process may use."
+    """Raise `InfcamError` if `copies` float32 copies of a `num_frames x 3 x height x width` clip exceed what this
+    process may use."""
     check_memory(copies * num_frames * 3 * height * width * 4, f"a {num_frames}x{height}x{width} {what}",
                  "use a smaller --height/--width or fewer --frames")
 
@@ -55,19 +56,22 @@ def fit_frames(frames:torch.Tensor, # (F, 3, H, W) in [0, 1]
     top, left = (H - ch) // 2, (W - cw) // 2
     frames = frames[..., top:top + ch, left:left + cw]
     if (ch, cw) != (height, width):
-        frames = F.interpolate(frames, size=(height, width), mode='bilinear', antialias=True, align_corners=False).clamp_(0, 1)
+        frames = F.interpolate(frames, size=(height, width), mode='bilinear', antialias=True,
+                               align_corners=False).clamp_(0, 1)
     return frames
 
 # %% ../nbs/05_video.ipynb #c25da2bf
 def to_uint8(frames:torch.Tensor) -> np.ndarray:
     "`(F, 3, H, W)` floats in [0, 1] -> `(F, H, W, 3)` uint8."
-    if frames.ndim != 4 or frames.shape[1] != 3: raise InfcamError(f"expected frames (F, 3, H, W), got {tuple(frames.shape)}")
+    if frames.ndim != 4 or frames.shape[1] != 3:
+        raise InfcamError(f"expected frames (F, 3, H, W), got {tuple(frames.shape)}")
     return (frames.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 def pil_fit_frames(frames:torch.Tensor, # (F, 3, H, W) in [0, 1]
                    height:int, width:int) -> torch.Tensor:
-    """The published pipeline's order: each frame as 8-bit RGB resized by PIL (bilinear) until it covers `height x width`
-    (sides rounded), then centre-cropped (offsets rounded as torchvision's `center_crop`); `(F, 3, height, width)`."""
+    """The published pipeline's order: each frame as 8-bit RGB resized by PIL (bilinear) until it covers `height x
+    width` (sides rounded), then centre-cropped (offsets rounded as torchvision's `center_crop`); `(F, 3, height,
+    width)`."""
     from PIL import Image
     H, W = frames.shape[-2:]
     scale = max(width / W, height / H)
@@ -81,7 +85,8 @@ def pil_fit_frames(frames:torch.Tensor, # (F, 3, H, W) in [0, 1]
 def _av_reason(e:Exception) -> str:
     "What an FFmpeg error says about the file, in words (not `[Errno 1094995529] Invalid data found ...`)."
     import av
-    if isinstance(e, (av.error.InvalidDataError, EOFError)): return "it is not a video file, or it is damaged or cut short"
+    if isinstance(e, (av.error.InvalidDataError, EOFError)):
+        return "it is not a video file, or it is damaged or cut short"
     if isinstance(e, PermissionError): return "permission denied"
     msg = getattr(e, 'strerror', None) or str(e)
     return msg.split(': '"'")[0].strip() if msg else type(e).__name__
@@ -131,13 +136,15 @@ def read_video(path, num_frames:int|None=None, height:int|None=None, width:int|N
         except Exception as e: raise InfcamError(f"cannot decode video {path}: {_av_reason(e)}") from None
     if not frames: raise InfcamError(f"{path} has no frames after frame {start}")
     if num_frames is not None and len(frames) < num_frames:
-        raise InfcamError(f"{path} is too short: {len(frames)} frames from frame {start} with stride {stride}, need {num_frames}")
+        raise InfcamError(f"{path} is too short: {len(frames)} frames from frame {start} with stride {stride}, need "
+                          f"{num_frames}")
     video = torch.stack(frames).permute(0, 3, 1, 2).float().div_(255)
     return fit_frames(video, height, width, pil)
 
 # %% ../nbs/05_video.ipynb #f39befd4
 def _x264_size(h:int, w:int) -> tuple[int, int, int, int]:
-    "(even h, even w, encoded h, encoded w): yuv420p needs even sizes; libx264 is fed multiples of 32 (see `write_video`)."
+    """(even h, even w, encoded h, encoded w): yuv420p needs even sizes; libx264 is fed multiples of 32 (see
+    `write_video`)."""
     h2, w2 = h + h % 2, w + w % 2
     return h2, w2, -(-h2 // 32) * 32, -(-w2 // 32) * 32
 
@@ -149,7 +156,8 @@ def _x264_cpu() -> int|None:
     import ctypes, glob, platform, av
     if platform.machine().lower() not in ('x86_64', 'amd64'): return None
     here = Path(av.__file__).parent
-    for lib in sorted(glob.glob(str(here.parent / 'av.libs' / 'libx264*')) + glob.glob(str(here / '.dylibs' / 'libx264*'))):
+    for lib in sorted(glob.glob(str(here.parent / 'av.libs' / 'libx264*'))
+                      + glob.glob(str(here / '.dylibs' / 'libx264*'))):
         try: detect = ctypes.CDLL(lib).x264_cpu_detect
         except (OSError, AttributeError): continue
         detect.restype = ctypes.c_uint32
@@ -157,7 +165,8 @@ def _x264_cpu() -> int|None:
     return None
 
 def _x264_options(crf:int, h:int, w:int) -> dict:
-    "libx264's options for a `h x w` clip: one thread, no AVX-512, the padding to multiples of 32 cropped in the stream."
+    """libx264's options for a `h x w` clip: one thread, no AVX-512, the padding to multiples of 32 cropped in the
+    stream."""
     h2, w2, H, W = _x264_size(h, w)
     params = [f'asm={cpu}'] if (cpu := _x264_cpu()) is not None else []
     if (H, W) != (h2, w2): params.append(f'crop-rect=0,0,{W - w2},{H - h2}')   # left,top,right,bottom
@@ -192,7 +201,8 @@ def side_by_side(*videos:torch.Tensor, gap:int=4, labels:list[str]|None=None) ->
     for i, v in enumerate(videos):
         v = v.float().clamp(0, 1)
         if v.shape[-2] != H:
-            v = F.interpolate(v, size=(H, round(v.shape[-1] * H / v.shape[-2])), mode='bilinear', antialias=True).clamp(0, 1)
+            v = F.interpolate(v, size=(H, round(v.shape[-1] * H / v.shape[-2])), mode='bilinear',
+                              antialias=True).clamp(0, 1)
         if labels is not None: v = draw_label(v, labels[i])
         if i: parts.append(torch.ones(n, 3, H, gap))
         parts.append(v)
@@ -210,6 +220,7 @@ def draw_label(frames:torch.Tensor, text:str) -> torch.Tensor:
     out = frames * (1 - 0.6 * mask) 
     return out * (1 - ink) + ink
 
-def write_comparison(path, *videos:torch.Tensor, labels:list[str]|None=None, fps:float=WAN_FPS, overwrite:bool=False) -> Path:
+def write_comparison(path, *videos:torch.Tensor, labels:list[str]|None=None, fps:float=WAN_FPS,
+                     overwrite:bool=False) -> Path:
     "Write the side-by-side of `videos` to `path` (atomically)."
     return write_video(path, side_by_side(*videos, labels=labels), fps=fps, overwrite=overwrite)
