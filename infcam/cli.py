@@ -21,7 +21,8 @@ def subcommand(add):
 
 def build_parser() -> argparse.ArgumentParser:
     "The `infcam` argument parser: every registered subcommand."
-    p = argparse.ArgumentParser(prog='infcam', description='InfCam workbench: camera-controlled video-to-video generation.')
+    p = argparse.ArgumentParser(prog='infcam',
+                                description='InfCam workbench: camera-controlled video-to-video generation.')
     sub = p.add_subparsers(dest='command', metavar='COMMAND')
     sub.required = True
     for add in SUBCOMMANDS.values(): add(sub)
@@ -45,11 +46,14 @@ def _preview(a):
 @subcommand
 def _preview_parser(sub):
     pv = sub.add_parser('preview', help='warp a clip along a trajectory with the infinite homography (no model needed)',
-                        description='Re-render a clip along a target trajectory with the infinite homography (rotation only, '
-                                    'the view InfCam is conditioned on) and write it beside the source. With no --video, '
-                                    'a built-in rendered clip is used.')
+                        description='Re-render a clip along a target trajectory with the infinite homography (rotation '
+                                    'only, the view InfCam is conditioned on) and write it beside the source. With no '
+                                    '--video, a built-in rendered clip is used.')
     pv.add_argument('--video', help='source clip (mp4, mov, ...); default: the built-in demo clip')
-    pv.add_argument('--trajectory', default='pan_right', help='preset name or number (1-10; a preset starts about 10 degrees off and passes through the source camera at its middle frame, as the released presets do), or a trajectory file (.yaml/.json; starts at the source camera)')
+    pv.add_argument('--trajectory', default='pan_right',
+                    help='preset name or number (1-10; a preset starts about 10 degrees off and passes through the '
+                    'source camera at its middle frame, as the released presets do), or a trajectory file '
+                    '(.yaml/.json; starts at the source camera)')
     pv.add_argument('--out', help='output .mp4 (default: outputs/preview_<video>_<trajectory>.mp4)')
     pv.add_argument('--frames', type=int, default=81, help='number of frames, 4k+1 (default 81)')
     pv.add_argument('--height', type=int, help='frame height, a multiple of 16 (default 480; 240 for the demo clip)')
@@ -59,7 +63,8 @@ def _preview_parser(sub):
     f.add_argument('--focal-mm', type=float, help='source focal length in mm on a 23.76 mm sensor (default 24)')
     f.add_argument('--fov', type=float, help='source horizontal field of view in degrees')
     pv.add_argument('--zoom', type=float, default=1.0, help='target focal length = zoom * source (default 1)')
-    pv.add_argument('--first-frame', action='store_true', help="warp only the source's first frame, as the model sees it")
+    pv.add_argument('--first-frame', action='store_true',
+                    help="warp only the source's first frame, as the model sees it")
     pv.add_argument('--overwrite', action='store_true', help='replace an existing output')
     pv.set_defaults(func=_preview)
 
@@ -73,9 +78,9 @@ def _synth(a):
 @subcommand
 def _synth_parser(sub):
     sy = sub.add_parser('synth', help='render a synthetic multi-camera dataset in MultiCamVideo layout',
-                        description='Render synthetic scenes seen by ten synchronized cameras on the preset trajectories, '
-                                    'written as <out>/f<focal>_aperture<N>/sceneK/{cameras,videos} with metadata.csv. '
-                                    'Resumable: complete scenes are skipped, partial ones redone.')
+                        description='Render synthetic scenes seen by ten synchronized cameras on the preset '
+                                    'trajectories, written as <out>/f<focal>_aperture<N>/sceneK/{cameras,videos} with '
+                                    'metadata.csv. Resumable: complete scenes are skipped, partial ones redone.')
     sy.add_argument('--out', default='data/minimcv', help='dataset folder (default data/minimcv)')
     sy.add_argument('--scenes', type=int, default=8, help='scenes per focal length (default 8)')
     sy.add_argument('--seed', type=int, default=0, help='scene k uses seed + k - 1 (default 0)')
@@ -104,18 +109,22 @@ def _augment(a):
 @subcommand
 def _augment_parser(sub):
     au = sub.add_parser('augment', help='refocused (AugMCV) and re-anchored copies of a multi-camera dataset',
-                        description='Intrinsic augmentation (centre crop + resize to a longer lens: 18->24/35/50, 24->35/50, '
-                                    '35->50 mm, intrinsics updated exactly) and trajectory augmentation (time-shifted, reversed '
-                                    'and palindrome windows with the camera files rewritten), written in AugMCV layout '
-                                    '<dst>/<setting>_aug/<scene>_<suffix>. Parallel across processes, resumable.')
+                        description='Intrinsic augmentation (centre crop + resize to a longer lens: 18->24/35/50, '
+                                    '24->35/50, 35->50 mm, intrinsics updated exactly) and trajectory augmentation '
+                                    '(time-shifted, reversed and palindrome windows with the camera files rewritten), '
+                                    'written in AugMCV layout <dst>/<setting>_aug/<scene>_<suffix>. Parallel across '
+                                    'processes, resumable.')
     au.add_argument('src', help='a MultiCamVideo-layout dataset')
     au.add_argument('dst', help='where to write the <setting>_aug folders (may equal src)')
-    au.add_argument('--focal', type=float, nargs='+', help='target focal lengths in mm (default: the 18/24/35 -> longer rule)')
+    au.add_argument('--focal', type=float, nargs='+',
+                    help='target focal lengths in mm (default: the 18/24/35 -> longer rule)')
     au.add_argument('--no-focal', action='store_true', help='skip intrinsic augmentation')
-    au.add_argument('--trajectory', nargs='+', choices=['shift', 'reverse', 'palindrome'], default=['shift', 'reverse', 'palindrome'],
+    au.add_argument('--trajectory', nargs='+', choices=['shift', 'reverse', 'palindrome'],
+                    default=['shift', 'reverse', 'palindrome'],
                     help='trajectory augmentations (default: all three)')
     au.add_argument('--no-trajectory', action='store_true', help='skip trajectory augmentation')
-    au.add_argument('--shifts', type=int, nargs='+', help='start frames of the shifted windows (default: middle and end)')
+    au.add_argument('--shifts', type=int, nargs='+',
+                    help='start frames of the shifted windows (default: middle and end)')
     au.add_argument('--window', type=int, help='frames in a shifted window, 4k+1 (default: about half the clip)')
     au.add_argument('--workers', type=int, default=2, help='parallel processes (default 2)')
     au.add_argument('--overwrite', action='store_true', help='rewrite outputs that already exist')
@@ -125,8 +134,10 @@ def _augment_parser(sub):
 # %% ../nbs/07_cli.ipynb #7c2aeafb
 def _prepare(a):
     from infcam.cache import prepare
-    if a.codec == 'wanvae' and not a.vae: raise InfcamError("--codec wanvae needs --vae PATH (Wan2.1_VAE.pth or a vae/ folder)")
-    if bool(a.text_encoder) != bool(a.tokenizer): raise InfcamError("give both --text-encoder and --tokenizer, or neither")
+    if a.codec == 'wanvae' and not a.vae:
+        raise InfcamError("--codec wanvae needs --vae PATH (Wan2.1_VAE.pth or a vae/ folder)")
+    if bool(a.text_encoder) != bool(a.tokenizer):
+        raise InfcamError("give both --text-encoder and --tokenizer, or neither")
     check_device(a.device)
     if a.codec in ('pixel', 'dct'):
         from infcam.vae import weightless_codec
@@ -146,15 +157,17 @@ def _prepare(a):
 @subcommand
 def _prepare_parser(sub):
     pr = sub.add_parser('prepare', help='cache VAE latents and text states of a dataset once, resumably',
-                        description='Encode every clip of a MultiCamVideo/AugMCV root or a clip folder with the VAE (or the '
-                                    'weight-free pixel codec) and every caption with umT5, caching safetensors next to the '
-                                    'clips. A killed run continues where it stopped; bad clips are reported and skipped.')
+                        description='Encode every clip of a MultiCamVideo/AugMCV root or a clip folder with the VAE '
+                                    '(or the weight-free pixel codec) and every caption with umT5, caching safetensors '
+                                    'next to the clips. A killed run continues where it stopped; bad clips are '
+                                    'reported and skipped.')
     pr.add_argument('root', help='dataset root (MultiCamVideo/AugMCV layout, or a folder with metadata.csv)')
     pr.add_argument('--codec', choices=['wanvae', 'pixel', 'dct'], default='wanvae',
                     help='wanvae (needs --vae), or a weight-free codec: pixel (8x8 blocks), dct (their DCT)')
     pr.add_argument('--vae', help='Wan2.1_VAE.pth or a diffusers vae/ folder')
     pr.add_argument('--tiled', action='store_true', help='tiled VAE encoding (less memory)')
-    pr.add_argument('--text-encoder', help='models_t5_umt5-xxl-enc-bf16.pth or a text_encoder/ folder (skip text if omitted)')
+    pr.add_argument('--text-encoder',
+                    help='models_t5_umt5-xxl-enc-bf16.pth or a text_encoder/ folder (skip text if omitted)')
     pr.add_argument('--tokenizer', help='the local google/umt5-xxl tokenizer folder')
     pr.add_argument('--text-dtype', choices=DTYPE_CHOICES, default='bf16', help='text encoder dtype (default bf16)')
     pr.add_argument('--device', default='cpu', help='cpu or cuda (default cpu)')
@@ -163,7 +176,8 @@ def _prepare_parser(sub):
     pr.add_argument('--height', type=int, help='encode at this height (multiple of 16; default: native size)')
     pr.add_argument('--width', type=int, help='encode at this width (multiple of 16; default: native size)')
     pr.add_argument('--dtype', choices=DTYPE_CHOICES, help='store latents in this dtype (default: as encoded)')
-    pr.add_argument('--on-error', choices=['skip', 'raise'], default='skip', help='skip bad clips (default) or stop at the first')
+    pr.add_argument('--on-error', choices=['skip', 'raise'], default='skip',
+                    help='skip bad clips (default) or stop at the first')
     pr.add_argument('--strict', action='store_true', help='exit non-zero if any clip was skipped')
     pr.add_argument('--overwrite', action='store_true', help='re-encode clips that are already cached')
     pr.add_argument('--quiet', action='store_true', help='no progress bar, only the summary line')
@@ -172,8 +186,10 @@ def _prepare_parser(sub):
 # %% ../nbs/07_cli.ipynb #0d4a9260
 def _bench(a):
     from infcam.benchmark import BenchConfig, run_benchmark
-    over = {k: getattr(a, k) for k in ('steps', 'preset', 'base', 'variants', 'baselines', 'seeds', 'devices', 'strategy', 'train_scenes',
-                                       'test_scenes', 'num_frames', 'height', 'width', 'gen_device', 'pretrain_steps', 'shift',
+    over = {k: getattr(a, k) for k in ('steps', 'preset', 'base', 'variants', 'baselines', 'seeds', 'devices',
+                                       'strategy', 'train_scenes',
+                                       'test_scenes', 'num_frames', 'height', 'width', 'gen_device', 'pretrain_steps',
+                                       'shift',
                                        'prediction', 'lr', 'gen_steps', 'vae') if getattr(a, k) is not None}
     if isinstance(over.get('devices'), str) and over['devices'].isdigit(): over['devices'] = int(over['devices'])
     cfg = BenchConfig.budget(a.budget, **over)
@@ -184,15 +200,19 @@ def _bench(a):
         return
     res = run_benchmark(out, cfg, figures=a.figures, overwrite=a.overwrite, progress=not a.quiet)
     print(res['table'] + '\n' + res['learning'] + '\n' + ''.join(f'- {s}\n' for s in res['findings']), end='')
-    print(f"{res['seconds'] / 60:.1f} min; table, plot and samples in {out}" + (f" and {a.figures}" if a.figures else ''))
+    print(f"{res['seconds'] / 60:.1f} min; table, plot and samples in {out}" + (f" and {a.figures}"
+                                                                                if a.figures else ''))
 
 @subcommand
 def _bench_parser(sub):
     be = sub.add_parser('bench', help='the ablation benchmark on synthetic scenes: train variants, score generations',
-                        description='Train the InfCam variants (full, no_warp, no_aug, exact_warp) on synthetic scenes, generate '
-                                    'held-out target views, score them (PSNR/SSIM vs the rendered view, RotErr/TransErr vs the '
-                                    'requested path) beside the copy-source, homography-warp and first-frame-warp baselines. Resumable.')
-    be.add_argument('budget', choices=['mini', 'smoke', 'full'], help='mini: 45-100 min on 2 CPU cores (three seeds); smoke: a few minutes; full: Wan2.1 on GPUs (needs --base and --vae)')
+                        description='Train the InfCam variants (full, no_warp, no_aug, exact_warp) on synthetic '
+                                    'scenes, generate held-out target views, score them (PSNR/SSIM vs the rendered '
+                                    'view, RotErr/TransErr vs the requested path) beside the copy-source, '
+                                    'homography-warp and first-frame-warp baselines. Resumable.')
+    be.add_argument('budget', choices=['mini', 'smoke', 'full'],
+                    help='mini: 45-100 min on 2 CPU cores (three seeds); smoke: a few minutes; full: Wan2.1 on GPUs '
+                         '(needs --base and --vae)')
     be.add_argument('--out', help='working folder (default runs/bench-BUDGET); running again resumes')
     be.add_argument('--figures', help='also copy the table (csv, md) and the plots here, e.g. figures')
     be.add_argument('--steps', type=int, help='training steps per variant')
@@ -205,15 +225,22 @@ def _bench_parser(sub):
     be.add_argument('--devices', help='training processes (GPUs) per variant')
     be.add_argument('--strategy', help='auto, ddp, deepspeed_stage_1/2/3')
     be.add_argument('--train-scenes', type=int); be.add_argument('--test-scenes', type=int)
-    be.add_argument('--num-frames', type=int); be.add_argument('--height', type=int); be.add_argument('--width', type=int)
+    be.add_argument('--num-frames', type=int); be.add_argument('--height', type=int); be.add_argument('--width',
+                                                                                                      type=int)
     be.add_argument('--gen-device', help="device of the generations (default 'auto')")
-    be.add_argument('--gen-steps', type=int, help='Euler steps per generation (mini: 10; 1 gives the one-step x0 estimate, '
-                    'the mean the model predicts, not a sample); with --overwrite, a finished benchmark is scored again')
-    be.add_argument('--pretrain-only', action='store_true', help='only render the training data and pretrain (or find) the small backbone')
+    be.add_argument('--gen-steps', type=int,
+                    help='Euler steps per generation (mini: 10; 1 gives the one-step x0 estimate, '
+                    'the mean the model predicts, not a sample); with --overwrite, a finished benchmark is '
+                    'scored again')
+    be.add_argument('--pretrain-only', action='store_true',
+                    help='only render the training data and pretrain (or find) the small backbone')
     be.add_argument('--pretrain-steps', type=int, help='steps of the small backbone\'s pretraining')
-    be.add_argument('--shift', type=float, help='timestep shift (mini: 2)'); be.add_argument('--lr', type=float, help='learning rate of the camera modules')
+    be.add_argument('--shift', type=float, help='timestep shift (mini: 2)'); be.add_argument('--lr', type=float,
+                                                                                             help='learning rate of '
+                                                                                                  'the camera modules')
     be.add_argument('--prediction', choices=['sample', 'velocity'], help="what the DiT predicts (mini: 'sample')")
-    be.add_argument('--overwrite', action='store_true', help='start afresh if the folder holds a benchmark with other settings')
+    be.add_argument('--overwrite', action='store_true',
+                    help='start afresh if the folder holds a benchmark with other settings')
     be.add_argument('--quiet', action='store_true', help='no progress bars')
     be.set_defaults(func=_bench)
 
@@ -239,28 +266,36 @@ def _evaluate(a):
 
 @subcommand
 def _evaluate_parser(sub):
-    ev = sub.add_parser('evaluate', help='score generated videos (ours or another method\'s): camera accuracy, PSNR/SSIM',
-                        description='Score generated videos against what was asked of them: RotErr/TransErr/registered of the '
-                                    'poses estimated from each video (or given) against the requested trajectory, PSNR/SSIM '
-                                    'against a ground truth where there is one. INPUTS are folders of `infcam generate` results '
-                                    '(read from their JSON sidecars) and CSV tables for other methods (columns video, trajectory; '
-                                    'optional method, name, truth, poses, focal_mm or fx, fy, cx, cy). Writes rows.csv, '
-                                    'summary.csv, summary.md and summary.png to --out; a re-run scores only new or changed videos.')
+    ev = sub.add_parser('evaluate',
+                        help='score generated videos (ours or another method\'s): camera accuracy, PSNR/SSIM',
+                        description='Score generated videos against what was asked of them: RotErr/TransErr/registered '
+                                    'of the poses estimated from each video (or given) against the requested '
+                                    'trajectory, PSNR/SSIM against a ground truth where there is one. INPUTS are '
+                                    'folders of `infcam generate` results (read from their JSON sidecars) and CSV '
+                                    'tables for other methods (columns video, trajectory; optional method, name, '
+                                    'truth, poses, focal_mm or fx, fy, cx, cy). Writes rows.csv, summary.csv, '
+                                    'summary.md and summary.png to --out; a re-run scores only new or changed videos.')
     ev.add_argument('inputs', nargs='+', help='results folders and/or CSV tables')
     ev.add_argument('--out', required=True, help='folder of the tables and the plot (also the cache of scored videos)')
-    ev.add_argument('--method', help="method name for inputs that do not name theirs (default: 'infcam' for a results folder, the CSV's name)")
-    ev.add_argument('--min-registered', type=float, default=0.5, help='fraction of frames that must be posed for camera errors (default 0.5)')
+    ev.add_argument('--method',
+                    help="method name for inputs that do not name theirs (default: 'infcam' for a results folder, the "
+                         "CSV's name)")
+    ev.add_argument('--min-registered', type=float, default=0.5,
+                    help='fraction of frames that must be posed for camera errors (default 0.5)')
     ev.add_argument('--fvd-weights', help='i3d_pretrained_400.pt: also each method\'s FVD against the ground truths')
-    ev.add_argument('--fid-weights', help='a TorchScript Inception (e.g. inception-2015-12-05.pt): also each method\'s FID')
+    ev.add_argument('--fid-weights',
+                    help='a TorchScript Inception (e.g. inception-2015-12-05.pt): also each method\'s FID')
     ev.add_argument('--poses', metavar='builtin|colmap',
                     help="pose estimator of the clips without a poses column: infcam's own or COLMAP (pycolmap: "
-                         "pip install -e '.[eval]'); default: infcam.evaluate.DEFAULT_POSES, chosen from notebook 50's floor table")
+                         "pip install -e '.[eval]'); default: infcam.evaluate.DEFAULT_POSES, chosen from notebook 50's "
+                         "floor table")
     ev.add_argument('--reference', metavar='sources|DIR|CSV',
-                    help="unpaired FID/FVD: against the requests' source clips ('sources'), a folder of videos or a CSV "
-                         "with a video column (default: each video's ground truth)")
+                    help="unpaired FID/FVD: against the requests' source clips ('sources'), a folder of videos or "
+                         "a CSV with a video column (default: each video's ground truth)")
     ev.add_argument('--clip-weights', metavar='DIR', help='a local CLIP model folder (transformers CLIPModel with its '
                     'tokenizer, e.g. a copy of openai/clip-vit-large-patch14): also each video\'s CLIP-T and CLIP-F')
-    ev.add_argument('--lpips-weights', help='alex.pth (LPIPS linear layers): also each video\'s LPIPS against its ground truth')
+    ev.add_argument('--lpips-weights',
+                    help='alex.pth (LPIPS linear layers): also each video\'s LPIPS against its ground truth')
     ev.add_argument('--lpips-backbone', help='alexnet-owt-7be5be79.pth (torchvision\'s AlexNet), with --lpips-weights')
     ev.add_argument('--devices', type=int, default=1, help='processes scoring videos in parallel (default 1)')
     ev.add_argument('--num-nodes', type=int, default=1, help='nodes (set MASTER_ADDR, MASTER_PORT, NODE_RANK on each)')
@@ -273,7 +308,8 @@ def _weights_check(a):
     spec = WeightsSpec.named(a.size)
     report = check_weights(a.folder, spec=spec, infcam_checkpoint=a.checkpoint, values=not a.shapes_only)
     print(report)
-    if not report.usable: raise InfcamError(f"{a.folder} is not usable for generation: {len(report.problems)} problem(s) listed above")
+    if not report.usable:
+        raise InfcamError(f"{a.folder} is not usable for generation: {len(report.problems)} problem(s) listed above")
 
 def _weights_convert(a):
     from infcam.weights import convert_checkpoint
@@ -283,21 +319,24 @@ def _weights_convert(a):
 @subcommand
 def _weights_parser(sub):
     from infcam.weights import WEIGHT_SIZES
-    w = sub.add_parser('weights', help='check or convert downloaded weights').add_subparsers(dest='action', metavar='ACTION')
+    w = sub.add_parser('weights', help='check or convert downloaded weights').add_subparsers(dest='action',
+                                                                                             metavar='ACTION')
     w.required = True
     wc = w.add_parser('check', help='say what is present, missing or wrong in a weights folder',
-                      description='Check a folder with the Wan2.1-T2V-1.3B files (original or diffusers layout) and the InfCam '
-                                  'checkpoint: every file expected, every tensor name and shape, and the DiT files\' values '
-                                  '(all finite). Exits non-zero if unusable.')
+                      description='Check a folder with the Wan2.1-T2V-1.3B files (original or diffusers layout) and '
+                                  'the InfCam checkpoint: every file expected, every tensor name and shape, and the '
+                                  'DiT files\' values (all finite). Exits non-zero if unusable.')
     wc.add_argument('folder', help='the weights folder')
     wc.add_argument('--checkpoint', help='the InfCam checkpoint, if it is not inside the folder')
     wc.add_argument('--shapes-only', action='store_true',
-                    help="check names and shapes only, not the DiT files' values (reads headers: seconds instead of a minute)")
+                    help="check names and shapes only, not the DiT files' values (reads headers: seconds instead of a "
+                         "minute)")
     wc.add_argument('--size', choices=WEIGHT_SIZES, default='released',
                     help="expected shapes: the released Wan2.1-T2V-1.3B (default) or the project's tiny test model")
     wc.set_defaults(func=_weights_check)
     wv = w.add_parser('convert', help='convert a pickled checkpoint (e.g. step35000.ckpt) to safetensors',
-                      description='Read a checkpoint safely (weights_only=True), check every tensor, and write it as safetensors.')
+                      description='Read a checkpoint safely (weights_only=True), check every tensor, and write it as '
+                                  'safetensors.')
     wv.add_argument('src', help='the checkpoint to convert (.ckpt, .pth, .pt or .safetensors)')
     wv.add_argument('dst', help='the .safetensors file to write, or a folder')
     wv.add_argument('--dtype', choices=DTYPE_CHOICES, help='cast the weights (default: keep)')
@@ -306,4 +345,5 @@ def _weights_parser(sub):
     wv.set_defaults(func=_weights_convert)
 
 # %% ../nbs/07_cli.ipynb #ad535e7e
-if __name__ == '__main__' and Path(sys.argv[0]).name == 'cli.py': sys.exit(main())   # python -m infcam.cli (torchrun -m)
+# python -m infcam.cli (torchrun -m)
+if __name__ == '__main__' and Path(sys.argv[0]).name == 'cli.py': sys.exit(main())
