@@ -25,7 +25,8 @@ def camera_name(i:int) -> str:
     return f'cam{int(i):02d}'
 
 def setting_name(focal_mm:float) -> str:
-    "MultiCamVideo's folder for a focal length in mm: 24 -> 'f24_aperture5', 18 -> 'f18_aperture10', 50 -> 'f50_aperture2.4'."
+    """MultiCamVideo's folder for a focal length in mm: 24 -> 'f24_aperture5', 18 -> 'f18_aperture10', 50 ->
+    'f50_aperture2.4'."""
     if isinstance(focal_mm, bool) or not isinstance(focal_mm, (int, float)) or not (0 < focal_mm < 1e4):
         raise InfcamError(f"focal length must be a positive number of millimetres, got {focal_mm!r}")
     return f'f{float(focal_mm):g}_aperture{APERTURES.get(float(focal_mm), "5")}'
@@ -68,7 +69,8 @@ def scene_focal_mm(setting:str, scene:str) -> float:
     return f if g is None else g
 
 def scene_id(setting:str, scene:str) -> str:
-    "The id an original scene and its refocused copies share: `f24_aperture5_aug/scene1823_1_f50` -> `f24_aperture5/scene1823_1`."
+    """The id an original scene and its refocused copies share: `f24_aperture5_aug/scene1823_1_f50` ->
+    `f24_aperture5/scene1823_1`."""
     if not is_aug_setting(setting): return f'{setting}/{scene}'
     return f'{setting[:-4]}/{split_aug_scene(scene)[0]}'
 
@@ -104,12 +106,14 @@ def scene_problem(scene) -> str|None:
     try: listed = list(json.loads(j.read_text())['frame0'])
     except Exception: return f"the camera file {j.name} is empty, cut short or not in the MultiCamVideo format"
     names = set(listed) | {camera_name(i) for i in range(1, NUM_CAMERAS + 1)}
-    bad = [n for n in sorted(names, key=natural_key) if not video_file(scene, n).is_file() or not video_file(scene, n).stat().st_size]
+    bad = [n for n in sorted(names, key=natural_key)
+           if not video_file(scene, n).is_file() or not video_file(scene, n).stat().st_size]
     if not bad: return None
     return f"missing or empty video {', '.join(f'{n}.mp4' for n in bad[:3])}" + (' ...' if len(bad) > 3 else '')
 
 def scene_complete(scene) -> bool:
-    "Whether `scene` is a finished scene: a readable camera file and a non-empty video for cam01..cam10 and every camera it lists."
+    """Whether `scene` is a finished scene: a readable camera file and a non-empty video for cam01..cam10 and every
+    camera it lists."""
     return scene_problem(scene) is None
 
 # %% ../nbs/08_layout.ipynb #e50a8ffb
@@ -129,7 +133,8 @@ def visible_folders(path) -> list[Path]:
 
 def setting_folders(root, kind:str='any') -> list[Path]:
     "The setting folders of a dataset `root` in natural order: `kind` 'any', 'original' (no suffix) or 'aug' (`*_aug`)."
-    if kind not in ('any', 'original', 'aug'): raise InfcamError(f"kind must be 'any', 'original' or 'aug', got {kind!r}")
+    if kind not in ('any', 'original', 'aug'):
+        raise InfcamError(f"kind must be 'any', 'original' or 'aug', got {kind!r}")
     out = [p for p in visible_folders(root) if is_setting(p.name)]
     if kind == 'original': out = [p for p in out if _SETTING.fullmatch(p.name).group(2) is None]
     if kind == 'aug': out = [p for p in out if is_aug_setting(p.name)]
@@ -149,15 +154,17 @@ def read_metadata(path, text_required:bool=True) -> list[tuple[str, str]]:
         with open(path, newline='', encoding='utf-8') as f:
             r = csv.DictReader(f, strict=True)                       # an unclosed quote is an error, not one long field
             if not r.fieldnames or any(c not in r.fieldnames for c in want):
-                raise InfcamError(f"{path} must have columns {','.join(want)}; it has {','.join(c for c in r.fieldnames or [] if c)}")
+                raise InfcamError(f"{path} must have columns {','.join(want)}; it has "
+                                  f"{','.join(c for c in r.fieldnames or [] if c)}")
             return [((row['file_name'] or '').strip(), row.get('text') or '') for row in r]
-    except UnicodeDecodeError as e: raise InfcamError(f"cannot read {path}: it is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except UnicodeDecodeError as e:
+        raise InfcamError(f"cannot read {path}: it is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     except csv.Error as e: raise InfcamError(f"cannot read {path}: {e} (a quote that is never closed?)") from None
     except OSError as e: raise InfcamError(f"cannot read {path}: {e}") from None
 
 def write_metadata_rows(root, rows, keep_others:bool=True) -> Path:
-    """Write `<root>/metadata.csv` (the one writer of these files): `rows` [(file_name, text)], plus, with `keep_others`,
-    the rows already there for other files; sorted naturally, written atomically. Returns the file."""
+    """Write `<root>/metadata.csv` (the one writer of these files): `rows` [(file_name, text)], plus, with
+    `keep_others`, the rows already there for other files; sorted naturally, written atomically. Returns the file."""
     path = metadata_file(root)
     table = dict(read_metadata(path, text_required=False)) if keep_others and path.is_file() else {}
     table.update(dict(rows))
