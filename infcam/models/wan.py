@@ -22,7 +22,8 @@ __all__ = ['LEGACY_FIELDS', 'WAN_PRESETS', 'ATTENTION_BACKENDS', 'WanConfig', 'r
 # %% ../../nbs/10_wan.ipynb #55057c11
 # fields older configs carried that are not architecture: dropped on reading (None: always; a value: when it is that
 # default and the config class has no such field, i.e. InfCam fields in a plain WanConfig)
-LEGACY_FIELDS = {'attention_backend': None, 'gradient_checkpointing': None, 'warp_convention': 'released', 'warp_module': True}
+LEGACY_FIELDS = {'attention_backend': None, 'gradient_checkpointing': None, 'warp_convention': 'released',
+                 'warp_module': True}
 
 WAN_PRESETS = {
     'wan2.1-t2v-1.3b': dict(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30, in_dim=16, out_dim=16,
@@ -37,7 +38,8 @@ WAN_PRESETS = {
 # %% ../../nbs/10_wan.ipynb #aa621384
 @dataclass
 class WanConfig:
-    "The architecture of a Wan2.1 DiT: what determines its weights' shapes and meaning (run-time choices live on the model)."
+    """The architecture of a Wan2.1 DiT: what determines its weights' shapes and meaning (run-time choices live on the
+    model)."""
     dim: int                      # token width
     ffn_dim: int                  # hidden width of the feed-forward
     num_heads: int                # attention heads; head_dim = dim // num_heads, head_dim // 3 must be even
@@ -67,7 +69,8 @@ class WanConfig:
         hd = self.dim // self.num_heads
         if hd % 2 or (hd // 3) % 2:
             raise InfcamError(f"WanConfig head_dim={hd} (dim {self.dim} / {self.num_heads} heads) does not split "
-                              f"into 3D RoPE parts: head_dim and head_dim//3 must be even (e.g. 12, 24, 48, 72, 96, 128)")
+                              "into 3D RoPE parts: head_dim and head_dim//3 must be even (e.g. 12, 24, 48, 72, "
+                              "96, 128)")
         if self.freq_dim % 2: raise InfcamError(f"WanConfig.freq_dim={self.freq_dim} must be even")
 
     @property
@@ -86,7 +89,8 @@ class WanConfig:
 
     @classmethod
     def from_dict(cls, d:dict|str) -> WanConfig:
-        "Build from a dict (or its JSON text), e.g. a checkpoint's metadata; unknown keys are an error (see `LEGACY_FIELDS`)."
+        """Build from a dict (or its JSON text), e.g. a checkpoint's metadata; unknown keys are an error (see
+        `LEGACY_FIELDS`)."""
         if isinstance(d, str): d = json.loads(d)
         known = {f.name for f in dataclasses.fields(cls)}
         d = {k: v for k, v in d.items() if k in known or k not in LEGACY_FIELDS or LEGACY_FIELDS[k] not in (None, v)}
@@ -123,7 +127,8 @@ def resolve_attention_backend(name:str='sdpa') -> str:
     chosen = env or name
     if chosen not in ATTENTION_BACKENDS:
         src = 'INFCAM_ATTENTION' if env else 'attention_backend'
-        raise InfcamError(f"unknown attention backend {chosen!r} (from {src}); choose one of {', '.join(ATTENTION_BACKENDS)}")
+        raise InfcamError(f"unknown attention backend {chosen!r} (from {src}); choose one of "
+                          f"{', '.join(ATTENTION_BACKENDS)}")
     if chosen != 'sdpa': _backend_fn(chosen)
     return chosen
 
@@ -173,7 +178,8 @@ def _rope_table(f:int, h:int, w:int, head_dim:int, theta:float, device:torch.dev
                        aw[None, None].expand(f, h, w, -1)], dim=-1).reshape(f * h * w, head_dim // 2)
         return a.cos(), a.sin()
 
-def rope_table(f:int, h:int, w:int, head_dim:int, theta:float=10000.0, device='cpu') -> tuple[torch.Tensor, torch.Tensor]:
+def rope_table(f:int, h:int, w:int, head_dim:int, theta:float=10000.0,
+               device='cpu') -> tuple[torch.Tensor, torch.Tensor]:
     "`(cos, sin)`, each `(f*h*w, head_dim//2)` float32, for tokens in `(f, h, w)` order; cached per shape and device."
     return _rope_table(int(f), int(h), int(w), int(head_dim), float(theta), torch.device(device))
 
@@ -239,7 +245,8 @@ class CrossAttention(Attention):
     def forward(self, x:torch.Tensor, # (B, L, dim) video tokens
                 context:torch.Tensor, # (B, Lc, dim) embedded text
                ) -> torch.Tensor: # (B, L, dim)
-        return self.attend(self.heads(self.norm_q(self.q(x))), self.heads(self.norm_k(self.k(context))), self.heads(self.v(context)))
+        return self.attend(self.heads(self.norm_q(self.q(x))), self.heads(self.norm_k(self.k(context))),
+                           self.heads(self.v(context)))
 
 # %% ../../nbs/10_wan.ipynb #be253a46
 def modulate(x32:torch.Tensor, shift:torch.Tensor, scale:torch.Tensor) -> torch.Tensor:
@@ -338,16 +345,19 @@ class WanDiT(StrictLoad, nn.Module):
 
     def __init__(self, config:WanConfig):
         super().__init__()
-        if not isinstance(config, WanConfig): raise InfcamError(f"{type(self).__name__} needs a WanConfig, got {type(config).__name__}")
+        if not isinstance(config, WanConfig):
+            raise InfcamError(f"{type(self).__name__} needs a WanConfig, got {type(config).__name__}")
         self.config = c = config
         self.patch_embedding = nn.Conv3d(c.in_dim, c.dim, kernel_size=c.patch_size, stride=c.patch_size)
-        self.text_embedding = nn.Sequential(nn.Linear(c.text_dim, c.dim), nn.GELU(approximate='tanh'), nn.Linear(c.dim, c.dim))
+        self.text_embedding = nn.Sequential(nn.Linear(c.text_dim, c.dim), nn.GELU(approximate='tanh'),
+                                            nn.Linear(c.dim, c.dim))
         self.time_embedding = nn.Sequential(nn.Linear(c.freq_dim, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim))
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(c.dim, c.dim * 6))
         self.blocks = nn.ModuleList([self.block_cls(c.dim, c.ffn_dim, c.num_heads, c.eps) for _ in range(c.num_layers)])
         self.head = Head(c.dim, c.out_dim, c.patch_size, c.eps)
         self.gradient_checkpointing = False   # recompute each block in the backward pass when training
-        self.ffn_chunk = None                 # tokens per feed-forward chunk (smaller activation peak, same outputs); None: all
+        # tokens per feed-forward chunk (smaller activation peak, same outputs); None: all
+        self.ffn_chunk = None
         self.set_attention_backend('sdpa')
 
     def set_attention_backend(self, name:str='sdpa') -> WanDiT:
@@ -413,7 +423,8 @@ class WanDiT(StrictLoad, nn.Module):
         return rope_table(f, h, w, self.config.head_dim, self.config.rope_theta, self.device)
 
     def run_block(self, block:nn.Module, *args):
-        "Run one block, with gradient checkpointing when it is on and the model is training, and the model's `ffn_chunk`."
+        """Run one block, with gradient checkpointing when it is on and the model is training, and the model's
+        `ffn_chunk`."""
         block.ffn_chunk = self.ffn_chunk
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             return checkpoint(block, *args, use_reentrant=False)
