@@ -12,7 +12,8 @@ from ..core import InfcamError
 from ..homography import warp_latents, latent_warp_grid, warp_with_grid
 import dataclasses
 from dataclasses import dataclass
-from .wan import WanConfig, WanDiT, WanBlock, SelfAttention, modulate, norm32, gated_add, state_dict_mismatch
+from .wan import (WanConfig, WanDiT, WanBlock, SelfAttention, modulate, norm32, gated_add,
+                               state_dict_mismatch)
 
 # %% auto #0
 __all__ = ['CAM_CODE_DIM', 'INFCAM_PARAMS', 'WARP_CONVENTIONS', 'normalize_intrinsics', 'camera_code_inputs', 'InfCamConfig',
@@ -26,14 +27,16 @@ def normalize_intrinsics(K:torch.Tensor, # (B, 4) pixel [fx, fy, cx, cy], princi
                          name:str='K') -> torch.Tensor: # (B, 4) float32, divided by the width 2*cx
     "Intrinsics divided by the image width `W = 2 cx`, as the model sees them."
     if not isinstance(K, torch.Tensor) or K.ndim != 2 or K.shape[1] != 4:
-        raise InfcamError(f"{name} must have shape (B, 4) [fx, fy, cx, cy] in pixels, got {tuple(getattr(K, 'shape', ()))}")
+        raise InfcamError(f"{name} must have shape (B, 4) [fx, fy, cx, cy] in pixels, got "
+                          f"{tuple(getattr(K, 'shape', ()))}")
     K = K.float()
     if not bool((K[:, 2] > 0).all()): raise InfcamError(f"{name} has a principal point cx <= 0: {K[:, 2].tolist()}")
     return K / (2 * K[:, 2:3])
 
 def camera_code_inputs(K_src_n:torch.Tensor, # (B, 4) normalized source intrinsics
                        K_tgt_n:torch.Tensor, # (B, 4) normalized target intrinsics
-                       extrinsics:torch.Tensor, # (B, f, 12) target c2w per latent frame, in the source's first camera frame
+                       # (B, f, 12) target c2w per latent frame, in the source's first camera frame
+                       extrinsics:torch.Tensor,
                       ) -> torch.Tensor: # (B, f, 3, 16): target, warped, source stream
     "The `cam_encoder` inputs of the three streams: `[K_tgt|R t]`, `[K_tgt|I t]`, `[K_src|I 0]`."
     B, f, _ = extrinsics.shape
@@ -56,8 +59,10 @@ class InfCamConfig(WanConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.warp_convention not in WARP_CONVENTIONS:
-            raise InfcamError(f"InfCamConfig.warp_convention={self.warp_convention!r} is not one of {', '.join(WARP_CONVENTIONS)}")
-        if not isinstance(self.warp_module, bool): raise InfcamError(f"InfCamConfig.warp_module={self.warp_module!r} must be True or False")
+            raise InfcamError(f"InfCamConfig.warp_convention={self.warp_convention!r} is not one of "
+                              f"{', '.join(WARP_CONVENTIONS)}")
+        if not isinstance(self.warp_module, bool):
+            raise InfcamError(f"InfCamConfig.warp_module={self.warp_module!r} must be True or False")
 
     @classmethod
     def of(cls, config:WanConfig, **infcam) -> InfCamConfig:
@@ -85,7 +90,8 @@ class InfCamBlock(WanBlock):
                 t_mod:torch.Tensor, # (2B, 6, dim) float32
                 grid:tuple, # (f, h, w) token grid
                 cams:tuple, # (warp grid (B, f, h, w, 2) from `latent_warp_grid` or None, code inputs (B, f, 3, 16))
-                rope3:tuple, # RoPE of a (3, h, w) grid: frame index 0/1/2 = target/source/warped (2 frames without warp)
+                # RoPE of a (3, h, w) grid: frame index 0/1/2 = target/source/warped (2 frames without warp)
+                rope3:tuple,
                 rope:tuple, # RoPE of the (f, h, w) video grid
                 target_only:bool=False) -> torch.Tensor: # (2B, f*h*w, dim), or (B, ...) with `target_only`
         """A warp grid of None runs the ablation without the warping module: the attention sees `[target, source]` only.
@@ -95,9 +101,9 @@ class InfCamBlock(WanBlock):
         return self.wan_forward(x, context, self.mods(t_mod), rope)
 
     def triplet(self, x, t_mod, grid, cams, rope3, target_only=False) -> torch.Tensor:
-        """The camera-conditioned triplet attention: modulate `x` with `modulation0`; build the warped stream (the source's
-        first frame repeated over the frames, frame `i` warped by its homography, through `zero_conv`); add each stream's
-        camera code; attend over `[target, source, warped]` per latent frame with `self_attn_pre`; return
+        """The camera-conditioned triplet attention: modulate `x` with `modulation0`; build the warped stream (the
+        source's first frame repeated over the frames, frame `i` warped by its homography, through `zero_conv`); add
+        each stream's camera code; attend over `[target, source, warped]` per latent frame with `self_attn_pre`; return
         `x + gate0 * out` for the asked halves (target and source, or target only)."""
         (f, h, w), B, d = grid, x.shape[0] // 2, x.shape[-1]
         warp_grid, code_in = cams
@@ -146,15 +152,18 @@ class InfCamDiT(WanDiT):
                 return_source:bool=False):
         "Target velocity `(B, out_dim, F, H, W)`; with `return_source`, `(v_tgt, v_src)`."
         if x_tgt.shape != x_src.shape:
-            raise InfcamError(f"target latents {tuple(x_tgt.shape)} and source latents {tuple(x_src.shape)} differ in shape")
+            raise InfcamError(f"target latents {tuple(x_tgt.shape)} and source latents {tuple(x_src.shape)} differ "
+                              "in shape")
         B = x_tgt.shape[0]
         tokens, grid = self.patchify(torch.cat([x_tgt, x_src]))
         f, h, w = grid
-        K_src_n, K_tgt_n = normalize_intrinsics(K_src, 'K_src').to(self.device), normalize_intrinsics(K_tgt, 'K_tgt').to(self.device)
+        K_src_n, K_tgt_n = (normalize_intrinsics(K_src, 'K_src').to(self.device),
+                            normalize_intrinsics(K_tgt, 'K_tgt').to(self.device))
         if K_src_n.shape[0] != B or K_tgt_n.shape[0] != B:
             raise InfcamError(f"intrinsics have batch {K_src_n.shape[0]} and {K_tgt_n.shape[0]}; the latents have {B}")
         if not isinstance(extrinsics, torch.Tensor) or tuple(extrinsics.shape) != (B, f, 12):
-            raise InfcamError(f"extrinsics have shape {tuple(getattr(extrinsics, 'shape', ()))}; expected (B, latent frames, 12) = {(B, f, 12)}")
+            raise InfcamError(f"extrinsics have shape {tuple(getattr(extrinsics, 'shape', ()))}; expected (B, latent "
+                              f"frames, 12) = {(B, f, 12)}")
         extrinsics = extrinsics.float().to(self.device)
         t_emb, t_mod = self.embed_time(timestep, B)
         ctx = self.embed_text(context)
