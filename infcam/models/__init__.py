@@ -8,4 +8,5 @@ __all__ = ['WanConfig', 'InfCamConfig', 'WanDiT', 'InfCamDiT', 'WAN_PRESETS', 'r
 # %% ../../nbs/12_models.ipynb #1bb284e2
 from .wan import WanConfig, WanDiT, WAN_PRESETS, resolve_attention_backend
 from .infcam import InfCamConfig, InfCamDiT, normalize_intrinsics
-_all_ = ['WanConfig', 'InfCamConfig', 'WanDiT', 'InfCamDiT', 'WAN_PRESETS', 'resolve_attention_backend', 'normalize_intrinsics']
+_all_ = ['WanConfig', 'InfCamConfig', 'WanDiT', 'InfCamDiT', 'WAN_PRESETS', 'resolve_attention_backend',
+         'normalize_intrinsics']
