@@ -22,7 +22,8 @@ def umt5_config(vocab:int=256384, dim:int=4096, dim_attn:int=4096, dim_ffn:int=1
                 dropout:float=0.0, eps:float=1e-6, **kwargs):
     "A `UMT5Config` from the original encoder's hyper-parameters (defaults: umT5-XXL)."
     from transformers import UMT5Config
-    if shared_pos: raise InfcamError("umT5 with a shared position bias (shared_pos=True) is not supported; Wan's encoder uses one per layer")
+    if shared_pos: raise InfcamError("umT5 with a shared position bias (shared_pos=True) is not supported; Wan's "
+                                     "encoder uses one per layer")
     if dim_attn % num_heads: raise InfcamError(f"dim_attn {dim_attn} is not divisible by num_heads {num_heads}")
     return UMT5Config(vocab_size=vocab, d_model=dim, d_kv=dim_attn // num_heads, d_ff=dim_ffn, num_heads=num_heads,
                       num_layers=num_layers, relative_attention_num_buckets=num_buckets,
@@ -41,7 +42,8 @@ _UMT5_BLOCK = {  # original name inside blocks.i -> HF name inside encoder.block
 _UMT5_BLOCK_INV = {v: k for k, v in _UMT5_BLOCK.items()}
 
 def convert_umt5_state_dict(sd:dict[str, Tensor]) -> dict[str, Tensor]:
-    "Rename an original umT5 encoder state dict to `UMT5EncoderModel` names; unknown or missing names raise `InfcamError`."
+    """Rename an original umT5 encoder state dict to `UMT5EncoderModel` names; unknown or missing names raise
+    `InfcamError`."""
     out, unknown, layers = {}, [], set()
     for k, v in sd.items():
         if k == 'token_embedding.weight': out['shared.weight'] = out['encoder.embed_tokens.weight'] = v
@@ -51,7 +53,9 @@ def convert_umt5_state_dict(sd:dict[str, Tensor]) -> dict[str, Tensor]:
             out[f'encoder.block.{m.group(1)}.{_UMT5_BLOCK[m.group(2)]}'] = v
         else: unknown.append(k)
     if unknown: raise InfcamError(f"unknown umT5 tensor names: {short_list(unknown)}")
-    expected = {'token_embedding.weight', 'norm.weight'} | {f'blocks.{i}.{n}' for i in range(max(layers, default=-1) + 1) for n in _UMT5_BLOCK}
+    expected = {'token_embedding.weight', 'norm.weight'} | {f'blocks.{i}.{n}' for i in range(max(layers,
+                                                                                                 default=-1) + 1)
+                                                            for n in _UMT5_BLOCK}
     if missing := expected - set(sd): raise InfcamError(f"umT5 checkpoint is missing tensors: {short_list(missing)}")
     return out
 
@@ -86,7 +90,8 @@ def umt5_from_state_dict(sd:dict[str, Tensor], config=None, dtype:torch.dtype=to
     hf = convert_umt5_state_dict({k: v.to(dtype) for k, v in sd.items()})   # cast first: the embedding stays shared
     with torch.device('meta'): model = UMT5EncoderModel(config)
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    if bad := [f"{k} {tuple(v.shape)} vs {shapes[k]}" for k, v in hf.items() if k in shapes and tuple(v.shape) != shapes[k]]:
+    if bad := [f"{k} {tuple(v.shape)} vs {shapes[k]}" for k, v in hf.items()
+               if k in shapes and tuple(v.shape) != shapes[k]]:
         raise InfcamError(f"umT5 checkpoint does not match the config: {short_list(bad, 4)}")
     model.load_state_dict(hf, strict=True, assign=True)
     return model.to(device).eval().requires_grad_(False)
@@ -108,7 +113,8 @@ def load_umt5(path, config=None, dtype:torch.dtype=torch.bfloat16, device='cpu')
 
 # %% ../nbs/14_text.ipynb #d589a7bb
 def clean_prompt(text:str) -> str:
-    "Wan's prompt cleaning: repair mojibake and curly-quote damage (ftfy), unescape HTML entities twice, collapse whitespace."
+    """Wan's prompt cleaning: repair mojibake and curly-quote damage (ftfy), unescape HTML entities twice, collapse
+    whitespace."""
     import ftfy
     return re.sub(r'\s+', ' ', html.unescape(html.unescape(ftfy.fix_text(text))).strip()).strip()
 
@@ -123,14 +129,17 @@ def load_tokenizer(path):
     return tok
 
 def build_tiny_tokenizer(path, texts:list[str], vocab_size:int=64):
-    "Train a small unigram tokenizer on `texts` with umT5's special tokens (pad 0, eos 1, unk 2), save it to `path`, load it."
+    """Train a small unigram tokenizer on `texts` with umT5's special tokens (pad 0, eos 1, unk 2), save it to `path`,
+    load it."""
     from tokenizers import SentencePieceUnigramTokenizer
     from tokenizers.processors import TemplateProcessing
     from transformers import T5TokenizerFast
     sp = SentencePieceUnigramTokenizer()
-    sp.train_from_iterator(texts, vocab_size=vocab_size, special_tokens=['<pad>', '</s>', '<unk>'], unk_token='<unk>', show_progress=False)
+    sp.train_from_iterator(texts, vocab_size=vocab_size, special_tokens=['<pad>', '</s>', '<unk>'], unk_token='<unk>',
+                           show_progress=False)
     sp.post_processor = TemplateProcessing(single='$A </s>', pair='$A </s> $B </s>', special_tokens=[('</s>', 1)])
-    T5TokenizerFast(tokenizer_object=sp, pad_token='<pad>', eos_token='</s>', unk_token='<unk>', extra_ids=0).save_pretrained(str(path))
+    T5TokenizerFast(tokenizer_object=sp, pad_token='<pad>', eos_token='</s>', unk_token='<unk>',
+                    extra_ids=0).save_pretrained(str(path))
     return load_tokenizer(path)
 
 # %% ../nbs/14_text.ipynb #7d31eb96
@@ -153,7 +162,8 @@ class TextEncoder:
     def dim(self) -> int: return self.model.config.d_model
     @property
     def blocks(self) -> torch.nn.ModuleList:
-        "The encoder's transformer blocks (`model.encoder.block`), which a pipeline in `block_offload` mode loads one at a time."
+        """The encoder's transformer blocks (`model.encoder.block`), which a pipeline in `block_offload` mode loads one
+        at a time."""
         return self.model.encoder.block
 
     def tokenize(self, prompts:list[str]) -> tuple[Tensor, Tensor]:
