@@ -31,12 +31,15 @@ class VideoCodec(Protocol):
 def latent_shape(codec, frames:int, height:int, width:int) -> tuple[int, int, int, int]:
     "`(C, f, h, w)` of the latents `codec` makes from a `frames x height x width` video (raises if not codable)."
     t, s = codec.temporal_stride, codec.spatial_stride
-    if frames < 1 or (frames - 1) % t: raise InfcamError(f"video has {frames} frames; the codec needs {t}k+1 frames (e.g. 81, 41, 5)")
-    if height % s or width % s: raise InfcamError(f"video is {height}x{width}; height and width must be multiples of {s}")
+    if frames < 1 or (frames - 1) % t:
+        raise InfcamError(f"video has {frames} frames; the codec needs {t}k+1 frames (e.g. 81, 41, 5)")
+    if height % s or width % s:
+        raise InfcamError(f"video is {height}x{width}; height and width must be multiples of {s}")
     return codec.latent_channels, (frames - 1) // t + 1, height // s, width // s
 
 def _check_video(codec, video:Tensor) -> None:
-    if video.ndim != 5 or video.shape[1] != 3: raise InfcamError(f"expected a video (B, 3, F, H, W), got shape {tuple(video.shape)}")
+    if video.ndim != 5 or video.shape[1] != 3:
+        raise InfcamError(f"expected a video (B, 3, F, H, W), got shape {tuple(video.shape)}")
     latent_shape(codec, *video.shape[2:])
 
 def _check_latents(codec, z:Tensor) -> None:
@@ -66,7 +69,8 @@ class PixelCodec:
         b, c, f, h, w = latents.shape
         x = F.pixel_shuffle(latents.transpose(1, 2).reshape(b * f, c, h, w), self.spatial_stride)
         x = x.reshape(b, f, *x.shape[1:]).transpose(1, 2)
-        idx = (torch.arange(self.temporal_stride * (f - 1) + 1, device=x.device) + self.temporal_stride - 1) // self.temporal_stride
+        idx = (torch.arange(self.temporal_stride * (f - 1) + 1,
+                            device=x.device) + self.temporal_stride - 1) // self.temporal_stride
         return x[:, :, idx]
 
 # %% ../nbs/15_vae.ipynb #399eb13d
@@ -90,7 +94,8 @@ class DCTCodec(PixelCodec):
         return torch.einsum('ij,bcjfhw->bcifhw', M.to(z), z).reshape(b, c, f, h, w)
 
     def encode(self, video:Tensor) -> Tensor:
-        "`(B, 3, F, H, W)` -> `(B, 3*s*s, (F-1)//t + 1, H/s, W/s)` DCT coefficients of the blocks of frames 0, t, 2t, ..."
+        """`(B, 3, F, H, W)` -> `(B, 3*s*s, (F-1)//t + 1, H/s, W/s)` DCT coefficients of the blocks of frames 0, t, 2t,
+        ..."""
         return self._apply(super().encode(video), self.basis)
 
     def decode(self, latents:Tensor) -> Tensor:
@@ -152,7 +157,8 @@ def _orig_name(k:str, num_res_blocks:int=2) -> str|None:
 def wan_vae_to_original(sd:dict[str, Tensor], num_res_blocks:int=2) -> dict[str, Tensor]:
     "Rename a diffusers `AutoencoderKLWan` state dict to the original `Wan2.1_VAE.pth` names."
     names = {k: _orig_name(k, num_res_blocks) for k in sd}
-    if unknown := [k for k, v in names.items() if v is None]: raise InfcamError(f"unknown AutoencoderKLWan tensor names: {short_list(unknown)}")
+    if unknown := [k for k, v in names.items() if v is None]:
+        raise InfcamError(f"unknown AutoencoderKLWan tensor names: {short_list(unknown)}")
     return {names[k]: v for k, v in sd.items()}
 
 def wan_vae_from_original(sd:dict[str, Tensor]) -> dict[str, Tensor]:
@@ -173,37 +179,47 @@ def _check_names(sd:dict[str, Tensor], config:dict) -> None:
     from diffusers import AutoencoderKLWan
     with torch.device('meta'): ref = AutoencoderKLWan.from_config(config).state_dict()
     conv = {k: next(iter(wan_vae_from_original({k: v})), None) for k, v in sd.items()}  # per name, to report originals
-    if unknown := [k for k, c in conv.items() if c not in ref]: raise InfcamError(f"unknown Wan VAE tensor names: {short_list(unknown)}")
+    if unknown := [k for k, c in conv.items() if c not in ref]:
+        raise InfcamError(f"unknown Wan VAE tensor names: {short_list(unknown)}")
     if missing := set(ref) - set(conv.values()):
-        raise InfcamError(f"Wan VAE checkpoint is missing tensors: {short_list(_orig_name(k, config.get('num_res_blocks', 2)) or k for k in missing)}")
-    if bad := [f"{k} {tuple(sd[k].shape)} vs {tuple(ref[c].shape)}" for k, c in conv.items() if sd[k].shape != ref[c].shape]:
+        raise InfcamError("Wan VAE checkpoint is missing tensors: "
+                          f"{short_list(_orig_name(k, config.get('num_res_blocks', 2)) or k for k in missing)}")
+    if bad := [f"{k} {tuple(sd[k].shape)} vs {tuple(ref[c].shape)}" for k, c in conv.items()
+               if sd[k].shape != ref[c].shape]:
         raise InfcamError(f"Wan VAE checkpoint does not match its config: {short_list(bad, 4)}")
 
 def load_wan_vae(path, dtype:torch.dtype=torch.float32, device='cpu', config:dict|None=None):
-    "`AutoencoderKLWan` from the original `Wan2.1_VAE.pth` (or safetensors, same names) or a diffusers `vae/` folder; offline."
+    """`AutoencoderKLWan` from the original `Wan2.1_VAE.pth` (or safetensors, same names) or a diffusers `vae/` folder;
+    offline."""
     from diffusers import AutoencoderKLWan
     path = Path(path)
     if path.is_dir():
         if not (path / 'config.json').is_file(): raise InfcamError(f"Wan VAE folder {path} has no config.json")
         try:
-            with _quiet_diffusers(): vae = AutoencoderKLWan.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True)
-        except Exception as e: raise InfcamError(f"cannot load the Wan VAE from {path}: {str(e).splitlines()[0][:300]}") from None
+            with _quiet_diffusers():
+                vae = AutoencoderKLWan.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True)
+        except Exception as e:
+            raise InfcamError(f"cannot load the Wan VAE from {path}: {str(e).splitlines()[0][:300]}") from None
     else:
-        if not path.is_file(): raise InfcamError(f"Wan VAE checkpoint not found: {path} (expected the original Wan2.1_VAE.pth)")
+        if not path.is_file():
+            raise InfcamError(f"Wan VAE checkpoint not found: {path} (expected the original Wan2.1_VAE.pth)")
         config = config or WAN21_VAE_CONFIG
         sd = read_state_dict(path, 'Wan VAE checkpoint')
         _check_names(sd, config)
         with _quiet_diffusers():
-            vae = AutoencoderKLWan.from_single_file(sd, config=str(wan_vae_config_dir(config)), local_files_only=True, torch_dtype=dtype)
+            vae = AutoencoderKLWan.from_single_file(sd, config=str(wan_vae_config_dir(config)), local_files_only=True,
+                                                    torch_dtype=dtype)
     return vae.to(device).eval().requires_grad_(False)
 
 # %% ../nbs/15_vae.ipynb #f12198fe
 def vae_channels(path) -> int:
-    "Latent channels of the Wan VAE at `path` (original file: the Wan2.1 config's; diffusers folder: its `config.json`)."
+    """Latent channels of the Wan VAE at `path` (original file: the Wan2.1 config's; diffusers folder: its
+    `config.json`)."""
     path = Path(path)
     if not path.is_dir(): return WAN21_VAE_CONFIG['z_dim']
     try: return int(json.loads((path / 'config.json').read_text())['z_dim'])
-    except (OSError, ValueError, KeyError, TypeError): raise InfcamError(f"Wan VAE folder {path} has no readable config.json with z_dim") from None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise InfcamError(f"Wan VAE folder {path} has no readable config.json with z_dim") from None
 
 # %% ../nbs/15_vae.ipynb #e8c719f6
 class WanVAECodec:
@@ -214,7 +230,10 @@ class WanVAECodec:
         self.latent_channels = vae.config.z_dim
         self.mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
         self.std = torch.tensor(vae.config.latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
-        if len(vae.config.latents_mean) != self.latent_channels: raise InfcamError(f"VAE config has {len(vae.config.latents_mean)} latents_mean values for z_dim {self.latent_channels}")
+        if len(vae.config.latents_mean) != self.latent_channels: raise InfcamError("VAE config has "
+                                                                                   f"{len(vae.config.latents_mean)} "
+                                                                                   "latents_mean values for z_dim "
+                                                                                   f"{self.latent_channels}")
         self.set_tiling(tiled, tile, stride)
 
     @classmethod
@@ -228,8 +247,9 @@ class WanVAECodec:
         else: self.vae.disable_tiling()
 
     def to_released(self) -> 'WanVAECodec':
-        """As the published InfCam pipeline runs its VAE: bf16, always tiled, tiles of 30x52 latents every 15x26 (240x416
-        pixels every 120x208). diffusers blends the tiles its own way, so tiles agree in size and place, not bit for bit."""
+        """As the published InfCam pipeline runs its VAE: bf16, always tiled, tiles of 30x52 latents every 15x26
+        (240x416 pixels every 120x208). diffusers blends the tiles its own way, so tiles agree in size and place, not
+        bit for bit."""
         self.vae.to(torch.bfloat16)
         self.set_tiling(True, (240, 416), (120, 208))
         return self
