@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from .core import InfcamError, atomic_path, load_pickle, unwrap_state_dict, short_list, first_line, as_dtype, check_finite
+from .core import (InfcamError, atomic_path, load_pickle, unwrap_state_dict, short_list, first_line, as_dtype,
+                         check_finite)
 from .models.wan import WanConfig, WanDiT
 from .models.infcam import InfCamDiT, InfCamConfig
 
@@ -27,7 +28,8 @@ WEIGHT_SIZES = ('released', 'tiny')   # the named shapes weights can have: Wan2.
 
 @dataclass
 class WeightsSpec:
-    "The shapes a set of weights should have: DiT config, VAE config (diffusers `AutoencoderKLWan`), umT5 hyper-parameters."
+    """The shapes a set of weights should have: DiT config, VAE config (diffusers `AutoencoderKLWan`), umT5
+    hyper-parameters."""
     dit: WanConfig
     vae: dict
     umt5: dict = field(default_factory=dict)   # keyword arguments of `infcam.text.umt5_config` (empty: umT5-XXL)
@@ -43,7 +45,8 @@ class WeightsSpec:
         "A small model of the same design: the 'tiny' DiT preset, a VAE of base width 8, a 2-layer 64-wide umT5."
         from infcam.vae import WAN21_VAE_CONFIG
         dit = WanConfig.preset('tiny')
-        return cls(dit, dict(WAN21_VAE_CONFIG, base_dim=8), dict(vocab=64, dim=dit.text_dim, dim_attn=dit.text_dim, dim_ffn=2 * dit.text_dim,
+        return cls(dit, dict(WAN21_VAE_CONFIG, base_dim=8),
+                   dict(vocab=64, dim=dit.text_dim, dim_attn=dit.text_dim, dim_ffn=2 * dit.text_dim,
                                                  num_heads=4, num_layers=2))
 
     @classmethod
@@ -57,13 +60,17 @@ class WeightsSpec:
         return json.dumps({'dit': self.dit.to_dict(), 'vae': self.vae, 'umt5': self.umt5}, sort_keys=True)
 
 # %% ../nbs/16_weights.ipynb #f54b381c
-_DIT_TOP = {'text_embedding.0': 'condition_embedder.text_embedder.linear_1', 'text_embedding.2': 'condition_embedder.text_embedder.linear_2',
-            'time_embedding.0': 'condition_embedder.time_embedder.linear_1', 'time_embedding.2': 'condition_embedder.time_embedder.linear_2',
-            'time_projection.1': 'condition_embedder.time_proj', 'head.head': 'proj_out', 'head.modulation': 'scale_shift_table',
+_DIT_TOP = {'text_embedding.0': 'condition_embedder.text_embedder.linear_1',
+            'text_embedding.2': 'condition_embedder.text_embedder.linear_2',
+            'time_embedding.0': 'condition_embedder.time_embedder.linear_1',
+            'time_embedding.2': 'condition_embedder.time_embedder.linear_2',
+            'time_projection.1': 'condition_embedder.time_proj', 'head.head': 'proj_out',
+            'head.modulation': 'scale_shift_table',
             'patch_embedding': 'patch_embedding'}
 _DIT_BLOCK = {'modulation': 'scale_shift_table', 'norm3': 'norm2', 'ffn.0': 'ffn.net.0.proj', 'ffn.2': 'ffn.net.2',
               **{f'{a}.{p}': f'{b}.{q}' for a, b in (('self_attn', 'attn1'), ('cross_attn', 'attn2'))
-                 for p, q in (('q', 'to_q'), ('k', 'to_k'), ('v', 'to_v'), ('o', 'to_out.0'), ('norm_q', 'norm_q'), ('norm_k', 'norm_k'))}}
+                 for p, q in (('q', 'to_q'), ('k', 'to_k'), ('v', 'to_v'), ('o', 'to_out.0'), ('norm_q', 'norm_q'),
+                              ('norm_k', 'norm_k'))}}
 
 def _rename(name:str, top:dict, block:dict) -> str|None:
     m = re.fullmatch(r'(blocks\.\d+\.)(.+?)((?:\.weight|\.bias)?)', name)
@@ -81,7 +88,8 @@ def dit_from_diffusers(name:str) -> str|None:
 
 # %% ../nbs/16_weights.ipynb #f109ed41
 COMPONENTS = ('dit', 'infcam', 'vae', 'text_encoder', 'tokenizer')
-TITLES = {'dit': 'Wan2.1 DiT (base)', 'infcam': 'InfCam DiT', 'vae': 'VAE', 'text_encoder': 'text encoder', 'tokenizer': 'tokenizer'}
+TITLES = {'dit': 'Wan2.1 DiT (base)', 'infcam': 'InfCam DiT', 'vae': 'VAE', 'text_encoder': 'text encoder',
+          'tokenizer': 'tokenizer'}
 
 @functools.lru_cache(maxsize=32)
 def _expected(component:str, layout:str, key:str) -> tuple:
@@ -108,45 +116,57 @@ def _expected(component:str, layout:str, key:str) -> tuple:
         sd = m.state_dict()
         if layout == 'original': return tuple((k, tuple(v.shape)) for k, v in umt5_to_original(sd).items()), ()
         # save_pretrained keeps one of the two tied embedding names
-        return tuple((k, tuple(v.shape)) for k, v in sd.items() if k != 'encoder.embed_tokens.weight'), ('encoder.embed_tokens.weight',)
+        return tuple((k, tuple(v.shape)) for k, v in sd.items()
+                     if k != 'encoder.embed_tokens.weight'), ('encoder.embed_tokens.weight',)
     raise InfcamError(f"no tensors to expect for component {component!r}; one of dit, infcam, vae, text_encoder")
 
 def expected_tensors(component:str, spec:WeightsSpec|None=None, layout:str='original') -> dict[str, tuple]:
     "`{name: shape}` of `component` ('dit', 'infcam', 'vae', 'text_encoder') in `layout` ('original' or 'diffusers')."
-    if layout not in ('original', 'diffusers'): raise InfcamError(f"unknown layout {layout!r}; 'original' or 'diffusers'")
+    if layout not in ('original', 'diffusers'):
+        raise InfcamError(f"unknown layout {layout!r}; 'original' or 'diffusers'")
     return dict(_expected(component, layout, (spec or WeightsSpec.released()).key())[0])
 
 # %% ../nbs/16_weights.ipynb #70cf8907
 _ST_DTYPES = {'F64': torch.float64, 'F32': torch.float32, 'F16': torch.float16, 'BF16': torch.bfloat16,
-              'I64': torch.int64, 'I32': torch.int32, 'I16': torch.int16, 'I8': torch.int8, 'U8': torch.uint8, 'BOOL': torch.bool,
-              **{k: getattr(torch, v) for k, v in (('F8_E4M3', 'float8_e4m3fn'), ('F8_E5M2', 'float8_e5m2')) if hasattr(torch, v)}}
+              'I64': torch.int64, 'I32': torch.int32, 'I16': torch.int16, 'I8': torch.int8, 'U8': torch.uint8,
+              'BOOL': torch.bool,
+              **{k: getattr(torch, v) for k, v in (('F8_E4M3', 'float8_e4m3fn'), ('F8_E5M2', 'float8_e5m2'))
+                 if hasattr(torch, v)}}
 _ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
 
 def safetensors_header(path) -> tuple[dict[str, tuple[torch.dtype, tuple]], dict[str, str]]:
-    "`({name: (dtype, shape)}, metadata)` from a `.safetensors` header alone; raises `InfcamError` if unreadable or truncated."
+    """`({name: (dtype, shape)}, metadata)` from a `.safetensors` header alone; raises `InfcamError` if unreadable or
+    truncated."""
     path = Path(path)
     if not path.is_file(): raise InfcamError(f"safetensors file not found: {path}")
     size = path.stat().st_size
     with open(path, 'rb') as f:
         raw = f.read(8)
         n = struct.unpack('<Q', raw)[0] if len(raw) == 8 else -1
-        if n < 2 or 8 + n > size: raise InfcamError(f"{path}: not a safetensors file (bad header length; {size:,d} bytes)")
+        if n < 2 or 8 + n > size:
+            raise InfcamError(f"{path}: not a safetensors file (bad header length; {size:,d} bytes)")
         try: header = json.loads(f.read(n))
-        except Exception as e: raise InfcamError(f"{path}: not a safetensors file (header is not JSON: {first_line(e)})") from None
+        except Exception as e:
+            raise InfcamError(f"{path}: not a safetensors file (header is not JSON: {first_line(e)})") from None
     meta = header.pop('__metadata__', None) or {}
     out, end = {}, 0
     try:
         for k, v in header.items():
-            if v['dtype'] not in _ST_DTYPES: raise InfcamError(f"{path}: tensor {k} has an unsupported dtype {v['dtype']}")
+            if v['dtype'] not in _ST_DTYPES:
+                raise InfcamError(f"{path}: tensor {k} has an unsupported dtype {v['dtype']}")
             out[k] = (_ST_DTYPES[v['dtype']], tuple(v['shape'])); end = max(end, v['data_offsets'][1])
-    except (KeyError, TypeError, IndexError): raise InfcamError(f"{path}: malformed safetensors header at tensor {k}") from None
+    except (KeyError, TypeError, IndexError):
+        raise InfcamError(f"{path}: malformed safetensors header at tensor {k}") from None
     if 8 + n + end > size:
-        raise InfcamError(f"{path}: truncated, the header describes {8 + n + end:,d} bytes but the file has {size:,d} (interrupted download?)")
+        raise InfcamError(f"{path}: truncated, the header describes {8 + n + end:,d} bytes but the file has {size:,d} "
+                          "(interrupted download?)")
     return out, meta
 
 # %% ../nbs/16_weights.ipynb #2b100229
-def save_safetensors(tensors:dict[str, Tensor], path, metadata:dict[str, str]|None=None, dtype:torch.dtype|None=None) -> Path:
-    "Write `tensors` to `path` in the safetensors format, one tensor at a time (cast floating tensors to `dtype` if given)."
+def save_safetensors(tensors:dict[str, Tensor], path, metadata:dict[str, str]|None=None,
+                     dtype:torch.dtype|None=None) -> Path:
+    """Write `tensors` to `path` in the safetensors format, one tensor at a time (cast floating tensors to `dtype` if
+    given)."""
     def target(t): return dtype if dtype is not None and t.is_floating_point() else t.dtype
     header, off = {}, 0
     for k, t in tensors.items():
@@ -175,13 +195,16 @@ def _weights_file(p:Path) -> Path|None:
         if (p / n).is_file(): return p / n
     return None
 
-def read_tensors(path, device='meta', dtype:torch.dtype|None=None, what:str='checkpoint') -> tuple[dict[str, Tensor], dict]:
-    """`({name: tensor}, info)` from a `.safetensors` file, a shard index `.json`, a diffusers component folder or a pickle
-    (`.pth`/`.ckpt`/...). On `device='meta'` no tensor data is read. `info`: `format`, `files`, `wrappers`, `metadata`."""
+def read_tensors(path, device='meta', dtype:torch.dtype|None=None,
+                 what:str='checkpoint') -> tuple[dict[str, Tensor], dict]:
+    """`({name: tensor}, info)` from a `.safetensors` file, a shard index `.json`, a diffusers component folder or a
+    pickle (`.pth`/`.ckpt`/...). On `device='meta'` no tensor data is read. `info`: `format`, `files`, `wrappers`,
+    `metadata`."""
     path = Path(path)
     if path.is_dir():
         f = _weights_file(path)
-        if f is None: raise InfcamError(f"{what} folder {path} holds no diffusion_pytorch_model*.safetensors or model*.safetensors")
+        if f is None: raise InfcamError(f"{what} folder {path} holds no diffusion_pytorch_model*.safetensors or "
+                                        "model*.safetensors")
         tensors, info = read_tensors(f, device, dtype, what)
         info['config'] = json.loads((path / 'config.json').read_text()) if (path / 'config.json').is_file() else {}
         return tensors, info
@@ -189,12 +212,14 @@ def read_tensors(path, device='meta', dtype:torch.dtype|None=None, what:str='che
     cast = lambda t: t.to(device=device, dtype=dtype if dtype is not None and t.is_floating_point() else t.dtype)
     if path.name.endswith('.index.json'):
         try: wm = json.loads(path.read_text())['weight_map']
-        except Exception as e: raise InfcamError(f"{path}: not a shard index (no weight_map: {first_line(e)})") from None
+        except Exception as e:
+            raise InfcamError(f"{path}: not a shard index (no weight_map: {first_line(e)})") from None
         out, files, meta = {}, [], {}
         for shard in sorted(set(wm.values())):
             t, i = read_tensors(path.parent / shard, device, dtype, f"shard of {what}")
             out.update(t); files += i['files']; meta.update(i['metadata'])
-        if missing := set(wm) - set(out): raise InfcamError(f"{path}: tensors listed in the index but absent from the shards: {short_list(missing)}")
+        if missing := set(wm) - set(out):
+            raise InfcamError(f"{path}: tensors listed in the index but absent from the shards: {short_list(missing)}")
         return out, dict(format='safetensors shards', files=files, wrappers=[], metadata=meta)
     if path.suffix == '.safetensors':
         hdr, meta = safetensors_header(path)
@@ -202,8 +227,10 @@ def read_tensors(path, device='meta', dtype:torch.dtype|None=None, what:str='che
         else:
             from safetensors import safe_open
             try:
-                with safe_open(str(path), framework='pt', device='cpu') as fh: out = {k: cast(fh.get_tensor(k)) for k in hdr}
-            except Exception as e: raise InfcamError(f"{path}: not a readable safetensors file ({first_line(e)})") from None
+                with safe_open(str(path), framework='pt', device='cpu') as fh:
+                    out = {k: cast(fh.get_tensor(k)) for k in hdr}
+            except Exception as e:
+                raise InfcamError(f"{path}: not a readable safetensors file ({first_line(e)})") from None
             check_finite(out, path, what)
         return out, dict(format='safetensors', files=[path], wrappers=[], metadata=meta)
     obj = load_pickle(path, what, 'meta' if str(device) == 'meta' else 'cpu')
@@ -219,9 +246,12 @@ def find_dit_prefix(names, prefix:str|None=None) -> str:
     "The prefix in front of the DiT's tensor names ('' if none), found from `patch_embedding.weight`."
     names = list(names)
     if prefix is not None: return prefix
-    cands = sorted({k[:-len(DIT_ANCHOR)] for k in names if k.endswith(DIT_ANCHOR) and (k == DIT_ANCHOR or k[-len(DIT_ANCHOR) - 1] == '.')})
-    if not cands: raise InfcamError(f"not a Wan/InfCam DiT checkpoint: no tensor named *{DIT_ANCHOR} among {short_list(names, 5)}")
-    if len(cands) > 1: raise InfcamError(f"the checkpoint holds {len(cands)} DiTs (prefixes {', '.join(repr(c) for c in cands)}); choose one with prefix=")
+    cands = sorted({k[:-len(DIT_ANCHOR)] for k in names
+                    if k.endswith(DIT_ANCHOR) and (k == DIT_ANCHOR or k[-len(DIT_ANCHOR) - 1] == '.')})
+    if not cands: raise InfcamError(f"not a Wan/InfCam DiT checkpoint: no tensor named *{DIT_ANCHOR} among "
+                                    f"{short_list(names, 5)}")
+    if len(cands) > 1: raise InfcamError(f"the checkpoint holds {len(cands)} DiTs (prefixes "
+                                         f"{', '.join(repr(c) for c in cands)}); choose one with prefix=")
     return cands[0]
 
 def infer_dit_config(shapes:dict, num_heads:int|None=None, heads_hint:int|None=None, **overrides) -> WanConfig:
@@ -234,16 +264,20 @@ def infer_dit_config(shapes:dict, num_heads:int|None=None, heads_hint:int|None=N
     head_out = get('head.head.weight')[0]
     if num_heads is None:
         if dim % WAN_HEAD_DIM and heads_hint: num_heads = heads_hint
-        elif dim % WAN_HEAD_DIM: raise InfcamError(f"cannot tell the number of attention heads of a dim-{dim} DiT from its shapes; pass num_heads")
+        elif dim % WAN_HEAD_DIM: raise InfcamError(f"cannot tell the number of attention heads of a dim-{dim} DiT from "
+                                                   "its shapes; pass num_heads")
         else: num_heads = dim // WAN_HEAD_DIM
-    if head_out % (pp := patch[0] * patch[1] * patch[2]): raise InfcamError(f"head.head.weight {get('head.head.weight')} does not fit the patch {tuple(patch)}")
+    if head_out % (pp := patch[0] * patch[1] * patch[2]):
+        raise InfcamError(f"head.head.weight {get('head.head.weight')} does not fit the patch {tuple(patch)}")
     cfg = dict(dim=dim, in_dim=in_dim, patch_size=tuple(patch), text_dim=get('text_embedding.0.weight')[1],
-               freq_dim=get('time_embedding.0.weight')[1], ffn_dim=get('blocks.0.ffn.0.weight')[0] if blocks else 4 * dim,
+               freq_dim=get('time_embedding.0.weight')[1],
+               ffn_dim=get('blocks.0.ffn.0.weight')[0] if blocks else 4 * dim,
                num_layers=len(blocks), out_dim=head_out // pp, num_heads=num_heads)
     return WanConfig.from_dict({**cfg, **overrides})
 
 def _guess_heads(dim:int) -> int:
-    "A head count that splits `dim` into RoPE-compatible heads, head width nearest 128 (to describe a file, not to load it)."
+    """A head count that splits `dim` into RoPE-compatible heads, head width nearest 128 (to describe a file, not to
+    load it)."""
     ok = [h for h in range(1, dim + 1) if dim % h == 0 and (dim // h) % 2 == 0 and (dim // h // 3) % 2 == 0]
     return min(ok, key=lambda h: abs(dim // h - WAN_HEAD_DIM)) if ok else 1
 
@@ -278,9 +312,11 @@ class DiTCheckpoint:
         "One line saying how the tensors fail to fit the config (None when they fit)."
         parts = [f"{len(self.missing)} missing ({short_list(self.missing, 4)})" if self.missing else '',
                  f"{len(self.unexpected)} unexpected ({short_list(self.unexpected, 4)})" if self.unexpected else '',
-                 f"{len(self.wrong)} with the wrong shape ({short_list([f'{k} {f} vs expected {e}' for k, f, e in self.wrong], 4)})" if self.wrong else '']
+                 f"{len(self.wrong)} with the wrong shape "
+                 f"({short_list([f'{k} {f} vs expected {e}' for k, f, e in self.wrong], 4)})" if self.wrong else '']
         msg = '; '.join(p for p in parts if p)
-        if msg and self.inferred is not None: msg = f"the file holds a different DiT: {_cfg_diff(self.inferred, self.config)}; " + msg
+        if msg and self.inferred is not None:
+            msg = f"the file holds a different DiT: {_cfg_diff(self.inferred, self.config)}; " + msg
         return msg or None
 
     def check(self) -> DiTCheckpoint:
@@ -291,12 +327,14 @@ class DiTCheckpoint:
 def _compare(found:dict, expected:dict, optional=()) -> tuple[list, list, list]:
     missing = [k for k in expected if k not in found]
     unexpected = [k for k in found if k not in expected and k not in optional]
-    wrong = [(k, tuple(found[k].shape), tuple(expected[k])) for k in expected if k in found and tuple(found[k].shape) != tuple(expected[k])]
+    wrong = [(k, tuple(found[k].shape), tuple(expected[k])) for k in expected
+             if k in found and tuple(found[k].shape) != tuple(expected[k])]
     return missing, unexpected, wrong
 
 # %% ../nbs/16_weights.ipynb #f1336155
 def read_dit_checkpoint(path, config:WanConfig|None=None, num_heads:int|None=None, prefix:str|None=None,
-                        device='meta', dtype:torch.dtype|None=None, kind:str|None=None, heads_hint:int|None=None) -> DiTCheckpoint:
+                        device='meta', dtype:torch.dtype|None=None, kind:str|None=None,
+                        heads_hint:int|None=None) -> DiTCheckpoint:
     """Read a Wan or InfCam DiT checkpoint (pickle, safetensors, shards or a diffusers `transformer/` folder), strip
     wrappers and prefix, rename diffusers names, and compare with `config` (default: the file's metadata, else inferred;
     `heads_hint` names the heads of a file without a config whose width is not a multiple of 128)."""
@@ -325,7 +363,9 @@ def read_dit_checkpoint(path, config:WanConfig|None=None, num_heads:int|None=Non
         cand = infer_dit_config(shapes, num_heads or (config.num_heads if dim == config.dim else _guess_heads(dim)))
         if _cfg_diff(cand, config): inferred = cand
     except (InfcamError, KeyError, IndexError): pass
-    missing, unexpected, wrong = _compare(sd, expected_tensors(kind if kind == 'infcam' else 'dit', WeightsSpec(config, {}, {})))
+    missing, unexpected, wrong = _compare(sd,
+                                          expected_tensors(kind if kind == 'infcam' else 'dit',
+                                                           WeightsSpec(config, {}, {})))
     return DiTCheckpoint(path, sd, config, kind, info['format'], layout, stripped, missing, unexpected, wrong, inferred)
 
 # %% ../nbs/16_weights.ipynb #b07cae30
@@ -343,7 +383,8 @@ def convert_checkpoint(src, dst, dtype=None, overwrite:bool=False, config:WanCon
     src, dst, dtype = Path(src), Path(dst), as_dtype(dtype)
     if dst.is_dir(): dst = dst / (src.stem + '.safetensors')
     if dst.suffix != '.safetensors': raise InfcamError(f"{dst}: the converted checkpoint must end in .safetensors")
-    if dst.exists() and src.exists() and dst.resolve() == src.resolve(): raise InfcamError(f"{dst}: will not convert a file onto itself")
+    if dst.exists() and src.exists() and dst.resolve() == src.resolve():
+        raise InfcamError(f"{dst}: will not convert a file onto itself")
     if dst.exists() and not overwrite: raise InfcamError(f"{dst} already exists; pass --overwrite to replace it")
     ck = read_dit_checkpoint(src, config, num_heads, prefix, device='cpu').check()
     meta = {'format': 'pt', 'config': json.dumps(ck.config.to_dict()), 'kind': ck.kind, 'source': src.name,
@@ -359,7 +400,8 @@ def load_dit(path_or_folder, dtype:torch.dtype|str=torch.bfloat16, device='cpu',
     if p.is_dir() and not (_is_diffusers_dir(p) and _weights_file(p)):
         found = find_weights(p)
         c = found.get('infcam') or found.get('dit')
-        if c is None: raise InfcamError(f"no DiT weights under {p}; expected {EXPECTED_FILES['infcam']}, or {EXPECTED_FILES['dit']}")
+        if c is None: raise InfcamError(f"no DiT weights under {p}; expected {EXPECTED_FILES['infcam']}, or "
+                                        f"{EXPECTED_FILES['dit']}")
         p = c[1]
     ck = read_dit_checkpoint(p, config, num_heads, prefix, device=device, dtype=dtype, heads_hint=heads_hint).check()
     cfg = config or ck.config
@@ -371,11 +413,14 @@ def load_dit(path_or_folder, dtype:torch.dtype|str=torch.bfloat16, device='cpu',
 
 # %% ../nbs/16_weights.ipynb #1fb5df58
 EXPECTED_FILES = {
-    'dit': "diffusion_pytorch_model.safetensors (or its shards and diffusion_pytorch_model.safetensors.index.json) from Wan-AI/Wan2.1-T2V-1.3B, or transformer/ (diffusers)",
-    'infcam': "step35000.ckpt from emjay73/InfCam (e.g. models/InfCam/step35000.ckpt), or a .safetensors written by convert_checkpoint",
+    'dit': "diffusion_pytorch_model.safetensors (or its shards and diffusion_pytorch_model.safetensors.index.json) "
+           "from Wan-AI/Wan2.1-T2V-1.3B, or transformer/ (diffusers)",
+    'infcam': "step35000.ckpt from emjay73/InfCam (e.g. models/InfCam/step35000.ckpt), or a .safetensors written by "
+              "convert_checkpoint",
     'vae': "Wan2.1_VAE.pth from Wan-AI/Wan2.1-T2V-1.3B, or vae/ (diffusers)",
     'text_encoder': "models_t5_umt5-xxl-enc-bf16.pth from Wan-AI/Wan2.1-T2V-1.3B, or text_encoder/ (diffusers)",
-    'tokenizer': "google/umt5-xxl/ (tokenizer.json or spiece.model) from Wan-AI/Wan2.1-T2V-1.3B, or tokenizer/ (diffusers)"}
+    'tokenizer': "google/umt5-xxl/ (tokenizer.json or spiece.model) from Wan-AI/Wan2.1-T2V-1.3B, or tokenizer/ "
+                 "(diffusers)"}
 _SKIP_DIRS = {'__pycache__', 'node_modules', 'outputs', 'results'}
 _COMPONENT_DIRS = {'vae', 'transformer', 'text_encoder', 'tokenizer', 'scheduler'}
 
@@ -406,20 +451,25 @@ def find_weights(folder, infcam_checkpoint=None) -> dict[str, tuple[str, Path, l
             if parent.name == 'transformer' and _is_diffusers_dir(parent): c['dit'].append(('diffusers', parent))
             elif parent.name == 'vae' and _is_diffusers_dir(parent): c['vae'].append(('diffusers', parent))
             elif not comp_dir and not (name.endswith('.safetensors') and (parent / (name + '.index.json')).exists()):
-                c['infcam' if name.endswith('.safetensors') and _has_infcam_tensors(f) else 'dit'].append(('original', f))
-        elif name in ('model.safetensors', 'model.safetensors.index.json') and parent.name == 'text_encoder' and _is_diffusers_dir(parent):
+                c['infcam' if name.endswith('.safetensors') and _has_infcam_tensors(f) else 'dit'].append(('original',
+                                                                                                           f))
+        elif name in ('model.safetensors',
+                      'model.safetensors.index.json') and parent.name == 'text_encoder' and _is_diffusers_dir(parent):
             c['text_encoder'].append(('diffusers', parent))
         elif name in ('Wan2.1_VAE.pth', 'Wan2.1_VAE.safetensors'): c['vae'].append(('original', f))
-        elif name.startswith('models_t5_') and name.endswith(('.pth', '.safetensors')): c['text_encoder'].append(('original', f))
+        elif name.startswith('models_t5_') and name.endswith(('.pth', '.safetensors')):
+            c['text_encoder'].append(('original', f))
         elif name in ('tokenizer.json', 'spiece.model'):
             lay = 'diffusers' if parent.name == 'tokenizer' else 'original'
-            if ('original', parent) not in c['tokenizer'] and ('diffusers', parent) not in c['tokenizer']: c['tokenizer'].append((lay, parent))
+            if ('original', parent) not in c['tokenizer'] and ('diffusers', parent) not in c['tokenizer']:
+                c['tokenizer'].append((lay, parent))
         elif f.suffix == '.ckpt': c['infcam'].append(('original', f))
         elif f.suffix == '.safetensors' and not comp_dir and _has_infcam_tensors(f): c['infcam'].append(('original', f))
     if infcam_checkpoint is not None: c['infcam'] = [('original', Path(infcam_checkpoint))]
     def rank(lp):
         rel = lp[1].relative_to(folder) if lp[1].is_relative_to(folder) else lp[1]
-        return (not re.search(r'infcam|step\d+|umt5', str(rel).lower()), lp[1].suffix != '.safetensors', len(rel.parts), str(rel))
+        return (not re.search(r'infcam|step\d+|umt5', str(rel).lower()), lp[1].suffix != '.safetensors', len(rel.parts),
+                str(rel))
     return {k: (v[0][0], v[0][1], [p for _, p in v[1:]]) for k, v in ((k, sorted(dict.fromkeys(v), key=rank)) for k, v in c.items()) if v}
 
 # %% ../nbs/16_weights.ipynb #e763107b
@@ -450,7 +500,8 @@ class WeightsReport:
 
     @property
     def usable(self) -> bool:
-        "True when camera-controlled generation can run: the InfCam DiT, the VAE, the text encoder and the tokenizer are all ok."
+        """True when camera-controlled generation can run: the InfCam DiT, the VAE, the text encoder and the tokenizer
+        are all ok."""
         c = self.components
         return c['infcam'].ok and all(c[k].ok for k in ('vae', 'text_encoder', 'tokenizer'))
 
@@ -487,7 +538,9 @@ def _n(k:int, what:str) -> str: return f"{k} {what}{'' if k == 1 else 's'}"
 
 def _wrong_lines(missing, unexpected, wrong, n:int=8) -> list[str]:
     out = []
-    if wrong: out.append(f"{_n(len(wrong), 'tensor')} with the wrong shape: " + short_list([f"{k} found {tuple(f)} expected {tuple(e)}" for k, f, e in wrong], n))
+    if wrong: out.append(f"{_n(len(wrong), 'tensor')} with the wrong shape: " + short_list([f"{k} found {tuple(f)} "
+                                                                                            f"expected {tuple(e)}"
+                                                                                            for k, f, e in wrong], n))
     if missing: out.append(f"{_n(len(missing), 'tensor')} missing: {short_list(missing, n)}")
     if unexpected: out.append(f"{_n(len(unexpected), 'unexpected tensor')}: {short_list(unexpected, n)}")
     return out
@@ -504,7 +557,8 @@ def _check_dit(c:ComponentCheck, path:Path, spec:WeightsSpec, kind:str) -> None:
     if ck.stripped: c.notes.append(f"stripped {', '.join(ck.stripped)}")
     if ck.kind != ('infcam' if kind == 'infcam' else 'wan'):
         c.status = 'wrong'
-        c.problems.append(f"{path.name} holds {'an InfCam' if ck.kind == 'infcam' else 'a plain Wan'} DiT, not the {TITLES[kind]}")
+        c.problems.append(f"{path.name} holds {'an InfCam' if ck.kind == 'infcam' else 'a plain Wan'} DiT, not the "
+                          f"{TITLES[kind]}")
         return
     if ck.inferred is not None: c.problems.append(f"the file holds a different DiT: {_cfg_diff(ck.inferred, spec.dit)}")
     c.problems += _wrong_lines(ck.missing, ck.unexpected, ck.wrong, 8 if ck.inferred is None else 3)
@@ -523,7 +577,8 @@ def _check_tensors(c:ComponentCheck, path:Path, spec:WeightsSpec, layout:str) ->
     c.status = 'wrong' if c.problems else 'ok'
 
 def _check_tokenizer(c:ComponentCheck, path:Path, spec:WeightsSpec) -> None:
-    files = [n for n in ('tokenizer.json', 'spiece.model', 'tokenizer_config.json', 'special_tokens_map.json') if (path / n).is_file()]
+    files = [n for n in ('tokenizer.json', 'spiece.model', 'tokenizer_config.json', 'special_tokens_map.json')
+             if (path / n).is_file()]
     empty = [n for n in files if (path / n).stat().st_size == 0]
     c.notes.append(f"files: {', '.join(files)}")
     if empty: c.problems.append(f"empty file(s): {', '.join(empty)} (interrupted download?)")
@@ -547,7 +602,9 @@ def check_weights(folder, spec:WeightsSpec|None=None, infcam_checkpoint=None, va
         c.layout, c.path, others = found[k]
         if not c.path.exists():
             c.layout = ''; c.problems.append(f"missing: {c.path} not found"); continue
-        if others: c.notes.append(f"also found {', '.join(str(o) for o in others[:3])}{' ...' if len(others) > 3 else ''}; checked the first")
+        if others: c.notes.append("also found "
+                                  f"{', '.join(str(o) for o in others[:3])}{' ...' if len(others) > 3 else ''}; "
+                                  "checked the first")
         try:
             if k in ('dit', 'infcam'):
                 _check_dit(c, c.path, spec, k)
@@ -557,5 +614,8 @@ def check_weights(folder, spec:WeightsSpec|None=None, infcam_checkpoint=None, va
         except InfcamError as e:
             c.status = 'unreadable'; c.problems.append(str(e))
     if comps['infcam'].status == 'missing' and comps['dit'].ok:
-        comps['infcam'].problems[0] += " (the base DiT alone generates only without camera control, if asked for with --base-only)"
-    return WeightsReport(folder, comps, 'Wan2.1-T2V-1.3B' if named else f"custom spec (DiT dim {spec.dit.dim}, {spec.dit.num_layers} layers)")
+        comps['infcam'].problems[0] += (" (the base DiT alone generates only without camera control, if asked for with "
+                                        "--base-only)")
+    return WeightsReport(folder, comps,
+                         'Wan2.1-T2V-1.3B'
+                         if named else f"custom spec (DiT dim {spec.dit.dim}, {spec.dit.num_layers} layers)")
