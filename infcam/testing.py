@@ -29,13 +29,15 @@ def no_hf_progress():
         if bar: hf_logging.enable_progress_bar()
 
 def tiny_models(spec:WeightsSpec|None=None, seed:int=0) -> tuple[dict, torch.nn.Module, torch.nn.Module]:
-    "Random `(Wan DiT state dict, AutoencoderKLWan, UMT5EncoderModel)` at the shapes of `spec` (default `WeightsSpec.tiny()`)."
+    """Random `(Wan DiT state dict, AutoencoderKLWan, UMT5EncoderModel)` at the shapes of `spec` (default
+    `WeightsSpec.tiny()`)."""
     from diffusers import AutoencoderKLWan
     from transformers import UMT5EncoderModel
     from infcam.text import umt5_config
     spec = spec or WeightsSpec.tiny()
     torch.manual_seed(seed)
-    return WanDiT(spec.dit).state_dict(), AutoencoderKLWan.from_config(spec.vae), UMT5EncoderModel(umt5_config(**spec.umt5))
+    return (WanDiT(spec.dit).state_dict(), AutoencoderKLWan.from_config(spec.vae),
+            UMT5EncoderModel(umt5_config(**spec.umt5)))
 
 # %% ../nbs/17_testing.ipynb #6f5ffe45
 TOKENIZER_TEXTS = ["a cat sits on a red sofa", "the camera pans slowly to the right", "a dog runs across a sunny park",
@@ -48,7 +50,8 @@ def write_original(wan, spec:WeightsSpec, dit:dict, vae, te, base:bool=True) -> 
     wan = Path(wan); wan.mkdir(parents=True, exist_ok=True)
     if base: save_safetensors(dit, wan / 'diffusion_pytorch_model.safetensors')
     torch.save(wan_vae_to_original(vae.state_dict(), spec.vae.get('num_res_blocks', 2)), wan / 'Wan2.1_VAE.pth')
-    torch.save({k: v.to(torch.bfloat16) for k, v in umt5_to_original(te.state_dict()).items()}, wan / 'models_t5_umt5-xxl-enc-bf16.pth')
+    torch.save({k: v.to(torch.bfloat16) for k, v in umt5_to_original(te.state_dict()).items()},
+               wan / 'models_t5_umt5-xxl-enc-bf16.pth')
     build_tiny_tokenizer(wan / 'google' / 'umt5-xxl', TOKENIZER_TEXTS, vocab_size=spec.umt5.get('vocab', 64))
     return wan
 
@@ -60,13 +63,15 @@ def diffusers_dit_config(c:WanConfig) -> dict:
                 freq_dim=c.freq_dim, ffn_dim=c.ffn_dim, num_layers=c.num_layers, cross_attn_norm=True, eps=c.eps)
 
 def write_diffusers(wan, spec:WeightsSpec, dit:dict, vae, te, base:bool=True) -> Path:
-    "Write the models in the layout of `Wan-AI/Wan2.1-T2V-1.3B-Diffusers` into the folder `wan` (the DiT only if `base`)."
+    """Write the models in the layout of `Wan-AI/Wan2.1-T2V-1.3B-Diffusers` into the folder `wan` (the DiT only if
+    `base`)."""
     from infcam.text import build_tiny_tokenizer
     wan = Path(wan)
     if base:
         (wan / 'transformer').mkdir(parents=True, exist_ok=True)
         (wan / 'transformer' / 'config.json').write_text(json.dumps(diffusers_dit_config(spec.dit), indent=1))
-        save_safetensors({dit_to_diffusers(k): v for k, v in dit.items()}, wan / 'transformer' / 'diffusion_pytorch_model.safetensors')
+        save_safetensors({dit_to_diffusers(k): v for k, v in dit.items()},
+                         wan / 'transformer' / 'diffusion_pytorch_model.safetensors')
     vae.save_pretrained(wan / 'vae')
     te.to(torch.bfloat16).save_pretrained(wan / 'text_encoder')
     build_tiny_tokenizer(wan / 'tokenizer', TOKENIZER_TEXTS, vocab_size=spec.umt5.get('vocab', 64))
@@ -84,10 +89,12 @@ def trained_infcam(dit:dict, config:WanConfig) -> dict:
 # %% ../nbs/17_testing.ipynb #108dc5de
 def make_tiny_release(folder, layout:str='original', spec:WeightsSpec|None=None, infcam:bool=True, base:bool=True,
                       seed:int=0) -> Path:
-    """Write random weights for every component under `folder` (`Wan2.1-T2V-1.3B[-Diffusers]/...`, `InfCam/step35000.ckpt`)
-    at the shapes of `spec` (default `WeightsSpec.tiny()`); `infcam`/`base` False leave out the InfCam/base DiT. Returns `folder`."""
+    """Write random weights for every component under `folder` (`Wan2.1-T2V-1.3B[-Diffusers]/...`,
+    `InfCam/step35000.ckpt`) at the shapes of `spec` (default `WeightsSpec.tiny()`); `infcam`/`base` False leave out the
+    InfCam/base DiT. Returns `folder`."""
     spec, folder = spec or WeightsSpec.tiny(), Path(folder)
-    if layout not in ('original', 'diffusers'): raise InfcamError(f"unknown layout {layout!r}; 'original' or 'diffusers'")
+    if layout not in ('original', 'diffusers'):
+        raise InfcamError(f"unknown layout {layout!r}; 'original' or 'diffusers'")
     with no_hf_progress():
         dit, vae, te = tiny_models(spec, seed)
         wan = folder / ('Wan2.1-T2V-1.3B' + ('-Diffusers' if layout == 'diffusers' else ''))
