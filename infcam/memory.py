@@ -52,7 +52,8 @@ def check_memory(need:int, what:str, hint:str):
         raise InfcamError(f"{what} needs about {gb(need)} of memory, more than the {gb(have)} {why}; {hint}")
 
 # %% ../nbs/18_memory.ipynb #0e4ac744
-VIDEO_COPIES = 6        # float32 copies of the clip alive at once: read, VAE input, decoded, [0, 1] frames, side-by-side
+# float32 copies of the clip alive at once: read, VAE input, decoded, [0, 1] frames, side-by-side
+VIDEO_COPIES = 6
 
 def umt5_params(vocab:int=256384, dim:int=4096, dim_attn:int=4096, dim_ffn:int=10240, num_heads:int=64,
                 num_layers:int=24, num_buckets:int=32, **_) -> int:
@@ -61,7 +62,8 @@ def umt5_params(vocab:int=256384, dim:int=4096, dim_attn:int=4096, dim_ffn:int=1
 
 def vae_params(base_dim:int=96, **_) -> int:
     "Parameters of the Wan2.1 VAE design (z_dim 16, widths x1 x2 x4 x4, two residual blocks) at base width `base_dim`."
-    return 13709 * base_dim ** 2 + 5719 * base_dim + 1363      # exact: convolutions grow with base_dim^2, biases with it
+    # exact: convolutions grow with base_dim^2, biases with it
+    return 13709 * base_dim ** 2 + 5719 * base_dim + 1363
 
 def dit_params(config, base_only:bool=False) -> int:
     "Parameters of the InfCam DiT of `config` (`base_only`: the Wan DiT alone), counted on the meta device."
@@ -101,4 +103,6 @@ def check_generation_memory(spec, num_frames:int, height:int, width:int, what:st
     "Raise `InfcamError` if `generation_memory(spec, ...)['host']` exceeds what this process may use."
     need = generation_memory(spec, num_frames, height, width, **kwargs)['host']
     check_memory(need, f"a {num_frames}x{height}x{width} {what}",
-                 "use a smaller --height/--width or fewer --frames" + ('' if kwargs.get('vae_tiled') else ', or --vae-tiled'))
+                 "use a smaller --height/--width or fewer --frames" + (''
+                                                                       if kwargs.get('vae_tiled')
+                                                                       else ', or --vae-tiled'))
