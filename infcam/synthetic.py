@@ -56,7 +56,8 @@ class SceneSpec:
         num_latent_frames(self.num_frames)
         for n in ('height', 'width'):
             v = _int(n, getattr(self, n), 16, 4096)
-            if v % 16: raise InfcamError(f"SceneSpec.{n} must be a multiple of 16 (the model's and read_video's grid), got {v}")
+            if v % 16: raise InfcamError(f"SceneSpec.{n} must be a multiple of 16 (the model's and read_video's grid), "
+                                         f"got {v}")
         self.focal_mm = check_focal_mm(self.focal_mm, 'SceneSpec.focal_mm')
         if self.num_objects is not None: _int('num_objects', self.num_objects, 0, 12)
         if self.num_moving is not None: _int('num_moving', self.num_moving, 0, 4)
@@ -204,7 +205,8 @@ def env_height(spec:SceneSpec) -> int:
     return int(min(1024, max(128, 2 ** math.floor(math.log2(math.pi * f)))))
 
 def make_scene(spec:SceneSpec) -> Scene:
-    "The `Scene` (environment at infinity plus textured quads, some moving) that `spec` describes, in world coordinates."
+    """The `Scene` (environment at infinity plus textured quads, some moving) that `spec` describes, in world
+    coordinates."""
     p = scene_plan(spec)
     R = ypr_to_rotation(p['heading'])                                   # level frame of the base camera
     o = torch.tensor(p['position'])
@@ -265,12 +267,15 @@ def scene_caption(spec:SceneSpec) -> str:
     moving = [o for o in p['objects'] if o['motion'] is not None]
     if still:
         d = [math.hypot(*o['pos']) for o in still]
-        where = f"about {round(d[0])} metres away" if len(still) == 1 else f"between {math.floor(min(d))} and {math.ceil(max(d))} metres away"
-        text += f" {_cap(_join([_noun(o) for o in still]))} {'stands' if len(still) == 1 else 'stand'} on the ground, {where}."
+        where = (f"about {round(d[0])} metres away"
+                 if len(still) == 1 else f"between {math.floor(min(d))} and {math.ceil(max(d))} metres away")
+        text += (f" {_cap(_join([_noun(o) for o in still]))} {'stands' if len(still) == 1 else 'stand'} on the ground, "
+                 f"{where}.")
     acts = []
     for o in moving:
         m = o['motion']
-        if m[0] == 'slide': acts.append(f"{_noun(o)} slides {'slowly ' if abs(m[1]) < 0.45 else ''}to the {'right' if m[1] > 0 else 'left'}")
+        if m[0] == 'slide': acts.append(f"{_noun(o)} slides {'slowly ' if abs(m[1]) < 0.45 else ''}to the "
+                                        f"{'right' if m[1] > 0 else 'left'}")
         else: acts.append(f"{_noun(o)} moves {'slowly ' if m[2] > 4.5 else ''}in a small circle")
     if acts: text += ' ' + _cap(_join(acts)) + '.'
     return text
@@ -292,7 +297,8 @@ def render_cameras(scene:Scene, c2w:Tensor, K4:Tensor, height:int, width:int, t:
     K4 = torch.as_tensor(K4, dtype=torch.float32)
     if K4.ndim == 2: K4 = K4[:, None]
     try: K4 = K4.expand(C, F, 4)
-    except RuntimeError: raise InfcamError(f"K4 must be (4,), (C, 4) or (C, F, 4) for {C} cameras of {F} frames, got {tuple(K4.shape)}") from None
+    except RuntimeError: raise InfcamError(f"K4 must be (4,), (C, 4) or (C, F, 4) for {C} cameras of {F} frames, got "
+                                           f"{tuple(K4.shape)}") from None
     if t is not None:
         t = torch.as_tensor(t, dtype=torch.float32).reshape(-1)
         if len(t) != F: raise InfcamError(f"t must have one time per frame ({F}), got {len(t)}")
@@ -396,7 +402,8 @@ def load_scene(path) -> dict:
     """A written scene (or a MultiCamVideo one): dict with `cameras` {camXX: c2w (F, 4, 4)} from its camera file,
     `K4` (4,), `caption`, `spec` (a `SceneSpec`, None without scene.json) and `path`."""
     path = Path(path)
-    if not scene_complete(path): raise InfcamError(f"{path} is not a complete scene (cameras/camera_extrinsics.json and videos/cam01..cam10.mp4)")
+    if not scene_complete(path): raise InfcamError(f"{path} is not a complete scene (cameras/camera_extrinsics.json "
+                                                   "and videos/cam01..cam10.mp4)")
     cams = load_camera_extrinsics(camera_file(path))
     meta = scene_info_file(path)
     if meta.is_file():
@@ -405,7 +412,8 @@ def load_scene(path) -> dict:
         spec = SceneSpec.from_dict(m['spec'])
         return dict(cameras=cams, K4=spec.intrinsics, caption=m.get('caption', ''), spec=spec, path=path)
     info = video_info(video_file(path, 'cam01'))
-    K4 = pixel_intrinsics(focal_mm_to_px(scene_focal_mm(path.parent.name, path.name), info['height'], info['width']), info['height'], info['width'])
+    K4 = pixel_intrinsics(focal_mm_to_px(scene_focal_mm(path.parent.name, path.name), info['height'], info['width']),
+                          info['height'], info['width'])
     return dict(cameras=cams, K4=K4, caption='', spec=None, path=path)
 
 def scene_pair(path, source:str='cam01', target:str='cam05', num_frames:int|None=None) -> dict:
@@ -440,9 +448,11 @@ def write_metadata(root) -> Path:
 def _same_spec(path:Path, spec:SceneSpec):
     try: old = json.loads(scene_info_file(path).read_text())['spec']
     except (OSError, json.JSONDecodeError, KeyError):
-        raise InfcamError(f"{path} exists but has no readable scene.json; pass overwrite=True to re-render it") from None
+        raise InfcamError(f"{path} exists but has no readable scene.json; pass overwrite=True to "
+                          "re-render it") from None
     diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in asdict(spec).items() if old.get(k) != v]
-    if diff: raise InfcamError(f"{path} was rendered with other settings ({'; '.join(diff)}); pass overwrite=True or another root")
+    if diff: raise InfcamError(f"{path} was rendered with other settings ({'; '.join(diff)}); pass overwrite=True or "
+                               "another root")
 
 def make_dataset(root, num_scenes:int, seed:int=0, focal_mms=(24,), num_frames:int=81, height:int=64, width:int=112,
                  progress:bool=True, overwrite:bool=False, save_depth:bool=False, **spec_kw) -> list[Path]:
@@ -455,7 +465,8 @@ def make_dataset(root, num_scenes:int, seed:int=0, focal_mms=(24,), num_frames:i
     if not focal_mms: raise InfcamError("give at least one focal length")
     names = [setting_name(f) for f in focal_mms]
     if twice := next((f for f, n in zip(focal_mms, names) if names.count(n) > 1), None):
-        raise InfcamError(f"focal length {twice:g} mm is given twice (both would be the setting {setting_name(twice)}); give each once")
+        raise InfcamError(f"focal length {twice:g} mm is given twice (both would be the setting "
+                          f"{setting_name(twice)}); give each once")
     jobs = [(setting_name(f), f'scene{i + 1}',
              SceneSpec(seed=seed + i, num_frames=num_frames, height=height, width=width, focal_mm=f, **spec_kw))
             for f in focal_mms for i in range(num_scenes)]
@@ -476,7 +487,8 @@ def make_dataset(root, num_scenes:int, seed:int=0, focal_mms=(24,), num_frames:i
 
 def synth(out='data/minimcv', scenes:int=8, seed:int=0, focal_mm=24, frames:int=81, height:int=64, width:int=112,
           overwrite:bool=False, progress:bool=True, **spec_kw) -> list[Path]:
-    "The `infcam synth` command: `scenes` synthetic scenes per focal length (`focal_mm` a number or a list) under `out`."
+    """The `infcam synth` command: `scenes` synthetic scenes per focal length (`focal_mm` a number or a list) under
+    `out`."""
     check_size(height, width); check_video_memory(frames, height, width, copies=2)
     with folder_lock(out, 'synth'):
         return make_dataset(out, scenes, seed=seed, focal_mms=focal_mm, num_frames=frames, height=height, width=width,
