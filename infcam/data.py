@@ -30,7 +30,8 @@ def train_size(src_hw:tuple[int, int], height:int|None=None, width:int|None=None
     return int(height), int(width)
 
 def clip_intrinsics(focal_mm:float, src_hw:tuple[int, int], height:int|None=None, width:int|None=None) -> Tensor:
-    "Pixel intrinsics `[fx, fy, cx, cy]` (4,) of a `src_hw` video with lens `focal_mm`, after `read_video`'s crop and resize."
+    """Pixel intrinsics `[fx, fy, cx, cy]` (4,) of a `src_hw` video with lens `focal_mm`, after `read_video`'s crop and
+    resize."""
     H, W = src_hw
     h, w = train_size(src_hw, height, width)
     if height is None: ch = h                                    # crop only
@@ -116,7 +117,8 @@ def read_scene(sc:Path, problems:Problems, caps:dict|None=None, validate:bool=Fa
 # %% ../nbs/21_data.ipynb #dd2b5d78
 class MultiCamDataset:
     """Index of MultiCamVideo / AugMCV scenes under one or more `roots`: `scenes` (list of `SceneEntry`), `groups`
-    {scene id: [original, augmented copies...]}, `problems` [(path, reason)]. `validate` also parses every camera file."""
+    {scene id: [original, augmented copies...]}, `problems` [(path, reason)]. `validate` also parses every camera
+    file."""
     def __init__(self, roots, on_error:str='skip', validate:bool=False):
         roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
         if not roots: raise InfcamError("give at least one dataset root")
@@ -134,7 +136,8 @@ class MultiCamDataset:
 
     def _scan(self, root:Path, validate:bool):
         if not root.is_dir(): raise InfcamError(f"dataset root not found: {root}")
-        if not setting_folders(root): raise InfcamError(f"{root} has no MultiCamVideo setting folders (named like 'f24_aperture5')")
+        if not setting_folders(root):
+            raise InfcamError(f"{root} has no MultiCamVideo setting folders (named like 'f24_aperture5')")
         caps, rows = {}, []
         if (metadata_file(root)).is_file():
             rows = read_metadata(metadata_file(root))
@@ -169,22 +172,25 @@ class MultiCamDataset:
     def __len__(self) -> int: return len(self.ids)
     def __repr__(self) -> str:
         n_aug = sum(e.aug for e in self.scenes)
-        return (f"MultiCamDataset({len(self.ids)} scenes, {len(self.scenes) - n_aug} original + {n_aug} augmented folders, "
-                f"{len(self.clips())} clips, {len(self.problems)} problems)")
+        return (f"MultiCamDataset({len(self.ids)} scenes, {len(self.scenes) - n_aug} original + {n_aug} augmented "
+                f"folders, {len(self.clips())} clips, {len(self.problems)} problems)")
 
 # %% ../nbs/21_data.ipynb #79eb9078
 class ClipFolder:
     """The clips a folder's `metadata.csv` (`file_name,text`) names, relative to the folder or its `videos/`:
-    `clips` [(path, caption)], `problems` for rows naming no file. Items: dict(video (3, F, H, W) in [-1, 1], caption, path)."""
+    `clips` [(path, caption)], `problems` for rows naming no file. Items: dict(video (3, F, H, W) in [-1, 1], caption,
+    path)."""
     def __init__(self, root, num_frames:int|None=None, height:int|None=None, width:int|None=None, on_error:str='skip'):
         self.root, self.problems = Path(root), Problems(on_error)
         self.num_frames, self.height, self.width = num_frames, height, width
         if num_frames is not None: num_latent_frames(num_frames)
-        if not metadata_file(self.root).is_file(): raise InfcamError(f"{self.root} has no metadata.csv (file_name,text)")
+        if not metadata_file(self.root).is_file():
+            raise InfcamError(f"{self.root} has no metadata.csv (file_name,text)")
         self.clips = []
         for fn, text in read_metadata(metadata_file(self.root)):
             if fn and not inside(self.root, fn):                     # never read, or write latents, outside the dataset
-                self.problems.add(metadata_file(self.root), f"row {fn!r} points outside {self.root} (skipped)"); continue
+                self.problems.add(metadata_file(self.root),
+                                  f"row {fn!r} points outside {self.root} (skipped)"); continue
             p = next((q for q in (self.root / fn, videos_folder(self.root) / fn) if fn and q.is_file()), None)
             if p is None: self.problems.add(metadata_file(self.root), f"row {fn!r} names no video")
             else: self.clips.append((p, text))
@@ -203,7 +209,8 @@ def item_rng(seed:int, index:int, epoch:int=0) -> np.random.Generator:
 
 def sample_pair(index:MultiCamDataset, rng:np.random.Generator, scene:int|str|None=None, aug_prob:float=0.5) -> dict:
     """Draw a pair from scene `scene` (position in `index.ids` or an id; None: a random one): dict(`target`, `source`)
-    each `(SceneEntry, camera)`, the cameras different, and `aug` ('target', 'source' or None: which side is refocused)."""
+    each `(SceneEntry, camera)`, the cameras different, and `aug` ('target', 'source' or None: which side is
+    refocused)."""
     if not len(index): raise InfcamError("the dataset has no usable scenes")
     if scene is None: scene = int(rng.integers(len(index)))
     sid = index.ids[scene] if isinstance(scene, (int, np.integer)) else scene
@@ -248,8 +255,8 @@ def prune_index(index:MultiCamDataset, keep) -> MultiCamDataset:
 
 # %% ../nbs/21_data.ipynb #64c53994
 class PairDataset(torch.utils.data.Dataset):
-    """Training pairs from MultiCamVideo / AugMCV `roots`: dict(target, source (3, F, H, W) in [-1, 1], K_src, K_tgt (4,)
-    pixel intrinsics, extrinsics (F_lat, 12), caption (the target's), meta). `set_epoch` changes the draw."""
+    """Training pairs from MultiCamVideo / AugMCV `roots`: dict(target, source (3, F, H, W) in [-1, 1], K_src, K_tgt
+    (4,) pixel intrinsics, extrinsics (F_lat, 12), caption (the target's), meta). `set_epoch` changes the draw."""
     def __init__(self, roots, num_frames:int=81, height:int|None=None, width:int|None=None, aug_prob:float=0.5,
                  seed:int=0, on_error:str='skip', max_tries:int=10, index:MultiCamDataset|None=None):
         num_latent_frames(num_frames)
@@ -260,7 +267,8 @@ class PairDataset(torch.utils.data.Dataset):
         self.num_frames, self.height, self.width, self.aug_prob, self.seed = num_frames, height, width, aug_prob, seed
         self.max_tries, self.epoch = max_tries, 0
         for e in self.index.scenes:
-            if e.num_frames < num_frames: self.problems.add(e.camera_file, f"{e.num_frames} frames, need {num_frames} (scene skipped)")
+            if e.num_frames < num_frames:
+                self.problems.add(e.camera_file, f"{e.num_frames} frames, need {num_frames} (scene skipped)")
         prune_index(self.index, lambda e: e.num_frames >= num_frames)
 
     def set_epoch(self, epoch:int): self.epoch = int(epoch)
