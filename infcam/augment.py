@@ -41,15 +41,19 @@ def refocus_intrinsics(K4:Tensor, crop:float, height:int, width:int) -> Tensor:
     if K4.shape[-1:] != (4,): raise InfcamError(f"intrinsics must have shape (..., 4), got {tuple(K4.shape)}")
     if not 0 < crop <= 1: raise InfcamError(f"crop factor must be in (0, 1], got {crop!r}")
     fx, fy, cx, cy = K4.unbind(-1)
-    return torch.stack([fx / crop, fy / crop, width / 2 + (cx - width / 2) / crop, height / 2 + (cy - height / 2) / crop], -1)
+    return torch.stack([fx / crop, fy / crop, width / 2 + (cx - width / 2) / crop,
+                        height / 2 + (cy - height / 2) / crop], -1)
 
 def refocus(frames:Tensor, # (..., 3, H, W) floats in [0, 1]
             crop:float,    # crop factor f_src / f_dst in (0, 1]
             mode:str='bicubic') -> Tensor:
-    "Re-focus `frames` to a lens `1/crop` times longer: sample the centred `crop*W x crop*H` window exactly, same size out."
-    if not isinstance(frames, Tensor) or frames.ndim < 3: raise InfcamError(f"frames must be (..., C, H, W), got {getattr(frames, 'shape', type(frames).__name__)}")
+    """Re-focus `frames` to a lens `1/crop` times longer: sample the centred `crop*W x crop*H` window exactly, same size
+    out."""
+    if not isinstance(frames, Tensor) or frames.ndim < 3:
+        raise InfcamError(f"frames must be (..., C, H, W), got {getattr(frames, 'shape', type(frames).__name__)}")
     if not 0 < crop <= 1: raise InfcamError(f"crop factor must be in (0, 1], got {crop!r}")
-    if mode not in ('bilinear', 'bicubic'): raise InfcamError(f"resampling mode must be 'bilinear' or 'bicubic', got {mode!r}")
+    if mode not in ('bilinear', 'bicubic'):
+        raise InfcamError(f"resampling mode must be 'bilinear' or 'bicubic', got {mode!r}")
     lead, (C, H, W) = frames.shape[:-3], frames.shape[-3:]
     x = frames.reshape(-1, C, H, W)
     if not x.is_floating_point(): x = x.float()
@@ -76,11 +80,13 @@ def reverse_indices(num_frames:int) -> list[int]:
     return list(range(num_frames - 1, -1, -1))
 
 def palindrome_indices(num_frames:int, start:int|None=None) -> list[int]:
-    "Forward from `start` for `m = (num_frames+1)/2` frames, then back to `start`: `num_frames` frames in all (default `start` the last `m`)."
+    """Forward from `start` for `m = (num_frames+1)/2` frames, then back to `start`: `num_frames` frames in all (default
+    `start` the last `m`)."""
     _check_len(num_frames, 'clip length')
     m = (num_frames + 1) // 2
     start = num_frames - m if start is None else start
-    if not 0 <= start <= num_frames - m: raise InfcamError(f"palindrome start {start} must be in 0..{num_frames - m} for {num_frames} frames")
+    if not 0 <= start <= num_frames - m:
+        raise InfcamError(f"palindrome start {start} must be in 0..{num_frames - m} for {num_frames} frames")
     fwd = list(range(start, start + m))
     return fwd + fwd[-2::-1]
 
@@ -88,7 +94,8 @@ def default_window(num_frames:int) -> int:
     "The shift windows' length: the largest `4k+1` up to half the clip (81 -> 41, 9 -> 5)."
     return max(1, ((num_frames + 1) // 2 - 1) // 4 * 4 + 1)
 
-def trajectory_plan(num_frames:int, kinds=('shift', 'reverse', 'palindrome'), shifts=None, window:int|None=None) -> dict[str, list[int]]:
+def trajectory_plan(num_frames:int, kinds=('shift', 'reverse', 'palindrome'), shifts=None,
+                    window:int|None=None) -> dict[str, list[int]]:
     "`{suffix: frame indices}` of the re-timings of a `num_frames` clip: `_t<s>` per shift, `_rev`, `_pal`."
     kinds = () if kinds is None else (kinds,) if isinstance(kinds, str) else tuple(kinds)
     bad = [k for k in kinds if k not in ('shift', 'reverse', 'palindrome')]
@@ -130,8 +137,10 @@ def source_scenes(src, incomplete:dict|None=None) -> list[Path]:
     return out
 
 def _focal_plan(f_src:float, focal_targets) -> list[float]:
-    if focal_targets is None: return list(FOCAL_TARGETS.get(float(f_src), tuple(t for t in (24., 35., 50.) if t > f_src)))
-    if isinstance(focal_targets, dict): return [float(t) for t in focal_targets.get(f_src, focal_targets.get(int(f_src), ()))]
+    if focal_targets is None:
+        return list(FOCAL_TARGETS.get(float(f_src), tuple(t for t in (24., 35., 50.) if t > f_src)))
+    if isinstance(focal_targets, dict):
+        return [float(t) for t in focal_targets.get(f_src, focal_targets.get(int(f_src), ()))]
     if focal_targets is False: return []
     ts = [focal_targets] if isinstance(focal_targets, (int, float)) else list(focal_targets)
     return [float(t) for t in ts if t > f_src]
@@ -166,7 +175,8 @@ def _encode(path, frames:Tensor, fps:float, crf:int=18):
         s.options = {'crf': str(crf), 'threads': '1'}     # one thread per process: the pool gives the parallelism
         s.codec_context.thread_count = 1
         for a in arr:
-            fr = av.VideoFrame.from_ndarray(np.ascontiguousarray(a), format='rgb24').reformat(format='yuv420p', threads=1)
+            fr = av.VideoFrame.from_ndarray(np.ascontiguousarray(a), format='rgb24').reformat(format='yuv420p',
+                                                                                              threads=1)
             for p in s.encode(fr): c.mux(p)
         for p in s.encode(): c.mux(p)
 
@@ -193,7 +203,8 @@ def _finished(out:Path, meta:dict, overwrite:bool) -> bool:
     if old is None or not scene_complete(out): return False           # a broken leftover: rewrite it
     if _recipe(old) != _recipe(meta):
         diff = [k for k in _recipe(meta) if old.get(k) != meta[k]]
-        raise InfcamError(f"{out} was written with another recipe ({', '.join(diff)} differ); pass overwrite=True or another destination")
+        raise InfcamError(f"{out} was written with another recipe ({', '.join(diff)} differ); pass overwrite=True or "
+                          "another destination")
     return True
 
 def _swap_in(tmp:Path, out:Path):
@@ -204,7 +215,8 @@ def _swap_in(tmp:Path, out:Path):
 
 # %% ../nbs/22_augment.ipynb #79d57dde
 def _scene_captions(scene:Path, rel:str, cams, captions:dict|None) -> dict:
-    "`{camera: caption}` of the source scene `rel`: its rows in `captions` (metadata.csv), else its `scene.json` caption."
+    """`{camera: caption}` of the source scene `rel`: its rows in `captions` (metadata.csv), else its `scene.json`
+    caption."""
     default_cap = ''
     sj = scene_info_file(scene)
     if sj.is_file():
@@ -222,13 +234,15 @@ def _write_output(tmp:Path, scene:Path, cams, video, meta:dict, cam_json:dict, f
             outv = refocus_uint8(fr, crop_factor(float(focal_mm), meta['focal_mm']), mode)
         else:
             idx = meta['frames']
-            if max(idx) >= len(fr): raise InfcamError(f"{scene}/videos/{c}.mp4 has {len(fr)} frames; the re-timing needs {max(idx) + 1}")
+            if max(idx) >= len(fr):
+                raise InfcamError(f"{scene}/videos/{c}.mp4 has {len(fr)} frames; the re-timing needs {max(idx) + 1}")
             outv = fr[torch.as_tensor(idx)]
         _encode(video_file(tmp, c), outv, fps, crf)
     if meta['kind'] == 'focal': new_json = cam_json
     else:
         n_json = len(cam_json)
-        if max(meta['frames']) >= n_json: raise InfcamError(f"{scene}/cameras/camera_extrinsics.json has {n_json} frames; the re-timing needs {max(meta['frames']) + 1}")
+        if max(meta['frames']) >= n_json: raise InfcamError(f"{scene}/cameras/camera_extrinsics.json has {n_json} "
+                                                            f"frames; the re-timing needs {max(meta['frames']) + 1}")
         new_json = {f'frame{k}': cam_json[f'frame{i}'] for k, i in enumerate(meta['frames'])}
     camera_file(tmp).write_text(json.dumps(new_json, indent=4) + '\n')
     f_px = focal_mm_to_px(meta['focal_mm'], H, W)
@@ -248,7 +262,8 @@ def augment_scene(scene, dst, rel:str, focal_mm:float, focals=(), plan:dict|None
     cams = sorted(p.stem for p in videos_folder(scene).glob('*.mp4'))
     caps = _scene_captions(scene, rel, cams, captions)
     jobs = [(aug_scene_name(name, f), 'focal', dict(focal_mm=float(f))) for f in focals] + \
-           [(name + suf, {'_r': 'reverse', '_p': 'palindrome'}.get(suf[:2], 'shift'), dict(frames=idx)) for suf, idx in (plan or {}).items()]
+           [(name + suf, {'_r': 'reverse', '_p': 'palindrome'}.get(suf[:2], 'shift'), dict(frames=idx))
+            for suf, idx in (plan or {}).items()]
     res = dict(written=[], skipped=[], rows=[])
     if not jobs: return res
     videos, info = {}, None
@@ -302,7 +317,10 @@ def _mm(fs) -> str:
 def check_focal_targets(focal_targets):
     "`InfcamError` unless every focal target (mm) is a finite number in (0, 1000]."
     if focal_targets is None or focal_targets is False: return
-    vals = focal_targets.values() if isinstance(focal_targets, dict) else ([focal_targets] if isinstance(focal_targets, (int, float)) else focal_targets)
+    vals = focal_targets.values() if isinstance(focal_targets,
+                                                dict) else ([focal_targets]
+                                                            if isinstance(focal_targets, (int, float))
+                                                            else focal_targets)
     for v in (x for v in vals for x in (v if isinstance(v, (list, tuple)) else [v])):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 < v <= 1000:
             raise InfcamError(f"focal target {v!r} must be a focal length in mm, a number in (0, 1000]")
@@ -321,8 +339,10 @@ def augment_summary(rep:dict) -> str:
             f"{len(rep['skipped'])} already there; {len(rep['failed'])} source scene(s) failed")
 
 # %% ../nbs/22_augment.ipynb #1aac2532
-def _plan_tasks(scenes, dst, captions, focal_targets, trajectory, shifts, window, overwrite, mode, crf, threads) -> tuple[list, dict]:
-    "One `_task` per source scene (its focal targets and re-timings), and `{scene: why}` for the scenes that cannot be planned."
+def _plan_tasks(scenes, dst, captions, focal_targets, trajectory, shifts, window, overwrite, mode, crf,
+                threads) -> tuple[list, dict]:
+    """One `_task` per source scene (its focal targets and re-timings), and `{scene: why}` for the scenes that cannot be
+    planned."""
     tasks, failed = [], {}
     for sc in scenes:
         rel = f'{sc.parent.name}/{sc.name}'
@@ -330,7 +350,8 @@ def _plan_tasks(scenes, dst, captions, focal_targets, trajectory, shifts, window
             f_src = scene_focal_mm(sc.parent.name, sc.name)
             n = len(json.loads(camera_file(sc).read_text()))
             n = min(n, video_info(video_file(sc, 'cam01'))['frames'])
-            plan = trajectory_plan(n if (n - 1) % 4 == 0 else (n - 1) // 4 * 4 + 1, trajectory, shifts, window) if trajectory else {}
+            plan = trajectory_plan(n if (n - 1) % 4 == 0 else (n - 1) // 4 * 4 + 1, trajectory, shifts,
+                                   window) if trajectory else {}
             kw = dict(focals=_focal_plan(f_src, focal_targets), plan=plan,
                       captions={k: v for k, v in captions.items() if k.startswith(rel + '/')},
                       overwrite=overwrite, mode=mode, crf=crf)
@@ -340,10 +361,12 @@ def _plan_tasks(scenes, dst, captions, focal_targets, trajectory, shifts, window
     return tasks, failed
 
 # %% ../nbs/22_augment.ipynb #9ad6ed55
-def _augment(src, dst, scenes, incomplete, captions, focal_targets, trajectory, workers, overwrite, progress, shifts, window, mode, crf):
+def _augment(src, dst, scenes, incomplete, captions, focal_targets, trajectory, workers, overwrite, progress, shifts,
+             window, mode, crf):
     from tqdm.auto import tqdm
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
-    tasks, bad = _plan_tasks(scenes, dst, captions, focal_targets, trajectory, shifts, window, overwrite, mode, crf, threads)
+    tasks, bad = _plan_tasks(scenes, dst, captions, focal_targets, trajectory, shifts, window, overwrite, mode, crf,
+                             threads)
     failed = {**incomplete, **bad}
     written, skipped, rows = [], [], []
     bar = tqdm(total=len(tasks), desc='augment', unit='scene', disable=not progress)
@@ -381,20 +404,24 @@ def augment(src, dst, focal_targets=None, trajectory=('shift', 'reverse', 'palin
     """AugMCV from the MultiCamVideo-layout dataset `src` into `dst` (may be `src`): re-focused copies (`focal_targets`:
     None for 18->24/35/50, 24->35/50, 35->50; a list of mm; a dict {src_mm: [mm]}; () for none) and re-timed copies
     (`trajectory`: any of 'shift', 'reverse', 'palindrome', or None; `shifts`/`window` set the shift windows).
-    Resumable; `workers` processes (0: in this process). Returns `{'written', 'skipped', 'failed': {scene: reason}, 'metadata'}`."""
+    Resumable; `workers` processes (0: in this process). Returns `{'written', 'skipped', 'failed': {scene: reason},
+    'metadata'}`."""
     from tqdm.auto import tqdm
     check_int(workers, 'workers')
     src, dst = Path(src), Path(dst)
     check_focal_targets(focal_targets)
     incomplete = {}
     scenes = source_scenes(src, incomplete)
-    if not scenes and incomplete: raise InfcamError(f"no complete scene under {src}: {next(iter(incomplete))}: {next(iter(incomplete.values()))}")
-    if not scenes: raise InfcamError(f"no complete scenes under {src} (expected <setting>/<scene>/cameras and videos, e.g. f24_aperture5/scene1)")
+    if not scenes and incomplete:
+        raise InfcamError(f"no complete scene under {src}: {next(iter(incomplete))}: {next(iter(incomplete.values()))}")
+    if not scenes: raise InfcamError(f"no complete scenes under {src} (expected <setting>/<scene>/cameras and videos, "
+                                     "e.g. f24_aperture5/scene1)")
     captions = _read_captions(src)
-    if focal_targets is not None and focal_targets is not False and focal_targets != () and not any(_focal_plan(scene_focal_mm(sc.parent.name, sc.name), focal_targets) for sc in scenes):
+    if (focal_targets is not None and focal_targets is not False and focal_targets != ()
+            and not any(_focal_plan(scene_focal_mm(sc.parent.name, sc.name), focal_targets) for sc in scenes)):
         fs = sorted({scene_focal_mm(sc.parent.name, sc.name) for sc in scenes})
-        raise InfcamError(f"focal targets {_mm(focal_targets)} are not longer than any scene's focal length ({_mm(fs)}): "
-                          "refocusing crops the frame, so it can only lengthen the focal length")
+        raise InfcamError(f"focal targets {_mm(focal_targets)} are not longer than any scene's focal length "
+                          f"({_mm(fs)}): refocusing crops the frame, so it can only lengthen the focal length")
     with folder_lock(dst, 'augment'):
         return _augment(src, dst, scenes, incomplete, captions, focal_targets, trajectory, workers, overwrite, progress,
                         shifts, window, mode, crf)
