@@ -22,7 +22,8 @@ __all__ = ['codec_tag', 'text_tag', 'latents_path', 'text_path', 'save_cache_fil
 
 # %% ../nbs/23_cache.ipynb #d3b14b05
 def codec_tag(codec) -> str:
-    "Short name of a codec for cache file names: `PixelCodec` -> 'pixel', `WanVAECodec` -> 'wanvae' (or `codec.cache_tag`)."
+    """Short name of a codec for cache file names: `PixelCodec` -> 'pixel', `WanVAECodec` -> 'wanvae' (or
+    `codec.cache_tag`)."""
     tag = getattr(codec, 'cache_tag', None) or type(codec).__name__.lower().removesuffix('codec') or 'codec'
     return re.sub(r'[^a-z0-9_-]', '', str(tag).lower())
 
@@ -37,13 +38,15 @@ def latents_path(video, height:int, width:int, num_frames:int, tag:str) -> Path:
     return latents_folder(d) / f'{video.stem}.{height}x{width}x{num_frames}.{tag}.safetensors'
 
 def text_path(root, caption:str, tag:str) -> Path:
-    "Where `prepare` caches the text states of `caption`: `<root>/text/<sha1 of the cleaned caption>.<tag>.safetensors`."
+    """Where `prepare` caches the text states of `caption`: `<root>/text/<sha1 of the cleaned
+    caption>.<tag>.safetensors`."""
     from infcam.text import clean_prompt
     return text_folder(root) / f"{hashlib.sha1(clean_prompt(caption).encode()).hexdigest()[:20]}.{tag}.safetensors"
 
 # %% ../nbs/23_cache.ipynb #ee167c8d
 def save_cache_file(tensors:dict, path:Path, metadata:dict):
-    "Write a cache file under a temporary name and rename it; a full disk or another failed write is one line naming it."
+    """Write a cache file under a temporary name and rename it; a full disk or another failed write is one line naming
+    it."""
     from safetensors.torch import save_file
     with atomic_path(path) as tmp:                         # the half-written temporary is removed on any error
         try: save_file(tensors, str(tmp), metadata=metadata)
@@ -97,12 +100,17 @@ class PrepareReport:
     @property
     def summary(self) -> str:
         s = (f"prepare {self.root}: {self.clips} clips ({self.encoded} encoded, {self.cached} already cached, "
-             f"{len(self.failed) - self.problems} skipped" + (f"; {self.problems} unusable rows or scenes" if self.problems else '') +
+             f"{len(self.failed) - self.problems} skipped" + (f"; {self.problems} unusable rows or scenes"
+                                                              if self.problems else '') +
              f"), {self.captions} captions ({self.texts_encoded} encoded, {self.texts_cached} "
              f"already cached) in {self.seconds:.1f} s")
-        if len(self.lengths) > 1: s += "; clip lengths " + ', '.join(f"{n} frames: {c} clips" for n, c in sorted(self.lengths.items(), reverse=True))
+        if len(self.lengths) > 1: s += "; clip lengths " + ', '.join(f"{n} frames: {c} clips"
+                                                                     for n, c in sorted(self.lengths.items(),
+                                                                                        reverse=True))
         if self.removed_temp: s += f"; removed {self.removed_temp} unfinished temporary files"
-        if self.failed: s += f"; skipped {self.failed[0][0]}: {self.failed[0][1]}" + (f" and {len(self.failed) - 1} more clips or rows" if len(self.failed) > 1 else '')
+        if self.failed: s += f"; skipped {self.failed[0][0]}: {self.failed[0][1]}" + (f" and {len(self.failed) - 1} "
+                                                                                      "more clips or rows"
+                                                                                      if len(self.failed) > 1 else '')
         return s
     def __str__(self) -> str: return self.summary
 
@@ -138,14 +146,16 @@ def _remove_temp(dirs) -> int:
 
 # %% ../nbs/23_cache.ipynb #05ef862c
 def cache_latents(video, codec, focal_mm:float=24., num_frames:int|None=None, height:int|None=None, width:int|None=None,
-                  poses:int|None=None, overwrite:bool=False, dtype:torch.dtype|None=None, tag:str|None=None) -> tuple[Path, int, bool]:
+                  poses:int|None=None, overwrite:bool=False, dtype:torch.dtype|None=None,
+                  tag:str|None=None) -> tuple[Path, int, bool]:
     """Encode `video` with `codec` into its cache file unless a finished one is there: `(path, frames, encoded)`.
     `num_frames` None: the clip's `clip_length` (at most `poses`, the camera poses it has); `height`/`width` None: the
     video's size cropped to multiples of 16; `focal_mm` gives the stored intrinsics; `dtype` casts the latents."""
     tag = tag or codec_tag(codec)
     info = video_info(video)
     n = clip_length(info['frames'], poses) if num_frames is None else num_frames
-    if poses is not None and poses < n: raise InfcamError(f"camera file has {poses} frames of {Path(video).stem}, need {n}")
+    if poses is not None and poses < n:
+        raise InfcamError(f"camera file has {poses} frames of {Path(video).stem}, need {n}")
     h, w = train_size((info['height'], info['width']), height, width)
     out = latents_path(video, h, w, n, tag)
     if not overwrite and _complete(out): return out, n, False
@@ -196,9 +206,9 @@ def prepare(root, codec=None, text_encoder=None, num_frames:int|None=81, height:
     """Cache the latents of every clip under `root` (a MultiCamVideo/AugMCV root or a clip folder) with `codec` and the
     text states of every caption with `text_encoder` (either may be None), resumably; bad clips are skipped and
     reported (`on_error='skip'`) or raise (`'raise'`). `num_frames` None caches each clip at its own length
-    (`clip_length`: a 41-frame time-shifted copy at 41, an 81-frame clip at 81). `height`/`width` None keep each video's size (cropped to
-    multiples of 16); `dtype` casts stored latents (default: as the codec returns them); `text_batch` captions are
-    encoded at once. Writes `<root>/prepare_report.json` and prints the summary line when `progress`."""
+    (`clip_length`: a 41-frame time-shifted copy at 41, an 81-frame clip at 81). `height`/`width` None keep each video's
+    size (cropped to multiples of 16); `dtype` casts stored latents (default: as the codec returns them); `text_batch`
+    captions are encoded at once. Writes `<root>/prepare_report.json` and prints the summary line when `progress`."""
     from tqdm.auto import tqdm
     _check_prepare_args(codec, text_encoder, num_frames, height, width, on_error)
     root = Path(root)
@@ -206,7 +216,8 @@ def prepare(root, codec=None, text_encoder=None, num_frames:int|None=81, height:
     with folder_lock(root, 'prepare'):                           # one prepare per dataset at a time
         t0 = time.time()
         clips, problems = _layout(root, on_error)
-        rep, tag, bad_scenes = PrepareReport(str(root), clips=len(clips)), codec_tag(codec) if codec is not None else None, {}
+        rep, tag, bad_scenes = PrepareReport(str(root),
+                                             clips=len(clips)), codec_tag(codec) if codec is not None else None, {}
         dirs = {latents_path(c[0], 16, 16, 1, 'x').parent for c in clips} | {text_folder(root)}
         rep.removed_temp = _remove_temp({d for d in dirs if not _leaves(root, d)})
         bar = tqdm(clips, desc='prepare latents', unit='clip', disable=not progress or codec is None)
@@ -216,18 +227,22 @@ def prepare(root, codec=None, text_encoder=None, num_frames:int|None=81, height:
                     raise InfcamError(f"its latents folder is a symbolic link out of {root} (not written)")
                 poses = _scene_frames(entry, cam, bad_scenes)
                 _, n, new = cache_latents(video, codec, focal, num_frames, height, width, poses, overwrite, dtype, tag)
-                rep.encoded, rep.cached, rep.lengths[n] = rep.encoded + new, rep.cached + (not new), rep.lengths.get(n, 0) + 1
+                rep.encoded, rep.cached, rep.lengths[n] = (rep.encoded + new, rep.cached + (not new),
+                                                           rep.lengths.get(n, 0) + 1)
             except InfcamError as e:
                 if on_error == 'raise': raise InfcamError(f"{video}: {e}") from None
                 rep.failed.append((str(video), " ".join(str(e).split())))
                 bar.set_postfix(skipped=len(rep.failed))
         if text_encoder is not None:
-            if _leaves(root, text_folder(root)): raise InfcamError(f"{text_folder(root)} is a symbolic link out of {root}; not writing there")
-            rep.texts_encoded, rep.texts_cached = cache_texts(root, [c[1] for c in clips], text_encoder, overwrite, progress, text_batch)
+            if _leaves(root, text_folder(root)):
+                raise InfcamError(f"{text_folder(root)} is a symbolic link out of {root}; not writing there")
+            rep.texts_encoded, rep.texts_cached = cache_texts(root, [c[1] for c in clips], text_encoder, overwrite,
+                                                              progress, text_batch)
             rep.captions = rep.texts_encoded + rep.texts_cached
         rep.failed, rep.problems, rep.seconds = [*problems, *rep.failed], len(problems), time.time() - t0
         with atomic_path(root / 'prepare_report.json') as tmp:
-            tmp.write_text(json.dumps(dict(summary=rep.summary, **{k: getattr(rep, k) for k in rep.__dataclass_fields__}), indent=1))
+            tmp.write_text(json.dumps(dict(summary=rep.summary,
+                                           **{k: getattr(rep, k) for k in rep.__dataclass_fields__}), indent=1))
         if progress: print(rep.summary)
     if codec is not None and rep.encoded + rep.cached == 0:
         why = f" ({rep.failed[0][0]}: {rep.failed[0][1]})" if rep.failed else ''
@@ -235,14 +250,16 @@ def prepare(root, codec=None, text_encoder=None, num_frames:int|None=81, height:
     return rep
 
 # %% ../nbs/23_cache.ipynb #41d50494
-def cached_latents(video, tag:str, num_frames:int, height:int|None=None, width:int|None=None) -> tuple[Path|None, set[int]]:
+def cached_latents(video, tag:str, num_frames:int, height:int|None=None,
+                   width:int|None=None) -> tuple[Path|None, set[int]]:
     """The cache file of `video` at `num_frames` frames (None if there is none; several sizes without `height` and
     `width` raise) and, when there is none, the other lengths it is cached at."""
     p = Path(video)
     hw = f'{height}x{width}' if height is not None else '*x*'
     folder = latents_path(p, 1, 1, num_frames, tag).parent
     m = sorted(folder.glob(f'{p.stem}.{hw}x{num_frames}.{tag}.safetensors'))
-    if len(m) > 1: raise InfcamError(f"several cached sizes for {p}: {', '.join(q.name for q in m)}; give height and width")
+    if len(m) > 1:
+        raise InfcamError(f"several cached sizes for {p}: {', '.join(q.name for q in m)}; give height and width")
     if m: return m[0], set()
     ns = {q.name.split('.')[-3].rsplit('x', 1)[-1] for q in folder.glob(f'{p.stem}.{hw}x*.{tag}.safetensors')}
     return None, {int(n) for n in ns if n.isdigit()}
@@ -268,14 +285,17 @@ class CachedPairDataset(PairDataset):
             e.cameras = {c: p for c, p in e.cameras.items() if c in found}
         prune_index(self.index, lambda e: True)
         if not len(self.index):
-            raise InfcamError(f"no cached latents ({self.tag}, {num_frames} frames) under {', '.join(map(str, self.index.roots))}; "
+            raise InfcamError(f"no cached latents ({self.tag}, {num_frames} frames) under "
+                              f"{', '.join(map(str, self.index.roots))}; "
                               + (self.other_note if self.other_lengths else "run prepare first"))
 
     @property
     def other_note(self) -> str:
         "A sentence on the cached clips this dataset leaves out because they have another length ('' if none)."
         if not self.other_lengths: return ''
-        return ("clips cached at other lengths: " + ', '.join(f"{c} at {n} frames" for n, c in sorted(self.other_lengths.items(), reverse=True))
+        return ("clips cached at other lengths: " + ', '.join(f"{c} at {n} frames"
+                                                              for n, c in sorted(self.other_lengths.items(),
+                                                                                 reverse=True))
                 + " (a run at that number of frames uses them)")
 
     def _context(self, entry:SceneEntry, caption:str) -> Tensor|None:
@@ -283,10 +303,12 @@ class CachedPairDataset(PairDataset):
         root = next((r for r in self.index.roots if entry.path.is_relative_to(r)), entry.path.parents[1])
         if self.text is None:
             m = sorted(text_path(root, caption, '*').parent.glob(text_path(root, caption, '*').name))
-            if len(m) != 1: raise InfcamError(f"{'no' if not m else 'several'} cached text states for the caption of {entry.path} in {text_folder(root)}")
+            if len(m) != 1: raise InfcamError(f"{'no' if not m else 'several'} cached text states for the caption of "
+                                              f"{entry.path} in {text_folder(root)}")
             return load_context(m[0])
         p = text_path(root, caption, self.text)
-        if not p.is_file(): raise InfcamError(f"no cached text states {p} for the caption of {entry.path}; run prepare with the text encoder")
+        if not p.is_file(): raise InfcamError(f"no cached text states {p} for the caption of {entry.path}; run prepare "
+                                              "with the text encoder")
         return load_context(p)
 
     def _load(self, pair:dict) -> dict:
