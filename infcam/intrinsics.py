@@ -23,7 +23,8 @@ __all__ = ['DEFAULT_FOCAL_MM', 'METHODS', 'FOCAL_MM_RANGE', 'ZOOM_RANGE', 'UNIDE
 # %% ../nbs/31_intrinsics.ipynb #15bbaac0
 DEFAULT_FOCAL_MM = 24.
 METHODS = ('default', 'explicit', 'selfcal', 'unidepth')
-FOCAL_MM_RANGE = (1., 1000.)     # focal lengths a lens can have (mm on the 23.76 mm sensor): a fisheye to a long telephoto
+# focal lengths a lens can have (mm on the 23.76 mm sensor): a fisheye to a long telephoto
+FOCAL_MM_RANGE = (1., 1000.)
 ZOOM_RANGE = (0.02, 50.)         # a target focal length from 1/50 to 50 times the source's (1000 mm / 24 mm is 42)
 
 def _in_range(v, lo:float, hi:float, what:str, unit:str='') -> float:
@@ -36,7 +37,8 @@ def check_focal_mm(v, what:str='focal_mm') -> float:
     return _in_range(v, *FOCAL_MM_RANGE, what, ' mm')
 
 def check_zoom(v, what:str='zoom') -> float:
-    "`v` as a float if it is a zoom factor in `ZOOM_RANGE` (a focal length of 0, or a million times the source's, is no lens)."
+    """`v` as a float if it is a zoom factor in `ZOOM_RANGE` (a focal length of 0, or a million times the source's, is
+    no lens)."""
     return _in_range(v, *ZOOM_RANGE, what)
 
 @dataclass
@@ -112,7 +114,8 @@ def track_pairs(gray:np.ndarray, max_corners:int=400, min_points:int=30, win:int
             Hm, mask = cv2.findHomography(P, Q, cv2.RANSAC, ransac_px)
             if Hm is None or mask is None or int(mask.sum()) < min_points: continue
             m = mask[:, 0] == 1
-            pairs.append(dict(a=a, b=b, H=Hm, P=P[m], Q=Q[m], motion=float(np.median(np.linalg.norm(Q[m] - P[m], axis=1)))))
+            pairs.append(dict(a=a, b=b, H=Hm, P=P[m], Q=Q[m],
+                              motion=float(np.median(np.linalg.norm(Q[m] - P[m], axis=1)))))
     return pairs
 
 # %% ../nbs/31_intrinsics.ipynb #8eebe102
@@ -136,7 +139,8 @@ def _rays(X:np.ndarray, f:np.ndarray, cx:float, cy:float) -> np.ndarray:
     return r / np.linalg.norm(r, axis=-1, keepdims=True)
 
 def best_rotation(P:np.ndarray, Q:np.ndarray, f, cx:float, cy:float) -> np.ndarray:
-    "The rotations (G, 3, 3) taking the rays of pixels P (N, 2) closest to those of Q (N, 2) for each focal length f (G,)."
+    """The rotations (G, 3, 3) taking the rays of pixels P (N, 2) closest to those of Q (N, 2) for each focal length f
+    (G,)."""
     f = np.atleast_1d(np.asarray(f, dtype=np.float64))
     A, B = _rays(P, f, cx, cy), _rays(Q, f, cx, cy)
     U, _, Vt = np.linalg.svd(np.einsum('gni,gnj->gij', B, A))
@@ -187,8 +191,8 @@ def selfcal_focal(video, criterion:str='reprojection', min_motion:float=0.02, f_
     cx, cy = w / 2 - 0.5, h / 2 - 0.5                       # the image centre in OpenCV's pixel coordinates
     pairs = track_pairs(gray, max_corners=max_corners, min_points=min_points, **track_kw)
     if not pairs:
-        raise InfcamError(f"self-calibration failed: too few trackable features (no frame pair of the {n} sampled keeps "
-                          f"{min_points} tracked corners); the clip may be textureless, blurred or cut")
+        raise InfcamError(f"self-calibration failed: too few trackable features (no frame pair of the {n} sampled "
+                          f"keeps {min_points} tracked corners); the clip may be textureless, blurred or cut")
     moving = [p for p in pairs if p['motion'] >= min_motion * side]
     most = max(p['motion'] for p in pairs)
     if not moving:
@@ -200,17 +204,17 @@ def selfcal_focal(video, criterion:str='reprojection', min_motion:float=0.02, f_
     total = per.sum(1)
     i = int(total.argmin())
     if i in (0, grid - 1):
-        raise InfcamError(f"self-calibration failed: the residual has no minimum inside {f_range[0]:g}-{f_range[1]:g} x "
-                          f"the frame size (best at the bound, f = {fs[i] * scale:.0f} px); the motion is not a rotation "
-                          f"(translation or parallax dominates)")
+        raise InfcamError("self-calibration failed: the residual has no minimum inside "
+                          f"{f_range[0]:g}-{f_range[1]:g} x the frame size (best at the bound, f = {fs[i] * scale:.0f} "
+                          f"px); the motion is not a rotation (translation or parallax dominates)")
     cost = lambda lf: float(_pair_cost(moving, math.exp(lf), cx, cy, criterion).sum())
     f = math.exp(_golden(cost, math.log(fs[i - 1]), math.log(fs[i + 1])))
     c0 = cost(math.log(f))
     rise = min(cost(math.log(f / 1.25)), cost(math.log(f * 1.25))) / max(c0, 1e-30) - 1
     if rise < sharpness_min:
         raise InfcamError(f"self-calibration failed: the residual curve is flat around f = {f * scale:.0f} px (rises "
-                          f"{100 * rise:.1f}% 25% away, need {100 * sharpness_min:.0f}%); the rotation does not determine "
-                          f"the focal length (too small, or about the optical axis only)")
+                          f"{100 * rise:.1f}% 25% away, need {100 * sharpness_min:.0f}%); the rotation does not "
+                          f"determine the focal length (too small, or about the optical axis only)")
     lf, step = np.log(fs), math.log(fs[1] / fs[0])           # each pair's own minimum, interpolated by a parabola
     j = per.argmin(0).clip(1, grid - 2); cols = np.arange(per.shape[1])
     y0, y1, y2 = per[j - 1, cols], per[j, cols], per[j + 1, cols]
@@ -218,7 +222,8 @@ def selfcal_focal(video, criterion:str='reprojection', min_motion:float=0.02, f_
     off = np.where(den > 0, 0.5 * (y0 - y2) / np.where(den > 0, den, 1.), 0.).clip(-1, 1)
     pair_f = np.exp(lf[j] + off * step)
     spread = float(1.4826 * np.median(np.abs(np.log(pair_f) - np.median(np.log(pair_f)))))
-    angles = [float(np.degrees(np.arccos(np.clip((np.trace(best_rotation(p['P'], p['Q'], f, cx, cy)[0]) - 1) / 2, -1, 1))))
+    angles = [float(np.degrees(np.arccos(np.clip((np.trace(best_rotation(p['P'], p['Q'], f, cx, cy)[0]) - 1) / 2, -1,
+                                                 1))))
               for p in moving]
     diag = dict(criterion=criterion, frames=n, pairs=len(moving), pairs_tracked=len(pairs),
                 points=int(sum(len(p['P']) for p in moving)), max_rotation_deg=max(angles),
@@ -245,15 +250,18 @@ UNIDEPTH_REPO = 'lpiccinelli/unidepth-v2-vitl14'
 def unidepth_focal(video:Tensor, weights:str|Path|None=None, num_frames:int=8, batch_size:int=2,
                    device:str|None=None) -> tuple[float, dict]:
     """Focal length in pixels of `video` (F, 3, H, W) by UniDepthV2 on `num_frames` evenly spaced frames, `batch_size`
-    at a time: the mean of `(fx + fy) / 2`. `weights`: a local model folder, else `UNIDEPTH_REPO` from the local HF cache."""
+    at a time: the mean of `(fx + fy) / 2`. `weights`: a local model folder, else `UNIDEPTH_REPO` from the local HF
+    cache."""
     video = _check_video(video)
     try: from unidepth.models import UniDepthV2
     except ImportError:
-        raise InfcamError("method='unidepth' needs UniDepth: pip install git+https://github.com/lpiccinelli-eth/UniDepth "
-                          f"and its weights ({UNIDEPTH_REPO}) in the local Hugging Face cache or as weights=FOLDER; "
-                          "or use method='selfcal' or focal_mm=") from None
+        raise InfcamError("method='unidepth' needs UniDepth: pip install "
+                          f"git+https://github.com/lpiccinelli-eth/UniDepth and its weights ({UNIDEPTH_REPO}) in the "
+                          "local Hugging Face cache or as weights=FOLDER; or use method='selfcal' or "
+                          "focal_mm=") from None
     src = str(weights) if weights is not None else UNIDEPTH_REPO
-    if weights is not None and not Path(weights).is_dir(): raise InfcamError(f"UniDepth weights folder not found: {weights}")
+    if weights is not None and not Path(weights).is_dir():
+        raise InfcamError(f"UniDepth weights folder not found: {weights}")
     try: model = UniDepthV2.from_pretrained(src, local_files_only=True)
     except Exception as e:
         raise InfcamError(f"cannot load UniDepthV2 from {src} without downloading ({str(e).splitlines()[0][:200]}); "
@@ -272,13 +280,15 @@ def unidepth_focal(video:Tensor, weights:str|Path|None=None, num_frames:int=8, b
             fs.append((K[:, 0, 0] + K[:, 1, 1]) / 2)
     fs = torch.cat(fs)
     del model
-    return float(fs.mean()), dict(frames=len(fs), frame_focals=fs.numpy(), spread=float(fs.std() / fs.mean()) if len(fs) > 1 else 0.)
+    return float(fs.mean()), dict(frames=len(fs), frame_focals=fs.numpy(),
+                                  spread=float(fs.std() / fs.mean()) if len(fs) > 1 else 0.)
 
 # %% ../nbs/31_intrinsics.ipynb #fbc69393
 def _frames_for(video, max_frames:int) -> Tensor:
     "A tensor clip as is, or `max_frames` evenly spaced frames of a video file."
     if isinstance(video, Tensor): return _check_video(video)
-    if not isinstance(video, (str, Path)): raise InfcamError(f"video must be a tensor (F, 3, H, W) or a path, got {type(video).__name__}")
+    if not isinstance(video, (str, Path)):
+        raise InfcamError(f"video must be a tensor (F, 3, H, W) or a path, got {type(video).__name__}")
     from infcam.video import read_video, video_info
     n = video_info(video)['frames']
     stride = max(1, -(-n // max_frames)) if n > max_frames else 1
@@ -338,9 +348,11 @@ def _check_fx(v):
 def target_intrinsics(K_src4:Tensor, zoom:float=1.0, focal_mm:float|None=None, height:int|None=None,
                       width:int|None=None) -> Tensor:
     """Target intrinsics (..., 4) from the source's `K_src4` (..., 4) (image size `2 cy` x `2 cx`): focal `zoom` x the
-    source's, or `focal_mm` explicitly, at `height` x `width` (default the source size), principal point at the centre."""
+    source's, or `focal_mm` explicitly, at `height` x `width` (default the source size), principal point at the
+    centre."""
     K = torch.as_tensor(K_src4, dtype=torch.float32)
-    if K.shape[-1:] != (4,): raise InfcamError(f"source intrinsics must be (..., 4) [fx, fy, cx, cy], got {tuple(K.shape)}")
+    if K.shape[-1:] != (4,):
+        raise InfcamError(f"source intrinsics must be (..., 4) [fx, fy, cx, cy], got {tuple(K.shape)}")
     check_zoom(zoom)
     if focal_mm is not None and zoom != 1: raise InfcamError("give zoom= or focal_mm= for the target, not both")
     Hs, Ws = 2 * K[..., 3], 2 * K[..., 2]
