@@ -45,7 +45,8 @@ def build_model(config:InfCamConfig|str|dict='tiny', base=None, seed:int=0, grad
         if isinstance(base, (str, Path)):
             from infcam.weights import load_dit
             base = load_dit(base, dtype=torch.float32, heads_hint=as_infcam_config(config).num_heads)
-        if not isinstance(base, WanDiT): raise InfcamError(f"base must be a path, a WanDiT or None, got {type(base).__name__}")
+        if not isinstance(base, WanDiT):
+            raise InfcamError(f"base must be a path, a WanDiT or None, got {type(base).__name__}")
         if isinstance(base, InfCamDiT):                               # continue from an InfCam checkpoint
             if shape := [k for k in fields if k != 'warp_convention']:
                 raise InfcamError(f"cannot change {', '.join(shape)} of an InfCam checkpoint's model")
@@ -57,7 +58,9 @@ def build_model(config:InfCamConfig|str|dict='tiny', base=None, seed:int=0, grad
 # %% ../nbs/40_checkpoints.ipynb #34d620c8
 def rng_state() -> dict:
     "The RNG states of torch, NumPy, Python and CUDA (if any), as tensors and JSON text (`weights_only` loads them)."
-    st = dict(torch=torch.get_rng_state(), numpy=json.dumps([np.random.get_state()[0], np.random.get_state()[1].tolist(), *np.random.get_state()[2:]]),
+    st = dict(torch=torch.get_rng_state(), numpy=json.dumps([np.random.get_state()[0],
+                                                             np.random.get_state()[1].tolist(),
+                                                             *np.random.get_state()[2:]]),
               python=json.dumps(random.getstate()))
     if torch.cuda.is_available(): st['cuda'] = torch.stack(torch.cuda.get_rng_state_all())
     return st
@@ -77,11 +80,13 @@ def list_checkpoints(folder) -> list[Path]:
     "Complete checkpoints under `folder`, oldest first."
     folder = Path(folder)
     if not folder.is_dir(): return []
-    cks = [p for p in folder.iterdir() if _CKPT.match(p.name) and (p / 'trainable.safetensors').is_file() and (p / 'state.pt').is_file()]
+    cks = [p for p in folder.iterdir()
+           if _CKPT.match(p.name) and (p / 'trainable.safetensors').is_file() and (p / 'state.pt').is_file()]
     return sorted(cks, key=lambda p: int(_CKPT.match(p.name)[1]))
 
 def write_checkpoint_files(module, tmp:Path, step:int, tensors:dict, optimizer_state:dict, **extra):
-    "Write `trainable.safetensors` (`tensors`; config, scheduler, base, seed in its metadata) and `state.pt` into folder `tmp`."
+    """Write `trainable.safetensors` (`tensors`; config, scheduler, base, seed in its metadata) and `state.pt` into
+    folder `tmp`."""
     from infcam.weights import save_safetensors
     meta = dict(format='infcam-train/1', step=str(step), seed=str(module.seed), base=module.base or '',
                 config=json.dumps(module.config.to_dict()), scheduler=json.dumps(module.scheduler.to_dict()))
@@ -99,9 +104,11 @@ def save_checkpoint(module, folder, step:int, optimizer=None) -> Path:
     final = folder / f'step{step:08d}'
     tmp = Path(tempfile.mkdtemp(prefix=f'.{final.name}.', suffix='.tmp', dir=folder))
     umask = os.umask(0); os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)                          # mkdtemp makes 0700; the folder follows the umask like its files
+    # mkdtemp makes 0700; the folder follows the umask like its files
+    os.chmod(tmp, 0o777 & ~umask)
     try:
-        write_checkpoint_files(module, tmp, step, module.trainable_state(), optimizer.state_dict() if optimizer is not None else {})
+        write_checkpoint_files(module, tmp, step, module.trainable_state(),
+                               optimizer.state_dict() if optimizer is not None else {})
         publish(tmp, final)
     finally:
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
@@ -130,8 +137,10 @@ def read_checkpoint(path) -> tuple[dict[str, Tensor], dict, dict]:
     st = {}
     if (path / 'state.pt').is_file():
         try: st = torch.load(path / 'state.pt', weights_only=True, map_location='cpu')
-        except Exception: raise InfcamError(f"cannot read {path / 'state.pt'}: it is empty, damaged, or holds objects other than "
-                                            f"tensors (refused: weights only); delete {path} to resume from the checkpoint before it") from None
+        except Exception:
+            raise InfcamError(f"cannot read {path / 'state.pt'}: it is empty, damaged, or holds objects other than "
+                                            f"tensors (refused: weights only); delete {path} to resume from the "
+                                            "checkpoint before it") from None
         if not isinstance(st, dict): raise InfcamError(f"{path / 'state.pt'} is not a training state (a dict)")
     return tensors, meta, st
 
