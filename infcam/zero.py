@@ -58,7 +58,8 @@ def zero_optimizer_state(engine) -> dict:
         if k == 'loss_scaler':
             v = {a: b for a, b in vars(v).items() if b is None or isinstance(b, (bool, int, float, Tensor))}
         try: out[k] = _plain(v, k)
-        except TypeError as e: warnings.warn(f"DeepSpeed optimizer state: {e}, which a weights_only checkpoint cannot hold; not saved")
+        except TypeError as e:
+            warnings.warn(f"DeepSpeed optimizer state: {e}, which a weights_only checkpoint cannot hold; not saved")
     out['engine'] = dict(global_steps=int(engine.global_steps), global_samples=int(engine.global_samples),
                          skipped_steps=int(engine.skipped_steps))
     return out
@@ -126,7 +127,8 @@ def load_zero_shards(engine, ckpt):
     rank, world = _dp(engine.optimizer)
     n = len(list(ckpt.glob('optim_rank*.pt')))
     if n != world:
-        raise InfcamError(f"{ckpt} holds the ZeRO optimizer shards of {n} ranks; resume it with {n} processes, not {world}")
+        raise InfcamError(f"{ckpt} holds the ZeRO optimizer shards of {n} ranks; resume it with {n} processes, not "
+                          f"{world}")
     elastic = bool(getattr(engine.optimizer, 'elastic_checkpoint', False))
     load = lambda r: torch.load(ckpt / f'optim_rank{r}.pt', weights_only=True, map_location='cpu')
     load_zero_optimizer_state(engine, [load(r) if elastic or r == rank else None for r in range(world)])
