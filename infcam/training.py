@@ -17,7 +17,8 @@ from .core import InfcamError, atomic_path, folder_lock, write_figure, check_int
 from .models import InfCamConfig
 from .scheduler import FlowMatchScheduler
 from .processes import is_global_zero, leave_new_group
-from .checkpoints import build_model, list_checkpoints, prune_checkpoints, read_checkpoint, save_checkpoint, set_rng_state
+from .checkpoints import (build_model, list_checkpoints, prune_checkpoints, read_checkpoint, save_checkpoint,
+                                set_rng_state)
 from .zero import deepspeed_engine, is_zero_param, load_zero_shards, save_zero_checkpoint, zero_full_param
 
 # %% auto #0
@@ -70,11 +71,13 @@ class StepData(L.LightningDataModule):
     "`dataset` in `StepSampler` order for each rank, from micro-batch `start_micro` on: what `fit` hands Lightning."
     def __init__(self, dataset, batch_size:int=1, num_workers:int=0, seed:int=0, start_micro:int=0):
         super().__init__()
-        self.dataset, self.batch_size, self.num_workers, self.seed, self.start_micro = dataset, batch_size, num_workers, seed, start_micro
+        (self.dataset, self.batch_size, self.num_workers, self.seed,
+         self.start_micro) = dataset, batch_size, num_workers, seed, start_micro
 
     def train_dataloader(self):
         t = self.trainer
-        sampler = StepSampler(len(self.dataset), self.batch_size, self.seed, self.start_micro, t.global_rank, t.world_size)
+        sampler = StepSampler(len(self.dataset), self.batch_size, self.seed, self.start_micro, t.global_rank,
+                              t.world_size)
         return torch.utils.data.DataLoader(EpochIndexed(self.dataset), batch_sampler=sampler, collate_fn=collate,
                                            num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
@@ -98,9 +101,11 @@ class InfCamModule(L.LightningModule):
                  verbose:bool=True, train_backbone:bool=False, shift:float=5.0, prediction:str='velocity',
                  warmup:int=0, lr_schedule:str='constant', caption:str|None=None, **overrides):
         super().__init__()
-        if lr_schedule not in LR_SCHEDULES: raise InfcamError(f"unknown lr_schedule {lr_schedule!r}; use one of {', '.join(LR_SCHEDULES)}")
+        if lr_schedule not in LR_SCHEDULES:
+            raise InfcamError(f"unknown lr_schedule {lr_schedule!r}; use one of {', '.join(LR_SCHEDULES)}")
         check_int(warmup, 'warmup')
-        check_number(lr, 'lr', positive=True); check_number(eps, 'eps', positive=True); check_number(weight_decay, 'weight_decay', 0)
+        check_number(lr, 'lr', positive=True); check_number(eps, 'eps', positive=True); check_number(weight_decay,
+                                                                                                     'weight_decay', 0)
         self.model = build_model(config, base, seed, **overrides)
         self.trainable = self.model.freeze_base()
         self.train_backbone = bool(train_backbone)
@@ -128,7 +133,8 @@ class InfCamModule(L.LightningModule):
     @property
     def step(self) -> int: return self.start_step + (self.trainer.global_step if self.attached else 0)
     @property
-    def start_micro(self) -> int: return self.start_step * (self.trainer.accumulate_grad_batches if self.attached else 1)
+    def start_micro(self) -> int:
+        return self.start_step * (self.trainer.accumulate_grad_batches if self.attached else 1)
 
     def trainable_state(self) -> dict[str, Tensor]:
         """The trained tensors, `model.state_dict()` names, float32 on the CPU. Under DeepSpeed ZeRO (whose stage 3
@@ -145,7 +151,8 @@ class InfCamModule(L.LightningModule):
         b = dict(batch)
         if b['target'].shape[1] == 3 and self.config.in_dim != 3:
             if self.codec is None: raise InfcamError("the batch holds videos (3 channels) but the module has no codec")
-            with torch.no_grad(): b['target'], b['source'] = (self.codec.encode(b[k].to(self.device)) for k in ('target', 'source'))
+            with torch.no_grad():
+                b['target'], b['source'] = (self.codec.encode(b[k].to(self.device)) for k in ('target', 'source'))
         if self.caption is not None:                                  # one fixed caption for every pair
             b.pop('context', None); b['caption'] = [self.caption] * len(b['target'])
         if 'context' not in b:
@@ -198,8 +205,8 @@ class InfCamModule(L.LightningModule):
         ck, self._zero_ckpt = self._zero_ckpt, None
         if ck is None: return
         if (engine := deepspeed_engine(self.trainer)) is not None: load_zero_shards(engine, ck)
-        else: warnings.warn(f"{ck} holds DeepSpeed ZeRO optimizer shards, which the {type(self.trainer.strategy).__name__} "
-                            "cannot load: the optimizer starts afresh")
+        else: warnings.warn(f"{ck} holds DeepSpeed ZeRO optimizer shards, which the "
+                            f"{type(self.trainer.strategy).__name__} cannot load: the optimizer starts afresh")
 
     def resume_from(self, ckpt, optimizer:bool=True) -> int:
         """Load a checkpoint's trained tensors, optimizer state (applied when the optimizer is made; `optimizer=False`
@@ -229,14 +236,16 @@ def _mix(*xs) -> int:
 def eval_loss(module:InfCamModule, batch:dict, draws:int=8, seed:int=0) -> float:
     "Mean loss of `batch` over `draws` fixed (noise, timestep) draws, in eval mode."
     was = module.training; module.eval()
-    try: return float(np.mean([module.loss(batch, torch.Generator().manual_seed(seed + i)).item() for i in range(draws)]))
+    try: return float(np.mean([module.loss(batch, torch.Generator().manual_seed(seed + i)).item()
+                               for i in range(draws)]))
     finally: module.train(was)
 
 # %% ../nbs/42_training.ipynb #728b9b0d
 class CheckpointCallback(L.Callback):
     "Save every `every` steps and at the end; prune with `keep_last` / `keep_every`."
     def __init__(self, folder, every:int=100, keep_last:int=3, keep_every:int|None=None):
-        self.folder, self.every, self.keep_last, self.keep_every, self.last = Path(folder), every, keep_last, keep_every, None
+        (self.folder, self.every, self.keep_last, self.keep_every,
+         self.last) = Path(folder), every, keep_last, keep_every, None
 
     def _save(self, trainer, module):
         s = module.step
@@ -263,7 +272,8 @@ def lightning_strategy(name:str='auto'):
     if name not in STRATEGIES: raise InfcamError(f"unknown strategy {name!r}; use one of {', '.join(STRATEGIES)}")
     if name.startswith('deepspeed'):
         if importlib.util.find_spec('deepspeed') is None:
-            raise InfcamError(f"strategy {name!r} needs DeepSpeed: DS_BUILD_OPS=0 pip install --no-build-isolation deepspeed")
+            raise InfcamError(f"strategy {name!r} needs DeepSpeed: DS_BUILD_OPS=0 pip install --no-build-isolation "
+                              "deepspeed")
         return name
     if name == 'ddp':
         from lightning.pytorch.strategies import DDPStrategy
@@ -294,7 +304,8 @@ def wandb_logger(run_dir, project:str):
         if is_global_zero():
             from infcam.core import atomic_path
             with atomic_path(idf) as tmp: Path(tmp).write_text(rid)
-    return WandbLogger(project=project, name=run_dir.resolve().name, id=rid, resume='allow', save_dir=str(run_dir / 'logs'))
+    return WandbLogger(project=project, name=run_dir.resolve().name, id=rid, resume='allow',
+                       save_dir=str(run_dir / 'logs'))
 
 # %% ../nbs/42_training.ipynb #afbf537e
 def read_log(run_dir) -> pd.DataFrame:
@@ -336,7 +347,8 @@ PRECISIONS = ('64', '32', '16', 'bf16', '64-true', '32-true', '16-true', 'bf16-t
               'transformer-engine', 'transformer-engine-float16')
 
 def config_diff(old:dict, new:dict, prefix:str='') -> list[str]:
-    "`['optimizer.lr 0.0001 -> 0.0003', ...]`: the entries of `new` that `old` records differently (missing ones are not compared)."
+    """`['optimizer.lr 0.0001 -> 0.0003', ...]`: the entries of `new` that `old` records differently (missing ones are
+    not compared)."""
     out = []
     for k, b in new.items():
         if k not in old: continue
@@ -348,40 +360,51 @@ def config_diff(old:dict, new:dict, prefix:str='') -> list[str]:
 # %% ../nbs/42_training.ipynb #0e9b65ea
 def check_hardware(accelerator:str='auto', devices='auto', precision=None):
     "`InfcamError` unless Lightning can run `accelerator` x `devices` at `precision` on this machine."
-    if accelerator not in ACCELERATORS: raise InfcamError(f"unknown accelerator {accelerator!r}; use one of {', '.join(ACCELERATORS)}")
+    if accelerator not in ACCELERATORS:
+        raise InfcamError(f"unknown accelerator {accelerator!r}; use one of {', '.join(ACCELERATORS)}")
     if accelerator in ('gpu', 'cuda') and not torch.cuda.is_available():
-        raise InfcamError(f"accelerator {accelerator!r}: no CUDA GPU is visible to PyTorch {torch.__version__} here; use cpu")
-    if accelerator == 'mps' and not torch.backends.mps.is_available(): raise InfcamError("accelerator 'mps' is not available here")
+        raise InfcamError(f"accelerator {accelerator!r}: no CUDA GPU is visible to PyTorch {torch.__version__} here; "
+                          "use cpu")
+    if accelerator == 'mps' and not torch.backends.mps.is_available():
+        raise InfcamError("accelerator 'mps' is not available here")
     if accelerator == 'tpu': raise InfcamError("accelerator 'tpu' is not supported by infcam")
-    ok = (devices == 'auto' or (isinstance(devices, int) and not isinstance(devices, bool) and (devices >= 1 or devices == -1))
+    ok = (devices == 'auto' or (isinstance(devices, int) and not isinstance(devices, bool)
+                                and (devices >= 1 or devices == -1))
           or (isinstance(devices, (list, tuple)) and devices and all(isinstance(x, int) and x >= 0 for x in devices))
           or (isinstance(devices, str) and devices.replace(',', ' ').split() and
               all(x.isdigit() for x in devices.replace(',', ' ').split())))
-    if not ok: raise InfcamError(f"devices must be 'auto', a count >= 1 (-1: all), or a list like '0,1'; got {devices!r}")
+    if not ok:
+        raise InfcamError(f"devices must be 'auto', a count >= 1 (-1: all), or a list like '0,1'; got {devices!r}")
     if precision is not None and str(precision) not in PRECISIONS:
         raise InfcamError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
 
 def check_fit_args(max_steps:int, batch_size:int=1, accumulate:int=1, every:int=100, keep_last:int=3,
                    keep_every:int|None=None, num_nodes:int=1, num_workers:int=0, log_every:int=1,
                    grad_clip:float|None=None, accelerator:str='auto', devices='auto', precision=None):
-    "`InfcamError` for the first of `fit`'s arguments that cannot work (called by `fit`, and by the CLI before any loading)."
+    """`InfcamError` for the first of `fit`'s arguments that cannot work (called by `fit`, and by the CLI before any
+    loading)."""
     for name, v, lo in (('max_steps', max_steps, 1), ('batch_size', batch_size, 1), ('accumulate', accumulate, 1),
                         ('every', every, 0), ('keep_last', keep_last, 1), ('num_nodes', num_nodes, 1),
                         ('num_workers', num_workers, 0), ('log_every', log_every, 1)):
         try: check_int(v, name, lo)
         except InfcamError as e:
-            raise InfcamError(f"{e} (a run keeps at least its last checkpoint, to resume from)" if name == 'keep_last' else str(e)) from None
+            raise InfcamError(f"{e} (a run keeps at least its last checkpoint, to resume from)"
+                              if name == 'keep_last' else str(e)) from None
     if keep_every is not None: check_int(keep_every, 'keep_every', 1)
-    if grad_clip is not None and not (isinstance(grad_clip, (int, float)) and math.isfinite(grad_clip) and grad_clip > 0):
+    if grad_clip is not None and not (isinstance(grad_clip, (int, float)) and math.isfinite(grad_clip)
+                                      and grad_clip > 0):
         raise InfcamError(f"grad_clip must be a positive number, got {grad_clip!r}")
     check_hardware(accelerator, devices, precision)
 
 # %% ../nbs/42_training.ipynb #46e9bf34
 def run_config(module:InfCamModule, **settings) -> dict:
-    "The JSON record of a run (`config.json`): the module's model, base, seed, optimizer and diffusion settings, then `settings`."
-    return json.loads(json.dumps(dict(model=module.config.to_dict(), base=module.base, seed=module.seed, optimizer=dict(module.opt_kw),
+    """The JSON record of a run (`config.json`): the module's model, base, seed, optimizer and diffusion settings, then
+    `settings`."""
+    return json.loads(json.dumps(dict(model=module.config.to_dict(), base=module.base, seed=module.seed,
+                                      optimizer=dict(module.opt_kw),
                       train_backbone=module.train_backbone, scheduler=module.scheduler.to_dict(),
-                      lr_schedule=dict(warmup=module.warmup, schedule=module.lr_schedule), caption=module.caption, **settings)))
+                      lr_schedule=dict(warmup=module.warmup, schedule=module.lr_schedule), caption=module.caption,
+                                      **settings)))
 
 def check_resumable(run_dir, rec:dict):
     "`InfcamError` if `run_dir/config.json` records settings other than `rec`'s (but for the `RESUMABLE` ones)."
@@ -393,7 +416,8 @@ def check_resumable(run_dir, rec:dict):
                           f"the same settings, or train into a new run directory")
 
 def run_loggers(run_dir, wandb:str|None=None) -> list:
-    "The loggers of a run, in `run_dir/logs/`: CSV, TensorBoard when installed, and last W&B project `wandb` when given."
+    """The loggers of a run, in `run_dir/logs/`: CSV, TensorBoard when installed, and last W&B project `wandb` when
+    given."""
     from lightning.pytorch.loggers import CSVLogger
     loggers = [CSVLogger(Path(run_dir) / 'logs', name='csv')]
     if importlib.util.find_spec('tensorboard') is not None:
@@ -420,7 +444,8 @@ def fit(module:InfCamModule, dataset, run_dir, max_steps:int, batch_size:int=1, 
     if run_dir.exists() and not run_dir.is_dir(): raise InfcamError(f"the run directory {run_dir} is a file")
     with folder_lock(run_dir, 'training') if is_global_zero() else contextlib.nullcontext():
         ck_dir = run_dir / 'ckpt'
-        for t in ck_dir.glob('.step*.tmp') if ck_dir.is_dir() else []: shutil.rmtree(t, ignore_errors=True)   # a killed save
+        # a killed save
+        for t in ck_dir.glob('.step*.tmp') if ck_dir.is_dir() else []: shutil.rmtree(t, ignore_errors=True)
         if resume and (cks := list_checkpoints(ck_dir)): module.resume_from(cks[-1])
         left = max_steps - module.start_step
         if left <= 0: return module
@@ -429,19 +454,23 @@ def fit(module:InfCamModule, dataset, run_dir, max_steps:int, batch_size:int=1, 
                          strategy=strategy, **(extra_config or {}))
         if module.start_step: check_resumable(run_dir, rec)            # resuming: the same run, or a clear refusal
         if is_global_zero():
-            if module.start_step: print(f"resuming {run_dir} from step {module.start_step} (to {max_steps})", flush=True)
+            if module.start_step:
+                print(f"resuming {run_dir} from step {module.start_step} (to {max_steps})", flush=True)
             with atomic_path(run_dir / 'config.json') as tmp: tmp.write_text(json.dumps(rec, indent=1))
         loggers = run_loggers(run_dir, wandb)
         wb = loggers[-1] if wandb is not None else None
         trainer = L.Trainer(max_steps=left, accumulate_grad_batches=accumulate, strategy=lightning_strategy(strategy),
-                            precision=precision or default_precision(accelerator), accelerator=accelerator, devices=devices,
+                            precision=precision or default_precision(accelerator), accelerator=accelerator,
+                            devices=devices,
                             num_nodes=num_nodes, gradient_clip_val=grad_clip,
                             logger=loggers, log_every_n_steps=log_every, enable_checkpointing=False,
                             callbacks=[CheckpointCallback(ck_dir, every, keep_last, keep_every), *(callbacks or [])],
                             use_distributed_sampler=False, enable_progress_bar=progress, enable_model_summary=False,
                             num_sanity_val_steps=0, deterministic=False)
         with warnings.catch_warnings():
-            warnings.filterwarnings('ignore', message='.*(does not have many workers|Consider setting `persistent_workers`|LeafSpec).*')
+            warnings.filterwarnings('ignore',
+                                    message='.*(does not have many workers|Consider setting '
+                                            '`persistent_workers`|LeafSpec).*')
             try:
                 if wandb is not None and is_global_zero(): wb.experiment.define_metric('train/*', step_metric='step')
                 with leave_new_group():                                   # left open, a rank can abort at exit
