@@ -15,7 +15,8 @@ __all__ = ['build_parser', 'run', 'main']
 # %% ../nbs/43_train_cli.ipynb #6f129ad8
 def build_parser() -> argparse.ArgumentParser:
     "The arguments of `python -m infcam.train`."
-    p = argparse.ArgumentParser(prog='python -m infcam.train', description='Fine-tune InfCam camera modules on a frozen Wan2.1 DiT.')
+    p = argparse.ArgumentParser(prog='python -m infcam.train',
+                                description='Fine-tune InfCam camera modules on a frozen Wan2.1 DiT.')
     a = p.add_argument
     a('data', nargs='+', help='MultiCamVideo / AugMCV roots prepared with `prepare`')
     a('--run-dir', required=True, help='checkpoints, logs and loss.png go here; an existing run resumes')
@@ -39,14 +40,19 @@ def build_parser() -> argparse.ArgumentParser:
     a('--num-workers', type=int, default=2)
     a('--gradient-checkpointing', action='store_true')
     a('--patch-size', type=int, nargs=3, metavar=('T', 'H', 'W'),
-      help="the preset's patch, changed (e.g. 1 1 1 so that a small model is not narrower than one patch of 192-channel PixelCodec latents)")
-    a('--train-backbone', action='store_true', help='train every weight, not only the InfCam modules (no pretrained Wan, e.g. small benchmarks)')
+      help="the preset's patch, changed (e.g. 1 1 1 so that a small model is not narrower than one patch of "
+           "192-channel PixelCodec latents)")
+    a('--train-backbone', action='store_true',
+      help='train every weight, not only the InfCam modules (no pretrained Wan, e.g. small benchmarks)')
     a('--no-warp-module', action='store_true', help='ablation: InfCam blocks without the homography-warped stream')
-    a('--warp-convention', choices=('released', 'exact'), help="grid normalisation of the warp (default: the model's, 'released')")
+    a('--warp-convention', choices=('released', 'exact'),
+      help="grid normalisation of the warp (default: the model's, 'released')")
     a('--wandb', metavar='PROJECT', help='also log to this Weights & Biases project (needs `pip install wandb`)')
     a('--aug-prob', type=float, default=0.5, help='probability that one side of a pair is the refocused copy')
-    a('--shift', type=float, default=5.0, help="timestep shift of the flow-matching schedule (Wan: 5; small clips: 1-2)")
-    a('--prediction', choices=('velocity', 'sample'), default='velocity', help="what the DiT predicts: Wan's velocity or the clean sample x0")
+    a('--shift', type=float, default=5.0,
+      help="timestep shift of the flow-matching schedule (Wan: 5; small clips: 1-2)")
+    a('--prediction', choices=('velocity', 'sample'), default='velocity',
+      help="what the DiT predicts: Wan's velocity or the clean sample x0")
     a('--warmup', type=int, default=0, help='linear learning-rate warmup steps')
     a('--lr-schedule', choices=('constant', 'cosine'), default='constant', help='learning rate after the warmup')
     a('--grad-clip', type=float, help='clip the gradient norm to this value')
@@ -63,16 +69,20 @@ def run(args) -> Path:
     from infcam.processes import is_global_zero
     devices = int(args.devices) if str(args.devices).isdigit() else args.devices
     check_seed(args.seed, '--seed', bits=31)               # Lightning seeds each rank with seed + rank, in 32 bits
-    check_fit_args(args.max_steps, args.batch_size, args.accumulate, args.every, args.keep_last, args.keep_every,   # before any loading
+    # before any loading
+    check_fit_args(args.max_steps, args.batch_size, args.accumulate, args.every, args.keep_last, args.keep_every,
                    args.num_nodes, args.num_workers, 1, args.grad_clip, args.accelerator, devices, args.precision)
     for k in ('lr', 'weight_decay'):
         v = getattr(args, k)
-        if not (math.isfinite(v) and (v > 0 if k == 'lr' else v >= 0)): raise InfcamError(f"--{k.replace('_', '-')} must be a {'positive' if k == 'lr' else 'non-negative'} finite number, got {v}")
-    if Path(args.run_dir).exists() and not Path(args.run_dir).is_dir(): raise InfcamError(f"the run directory {args.run_dir} is a file")
+        if not (math.isfinite(v) and (v > 0 if k == 'lr' else v >= 0)): raise InfcamError(
+            f"--{k.replace('_', '-')} must be a {'positive' if k == 'lr' else 'non-negative'} finite number, got {v}")
+    if Path(args.run_dir).exists() and not Path(args.run_dir).is_dir():
+        raise InfcamError(f"the run directory {args.run_dir} is a file")
     ds = CachedPairDataset(args.data, codec=args.codec, text=False if args.random_text else args.text,
                            num_frames=args.num_frames, height=args.height, width=args.width, aug_prob=args.aug_prob,
                            seed=args.seed)
-    if ds.other_note and is_global_zero(): print(f"infcam.train: {args.num_frames} frames; {ds.other_note}", file=sys.stderr)
+    if ds.other_note and is_global_zero():
+        print(f"infcam.train: {args.num_frames} frames; {ds.other_note}", file=sys.stderr)
     item = ds[0]
     ch = int(item['target'].shape[0])
     over = dict(gradient_checkpointing=args.gradient_checkpointing)
