@@ -20,17 +20,21 @@ __all__ = ['latent_files', 'pretrain_backbone']
 
 # %% ../nbs/44_pretrain.ipynb #0b16f65a
 def latent_files(roots, num_frames:int, codec:str='pixel') -> list[Path]:
-    "Every cached latent clip (`prepare`'s `<scene>/latents/camXX.<H>x<W>x<F>.<codec>.safetensors`) under `roots`, sorted."
+    """Every cached latent clip (`prepare`'s `<scene>/latents/camXX.<H>x<W>x<F>.<codec>.safetensors`) under `roots`,
+    sorted."""
     roots = [Path(r) for r in ([roots] if isinstance(roots, (str, Path)) else roots)]
-    files = sorted(p for r in roots for p in r.rglob(f'latents/*x{num_frames}.{codec}.safetensors') if not p.name.startswith('.'))
-    if not files: raise InfcamError(f"no cached {codec} latents of {num_frames} frames under {', '.join(map(str, roots))}; run prepare first")
+    files = sorted(p for r in roots for p in r.rglob(f'latents/*x{num_frames}.{codec}.safetensors')
+                   if not p.name.startswith('.'))
+    if not files: raise InfcamError(f"no cached {codec} latents of {num_frames} frames under "
+                                    f"{', '.join(map(str, roots))}; run prepare first")
     return files
 
 def _load_clips(files:list[Path]) -> Tensor:
     from safetensors.torch import load_file
     try: clips = [load_file(str(f))['latents'] for f in files]
     except Exception as e: raise InfcamError(f"cannot read cached latents: {e}") from None
-    if len({tuple(c.shape) for c in clips}) > 1: raise InfcamError("the cached latents have different shapes; give one size")
+    if len({tuple(c.shape) for c in clips}) > 1:
+        raise InfcamError("the cached latents have different shapes; give one size")
     return torch.stack(clips).float()
 
 # %% ../nbs/44_pretrain.ipynb #008b16f8
@@ -55,15 +59,16 @@ def _save_state(folder:Path, model, opt, step:int):
 
 # %% ../nbs/44_pretrain.ipynb #58ceeee4
 def pretrain_backbone(roots, out, config:WanConfig, steps:int, num_frames:int=17, codec:str='pixel', batch_size:int=4,
-                      lr:float=1e-3, warmup:int=100, shift:float=2.0, prediction:str='sample', caption:str='', clean:float=0.5,
+                      lr:float=1e-3, warmup:int=100, shift:float=2.0, prediction:str='sample', caption:str='',
+                      clean:float=0.5,
                       seed:int=0, every:int=250, dtype:torch.dtype=torch.float32, progress:bool=True,
                       stop_at:int|None=None, metadata:dict|None=None) -> Path|None:
     """Pretrain a `WanDiT` of `config` to denoise the cached clips under `roots`, one clip at a time (a text-to-video
     backbone; the text is one fixed `caption` through a `RandomTextEncoder`), and write it to `out` (safetensors, the
     config and training settings in its metadata). With probability `clean` a clip keeps its first 1 to f-1 latent
-    frames clean (the rest noisy, the loss on those only). Resumes from `out`'s state folder; an existing `out` is returned.
-    `stop_at` stops after that step with the state saved, as a killed run would (returns None); `metadata`: more
-    entries for the file's metadata."""
+    frames clean (the rest noisy, the loss on those only). Resumes from `out`'s state folder; an existing `out` is
+    returned. `stop_at` stops after that step with the state saved, as a killed run would (returns None); `metadata`:
+    more entries for the file's metadata."""
     from tqdm.auto import tqdm
     from infcam.pipeline import RandomTextEncoder
     from infcam.weights import save_safetensors
@@ -71,7 +76,8 @@ def pretrain_backbone(roots, out, config:WanConfig, steps:int, num_frames:int=17
     if out.is_file(): return out
     out.parent.mkdir(parents=True, exist_ok=True)
     clips = _load_clips(latent_files(roots, num_frames, codec))
-    if clips.shape[1] != config.in_dim: raise InfcamError(f"the clips have {clips.shape[1]} channels; the config takes {config.in_dim}")
+    if clips.shape[1] != config.in_dim:
+        raise InfcamError(f"the clips have {clips.shape[1]} channels; the config takes {config.in_dim}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = WanDiT(config).float().train()
@@ -84,7 +90,8 @@ def pretrain_backbone(roots, out, config:WanConfig, steps:int, num_frames:int=17
         opt.load_state_dict(st['optimizer']); start = int(st['step'])
     sched = FlowMatchScheduler(shift=shift, prediction=prediction)
     ctx = RandomTextEncoder(config.text_dim, text_len=config.text_len).encode([caption] * batch_size)
-    for step in tqdm(range(start, steps), desc='pretrain backbone', unit='step', initial=start, total=steps, disable=not progress):
+    for step in tqdm(range(start, steps), desc='pretrain backbone', unit='step', initial=start, total=steps,
+                     disable=not progress):
         for group in opt.param_groups: group['lr'] = lr * lr_factor(step, warmup, 'cosine', steps)
         idx, flip, g = _step_batch(len(clips), batch_size, seed, step)
         x0 = torch.where(flip[:, None, None, None, None], clips[idx].flip(2), clips[idx])
@@ -101,7 +108,8 @@ def pretrain_backbone(roots, out, config:WanConfig, steps:int, num_frames:int=17
         if (step + 1) % every == 0 and step + 1 < steps or step + 1 == stop_at: _save_state(state, model, opt, step + 1)
         if step + 1 == stop_at: return None
     meta = dict(format='infcam-backbone/1', config=json.dumps(config.to_dict()), scheduler=json.dumps(sched.to_dict()),
-                steps=str(steps), seed=str(seed), caption=caption, clean=str(clean), codec=codec, num_frames=str(num_frames), clips=str(len(clips)),
+                steps=str(steps), seed=str(seed), caption=caption, clean=str(clean), codec=codec,
+                num_frames=str(num_frames), clips=str(len(clips)),
                 **(metadata or {}))
     save_safetensors(model.state_dict(), out, meta, dtype)
     shutil.rmtree(state, ignore_errors=True)
