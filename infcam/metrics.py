@@ -49,7 +49,8 @@ def geodesic_deg(Ra:Tensor, Rb:Tensor) -> Tensor:
     "The angle in degrees of the rotation taking `Ra` (..., 3, 3) to `Rb` (..., 3, 3) -> (...)."
     D = Ra.transpose(-1, -2) @ Rb
     c = (D.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2
-    s = torch.stack([D[..., 2, 1] - D[..., 1, 2], D[..., 0, 2] - D[..., 2, 0], D[..., 1, 0] - D[..., 0, 1]], -1).norm(dim=-1) / 2
+    s = torch.stack([D[..., 2, 1] - D[..., 1, 2], D[..., 0, 2] - D[..., 2, 0], D[..., 1, 0] - D[..., 0, 1]],
+                    -1).norm(dim=-1) / 2
     return torch.rad2deg(torch.atan2(s, c))                         # atan2: accurate near 0 and 180 degrees
 
 def rot_err(est, ref) -> float:
@@ -69,7 +70,8 @@ def camera_metrics(est, ref, registered=None) -> dict:
     against the reference `ref` (F, 4, 4); both are made relative to their frame 0 first."""
     est, ref = _pair(est, ref)
     m = torch.ones(len(est), dtype=torch.bool) if registered is None else torch.as_tensor(registered, dtype=torch.bool)
-    if m.shape != (len(est),): raise InfcamError(f"registered must be a mask of {len(est)} frames, got {tuple(m.shape)}")
+    if m.shape != (len(est),):
+        raise InfcamError(f"registered must be a mask of {len(est)} frames, got {tuple(m.shape)}")
     if not bool(m[0]): raise InfcamError("frame 0 must be registered: the trajectories are compared relative to it")
     est, ref = relative_poses(est[0], est)[m], relative_poses(ref[0], ref)[m]
     return dict(RotErr=rot_err(est, ref), TransErr=trans_err(est, ref), registered=float(m.float().mean()))
@@ -197,7 +199,8 @@ def _segment(gray, start, p0, depth0, K, min_points, keep, min_parallax, ransac_
         for j in range(1, T):
             m = alive[j]
             E = np.eye(4)
-            E[:3, :3] = best_rotation(pos[0][m].astype(np.float64), pos[j][m].astype(np.float64), f, K[0, 2], K[1, 2])[0]
+            E[:3, :3] = best_rotation(pos[0][m].astype(np.float64), pos[j][m].astype(np.float64), f, K[0, 2],
+                                      K[1, 2])[0]
             w2c.append(E)
         diag['kind'] = 'rotation'
         return w2c, pos, alive, np.full(len(p0), np.nan), diag
@@ -234,7 +237,8 @@ def estimate_poses(video:Tensor, K4, method:str='chain', max_side:int|None=640, 
     Unregistered frames hold the identity. `min_parallax` (px) separates rotation-only segments."""
     if method not in ('chain', 'reference'): raise InfcamError(f"method must be 'chain' or 'reference', got {method!r}")
     if not isinstance(video, Tensor) or video.ndim != 4 or video.shape[1] != 3:
-        raise InfcamError(f"video must be a tensor (F, 3, H, W) in [0, 1], got {getattr(video, 'shape', type(video).__name__)}")
+        raise InfcamError("video must be a tensor (F, 3, H, W) in [0, 1], got "
+                          f"{getattr(video, 'shape', type(video).__name__)}")
     K4 = torch.as_tensor(K4, dtype=torch.float32).reshape(-1)
     if K4.shape != (4,): raise InfcamError(f"K4 must be [fx, fy, cx, cy], got shape {tuple(K4.shape)}")
     gray, fac = to_gray_uint8(video, max_side)
@@ -249,7 +253,8 @@ def estimate_poses(video:Tensor, K4, method:str='chain', max_side:int|None=640, 
     while True:
         if len(p0) < min_points:
             segs.append(dict(start=start, kind='failed', points=len(p0))); break
-        w2c, pos, alive, depth, diag = _segment(gray, start, p0, depth0, K, min_points, keep, min_parallax, ransac_px, refine)
+        w2c, pos, alive, depth, diag = _segment(gray, start, p0, depth0, K, min_points, keep, min_parallax, ransac_px,
+                                                refine)
         segs.append(diag)
         last = start
         for j, E in enumerate(w2c):
@@ -387,7 +392,8 @@ def write_colmap_images(path, c2w, names:list[str]|None=None, overwrite:bool=Tru
     if len(names) != len(c2w): raise InfcamError(f"{len(names)} names for {len(c2w)} poses")
     w2c = np.linalg.inv(c2w)
     q = _R_to_quat(w2c[:, :3, :3])
-    rows = ["# Image list with two lines of data per image:", "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME",
+    rows = ["# Image list with two lines of data per image:",
+            "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME",
             "#   POINTS2D[] as (X, Y, POINT3D_ID)"]
     for i, (qq, E, n) in enumerate(zip(q, w2c, names)):
         rows += [f"{i + 1} " + ' '.join(f"{x:.10g}" for x in [*qq, *E[:3, 3]]) + f" 1 {n}", ""]
@@ -400,7 +406,8 @@ def _rows_to_c2w(a, src) -> Tensor:
     a = np.asarray(a, dtype=np.float64)
     if a.ndim == 2 and a.shape[1] in (12, 16): a = a.reshape(len(a), -1, 4)
     if a.ndim != 3 or a.shape[1:] not in ((3, 4), (4, 4)):
-        raise InfcamError(f"{src}: expected per-frame c2w of shape (F, 4, 4), (F, 3, 4), (F, 12) or (F, 16), got {a.shape}")
+        raise InfcamError(f"{src}: expected per-frame c2w of shape (F, 4, 4), (F, 3, 4), (F, 12) or (F, 16), got "
+                          f"{a.shape}")
     if not np.isfinite(a).all(): raise InfcamError(f"{src}: poses contain non-finite values")
     return homogeneous(torch.from_numpy(a).float())
 
@@ -422,7 +429,8 @@ def load_poses(path) -> Tensor:
         except json.JSONDecodeError as e: raise InfcamError(f"{path}: invalid JSON ({e})") from None
         if isinstance(d, dict):
             key = next((k for k in ('c2w', 'poses') if k in d), None)
-            if key is None: raise InfcamError(f"{path}: expected a list of poses or a dict with 'c2w' or 'poses', got keys {list(d)[:5]}")
+            if key is None: raise InfcamError(f"{path}: expected a list of poses or a dict with 'c2w' or 'poses', got "
+                                              f"keys {list(d)[:5]}")
             d = d[key]
         return _rows_to_c2w(d, path)
     raise InfcamError(f"{path}: unknown pose file type {suf!r}; use COLMAP images.txt, .npy, .txt or .json")
@@ -493,14 +501,16 @@ class AlexLPIPS(torch.nn.Module):
 
     def forward(self, a:Tensor, b:Tensor) -> Tensor: # (N,) distances of frames a, b (N, 3, H, W) in [-1, 1]
         unit = lambda f: f / (f.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-        return sum(lin((unit(fa) - unit(fb)) ** 2).mean((2, 3)) for fa, fb, lin in zip(self.features(a), self.features(b), self.lins)).flatten()
+        return sum(lin((unit(fa) - unit(fb)) ** 2).mean((2, 3))
+                   for fa, fb, lin in zip(self.features(a), self.features(b), self.lins)).flatten()
 
 # %% ../nbs/50_metrics.ipynb #b5492e65
 def load_lpips(weights, backbone) -> AlexLPIPS:
     """`AlexLPIPS` with the LPIPS linear layers `weights` (alex.pth: `lin0.model.1.weight` ...) and torchvision's
     AlexNet `backbone` (alexnet-owt-7be5be79.pth: `features.0.weight` ...), every name and shape checked."""
     from infcam.core import read_state_dict
-    lin, bb = read_state_dict(_weights(weights, 'LPIPS'), 'LPIPS weights'), read_state_dict(_weights(backbone, 'LPIPS backbone'), 'LPIPS backbone')
+    lin, bb = read_state_dict(_weights(weights, 'LPIPS'),
+                              'LPIPS weights'), read_state_dict(_weights(backbone, 'LPIPS backbone'), 'LPIPS backbone')
     m = AlexLPIPS()
     sd = {}
     for k, (i, (_, o, *_)) in enumerate(zip(m.INDEX, m.CONVS)):
@@ -509,7 +519,8 @@ def load_lpips(weights, backbone) -> AlexLPIPS:
     want = m.state_dict()
     for ours, (src, name) in sd.items():
         f = backbone if src is bb else weights
-        if name not in src: raise InfcamError(f"{f} has no tensor {name}: not the {'AlexNet' if src is bb else 'LPIPS alex'} weights")
+        if name not in src:
+            raise InfcamError(f"{f} has no tensor {name}: not the {'AlexNet' if src is bb else 'LPIPS alex'} weights")
         if src[name].shape != want[ours].shape:
             raise InfcamError(f"{f}: {name} has shape {tuple(src[name].shape)}, expected {tuple(want[ours].shape)}")
     m.load_state_dict({**want, **{ours: src[name] for ours, (src, name) in sd.items()}})
@@ -530,7 +541,8 @@ def frechet_distance(fa:Tensor, fb:Tensor) -> float:
     `|mu_a - mu_b|^2 + tr(Sa + Sb - 2 sqrt(Sa Sb))`, with `tr sqrt(Sa Sb)` from the symmetric `sqrt(Sa) Sb sqrt(Sa)`."""
     fa, fb = torch.as_tensor(fa).double(), torch.as_tensor(fb).double()
     if fa.ndim != 2 or fb.ndim != 2 or fa.shape[1] != fb.shape[1] or len(fa) < 2 or len(fb) < 2:
-        raise InfcamError(f"features must be (N, D) and (M, D) with N, M >= 2, got {tuple(fa.shape)} and {tuple(fb.shape)}")
+        raise InfcamError(f"features must be (N, D) and (M, D) with N, M >= 2, got {tuple(fa.shape)} and "
+                          f"{tuple(fb.shape)}")
     ma, mb = fa.mean(0), fb.mean(0)
     Sa, Sb = torch.cov(fa.T).reshape(fa.shape[1], -1), torch.cov(fb.T).reshape(fb.shape[1], -1)
     ev, V = torch.linalg.eigh(Sa)
@@ -545,29 +557,34 @@ def load_fid_net(weights):
     clean-fid uses); its `layers` module maps (N, 3, 299, 299) in [-1, 1] to the 2048 pool features."""
     p = _weights(weights, 'FID')
     try: net = torch.jit.load(str(p), map_location='cpu').eval()
-    except Exception as e: raise InfcamError(f"FID: {p} is not a TorchScript feature extractor ({' '.join(str(e).split())[:200]})") from None
+    except Exception as e: raise InfcamError(f"FID: {p} is not a TorchScript feature extractor "
+                                             f"({' '.join(str(e).split())[:200]})") from None
     if not hasattr(net, 'layers'): raise InfcamError(f"FID: {p} has no `layers` module: not inception-2015-12-05.pt")
     return net
 
 def fid_resize(x:Tensor) -> Tensor:
     """Frames (N, 3, H, W) in [0, 1] -> (N, 3, 299, 299) in [0, 255] as clean-fid's 'clean' mode: 8-bit frames
-    (`round(255 x)`), each channel resized by PIL's bicubic filter in float ('F' images, antialiased), clipped to [0, 255]."""
+    (`round(255 x)`), each channel resized by PIL's bicubic filter in float ('F' images, antialiased), clipped to [0,
+    255]."""
     from PIL import Image
     u8 = (x.float().clamp(0, 1) * 255).round().numpy().astype(np.float32)
-    out = np.stack([np.stack([np.asarray(Image.fromarray(ch).resize((FID_SIZE, FID_SIZE), Image.BICUBIC)) for ch in img])
+    out = np.stack([np.stack([np.asarray(Image.fromarray(ch).resize((FID_SIZE, FID_SIZE), Image.BICUBIC))
+                              for ch in img])
                     for img in u8])
     return torch.from_numpy(out.clip(0, 255))
 
 def fid_features(x, net, batch_size:int=32) -> Tensor:
-    "Inception features (N, 2048) of frames x (N, 3, H, W) in [0, 1] by clean-fid's protocol: `fid_resize`, (x - 128) / 128, `net.layers`."
+    """Inception features (N, 2048) of frames x (N, 3, H, W) in [0, 1] by clean-fid's protocol: `fid_resize`, (x - 128)
+    / 128, `net.layers`."""
     x = _frames('frames', x)
     with torch.no_grad():
-        return torch.cat([net.layers((fid_resize(x[i:i + batch_size]) - 128) / 128).reshape(len(x[i:i + batch_size]), -1).double()
+        return torch.cat([net.layers((fid_resize(x[i:i + batch_size]) - 128) / 128).reshape(len(x[i:i + batch_size]),
+                                                                                            -1).double()
                           for i in range(0, len(x), batch_size)])
 
 def fid(a, b, weights=None, batch_size:int=32, net=None) -> float:
-    """FID by clean-fid's protocol ('clean' mode, Parmar et al. 2022) between image sets a (N, 3, H, W) and b (M, 3, H, W)
-    in [0, 1], with the TorchScript Inception `weights` (inception-2015-12-05.pt) or `net` from `load_fid_net`."""
+    """FID by clean-fid's protocol ('clean' mode, Parmar et al. 2022) between image sets a (N, 3, H, W) and b (M, 3, H,
+    W) in [0, 1], with the TorchScript Inception `weights` (inception-2015-12-05.pt) or `net` from `load_fid_net`."""
     net = net if net is not None else load_fid_net(weights)
     return frechet_distance(fid_features(a, net, batch_size), fid_features(b, net, batch_size))
 
@@ -575,8 +592,10 @@ def fid(a, b, weights=None, batch_size:int=32, net=None) -> float:
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 def load_clip(folder):
-    "`(CLIPModel, tokenizer)` from the local folder `folder` (config, weights and tokenizer files); nothing is downloaded."
-    if folder is None: raise InfcamError("CLIP: pass clip_weights=DIR, a local CLIP model folder (infcam downloads nothing)")
+    """`(CLIPModel, tokenizer)` from the local folder `folder` (config, weights and tokenizer files); nothing is
+    downloaded."""
+    if folder is None:
+        raise InfcamError("CLIP: pass clip_weights=DIR, a local CLIP model folder (infcam downloads nothing)")
     p = Path(folder)
     if not p.is_dir(): raise InfcamError(f"CLIP: weights folder {p} does not exist")
     from transformers import CLIPModel, AutoTokenizer
@@ -584,36 +603,43 @@ def load_clip(folder):
         model = CLIPModel.from_pretrained(p, local_files_only=True).eval()
         tok = AutoTokenizer.from_pretrained(p, local_files_only=True)
     except (OSError, ValueError, KeyError) as e:
-        raise InfcamError(f"CLIP: {p} is not a CLIP model folder with its tokenizer ({' '.join(str(e).split())[:200]})") from None
+        raise InfcamError(f"CLIP: {p} is not a CLIP model folder with its tokenizer "
+                          f"({' '.join(str(e).split())[:200]})") from None
     return model, tok
 
 def clip_pixels(x:Tensor, size:int) -> Tensor:
-    "Frames (N, 3, H, W) in [0, 1] -> CLIP's input (N, 3, size, size): shorter side to `size` (bicubic), centre crop, normalised."
+    """Frames (N, 3, H, W) in [0, 1] -> CLIP's input (N, 3, size, size): shorter side to `size` (bicubic), centre crop,
+    normalised."""
     h, w = x.shape[-2:]
     s = size / min(h, w)
-    x = F.interpolate(x.float(), size=(max(size, round(h * s)), max(size, round(w * s))), mode='bicubic', align_corners=False,
+    x = F.interpolate(x.float(), size=(max(size, round(h * s)), max(size, round(w * s))), mode='bicubic',
+                      align_corners=False,
                       antialias=True).clamp(0, 1)
     top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
     x = x[..., top:top + size, left:left + size]
     return (x - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
 
 def _embedding(out) -> Tensor:
-    "The projected embedding of `get_*_features` (a tensor, or transformers 5's output with `pooler_output`), unit length."
+    """The projected embedding of `get_*_features` (a tensor, or transformers 5's output with `pooler_output`), unit
+    length."""
     e = out if isinstance(out, Tensor) else out.pooler_output
     return F.normalize(e.float(), dim=-1)
 
 def clip_scores(frames, prompt:str|None, clip, batch_size:int=16) -> dict:
-    """`{'CLIP-T', 'CLIP-F'}` of frames (F, 3, H, W) in [0, 1] with `clip` = `load_clip(...)`: CLIP-T = 100 x the mean over
-    frames of max(cos(frame, prompt), 0) (NaN without a prompt); CLIP-F = 100 x the mean cos of consecutive frames."""
+    """`{'CLIP-T', 'CLIP-F'}` of frames (F, 3, H, W) in [0, 1] with `clip` = `load_clip(...)`: CLIP-T = 100 x the mean
+    over frames of max(cos(frame, prompt), 0) (NaN without a prompt); CLIP-F = 100 x the mean cos of consecutive
+    frames."""
     model, tok = clip
     x = _frames('frames', frames)
     size = model.config.vision_config.image_size
     with torch.no_grad():
         img = torch.cat([_embedding(model.get_image_features(pixel_values=clip_pixels(x[i:i + batch_size], size)))
                          for i in range(0, len(x), batch_size)])
-        out = {'CLIP-T': math.nan, 'CLIP-F': float(100 * (img[1:] * img[:-1]).sum(-1).mean()) if len(img) > 1 else math.nan}
+        out = {'CLIP-T': math.nan,
+               'CLIP-F': float(100 * (img[1:] * img[:-1]).sum(-1).mean()) if len(img) > 1 else math.nan}
         if prompt:
-            t = tok([prompt], padding=True, truncation=True, max_length=model.config.text_config.max_position_embeddings, return_tensors='pt')
+            t = tok([prompt], padding=True, truncation=True,
+                    max_length=model.config.text_config.max_position_embeddings, return_tensors='pt')
             txt = _embedding(model.get_text_features(input_ids=t['input_ids'], attention_mask=t['attention_mask']))
             out['CLIP-T'] = float(100 * (img @ txt[0]).clamp_min(0).mean())
     return out
