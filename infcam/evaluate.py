@@ -46,7 +46,8 @@ class EvalItem:
 _CAMFILE = re.compile(r'(.+camera_extrinsics\.json):([^:@/\\]+)(?:@[^:@/\\]+)?', re.IGNORECASE)
 
 def truth_for(trajectory:str) -> Path|None:
-    "The ground-truth video of a `.../cameras/camera_extrinsics.json:camXX` request (`.../videos/camXX.mp4`), if it exists."
+    """The ground-truth video of a `.../cameras/camera_extrinsics.json:camXX` request (`.../videos/camXX.mp4`), if it
+    exists."""
     m = _CAMFILE.fullmatch(str(trajectory))
     if not m: return None
     p = video_file(Path(m.group(1)).parent.parent, m.group(2))
@@ -69,12 +70,14 @@ def resolve_spec(spec:str, bases) -> tuple[str, bool]:
     return spec, False
 
 def _truth_note(spec:str, found:bool) -> str|None:
-    "Why a request that names a ground truth (`camera_extrinsics.json:camXX`) has none; None when it has one or names none."
+    """Why a request that names a ground truth (`camera_extrinsics.json:camXX`) has none; None when it has one or names
+    none."""
     m = _CAMFILE.fullmatch(spec)
     if not m: return None
     if not found: return f"no ground truth: {m.group(1)} not found (scored without PSNR/SSIM)"
     if truth_for(spec) is None:
-        return f"no ground truth: {video_file(Path(m.group(1)).parent.parent, m.group(2))} not found (scored without PSNR/SSIM)"
+        return (f"no ground truth: {video_file(Path(m.group(1)).parent.parent, m.group(2))} not found "
+                "(scored without PSNR/SSIM)")
     return None
 
 # %% ../nbs/52_evaluate.ipynb #d1e2dee6
@@ -95,9 +98,11 @@ def items_from_results(folder, method:str='infcam') -> tuple[list[EvalItem], lis
             K4 = torch.tensor(d['intrinsics']['K_tgt'], dtype=torch.float32)
             if K4.shape != (4,): raise ValueError(f"K_tgt of shape {tuple(K4.shape)}")
             source = Path(d['video']) if d.get('video') else None
-            spec, found = resolve_spec(str(d['trajectory']), [Path.cwd(), js.parent] + ([source.parent] if source else []))
+            spec, found = resolve_spec(str(d['trajectory']),
+                                       [Path.cwd(), js.parent] + ([source.parent] if source else []))
             if note := _truth_note(spec, found): problems.append((str(js), note))
-            items.append(EvalItem(method, str(js.relative_to(folder).with_suffix('')), js.with_name(d['outputs']['video']),
+            items.append(EvalItem(method, str(js.relative_to(folder).with_suffix('')),
+                                  js.with_name(d['outputs']['video']),
                                   spec, homogeneous(ext.reshape(-1, 3, 4)), K4, truth=truth_for(spec), source=source,
                                   prompt=d.get('prompt') or None))
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
@@ -105,7 +110,8 @@ def items_from_results(folder, method:str='infcam') -> tuple[list[EvalItem], lis
     return items, problems
 
 # %% ../nbs/52_evaluate.ipynb #9ab7a5bb
-TABLE_COLUMNS = ('video', 'trajectory', 'method', 'name', 'truth', 'poses', 'source', 'prompt', 'focal_mm', 'fx', 'fy', 'cx', 'cy')
+TABLE_COLUMNS = ('video', 'trajectory', 'method', 'name', 'truth', 'poses', 'source', 'prompt', 'focal_mm', 'fx', 'fy',
+                 'cx', 'cy')
 
 def _in(base:Path, p:str) -> Path|None: return (base / p) if p else None
 
@@ -119,7 +125,8 @@ def items_from_table(csv, method:str|None=None) -> tuple[list[EvalItem], list[tu
     csv = Path(csv)
     if not csv.is_file(): raise InfcamError(f"table not found: {csv}")
     try: df = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    except (ValueError, UnicodeDecodeError) as e: raise InfcamError(f"{csv} is not a readable CSV: {' '.join(str(e).split())}") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InfcamError(f"{csv} is not a readable CSV: {' '.join(str(e).split())}") from None
     if missing := [c for c in ('video', 'trajectory') if c not in df.columns]:
         raise InfcamError(f"{csv} has no {' or '.join(missing)} column (it has {', '.join(df.columns) or 'none'})")
     if unknown := [c for c in df.columns if c not in TABLE_COLUMNS]:
@@ -133,14 +140,17 @@ def items_from_table(csv, method:str|None=None) -> tuple[list[EvalItem], list[tu
             K4, focal = None, None
             if any(r[k] for k in ('fx', 'fy', 'cx', 'cy')):
                 K4 = torch.tensor([float(r[k]) for k in ('fx', 'fy', 'cx', 'cy')])
-                if not (torch.isfinite(K4).all() and (K4[:2] > 0).all()): raise InfcamError(f"bad intrinsics {K4.tolist()}")
+                if not (torch.isfinite(K4).all() and (K4[:2] > 0).all()):
+                    raise InfcamError(f"bad intrinsics {K4.tolist()}")
             elif r['focal_mm']:
                 focal = float(r['focal_mm'])
                 if not (math.isfinite(focal) and focal > 0): raise InfcamError(f"bad focal_mm {r['focal_mm']!r}")
             spec = _spec_in(base, r['trajectory'])
             truth = _in(base, r['truth']) or truth_for(spec)
-            if not r['truth'] and (note := _truth_note(spec, Path(_spec_file(spec) or '').is_file())): problems.append((where, note))
-            items.append(EvalItem(r['method'] or method or csv.stem, r['name'] or Path(r['video']).stem, base / r['video'],
+            if not r['truth'] and (note := _truth_note(spec, Path(_spec_file(spec) or '').is_file())):
+                problems.append((where, note))
+            items.append(EvalItem(r['method'] or method or csv.stem, r['name'] or Path(r['video']).stem,
+                                  base / r['video'],
                                   spec, None, K4, focal, truth, _in(base, r['poses']), _in(base, r['source']),
                                   r['prompt'] or None))
         except (InfcamError, ValueError) as e:
@@ -166,7 +176,8 @@ def score_item(item:EvalItem, min_registered:float=0.5, lpips_net=None, poses:st
     idx = _frames_of(n)
     H, W = v.shape[-2:]
     if item.c2w is not None:
-        if len(item.c2w) != len(idx): raise InfcamError(f"the request has {len(item.c2w)} poses for the {len(idx)} scored frames of a {n}-frame clip")
+        if len(item.c2w) != len(idx): raise InfcamError(f"the request has {len(item.c2w)} poses for the {len(idx)} "
+                                                        f"scored frames of a {n}-frame clip")
         ref, zoom = item.c2w, 1.
     else:
         c2w, z = load_trajectory(item.trajectory, n, with_zoom=True)
@@ -179,13 +190,15 @@ def score_item(item:EvalItem, min_registered:float=0.5, lpips_net=None, poses:st
     if item.truth is not None:
         if not Path(item.truth).is_file(): raise InfcamError(f"ground-truth video not found: {item.truth}")
         truth = read_video(item.truth, n)
-        if truth.shape != v.shape: raise InfcamError(f"the ground truth is {tuple(truth.shape[-2:])} x {len(truth)} frames, the video {(H, W)} x {n}")
+        if truth.shape != v.shape: raise InfcamError(f"the ground truth is {tuple(truth.shape[-2:])} x {len(truth)} "
+                                                     f"frames, the video {(H, W)} x {n}")
         truth = truth[idx]
     est = None
     if item.poses is not None:
         est = load_poses(item.poses)
         if len(est) == n: est = est[idx]
-        elif len(est) != len(idx): raise InfcamError(f"{item.poses} has {len(est)} poses; the clip has {n} frames ({len(idx)} scored)")
+        elif len(est) != len(idx):
+            raise InfcamError(f"{item.poses} has {len(est)} poses; the clip has {n} frames ({len(idx)} scored)")
     out = {**score_video(v[idx], K4, ref, truth, est, min_registered=min_registered, poses=poses), 'frames': n}
     if lpips_net is not None and truth is not None:
         from infcam.metrics import lpips
@@ -196,7 +209,8 @@ def score_item(item:EvalItem, min_registered:float=0.5, lpips_net=None, poses:st
     return out
 
 # %% ../nbs/52_evaluate.ipynb #bb03c24c
-SCORES = (*METRICS, 'LPIPS', 'CLIP-T', 'CLIP-F')   # per video; LPIPS with a truth and its weights, CLIP-T/F with CLIP weights
+# per video; LPIPS with a truth and its weights, CLIP-T/F with CLIP weights
+SCORES = (*METRICS, 'LPIPS', 'CLIP-T', 'CLIP-F')
 ROW_COLUMNS = ('method', 'name', 'video', 'trajectory', 'truth', 'frames', *SCORES, 'poses_by', 'error', 'stamp')
 
 def _poses_by(it:EvalItem, poses:str) -> str: return 'file' if it.poses is not None else poses   # what posed a row
@@ -221,7 +235,9 @@ def collect_items(inputs, method:str|None=None) -> tuple[list[EvalItem], list[tu
         items += its; problems += ps
     seen = {}
     for it in items:
-        if (it.method, it.name) in seen: raise InfcamError(f"two videos of {it.method} are named {it.name!r} ({seen[(it.method, it.name)]} and {it.video}); give the CSV a name column")
+        if (it.method, it.name) in seen: raise InfcamError(f"two videos of {it.method} are named {it.name!r} "
+                                                           f"({seen[(it.method, it.name)]} and {it.video}); give the "
+                                                           "CSV a name column")
         seen[(it.method, it.name)] = it.video
     return items, problems
 
@@ -230,14 +246,17 @@ VIDEO_SUFFIXES = ('.mp4', '.mov', '.avi', '.mkv', '.webm')
 
 def reference_videos(reference, items:list[EvalItem]) -> dict[str, list[Path]]|None:
     """Each method's unpaired FID/FVD reference: None for `reference=None` (paired: each video against its ground
-    truth); `'sources'`: the distinct source clips its videos were generated from; a folder: its videos (`VIDEO_SUFFIXES`,
-    recursively); a CSV: its `video` column (relative to the CSV's folder). The same folder or CSV serves every method."""
+    truth); `'sources'`: the distinct source clips its videos were generated from; a folder: its videos
+    (`VIDEO_SUFFIXES`, recursively); a CSV: its `video` column (relative to the CSV's folder). The same folder or CSV
+    serves every method."""
     if reference is None: return None
     methods = list(dict.fromkeys(it.method for it in items))
     if str(reference) == 'sources':
-        out = {m: list(dict.fromkeys(Path(it.source) for it in items if it.method == m and it.source is not None)) for m in methods}
+        out = {m: list(dict.fromkeys(Path(it.source) for it in items if it.method == m and it.source is not None))
+               for m in methods}
         if missing := [m for m, v in out.items() if not v]:
-            raise InfcamError(f"--reference sources: no source clips known for {missing[0]} (a CSV needs a source column)")
+            raise InfcamError(f"--reference sources: no source clips known for {missing[0]} (a CSV needs a source "
+                              "column)")
         return out
     p = Path(reference)
     if p.is_dir(): vids = sorted(f for f in p.rglob('*') if f.suffix.lower() in VIDEO_SUFFIXES)
@@ -245,7 +264,8 @@ def reference_videos(reference, items:list[EvalItem]) -> dict[str, list[Path]]|N
         df = pd.read_csv(p, dtype=str, keep_default_na=False)
         if 'video' not in df.columns: raise InfcamError(f"reference table {p} has no video column")
         vids = [p.parent / v for v in df['video'] if v.strip()]
-    else: raise InfcamError(f"--reference must be 'sources', a folder of videos or a CSV with a video column, got {reference}")
+    else: raise InfcamError("--reference must be 'sources', a folder of videos or a CSV with a video column, got "
+                            f"{reference}")
     if missing := [v for v in vids if not v.is_file()]: raise InfcamError(f"reference video not found: {missing[0]}")
     if len(vids) < 2: raise InfcamError(f"the reference {p} holds {len(vids)} video(s); FID/FVD need at least two")
     return {m: vids for m in methods}
@@ -257,9 +277,9 @@ def _ok(rows:pd.DataFrame, paired:bool) -> pd.DataFrame:
     return ok[ok['truth'].fillna('') != ''] if paired else ok
 
 def method_fvd(rows:pd.DataFrame, net, reference:list[Path]|None=None) -> float:
-    """FVD (`infcam.fvd`, VideoGPT's protocol: the first `FVD_FRAMES` frames of each clip) of the scored videos in `rows`
-    against their ground truths (paired, `reference=None`) or against the clips `reference` (unpaired); NaN with fewer
-    than two clips that long on either side."""
+    """FVD (`infcam.fvd`, VideoGPT's protocol: the first `FVD_FRAMES` frames of each clip) of the scored videos in
+    `rows` against their ground truths (paired, `reference=None`) or against the clips `reference` (unpaired); NaN with
+    fewer than two clips that long on either side."""
     from infcam.fvd import i3d_features, FVD_FRAMES
     from infcam.metrics import frechet_distance
     from infcam.video import read_video, video_info
@@ -284,7 +304,8 @@ def method_fid(rows:pd.DataFrame, net, reference:list[Path]|None=None) -> float:
     from infcam.metrics import fid_features, frechet_distance
     ok = _ok(rows, reference is None)
     fake = [_strided(v, int(n)) for v, n in zip(ok['video'], ok['frames'])]
-    real = [_strided(t, int(n)) for t, n in zip(ok['truth'], ok['frames'])] if reference is None else [_strided(r) for r in reference]
+    real = ([_strided(t, int(n)) for t, n in zip(ok['truth'], ok['frames'])] if reference is None
+            else [_strided(r) for r in reference])
     if sum(len(f) for f in fake) < 2 or sum(len(r) for r in real) < 2: return math.nan
     feats = lambda clips: torch.cat([fid_features(c, net) for c in clips])
     return frechet_distance(feats(fake), feats(real))
@@ -295,8 +316,8 @@ CAMERA_UNDER = dict(RotErr=5.0, TransErr=0.1)   # the thresholds of the robust c
 def summarize_methods(rows:pd.DataFrame) -> pd.DataFrame:
     """One row per method: videos, scored, failed, and the mean and standard error (`_se`) of every metric over its
     finite values. A video identical to its ground truth has an infinite PSNR: it is counted in `PSNR_inf`, never
-    averaged (no cap stands in for it). Camera errors are heavy-tailed, so beside their mean: the median (`_median`, over
-    the measured clips) and the fraction of the scored videos whose error was measured and is under `CAMERA_UNDER`
+    averaged (no cap stands in for it). Camera errors are heavy-tailed, so beside their mean: the median (`_median`,
+    over the measured clips) and the fraction of the scored videos whose error was measured and is under `CAMERA_UNDER`
     (`_under`; a clip that could not be posed counts as not under)."""
     g = rows.groupby('method', sort=False)
     ok = rows['error'].fillna('') == ''
@@ -325,8 +346,8 @@ def summary_markdown(summary:pd.DataFrame, rows:pd.DataFrame|None=None) -> str:
     lp = bool(summary['LPIPS'].notna().any()) if 'LPIPS' in summary else False
     cl = [k for k in ('CLIP-T', 'CLIP-F') if k in summary and summary[k].notna().any()]
     ru, tu = (f"{CAMERA_UNDER[k]:g}" for k in ('RotErr', 'TransErr'))
-    lines = [f'| method | videos | scored | PSNR ↑ | SSIM ↑ | RotErr (deg) ↓ | RotErr median ↓ | RotErr < {ru}° ↑ | TransErr ↓ | '
-             f'TransErr median ↓ | TransErr < {tu} ↑ | registered |' + (' LPIPS ↓ |' if lp else '')
+    lines = [f'| method | videos | scored | PSNR ↑ | SSIM ↑ | RotErr (deg) ↓ | RotErr median ↓ | RotErr < {ru}° ↑ | '
+             f'TransErr ↓ | TransErr median ↓ | TransErr < {tu} ↑ | registered |' + (' LPIPS ↓ |' if lp else '')
              + ''.join(f' {k} ↑ |' for k in cl) + ''.join(f' {k} ↓ |' for k in extra),
              '|---' * 12 + '|' + '---|' * (len(extra) + lp + len(cl))]
     for d in summary.to_dict('records'):
@@ -334,7 +355,8 @@ def summary_markdown(summary:pd.DataFrame, rows:pd.DataFrame|None=None) -> str:
                      f"{format_mean_se(d['SSIM'], d['SSIM_se'], 3)} | {format_mean_se(d['RotErr'], d['RotErr_se'], 2)} | "
                      f"{format_mean_se(d['RotErr_median'], math.nan, 2)} | {format_mean_se(d['RotErr_under'], math.nan, 2)} | "
                      f"{format_mean_se(d['TransErr'], d['TransErr_se'], 3)} | {format_mean_se(d['TransErr_median'], math.nan, 3)} | "
-                     f"{format_mean_se(d['TransErr_under'], math.nan, 2)} | {format_mean_se(d['registered'], math.nan, 2)} |"
+                     f"{format_mean_se(d['TransErr_under'], math.nan, 2)} | "
+                     f"{format_mean_se(d['registered'], math.nan, 2)} |"
                      + (f" {format_mean_se(d['LPIPS'], d['LPIPS_se'], 3)} |" if lp else '')
                      + ''.join(f" {format_mean_se(d[k], d[k + '_se'], 2)} |" for k in cl)
                      + ''.join(f" {format_mean_se(d[k], math.nan, 1)} |" for k in extra))
@@ -344,7 +366,8 @@ def summary_markdown(summary:pd.DataFrame, rows:pd.DataFrame|None=None) -> str:
     if int(summary.get('PSNR_inf', pd.Series([0])).sum()):
         text += '\n∞ ×n: n videos equal their ground truth (infinite PSNR); the PSNR mean is over the others.\n'
     if rows is not None and (bad := rows[rows['error'].fillna('') != '']).shape[0]:
-        text += '\nNot scored:\n' + ''.join(f"- {r['method']} {r['name']}: {r['error']}\n" for r in bad.to_dict('records'))
+        text += '\nNot scored:\n' + ''.join(f"- {r['method']} {r['name']}: {r['error']}\n"
+                                            for r in bad.to_dict('records'))
     return text
 
 def plot_methods(summary:pd.DataFrame, path) -> Path:
@@ -367,15 +390,18 @@ def plot_methods(summary:pd.DataFrame, path) -> Path:
             ax.text(0.5, 0.97, 'not measured: ' + ', '.join(summary['method'][~ok].astype(str)), transform=ax.transAxes,
                     ha='center', va='top', fontsize=7, color='grey', wrap=True)
         ax.set_xticks(x, summary['method'], rotation=30, ha='right', fontsize=8)
-        ax.set_title(k + (' (higher is better)' if k in ('PSNR', 'SSIM', 'registered') else ' (lower is better)'), fontsize=9)
+        ax.set_title(k + (' (higher is better)' if k in ('PSNR', 'SSIM', 'registered') else ' (lower is better)'),
+                     fontsize=9)
     fig.tight_layout()
     return write_figure(fig, path)
 
 # %% ../nbs/52_evaluate.ipynb #67753532
 def score_row(it:EvalItem, min_registered:float=0.5, lpips_net=None, poses:str=DEFAULT_POSES, clip=None) -> dict:
-    "The table row of one item: its request, its numbers (NaN where not measured) and the error that stopped it, if any."
+    """The table row of one item: its request, its numbers (NaN where not measured) and the error that stopped it, if
+    any."""
     row = dict(method=it.method, name=it.name, video=str(it.video), trajectory=it.trajectory,
-               truth='' if it.truth is None else str(it.truth), frames=0, **dict.fromkeys(SCORES, math.nan), poses_by=_poses_by(it, poses), error='',
+               truth='' if it.truth is None else str(it.truth), frames=0, **dict.fromkeys(SCORES, math.nan),
+               poses_by=_poses_by(it, poses), error='',
                stamp=_stamp(it.video, it.truth, it.poses))
     try: row.update(score_item(it, min_registered, lpips_net, poses, clip))
     except InfcamError as e: row['error'] = ' '.join(str(e).split())
@@ -396,12 +422,14 @@ def _eval_worker(fabric, items:list[EvalItem], min_registered:float, out:Path, p
                  poses:str=DEFAULT_POSES, clip=None) -> list[dict]:
     "One process of a sharded evaluation: every `world`-th item, then all ranks' rows."
     rank, world = fabric.global_rank, fabric.world_size
-    mine = _score_all(items[rank::world], min_registered, progress and rank == 0, out / f'.rows.part{rank}.csv', lpips_net, poses, clip)
+    mine = _score_all(items[rank::world], min_registered, progress and rank == 0, out / f'.rows.part{rank}.csv',
+                      lpips_net, poses, clip)
     return [r for part in gather_and_leave(mine) for r in part]
 
 def _read_rows(path:Path) -> list[dict]:
     try: df = pd.read_csv(path, dtype={'method': str, 'name': str, 'error': str, 'stamp': str, 'trajectory': str})
-    except (ValueError, UnicodeDecodeError): raise InfcamError(f"{path} is not an evaluation table; use another --out folder") from None
+    except (ValueError, UnicodeDecodeError):
+        raise InfcamError(f"{path} is not an evaluation table; use another --out folder") from None
     for k in ('LPIPS', 'CLIP-T', 'CLIP-F'):
         if k not in df.columns: df[k] = math.nan                     # a table written before these were scored
     if 'poses_by' not in df.columns: df['poses_by'] = 'builtin'      # ... or before COLMAP could pose the clips
@@ -411,12 +439,14 @@ def _read_rows(path:Path) -> list[dict]:
 
 # %% ../nbs/52_evaluate.ipynb #e3d6ed4f
 def _load_nets(fvd_weights, fid_weights, lpips_weights, lpips_backbone, clip_weights) -> dict:
-    "The networks of the optional metrics, each loaded (and its weights checked) before any work; None when not asked for."
+    """The networks of the optional metrics, each loaded (and its weights checked) before any work; None when not asked
+    for."""
     nets = dict.fromkeys(('fvd', 'fid', 'lpips', 'clip'))
     if fvd_weights is not None:
         from infcam.fvd import load_i3d
         nets['fvd'] = load_i3d(fvd_weights)
-    if (lpips_weights is None) != (lpips_backbone is None): raise InfcamError("LPIPS needs both its weights (alex.pth) and the AlexNet backbone")
+    if (lpips_weights is None) != (lpips_backbone is None):
+        raise InfcamError("LPIPS needs both its weights (alex.pth) and the AlexNet backbone")
     if lpips_weights is not None:
         from infcam.metrics import load_lpips
         nets['lpips'] = load_lpips(lpips_weights, lpips_backbone)
@@ -436,11 +466,12 @@ def distance_note(reference=None) -> str:
             + ('each video\'s ground truth (paired).\n' if reference is None else f"{reference} (unpaired).\n"))
 
 def check_scored(rows:pd.DataFrame, where) -> None:
-    "`InfcamError` when no row of `rows` was scored (each has an error), naming the first reason and `where` the rest are."
+    """`InfcamError` when no row of `rows` was scored (each has an error), naming the first reason and `where` the rest
+    are."""
     errors = rows['error'].fillna('').astype(str)
     if len(rows) and (errors != '').all():
-        raise InfcamError(f"none of the {len(rows)} video(s) could be scored ({rows['name'].iloc[0]}: {errors.iloc[0]}); "
-                          f"the reasons are in {where}")
+        raise InfcamError(f"none of the {len(rows)} video(s) could be scored ({rows['name'].iloc[0]}: "
+                          f"{errors.iloc[0]}); the reasons are in {where}")
 
 
 # %% ../nbs/52_evaluate.ipynb #e3d6ed50
@@ -457,7 +488,8 @@ def evaluate(inputs, out, method:str|None=None, progress:bool=True, min_register
     out = Path(out)
     check_number(min_registered, 'min_registered (a fraction of the frames)', 0, 1)
     check_int(devices, 'devices', 1); check_int(num_nodes, 'num_nodes', 1)
-    if poses not in POSE_ESTIMATORS: raise InfcamError(f"poses must be one of {', '.join(POSE_ESTIMATORS)}, got {poses!r}")
+    if poses not in POSE_ESTIMATORS:
+        raise InfcamError(f"poses must be one of {', '.join(POSE_ESTIMATORS)}, got {poses!r}")
     if poses == 'colmap': require_pycolmap()                       # a one-line error before any work
     items, problems = collect_items(inputs, method)
     if not items: raise InfcamError(f"nothing to evaluate in {', '.join(map(str, [inputs] if isinstance(inputs, (str, Path)) else inputs))}"
