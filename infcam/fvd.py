@@ -45,7 +45,8 @@ class MaxPoolSame(nn.Module):
     def __init__(self, kernel, stride):
         super().__init__()
         self.kernel, self.stride = tuple(kernel), tuple(stride)
-    def forward(self, x:Tensor) -> Tensor: return F.max_pool3d(same_pad(x, self.kernel, self.stride), self.kernel, self.stride)
+    def forward(self, x:Tensor) -> Tensor:
+        return F.max_pool3d(same_pad(x, self.kernel, self.stride), self.kernel, self.stride)
 
 class InceptionModule(nn.Module):
     "Four branches concatenated: 1x1; 1x1 -> 3x3; 1x1 -> 3x3; 3x3 max pool -> 1x1. `c`: their six widths."
@@ -86,7 +87,8 @@ class InceptionI3d(nn.Module):
     def forward(self, x:Tensor) -> Tensor:
         for m in list(self.children())[:-1]: x = m(x)
         if x.shape[2] < 2 or x.shape[3] < 7 or x.shape[4] < 7:
-            raise InfcamError(f"I3D needs clips of at least 9 frames at 224x224; its last features are {tuple(x.shape[2:])}")
+            raise InfcamError("I3D needs clips of at least 9 frames at 224x224; its last features are "
+                              f"{tuple(x.shape[2:])}")
         x = F.avg_pool3d(x, (2, 7, 7), stride=1)                     # (B, 1024, T', 1, 1)
         return self.logits(x)[:, :, :, 0, 0].mean(2)
 
@@ -103,19 +105,22 @@ def load_i3d(weights, device='cpu') -> InceptionI3d:
     sd = {k.removeprefix('module.'): v for k, v in sd.items()}   # saved from DataParallel
     missing = [k for k in want if k not in sd and not k.endswith('num_batches_tracked')]
     extra = [k for k in sd if k not in want]
-    bad = [f"{k} {tuple(sd[k].shape)} (expected {tuple(want[k].shape)})" for k in want if k in sd and sd[k].shape != want[k].shape]
+    bad = [f"{k} {tuple(sd[k].shape)} (expected {tuple(want[k].shape)})" for k in want
+           if k in sd and sd[k].shape != want[k].shape]
     for what, names in (('missing', missing), ('unexpected', extra), ('wrong shape', bad)):
-        if names: raise InfcamError(f"{p} is not an I3D Kinetics-400 state dict: {len(names)} {what} tensor(s), e.g. {names[0]}")
+        if names: raise InfcamError(f"{p} is not an I3D Kinetics-400 state dict: {len(names)} {what} tensor(s), e.g. "
+                                    f"{names[0]}")
     net.load_state_dict({k: sd.get(k, want[k]) for k in want})
     return net.eval().to(device)
 
 # %% ../nbs/53_fvd.ipynb #49b93e4d
 def preprocess_i3d(clip:Tensor, size:int=224) -> Tensor:
     """A clip (F, 3, H, W) in [0, 1] -> (3, F, size, size) in [-1, 1], as VideoGPT's FVD (`videogpt/fvd/fvd.py`,
-    `preprocess`): 8-bit frames (here `round(255 x)`) / 255, the shorter side resized to exactly `size` and the longer to
-    `ceil(side * size / shorter)` (bilinear, `align_corners=False`), a centre crop, then `(x - 0.5) * 2`."""
+    `preprocess`): 8-bit frames (here `round(255 x)`) / 255, the shorter side resized to exactly `size` and the longer
+    to `ceil(side * size / shorter)` (bilinear, `align_corners=False`), a centre crop, then `(x - 0.5) * 2`."""
     if not isinstance(clip, Tensor) or clip.ndim != 4 or clip.shape[1] != 3:
-        raise InfcamError(f"a clip must be frames (F, 3, H, W) in [0, 1], got {getattr(clip, 'shape', type(clip).__name__)}")
+        raise InfcamError("a clip must be frames (F, 3, H, W) in [0, 1], got "
+                          f"{getattr(clip, 'shape', type(clip).__name__)}")
     if clip.shape[0] < 9: raise InfcamError(f"FVD needs clips of at least 9 frames, got {clip.shape[0]}")
     x = (clip.float().clamp(0, 1) * 255).round() / 255
     h, w = x.shape[-2:]
@@ -143,7 +148,8 @@ def fvd_clips(clips, frames:int|None=FVD_FRAMES) -> list[Tensor]:
 
 def fvd(a, b, weights=None, net:InceptionI3d|None=None, batch_size:int=4, frames:int|None=FVD_FRAMES) -> float:
     """FVD by VideoGPT's protocol between two sets of clips (lists of (F, 3, H, W) in [0, 1]): the first `frames` frames
-    of each clip, I3D with the `weights` file (or a loaded `net`), `preprocess_i3d`, the Fréchet distance of the logits."""
+    of each clip, I3D with the `weights` file (or a loaded `net`), `preprocess_i3d`, the Fréchet distance of the
+    logits."""
     net = net if net is not None else load_i3d(weights)             # a bad weights file fails first
     a, b = fvd_clips(a, frames), fvd_clips(b, frames)
     if len(a) < 2 or len(b) < 2:
