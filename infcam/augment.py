@@ -175,8 +175,8 @@ def _encode(path, frames:Tensor, fps:float, crf:int=18):
         s.options = {'crf': str(crf), 'threads': '1'}     # one thread per process: the pool gives the parallelism
         s.codec_context.thread_count = 1
         for a in arr:
-            fr = av.VideoFrame.from_ndarray(np.ascontiguousarray(a), format='rgb24').reformat(format='yuv420p',
-                                                                                              threads=1)
+            fr = (av.VideoFrame.from_ndarray(np.ascontiguousarray(a), format='rgb24')
+                  .reformat(format='yuv420p', threads=1))
             for p in s.encode(fr): c.mux(p)
         for p in s.encode(): c.mux(p)
 

@@ -104,13 +104,12 @@ class PrepareReport:
                                                               if self.problems else '') +
              f"), {self.captions} captions ({self.texts_encoded} encoded, {self.texts_cached} "
              f"already cached) in {self.seconds:.1f} s")
-        if len(self.lengths) > 1: s += "; clip lengths " + ', '.join(f"{n} frames: {c} clips"
-                                                                     for n, c in sorted(self.lengths.items(),
-                                                                                        reverse=True))
+        if len(self.lengths) > 1:
+            s += "; clip lengths " + ', '.join(f"{n} frames: {c} clips"
+                                               for n, c in sorted(self.lengths.items(), reverse=True))
         if self.removed_temp: s += f"; removed {self.removed_temp} unfinished temporary files"
-        if self.failed: s += f"; skipped {self.failed[0][0]}: {self.failed[0][1]}" + (f" and {len(self.failed) - 1} "
-                                                                                      "more clips or rows"
-                                                                                      if len(self.failed) > 1 else '')
+        if self.failed: s += (f"; skipped {self.failed[0][0]}: {self.failed[0][1]}"
+                              + (f" and {len(self.failed) - 1} more clips or rows" if len(self.failed) > 1 else ''))
         return s
     def __str__(self) -> str: return self.summary
 
@@ -293,9 +292,8 @@ class CachedPairDataset(PairDataset):
     def other_note(self) -> str:
         "A sentence on the cached clips this dataset leaves out because they have another length ('' if none)."
         if not self.other_lengths: return ''
-        return ("clips cached at other lengths: " + ', '.join(f"{c} at {n} frames"
-                                                              for n, c in sorted(self.other_lengths.items(),
-                                                                                 reverse=True))
+        return ("clips cached at other lengths: "
+                + ', '.join(f"{c} at {n} frames" for n, c in sorted(self.other_lengths.items(), reverse=True))
                 + " (a run at that number of frames uses them)")
 
     def _context(self, entry:SceneEntry, caption:str) -> Tensor|None:

@@ -415,8 +415,8 @@ def plot_trajectory(c2w, ax=None, labels=None, every:int=4, scale:float|None=Non
     mid = (P.max(0).values + P.min(0).values) / 2
     r = float((P.max(0).values - P.min(0).values).max()) / 2 * 1.05
     (x0, y0, z0) = view(mid)
-    ax.set_xlim(float(x0) - r, float(x0) + r); ax.set_ylim(float(y0) - r, float(y0) + r); ax.set_zlim(float(z0) - r,
-                                                                                                      float(z0) + r)
+    ax.set_xlim(float(x0) - r, float(x0) + r); ax.set_ylim(float(y0) - r, float(y0) + r)
+    ax.set_zlim(float(z0) - r, float(z0) + r)
     ax.set_box_aspect((1, 1, 1))
     ax.set_xlabel('x (right)'); ax.set_ylabel('z (forward)'); ax.set_zlabel('up (-y)')
     ax.view_init(elev=elev, azim=azim)

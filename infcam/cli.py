@@ -200,8 +200,8 @@ def _bench(a):
         return
     res = run_benchmark(out, cfg, figures=a.figures, overwrite=a.overwrite, progress=not a.quiet)
     print(res['table'] + '\n' + res['learning'] + '\n' + ''.join(f'- {s}\n' for s in res['findings']), end='')
-    print(f"{res['seconds'] / 60:.1f} min; table, plot and samples in {out}" + (f" and {a.figures}"
-                                                                                if a.figures else ''))
+    print(f"{res['seconds'] / 60:.1f} min; table, plot and samples in {out}"
+          + (f" and {a.figures}" if a.figures else ''))
 
 @subcommand
 def _bench_parser(sub):
@@ -225,8 +225,8 @@ def _bench_parser(sub):
     be.add_argument('--devices', help='training processes (GPUs) per variant')
     be.add_argument('--strategy', help='auto, ddp, deepspeed_stage_1/2/3')
     be.add_argument('--train-scenes', type=int); be.add_argument('--test-scenes', type=int)
-    be.add_argument('--num-frames', type=int); be.add_argument('--height', type=int); be.add_argument('--width',
-                                                                                                      type=int)
+    be.add_argument('--num-frames', type=int); be.add_argument('--height', type=int)
+    be.add_argument('--width', type=int)
     be.add_argument('--gen-device', help="device of the generations (default 'auto')")
     be.add_argument('--gen-steps', type=int,
                     help='Euler steps per generation (mini: 10; 1 gives the one-step x0 estimate, '
@@ -235,9 +235,8 @@ def _bench_parser(sub):
     be.add_argument('--pretrain-only', action='store_true',
                     help='only render the training data and pretrain (or find) the small backbone')
     be.add_argument('--pretrain-steps', type=int, help='steps of the small backbone\'s pretraining')
-    be.add_argument('--shift', type=float, help='timestep shift (mini: 2)'); be.add_argument('--lr', type=float,
-                                                                                             help='learning rate of '
-                                                                                                  'the camera modules')
+    be.add_argument('--shift', type=float, help='timestep shift (mini: 2)')
+    be.add_argument('--lr', type=float, help='learning rate of the camera modules')
     be.add_argument('--prediction', choices=['sample', 'velocity'], help="what the DiT predicts (mini: 'sample')")
     be.add_argument('--overwrite', action='store_true',
                     help='start afresh if the folder holds a benchmark with other settings')
@@ -319,8 +318,8 @@ def _weights_convert(a):
 @subcommand
 def _weights_parser(sub):
     from infcam.weights import WEIGHT_SIZES
-    w = sub.add_parser('weights', help='check or convert downloaded weights').add_subparsers(dest='action',
-                                                                                             metavar='ACTION')
+    w = (sub.add_parser('weights', help='check or convert downloaded weights')
+         .add_subparsers(dest='action', metavar='ACTION'))
     w.required = True
     wc = w.add_parser('check', help='say what is present, missing or wrong in a weights folder',
                       description='Check a folder with the Wan2.1-T2V-1.3B files (original or diffusers layout) and '

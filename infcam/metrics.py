@@ -199,8 +199,8 @@ def _segment(gray, start, p0, depth0, K, min_points, keep, min_parallax, ransac_
         for j in range(1, T):
             m = alive[j]
             E = np.eye(4)
-            E[:3, :3] = best_rotation(pos[0][m].astype(np.float64), pos[j][m].astype(np.float64), f, K[0, 2],
-                                      K[1, 2])[0]
+            E[:3, :3] = best_rotation(pos[0][m].astype(np.float64), pos[j][m].astype(np.float64),
+                                      f, K[0, 2], K[1, 2])[0]
             w2c.append(E)
         diag['kind'] = 'rotation'
         return w2c, pos, alive, np.full(len(p0), np.nan), diag
@@ -578,8 +578,8 @@ def fid_features(x, net, batch_size:int=32) -> Tensor:
     / 128, `net.layers`."""
     x = _frames('frames', x)
     with torch.no_grad():
-        return torch.cat([net.layers((fid_resize(x[i:i + batch_size]) - 128) / 128).reshape(len(x[i:i + batch_size]),
-                                                                                            -1).double()
+        return torch.cat([net.layers((fid_resize(x[i:i + batch_size]) - 128) / 128)
+                          .reshape(len(x[i:i + batch_size]), -1).double()
                           for i in range(0, len(x), batch_size)])
 
 def fid(a, b, weights=None, batch_size:int=32, net=None) -> float:

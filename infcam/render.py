@@ -45,9 +45,8 @@ def _lonlat_grid(height:int, width:int) -> tuple[Tensor, Tensor]:
 def _sine_noise(d:Tensor, gen:torch.Generator, n:int=48, fmin:float=2., fmax:float=40., channels:int=1) -> Tensor:
     "Smooth noise on the sphere: a sum of `n` plane waves with random 3D frequencies; d (..., 3) -> (..., channels)."
     k = torch.randn(channels, n, 3, generator=gen)
-    k = k / k.norm(dim=-1, keepdim=True) * torch.exp(torch.empty(channels, n, 1).uniform_(math.log(fmin),
-                                                                                          math.log(fmax),
-                                                                                          generator=gen))
+    k = k / k.norm(dim=-1, keepdim=True) * torch.exp(
+        torch.empty(channels, n, 1).uniform_(math.log(fmin), math.log(fmax), generator=gen))
     phase = torch.rand(channels, n, generator=gen) * 2 * math.pi
     amp = 1 / k.norm(dim=-1)                                   # 1/f spectrum
     amp = amp / amp.sum(-1, keepdim=True)

@@ -53,9 +53,8 @@ def convert_umt5_state_dict(sd:dict[str, Tensor]) -> dict[str, Tensor]:
             out[f'encoder.block.{m.group(1)}.{_UMT5_BLOCK[m.group(2)]}'] = v
         else: unknown.append(k)
     if unknown: raise InfcamError(f"unknown umT5 tensor names: {short_list(unknown)}")
-    expected = {'token_embedding.weight', 'norm.weight'} | {f'blocks.{i}.{n}' for i in range(max(layers,
-                                                                                                 default=-1) + 1)
-                                                            for n in _UMT5_BLOCK}
+    expected = ({'token_embedding.weight', 'norm.weight'}
+                | {f'blocks.{i}.{n}' for i in range(max(layers, default=-1) + 1) for n in _UMT5_BLOCK})
     if missing := expected - set(sd): raise InfcamError(f"umT5 checkpoint is missing tensors: {short_list(missing)}")
     return out
 

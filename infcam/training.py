@@ -104,8 +104,8 @@ class InfCamModule(L.LightningModule):
         if lr_schedule not in LR_SCHEDULES:
             raise InfcamError(f"unknown lr_schedule {lr_schedule!r}; use one of {', '.join(LR_SCHEDULES)}")
         check_int(warmup, 'warmup')
-        check_number(lr, 'lr', positive=True); check_number(eps, 'eps', positive=True); check_number(weight_decay,
-                                                                                                     'weight_decay', 0)
+        check_number(lr, 'lr', positive=True); check_number(eps, 'eps', positive=True)
+        check_number(weight_decay, 'weight_decay', 0)
         self.model = build_model(config, base, seed, **overrides)
         self.trainable = self.model.freeze_base()
         self.train_backbone = bool(train_backbone)

@@ -230,10 +230,9 @@ class WanVAECodec:
         self.latent_channels = vae.config.z_dim
         self.mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
         self.std = torch.tensor(vae.config.latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
-        if len(vae.config.latents_mean) != self.latent_channels: raise InfcamError("VAE config has "
-                                                                                   f"{len(vae.config.latents_mean)} "
-                                                                                   "latents_mean values for z_dim "
-                                                                                   f"{self.latent_channels}")
+        if len(vae.config.latents_mean) != self.latent_channels:
+            raise InfcamError(f"VAE config has {len(vae.config.latents_mean)} latents_mean values for z_dim "
+                              f"{self.latent_channels}")
         self.set_tiling(tiled, tile, stride)
 
     @classmethod

@@ -451,10 +451,10 @@ def find_weights(folder, infcam_checkpoint=None) -> dict[str, tuple[str, Path, l
             if parent.name == 'transformer' and _is_diffusers_dir(parent): c['dit'].append(('diffusers', parent))
             elif parent.name == 'vae' and _is_diffusers_dir(parent): c['vae'].append(('diffusers', parent))
             elif not comp_dir and not (name.endswith('.safetensors') and (parent / (name + '.index.json')).exists()):
-                c['infcam' if name.endswith('.safetensors') and _has_infcam_tensors(f) else 'dit'].append(('original',
-                                                                                                           f))
-        elif name in ('model.safetensors',
-                      'model.safetensors.index.json') and parent.name == 'text_encoder' and _is_diffusers_dir(parent):
+                c['infcam' if name.endswith('.safetensors') and _has_infcam_tensors(f)
+                  else 'dit'].append(('original', f))
+        elif (name in ('model.safetensors', 'model.safetensors.index.json') and parent.name == 'text_encoder'
+              and _is_diffusers_dir(parent)):
             c['text_encoder'].append(('diffusers', parent))
         elif name in ('Wan2.1_VAE.pth', 'Wan2.1_VAE.safetensors'): c['vae'].append(('original', f))
         elif name.startswith('models_t5_') and name.endswith(('.pth', '.safetensors')):
@@ -538,9 +538,8 @@ def _n(k:int, what:str) -> str: return f"{k} {what}{'' if k == 1 else 's'}"
 
 def _wrong_lines(missing, unexpected, wrong, n:int=8) -> list[str]:
     out = []
-    if wrong: out.append(f"{_n(len(wrong), 'tensor')} with the wrong shape: " + short_list([f"{k} found {tuple(f)} "
-                                                                                            f"expected {tuple(e)}"
-                                                                                            for k, f, e in wrong], n))
+    if wrong: out.append(f"{_n(len(wrong), 'tensor')} with the wrong shape: "
+                         + short_list([f"{k} found {tuple(f)} expected {tuple(e)}" for k, f, e in wrong], n))
     if missing: out.append(f"{_n(len(missing), 'tensor')} missing: {short_list(missing, n)}")
     if unexpected: out.append(f"{_n(len(unexpected), 'unexpected tensor')}: {short_list(unexpected, n)}")
     return out
@@ -616,6 +615,5 @@ def check_weights(folder, spec:WeightsSpec|None=None, infcam_checkpoint=None, va
     if comps['infcam'].status == 'missing' and comps['dit'].ok:
         comps['infcam'].problems[0] += (" (the base DiT alone generates only without camera control, if asked for with "
                                         "--base-only)")
-    return WeightsReport(folder, comps,
-                         'Wan2.1-T2V-1.3B'
-                         if named else f"custom spec (DiT dim {spec.dit.dim}, {spec.dit.num_layers} layers)")
+    return WeightsReport(folder, comps, 'Wan2.1-T2V-1.3B' if named
+                         else f"custom spec (DiT dim {spec.dit.dim}, {spec.dit.num_layers} layers)")
