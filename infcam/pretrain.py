@@ -98,7 +98,8 @@ def pretrain_backbone(roots, out, config:WanConfig, steps:int, num_frames:int=17
         _, sigma, t, w = sched.sample_training(batch_size, g)
         noise = torch.randn(x0.shape, generator=g)
         f = x0.shape[2]
-        keep = (torch.rand(batch_size, generator=g) < clean)[:, None] & (torch.arange(f)[None] < torch.randint(1, max(2, f), (batch_size, 1), generator=g))
+        keep = ((torch.rand(batch_size, generator=g) < clean)[:, None]
+                & (torch.arange(f)[None] < torch.randint(1, max(2, f), (batch_size, 1), generator=g)))
         keep = keep[:, None, :, None, None]                           # (B, 1, f, 1, 1): clean conditioning frames
         out_ = model(torch.where(keep, x0, sched.add_noise(x0, noise, sigma)), t, ctx)
         err = ((out_.float() - sched.training_target(x0, noise)) ** 2) * ~keep
