@@ -187,10 +187,9 @@ def _prepare_parser(sub):
 def _bench(a):
     from infcam.benchmark import BenchConfig, run_benchmark
     over = {k: getattr(a, k) for k in ('steps', 'preset', 'base', 'variants', 'baselines', 'seeds', 'devices',
-                                       'strategy', 'train_scenes',
-                                       'test_scenes', 'num_frames', 'height', 'width', 'gen_device', 'pretrain_steps',
-                                       'shift',
-                                       'prediction', 'lr', 'gen_steps', 'vae') if getattr(a, k) is not None}
+                                       'strategy', 'train_scenes', 'test_scenes', 'num_frames', 'height', 'width',
+                                       'gen_device', 'pretrain_steps', 'shift', 'prediction', 'lr', 'gen_steps', 'vae')
+            if getattr(a, k) is not None}
     if isinstance(over.get('devices'), str) and over['devices'].isdigit(): over['devices'] = int(over['devices'])
     cfg = BenchConfig.budget(a.budget, **over)
     out = a.out or f'runs/bench-{a.budget}'
