@@ -49,7 +49,7 @@ def check_memory(need:int, what:str, hint:str):
     "Raise `InfcamError` if `need` bytes exceed `memory_limit()`; the message names `what` and ends with `hint`."
     have, why = memory_limit()
     if have and need > have:
-        raise InfcamError(f"{what} needs about {gb(need)} of memory, more than the {gb(have)} {why}; {hint}")
+        raise InfcamError(f"{what} needs about {gb(need)} of memory, more than {why} ({gb(have)}); {hint}")
 
 # %% ../nbs/18_memory.ipynb #0e4ac744
 # float32 copies of the clip alive at once: read, VAE input, decoded, [0, 1] frames, side-by-side
