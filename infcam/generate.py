@@ -15,7 +15,7 @@ from .core import (InfcamError, atomic_path, check_overwrite, check_device, fold
 from .cameras import PRESET_NAMES, num_latent_frames
 from .layout import read_metadata, metadata_file, videos_folder
 from .data import inside
-from .intrinsics import check_focal_mm, check_zoom
+from .intrinsics import DEFAULT_FOCAL_MM, check_focal_mm, check_zoom
 from .checkpoints import TrainingRun, training_run
 from .processes import fabric_strategy, gather_and_leave, is_lead, launched_externally
 from .trajectories import Trajectory, load_trajectory
@@ -268,7 +268,7 @@ def _source_intrinsics(frames:torch.Tensor, s:GenerateSettings) -> tuple[torch.T
         return est.K4.float(), est.method, est.message
     given = next((k for k in ('focal_mm', 'fov', 'fx') if getattr(s, k) is not None), None)
     K = source_intrinsics(H, W, focal_mm=s.focal_mm, fov=s.fov, fx=s.fx)
-    return K, 'explicit' if given else 'default', f"{given}={getattr(s, given):g}" if given else 'default 24 mm lens'
+    return K, 'explicit' if given else 'default', f"{given}={getattr(s, given):g}" if given else f'default {DEFAULT_FOCAL_MM:g} mm lens'
 
 def source_fps(video) -> float:
     "The frame rate of `video` (Wan's 16 fps when the container does not say): outputs play at their source's rate."
@@ -551,11 +551,11 @@ def _add_sampling_args(g:argparse.ArgumentParser):
     g.add_argument('--seed', type=int, help=f"noise seed (default {d['seed']})")
     g.add_argument('--zoom', type=float, help='target focal length = zoom x source (default 1)')
     k = g.add_mutually_exclusive_group()
-    k.add_argument('--focal-mm', type=float, help='source focal length in mm on a 23.76 mm sensor (default 24)')
+    k.add_argument('--focal-mm', type=float, help=f'source focal length in mm on a 23.76 mm sensor (default {DEFAULT_FOCAL_MM:g})')
     k.add_argument('--fov', type=float, help='source horizontal field of view in degrees')
     k.add_argument('--fx', type=float, help='source focal length in pixels at --height x --width')
     k.add_argument('--estimate', choices=list(ESTIMATE_METHODS), help='estimate the source focal length from the clip '
-                   '(falls back to 24 mm, with a message, when it cannot)')
+                   f'(falls back to {DEFAULT_FOCAL_MM:g} mm, with a message, when it cannot)')
 
 # %% ../nbs/32_generate.ipynb #0065b936
 def _add_run_args(g:argparse.ArgumentParser):

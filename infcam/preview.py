@@ -54,7 +54,7 @@ def rotation_only(video:torch.Tensor,     # (F, 3, H, W) source frames in [0, 1]
     return torch.cat(out), torch.cat(masks)
 
 # %% ../nbs/06_preview.ipynb #b65a58bc
-def demo_clip(num_frames:int=81, height:int=240, width:int=416, seed:int=0, focal_mm:float=24.0, progress:bool=True) -> torch.Tensor:
+def demo_clip(num_frames:int=81, height:int=240, width:int=416, seed:int=0, focal_mm:float=DEFAULT_FOCAL_MM, progress:bool=True) -> torch.Tensor:
     "Render the built-in demo clip `(num_frames, 3, height, width)` in [0, 1]: a slow dolly with a gentle sway."
     from infcam.render import demo_scene, render_view, rotation_matrix
     scene = demo_scene(seed)
