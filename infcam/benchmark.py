@@ -19,13 +19,13 @@ from .cameras import (relative_poses, rigid_inverse, homogeneous, latent_frame_i
                             focal_mm_to_px, pixel_intrinsics, num_latent_frames)
 
 # %% auto #0
-__all__ = ['VARIANTS', 'BASELINES', 'REFERENCE', 'BENCH_CAPTION', 'SMALL_MODEL', 'BACKBONE_DIR', 'ROW_FIELDS', 'TEXT_FIELDS',
-           'PAIR_KEY', 'TEST_SPLITS', 'CAMERA_ERRORS', 'SCORING_SETTINGS', 'BenchConfig', 'check_bench_values',
-           'check_bench_setup', 'bench_codec', 'make_data', 'backbone_settings', 'find_backbone', 'ensure_backbone',
-           'eval_pairs', 'train_command', 'train_variant', 'copy_source', 'homography_warp', 'first_frame_warp',
-           'TrainedMethod', 'score', 'scorer_versions', 'scorer_tag', 'read_rows', 'write_table', 'sample_path',
-           'evaluate', 'summarize', 'markdown_table', 'learning_table', 'paired_difference', 'findings', 'plot_summary',
-           'plot_samples', 'run_benchmark']
+__all__ = ['VARIANTS', 'BASELINES', 'REFERENCE', 'BENCH_CAPTION', 'SMALL_MODEL', 'BACKBONE_DIR', 'PAIR_SPLITS', 'ROW_FIELDS',
+           'TEXT_FIELDS', 'PAIR_KEY', 'TEST_SPLITS', 'CAMERA_ERRORS', 'SCORING_SETTINGS', 'BenchConfig',
+           'check_bench_values', 'check_bench_setup', 'bench_codec', 'make_data', 'backbone_settings', 'find_backbone',
+           'ensure_backbone', 'EvalPair', 'eval_pairs', 'train_command', 'train_variant', 'copy_source',
+           'homography_warp', 'first_frame_warp', 'TrainedMethod', 'score', 'scorer_versions', 'scorer_tag',
+           'read_rows', 'write_table', 'sample_path', 'evaluate', 'summarize', 'markdown_table', 'learning_table',
+           'paired_difference', 'findings', 'plot_summary', 'plot_samples', 'run_benchmark']
 
 # %% ../nbs/51_benchmark.ipynb #eb901696
 VARIANTS = {
@@ -263,23 +263,50 @@ def ensure_backbone(cfg:BenchConfig, data:dict, progress:bool=True) -> Path:
                              lr=cfg.pretrain_lr, shift=cfg.shift, prediction=cfg.prediction, caption=cfg.caption,
                              dtype=torch.bfloat16, progress=progress, metadata=dict(bench=json.dumps(settings)))
 
+# %% ../nbs/51_benchmark.ipynb #bf7b4035
+PAIR_SPLITS = ('shared', 'different', 'train', 'swapped')   # the splits `eval_pairs` makes
+
+@dataclass
+class EvalPair:
+    "One clip to score (from `eval_pairs`): the source clip, the target clip a method should propose, their cameras."
+    split: str           # one of `PAIR_SPLITS`
+    scene: str           # the target's scene folder, e.g. 'scene1'
+    pair: int            # the pair's number (within its scene; for `train`, among all training pairs)
+    source_camera: str   # the source clip's camera in the scene
+    target_camera: str   # the target clip's camera
+    source: Path         # the source clip (for `swapped`, the same pair's source in another scene)
+    target: Path         # the target clip: the ground truth
+    caption: str         # the source clip's caption
+    K_src: Tensor        # (4,) the source's pixel intrinsics [fx, fy, cx, cy]
+    K_tgt: Tensor        # (4,) the target's pixel intrinsics
+    c2w: Tensor          # (F, 4, 4) the target path in the source's first camera frame (what the model is given)
+    ref: Tensor          # (F, 4, 4) the target path relative to its own first frame (what scoring compares)
+    src_c2w: Tensor      # (F, 4, 4) the source path in the source's first camera frame
+
+    def __post_init__(self):
+        if self.split not in PAIR_SPLITS:
+            raise InfcamError(f"EvalPair.split must be one of {', '.join(PAIR_SPLITS)}, got {self.split!r}")
+        F_ = self.c2w.shape[0] if self.c2w.ndim == 3 else None
+        shapes = [tuple(t.shape) for t in (self.K_src, self.K_tgt, self.c2w, self.ref, self.src_c2w)]
+        if F_ is None or shapes != [(4,), (4,), (F_, 4, 4), (F_, 4, 4), (F_, 4, 4)]:
+            raise InfcamError("EvalPair wants K_src and K_tgt (4,) and c2w, ref and src_c2w (F, 4, 4); got "
+                              + ', '.join(map(str, shapes)))
+
 # %% ../nbs/51_benchmark.ipynb #f7e0df49
 def _pair(split:str, scene:str, k:int, src_e, tgt_e, s:str, t:str, f_src:float, f_tgt:float, caption:str,
-          cfg:BenchConfig) -> dict:
+          cfg:BenchConfig) -> EvalPair:
     from infcam.data import scene_poses
     c_src, c_tgt = scene_poses(src_e)[s], scene_poses(tgt_e)[t]
     c2w = relative_poses(c_src[0], c_tgt[:cfg.num_frames])
-    return dict(split=split, scene=scene, pair=k, source_camera=s, target_camera=t, source=src_e.cameras[s],
-                target=tgt_e.cameras[t], caption=caption, K_src=_K(f_src, cfg), K_tgt=_K(f_tgt, cfg), c2w=c2w,
-                ref=relative_poses(c2w[0], c2w), src_c2w=relative_poses(c_src[0], c_src[:cfg.num_frames]))
+    return EvalPair(split=split, scene=scene, pair=k, source_camera=s, target_camera=t, source=src_e.cameras[s],
+                    target=tgt_e.cameras[t], caption=caption, K_src=_K(f_src, cfg), K_tgt=_K(f_tgt, cfg), c2w=c2w,
+                    ref=relative_poses(c2w[0], c2w), src_c2w=relative_poses(c_src[0], c_src[:cfg.num_frames]))
 
-def eval_pairs(test_root, cfg:BenchConfig, train_root=None) -> list[dict]:
-    """The evaluation pairs: dicts with `split`, `scene`, `source`/`target` video paths, `caption`, `K_src`/`K_tgt`
-    pixel intrinsics (4,), `c2w` (F, 4, 4) the target path in the source's first camera frame, `ref` (F, 4, 4) the
-    target path relative to its own first frame, and `src_c2w` the source's path. Splits: `shared` and `different`
-    (held-out scenes, target through the source's lens or through `test_focal_mm`); with `train_root`, `train` (pairs of
-    the first training scenes: is the model learning?); with two test scenes or more, `swapped` (the first `shared`
-    pairs with the source of another test scene: does the model use its source?)."""
+def eval_pairs(test_root, cfg:BenchConfig, train_root=None) -> list[EvalPair]:
+    """The evaluation pairs (`EvalPair`). Splits: `shared` and `different` (held-out scenes, target through the
+    source's lens or through `test_focal_mm`); with `train_root`, `train` (pairs of the first training scenes: is the
+    model learning?); with two test scenes or more, `swapped` (the first `shared` pairs with the source of another
+    test scene: does the model use its source?)."""
     from infcam.layout import setting_name
     from infcam.data import MultiCamDataset
     index = MultiCamDataset(test_root, on_error='raise')
@@ -297,12 +324,12 @@ def eval_pairs(test_root, cfg:BenchConfig, train_root=None) -> list[dict]:
             for split, f_t in (('shared', cfg.focal_mm), ('different', cfg.test_focal_mm)):
                 pairs.append(_pair(split, name, k, src_e, by[(setting_name(f_t), name)], cams[s], cams[t], cfg.focal_mm,
                                    f_t, index.caption(src_e, cams[s]), cfg))
-    shared = [p for p in pairs if p['split'] == 'shared']
+    shared = [p for p in pairs if p.split == 'shared']
     if cfg.test_scenes > 1:
         n = cfg.pairs_per_scene
         for j, p in enumerate(shared[:cfg.train_pairs or len(shared)]):
             other = shared[(j + n) % len(shared)]                     # the same pair of the next scene
-            pairs.append({**p, 'split': 'swapped', 'source': other['source']})
+            pairs.append(dataclasses.replace(p, split='swapped', source=other.source))
     if train_root is not None and cfg.train_pairs:
         tr = MultiCamDataset(train_root, on_error='raise')
         tby = {(e.setting, e.path.name): e for e in tr.scenes}
@@ -379,30 +406,30 @@ def train_variant(variant:str, seed:int, data:dict, run_dir, cfg:BenchConfig, pr
     return ck
 
 # %% ../nbs/51_benchmark.ipynb #df573563
-def copy_source(pair:dict, frames:Tensor) -> Tensor:
+def copy_source(pair:EvalPair, frames:Tensor) -> Tensor:
     "The source clip, unchanged."
     return frames
 
-def _rotation_warp(pair:dict, frames:Tensor, rel:Tensor) -> Tensor:
+def _rotation_warp(pair:EvalPair, frames:Tensor, rel:Tensor) -> Tensor:
     """`frames[i]` warped by `H = K_tgt R_i^T K_src^-1`, `R_i` the rotation of the relative pose `rel[i]` (border
     padding)."""
     from infcam.homography import infinite_homography, warp_image
-    K_s, K_t = intrinsics_matrix(pair['K_src']), intrinsics_matrix(pair['K_tgt'])
+    K_s, K_t = intrinsics_matrix(pair.K_src), intrinsics_matrix(pair.K_tgt)
     H = infinite_homography(K_s.expand(len(rel), 3, 3), K_t.expand(len(rel), 3, 3), rel[:, :3, :3])
     return warp_image(frames, H).clamp(0, 1)
 
-def homography_warp(pair:dict, frames:Tensor) -> Tensor:
+def homography_warp(pair:EvalPair, frames:Tensor) -> Tensor:
     """Each source frame warped into the target camera of the same instant by `H = K_tgt R^T K_src^-1`, with `R` the
     rotation between the two cameras at that frame (border padding outside the source)."""
     # target in each source frame's camera
-    rel = rigid_inverse(homogeneous(pair['src_c2w'])) @ homogeneous(pair['c2w'])
+    rel = rigid_inverse(homogeneous(pair.src_c2w)) @ homogeneous(pair.c2w)
     return _rotation_warp(pair, frames, rel)
 
-def first_frame_warp(pair:dict, frames:Tensor) -> Tensor:
+def first_frame_warp(pair:EvalPair, frames:Tensor) -> Tensor:
     """The source's first frame warped into each target frame by `H = K_tgt R^T K_src^-1`, with `R` the
-    target's rotation relative to the source's first frame (`pair['c2w']`, the poses the model is given):
+    target's rotation relative to the source's first frame (`pair.c2w`, the poses the model is given):
     InfCam's cue, in pixels."""
-    rel = pair['c2w']
+    rel = pair.c2w
     return _rotation_warp(pair, frames[:1].expand(len(rel), *frames.shape[1:]), rel)
 
 # %% ../nbs/51_benchmark.ipynb #e6936fa9
@@ -418,21 +445,20 @@ class TrainedMethod:
                                    RandomTextEncoder(model.config.text_dim, text_len=model.config.text_len),
                                    trained_scheduler(ckpt), device=dev)
 
-    def __call__(self, pair:dict, frames:Tensor) -> Tensor:
+    def __call__(self, pair:EvalPair, frames:Tensor) -> Tensor:
         c = self.cfg
-        zoom = float(pair['K_tgt'][0] / pair['K_src'][0])
-        return self.pipe(frames, c.caption, pair['c2w'], intrinsics=pair['K_src'], num_frames=c.num_frames,
+        zoom = float(pair.K_tgt[0] / pair.K_src[0])
+        return self.pipe(frames, c.caption, pair.c2w, intrinsics=pair.K_src, num_frames=c.num_frames,
                          height=c.height, width=c.width, steps=c.gen_steps, cfg=c.cfg, zoom=zoom, seed=0,
                          progress=False)
 
 # %% ../nbs/51_benchmark.ipynb #a94bbe4a
-def score(pred:Tensor, gt:Tensor, pair:dict, num_frames:int, min_registered:float=0.5) -> dict:
+def score(pred:Tensor, gt:Tensor, pair:EvalPair, num_frames:int, min_registered:float=0.5) -> dict:
     """PSNR, SSIM (on the latent frames), RotErr, TransErr and the registered fraction of `pred` (F, 3, H, W) in [0, 1].
     The camera errors are NaN (left out of the means) when less than `min_registered` of the frames could be posed."""
     from infcam.metrics import score_video
     idx = latent_frame_indices(num_frames)
-    return score_video(pred[idx].float(), pair['K_tgt'], pair['ref'][idx], gt[idx].float(),
-                       min_registered=min_registered)
+    return score_video(pred[idx].float(), pair.K_tgt, pair.ref[idx], gt[idx].float(), min_registered=min_registered)
 
 # %% ../nbs/51_benchmark.ipynb #0acee423
 def scorer_versions() -> dict:
@@ -469,9 +495,10 @@ def sample_path(out_csv) -> Path:
     "Where `evaluate` keeps the frames it proposed for the sample pair."
     return Path(out_csv).with_suffix('.sample.safetensors')
 
-def _key(d) -> tuple: return tuple(str(d[k]) for k in PAIR_KEY)
+def _key(row:dict) -> tuple: return tuple(str(row[k]) for k in PAIR_KEY)
+def _ident(pair:EvalPair) -> dict: return {k: getattr(pair, k) for k in PAIR_KEY}
 
-def evaluate(name:str, method, pairs:list[dict], cfg:BenchConfig, out_csv, seed:int=0, progress:bool=True,
+def evaluate(name:str, method, pairs:list[EvalPair], cfg:BenchConfig, out_csv, seed:int=0, progress:bool=True,
              sample:int|None=None) -> pd.DataFrame:
     """Score `method(pair, source_frames)` on every pair: one row per pair (`ROW_FIELDS`), cached in `out_csv`. A cached
     row is used only if today's `scorer_tag` scored it; any other row is made and scored again. The frames proposed for
@@ -482,12 +509,12 @@ def evaluate(name:str, method, pairs:list[dict], cfg:BenchConfig, out_csv, seed:
     out_csv, tag = Path(out_csv), scorer_tag()
     old = read_rows(out_csv) if out_csv.is_file() else pd.DataFrame(columns=list(ROW_FIELDS))
     cached = {_key(r): r for r in old.to_dict('records') if r.get('scorer') == tag}
-    if len(old) == len(pairs) and all(_key(p) in cached for p in pairs): return old
+    if len(old) == len(pairs) and all(_key(_ident(p)) in cached for p in pairs): return old
     rows = []
     for i, pair in enumerate(tqdm(pairs, desc=f'evaluate {name}', unit='clip', disable=not progress)):
-        if _key(pair) in cached: rows.append(cached[_key(pair)]); continue
-        src = read_video(pair['source'], cfg.num_frames, cfg.height, cfg.width)
-        gt = read_video(pair['target'], cfg.num_frames, cfg.height, cfg.width)
+        if (k := _key(_ident(pair))) in cached: rows.append(cached[k]); continue
+        src = read_video(pair.source, cfg.num_frames, cfg.height, cfg.width)
+        gt = read_video(pair.target, cfg.num_frames, cfg.height, cfg.width)
         t = time.perf_counter()
         pred = gt if method is None else method(pair, src)
         secs = time.perf_counter() - t
@@ -495,7 +522,7 @@ def evaluate(name:str, method, pairs:list[dict], cfg:BenchConfig, out_csv, seed:
             with atomic_path(sample_path(out_csv)) as tmp: save_file({'frames': pred.float().contiguous()}, str(tmp))
         s = score(pred, gt, pair, cfg.num_frames)
         if method is None: s['PSNR'] = s['SSIM'] = float('nan')       # the reference is not scored against itself
-        rows.append(dict(method=name, seed=seed, **{k: pair[k] for k in PAIR_KEY}, **s, seconds=secs, scorer=tag))
+        rows.append(dict(method=name, seed=seed, **_ident(pair), **s, seconds=secs, scorer=tag))
     write_table(pd.DataFrame(rows, columns=list(ROW_FIELDS)), out_csv)
     return read_rows(out_csv)                        # fresh or cached, the same numbers through the same CSV
 
@@ -648,7 +675,7 @@ def plot_summary(summary:list[dict], path, title:str='') -> Path:
     return write_figure(fig, path)
 
 # %% ../nbs/51_benchmark.ipynb #f5d51102
-def plot_samples(pair:dict, frames:dict[str, Tensor], num_frames:int, path) -> Path:
+def plot_samples(pair:EvalPair, frames:dict[str, Tensor], num_frames:int, path) -> Path:
     "A grid of frames (rows: `frames`'s entries, e.g. source, ground truth, methods; columns: three latent frames)."
     import matplotlib; matplotlib.use('Agg', force=False)
     import matplotlib.pyplot as plt
@@ -661,7 +688,7 @@ def plot_samples(pair:dict, frames:dict[str, Tensor], num_frames:int, path) -> P
             ax.imshow(v[f].permute(1, 2, 0).clamp(0, 1).numpy()); ax.set_xticks([]); ax.set_yticks([])
             if j == 0: ax.set_ylabel(name, fontsize=8)
             if i == 0: ax.set_title(f'frame {f}', fontsize=8)
-    fig.suptitle(f"{pair['scene']} {pair['source_camera']} -> {pair['target_camera']} ({pair['split']} intrinsics)",
+    fig.suptitle(f"{pair.scene} {pair.source_camera} -> {pair.target_camera} ({pair.split} intrinsics)",
                  fontsize=9)
     fig.tight_layout()
     return write_figure(fig, path)
@@ -701,16 +728,16 @@ def _train_methods(cfg:BenchConfig, data:dict, out:Path, backbone, progress:bool
     return methods
 
 # %% ../nbs/51_benchmark.ipynb #85116242
-def _score_methods(methods:list[tuple], pairs:list[dict], cfg:BenchConfig, out:Path, progress:bool,
+def _score_methods(methods:list[tuple], pairs:list[EvalPair], cfg:BenchConfig, out:Path, progress:bool,
                    timing:dict) -> tuple:
     """Every method's rows on `pairs` (`evaluate`, cached in `out/eval`), the sample pair (the last `different` one)
     and each method's frames for it: `(rows, pair, sample)`; the seconds of scoring done now go to `timing`."""
     rows = []
-    sample_pair = max(i for i, p in enumerate(pairs) if p['split'] == 'different')   # the last 'different' pair
+    sample_pair = max(i for i, p in enumerate(pairs) if p.split == 'different')   # the last 'different' pair
     pair = pairs[sample_pair]
     from infcam.video import read_video
-    src = read_video(pair['source'], cfg.num_frames, cfg.height, cfg.width)
-    sample = {'source': src, REFERENCE: read_video(pair['target'], cfg.num_frames, cfg.height, cfg.width)}
+    src = read_video(pair.source, cfg.num_frames, cfg.height, cfg.width)
+    sample = {'source': src, REFERENCE: read_video(pair.target, cfg.num_frames, cfg.height, cfg.width)}
     for name, m, s in methods:
         fn = TrainedMethod(m, cfg, cfg.gen_device) if isinstance(m, Path) else m
         t, csv_path = time.perf_counter(), out / 'eval' / f'{name}-s{s}.csv'
@@ -724,7 +751,7 @@ def _score_methods(methods:list[tuple], pairs:list[dict], cfg:BenchConfig, out:P
     return pd.concat(rows, ignore_index=True), pair, sample
 
 # %% ../nbs/51_benchmark.ipynb #bc7a6a5a
-def _write_report(out:Path, cfg:BenchConfig, rows:pd.DataFrame, pairs:list[dict], pair:dict, sample:dict,
+def _write_report(out:Path, cfg:BenchConfig, rows:pd.DataFrame, pairs:list[EvalPair], pair:EvalPair, sample:dict,
                   figures=None) -> dict:
     """`table.csv`, `rows.csv` (every clip's row), `table.md` (the title, the table, what scored it, the learning table
     and the findings), `ablation.png` and `samples.png` in `out`, copied to `figures` when given; returns
@@ -734,7 +761,7 @@ def _write_report(out:Path, cfg:BenchConfig, rows:pd.DataFrame, pairs:list[dict]
     files = dict(csv=out / 'table.csv', rows=out / 'rows.csv', md=out / 'table.md', plot=out / 'ablation.png',
                  samples=out / 'samples.png')
     write_table(summary, files['csv']); write_table(rows, files['rows'])
-    n_test = sum(p['split'] in TEST_SPLITS for p in pairs)
+    n_test = sum(p.split in TEST_SPLITS for p in pairs)
     title = (f"{cfg.preset}, {cfg.steps} steps x batch {cfg.batch_size}, {cfg.num_frames}x{cfg.height}x{cfg.width}, "
              f"{n_test} test clips, seeds {list(cfg.seeds)}, "
              + ("the one-step x0 estimate" if cfg.gen_steps == 1 else f"{cfg.gen_steps} Euler steps per generation")
