@@ -35,7 +35,7 @@ def main():
     if not (bench / 'bench.json').is_file(): raise SystemExit(f"error: {bench} is not an infcam bench folder (no bench.json)")
     cfg = BenchConfig(**json.loads((bench / 'bench.json').read_text()))
     data = dict(train=bench / 'data' / 'train', test=bench / 'data' / 'test')
-    pairs = [p for p in eval_pairs(data['test'], cfg, data['train']) if p['split'] in SPLITS]
+    pairs = [p for p in eval_pairs(data['test'], cfg, data['train']) if p.split in SPLITS]
     cks = {}
     for r in a.runs:
         found = list_checkpoints(bench / 'runs' / r / 'ckpt')

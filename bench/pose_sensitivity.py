@@ -39,10 +39,10 @@ def main():
         make_dataset(test, cfg.test_scenes, seed=cfg.test_seed, focal_mms=(cfg.focal_mm, cfg.test_focal_mm),
                      num_frames=cfg.num_frames, height=cfg.height, width=cfg.width, random_cameras=cfg.random_cameras,
                      progress=False)
-    pairs = [p for p in eval_pairs(test, cfg) if p['split'] in ('shared', 'different')]
+    pairs = [p for p in eval_pairs(test, cfg) if p.split in ('shared', 'different')]
     g, rows = torch.Generator().manual_seed(0), []
     for p in pairs:
-        src, gt = (read_video(p[k], cfg.num_frames, cfg.height, cfg.width) for k in ('source', 'target'))
+        src, gt = (read_video(path, cfg.num_frames, cfg.height, cfg.width) for path in (p.source, p.target))
         for name, fn in ((REFERENCE, None), ('copy_source', copy_source), ('homography_warp', homography_warp)):
             pred = gt if fn is None else fn(p, src)
             f = tmp / 'again.mp4'; f.unlink(missing_ok=True)
@@ -50,13 +50,13 @@ def main():
                         ('±1 grey level', (pred + torch.randint(-1, 2, pred.shape, generator=g) / 255.).clamp(0, 1)))
             for version, x in versions:
                 s = score(x, gt, p, cfg.num_frames)
-                rows.append(dict(method=name, split=p['split'], scene=p['scene'], pair=p['pair'], version=version, **s))
+                rows.append(dict(method=name, split=p.split, scene=p.scene, pair=p.pair, version=version, **s))
     df = pd.DataFrame(rows)
     df.to_csv(a.out, index=False)
     print(df.groupby(['method', 'split', 'version'], sort=False).agg(
         RotErr=('RotErr', 'mean'), RotErr_median=('RotErr', 'median'), RotErr_max=('RotErr', 'max'),
         TransErr=('TransErr', 'mean'), registered=('registered', 'mean')).round(3).to_string())
-    clip = read_video(pairs[0]['target'])
+    clip = read_video(pairs[0].target)
     print('\none clip encoded with n threads: sha256 of the decoded pixels, '
           'largest difference from the input (grey levels)')
     for n in (1, 2, 4, 16):

@@ -28,25 +28,25 @@ if __name__ == '__main__':
     rows, clips = {}, {}
     from infcam.benchmark import homography_warp
     for p in eval_pairs(data['test'], cfg, data['train']):
-        if p['split'] not in ('shared', 'different'): continue
-        src = read_video(p['source'], cfg.num_frames, cfg.height, cfg.width)
-        gt = read_video(p['target'], cfg.num_frames, cfg.height, cfg.width)[:1]
-        R = (rigid_inverse(homogeneous(p['src_c2w'])) @ homogeneous(p['c2w']))[:1, :3, :3]
-        H = infinite_homography(intrinsics_matrix(p['K_src'])[None], intrinsics_matrix(p['K_tgt'])[None], R)
+        if p.split not in ('shared', 'different'): continue
+        src = read_video(p.source, cfg.num_frames, cfg.height, cfg.width)
+        gt = read_video(p.target, cfg.num_frames, cfg.height, cfg.width)[:1]
+        R = (rigid_inverse(homogeneous(p.src_c2w)) @ homogeneous(p.c2w))[:1, :3, :3]
+        H = infinite_homography(intrinsics_matrix(p.K_src)[None], intrinsics_matrix(p.K_tgt)[None], R)
         z = codec.encode((src.permute(1, 0, 2, 3) * 2 - 1)[None])[0]             # (C, F_lat, h, w)
         z[:, :1] = warp_image(z[:, :1].permute(1, 0, 2, 3), (S @ H[0] @ torch.linalg.inv(S))[None]).permute(1, 0, 2, 3)
         tok = ((codec.decode(z[None])[0].permute(1, 0, 2, 3)[:1] + 1) / 2).clamp(0, 1)
-        r = rows.setdefault(p['split'], {'copy': [], 'pixel warp': [], 'token warp': []})
+        r = rows.setdefault(p.split, {'copy': [], 'pixel warp': [], 'token warp': []})
         r['copy'].append(psnr(src[:1], gt)); r['pixel warp'].append(psnr(warp_image(src[:1], H).clamp(0, 1), gt))
         r['token warp'].append(psnr(tok, gt))
         # whole clips, at the latent frames (what the PixelCodec keeps): the first source frame warped to each of them
-        full = read_video(p['target'], cfg.num_frames, cfg.height, cfg.width)[::4]
-        R = (rigid_inverse(homogeneous(p['src_c2w'][:1])) @ homogeneous(p['c2w']))[::4, :3, :3]
-        Hs = infinite_homography(intrinsics_matrix(p['K_src']).expand(len(R), 3, 3), intrinsics_matrix(p['K_tgt']).expand(len(R), 3, 3), R)
+        full = read_video(p.target, cfg.num_frames, cfg.height, cfg.width)[::4]
+        R = (rigid_inverse(homogeneous(p.src_c2w[:1])) @ homogeneous(p.c2w))[::4, :3, :3]
+        Hs = infinite_homography(intrinsics_matrix(p.K_src).expand(len(R), 3, 3), intrinsics_matrix(p.K_tgt).expand(len(R), 3, 3), R)
         z0 = codec.encode((src[:1].permute(1, 0, 2, 3) * 2 - 1)[None])[0, :, 0]      # (C, h, w)
         zt = warp_image(z0[None].expand(len(R), -1, -1, -1), S @ Hs @ torch.linalg.inv(S))   # (f, C, h, w)
         tokc = ((codec.decode(zt.permute(1, 0, 2, 3)[None])[0].permute(1, 0, 2, 3)[::4] + 1) / 2).clamp(0, 1)
-        c = clips.setdefault(p['split'], {'cue, tokens': [], 'cue, pixels': [], 'homography_warp': []})
+        c = clips.setdefault(p.split, {'cue, tokens': [], 'cue, pixels': [], 'homography_warp': []})
         c['cue, tokens'].append(psnr(tokc, full))
         c['cue, pixels'].append(psnr(warp_image(src[:1].expand(len(R), -1, -1, -1), Hs).clamp(0, 1), full))
         c['homography_warp'].append(psnr(homography_warp(p, src)[::4], full))

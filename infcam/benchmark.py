@@ -13,18 +13,19 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .core import InfcamError, LOCK_NAME, atomic_path, check_device, folder_lock, write_figure, check_int, check_number
+from .core import (InfcamError, LOCK_NAME, atomic_path, check_device, folder_lock, write_figure, check_int,
+                         check_number)
 from .cameras import (relative_poses, rigid_inverse, homogeneous, latent_frame_indices, intrinsics_matrix,
                             focal_mm_to_px, pixel_intrinsics, num_latent_frames)
 
 # %% auto #0
-__all__ = ['VARIANTS', 'BASELINES', 'REFERENCE', 'BENCH_CAPTION', 'SMALL_MODEL', 'BACKBONE_DIR', 'ROW_FIELDS', 'TEXT_FIELDS',
-           'PAIR_KEY', 'TEST_SPLITS', 'CAMERA_ERRORS', 'SCORING_SETTINGS', 'BenchConfig', 'check_bench_values',
-           'check_bench_setup', 'bench_codec', 'make_data', 'backbone_settings', 'find_backbone', 'ensure_backbone',
-           'eval_pairs', 'train_command', 'train_variant', 'copy_source', 'homography_warp', 'first_frame_warp',
-           'TrainedMethod', 'score', 'scorer_versions', 'scorer_tag', 'read_rows', 'write_table', 'sample_path',
-           'evaluate', 'summarize', 'markdown_table', 'learning_table', 'paired_difference', 'findings', 'plot_summary',
-           'plot_samples', 'run_benchmark']
+__all__ = ['VARIANTS', 'BASELINES', 'REFERENCE', 'BENCH_CAPTION', 'SMALL_MODEL', 'BACKBONE_DIR', 'PAIR_SPLITS', 'ROW_FIELDS',
+           'TEXT_FIELDS', 'PAIR_KEY', 'TEST_SPLITS', 'CAMERA_ERRORS', 'SCORING_SETTINGS', 'BenchConfig',
+           'check_bench_values', 'check_bench_setup', 'bench_codec', 'make_data', 'backbone_settings', 'find_backbone',
+           'ensure_backbone', 'EvalPair', 'eval_pairs', 'train_command', 'train_variant', 'copy_source',
+           'homography_warp', 'first_frame_warp', 'TrainedMethod', 'score', 'scorer_versions', 'scorer_tag',
+           'read_rows', 'write_table', 'sample_path', 'evaluate', 'summarize', 'markdown_table', 'learning_table',
+           'paired_difference', 'findings', 'plot_summary', 'plot_samples', 'run_benchmark']
 
 # %% ../nbs/51_benchmark.ipynb #eb901696
 VARIANTS = {
@@ -35,7 +36,8 @@ VARIANTS = {
 }
 BASELINES = {
     'copy_source': 'the source clip itself',
-    'homography_warp': "each source frame warped by the infinite homography (no parallax; needs the source's per-frame poses)",
+    'homography_warp': "each source frame warped by the infinite homography "
+                       "(no parallax; needs the source's per-frame poses)",
     'first_frame_warp': "the source's first frame warped into every target frame (InfCam's cue, in pixels)",
 }
 REFERENCE = 'ground_truth'
@@ -64,7 +66,8 @@ class BenchConfig:
     aug_focals: tuple = (35., 50.)       # refocused training copies (AugMCV)
     test_focal_mm: float = 50.           # target focal length of the 'different' intrinsics split
     random_cameras: int = 4              # random-path cameras per scene, beside the ten presets
-    codec: str = 'pixel'                 # weight-free codec of the small budgets ('dct' or 'pixel'; the full budget: 'wanvae')
+    # weight-free codec of the small budgets ('dct' or 'pixel'; the full budget: 'wanvae')
+    codec: str = 'pixel'
     vae: str|None = None                 # codec 'wanvae': Wan2.1_VAE.pth (or a diffusers vae/ folder)
     # the frozen backbone: Wan2.1 weights (`base`), or a small one pretrained here on the training clips
     base: str|None = None
@@ -94,7 +97,8 @@ class BenchConfig:
     gen_device: str = 'auto'             # device of the generations ('auto': cuda when present)
 
     def __post_init__(self):
-        self.aug_focals, self.variants, self.baselines, self.seeds = (tuple(x) for x in (self.aug_focals, self.variants, self.baselines, self.seeds))
+        self.aug_focals, self.variants, self.baselines, self.seeds = (
+            tuple(x) for x in (self.aug_focals, self.variants, self.baselines, self.seeds))
         self.model = dict(self.model or {})
         if 'patch_size' in self.model: self.model['patch_size'] = tuple(self.model['patch_size'])
         check_bench_values(self); check_bench_setup(self)   # each value, then what they ask of model and machine
@@ -107,21 +111,25 @@ class BenchConfig:
                        gen_steps=10, seeds=(0,)),
             mini={},
             full=dict(preset='wan2.1-t2v-1.3b', model={}, train_scenes=64, test_scenes=10, num_frames=81, height=480,
-                      width=832, steps=5000, lr=1e-4, warmup=0, lr_schedule='constant', shift=5.0, prediction='velocity',
-                      gen_steps=20, devices=4, strategy='deepspeed_stage_1', seeds=(0,), codec='wanvae'))
+                      width=832, steps=5000, lr=1e-4, warmup=0, lr_schedule='constant', shift=5.0,
+                      prediction='velocity', gen_steps=20, devices=4, strategy='deepspeed_stage_1', seeds=(0,),
+                      codec='wanvae'))
         if name not in budgets: raise InfcamError(f"unknown budget {name!r}; use one of {', '.join(budgets)}")
         return cls(**{**budgets[name], **overrides})
 
     def to_dict(self) -> dict:
         "The configuration as JSON values (tuples as lists), as `bench.json` records it."
-        return {k: (list(v) if isinstance(v, tuple) else {a: list(b) if isinstance(b, tuple) else b for a, b in v.items()}
-                    if isinstance(v, dict) else v) for k, v in dataclasses.asdict(self).items()}
+        return {k: (list(v) if isinstance(v, tuple)
+                    else {a: list(b) if isinstance(b, tuple) else b for a, b in v.items()} if isinstance(v, dict)
+                    else v)
+                for k, v in dataclasses.asdict(self).items()}
 
 
 # %% ../nbs/51_benchmark.ipynb #50aa9a28
 def check_bench_values(self:BenchConfig):
     "Each field on its own: counts, rates, the names of variants, baselines, codec and schedule, the seeds, the lenses."
-    for k in ('train_scenes', 'test_scenes', 'pairs_per_scene', 'steps', 'batch_size', 'gen_steps', 'pretrain_steps', 'pretrain_batch'):
+    for k in ('train_scenes', 'test_scenes', 'pairs_per_scene', 'steps', 'batch_size', 'gen_steps', 'pretrain_steps',
+              'pretrain_batch'):
         v = getattr(self, k)
         check_int(v, f"BenchConfig.{k}", 1)
     for k in ('train_pairs', 'warmup'):
@@ -130,10 +138,13 @@ def check_bench_values(self:BenchConfig):
     for k in ('lr', 'pretrain_lr', 'shift'):
         v = getattr(self, k)
         check_number(v, f"BenchConfig.{k}", positive=True)
-    if self.prediction not in ('sample', 'velocity'): raise InfcamError(f"BenchConfig.prediction must be 'sample' or 'velocity', got {self.prediction!r}")
+    if self.prediction not in ('sample', 'velocity'):
+        raise InfcamError(f"BenchConfig.prediction must be 'sample' or 'velocity', got {self.prediction!r}")
     from infcam.vae import CODECS
-    if self.codec not in (*CODECS, 'wanvae'): raise InfcamError(f"BenchConfig.codec must be one of {', '.join(CODECS)} or 'wanvae', got {self.codec!r}")
-    if self.lr_schedule not in ('constant', 'cosine'): raise InfcamError(f"BenchConfig.lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+    if self.codec not in (*CODECS, 'wanvae'):
+        raise InfcamError(f"BenchConfig.codec must be one of {', '.join(CODECS)} or 'wanvae', got {self.codec!r}")
+    if self.lr_schedule not in ('constant', 'cosine'):
+        raise InfcamError(f"BenchConfig.lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
     if bad := [v for v in self.variants if v not in VARIANTS]:
         raise InfcamError(f"unknown variant {bad[0]!r}; the variants are {', '.join(VARIANTS)}")
     if bad := [b for b in self.baselines if b not in BASELINES]:
@@ -141,11 +152,13 @@ def check_bench_values(self:BenchConfig):
     if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.seeds) or not self.seeds:
         raise InfcamError(f"seeds must be a non-empty list of integers >= 0, got {list(self.seeds)}")
     if not self.test_focal_mm > self.focal_mm or any(f <= self.focal_mm for f in self.aug_focals):
-        raise InfcamError(f"test_focal_mm and aug_focals must be longer than focal_mm={self.focal_mm} (refocusing crops)")
+        raise InfcamError("test_focal_mm and aug_focals must be longer than "
+                          f"focal_mm={self.focal_mm} (refocusing crops)")
 
 # %% ../nbs/51_benchmark.ipynb #e78034db
 def check_bench_setup(self:BenchConfig):
-    "What the fields ask of the model and the machine: the preset, frames and size, devices, the full-size model's needs."
+    """What the fields ask of the model and the machine: the preset,
+    frames and size, devices, the full-size model's needs."""
     from infcam.models import InfCamConfig
     from infcam.cameras import num_latent_frames
     from infcam.video import check_size
@@ -161,18 +174,21 @@ def check_bench_setup(self:BenchConfig):
     if self.preset == 'wan2.1-t2v-1.3b' and self.base is None and not self.train_backbone:
         raise InfcamError("the full-size run trains the InfCam modules on a frozen Wan2.1: give base= its DiT weights")
     if self.codec == 'wanvae' and self.vae is None:
-        raise InfcamError("codec 'wanvae' needs the Wan VAE: give vae= (`--vae`) Wan2.1_VAE.pth or a diffusers vae/ folder")
+        raise InfcamError("codec 'wanvae' needs the Wan VAE: "
+                          "give vae= (`--vae`) Wan2.1_VAE.pth or a diffusers vae/ folder")
     if self.vae is not None and self.codec != 'wanvae':
         raise InfcamError(f"vae= is used only with codec 'wanvae'; the {self.codec} codec needs no weights")
     if self.vae is not None and not Path(self.vae).exists(): raise InfcamError(f"Wan VAE weights not found: {self.vae}")
     ch = vae_channels(self.vae) if self.codec == 'wanvae' else weightless_codec(self.codec).latent_channels
     if self.base is None and (mc.in_dim, mc.out_dim) != (ch, ch):
-        raise InfcamError(f"the {self.codec} codec gives {ch}-channel latents; the model takes {mc.in_dim}: set model in_dim and out_dim to {ch}")
+        raise InfcamError(f"the {self.codec} codec gives {ch}-channel latents; the model takes {mc.in_dim}: set model "
+                          f"in_dim and out_dim to {ch}")
     if self.base is not None:                                      # from the file's header, before any data is rendered
         from infcam.weights import read_dit_checkpoint
         if not Path(self.base).exists(): raise InfcamError(f"base weights not found: {self.base}")
         base_in = read_dit_checkpoint(self.base, device='meta', heads_hint=mc.num_heads).config.in_dim
-        if base_in != ch: raise InfcamError(f"the {self.codec} codec gives {ch}-channel latents; the DiT in {self.base} takes {base_in}")
+        if base_in != ch: raise InfcamError(f"the {self.codec} codec gives {ch}-channel latents; the DiT in "
+                                            f"{self.base} takes {base_in}")
 
 # %% ../nbs/51_benchmark.ipynb #a6063514
 def bench_codec(cfg:BenchConfig, device:str='auto'):
@@ -188,7 +204,8 @@ def make_data(root, cfg:BenchConfig, progress:bool=True) -> dict:
     from infcam.augment import augment
     from infcam.cache import prepare
     root = Path(root)
-    kw = dict(num_frames=cfg.num_frames, height=cfg.height, width=cfg.width, random_cameras=cfg.random_cameras, progress=progress)
+    kw = dict(num_frames=cfg.num_frames, height=cfg.height, width=cfg.width, random_cameras=cfg.random_cameras,
+              progress=progress)
     make_dataset(root / 'train', cfg.train_scenes, seed=0, focal_mms=(cfg.focal_mm,), **kw)
     augment(root / 'train', root / 'train', focal_targets=list(cfg.aug_focals), trajectory=None,
             workers=min(2, os.cpu_count() or 1), progress=False)
@@ -200,16 +217,19 @@ def make_data(root, cfg:BenchConfig, progress:bool=True) -> dict:
 BACKBONE_DIR = Path(str(importlib.resources.files('infcam') / 'backbones'))   # backbones shipped with the package
 
 def backbone_settings(cfg:BenchConfig) -> dict:
-    "Everything that determines the pretrained backbone: its model, the clips it sees, the pretraining and the diffusion."
+    """Everything that determines the pretrained backbone: its model, the clips it sees, the pretraining and the
+    diffusion."""
     from infcam.models import InfCamConfig
-    return dict(model=InfCamConfig.preset(cfg.preset, **cfg.model).wan().to_dict(), codec=cfg.codec, num_frames=cfg.num_frames, height=cfg.height,
-                width=cfg.width, focal_mm=cfg.focal_mm, aug_focals=list(cfg.aug_focals), random_cameras=cfg.random_cameras,
+    return dict(model=InfCamConfig.preset(cfg.preset, **cfg.model).wan().to_dict(), codec=cfg.codec,
+                num_frames=cfg.num_frames, height=cfg.height, width=cfg.width, focal_mm=cfg.focal_mm,
+                aug_focals=list(cfg.aug_focals), random_cameras=cfg.random_cameras,
                 steps=cfg.pretrain_steps, batch=cfg.pretrain_batch, lr=cfg.pretrain_lr, shift=cfg.shift,
                 prediction=cfg.prediction, caption=cfg.caption, clean=0.5,
                 **({'vae': str(Path(cfg.vae).resolve())} if cfg.codec == 'wanvae' else {}))
 
 def find_backbone(cfg:BenchConfig, folders=None) -> Path|None:
-    "A pretrained backbone of `cfg` (its `backbone_settings` in the file's metadata) shipped with the package (`BACKBONE_DIR`) or in the cache."
+    """A pretrained backbone of `cfg` (its `backbone_settings` in the file's metadata) shipped with the package
+    (`BACKBONE_DIR`) or in the cache."""
     from safetensors import safe_open
     from infcam.core import cache_dir
     from infcam.models import WanConfig
@@ -225,8 +245,9 @@ def find_backbone(cfg:BenchConfig, folders=None) -> Path|None:
     return None
 
 def ensure_backbone(cfg:BenchConfig, data:dict, progress:bool=True) -> Path:
-    """The frozen backbone of the benchmark: `cfg.base` (Wan2.1 weights), else a pretrained one found by `find_backbone`,
-    else one pretrained now on the training clips (resumable) and kept in the cache for every later run."""
+    """The frozen backbone of the benchmark: `cfg.base` (Wan2.1 weights), else a pretrained one found by
+    `find_backbone`, else one pretrained now on the training clips (resumable) and kept in the cache for
+    every later run."""
     if cfg.base is not None:
         if not Path(cfg.base).exists(): raise InfcamError(f"base weights not found: {cfg.base}")
         return Path(cfg.base)
@@ -238,26 +259,54 @@ def ensure_backbone(cfg:BenchConfig, data:dict, progress:bool=True) -> Path:
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     out = cache_dir() / 'backbones' / f'{cfg.preset}-{key}.safetensors'
     return pretrain_backbone(data['train'], out, InfCamConfig.preset(cfg.preset, **cfg.model).wan(), cfg.pretrain_steps,
-                             num_frames=cfg.num_frames, codec=cfg.codec, batch_size=cfg.pretrain_batch, lr=cfg.pretrain_lr, shift=cfg.shift,
-                             prediction=cfg.prediction, caption=cfg.caption, dtype=torch.bfloat16, progress=progress,
-                             metadata=dict(bench=json.dumps(settings)))
+                             num_frames=cfg.num_frames, codec=cfg.codec, batch_size=cfg.pretrain_batch,
+                             lr=cfg.pretrain_lr, shift=cfg.shift, prediction=cfg.prediction, caption=cfg.caption,
+                             dtype=torch.bfloat16, progress=progress, metadata=dict(bench=json.dumps(settings)))
+
+# %% ../nbs/51_benchmark.ipynb #bf7b4035
+PAIR_SPLITS = ('shared', 'different', 'train', 'swapped')   # the splits `eval_pairs` makes
+
+@dataclass
+class EvalPair:
+    "One clip to score (from `eval_pairs`): the source clip, the target clip a method should propose, their cameras."
+    split: str           # one of `PAIR_SPLITS`
+    scene: str           # the target's scene folder, e.g. 'scene1'
+    pair: int            # the pair's number (within its scene; for `train`, among all training pairs)
+    source_camera: str   # the source clip's camera in the scene
+    target_camera: str   # the target clip's camera
+    source: Path         # the source clip (for `swapped`, the same pair's source in another scene)
+    target: Path         # the target clip: the ground truth
+    caption: str         # the source clip's caption
+    K_src: Tensor        # (4,) the source's pixel intrinsics [fx, fy, cx, cy]
+    K_tgt: Tensor        # (4,) the target's pixel intrinsics
+    c2w: Tensor          # (F, 4, 4) the target path in the source's first camera frame (what the model is given)
+    ref: Tensor          # (F, 4, 4) the target path relative to its own first frame (what scoring compares)
+    src_c2w: Tensor      # (F, 4, 4) the source path in the source's first camera frame
+
+    def __post_init__(self):
+        if self.split not in PAIR_SPLITS:
+            raise InfcamError(f"EvalPair.split must be one of {', '.join(PAIR_SPLITS)}, got {self.split!r}")
+        F_ = self.c2w.shape[0] if self.c2w.ndim == 3 else None
+        shapes = [tuple(t.shape) for t in (self.K_src, self.K_tgt, self.c2w, self.ref, self.src_c2w)]
+        if F_ is None or shapes != [(4,), (4,), (F_, 4, 4), (F_, 4, 4), (F_, 4, 4)]:
+            raise InfcamError("EvalPair wants K_src and K_tgt (4,) and c2w, ref and src_c2w (F, 4, 4); got "
+                              + ', '.join(map(str, shapes)))
 
 # %% ../nbs/51_benchmark.ipynb #f7e0df49
-def _pair(split:str, scene:str, k:int, src_e, tgt_e, s:str, t:str, f_src:float, f_tgt:float, caption:str, cfg:BenchConfig) -> dict:
+def _pair(split:str, scene:str, k:int, src_e, tgt_e, s:str, t:str, f_src:float, f_tgt:float, caption:str,
+          cfg:BenchConfig) -> EvalPair:
     from infcam.data import scene_poses
     c_src, c_tgt = scene_poses(src_e)[s], scene_poses(tgt_e)[t]
     c2w = relative_poses(c_src[0], c_tgt[:cfg.num_frames])
-    return dict(split=split, scene=scene, pair=k, source_camera=s, target_camera=t, source=src_e.cameras[s],
-                target=tgt_e.cameras[t], caption=caption, K_src=_K(f_src, cfg), K_tgt=_K(f_tgt, cfg), c2w=c2w,
-                ref=relative_poses(c2w[0], c2w), src_c2w=relative_poses(c_src[0], c_src[:cfg.num_frames]))
+    return EvalPair(split=split, scene=scene, pair=k, source_camera=s, target_camera=t, source=src_e.cameras[s],
+                    target=tgt_e.cameras[t], caption=caption, K_src=_K(f_src, cfg), K_tgt=_K(f_tgt, cfg), c2w=c2w,
+                    ref=relative_poses(c2w[0], c2w), src_c2w=relative_poses(c_src[0], c_src[:cfg.num_frames]))
 
-def eval_pairs(test_root, cfg:BenchConfig, train_root=None) -> list[dict]:
-    """The evaluation pairs: dicts with `split`, `scene`, `source`/`target` video paths, `caption`, `K_src`/`K_tgt` pixel
-    intrinsics (4,), `c2w` (F, 4, 4) the target path in the source's first camera frame, `ref` (F, 4, 4) the target
-    path relative to its own first frame, and `src_c2w` the source's path. Splits: `shared` and `different` (held-out
-    scenes, target through the source's lens or through `test_focal_mm`); with `train_root`, `train` (pairs of the
-    first training scenes: is the model learning?); with two test scenes or more, `swapped` (the first `shared` pairs
-    with the source of another test scene: does the model use its source?)."""
+def eval_pairs(test_root, cfg:BenchConfig, train_root=None) -> list[EvalPair]:
+    """The evaluation pairs (`EvalPair`). Splits: `shared` and `different` (held-out scenes, target through the
+    source's lens or through `test_focal_mm`); with `train_root`, `train` (pairs of the first training scenes: is the
+    model learning?); with two test scenes or more, `swapped` (the first `shared` pairs with the source of another
+    test scene: does the model use its source?)."""
     from infcam.layout import setting_name
     from infcam.data import MultiCamDataset
     index = MultiCamDataset(test_root, on_error='raise')
@@ -267,19 +316,20 @@ def eval_pairs(test_root, cfg:BenchConfig, train_root=None) -> list[dict]:
     for i in range(cfg.test_scenes):
         name = f'scene{i + 1}'
         src_e = by.get((setting_name(cfg.focal_mm), name))
-        if src_e is None: raise InfcamError(f"{test_root}: test scene {name} at {cfg.focal_mm} mm is missing (run make_data)")
+        if src_e is None:
+            raise InfcamError(f"{test_root}: test scene {name} at {cfg.focal_mm} mm is missing (run make_data)")
         cams = sorted(src_e.cameras)
         for k in range(cfg.pairs_per_scene):
             s, t = rng.choice(len(cams), 2, replace=False)
             for split, f_t in (('shared', cfg.focal_mm), ('different', cfg.test_focal_mm)):
                 pairs.append(_pair(split, name, k, src_e, by[(setting_name(f_t), name)], cams[s], cams[t], cfg.focal_mm,
                                    f_t, index.caption(src_e, cams[s]), cfg))
-    shared = [p for p in pairs if p['split'] == 'shared']
+    shared = [p for p in pairs if p.split == 'shared']
     if cfg.test_scenes > 1:
         n = cfg.pairs_per_scene
         for j, p in enumerate(shared[:cfg.train_pairs or len(shared)]):
             other = shared[(j + n) % len(shared)]                     # the same pair of the next scene
-            pairs.append({**p, 'split': 'swapped', 'source': other['source']})
+            pairs.append(dataclasses.replace(p, split='swapped', source=other.source))
     if train_root is not None and cfg.train_pairs:
         tr = MultiCamDataset(train_root, on_error='raise')
         tby = {(e.setting, e.path.name): e for e in tr.scenes}
@@ -287,10 +337,13 @@ def eval_pairs(test_root, cfg:BenchConfig, train_root=None) -> list[dict]:
         for j in range(cfg.train_pairs):
             name = f'scene{j % cfg.train_scenes + 1}'
             e = tby.get((setting_name(cfg.focal_mm), name))
-            if e is None: raise InfcamError(f"{train_root}: training scene {name} at {cfg.focal_mm} mm is missing (run make_data)")
+            if e is None:
+                raise InfcamError(f"{train_root}: training scene {name} at {cfg.focal_mm} mm is missing "
+                                  "(run make_data)")
             cams = sorted(e.cameras)
             s, t = trng.choice(len(cams), 2, replace=False)
-            pairs.append(_pair('train', name, j, e, e, cams[s], cams[t], cfg.focal_mm, cfg.focal_mm, tr.caption(e, cams[s]), cfg))
+            pairs.append(_pair('train', name, j, e, e, cams[s], cams[t], cfg.focal_mm, cfg.focal_mm,
+                               tr.caption(e, cams[s]), cfg))
     return pairs
 
 def _K(f_mm:float, cfg:BenchConfig) -> Tensor:
@@ -299,7 +352,8 @@ def _K(f_mm:float, cfg:BenchConfig) -> Tensor:
 # %% ../nbs/51_benchmark.ipynb #481da991
 def train_command(variant:str, seed:int, data:dict, run_dir, cfg:BenchConfig, backbone=None) -> list[str]:
     "The `python -m infcam.train` command line of `variant` with `seed`, on the frozen `backbone` (a weights file)."
-    if variant not in VARIANTS: raise InfcamError(f"unknown variant {variant!r}; the variants are {', '.join(VARIANTS)}")
+    if variant not in VARIANTS:
+        raise InfcamError(f"unknown variant {variant!r}; the variants are {', '.join(VARIANTS)}")
     return [sys.executable, '-m', 'infcam.train', str(data['train']), '--run-dir', str(run_dir),
             *(['--base', str(backbone)] if backbone is not None else ['--preset', cfg.preset]),
             '--codec', cfg.codec, '--random-text', '--caption', cfg.caption, '--num-frames', str(cfg.num_frames),
@@ -323,7 +377,8 @@ def _trained(run_dir:Path, steps:int) -> Path|None:
     cks = list_checkpoints(Path(run_dir) / 'ckpt')
     return cks[-1] if cks and int(cks[-1].name[4:]) >= steps else None
 
-def train_variant(variant:str, seed:int, data:dict, run_dir, cfg:BenchConfig, progress:bool=True, backbone=None) -> Path:
+def train_variant(variant:str, seed:int, data:dict, run_dir, cfg:BenchConfig, progress:bool=True,
+                  backbone=None) -> Path:
     """Train (or resume, or find finished) `variant` with `seed` in `run_dir`; the process's output goes to
     `run_dir/train.log`. Returns the last checkpoint. A failed run raises `InfcamError` with the log's last lines."""
     from tqdm.auto import tqdm
@@ -344,32 +399,37 @@ def train_variant(variant:str, seed:int, data:dict, run_dir, cfg:BenchConfig, pr
         finally: bar.close()
     if p.returncode:
         tail = log.read_text().splitlines()[-15:]
-        raise InfcamError(f"training {variant} (seed {seed}) failed with exit {p.returncode}; see {log}: " + ' | '.join(tail[-3:]))
-    if (ck := _trained(run_dir, cfg.steps)) is None: raise InfcamError(f"training {variant} stopped before step {cfg.steps}; see {log}")
+        raise InfcamError(f"training {variant} (seed {seed}) failed with exit {p.returncode}; "
+                          f"see {log}: " + ' | '.join(tail[-3:]))
+    if (ck := _trained(run_dir, cfg.steps)) is None:
+        raise InfcamError(f"training {variant} stopped before step {cfg.steps}; see {log}")
     return ck
 
 # %% ../nbs/51_benchmark.ipynb #df573563
-def copy_source(pair:dict, frames:Tensor) -> Tensor:
+def copy_source(pair:EvalPair, frames:Tensor) -> Tensor:
     "The source clip, unchanged."
     return frames
 
-def _rotation_warp(pair:dict, frames:Tensor, rel:Tensor) -> Tensor:
-    "`frames[i]` warped by `H = K_tgt R_i^T K_src^-1`, `R_i` the rotation of the relative pose `rel[i]` (border padding)."
+def _rotation_warp(pair:EvalPair, frames:Tensor, rel:Tensor) -> Tensor:
+    """`frames[i]` warped by `H = K_tgt R_i^T K_src^-1`, `R_i` the rotation of the relative pose `rel[i]` (border
+    padding)."""
     from infcam.homography import infinite_homography, warp_image
-    K_s, K_t = intrinsics_matrix(pair['K_src']), intrinsics_matrix(pair['K_tgt'])
+    K_s, K_t = intrinsics_matrix(pair.K_src), intrinsics_matrix(pair.K_tgt)
     H = infinite_homography(K_s.expand(len(rel), 3, 3), K_t.expand(len(rel), 3, 3), rel[:, :3, :3])
     return warp_image(frames, H).clamp(0, 1)
 
-def homography_warp(pair:dict, frames:Tensor) -> Tensor:
+def homography_warp(pair:EvalPair, frames:Tensor) -> Tensor:
     """Each source frame warped into the target camera of the same instant by `H = K_tgt R^T K_src^-1`, with `R` the
     rotation between the two cameras at that frame (border padding outside the source)."""
-    rel = rigid_inverse(homogeneous(pair['src_c2w'])) @ homogeneous(pair['c2w'])   # target in each source frame's camera
+    # target in each source frame's camera
+    rel = rigid_inverse(homogeneous(pair.src_c2w)) @ homogeneous(pair.c2w)
     return _rotation_warp(pair, frames, rel)
 
-def first_frame_warp(pair:dict, frames:Tensor) -> Tensor:
-    """The source's first frame warped into each target frame by `H = K_tgt R^T K_src^-1`, with `R` the target's rotation
-    relative to the source's first frame (`pair['c2w']`, the poses the model is given): InfCam's cue, in pixels."""
-    rel = pair['c2w']
+def first_frame_warp(pair:EvalPair, frames:Tensor) -> Tensor:
+    """The source's first frame warped into each target frame by `H = K_tgt R^T K_src^-1`, with `R` the
+    target's rotation relative to the source's first frame (`pair.c2w`, the poses the model is given):
+    InfCam's cue, in pixels."""
+    rel = pair.c2w
     return _rotation_warp(pair, frames[:1].expand(len(rel), *frames.shape[1:]), rel)
 
 # %% ../nbs/51_benchmark.ipynb #e6936fa9
@@ -381,22 +441,24 @@ class TrainedMethod:
         dev = ('cuda' if torch.cuda.is_available() else 'cpu') if device == 'auto' else device
         model = load_trained(ckpt, device=dev)
         self.cfg, self.ckpt = cfg, Path(ckpt)
-        self.pipe = InfCamPipeline(model, bench_codec(cfg, dev), RandomTextEncoder(model.config.text_dim, text_len=model.config.text_len),
+        self.pipe = InfCamPipeline(model, bench_codec(cfg, dev),
+                                   RandomTextEncoder(model.config.text_dim, text_len=model.config.text_len),
                                    trained_scheduler(ckpt), device=dev)
 
-    def __call__(self, pair:dict, frames:Tensor) -> Tensor:
+    def __call__(self, pair:EvalPair, frames:Tensor) -> Tensor:
         c = self.cfg
-        zoom = float(pair['K_tgt'][0] / pair['K_src'][0])
-        return self.pipe(frames, c.caption, pair['c2w'], intrinsics=pair['K_src'], num_frames=c.num_frames,
-                         height=c.height, width=c.width, steps=c.gen_steps, cfg=c.cfg, zoom=zoom, seed=0, progress=False)
+        zoom = float(pair.K_tgt[0] / pair.K_src[0])
+        return self.pipe(frames, c.caption, pair.c2w, intrinsics=pair.K_src, num_frames=c.num_frames,
+                         height=c.height, width=c.width, steps=c.gen_steps, cfg=c.cfg, zoom=zoom, seed=0,
+                         progress=False)
 
 # %% ../nbs/51_benchmark.ipynb #a94bbe4a
-def score(pred:Tensor, gt:Tensor, pair:dict, num_frames:int, min_registered:float=0.5) -> dict:
+def score(pred:Tensor, gt:Tensor, pair:EvalPair, num_frames:int, min_registered:float=0.5) -> dict:
     """PSNR, SSIM (on the latent frames), RotErr, TransErr and the registered fraction of `pred` (F, 3, H, W) in [0, 1].
     The camera errors are NaN (left out of the means) when less than `min_registered` of the frames could be posed."""
     from infcam.metrics import score_video
     idx = latent_frame_indices(num_frames)
-    return score_video(pred[idx].float(), pair['K_tgt'], pair['ref'][idx], gt[idx].float(), min_registered=min_registered)
+    return score_video(pred[idx].float(), pair.K_tgt, pair.ref[idx], gt[idx].float(), min_registered=min_registered)
 
 # %% ../nbs/51_benchmark.ipynb #0acee423
 def scorer_versions() -> dict:
@@ -433,9 +495,10 @@ def sample_path(out_csv) -> Path:
     "Where `evaluate` keeps the frames it proposed for the sample pair."
     return Path(out_csv).with_suffix('.sample.safetensors')
 
-def _key(d) -> tuple: return tuple(str(d[k]) for k in PAIR_KEY)
+def _key(row:dict) -> tuple: return tuple(str(row[k]) for k in PAIR_KEY)
+def _ident(pair:EvalPair) -> dict: return {k: getattr(pair, k) for k in PAIR_KEY}
 
-def evaluate(name:str, method, pairs:list[dict], cfg:BenchConfig, out_csv, seed:int=0, progress:bool=True,
+def evaluate(name:str, method, pairs:list[EvalPair], cfg:BenchConfig, out_csv, seed:int=0, progress:bool=True,
              sample:int|None=None) -> pd.DataFrame:
     """Score `method(pair, source_frames)` on every pair: one row per pair (`ROW_FIELDS`), cached in `out_csv`. A cached
     row is used only if today's `scorer_tag` scored it; any other row is made and scored again. The frames proposed for
@@ -446,12 +509,12 @@ def evaluate(name:str, method, pairs:list[dict], cfg:BenchConfig, out_csv, seed:
     out_csv, tag = Path(out_csv), scorer_tag()
     old = read_rows(out_csv) if out_csv.is_file() else pd.DataFrame(columns=list(ROW_FIELDS))
     cached = {_key(r): r for r in old.to_dict('records') if r.get('scorer') == tag}
-    if len(old) == len(pairs) and all(_key(p) in cached for p in pairs): return old
+    if len(old) == len(pairs) and all(_key(_ident(p)) in cached for p in pairs): return old
     rows = []
     for i, pair in enumerate(tqdm(pairs, desc=f'evaluate {name}', unit='clip', disable=not progress)):
-        if _key(pair) in cached: rows.append(cached[_key(pair)]); continue
-        src = read_video(pair['source'], cfg.num_frames, cfg.height, cfg.width)
-        gt = read_video(pair['target'], cfg.num_frames, cfg.height, cfg.width)
+        if (k := _key(_ident(pair))) in cached: rows.append(cached[k]); continue
+        src = read_video(pair.source, cfg.num_frames, cfg.height, cfg.width)
+        gt = read_video(pair.target, cfg.num_frames, cfg.height, cfg.width)
         t = time.perf_counter()
         pred = gt if method is None else method(pair, src)
         secs = time.perf_counter() - t
@@ -459,7 +522,7 @@ def evaluate(name:str, method, pairs:list[dict], cfg:BenchConfig, out_csv, seed:
             with atomic_path(sample_path(out_csv)) as tmp: save_file({'frames': pred.float().contiguous()}, str(tmp))
         s = score(pred, gt, pair, cfg.num_frames)
         if method is None: s['PSNR'] = s['SSIM'] = float('nan')       # the reference is not scored against itself
-        rows.append(dict(method=name, seed=seed, **{k: pair[k] for k in PAIR_KEY}, **s, seconds=secs, scorer=tag))
+        rows.append(dict(method=name, seed=seed, **_ident(pair), **s, seconds=secs, scorer=tag))
     write_table(pd.DataFrame(rows, columns=list(ROW_FIELDS)), out_csv)
     return read_rows(out_csv)                        # fresh or cached, the same numbers through the same CSV
 
@@ -497,18 +560,21 @@ def markdown_table(summary:list[dict], splits=TEST_SPLITS) -> str:
     return '\n'.join(lines) + '\n'
 
 def learning_table(summary:list[dict]) -> str:
-    """PSNR on training pairs, on held-out pairs (`shared`), and on the same held-out pairs given another scene's source
-    (`swapped`), per method: "learning" shows as train vs held-out, "using the source" as the drop when it is swapped."""
+    """PSNR on training pairs, on held-out pairs (`shared`), and on the same held-out pairs given another
+    scene's source (`swapped`), per method: "learning" shows as train vs held-out, "using the source" as the
+    drop when it is swapped."""
     summary = _records(summary)
     get = {(d['method'], d['split']): d for d in summary}
-    lines = ['| method | PSNR train | PSNR held-out (shared) | PSNR with another scene\'s source | drop |', '|---|---|---|---|---|']
+    lines = ['| method | PSNR train | PSNR held-out (shared) | PSNR with another scene\'s source | drop |',
+             '|---|---|---|---|---|']
     for m in dict.fromkeys(d['method'] for d in summary):
         if m == REFERENCE: continue
         tr, ho, sw = (get.get((m, s), {}) for s in ('train', 'shared', 'swapped'))
         drop = ho.get('PSNR', math.nan) - sw.get('PSNR', math.nan)
         lines.append(f"| {m} | {format_mean_se(tr.get('PSNR', math.nan), tr.get('PSNR_se', math.nan), 2)} | "
                      f"{format_mean_se(ho.get('PSNR', math.nan), ho.get('PSNR_se', math.nan), 2)} | "
-                     f"{format_mean_se(sw.get('PSNR', math.nan), sw.get('PSNR_se', math.nan), 2)} | {format_mean_se(drop, math.nan, 2)} |")
+                     f"{format_mean_se(sw.get('PSNR', math.nan), sw.get('PSNR_se', math.nan), 2)} | "
+                     f"{format_mean_se(drop, math.nan, 2)} |")
     return '\n'.join(lines) + '\n'
 
 # %% ../nbs/51_benchmark.ipynb #f7a58c6a
@@ -517,7 +583,8 @@ def _per_clip(rows:pd.DataFrame, method:str, split:str, k:str) -> pd.Series:
     r = rows[(rows['method'] == method) & (rows['split'] == split)]
     return r[np.isfinite(r[k].astype(float))].groupby(['scene', 'pair'])[k].mean()
 
-def paired_difference(rows:list[dict], a:str, b:str, split:str, k:str='PSNR', split_b:str|None=None) -> tuple[float, float, int]:
+def paired_difference(rows:list[dict], a:str, b:str, split:str, k:str='PSNR',
+                      split_b:str|None=None) -> tuple[float, float, int]:
     """Mean and standard error of `a - b` in metric `k` over the clips of `split` (of `split_b` for `b`, if given) that
     both scored, each method's value of a clip averaged over its seeds first; and the number of clips."""
     rows = pd.DataFrame(rows)
@@ -545,8 +612,8 @@ def findings(rows:list[dict], summary:list[dict], method:str='full') -> list[str
             beats = [b for b in base if x > get[(b, sp)]['PSNR']]
             lost = [b for b in base if b not in beats]
             out.append(f"{method} {'beats ' + ' and '.join(beats) if beats else 'beats no baseline'}"
-                       f"{' but not ' + ' or '.join(lost) if beats and lost else ''} on held-out PSNR ({sp}): {x:.2f} dB vs "
-                       + ', '.join(f"{b} {get[(b, sp)]['PSNR']:.2f}" for b in base))
+                       f"{' but not ' + ' or '.join(lost) if beats and lost else ''} on held-out PSNR ({sp}): "
+                       f"{x:.2f} dB vs " + ', '.join(f"{b} {get[(b, sp)]['PSNR']:.2f}" for b in base))
         for sp in TEST_SPLITS:                  # the cue: does the model add anything to the frame it is handed warped?
             if (method, sp) in get and ('first_frame_warp', sp) in get:
                 d, se, n = paired_difference(rows, method, 'first_frame_warp', sp)
@@ -557,9 +624,11 @@ def findings(rows:list[dict], summary:list[dict], method:str='full') -> list[str
                        f"{get[(method, 'shared')]['PSNR']:.2f} dB on held-out pairs (shared)")
         if (method, 'swapped') in get:
             d, se, n = paired_difference(rows, method, method, 'shared', split_b='swapped')
-            out.append(f"with another scene's source instead of its own ({n} clips), {method}'s PSNR " + _verdict(d, se,
-                       'drops: it uses its source', 'rises: it ignores its source', 'does not change detectably: it barely uses its source'))
-    for other, part, split in (('no_warp', 'the warping module', 'different'), ('no_aug', 'the refocusing augmentation', 'different'),
+            out.append(f"with another scene's source instead of its own ({n} clips), {method}'s PSNR "
+                       + _verdict(d, se, 'drops: it uses its source', 'rises: it ignores its source',
+                                  'does not change detectably: it barely uses its source'))
+    for other, part, split in (('no_warp', 'the warping module', 'different'),
+                               ('no_aug', 'the refocusing augmentation', 'different'),
                                ('exact_warp', 'the released warp convention (vs the exact one)', 'shared')):
         if method in have and other in have:
             d, se, n = paired_difference(rows, method, other, split)
@@ -579,7 +648,8 @@ def plot_summary(summary:list[dict], path, title:str='') -> Path:
     get = {(d['method'], d['split']): d for d in summary}
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.6), dpi=100)
     w = 0.8 / len(splits)
-    for ax, (k, better) in zip(axes, (('PSNR', 'higher'), ('SSIM', 'higher'), ('RotErr', 'lower'), ('TransErr', 'lower'))):
+    for ax, (k, better) in zip(axes, (('PSNR', 'higher'), ('SSIM', 'higher'), ('RotErr', 'lower'),
+                                      ('TransErr', 'lower'))):
         for j, sp in enumerate(splits):
             vals = [get.get((m, sp), {}).get(k, float('nan')) for m in methods]
             ses = [get.get((m, sp), {}).get(k + '_se', float('nan')) for m in methods]
@@ -605,7 +675,7 @@ def plot_summary(summary:list[dict], path, title:str='') -> Path:
     return write_figure(fig, path)
 
 # %% ../nbs/51_benchmark.ipynb #f5d51102
-def plot_samples(pair:dict, frames:dict[str, Tensor], num_frames:int, path) -> Path:
+def plot_samples(pair:EvalPair, frames:dict[str, Tensor], num_frames:int, path) -> Path:
     "A grid of frames (rows: `frames`'s entries, e.g. source, ground truth, methods; columns: three latent frames)."
     import matplotlib; matplotlib.use('Agg', force=False)
     import matplotlib.pyplot as plt
@@ -618,7 +688,8 @@ def plot_samples(pair:dict, frames:dict[str, Tensor], num_frames:int, path) -> P
             ax.imshow(v[f].permute(1, 2, 0).clamp(0, 1).numpy()); ax.set_xticks([]); ax.set_yticks([])
             if j == 0: ax.set_ylabel(name, fontsize=8)
             if i == 0: ax.set_title(f'frame {f}', fontsize=8)
-    fig.suptitle(f"{pair['scene']} {pair['source_camera']} -> {pair['target_camera']} ({pair['split']} intrinsics)", fontsize=9)
+    fig.suptitle(f"{pair.scene} {pair.source_camera} -> {pair.target_camera} ({pair.split} intrinsics)",
+                 fontsize=9)
     fig.tight_layout()
     return write_figure(fig, path)
 
@@ -629,7 +700,8 @@ def _check_out(out:Path, cfg:BenchConfig, overwrite:bool):
     f = out / 'bench.json'
     if f.is_file():
         old, new = json.loads(f.read_text()), cfg.to_dict()
-        diff = sorted(k for k in new if old.get(k) != new[k] and k not in ('variants', 'baselines', 'seeds', 'devices', 'gen_device', 'accelerator'))
+        diff = sorted(k for k in new if old.get(k) != new[k]
+                      and k not in ('variants', 'baselines', 'seeds', 'devices', 'gen_device', 'accelerator'))
         rescore = set(diff) <= set(SCORING_SETTINGS)
         if diff and not overwrite:
             hint = 'overwrite to score its trained runs again' if rescore else 'use another folder or overwrite'
@@ -656,15 +728,16 @@ def _train_methods(cfg:BenchConfig, data:dict, out:Path, backbone, progress:bool
     return methods
 
 # %% ../nbs/51_benchmark.ipynb #85116242
-def _score_methods(methods:list[tuple], pairs:list[dict], cfg:BenchConfig, out:Path, progress:bool, timing:dict) -> tuple:
+def _score_methods(methods:list[tuple], pairs:list[EvalPair], cfg:BenchConfig, out:Path, progress:bool,
+                   timing:dict) -> tuple:
     """Every method's rows on `pairs` (`evaluate`, cached in `out/eval`), the sample pair (the last `different` one)
     and each method's frames for it: `(rows, pair, sample)`; the seconds of scoring done now go to `timing`."""
     rows = []
-    sample_pair = max(i for i, p in enumerate(pairs) if p['split'] == 'different')   # the last 'different' pair
+    sample_pair = max(i for i, p in enumerate(pairs) if p.split == 'different')   # the last 'different' pair
     pair = pairs[sample_pair]
     from infcam.video import read_video
-    src = read_video(pair['source'], cfg.num_frames, cfg.height, cfg.width)
-    sample = {'source': src, REFERENCE: read_video(pair['target'], cfg.num_frames, cfg.height, cfg.width)}
+    src = read_video(pair.source, cfg.num_frames, cfg.height, cfg.width)
+    sample = {'source': src, REFERENCE: read_video(pair.target, cfg.num_frames, cfg.height, cfg.width)}
     for name, m, s in methods:
         fn = TrainedMethod(m, cfg, cfg.gen_device) if isinstance(m, Path) else m
         t, csv_path = time.perf_counter(), out / 'eval' / f'{name}-s{s}.csv'
@@ -678,7 +751,7 @@ def _score_methods(methods:list[tuple], pairs:list[dict], cfg:BenchConfig, out:P
     return pd.concat(rows, ignore_index=True), pair, sample
 
 # %% ../nbs/51_benchmark.ipynb #bc7a6a5a
-def _write_report(out:Path, cfg:BenchConfig, rows:pd.DataFrame, pairs:list[dict], pair:dict, sample:dict,
+def _write_report(out:Path, cfg:BenchConfig, rows:pd.DataFrame, pairs:list[EvalPair], pair:EvalPair, sample:dict,
                   figures=None) -> dict:
     """`table.csv`, `rows.csv` (every clip's row), `table.md` (the title, the table, what scored it, the learning table
     and the findings), `ablation.png` and `samples.png` in `out`, copied to `figures` when given; returns
@@ -688,16 +761,17 @@ def _write_report(out:Path, cfg:BenchConfig, rows:pd.DataFrame, pairs:list[dict]
     files = dict(csv=out / 'table.csv', rows=out / 'rows.csv', md=out / 'table.md', plot=out / 'ablation.png',
                  samples=out / 'samples.png')
     write_table(summary, files['csv']); write_table(rows, files['rows'])
-    n_test = sum(p['split'] in TEST_SPLITS for p in pairs)
+    n_test = sum(p.split in TEST_SPLITS for p in pairs)
     title = (f"{cfg.preset}, {cfg.steps} steps x batch {cfg.batch_size}, {cfg.num_frames}x{cfg.height}x{cfg.width}, "
              f"{n_test} test clips, seeds {list(cfg.seeds)}, "
              + ("the one-step x0 estimate" if cfg.gen_steps == 1 else f"{cfg.gen_steps} Euler steps per generation")
              + (f", cfg {cfg.cfg:g}" if cfg.cfg != 1 else ''))
     n_lat = num_latent_frames(cfg.num_frames)
-    legend = (f"`registered`: the fraction of each clip's {n_lat} latent frames the pose estimator placed; the first, the "
-              f"reference, counts whenever the estimator runs, so {1 / n_lat:.2f} means no other frame was placed; clips with less than half placed get no "
-              "RotErr/TransErr (—). Camera errors: mean ± standard error over clips, and their median (one "
-              "misplaced clip moves the mean). Scored by scorer " + scorer_tag() + " ("
+    legend = (f"`registered`: the fraction of each clip's {n_lat} latent frames the pose estimator placed; the "
+              f"first, the reference, counts whenever the estimator runs, so {1 / n_lat:.2f} means no other frame was "
+              "placed; clips with less than half placed get no RotErr/TransErr (—). Camera errors: mean ± standard "
+              "error over clips, and their median (one misplaced clip moves the mean). Scored by "
+              "scorer " + scorer_tag() + " ("
               + ', '.join(f"{k} {v}" for k, v in scorer_versions().items()) + ").\n")
     with atomic_path(files['md']) as tmp:
         Path(tmp).write_text(f"{title}\n\n{table}\n{legend}\n{learning}\n" + ''.join(f"- {s}\n" for s in found))
@@ -735,5 +809,5 @@ def run_benchmark(out, cfg:BenchConfig|None=None, figures=None, overwrite:bool=F
         rep = _write_report(out, cfg, rows, pairs, pair, sample, figures)
         secs = time.perf_counter() - t0
         with atomic_path(tf) as tmp: Path(tmp).write_text(json.dumps({**old, **timing, 'last call': secs}, indent=1))
-        return dict(summary=rep['summary'], rows=rows, table=rep['table'], learning=rep['learning'], findings=rep['findings'],
-                    files=rep['files'], seconds=secs, timing=timing, backbone=backbone)
+        return dict(summary=rep['summary'], rows=rows, table=rep['table'], learning=rep['learning'],
+                    findings=rep['findings'], files=rep['files'], seconds=secs, timing=timing, backbone=backbone)

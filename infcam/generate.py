@@ -15,7 +15,7 @@ from .core import (InfcamError, atomic_path, check_overwrite, check_device, fold
 from .cameras import PRESET_NAMES, num_latent_frames
 from .layout import read_metadata, metadata_file, videos_folder
 from .data import inside
-from .intrinsics import check_focal_mm, check_zoom
+from .intrinsics import DEFAULT_FOCAL_MM, check_focal_mm, check_zoom
 from .checkpoints import TrainingRun, training_run
 from .processes import fabric_strategy, gather_and_leave, is_lead, launched_externally
 from .trajectories import Trajectory, load_trajectory
@@ -156,7 +156,8 @@ class Job:
 
     @property
     def timings(self) -> Path:
-        "When it was made and how long each stage took: apart from the sidecar, whose bytes the same run repeats exactly."
+        """When it was made and how long each stage took: apart from
+        the sidecar, whose bytes the same run repeats exactly."""
         return self.out.with_suffix('.timings.json')
 
     @property
@@ -181,7 +182,8 @@ def trajectory_name(spec) -> str:
 
 # %% ../nbs/32_generate.ipynb #65695f2a
 def read_batch(folder) -> list[tuple[Path, str]]:
-    "`[(video path, prompt)]` from `folder/metadata.csv` (`file_name,text`); paths need not exist yet (checked per job)."
+    """`[(video path, prompt)]` from `folder/metadata.csv`
+    (`file_name,text`); paths need not exist yet (checked per job)."""
     folder = Path(folder)
     meta = metadata_file(folder)
     if not meta.is_file(): raise InfcamError(f"batch folder {folder} has no metadata.csv (columns file_name,text)")
@@ -190,7 +192,8 @@ def read_batch(folder) -> list[tuple[Path, str]]:
     out = []
     for name, text in rows:
         if not name: raise InfcamError(f"{meta} has a row with an empty file_name")
-        if not inside(folder, name): raise InfcamError(f"{meta}: the row {name!r} points outside {folder}; list clips inside it")
+        if not inside(folder, name):
+            raise InfcamError(f"{meta}: the row {name!r} points outside {folder}; list clips inside it")
         p = folder / name
         if not p.exists() and (videos_folder(folder) / name).exists(): p = videos_folder(folder) / name
         out.append((p, text.strip()))
@@ -198,16 +201,19 @@ def read_batch(folder) -> list[tuple[Path, str]]:
 
 # %% ../nbs/32_generate.ipynb #b551d09e
 def clip_names(clips:list[tuple]) -> list[str]:
-    """A unique output name per `(video, prompt)`: the video's stem, with a short hash of its path (relative to the
-    clips' common folder) and prompt where two clips share a stem. The same clip listed twice with one prompt is refused."""
+    """A unique output name per `(video, prompt)`: the video's stem, with a short hash of its path (relative to
+    the clips' common folder) and prompt where two clips share a stem. The same clip listed twice with one
+    prompt is refused."""
     real = [os.path.realpath(v) for v, _ in clips]
     if len(real) != len(set(zip(real, (p for _, p in clips)))):
-        v = next(v for (v, p), r in zip(clips, real) if sum(r == r2 and p == p2 for r2, (_, p2) in zip(real, clips)) > 1)
+        v = next(v for (v, p), r in zip(clips, real)
+                 if sum(r == r2 and p == p2 for r2, (_, p2) in zip(real, clips)) > 1)
         raise InfcamError(f"{v} is listed twice with the same prompt; list each clip once")
     root = os.path.commonpath([os.path.dirname(r) for r in real])
     stems = Counter(Path(v).stem for v, _ in clips)
     tag = lambda r, p: hashlib.sha1(f"{os.path.relpath(r, root)}\n{p}".encode()).hexdigest()[:6]
-    return [Path(v).stem if stems[Path(v).stem] == 1 else f"{Path(v).stem}-{tag(r, p)}" for (v, p), r in zip(clips, real)]
+    return [Path(v).stem if stems[Path(v).stem] == 1 else f"{Path(v).stem}-{tag(r, p)}"
+            for (v, p), r in zip(clips, real)]
 
 def make_jobs(clips:list[tuple], trajectories:list[str], out_dir) -> list[Job]:
     """Every clip x trajectory, written to `out_dir/<clip name>_<trajectory name>.mp4` (`clip_names`); two jobs that
@@ -223,7 +229,8 @@ def make_jobs(clips:list[tuple], trajectories:list[str], out_dir) -> list[Job]:
 
 # %% ../nbs/32_generate.ipynb #75a4fd0f
 def _oom_types() -> tuple:
-    return tuple({getattr(torch, 'OutOfMemoryError', MemoryError), getattr(torch.cuda, 'OutOfMemoryError', MemoryError)})
+    return tuple({getattr(torch, 'OutOfMemoryError', MemoryError),
+                  getattr(torch.cuda, 'OutOfMemoryError', MemoryError)})
 
 def _oom_message(memory:str, s:GenerateSettings) -> str:
     i = MEMORY_MODES.index(memory)
@@ -254,7 +261,8 @@ def check_weights_usable(weights, s:GenerateSettings):
         blocking = [k for k in ('vae', 'text_encoder', 'tokenizer') if not c[k].ok]
         dit = 'dit' if s.base_only else 'infcam'
         if not c[dit].ok: blocking.insert(0, dit)
-        raise InfcamError(f"weights in {weights} are not usable: " + '; '.join(f"{TITLES[k]}: {p}" for k in blocking for p in c[k].problems[:1]))
+        raise InfcamError(f"weights in {weights} are not usable: "
+                          + '; '.join(f"{TITLES[k]}: {p}" for k in blocking for p in c[k].problems[:1]))
     return report
 
 def _source_intrinsics(frames:torch.Tensor, s:GenerateSettings) -> tuple[torch.Tensor, str, str]:
@@ -268,7 +276,8 @@ def _source_intrinsics(frames:torch.Tensor, s:GenerateSettings) -> tuple[torch.T
         return est.K4.float(), est.method, est.message
     given = next((k for k in ('focal_mm', 'fov', 'fx') if getattr(s, k) is not None), None)
     K = source_intrinsics(H, W, focal_mm=s.focal_mm, fov=s.fov, fx=s.fx)
-    return K, 'explicit' if given else 'default', f"{given}={getattr(s, given):g}" if given else 'default 24 mm lens'
+    return (K, 'explicit' if given else 'default',
+            f"{given}={getattr(s, given):g}" if given else f'default {DEFAULT_FOCAL_MM:g} mm lens')
 
 def source_fps(video) -> float:
     "The frame rate of `video` (Wan's 16 fps when the container does not say): outputs play at their source's rate."
@@ -299,14 +308,16 @@ def _generate_one(pipe, job:Job, s:GenerateSettings, weights, hashes:dict, overw
     job.marker.parent.mkdir(parents=True, exist_ok=True); job.marker.touch()
     try: _write_result(job, frames, src, p, s, weights, hashes, overwrite, method, msg, pipe, t0)
     except BaseException:                                 # an error, Ctrl-C or SIGTERM: no half result is left (a kill
-        for f in (*o.values(), job.timings, job.marker): f.unlink(missing_ok=True)   # leaves the marker: redone next run)
+        # leaves the marker: redone next run)
+        for f in (*o.values(), job.timings, job.marker): f.unlink(missing_ok=True)
         raise
 
 def _write_result(job:Job, frames, src, p, s:GenerateSettings, weights, hashes:dict, overwrite:bool, method, msg, pipe,
                   t0) -> None:
     "Write the clip, the side-by-side, the timings and the sidecar (last) of `job`, then remove its marker."
     o = job.outputs
-    fps = source_fps(job.video)                           # the generated frames are the source's instants, seen elsewhere
+    # the generated frames are the source's instants, seen elsewhere
+    fps = source_fps(job.video)
     write_video(o['video'], frames, fps=fps, overwrite=overwrite)
     write_comparison(o['comparison'], src, frames, labels=['source', f"{trajectory_name(job.trajectory)} (generated)"],
                      fps=fps, overwrite=overwrite)
@@ -321,10 +332,12 @@ def _write_result(job:Job, frames, src, p, s:GenerateSettings, weights, hashes:d
         device=str(pipe.device), model_dtype=str(pipe.dtype).replace('torch.', ''), threads=torch.get_num_threads(),
         weights=dict(folder=str(Path(weights).resolve()) if weights is not None else None, files=hashes),
         outputs={k: v.name for k, v in o.items()})
-    times = dict(created=time.strftime('%Y-%m-%dT%H:%M:%S%z'), timings={k: round(v, 3) for k, v in pipe.timings.items()},
+    times = dict(created=time.strftime('%Y-%m-%dT%H:%M:%S%z'),
+                 timings={k: round(v, 3) for k, v in pipe.timings.items()},
                  seconds=round(time.perf_counter() - t0, 3))            # these differ from run to run: kept apart
     with atomic_path(job.timings, overwrite=True) as tmp: tmp.write_text(json.dumps(times, indent=1) + '\n')
-    with atomic_path(o['sidecar'], overwrite=overwrite) as tmp: tmp.write_text(json.dumps(side, indent=1, ensure_ascii=False) + '\n')
+    with atomic_path(o['sidecar'], overwrite=overwrite) as tmp:
+        tmp.write_text(json.dumps(side, indent=1, ensure_ascii=False) + '\n')
     job.marker.unlink(missing_ok=True)                    # complete: all three files are there
 
 # %% ../nbs/32_generate.ipynb #ec53bdbc
@@ -334,7 +347,8 @@ def _preflight(jobs:list[Job], s:GenerateSettings, overwrite:bool, strict:bool) 
     results, todo, redo = {}, [], set()
     for j in jobs:
         if j.out.suffix.lower() != '.mp4': raise InfcamError(f"output must be an .mp4 file, got {j.out}")
-        if any(os.path.realpath(p) == os.path.realpath(j.video) for p in j.outputs.values()):   # realpath: no error on a link loop
+        # realpath: no error on a link loop
+        if any(os.path.realpath(p) == os.path.realpath(j.video) for p in j.outputs.values()):
             raise InfcamError(f"--out {j.out} would replace the source video {j.video}; choose another output")
         if j.marker.exists():                             # cut short by a kill: finish it
             redo.add(id(j)); todo.append(j); continue
@@ -439,15 +453,17 @@ def run_sharded(jobs:list[Job], weights, settings:GenerateSettings|dict|None=Non
     with contextlib.ExitStack() as locks:                 # the launcher holds the folders for all its processes
         if is_lead():
             for d in outs: locks.enter_context(folder_lock(d, 'generate'))
-        threads = None if launched_externally() else torch.get_num_threads()   # Lightning gives each process cores/devices
+        # Lightning gives each process cores/devices
+        threads = None if launched_externally() else torch.get_num_threads()
         return fabric.launch(_shard_worker, jobs, weights, s, run, overwrite, progress, quiet, threads)
 
 # %% ../nbs/32_generate.ipynb #4533823b
 def run_settings(run:TrainingRun, s:dict) -> dict:
-    "Settings `s` with the unset ones taken from the run: its frames and size, float32, and no guidance for random text."
+    """Settings `s` with the unset ones taken from the run: its
+    frames and size, float32, and no guidance for random text."""
     d, out = run.data, dict(s)
-    for k, v in (('frames', d.get('num_frames')), ('height', d.get('height')), ('width', d.get('width')), ('dtype', 'fp32'),
-                 ('cfg', 1.0 if d.get('text') == 'random' else None)):
+    for k, v in (('frames', d.get('num_frames')), ('height', d.get('height')), ('width', d.get('width')),
+                 ('dtype', 'fp32'), ('cfg', 1.0 if d.get('text') == 'random' else None)):
         if out.get(k) is None and v is not None: out[k] = v
     return out
 
@@ -466,8 +482,8 @@ def resolve_settings(weights, settings:GenerateSettings|dict|None=None,
 # %% ../nbs/32_generate.ipynb #b0a1fa41
 def load_run_pipeline(run:TrainingRun, s:GenerateSettings, weights=None):
     """An `InfCamPipeline` for a training run: the trained DiT (backbone rebuilt as recorded), its scheduler, and the
-    codec and text encoder it was trained with (`PixelCodec`, `DCTCodec` and `RandomTextEncoder` need no files; the Wan VAE and
-    umT5 come from the released `weights` folder)."""
+    codec and text encoder it was trained with (`PixelCodec`, `DCTCodec` and `RandomTextEncoder` need no files; the Wan
+    VAE and umT5 come from the released `weights` folder)."""
     from infcam.pipeline import InfCamPipeline, RandomTextEncoder
     from infcam.checkpoints import load_trained, trained_scheduler
     from infcam.vae import weightless_codec
@@ -475,18 +491,20 @@ def load_run_pipeline(run:TrainingRun, s:GenerateSettings, weights=None):
     model = load_trained(run.checkpoint, dtype=as_dtype(s.dtype), device='cpu')
     codec_tag, text = run.data.get('codec'), run.data.get('text')
     if codec_tag is None or text is None:
-        raise InfcamError(f"{run.run_dir or run.checkpoint}: the run does not record how its data was encoded (an older run); "
-                          "generate with it from Python (infcam.checkpoints.load_trained)")
+        raise InfcamError(f"{run.run_dir or run.checkpoint}: the run does not record how its data was encoded "
+                          "(an older run); generate with it from Python (infcam.checkpoints.load_trained)")
     codec = weightless_codec(codec_tag)
     te = RandomTextEncoder(model.config.text_dim, text_len=model.config.text_len) if text == 'random' else None
     if codec is None or te is None:
         from infcam.weights import check_weights
         if weights is None or Path(weights) == run.run_dir:
-            raise InfcamError(f"this run was trained on {codec_tag} latents and {text} text states: pass the Wan2.1 weights "
-                              f"folder with --weights and the run's checkpoint with --checkpoint {run.checkpoint}")
+            raise InfcamError(f"this run was trained on {codec_tag} latents and {text} text states: pass the Wan2.1 "
+                              "weights folder with --weights and the run's checkpoint with --checkpoint "
+                              f"{run.checkpoint}")
         report = check_weights(weights, s.spec)
         c = report.components
-        if bad := [k for k in (['vae'] if codec is None else []) + (['text_encoder', 'tokenizer'] if te is None else []) if not c[k].ok]:
+        if bad := [k for k in (['vae'] if codec is None else []) + (['text_encoder', 'tokenizer'] if te is None else [])
+                   if not c[k].ok]:
             raise InfcamError(f"weights in {weights}: " + '; '.join(p for k in bad for p in c[k].problems[:1]))
         if codec is None:
             from infcam.vae import load_wan_vae, WanVAECodec
@@ -513,7 +531,8 @@ def settings_from_sidecar(path) -> dict:
     if not path.is_file(): raise InfcamError(f"sidecar not found: {path}")
     try: d = json.loads(path.read_text())
     except ValueError as e: raise InfcamError(f"{path} is not JSON: {e}") from None
-    if d.get('command') != 'generate' or 'settings' not in d: raise InfcamError(f"{path} is not an `infcam generate` sidecar")
+    if d.get('command') != 'generate' or 'settings' not in d:
+        raise InfcamError(f"{path} is not an `infcam generate` sidecar")
     known = GenerateSettings.defaults()
     return dict(settings={k: v for k, v in d['settings'].items() if k in known}, video=d['video'], prompt=d['prompt'],
                 trajectory=d['trajectory'], weights=d['weights']['folder'], hashes=d['weights'].get('files', {}),
@@ -524,18 +543,27 @@ def _add_source_args(g:argparse.ArgumentParser):
     "The options naming what to generate and where: one clip, a batch folder, or a sidecar to re-run."
     g.add_argument('--video', help='source clip (mp4, mov, ...)')
     g.add_argument('--prompt', help='text describing the scene')
-    g.add_argument('--trajectory', help='preset name or number (1-10; starts about 10 degrees off and passes through the source camera at its middle frame, as the released presets do), a trajectory file (.yaml/.json; starts at the source camera), or camera_extrinsics.json:camXX[@camYY]')
+    g.add_argument('--trajectory',
+                   help='preset name or number (1-10; starts about 10 degrees off and passes through the source camera '
+                   'at its middle frame, as the released presets do), a trajectory file (.yaml/.json; starts at the '
+                   'source camera), or camera_extrinsics.json:camXX[@camYY]')
     g.add_argument('--out', help='output .mp4 (single mode)')
-    g.add_argument('--batch', metavar='FOLDER', help='folder with metadata.csv (file_name,text) and the clips, or videos/')
+    g.add_argument('--batch', metavar='FOLDER',
+                   help='folder with metadata.csv (file_name,text) and the clips, or videos/')
     g.add_argument('--trajectories', help='batch mode: comma-separated trajectories (each clip x each)')
     g.add_argument('--out-dir', help='batch mode: folder for the results')
-    g.add_argument('--from', dest='from_json', metavar='JSON', help="re-run a result from its JSON sidecar (options given here override)")
+    g.add_argument('--from', dest='from_json', metavar='JSON',
+                   help="re-run a result from its JSON sidecar (options given here override)")
 
 # %% ../nbs/32_generate.ipynb #62942adc
 def _add_weights_args(g:argparse.ArgumentParser):
     "The options naming the weights: a released folder or a training run, a checkpoint, the expected shapes."
-    g.add_argument('--weights', help='weights folder (see `infcam weights check`), or a training run folder of `python -m infcam.train`')
-    g.add_argument('--checkpoint', help='the InfCam checkpoint, if it is not inside the weights folder, or a training checkpoint RUN_DIR/ckpt/stepN')
+    g.add_argument('--weights',
+                   help='weights folder (see `infcam weights check`), '
+                        'or a training run folder of `python -m infcam.train`')
+    g.add_argument('--checkpoint',
+                   help='the InfCam checkpoint, if it is not inside the weights folder, '
+                        'or a training checkpoint RUN_DIR/ckpt/stepN')
     g.add_argument('--size', choices=WEIGHT_SIZES, help="expected shapes: released (default) or the tiny test model")
 
 # %% ../nbs/32_generate.ipynb #e692bcd9
@@ -551,11 +579,12 @@ def _add_sampling_args(g:argparse.ArgumentParser):
     g.add_argument('--seed', type=int, help=f"noise seed (default {d['seed']})")
     g.add_argument('--zoom', type=float, help='target focal length = zoom x source (default 1)')
     k = g.add_mutually_exclusive_group()
-    k.add_argument('--focal-mm', type=float, help='source focal length in mm on a 23.76 mm sensor (default 24)')
+    k.add_argument('--focal-mm', type=float,
+                   help=f'source focal length in mm on a 23.76 mm sensor (default {DEFAULT_FOCAL_MM:g})')
     k.add_argument('--fov', type=float, help='source horizontal field of view in degrees')
     k.add_argument('--fx', type=float, help='source focal length in pixels at --height x --width')
     k.add_argument('--estimate', choices=list(ESTIMATE_METHODS), help='estimate the source focal length from the clip '
-                   '(falls back to 24 mm, with a message, when it cannot)')
+                   f'(falls back to {DEFAULT_FOCAL_MM:g} mm, with a message, when it cannot)')
 
 # %% ../nbs/32_generate.ipynb #0065b936
 def _add_run_args(g:argparse.ArgumentParser):
@@ -566,14 +595,18 @@ def _add_run_args(g:argparse.ArgumentParser):
     g.add_argument('--dtype', choices=DTYPE_CHOICES, help=f"DiT weights dtype (default {d['dtype']})")
     g.add_argument('--vae-tiled', action='store_true', default=None, help='decode in tiles (less memory)')
     g.add_argument('--numerics', choices=NUMERICS, help="exact (default): float32 timesteps, latents and VAE; "
-                   "released: the published pipeline's own numerics step for step (bf16 timesteps, latents and tiled VAE, "
-                   "PIL resize then crop, frames floored to 8 bits), to remake the paper's videos")
+                   "released: the published pipeline's own numerics step for step (bf16 timesteps, latents and "
+                   "tiled VAE, PIL resize then crop, frames floored to 8 bits), to remake the paper's videos")
     g.add_argument('--deterministic', action='store_true', default=None, help='deterministic GPU kernels '
-                   '(torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG); slower. The CPU is deterministic anyway')
+                   '(torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG); slower. '
+                   'The CPU is deterministic anyway')
     g.add_argument('--base-only', action='store_true', default=None,
-                   help='generate WITHOUT camera control from the base Wan DiT (no InfCam checkpoint needed); off by default')
-    g.add_argument('--devices', type=int, default=1, help='batch mode: processes (GPUs) per node sharing the jobs (default 1)')
-    g.add_argument('--num-nodes', type=int, default=1, help='batch mode: nodes (set MASTER_ADDR, MASTER_PORT, NODE_RANK on each)')
+                   help='generate WITHOUT camera control from the base Wan DiT (no InfCam checkpoint needed); '
+                        'off by default')
+    g.add_argument('--devices', type=int, default=1,
+                   help='batch mode: processes (GPUs) per node sharing the jobs (default 1)')
+    g.add_argument('--num-nodes', type=int, default=1,
+                   help='batch mode: nodes (set MASTER_ADDR, MASTER_PORT, NODE_RANK on each)')
     g.add_argument('--overwrite', action='store_true', help='replace existing outputs')
     g.add_argument('--quiet', action='store_true', help='no progress bars')
 
@@ -582,7 +615,8 @@ def _run_batch(args:argparse.Namespace, s:dict, run:TrainingRun|None, weights, t
     """Batch mode of `run_generate`: every clip of `args.batch` x every trajectory, in one process or sharded; `s`: the
     settings given (None: unset), `run`: the training run `weights` name, if any."""
     if args.video or args.out or args.prompt is not None:
-        raise InfcamError("batch mode takes the clips and prompts from metadata.csv and writes to --out-dir; drop --video/--prompt/--out")
+        raise InfcamError("batch mode takes the clips and prompts from metadata.csv and writes to --out-dir; drop "
+                          "--video/--prompt/--out")
     if not args.out_dir: raise InfcamError("batch mode needs --out-dir")
     trajs = [t.strip() for t in (args.trajectories or traj or '').split(',') if t.strip()]
     if not trajs: raise InfcamError("batch mode needs --trajectories a,b,... (or --trajectory)")
@@ -611,10 +645,12 @@ def run_generate(args:argparse.Namespace) -> list[JobResult]:
         if args.batch: raise InfcamError("--from re-runs one result; it cannot be combined with --batch")
         r = settings_from_sidecar(args.from_json)
         s = {**r['settings'], **{k: v for k, v in s.items() if v is not None}}
-        if video is None and r['video_sha256'] and Path(r['video']).is_file() and file_sha256(r['video'], cache=False) != r['video_sha256']:
-            raise InfcamError(f"{r['video']} is not the video {args.from_json} was made from (its sha256 changed); restore it, "
-                              "or give --video to generate from this one on purpose")
-        weights, video, prompt, traj = weights or r['weights'], video or r['video'], prompt if prompt is not None else r['prompt'], traj or r['trajectory']
+        if (video is None and r['video_sha256'] and Path(r['video']).is_file()
+                and file_sha256(r['video'], cache=False) != r['video_sha256']):
+            raise InfcamError(f"{r['video']} is not the video {args.from_json} was made from (its sha256 changed); "
+                              "restore it, or give --video to generate from this one on purpose")
+        weights, video, prompt, traj = (weights or r['weights'], video or r['video'],
+                                        prompt if prompt is not None else r['prompt'], traj or r['trajectory'])
         hashes = r['hashes']
     log = (lambda *a: None) if args.quiet else print
     run = training_run(weights, s['checkpoint'])          # looked for once; unset settings come from it
@@ -622,26 +658,32 @@ def run_generate(args:argparse.Namespace) -> list[JobResult]:
         prompt = run.config['caption']
     if args.batch: return _run_batch(args, s, run, weights, traj, log)
     if args.trajectories: raise InfcamError("--trajectories is for --batch; give one --trajectory")
-    if args.devices != 1 or args.num_nodes != 1: raise InfcamError("--devices and --num-nodes share the jobs of a --batch run")
-    missing = [n for n, v in (('--video', video), ('--prompt', prompt), ('--trajectory', traj), ('--out', args.out)) if v is None]
+    if args.devices != 1 or args.num_nodes != 1:
+        raise InfcamError("--devices and --num-nodes share the jobs of a --batch run")
+    missing = [n for n, v in (('--video', video), ('--prompt', prompt), ('--trajectory', traj), ('--out', args.out))
+               if v is None]
     if missing: raise InfcamError(f"missing {', '.join(missing)} (or use --batch FOLDER, or --from result.json)")
     res = run_jobs([Job(Path(video), prompt, str(traj), Path(args.out))], weights, s, overwrite=args.overwrite,
                    strict=True, progress=not args.quiet, log=log, run=run)
     if hashes is not None:
         new = json.loads(Path(args.out).with_suffix('.json').read_text())['weights']['files']
-        same = {k: [f['sha256'] for f in v] for k, v in new.items()} == {k: [f['sha256'] for f in v] for k, v in hashes.items()}
-        if not same: print("warning: the weights differ from the ones recorded in the sidecar; the result will differ", file=sys.stderr)
-    print(f"wrote {Path(args.out)}, {Path(args.out).with_suffix('.sbs.mp4').name}, {Path(args.out).with_suffix('.json').name}")
+        same = ({k: [f['sha256'] for f in v] for k, v in new.items()}
+                == {k: [f['sha256'] for f in v] for k, v in hashes.items()})
+        if not same:
+            print("warning: the weights differ from the ones recorded in the sidecar; the result will differ",
+                  file=sys.stderr)
+    print(f"wrote {Path(args.out)}, {Path(args.out).with_suffix('.sbs.mp4').name}, "
+          f"{Path(args.out).with_suffix('.json').name}")
     return res
 
 # %% ../nbs/32_generate.ipynb #867bf441
 def add_generate_parser(subparsers) -> argparse.ArgumentParser:
     "Add the `generate` subcommand (all options, `func=run_generate`) to an argparse `subparsers` object."
     g = subparsers.add_parser('generate', help='generate a clip (or a folder of clips) along new camera paths',
-        description='Generate a source video seen along a new camera trajectory with InfCam. Writes OUT.mp4, a labelled '
-                    'side-by-side OUT.sbs.mp4 and a JSON sidecar OUT.json with every setting (reproduce it with --from). '
-                    'Batch mode (--batch FOLDER with metadata.csv file_name,text, --trajectories a,b, --out-dir) skips '
-                    'results that exist and goes on past bad clips.')
+        description='Generate a source video seen along a new camera trajectory with InfCam. Writes OUT.mp4, a '
+                    'labelled side-by-side OUT.sbs.mp4 and a JSON sidecar OUT.json with every setting (reproduce it '
+                    'with --from). Batch mode (--batch FOLDER with metadata.csv file_name,text, --trajectories a,b, '
+                    '--out-dir) skips results that exist and goes on past bad clips.')
     for add in (_add_source_args, _add_weights_args, _add_sampling_args, _add_run_args): add(g)
     g.set_defaults(func=run_generate)
     return g

@@ -20,17 +20,20 @@ __all__ = ['UNCOVERED_GREY', 'source_intrinsics', 'rotation_only', 'demo_clip', 
            'static_preview_note']
 
 # %% ../nbs/06_preview.ipynb #5bf5e7ea
-def source_intrinsics(height:int, width:int, focal_mm:float|None=None, fov:float|None=None, fx:float|None=None) -> torch.Tensor:
+def source_intrinsics(height:int, width:int, focal_mm:float|None=None, fov:float|None=None,
+                      fx:float|None=None) -> torch.Tensor:
     """Pixel intrinsics `[fx, fy, cx, cy]` from a focal length in mm (23.76 mm sensor), a horizontal field of view in
     degrees, or `fx` in pixels; `DEFAULT_FOCAL_MM` (24) by default."""
     given = [v is not None for v in (focal_mm, fov, fx)]
     if sum(given) > 1: raise InfcamError("give only one of focal_mm, fov and fx")
     if focal_mm is not None: check_focal_mm(focal_mm)
     for name, v in (('fov', fov), ('fx', fx)):
-        if v is not None and not (math.isfinite(v) and v > 0): raise InfcamError(f"{name} must be a positive finite number, got {v}")
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise InfcamError(f"{name} must be a positive finite number, got {v}")
     if fov is not None and fov >= 180: raise InfcamError(f"fov must be below 180 degrees, got {fov}")
     if fx is None:
-        fx = fov_to_focal_px(fov, height, width) if fov is not None else focal_mm_to_px(DEFAULT_FOCAL_MM if focal_mm is None else focal_mm, height, width)
+        fx = (fov_to_focal_px(fov, height, width) if fov is not None
+              else focal_mm_to_px(DEFAULT_FOCAL_MM if focal_mm is None else focal_mm, height, width))
     return pixel_intrinsics(float(fx), height, width)
 
 # %% ../nbs/06_preview.ipynb #34f82c84
@@ -54,7 +57,8 @@ def rotation_only(video:torch.Tensor,     # (F, 3, H, W) source frames in [0, 1]
     return torch.cat(out), torch.cat(masks)
 
 # %% ../nbs/06_preview.ipynb #b65a58bc
-def demo_clip(num_frames:int=81, height:int=240, width:int=416, seed:int=0, focal_mm:float=24.0, progress:bool=True) -> torch.Tensor:
+def demo_clip(num_frames:int=81, height:int=240, width:int=416, seed:int=0, focal_mm:float=DEFAULT_FOCAL_MM,
+              progress:bool=True) -> torch.Tensor:
     "Render the built-in demo clip `(num_frames, 3, height, width)` in [0, 1]: a slow dolly with a gentle sway."
     from infcam.render import demo_scene, render_view, rotation_matrix
     scene = demo_scene(seed)
@@ -75,7 +79,8 @@ UNCOVERED_GREY = 0.15     # the grey of the target pixels the source does not co
 
 def preview_frames(src:torch.Tensor,          # (F, 3, H, W) source frames in [0, 1]
                    c2w:torch.Tensor,          # (F, 4, 4) target poses, as `load_trajectory` gives them
-                   traj_zoom:torch.Tensor,    # (F,) the trajectory's zoom per frame (`load_trajectory(..., with_zoom=True)`)
+                   # (F,) the trajectory's zoom per frame (`load_trajectory(..., with_zoom=True)`)
+                   traj_zoom:torch.Tensor,
                    K_src:torch.Tensor,        # (4,) pixel intrinsics of the source
                    zoom:float=1.0, first_frame:bool=False, progress:bool=True) -> tuple[torch.Tensor, torch.Tensor]:
     """The rotation-only re-render of `src` along a trajectory as `infcam preview` shows it, and its mask:
@@ -115,7 +120,8 @@ def preview(video:str|Path|None=None, trajectory:str='pan_right', out:str|Path|N
 
 # %% ../nbs/06_preview.ipynb #b1459e9f
 def static_preview_note(trajectory, num_frames:int=81, zoom:float=1.0, tol_deg:float=0.05) -> str|None:
-    "The line to print when `trajectory` has no rotation and no lens change, so its preview equals the source; else None."
+    """The line to print when `trajectory` has no rotation and no
+    lens change, so its preview equals the source; else None."""
     c2w, traj_zoom = load_trajectory(trajectory, num_frames=num_frames, with_zoom=True)
     R = c2w[:, :3, :3].double()
     cos = ((R.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1, 1)

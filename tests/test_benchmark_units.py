@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from infcam.benchmark import BenchConfig, markdown_table, run_benchmark, score, summarize, eval_pairs
+from infcam.benchmark import BenchConfig, EvalPair, markdown_table, run_benchmark, score, summarize, eval_pairs
 from infcam.core import InfcamError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +30,8 @@ def test_score_and_summary_by_hand():
     g = torch.Generator().manual_seed(0)
     gt = torch.rand(9, 3, 32, 48, generator=g)
     noisy = (gt + 0.1).clamp(0, 1)
-    pair = dict(K_tgt=torch.tensor([40., 40., 24., 16.]), ref=torch.eye(4).expand(9, 4, 4))
+    K, still = torch.tensor([40., 40., 24., 16.]), torch.eye(4).expand(9, 4, 4)
+    pair = EvalPair("shared", "scene1", 0, "cam01", "cam02", Path("a.mp4"), Path("b.mp4"), "", K, K, still, still, still)
     s = score(noisy, gt, pair, 9)
     mse = ((noisy - gt)[[0, 4, 8]] ** 2).mean()
     assert abs(s["PSNR"] - float(10 * torch.log10(1 / mse))) < 1e-3
@@ -47,26 +48,26 @@ def test_pairs_are_fixed_and_share_cameras_across_splits(tmp_path):
     make_dataset(tmp_path / "test", 1, seed=cfg.test_seed, focal_mms=(cfg.focal_mm, cfg.test_focal_mm),
                  num_frames=cfg.num_frames, height=cfg.height, width=cfg.width, progress=False)
     pairs = eval_pairs(tmp_path / "test", cfg)
-    assert [p["split"] for p in pairs] == ["shared", "different"] * 2
+    assert [p.split for p in pairs] == ["shared", "different"] * 2
     again = eval_pairs(tmp_path / "test", cfg)
-    assert [(p["source_camera"], p["target_camera"]) for p in pairs] == [(p["source_camera"], p["target_camera"]) for p in again]
+    assert [(p.source_camera, p.target_camera) for p in pairs] == [(p.source_camera, p.target_camera) for p in again]
     for a, b in (pairs[:2], pairs[2:]):
-        assert (a["source_camera"], a["target_camera"]) == (b["source_camera"], b["target_camera"])
-        assert a["source_camera"] != a["target_camera"]
-        assert torch.allclose(a["c2w"], b["c2w"], atol=1e-4)             # same cameras, another lens
-        assert torch.allclose(b["K_tgt"][:2], a["K_tgt"][:2] * cfg.test_focal_mm / cfg.focal_mm)
-        assert torch.allclose(a["ref"][0], torch.eye(4), atol=1e-5)
+        assert (a.source_camera, a.target_camera) == (b.source_camera, b.target_camera)
+        assert a.source_camera != a.target_camera
+        assert torch.allclose(a.c2w, b.c2w, atol=1e-4)             # same cameras, another lens
+        assert torch.allclose(b.K_tgt[:2], a.K_tgt[:2] * cfg.test_focal_mm / cfg.focal_mm)
+        assert torch.allclose(a.ref[0], torch.eye(4), atol=1e-5)
     with pytest.raises(InfcamError, match="missing"):
         eval_pairs(tmp_path / "test", BenchConfig.budget("smoke", test_scenes=2))
     two = BenchConfig.budget("smoke", pairs_per_scene=2, test_scenes=2)
     make_dataset(tmp_path / "test2", 2, seed=two.test_seed, focal_mms=(two.focal_mm, two.test_focal_mm),
                  num_frames=two.num_frames, height=two.height, width=two.width, progress=False)
     pairs = eval_pairs(tmp_path / "test2", two)
-    swapped = [p for p in pairs if p["split"] == "swapped"]
-    shared = [p for p in pairs if p["split"] == "shared"]
-    assert len(swapped) == two.train_pairs and all(p["scene"] in p["target"].parts and p["scene"] not in p["source"].parts
+    swapped = [p for p in pairs if p.split == "swapped"]
+    shared = [p for p in pairs if p.split == "shared"]
+    assert len(swapped) == two.train_pairs and all(p.scene in p.target.parts and p.scene not in p.source.parts
                                                    for p in swapped)       # the source comes from the other scene
-    assert [(p["scene"], p["pair"], p["target"]) for p in swapped] == [(p["scene"], p["pair"], p["target"]) for p in shared[:2]]
+    assert [(p.scene, p.pair, p.target) for p in swapped] == [(p.scene, p.pair, p.target) for p in shared[:2]]
 
 
 def test_bench_runs_on_wan_vae_latents(tmp_path, monkeypatch):
