@@ -23,9 +23,9 @@ __all__ = ['VARIANTS', 'BASELINES', 'REFERENCE', 'BENCH_CAPTION', 'SMALL_MODEL',
            'TEXT_FIELDS', 'PAIR_KEY', 'TEST_SPLITS', 'CAMERA_ERRORS', 'SCORING_SETTINGS', 'BenchConfig',
            'check_bench_values', 'check_bench_setup', 'bench_codec', 'make_data', 'backbone_settings', 'find_backbone',
            'ensure_backbone', 'EvalPair', 'eval_pairs', 'train_command', 'train_variant', 'copy_source',
-           'homography_warp', 'first_frame_warp', 'TrainedMethod', 'score', 'scorer_versions', 'scorer_tag',
-           'read_rows', 'write_table', 'sample_path', 'evaluate', 'summarize', 'markdown_table', 'learning_table',
-           'paired_difference', 'findings', 'plot_summary', 'plot_samples', 'run_benchmark']
+           'homography_warp', 'first_frame_warp', 'TrainedMethod', 'score', 'scorer_versions', 'code_fingerprint',
+           'scorer_tag', 'read_rows', 'write_table', 'sample_path', 'evaluate', 'summarize', 'markdown_table',
+           'learning_table', 'paired_difference', 'findings', 'plot_summary', 'plot_samples', 'run_benchmark']
 
 # %% ../nbs/51_benchmark.ipynb #eb901696
 VARIANTS = {
@@ -466,12 +466,24 @@ def scorer_versions() -> dict:
     import cv2
     return {'opencv': cv2.__version__, 'numpy': np.__version__, 'torch': torch.__version__}
 
+def code_fingerprint(source:str) -> str:
+    "Python `source` as it computes: its syntax tree without comments, docstrings or layout (`ast.dump`)."
+    import ast, textwrap
+    tree = ast.parse(textwrap.dedent(source))
+    for node in ast.walk(tree):
+        body = getattr(node, 'body', None)
+        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree, annotate_fields=False)
+
 def scorer_tag() -> str:
-    "What scores a row, in 12 hex digits: a hash of `score`, of `infcam.metrics` and of `scorer_versions()`."
+    "What scores a row, in 12 hex digits: a hash of the code of `score` and `infcam.metrics`, and `scorer_versions()`."
     import inspect
     from infcam import metrics
     h = hashlib.sha256()
-    for part in (inspect.getsource(score), inspect.getsource(metrics), json.dumps(scorer_versions(), sort_keys=True)):
+    for part in (code_fingerprint(inspect.getsource(score)), code_fingerprint(inspect.getsource(metrics)),
+                 json.dumps(scorer_versions(), sort_keys=True)):
         h.update(part.encode())
     return h.hexdigest()[:12]
 
