@@ -29,7 +29,7 @@ device, first:
         wheels/deepspeed-*.tar.gz && export PYTHONPATH=/tmp/site:$PWD
 (rehearsed on the CPU in a virtual environment holding only what the device has: every section ran).
 """
-import argparse, json, math, os, statistics, subprocess, sys, tempfile, time, traceback
+import argparse, json, math, os, shutil, statistics, subprocess, sys, tempfile, time, traceback
 from pathlib import Path
 
 import torch
@@ -179,6 +179,8 @@ def section_train(a, dev, dtype):
             del resumed
         except Exception as e:
             rows.append(dict(strategy=strategy, error=' '.join(f"{type(e).__name__}: {e}".split())[:300]))
+        finally:
+            shutil.rmtree(run, ignore_errors=True)             # its checkpoints are GBs at full size
         if dev.type == 'cuda': torch.cuda.empty_cache()
     return dict(preset=a.preset, size=a.size, rows=rows)
 

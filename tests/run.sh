@@ -3,7 +3,7 @@
 #  1. the package is exactly what the notebooks export (nbdev_export changes nothing in infcam/)
 #  2. the notebooks are clean (nbdev_clean changes nothing in nbs/)
 #  3. every notebook runs top to bottom on the CPU (nbdev_test; cells flagged slow/gpu/notest are skipped)
-#  4. pytest, on two processes (pytest-xdist; a test file's tests stay in one process, with its fixtures)
+#  4. pytest
 #  5. nothing committed was changed by running them (figures/ is rewritten only with INFCAM_FIGURES=1)
 # It ends with the time each stage took.
 set -euo pipefail
@@ -41,7 +41,7 @@ figs=$(snapshot figures '*')
 nbdev_test --n_workers "${NBDEV_WORKERS:-2}" --timing
 
 stage "pytest"
-python -m pytest tests -q -p no:cacheprovider -n "${PYTEST_WORKERS:-2}" --dist loadfile "$@"
+python -m pytest tests -q -p no:cacheprovider "$@"
 
 stage "the tests left the committed figures alone"
 if [ "$figs" != "$(snapshot figures '*')" ]; then

@@ -1,6 +1,5 @@
 """The benchmark's pieces that need no trained run: its settings, scoring, the fixed pairs, and the full budget's path
-at a tiny size. They live apart from test_benchmark.py, whose fixture trains four runs, so that pytest-xdist runs them
-beside it."""
+at a tiny size (test_benchmark.py holds the tests of its trained smoke run)."""
 import json
 from pathlib import Path
 
