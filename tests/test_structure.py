@@ -238,3 +238,25 @@ def test_the_line_rule_catches_what_it_should():
     text = f'"""{"d" * 130}"""\n\n__all__ = [{"a" * 130}]\n{long}\ny = 1\n'
     assert _long_lines(text) == [4]
     assert _long_lines(long + '\n') == [1]
+
+
+DRAWS = re.compile(r'torch\.(rand|randn|randint|randperm|normal)\(|nn\.(Linear|Conv\w*)\(')
+
+def _unseeded(cells:list[str]) -> bool:
+    "True when a notebook's example cells draw from torch's random generator and its first hidden cell does not seed it."
+    examples = [c for c in cells if not c.startswith('#| export') and '#| default_exp' not in c]
+    first = next((c for c in examples if c.startswith('#| hide')), '')
+    return any(DRAWS.search(c) for c in examples) and 'torch.manual_seed(' not in first
+
+def test_notebooks_seed_their_random_examples():
+    """A check on a random draw (a tolerance, a round trip) passes or fails with the draw: an unseeded one fails now
+    and then (03_homography's inverse did, in CI). Every notebook that draws seeds torch in its first hidden cell."""
+    bad = [nb.name for nb in sorted(ROOT.glob('nbs/[0-9]*.ipynb'))
+           if _unseeded([''.join(c['source']) for c in json.loads(nb.read_text())['cells'] if c['cell_type'] == 'code'])]
+    assert not bad, "notebooks drawing unseeded random examples: " + ', '.join(bad)
+
+def test_the_seed_rule_catches_what_it_should():
+    hide = '#| hide\nfrom fastcore.test import *'
+    assert _unseeded([hide, 'x = torch.randn(3)\nassert x.shape == (3,)'])
+    assert not _unseeded([hide + '\ntorch.manual_seed(0)', 'x = torch.randn(3)'])
+    assert not _unseeded([hide, '#| export\ndef f(): return torch.randn(3)'])     # the library's own draws are not examples
