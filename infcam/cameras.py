@@ -130,7 +130,7 @@ def format_unreal_matrix(m:Tensor) -> str:
     return ''.join('[' + ' '.join(_short(v, 100. if (i == 3 and j < 3) else 1.) for j, v in enumerate(row)) + '] '
                    for i, row in enumerate(a))
 
-# %% ../nbs/01_cameras.ipynb
+# %% ../nbs/01_cameras.ipynb #0c7059c2
 def load_camera_extrinsics(path) -> dict[str, Tensor]:
     """Read a MultiCamVideo `camera_extrinsics.json` -> `{camXX: c2w (F, 4, 4)}`, OpenCV, metres, frames in numeric
     order."""
@@ -172,7 +172,7 @@ def load_camera_extrinsics(path) -> dict[str, Tensor]:
                           f"{float(dev[a, b]):.3g})")
     return {c: c2w[:, b].float() for b, c in enumerate(cams)}
 
-# %% ../nbs/01_cameras.ipynb
+# %% ../nbs/01_cameras.ipynb #134d3257
 def save_camera_extrinsics(path, cameras:dict, overwrite:bool=True) -> Path:
     "Write `{camXX: c2w (F, 4, 4)}` (OpenCV, metres) as a MultiCamVideo `camera_extrinsics.json`, atomically."
     if not cameras: raise InfcamError("no cameras to save")
@@ -308,7 +308,7 @@ def preset(cam_type, num_frames:int=81, extent:float=1.0, full:bool=False, *, an
     c2w = relative_poses(W[-1], W[:-1])
     return c2w if full else c2w[lat, :3, :4]
 
-# %% ../nbs/01_cameras.ipynb
+# %% ../nbs/01_cameras.ipynb #61588619
 SENSOR_MM = 23.76
 
 def _positive(name, v):
@@ -333,7 +333,7 @@ def focal_px_to_mm(f_px, height:int, width:int):
     _positive('focal length (px)', f_px); _positive('height', height); _positive('width', width)
     return f_px * SENSOR_MM / max(height, width)
 
-# %% ../nbs/01_cameras.ipynb
+# %% ../nbs/01_cameras.ipynb #78db8509
 def fov_to_focal_px(fov_deg, height:int, width:int, axis:str='horizontal'):
     "Field of view in degrees across `axis` ('horizontal', 'vertical', 'diagonal') -> focal length in pixels."
     side = _side(height, width, axis)
@@ -350,7 +350,7 @@ def focal_px_to_fov(f_px, height:int, width:int, axis:str='horizontal'):
     if isinstance(f_px, Tensor): return torch.rad2deg(2 * torch.atan(side / 2 / f_px))
     return math.degrees(2 * math.atan(side / 2 / f_px))
 
-# %% ../nbs/01_cameras.ipynb
+# %% ../nbs/01_cameras.ipynb #0fdd5dbc
 def pixel_intrinsics(f_px, height:int, width:int) -> Tensor:
     """`[fx, fy, cx, cy]` (4,) float32 with `fx = fy = f_px` and the principal point at the centre `(W/2, H/2)`; (...,
     4) for a tensor `f_px`."""
