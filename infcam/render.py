@@ -122,7 +122,7 @@ def make_env_map(height:int=256, width:int=512, seed:int=0) -> Tensor:
     img = img * (1 - 0.6 * major[..., None]) + 0.6 * major[..., None] * col(1.0, 0.15, 0.15)
     return img.clamp(0, 1).permute(2, 0, 1).contiguous()
 
-# %% ../nbs/02_render.ipynb
+# %% ../nbs/02_render.ipynb #e0b4c8b9
 def _as_batch(K4, c2w_or_R, mat:int) -> tuple[Tensor, Tensor]:
     K4 = torch.as_tensor(K4, dtype=torch.float32)
     M = torch.as_tensor(c2w_or_R, dtype=torch.float32)
@@ -147,7 +147,7 @@ def camera_rays(K4:Tensor, R:Tensor, height:int, width:int) -> Tensor:
     dc = torch.stack(torch.broadcast_tensors(x[:, None, :], y[:, :, None], torch.ones(1, 1, 1)), -1)
     return torch.einsum('nij,nhwj->nhwi', R, dc)
 
-# %% ../nbs/02_render.ipynb
+# %% ../nbs/02_render.ipynb #bcdf106a
 def _bilinear(flat:Tensor, base, h:int, w:int, u:Tensor, v:Tensor, wrap_x, wrap_y) -> Tensor:
     """Bilinear lookup in images stored flat (C, L) (image k occupies [k*h*w, (k+1)*h*w)) at continuous texel
     coordinates u, v (P,) (texel centres at +0.5) of images starting at `base` (P,) or int; wrapping or clamping per
@@ -176,7 +176,7 @@ def sample_env(env:Tensor, dirs:Tensor) -> Tensor:
     out = _bilinear(env.reshape(C, -1).float(), 0, He, We, u.reshape(-1), v.reshape(-1), True, False)
     return out.T.reshape(dirs.shape[:-1] + (C,))
 
-# %% ../nbs/02_render.ipynb
+# %% ../nbs/02_render.ipynb #8e50953f
 def render_env(env:Tensor, K4:Tensor, R:Tensor, height:int, width:int, ss:int=1) -> Tensor:
     """Render the environment map at infinity: images (N, 3, H, W) for intrinsics K4 (N, 4) or (4,) and camera-to-world
     rotations R (N, 3, 3) or (3, 3); `ss` > 1 supersamples."""
@@ -218,7 +218,7 @@ class Scene:
     env: Tensor
     quads: list = field(default_factory=list)
 
-# %% ../nbs/02_render.ipynb
+# %% ../nbs/02_render.ipynb #819fa2a0
 def make_texture(kind:str='checker', seed:int=0, size:int=64, color=None) -> Tensor:
     "A procedural texture (3, size, size) in [0, 1]: 'checker', 'bricks', 'rings', 'stripes' or 'noise'."
     gen = torch.Generator().manual_seed(seed)
@@ -238,7 +238,7 @@ def make_texture(kind:str='checker', seed:int=0, size:int=64, color=None) -> Ten
     img = c1[:, None, None] * (1 - m) + c2[:, None, None] * m
     return (img * (1 + 0.6 * n)).clamp(0, 1)
 
-# %% ../nbs/02_render.ipynb
+# %% ../nbs/02_render.ipynb #9a936383
 def _frame(u, v) -> Tensor:
     u, v = torch.tensor(u, dtype=torch.float32), torch.tensor(v, dtype=torch.float32)
     return torch.stack([u, v, torch.linalg.cross(u, v)], -1)

@@ -195,6 +195,7 @@ def _weights_file(p:Path) -> Path|None:
         if (p / n).is_file(): return p / n
     return None
 
+# %% ../nbs/16_weights.ipynb #8d63d2d8
 def read_tensors(path, device='meta', dtype:torch.dtype|None=None,
                  what:str='checkpoint') -> tuple[dict[str, Tensor], dict]:
     """`({name: tensor}, info)` from a `.safetensors` file, a shard index `.json`, a diffusers component folder or a
@@ -254,6 +255,7 @@ def find_dit_prefix(names, prefix:str|None=None) -> str:
                                          f"{', '.join(repr(c) for c in cands)}); choose one with prefix=")
     return cands[0]
 
+# %% ../nbs/16_weights.ipynb #a8f97f62
 def infer_dit_config(shapes:dict, num_heads:int|None=None, heads_hint:int|None=None, **overrides) -> WanConfig:
     "A `WanConfig` from `{original name: shape}`; heads from `num_heads`, else `dim // 128`, else `heads_hint`."
     def get(k):
@@ -324,6 +326,7 @@ class DiTCheckpoint:
         if (m := self.mismatch()): raise InfcamError(f"{self.path}: does not fit {self.model_cls.__name__}: {m}")
         return self
 
+# %% ../nbs/16_weights.ipynb #fc1abbe9
 def _compare(found:dict, expected:dict, optional=()) -> tuple[list, list, list]:
     missing = [k for k in expected if k not in found]
     unexpected = [k for k in found if k not in expected and k not in optional]
@@ -438,6 +441,7 @@ def _has_infcam_tensors(f:Path) -> bool:
     try: return any('.self_attn_pre.' in k for k in safetensors_header(f)[0])
     except InfcamError: return False
 
+# %% ../nbs/16_weights.ipynb #b2a52fc6
 def find_weights(folder, infcam_checkpoint=None) -> dict[str, tuple[str, Path, list[Path]]]:
     "`{component: (layout, path, other candidates)}` for the components found under `folder`."
     folder = Path(folder)
@@ -470,7 +474,8 @@ def find_weights(folder, infcam_checkpoint=None) -> dict[str, tuple[str, Path, l
         rel = lp[1].relative_to(folder) if lp[1].is_relative_to(folder) else lp[1]
         return (not re.search(r'infcam|step\d+|umt5', str(rel).lower()), lp[1].suffix != '.safetensors', len(rel.parts),
                 str(rel))
-    return {k: (v[0][0], v[0][1], [p for _, p in v[1:]]) for k, v in ((k, sorted(dict.fromkeys(v), key=rank)) for k, v in c.items()) if v}
+    return {k: (v[0][0], v[0][1], [p for _, p in v[1:]])
+            for k, v in ((k, sorted(dict.fromkeys(v), key=rank)) for k, v in c.items()) if v}
 
 # %% ../nbs/16_weights.ipynb #e763107b
 @dataclass
@@ -489,6 +494,7 @@ class ComponentCheck:
     @property
     def ok(self) -> bool: return self.status == 'ok'
 
+# %% ../nbs/16_weights.ipynb #d8115ca1
 @dataclass
 class WeightsReport:
     "Per-component result of `check_weights`; `usable`, `problems`, and a table when printed."
@@ -507,7 +513,8 @@ class WeightsReport:
 
     @property
     def usable_base_only(self) -> bool:
-        "True when generation WITHOUT camera control can run (asked for explicitly): the base DiT and the encoders are ok."
+        """True when generation WITHOUT camera control can run (asked for explicitly): the base DiT and the encoders are
+        ok."""
         c = self.components
         return c['dit'].ok and all(c[k].ok for k in ('vae', 'text_encoder', 'tokenizer'))
 
@@ -517,9 +524,11 @@ class WeightsReport:
         return [f"{TITLES[k]}: {p}" for k, c in self.components.items() for p in c.problems]
 
     def __str__(self) -> str:
-        rel = lambda p: '-' if p is None else (str(p.relative_to(self.folder)) if p.is_relative_to(self.folder) else str(p)) + ('/' if p.is_dir() else '')
+        rel = lambda p: '-' if p is None else (str(p.relative_to(self.folder)) if p.is_relative_to(self.folder)
+                                               else str(p)) + ('/' if p.is_dir() else '')
         rows = [(TITLES[k], c.status, c.layout or '-', f"{c.tensors:,d}" if c.tensors else '-',
-                 ', '.join(str(t).replace('torch.', '') for t in c.dtypes) or '-', rel(c.path)) for k, c in self.components.items()]
+                 ', '.join(str(t).replace('torch.', '') for t in c.dtypes) or '-', rel(c.path))
+                for k, c in self.components.items()]
         head = ('component', 'status', 'layout', 'tensors', 'dtype', 'file')
         w = [max(len(r[i]) for r in [head, *rows]) for i in range(5)]
         fmt = lambda r: '  '.join(s.ljust(n) for s, n in zip(r, w)) + '  ' + r[5]
@@ -549,6 +558,7 @@ def _summarise(c:ComponentCheck, tensors:dict) -> None:
     c.numbers = sum(t.numel() for t in tensors.values())
     c.dtypes = dict(Counter(t.dtype for t in tensors.values()).most_common())
 
+# %% ../nbs/16_weights.ipynb #d8ad91b8
 def _check_dit(c:ComponentCheck, path:Path, spec:WeightsSpec, kind:str) -> None:
     ck = read_dit_checkpoint(path, spec.dit, device='meta')
     _summarise(c, ck.state_dict)
