@@ -90,6 +90,7 @@ def palindrome_indices(num_frames:int, start:int|None=None) -> list[int]:
     fwd = list(range(start, start + m))
     return fwd + fwd[-2::-1]
 
+# %% ../nbs/22_augment.ipynb #cc94437e
 def default_window(num_frames:int) -> int:
     "The shift windows' length: the largest `4k+1` up to half the clip (81 -> 41, 9 -> 5)."
     return max(1, ((num_frames + 1) // 2 - 1) // 4 * 4 + 1)
@@ -99,7 +100,8 @@ def trajectory_plan(num_frames:int, kinds=('shift', 'reverse', 'palindrome'), sh
     "`{suffix: frame indices}` of the re-timings of a `num_frames` clip: `_t<s>` per shift, `_rev`, `_pal`."
     kinds = () if kinds is None else (kinds,) if isinstance(kinds, str) else tuple(kinds)
     bad = [k for k in kinds if k not in ('shift', 'reverse', 'palindrome')]
-    if bad: raise InfcamError(f"unknown trajectory augmentation(s) {', '.join(map(str, bad))}; use shift, reverse, palindrome")
+    if bad: raise InfcamError(f"unknown trajectory augmentation(s) {', '.join(map(str, bad))}; "
+                              "use shift, reverse, palindrome")
     plan = {}
     if 'shift' in kinds:
         L = default_window(num_frames) if window is None else window
@@ -110,6 +112,7 @@ def trajectory_plan(num_frames:int, kinds=('shift', 'reverse', 'palindrome'), sh
     if 'palindrome' in kinds and num_frames > 1: plan['_pal'] = palindrome_indices(num_frames)
     return plan
 
+# %% ../nbs/22_augment.ipynb #eea4c564
 def retime(frames:Tensor|None, c2w, idx) -> tuple:
     """Apply a re-timing: frames (F, ...) -> frames[idx]; c2w (..., F, 4, 4) or `{cam: (F, 4, 4)}` -> the same frames.
     Output frame k holds source frame idx[k] for pixels and poses alike."""
@@ -119,9 +122,11 @@ def retime(frames:Tensor|None, c2w, idx) -> tuple:
     if c2w is not None: c2w = {k: pick(v) for k, v in c2w.items()} if isinstance(c2w, dict) else pick(c2w)
     return frames, c2w
 
-def shift_window(frames, c2w, shift:int, length:int): return retime(frames, c2w, shift_indices(len(frames), shift, length))
+def shift_window(frames, c2w, shift:int, length:int):
+    return retime(frames, c2w, shift_indices(len(frames), shift, length))
 def reverse_window(frames, c2w): return retime(frames, c2w, reverse_indices(len(frames)))
-def palindrome_window(frames, c2w, start:int|None=None): return retime(frames, c2w, palindrome_indices(len(frames), start))
+def palindrome_window(frames, c2w, start:int|None=None):
+    return retime(frames, c2w, palindrome_indices(len(frames), start))
 
 # %% ../nbs/22_augment.ipynb #74e7785c
 def source_scenes(src, incomplete:dict|None=None) -> list[Path]:
