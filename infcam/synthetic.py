@@ -204,6 +204,7 @@ def env_height(spec:SceneSpec) -> int:
     f = focal_mm_to_px(spec.focal_mm, spec.height, spec.width) * spec.ss
     return int(min(1024, max(128, 2 ** math.floor(math.log2(math.pi * f)))))
 
+# %% ../nbs/20_synthetic.ipynb #2d7c6603
 def make_scene(spec:SceneSpec) -> Scene:
     """The `Scene` (environment at infinity plus textured quads, some moving) that `spec` describes, in world
     coordinates."""
@@ -287,6 +288,7 @@ def scene_at(scene:Scene, t:float|None) -> Scene:
                              replace(q, center=q.center + (q.motion(t) if t is not None else 0), motion=None)
                              for q in scene.quads])
 
+# %% ../nbs/20_synthetic.ipynb #11e47d64
 def render_cameras(scene:Scene, c2w:Tensor, K4:Tensor, height:int, width:int, t:Tensor|None=None, ss:int=1,
                    depth:bool=False, chunk:int=256):
     """Render `scene` from cameras c2w (C, F, 4, 4) with intrinsics K4 (4,), (C, 4) or (C, F, 4) at times t (F,)
@@ -318,6 +320,7 @@ def render_cameras(scene:Scene, c2w:Tensor, K4:Tensor, height:int, width:int, t:
             if depth: deps.view(-1, 1, height, width)[s:s + chunk] = dp
     return (ims, deps) if depth else ims
 
+# %% ../nbs/20_synthetic.ipynb #6dd18cca
 def render_scene(spec:SceneSpec, cameras:list[str]|None=None, frames=None, depth:bool=False) -> dict:
     """The ground truth of `spec`: dict with `frames` (C, F, 3, H, W), `c2w` (C, F, 4, 4) world poses, `K4` (4,),
     `t` (F,), `names` (C) and `depth` (C, F, 1, H, W) if asked; `cameras` picks camera names, `frames` frame indices."""
@@ -367,6 +370,7 @@ def _write_files(d:Path, spec:SceneSpec, save_depth:bool, crf:int):
                 cameras={n: (PRESET_NAMES[int(n[3:])] if int(n[3:]) <= NUM_CAMERAS else 'random') for n in poses})
     scene_info_file(d).write_text(json.dumps(meta, indent=1) + '\n')
 
+# %% ../nbs/20_synthetic.ipynb #03b97fbe
 def write_scene(root, setting:str|None, scene_name:str, spec:SceneSpec, overwrite:bool=False,
                 save_depth:bool=False, crf:int=18) -> Path:
     """Render `spec` to `<root>/<setting>/<scene_name>/` (cameras/, videos/, scene.json, optionally depth/) atomically;
@@ -374,7 +378,8 @@ def write_scene(root, setting:str|None, scene_name:str, spec:SceneSpec, overwrit
     if not isinstance(spec, SceneSpec): raise InfcamError(f"spec must be a SceneSpec, got {type(spec).__name__}")
     setting = setting_name(spec.focal_mm) if setting is None else str(setting)
     if setting_focal_mm(setting) != spec.focal_mm:
-        raise InfcamError(f"setting {setting!r} names {setting_focal_mm(setting):g} mm but the spec renders {spec.focal_mm:g} mm")
+        raise InfcamError(f"setting {setting!r} names {setting_focal_mm(setting):g} mm but the spec renders "
+                          f"{spec.focal_mm:g} mm")
     if not _SCENE_NAME.fullmatch(str(scene_name)):
         raise InfcamError(f"scene name {scene_name!r} must be letters, digits, '_' or '-' (like 'scene12')")
     parent = Path(root) / setting
@@ -454,6 +459,7 @@ def _same_spec(path:Path, spec:SceneSpec):
     if diff: raise InfcamError(f"{path} was rendered with other settings ({'; '.join(diff)}); pass overwrite=True or "
                                "another root")
 
+# %% ../nbs/20_synthetic.ipynb #0516d413
 def make_dataset(root, num_scenes:int, seed:int=0, focal_mms=(24,), num_frames:int=81, height:int=64, width:int=112,
                  progress:bool=True, overwrite:bool=False, save_depth:bool=False, **spec_kw) -> list[Path]:
     """Write `num_scenes` scenes per focal length under `root` in MultiCamVideo's layout, plus `metadata.csv`;
@@ -485,6 +491,7 @@ def make_dataset(root, num_scenes:int, seed:int=0, focal_mms=(24,), num_frames:i
     write_metadata(root)
     return paths
 
+# %% ../nbs/20_synthetic.ipynb #c27a28bf
 def synth(out='data/minimcv', scenes:int=8, seed:int=0, focal_mm=24, frames:int=81, height:int=64, width:int=112,
           overwrite:bool=False, progress:bool=True, **spec_kw) -> list[Path]:
     """The `infcam synth` command: `scenes` synthetic scenes per focal length (`focal_mm` a number or a list) under
