@@ -308,26 +308,32 @@ def _estimate(K4, method, H, W, diag=None, message='') -> IntrinsicsEstimate:
     K4 = K4.float()
     return IntrinsicsEstimate(K4, method, float(focal_px_to_mm(float(K4[:2].mean()), H, W)), H, W, diag or {}, message)
 
+# %% ../nbs/31_intrinsics.ipynb #226b849f
 def estimate_intrinsics(video, method:str='default', focal_mm:float|None=None, fov:float|None=None,
                         fx:float|None=None, fallback:bool=False, **kw) -> IntrinsicsEstimate:
     """Pixel intrinsics of `video` (F, 3, H, W) in [0, 1], a path, or (height, width) for the default/explicit modes.
     `method`: 'default' (24 mm, or the explicit value given), 'explicit' (`focal_mm` on the 23.76 mm sensor, `fov`
     horizontal degrees, or `fx` pixels), 'selfcal' (`selfcal_focal`, `kw` passed on) or 'unidepth' (`unidepth_focal`).
     With `fallback=True` an estimator that cannot work gives the default lens and says why."""
-    if method not in METHODS: raise InfcamError(f"unknown intrinsics method {method!r}; use one of {', '.join(METHODS)}")
+    if method not in METHODS:
+        raise InfcamError(f"unknown intrinsics method {method!r}; use one of {', '.join(METHODS)}")
     given = {k: v for k, v in (('focal_mm', focal_mm), ('fov', fov), ('fx', fx)) if v is not None}
     if len(given) > 1: raise InfcamError(f"give one of focal_mm=, fov=, fx=, not {' and '.join(given)}")
     if given and method in ('selfcal', 'unidepth'):
-        raise InfcamError(f"method={method!r} estimates the focal length; drop {next(iter(given))}= or use method='explicit'")
-    if method == 'explicit' and not given: raise InfcamError("method='explicit' needs focal_mm=, fov= (degrees) or fx= (pixels)")
+        raise InfcamError(f"method={method!r} estimates the focal length; drop {next(iter(given))}= or "
+                          "use method='explicit'")
+    if method == 'explicit' and not given:
+        raise InfcamError("method='explicit' needs focal_mm=, fov= (degrees) or fx= (pixels)")
     if method in ('default', 'explicit'):
         if kw: raise InfcamError(f"method={method!r} takes no options, got {', '.join(kw)}")
         H, W = _size_of(video)
-        if not given: return _estimate(default_intrinsics(H, W), 'default', H, W, message=f"default {DEFAULT_FOCAL_MM:g} mm lens")
+        if not given:
+            return _estimate(default_intrinsics(H, W), 'default', H, W, message=f"default {DEFAULT_FOCAL_MM:g} mm lens")
         k, v = next(iter(given.items()))
         f = {'focal_mm': lambda: focal_mm_to_px(v, H, W), 'fov': lambda: fov_to_focal_px(v, H, W),
              'fx': lambda: (_check_fx(v), v)[1]}[k]()
-        return _estimate(pixel_intrinsics(float(f), H, W), 'explicit', H, W, dict(given=k, value=v), f"explicit {k}={v:g}")
+        return _estimate(pixel_intrinsics(float(f), H, W), 'explicit', H, W, dict(given=k, value=v),
+                         f"explicit {k}={v:g}")
     try:
         frames = _frames_for(video, kw.get('max_frames', 24) if method == 'selfcal' else kw.get('num_frames', 8))
         H, W = frames.shape[-2:]
@@ -341,6 +347,7 @@ def estimate_intrinsics(video, method:str='default', focal_mm:float|None=None, f
     est.message = f"{method}: f = {f:.1f} px ({est.focal_mm:.1f} mm)"
     return est
 
+# %% ../nbs/31_intrinsics.ipynb #8813d3ec
 def _check_fx(v):
     check_number(v, 'fx (pixels)', positive=True)
 
