@@ -45,6 +45,7 @@ def align_scale(est, ref) -> tuple[Tensor, float]:
     out[:, :3, 3] *= s
     return out, s
 
+# %% ../nbs/50_metrics.ipynb #bab8b3d8
 def geodesic_deg(Ra:Tensor, Rb:Tensor) -> Tensor:
     "The angle in degrees of the rotation taking `Ra` (..., 3, 3) to `Rb` (..., 3, 3) -> (...)."
     D = Ra.transpose(-1, -2) @ Rb
@@ -148,6 +149,7 @@ def _triangulate(pos, alive, w2c, K, X0, new:bool=False, min_angle:float=1.0):
         if p[2] > 0 and all((w2c[j][2, :3] @ p + w2c[j][2, 3]) > 0 for j in js): X[i] = p
     return X
 
+# %% ../nbs/50_metrics.ipynb #8168cb6f
 def _pnp(pos, alive, X0, K, ransac_px):
     "Register every frame of a segment against the 3D points X0 (N, 3) -> w2c list (None where it fails)."
     cv2 = _cv2()
@@ -283,9 +285,11 @@ def estimate_poses(video:Tensor, K4, method:str='chain', max_side:int|None=640, 
 def require_pycolmap():
     "The `pycolmap` module, or a one-line error saying how to install it."
     try: import pycolmap
-    except ImportError: raise InfcamError('poses by COLMAP need pycolmap: pip install -e ".[eval]" (or pip install pycolmap)') from None
+    except ImportError:
+        raise InfcamError('poses by COLMAP need pycolmap: pip install -e ".[eval]" (or pip install pycolmap)') from None
     return pycolmap
 
+# %% ../nbs/50_metrics.ipynb #9c6ddef4
 COLMAP_INIT_MIN_TRI_ANGLE = 4.0  # degrees; COLMAP's 16 needs more baseline than a short clip's first frames give
 
 def colmap_poses(video:Tensor, K4, seed:int=0, threads:int=1, init_min_tri_angle:float=COLMAP_INIT_MIN_TRI_ANGLE):
@@ -296,7 +300,8 @@ def colmap_poses(video:Tensor, K4, seed:int=0, threads:int=1, init_min_tri_angle
     from PIL import Image
     pc = require_pycolmap()
     if not isinstance(video, Tensor) or video.ndim != 4 or video.shape[1] != 3:
-        raise InfcamError(f"video must be a tensor (F, 3, H, W) in [0, 1], got {getattr(video, 'shape', type(video).__name__)}")
+        raise InfcamError(f"video must be a tensor (F, 3, H, W) in [0, 1], got "
+                          f"{getattr(video, 'shape', type(video).__name__)}")
     K4 = torch.as_tensor(K4, dtype=torch.float64).reshape(-1)
     if K4.shape != (4,): raise InfcamError(f"K4 must be [fx, fy, cx, cy], got shape {tuple(K4.shape)}")
     n = len(video)
@@ -306,10 +311,11 @@ def colmap_poses(video:Tensor, K4, seed:int=0, threads:int=1, init_min_tri_angle
         u8 = (video.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
         names = [f"{i:05d}.png" for i in range(n)]
         for name, f in zip(names, u8): Image.fromarray(f).save(d / 'images' / name)
-        ro = pc.ImageReaderOptions(); ro.camera_model = 'PINHOLE'; ro.camera_params = ','.join(f"{v:.8g}" for v in K4.tolist())
+        ro = pc.ImageReaderOptions(); ro.camera_model = 'PINHOLE'
+        ro.camera_params = ','.join(f"{v:.8g}" for v in K4.tolist())
         eo = pc.FeatureExtractionOptions(); eo.num_threads = threads; eo.use_gpu = False
-        pc.extract_features(d / 'db.db', d / 'images', image_names=names, camera_mode=pc.CameraMode.SINGLE, reader_options=ro,
-                            extraction_options=eo, device=pc.Device.cpu)
+        pc.extract_features(d / 'db.db', d / 'images', image_names=names, camera_mode=pc.CameraMode.SINGLE,
+                            reader_options=ro, extraction_options=eo, device=pc.Device.cpu)
         mo = pc.FeatureMatchingOptions(); mo.num_threads = threads; mo.use_gpu = False
         pc.match_exhaustive(d / 'db.db', matching_options=mo, device=pc.Device.cpu)
         po = pc.IncrementalPipelineOptions(); po.num_threads = threads; po.random_seed = seed
@@ -333,11 +339,14 @@ def colmap_poses(video:Tensor, K4, seed:int=0, threads:int=1, init_min_tri_angle
     c2w[~reg] = np.eye(4)
     return torch.from_numpy(c2w).float(), torch.from_numpy(reg), diag
 
+# %% ../nbs/50_metrics.ipynb #e5613893
 POSE_ESTIMATORS = ('builtin', 'colmap')
 
 def poses_by(estimator:str, video:Tensor, K4):
-    "`(c2w, registered, diagnostics)` of `video` by the `estimator` 'builtin' (`estimate_poses`) or 'colmap' (`colmap_poses`)."
-    if estimator not in POSE_ESTIMATORS: raise InfcamError(f"the pose estimator must be one of {', '.join(POSE_ESTIMATORS)}, got {estimator!r}")
+    """`(c2w, registered, diagnostics)` of `video` by the `estimator` 'builtin' (`estimate_poses`) or 'colmap'
+    (`colmap_poses`)."""
+    if estimator not in POSE_ESTIMATORS:
+        raise InfcamError(f"the pose estimator must be one of {', '.join(POSE_ESTIMATORS)}, got {estimator!r}")
     return estimate_poses(video, K4) if estimator == 'builtin' else colmap_poses(video, K4)
 
 # %% ../nbs/50_metrics.ipynb #fac1758e
@@ -550,6 +559,7 @@ def frechet_distance(fa:Tensor, fb:Tensor) -> float:
     tr_sqrt = torch.linalg.eigvalsh(ra @ Sb @ ra).clamp_min(0).sqrt().sum()   # tr sqrt(Sa Sb)
     return float((ma - mb).pow(2).sum() + Sa.trace() + Sb.trace() - 2 * tr_sqrt)
 
+# %% ../nbs/50_metrics.ipynb #0432688d
 FID_SIZE = 299                    # the Inception input of clean-fid's protocol
 
 def load_fid_net(weights):
@@ -619,6 +629,7 @@ def clip_pixels(x:Tensor, size:int) -> Tensor:
     x = x[..., top:top + size, left:left + size]
     return (x - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
 
+# %% ../nbs/50_metrics.ipynb #366ae352
 def _embedding(out) -> Tensor:
     """The projected embedding of `get_*_features` (a tensor, or transformers 5's output with `pooler_output`), unit
     length."""
