@@ -43,6 +43,7 @@ class EvalItem:
     source: Path|None = None      # the source clip the video was generated from (the unpaired FID/FVD reference)
     prompt: str|None = None       # the text prompt (for CLIP-T)
 
+# %% ../nbs/52_evaluate.ipynb #28267e3b
 _CAMFILE = re.compile(r'(.+camera_extrinsics\.json):([^:@/\\]+)(?:@[^:@/\\]+)?', re.IGNORECASE)
 
 def truth_for(trajectory:str) -> Path|None:
@@ -120,6 +121,7 @@ def _spec_in(base:Path, spec:str) -> str:
     f = _spec_file(spec)
     return spec if f is None else str(base / f) + spec[len(f):]
 
+# %% ../nbs/52_evaluate.ipynb #bc3281e8
 def items_from_table(csv, method:str|None=None) -> tuple[list[EvalItem], list[tuple[str, str]]]:
     "`(items, problems)` of the videos a CSV lists (columns: `TABLE_COLUMNS`, `video` and `trajectory` required)."
     csv = Path(csv)
@@ -162,6 +164,7 @@ def _frames_of(n:int) -> list[int]: return list(range(0, n, SCORE_STRIDE))
 
 DEFAULT_POSES = 'builtin'         # the pose estimator of `infcam evaluate` (chosen from notebook 50's floor table)
 
+# %% ../nbs/52_evaluate.ipynb #7c8882b5
 def score_item(item:EvalItem, min_registered:float=0.5, lpips_net=None, poses:str=DEFAULT_POSES, clip=None) -> dict:
     """`{PSNR, SSIM, RotErr, TransErr, registered, frames}` of one generated clip, its poses estimated by `poses`
     ('builtin' or 'colmap') unless the item gives them, `LPIPS` with a ground truth and `lpips_net`, and CLIP-T (with a
@@ -352,9 +355,12 @@ def summary_markdown(summary:pd.DataFrame, rows:pd.DataFrame|None=None) -> str:
              '|---' * 12 + '|' + '---|' * (len(extra) + lp + len(cl))]
     for d in summary.to_dict('records'):
         lines.append(f"| {d['method']} | {d['videos']} | {d['scored']} | {_psnr_cell(d)} | "
-                     f"{format_mean_se(d['SSIM'], d['SSIM_se'], 3)} | {format_mean_se(d['RotErr'], d['RotErr_se'], 2)} | "
-                     f"{format_mean_se(d['RotErr_median'], math.nan, 2)} | {format_mean_se(d['RotErr_under'], math.nan, 2)} | "
-                     f"{format_mean_se(d['TransErr'], d['TransErr_se'], 3)} | {format_mean_se(d['TransErr_median'], math.nan, 3)} | "
+                     f"{format_mean_se(d['SSIM'], d['SSIM_se'], 3)} | "
+                     f"{format_mean_se(d['RotErr'], d['RotErr_se'], 2)} | "
+                     f"{format_mean_se(d['RotErr_median'], math.nan, 2)} | "
+                     f"{format_mean_se(d['RotErr_under'], math.nan, 2)} | "
+                     f"{format_mean_se(d['TransErr'], d['TransErr_se'], 3)} | "
+                     f"{format_mean_se(d['TransErr_median'], math.nan, 3)} | "
                      f"{format_mean_se(d['TransErr_under'], math.nan, 2)} | "
                      f"{format_mean_se(d['registered'], math.nan, 2)} |"
                      + (f" {format_mean_se(d['LPIPS'], d['LPIPS_se'], 3)} |" if lp else '')
@@ -370,6 +376,7 @@ def summary_markdown(summary:pd.DataFrame, rows:pd.DataFrame|None=None) -> str:
                                             for r in bad.to_dict('records'))
     return text
 
+# %% ../nbs/52_evaluate.ipynb #8393b007
 def plot_methods(summary:pd.DataFrame, path) -> Path:
     """Bar charts of each metric per method, with standard errors, saved as a PNG. A value that was not measured (NaN)
     has no bar, a dash at 0 and a note on its panel."""
@@ -426,6 +433,7 @@ def _eval_worker(fabric, items:list[EvalItem], min_registered:float, out:Path, p
                       lpips_net, poses, clip)
     return [r for part in gather_and_leave(mine) for r in part]
 
+# %% ../nbs/52_evaluate.ipynb #be6e1df4
 def _read_rows(path:Path) -> list[dict]:
     try: df = pd.read_csv(path, dtype={'method': str, 'name': str, 'error': str, 'stamp': str, 'trajectory': str})
     except (ValueError, UnicodeDecodeError):
@@ -492,21 +500,24 @@ def evaluate(inputs, out, method:str|None=None, progress:bool=True, min_register
         raise InfcamError(f"poses must be one of {', '.join(POSE_ESTIMATORS)}, got {poses!r}")
     if poses == 'colmap': require_pycolmap()                       # a one-line error before any work
     items, problems = collect_items(inputs, method)
-    if not items: raise InfcamError(f"nothing to evaluate in {', '.join(map(str, [inputs] if isinstance(inputs, (str, Path)) else inputs))}"
+    if not items: raise InfcamError(f"nothing to evaluate in "
+                                    f"{', '.join(map(str, [inputs] if isinstance(inputs, (str, Path)) else inputs))}"
                                     + (f" ({problems[0][0]}: {problems[0][1]})" if problems else ''))
     refs = reference_videos(reference, items) if (fvd_weights or fid_weights) else None
     nets = _load_nets(fvd_weights, fid_weights, lpips_weights, lpips_backbone, clip_weights)   # fails before any work
     net, lpips_net, fid_net, clip = map(nets.get, ('fvd', 'lpips', 'fid', 'clip'))
     make_folder(out)
-    files = dict(rows=out / 'rows.csv', summary=out / 'summary.csv', markdown=out / 'summary.md', plot=out / 'summary.png')
+    files = dict(rows=out / 'rows.csv', summary=out / 'summary.csv', markdown=out / 'summary.md',
+                 plot=out / 'summary.png')
     writer = is_lead()                                            # under torchrun, rank 0 writes the tables
     with folder_lock(out, 'evaluate') if writer else contextlib.nullcontext():
         cache = {}
         for f in [files['rows'], *sorted(out.glob('.rows.part*.csv'))]:   # the table, then what a killed run scored
             if f.is_file(): cache.update({(r['method'], r['name']): r for r in _read_rows(f)})
-        fresh = lambda it, r: (r is not None and r['stamp'] == _stamp(it.video, it.truth, it.poses) and r['trajectory'] == it.trajectory
-                               and r['poses_by'] == _poses_by(it, poses)
-                               and not (lpips_net is not None and it.truth is not None and not r['error'] and math.isnan(float(r['LPIPS'])))
+        fresh = lambda it, r: (r is not None and r['stamp'] == _stamp(it.video, it.truth, it.poses)
+                               and r['trajectory'] == it.trajectory and r['poses_by'] == _poses_by(it, poses)
+                               and not (lpips_net is not None and it.truth is not None and not r['error']
+                                        and math.isnan(float(r['LPIPS'])))
                                and not (clip is not None and not r['error'] and math.isnan(float(r['CLIP-F']))))
         todo = [it for it in items if not fresh(it, cache.get((it.method, it.name)))]
         if todo and (devices > 1 or num_nodes > 1):
@@ -524,8 +535,10 @@ def evaluate(inputs, out, method:str|None=None, progress:bool=True, min_register
         for f in out.glob('.rows.part*.csv'): f.unlink(missing_ok=True)   # merged into rows.csv
         summary = summarize_methods(rows)
         ref = lambda m: None if refs is None else refs[m]
-        if net is not None: summary['FVD'] = [method_fvd(rows[rows['method'] == m], net, ref(m)) for m in summary['method']]
-        if fid_net is not None: summary['FID'] = [method_fid(rows[rows['method'] == m], fid_net, ref(m)) for m in summary['method']]
+        if net is not None:
+            summary['FVD'] = [method_fvd(rows[rows['method'] == m], net, ref(m)) for m in summary['method']]
+        if fid_net is not None:
+            summary['FID'] = [method_fid(rows[rows['method'] == m], fid_net, ref(m)) for m in summary['method']]
         with atomic_path(files['summary']) as tmp: summary.to_csv(tmp, index=False)
         md = summary_markdown(summary, rows)
         if net is not None or fid_net is not None: md += distance_note(reference)
