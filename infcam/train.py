@@ -94,23 +94,28 @@ def run(args) -> Path:
     cfg = None if args.base else WanConfig.preset(args.preset, **{k: v for k, v in over.items() if k == 'patch_size'})
     if cfg is not None and cfg.in_dim != ch: over.update(in_dim=ch, out_dim=ch)
     if not args.random_text and cfg is not None and item['context'].shape[-1] != cfg.text_dim:
-        raise InfcamError(f"cached text states have width {item['context'].shape[-1]}, preset {args.preset!r} expects {cfg.text_dim}")
+        raise InfcamError(f"cached text states have width {item['context'].shape[-1]}, preset {args.preset!r} "
+                          f"expects {cfg.text_dim}")
     if args.num_nodes < 1: raise InfcamError(f"--num-nodes must be at least 1, got {args.num_nodes}")
     if args.base:                                   # from the file's header: before gigabytes of weights are loaded
         from infcam.weights import read_dit_checkpoint
-        base_in = read_dit_checkpoint(args.base, device='meta', heads_hint=WanConfig.preset(args.preset).num_heads).config.in_dim
-        if base_in != ch: raise InfcamError(f"the cached {args.codec} latents have {ch} channels; the model of --base takes "
-                                            f"{base_in} (a Wan2.1 DiT takes the Wan VAE's 16: prepare with --vae)")
+        base_in = read_dit_checkpoint(args.base, device='meta',
+                                      heads_hint=WanConfig.preset(args.preset).num_heads).config.in_dim
+        if base_in != ch:
+            raise InfcamError(f"the cached {args.codec} latents have {ch} channels; the model of --base takes "
+                              f"{base_in} (a Wan2.1 DiT takes the Wan VAE's 16: prepare with --vae)")
     m = InfCamModule(cfg or args.preset, base=args.base, seed=args.seed, lr=args.lr, weight_decay=args.weight_decay,
                      train_backbone=args.train_backbone, shift=args.shift, prediction=args.prediction,
                      warmup=args.warmup, lr_schedule=args.lr_schedule, caption=args.caption, **over)
-    if args.random_text:                                              # sized by the model (a --base sets its own text_dim)
+    if args.random_text:                              # sized by the model (a --base sets its own text_dim)
         from infcam.pipeline import RandomTextEncoder
         m.text_encoder = RandomTextEncoder(m.config.text_dim, text_len=m.config.text_len)
     elif item['context'].shape[-1] != m.config.text_dim:
-        raise InfcamError(f"cached text states have width {item['context'].shape[-1]}; the model expects {m.config.text_dim}")
-    data = dict(codec=args.codec, text='random' if args.random_text else (args.text or ds.text), num_frames=args.num_frames,
-                height=round(2 * float(item['K_tgt'][3])), width=round(2 * float(item['K_tgt'][2])))   # centred principal point
+        raise InfcamError(f"cached text states have width {item['context'].shape[-1]}; the model expects "
+                          f"{m.config.text_dim}")
+    data = dict(codec=args.codec, text='random' if args.random_text else (args.text or ds.text),
+                num_frames=args.num_frames, height=round(2 * float(item['K_tgt'][3])),
+                width=round(2 * float(item['K_tgt'][2])))                     # centred principal point
     fit(m, ds, args.run_dir, args.max_steps, batch_size=args.batch_size, accumulate=args.accumulate, every=args.every,
         keep_last=args.keep_last, keep_every=args.keep_every, strategy=args.strategy, precision=args.precision,
         accelerator=args.accelerator, devices=devices, num_nodes=args.num_nodes, num_workers=args.num_workers,

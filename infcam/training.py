@@ -58,6 +58,7 @@ class StepSampler(torch.utils.data.Sampler):
         while True:
             yield self.positions(k); k += 1
 
+# %% ../nbs/42_training.ipynb #97ec885b
 class EpochIndexed(torch.utils.data.Dataset):
     "Wrap a `PairDataset`: item `(epoch, i)` is `ds[i]` drawn in `epoch`."
     def __init__(self, ds): self.ds = ds
@@ -67,6 +68,7 @@ class EpochIndexed(torch.utils.data.Dataset):
         if hasattr(self.ds, 'set_epoch'): self.ds.set_epoch(e)
         return self.ds[i]
 
+# %% ../nbs/42_training.ipynb #d7f5782b
 class StepData(L.LightningDataModule):
     "`dataset` in `StepSampler` order for each rank, from micro-batch `start_micro` on: what `fit` hands Lightning."
     def __init__(self, dataset, batch_size:int=1, num_workers:int=0, seed:int=0, start_micro:int=0):
@@ -80,7 +82,6 @@ class StepData(L.LightningDataModule):
                               t.world_size)
         return torch.utils.data.DataLoader(EpochIndexed(self.dataset), batch_sampler=sampler, collate_fn=collate,
                                            num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
-
 
 # %% ../nbs/42_training.ipynb #bf0e5d5d
 ADAMW_DEFAULTS = dict(lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
@@ -103,8 +104,7 @@ class InfCamModule(L.LightningModule):
         super().__init__()
         if lr_schedule not in LR_SCHEDULES:
             raise InfcamError(f"unknown lr_schedule {lr_schedule!r}; use one of {', '.join(LR_SCHEDULES)}")
-        check_int(warmup, 'warmup')
-        check_number(lr, 'lr', positive=True); check_number(eps, 'eps', positive=True)
+        check_int(warmup, 'warmup'); check_number(lr, 'lr', positive=True); check_number(eps, 'eps', positive=True)
         check_number(weight_decay, 'weight_decay', 0)
         self.model = build_model(config, base, seed, **overrides)
         self.trainable = self.model.freeze_base()
@@ -156,15 +156,15 @@ class InfCamModule(L.LightningModule):
         if self.caption is not None:                                  # one fixed caption for every pair
             b.pop('context', None); b['caption'] = [self.caption] * len(b['target'])
         if 'context' not in b:
-            if self.text_encoder is None: raise InfcamError("the batch has no cached text states and the module has no text_encoder")
+            if self.text_encoder is None:
+                raise InfcamError("the batch has no cached text states and the module has no text_encoder")
             with torch.no_grad(): b['context'] = self.text_encoder.encode(b['caption'])
         return {k: (v.to(self.device) if isinstance(v, Tensor) else v) for k, v in b.items()}
 
     def loss(self, batch:dict, generator:torch.Generator|None=None) -> Tensor:
         "Weighted flow-matching MSE of the target half (source clean, same timestep), on the velocity or on `x0`."
         b = self.prepare_batch(batch)
-        x0, src = b['target'].float(), b['source'].float()
-        B = x0.shape[0]
+        x0, src = b['target'].float(), b['source'].float(); B = x0.shape[0]
         _, sigma, t, w = self.scheduler.sample_training(B, generator, device=self.device)
         noise = torch.randn(x0.shape, generator=generator).to(self.device)
         xt = self.scheduler.add_noise(x0, noise, sigma)
@@ -187,9 +187,9 @@ class InfCamModule(L.LightningModule):
         if self._rng is not None: set_rng_state(self._rng); self._rng = None
 
     def configure_optimizers(self):
-        "AdamW over the trainable tensors (with a resumed run's state), its learning rate `lr_factor` of the absolute step."
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, **self.opt_kw)
+        """AdamW over the trainable tensors (with a resumed run's state), its learning rate `lr_factor` of the absolute
+        step."""
+        params = [p for p in self.model.parameters() if p.requires_grad]; opt = torch.optim.AdamW(params, **self.opt_kw)
         if self._optim_state is not None:
             if self.attached and deepspeed_engine(self.trainer) is not None:
                 warnings.warn("the checkpoint's optimizer state was saved without DeepSpeed and cannot be loaded into "
@@ -197,7 +197,8 @@ class InfCamModule(L.LightningModule):
             else: opt.load_state_dict(self._optim_state)
             self._optim_state = None
         start = self.start_step                                       # the schedule is a function of the absolute step
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(start + k, self.warmup, self.lr_schedule, self.max_steps))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda k: lr_factor(start + k, self.warmup, self.lr_schedule, self.max_steps))
         return dict(optimizer=opt, lr_scheduler=dict(scheduler=sched, interval='step'))
 
     def on_train_start(self):
@@ -211,16 +212,16 @@ class InfCamModule(L.LightningModule):
     def resume_from(self, ckpt, optimizer:bool=True) -> int:
         """Load a checkpoint's trained tensors, optimizer state (applied when the optimizer is made; `optimizer=False`
         starts it afresh) and RNG; return its step."""
-        tensors, meta, st = read_checkpoint(ckpt)
-        sd = self.model.state_dict()
+        tensors, meta, st = read_checkpoint(ckpt); sd = self.model.state_dict()
         if missing := [n for n in self.trainable if n not in tensors]:
-            raise InfcamError(f"cannot resume from {ckpt}: it lacks the trained tensor {missing[0]} ({len(missing)} missing); "
-                              "it was saved by a different model (another preset, variant or --train-backbone)")
+            raise InfcamError(f"cannot resume from {ckpt}: it lacks the trained tensor {missing[0]} "
+                              f"({len(missing)} missing); it was saved by a different model (another preset, variant "
+                              "or --train-backbone)")
         with torch.no_grad():
             for n, t in tensors.items(): sd[n].copy_(t)
         self.start_step = int(st.get('step', meta.get('step', 0)))
         self._optim_state = (st.get('optimizer') or None) if optimizer else None
-        self._zero_ckpt = Path(ckpt) if st.get('zero') and optimizer else None   # ZeRO shards, loaded once the engine exists
+        self._zero_ckpt = Path(ckpt) if st.get('zero') and optimizer else None   # ZeRO shards, loaded with the engine
         self._rng = st.get('rng')                                        # restored in `setup`, after the seeding
         return self.start_step
 
