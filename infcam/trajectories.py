@@ -51,6 +51,7 @@ def _matrix_from_quat(q:Tensor) -> Tensor:
                         2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
                         2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1).unflatten(-1, (3, 3))
 
+# %% ../nbs/04_trajectories.ipynb #b104ba43
 def _qmul(a:Tensor, b:Tensor) -> Tensor:
     aw, ax, ay, az = a.unbind(-1); bw, bx, by, bz = b.unbind(-1)
     return torch.stack([aw * bw - ax * bx - ay * by - az * bz, aw * bx + ax * bw + ay * bz - az * by,
@@ -195,6 +196,7 @@ def _hermite(P:Tensor, T:Tensor, u:Tensor) -> Tensor:
     return ((2 * h3 - 3 * h2 + 1) * P[seg] + (h3 - 2 * h2 + h) * dt * m[seg]
             + (-2 * h3 + 3 * h2) * P[seg + 1] + (h3 - h2) * dt * m[seg + 1])
 
+# %% ../nbs/04_trajectories.ipynb #afc8fbfd
 def _quat_spline(Q:Tensor, T:Tensor, u:Tensor) -> Tensor:
     "Smooth C1 interpolation of unit quaternions Q (K, 4) at times T (K,), sampled at u (N,) -> (N, 4)."
     Q = Q.clone()
@@ -217,6 +219,7 @@ def _quat_spline(Q:Tensor, T:Tensor, u:Tensor) -> Tensor:
     a, b, c = _slerp(p0, p1, h), _slerp(p1, p2, h), _slerp(p2, p3, h)
     return _slerp(_slerp(a, b, h), _slerp(b, c, h), h)
 
+# %% ../nbs/04_trajectories.ipynb #4ade60e6
 def _lerp_known(T:Tensor, vals:list, u:Tensor) -> Tensor:
     "Piecewise-linear interpolation through the keyframes that give a value (None elsewhere), held constant outside."
     known = [(float(t), v) for t, v in zip(T.tolist(), vals) if v is not None]
@@ -365,6 +368,7 @@ def _to_text(d:dict, ext:str) -> str:
     top = ''.join(yaml.safe_dump({k: v}, sort_keys=False, width=1 << 30) for k, v in head.items())
     return _HEADER + top + 'keyframes:\n' + ''.join(f'  - {flow(k)}\n' for k in d['keyframes'])
 
+# %% ../nbs/04_trajectories.ipynb #7366adeb
 def _no_duplicates(pairs, where:str) -> dict:
     "A mapping from `pairs`, refusing a key given twice (JSON and YAML readers otherwise keep the last silently)."
     d = {}
@@ -383,6 +387,7 @@ def _yaml_mapping(loader, node, deep=False):
 
 _StrictYAML.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _yaml_mapping)
 
+# %% ../nbs/04_trajectories.ipynb #ad818b0d
 def read_trajectory_file(path) -> dict:
     "The structure in a trajectory file (.yaml, .yml or .json): a parse error or a key given twice is an `InfcamError`."
     path = Path(path); ext = _check_ext(path)
@@ -399,7 +404,6 @@ def read_trajectory_file(path) -> dict:
         mark = getattr(e, 'problem_mark', None)
         where = f" (line {mark.line + 1})" if mark is not None else ''
         raise InfcamError(f"{path} is not valid YAML: {getattr(e, 'problem', None) or e}{where}") from None
-
 
 # %% ../nbs/04_trajectories.ipynb #9d0c1575
 def keyframes_from_c2w(c2w:Tensor, every:int=1, zoom:Tensor|None=None) -> tuple[list, int|None]:
@@ -437,6 +441,7 @@ def _is_preset(spec) -> bool:
     try: preset_id(spec); return True
     except InfcamError: return False
 
+# %% ../nbs/04_trajectories.ipynb #a576d1ed
 def load_trajectory(spec, num_frames:int|None=81, *, stretch:bool=False, with_zoom:bool=False,
                     source_focal_mm:float=DEFAULT_FOCAL_MM):
     """Poses (num_frames, 4, 4) float32 for a preset (1-10 or name), a keyframe file (.yaml/.yml/.json) or
@@ -510,6 +515,7 @@ def _frame_ranges(idx) -> str:
         else: out.append([i, i])
     return ', '.join(f"{a}" if a == b else f"{a}-{b}" for a, b in out)
 
+# %% ../nbs/04_trajectories.ipynb #0d289a2b
 def preview_warnings(c2w:Tensor, zoom:Tensor, coverage:Tensor, f_px:float, width:int, depth:float=2.0,
                      min_coverage:float=0.5) -> list[str]:
     """Where the rotation-only preview of a path cannot be trusted, one line each: frames where translation moves a
@@ -689,6 +695,7 @@ def coverage_html(d:PathDesigner, i:int) -> str:
 
 def _error_html(e) -> str: return f'<span style="color:#b00">{html.escape(str(e))}</span>'
 
+# %% ../nbs/04_trajectories.ipynb #364c8e1c
 def _named(w, name:str):
     "The widget `w` with the CSS class `infcam-NAME`, by which a page (and its tests) find it."
     w.add_class(f'infcam-{name}'); return w
