@@ -148,6 +148,7 @@ def _x264_size(h:int, w:int) -> tuple[int, int, int, int]:
     h2, w2 = h + h % 2, w + w % 2
     return h2, w2, -(-h2 // 32) * 32, -(-w2 // 32) * 32
 
+# %% ../nbs/05_video.ipynb #086123e9
 X264_AVX512 = 0x10000        # x264.h: X264_CPU_AVX512
 
 @functools.cache
@@ -172,6 +173,7 @@ def _x264_options(crf:int, h:int, w:int) -> dict:
     if (H, W) != (h2, w2): params.append(f'crop-rect=0,0,{W - w2},{H - h2}')   # left,top,right,bottom
     return {'crf': str(crf), 'threads': '1', **({'x264-params': ':'.join(params)} if params else {})}
 
+# %% ../nbs/05_video.ipynb #0da50dc4
 def write_video(path, frames:torch.Tensor, fps:float=WAN_FPS, overwrite:bool=False, crf:int=18) -> Path:
     """Write `(F, 3, H, W)` frames in [0, 1] as an H.264 mp4, atomically; the same frames give the same bytes."""
     import av
