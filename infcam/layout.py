@@ -99,6 +99,7 @@ def metadata_file(root) -> Path:
     "A dataset's (or clip folder's) captions: `<root>/metadata.csv`."
     return Path(root) / 'metadata.csv'
 
+# %% ../nbs/08_layout.ipynb #eb34330c
 def scene_problem(scene) -> str|None:
     "Why the scene folder `scene` is not complete, in words; None when it is."
     j = camera_file(scene)
