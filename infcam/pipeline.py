@@ -149,6 +149,7 @@ def _as_source_intrinsics(intrinsics, height:int, width:int) -> Tensor:
                           f"got {[round(v, 3) for v in K.tolist()]}")
     return K
 
+# %% ../nbs/30_pipeline.ipynb #e2ca423b
 def _as_trajectory(trajectory, num_frames:int) -> tuple[Tensor, Tensor]:
     "(c2w (num_frames, 4, 4), zoom (num_frames,)) from a preset, a file spec, a Trajectory or a c2w tensor."
     if isinstance(trajectory, Tensor):
@@ -167,6 +168,7 @@ def _as_trajectory(trajectory, num_frames:int) -> tuple[Tensor, Tensor]:
         raise InfcamError(f"cannot load trajectory {trajectory!r}: {' '.join(str(e).split())}") from None
     return c2w.float(), zoom.float()
 
+# %% ../nbs/30_pipeline.ipynb #e671a155
 def _as_video(video, num_frames:int, height:int, width:int, pil:bool=False) -> Tensor:
     "Frames (num_frames, 3, height, width) in [0, 1] from a path or a tensor (F, 3, H, W), fitted (`fit_frames`)."
     if isinstance(video, (str, Path)): return read_video(video, num_frames, height, width, pil=pil)
