@@ -130,6 +130,7 @@ def preprocess_i3d(clip:Tensor, size:int=224) -> Tensor:
     top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
     return ((x[..., top:top + size, left:left + size] - 0.5) * 2).transpose(0, 1)
 
+# %% ../nbs/53_fvd.ipynb #f406482e
 FVD_FRAMES = 16                   # frames per clip of the FVD protocol (VideoGPT's)
 
 def i3d_features(clips, net:InceptionI3d, batch_size:int=4) -> Tensor:
