@@ -154,6 +154,7 @@ def _prepare(a):
     if a.quiet: print(rep.summary)
     if rep.failed and a.strict: raise InfcamError(f"{len(rep.failed)} clip(s) failed; see {a.root}/prepare_report.json")
 
+# %% ../nbs/07_cli.ipynb #9933433f
 @subcommand
 def _prepare_parser(sub):
     pr = sub.add_parser('prepare', help='cache VAE latents and text states of a dataset once, resumably',
@@ -202,6 +203,7 @@ def _bench(a):
     print(f"{res['seconds'] / 60:.1f} min; table, plot and samples in {out}"
           + (f" and {a.figures}" if a.figures else ''))
 
+# %% ../nbs/07_cli.ipynb #7fada5ad
 @subcommand
 def _bench_parser(sub):
     be = sub.add_parser('bench', help='the ablation benchmark on synthetic scenes: train variants, score generations',
@@ -262,6 +264,7 @@ def _evaluate(a):
     print(f"scored {res['scored']} video(s) now{failed}, {len(res['rows']) - res['scored'] - res['failed']} unchanged; "
           f"tables and plot in {a.out}")
 
+# %% ../nbs/07_cli.ipynb #b9c19666
 @subcommand
 def _evaluate_parser(sub):
     ev = sub.add_parser('evaluate',
@@ -314,6 +317,7 @@ def _weights_convert(a):
     out = convert_checkpoint(a.src, a.dst, dtype=a.dtype, overwrite=a.overwrite, num_heads=a.num_heads)
     print(f"wrote {out}")
 
+# %% ../nbs/07_cli.ipynb #f18f7e6b
 @subcommand
 def _weights_parser(sub):
     from infcam.weights import WEIGHT_SIZES
