@@ -132,6 +132,7 @@ def resolve_attention_backend(name:str='sdpa') -> str:
     if chosen != 'sdpa': _backend_fn(chosen)
     return chosen
 
+# %% ../../nbs/10_wan.ipynb #477202a0
 def attention(q:torch.Tensor, # (B, Lq, heads, head_dim)
               k:torch.Tensor, # (B, Lk, heads, head_dim)
               v:torch.Tensor, # (B, Lk, heads, head_dim)
@@ -215,6 +216,7 @@ def norm32(norm:nn.LayerNorm, x:torch.Tensor) -> torch.Tensor:
     b = None if norm.bias is None else norm.bias.float()
     return F.layer_norm(x.float(), norm.normalized_shape, w, b, norm.eps)
 
+# %% ../../nbs/10_wan.ipynb #faff686c
 class Attention(nn.Module):
     "What self- and cross-attention share: q, k, v, o projections, RMSNorm on q and k, and the kernel `backend`."
     def __init__(self, dim:int, num_heads:int, eps:float=1e-6):
@@ -257,6 +259,7 @@ def gated_add(x:torch.Tensor, gate:torch.Tensor, y:torch.Tensor) -> torch.Tensor
     "`x + gate * y` computed in float32, returned in x's dtype (x added in place: no float32 copy of x is made)."
     return (gate * y.float()).add_(x).to(x.dtype)
 
+# %% ../../nbs/10_wan.ipynb #9710cc10
 class WanBlock(nn.Module):
     "One Wan2.1 DiT block: modulated self-attention, cross-attention to the text, modulated feed-forward."
     def __init__(self, dim:int, ffn_dim:int, num_heads:int, eps:float=1e-6):
