@@ -70,6 +70,7 @@ def umt5_to_original(sd:dict[str, Tensor]) -> dict[str, Tensor]:
     if unknown: raise InfcamError(f"unknown UMT5EncoderModel tensor names: {short_list(unknown)}")
     return out
 
+# %% ../nbs/14_text.ipynb #b422dde7
 def umt5_config_from_state_dict(sd:dict[str, Tensor], max_dist:int=128, **kwargs):
     "Read vocabulary, widths, heads, layers and buckets off an original-layout state dict (`max_dist` is not stored)."
     try:
