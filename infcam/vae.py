@@ -188,6 +188,7 @@ def _check_names(sd:dict[str, Tensor], config:dict) -> None:
                if sd[k].shape != ref[c].shape]:
         raise InfcamError(f"Wan VAE checkpoint does not match its config: {short_list(bad, 4)}")
 
+# %% ../nbs/15_vae.ipynb #354b33bd
 def load_wan_vae(path, dtype:torch.dtype=torch.float32, device='cpu', config:dict|None=None):
     """`AutoencoderKLWan` from the original `Wan2.1_VAE.pth` (or safetensors, same names) or a diffusers `vae/` folder;
     offline."""
