@@ -199,6 +199,7 @@ def _check_prepare_args(codec, text_encoder, num_frames, height, width, on_error
         check_size(height, width)
         if num_frames is not None: check_video_memory(num_frames, height, width)
 
+# %% ../nbs/23_cache.ipynb #82856edd
 def prepare(root, codec=None, text_encoder=None, num_frames:int|None=81, height:int|None=None, width:int|None=None,
             overwrite:bool=False, progress:bool=True, on_error:str='skip', dtype:torch.dtype|None=None,
             text_batch:int=8) -> PrepareReport:
