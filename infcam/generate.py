@@ -239,6 +239,7 @@ def _oom_message(memory:str, s:GenerateSettings) -> str:
             f"{'' if s.vae_tiled else ', or --vae-tiled'}")
     return f"out of GPU memory with --memory {memory} at {s.frames} frames of {s.height}x{s.width}; {hint}"
 
+# %% ../nbs/32_generate.ipynb #c6fb09c1
 def load_pipeline(weights, s:GenerateSettings):
     "Load `InfCamPipeline.from_pretrained` for the settings `s` (one call per batch)."
     from infcam.pipeline import InfCamPipeline
@@ -265,6 +266,7 @@ def check_weights_usable(weights, s:GenerateSettings):
                           + '; '.join(f"{TITLES[k]}: {p}" for k in blocking for p in c[k].problems[:1]))
     return report
 
+# %% ../nbs/32_generate.ipynb #7c4488bf
 def _source_intrinsics(frames:torch.Tensor, s:GenerateSettings) -> tuple[torch.Tensor, str, str]:
     "(K_src (4,), method, message) for frames (F, 3, H, W) at the generation size."
     from infcam.preview import source_intrinsics
@@ -312,6 +314,7 @@ def _generate_one(pipe, job:Job, s:GenerateSettings, weights, hashes:dict, overw
         for f in (*o.values(), job.timings, job.marker): f.unlink(missing_ok=True)
         raise
 
+# %% ../nbs/32_generate.ipynb #dfd8ad88
 def _write_result(job:Job, frames, src, p, s:GenerateSettings, weights, hashes:dict, overwrite:bool, method, msg, pipe,
                   t0) -> None:
     "Write the clip, the side-by-side, the timings and the sidecar (last) of `job`, then remove its marker."
