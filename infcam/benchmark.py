@@ -227,6 +227,7 @@ def backbone_settings(cfg:BenchConfig) -> dict:
                 prediction=cfg.prediction, caption=cfg.caption, clean=0.5,
                 **({'vae': str(Path(cfg.vae).resolve())} if cfg.codec == 'wanvae' else {}))
 
+# %% ../nbs/51_benchmark.ipynb #88709d76
 def find_backbone(cfg:BenchConfig, folders=None) -> Path|None:
     """A pretrained backbone of `cfg` (its `backbone_settings` in the file's metadata) shipped with the package
     (`BACKBONE_DIR`) or in the cache."""
@@ -244,6 +245,7 @@ def find_backbone(cfg:BenchConfig, folders=None) -> Path|None:
             except Exception: continue                                # a broken or foreign file is not ours
     return None
 
+# %% ../nbs/51_benchmark.ipynb #ea70b83f
 def ensure_backbone(cfg:BenchConfig, data:dict, progress:bool=True) -> Path:
     """The frozen backbone of the benchmark: `cfg.base` (Wan2.1 weights), else a pretrained one found by
     `find_backbone`, else one pretrained now on the training clips (resumable) and kept in the cache for
@@ -302,6 +304,7 @@ def _pair(split:str, scene:str, k:int, src_e, tgt_e, s:str, t:str, f_src:float, 
                     target=tgt_e.cameras[t], caption=caption, K_src=_K(f_src, cfg), K_tgt=_K(f_tgt, cfg), c2w=c2w,
                     ref=relative_poses(c2w[0], c2w), src_c2w=relative_poses(c_src[0], c_src[:cfg.num_frames]))
 
+# %% ../nbs/51_benchmark.ipynb #5d72fb19
 def eval_pairs(test_root, cfg:BenchConfig, train_root=None) -> list[EvalPair]:
     """The evaluation pairs (`EvalPair`). Splits: `shared` and `different` (held-out scenes, target through the
     source's lens or through `test_focal_mm`); with `train_root`, `train` (pairs of the first training scenes: is the
@@ -346,6 +349,7 @@ def eval_pairs(test_root, cfg:BenchConfig, train_root=None) -> list[EvalPair]:
                                tr.caption(e, cams[s]), cfg))
     return pairs
 
+# %% ../nbs/51_benchmark.ipynb #3af52833
 def _K(f_mm:float, cfg:BenchConfig) -> Tensor:
     return pixel_intrinsics(focal_mm_to_px(f_mm, cfg.height, cfg.width), cfg.height, cfg.width).float()
 
@@ -365,6 +369,7 @@ def train_command(variant:str, seed:int, data:dict, run_dir, cfg:BenchConfig, ba
             '--strategy', cfg.strategy, '--accelerator', cfg.accelerator, '--num-workers', '0',
             *(['--train-backbone'] if cfg.train_backbone else []), *VARIANTS[variant]['args']]
 
+# %% ../nbs/51_benchmark.ipynb #fb98db33
 def _logged_step(run_dir:Path) -> int:
     from infcam.training import read_losses
     try: steps, _ = read_losses(run_dir)
@@ -510,6 +515,7 @@ def sample_path(out_csv) -> Path:
 def _key(row:dict) -> tuple: return tuple(str(row[k]) for k in PAIR_KEY)
 def _ident(pair:EvalPair) -> dict: return {k: getattr(pair, k) for k in PAIR_KEY}
 
+# %% ../nbs/51_benchmark.ipynb #b96f9bc8
 def evaluate(name:str, method, pairs:list[EvalPair], cfg:BenchConfig, out_csv, seed:int=0, progress:bool=True,
              sample:int|None=None) -> pd.DataFrame:
     """Score `method(pair, source_frames)` on every pair: one row per pair (`ROW_FIELDS`), cached in `out_csv`. A cached
@@ -550,6 +556,7 @@ def summarize(rows) -> pd.DataFrame:
     for k in CAMERA_ERRORS: out[k + '_median'] = g[k].median()
     return out.reset_index()
 
+# %% ../nbs/51_benchmark.ipynb #d91aa0fd
 def _records(table) -> list[dict]: return pd.DataFrame(table).to_dict('records')
 
 TEST_SPLITS = ('shared', 'different')
@@ -571,6 +578,7 @@ def markdown_table(summary:list[dict], splits=TEST_SPLITS) -> str:
         lines.append(f"| {d['method']} | {d['split']} | " + ' | '.join(cells) + f" | {d['registered']:.2f} |")
     return '\n'.join(lines) + '\n'
 
+# %% ../nbs/51_benchmark.ipynb #d50169ba
 def learning_table(summary:list[dict]) -> str:
     """PSNR on training pairs, on held-out pairs (`shared`), and on the same held-out pairs given another
     scene's source (`swapped`), per method: "learning" shows as train vs held-out, "using the source" as the
@@ -609,6 +617,7 @@ def _verdict(d:float, se:float, yes:str, no:str, none:str) -> str:
     if not math.isfinite(se): return f"{yes if d > 0 else no} on this one clip ({d:+.2f} dB)"
     return f"{yes if d > 2 * se else no if d < -2 * se else none} ({d:+.2f} ± {se:.2f} dB)"
 
+# %% ../nbs/51_benchmark.ipynb #8cf83a1c
 def findings(rows:list[dict], summary:list[dict], method:str='full') -> list[str]:
     """Sentences computed from the rows: does `method` beat the baselines, learn, use its source; do the ablated parts
     help? A difference counts when it is larger than twice its standard error (clips paired)."""

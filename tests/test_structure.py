@@ -9,7 +9,6 @@ ROOT = Path(__file__).resolve().parents[1]
 MAX_EXPORT_LINES = 40     # a cell of functions: one idea, read in one screen
 MAX_FUNCTION_LINES = 65   # a cell that is one function (and the constants it uses): cut only by rewriting the function
 MAX_CLASS_LINES = 130     # a cell that is one class: the class is the idea, kept whole in its body
-CELLS_NOT_YET_CUT = {'51_benchmark.ipynb': 60}   # notebook: its cell limit until its cells are cut by idea too
 
 
 def _private(name:str) -> bool: return name.startswith('_') and not name.startswith('__')
@@ -119,9 +118,8 @@ def _limit(cell:str) -> int:
     return MAX_FUNCTION_LINES if len(defs) == 1 and not isinstance(defs[0], ast.ClassDef) else MAX_EXPORT_LINES
 
 def test_export_cells_are_small():
-    limit = lambda nb, c: max(_limit(c), CELLS_NOT_YET_CUT.get(nb.name, 0))
-    big = [f"{nb.name}: an export cell of {len(c.splitlines())} lines (limit {limit(nb, c)}) starting {c.splitlines()[1][:60]!r}"
-           for nb in sorted(ROOT.glob('nbs/*.ipynb')) for c in _notebook_code(nb)[2] if len(c.splitlines()) > limit(nb, c)]
+    big = [f"{nb.name}: an export cell of {len(c.splitlines())} lines (limit {_limit(c)}) starting {c.splitlines()[1][:60]!r}"
+           for nb in sorted(ROOT.glob('nbs/*.ipynb')) for c in _notebook_code(nb)[2] if len(c.splitlines()) > _limit(c)]
     assert not big, "export cells too long:\n" + '\n'.join(big)
 
 
