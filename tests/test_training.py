@@ -241,12 +241,13 @@ def test_train_cli_num_nodes(ds, tmp_path, monkeypatch):
 
 # ---- Weights & Biases ----
 def test_wandb_offline(ds, tmp_path, monkeypatch):
-    import wandb  # noqa: F401  (a dev requirement: fail, never skip, if it is missing)
+    import wandb         # a dev requirement: fail, never skip, if it is missing
     for k in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"): monkeypatch.setenv(k, str(tmp_path / k.lower()))
     monkeypatch.setenv("WANDB_MODE", "offline"); monkeypatch.setenv("WANDB_SILENT", "true")
     run = tmp_path / "wbrun"
     fit(module(), ds, run, max_steps=2, batch_size=1, every=0, plot=False, wandb="infcam-test")
-    runs = list((run / "logs" / "wandb").glob("offline-run-*/run-*.wandb"))
+    wandb.teardown()     # W&B's service process writes the .wandb file on its own time: wait for it (it once held
+    runs = list((run / "logs" / "wandb").glob("offline-run-*/run-*.wandb"))   # only its header when read at once)
     assert len(runs) == 1
     rid = (run / "logs" / "wandb_id").read_text().strip()
     assert runs[0].name == f"run-{rid}.wandb"
