@@ -108,7 +108,7 @@ class BenchConfig:
         "A named budget ('smoke', 'mini', 'full') with any field overridden."
         budgets = dict(
             smoke=dict(train_scenes=4, test_scenes=2, pairs_per_scene=1, train_pairs=2, steps=150, warmup=20,
-                       gen_steps=10, seeds=(0,)),
+                       gen_steps=10, seeds=(0,), variants=('full', 'no_warp')),
             mini={},
             full=dict(preset='wan2.1-t2v-1.3b', model={}, train_scenes=64, test_scenes=10, num_frames=81, height=480,
                       width=832, steps=5000, lr=1e-4, warmup=0, lr_schedule='constant', shift=5.0,

@@ -41,7 +41,7 @@ figs=$(snapshot figures '*')
 nbdev_test --n_workers "${NBDEV_WORKERS:-2}" --timing
 
 stage "pytest"
-python -m pytest tests -q -p no:cacheprovider "$@"
+python -m pytest tests -q -p no:cacheprovider --durations=15 "$@"   # the 15 slowest tests are listed
 
 stage "the tests left the committed figures alone"
 if [ "$figs" != "$(snapshot figures '*')" ]; then
