@@ -107,7 +107,7 @@ class BenchConfig:
     def budget(cls, name:str='mini', **overrides) -> BenchConfig:
         "A named budget ('smoke', 'mini', 'full') with any field overridden."
         budgets = dict(
-            smoke=dict(train_scenes=4, test_scenes=2, pairs_per_scene=1, train_pairs=2, steps=150, warmup=20,
+            smoke=dict(train_scenes=4, test_scenes=2, pairs_per_scene=1, train_pairs=2, steps=100, warmup=20,
                        gen_steps=10, seeds=(0,), variants=('full', 'no_warp')),
             mini={},
             full=dict(preset='wan2.1-t2v-1.3b', model={}, train_scenes=64, test_scenes=10, num_frames=81, height=480,

@@ -115,9 +115,9 @@ def test_cli_scores_again_with_other_generation_steps(smoke, tmp_path, capsys):
     after = pd.read_csv(out / "eval" / "full-s0.csv")
     assert len(after) == len(before) and not (after["PSNR"] - before["PSNR"]).abs().lt(1e-6).all()
     assert not (out / "eval" / "no_warp-s0.csv").exists()         # the old scores went with the old setting
-    # learning, checked on the model's mean: after the smoke budget's 150 steps on the committed backbone, full's
-    # one-step estimate beats copying the source on training pairs and through the other lens (measured: +1.0 and
-    # +1.2 dB; the untrained modules score 1.1 and 0.5 dB below copy_source). Its 10-step samples do not yet (README).
+    # learning, checked on the model's mean: after the smoke budget's 100 steps on the committed backbone, full's
+    # one-step estimate beats copying the source on training pairs and through the other lens (measured: +0.8 and
+    # +1.0 dB; the untrained modules score 1.1 and 0.5 dB below copy_source). Its 10-step samples do not yet.
     copy = pd.read_csv(smoke / "bench" / "eval" / "copy_source-s0.csv").groupby("split")["PSNR"].mean()
     mean = after.groupby("split")["PSNR"].mean()
     for split in ("train", "different"):

@@ -77,7 +77,8 @@ def test_bench_runs_on_wan_vae_latents(tmp_path, monkeypatch):
     monkeypatch.setenv("INFCAM_CACHE", str(tmp_path / "cache"))
     rel = make_tiny_release(tmp_path / "w", layout="diffusers", infcam=False) / "Wan2.1-T2V-1.3B-Diffusers"
     kw = dict(preset="tiny", model={}, codec="wanvae", train_scenes=1, test_scenes=2, pairs_per_scene=1, train_pairs=1,
-              random_cameras=0, steps=2, warmup=0, gen_steps=2, variants=["full"], baselines=["copy_source"], seeds=[0])
+              random_cameras=0, steps=2, warmup=0, gen_steps=2, variants=["full"], baselines=["copy_source"], seeds=[0],
+              num_frames=9, height=32, width=48)                 # smaller than the smoke budget: the VAE is the cost here
     with pytest.raises(InfcamError, match="codec 'wanvae' needs the Wan VAE"):
         BenchConfig.budget("smoke", base=str(rel / "transformer"), **kw)
     cfg = BenchConfig.budget("smoke", base=str(rel / "transformer"), vae=str(rel / "vae"), **kw)
