@@ -1,4 +1,6 @@
-"The `infcam` command as a user runs it: a real subprocess, real files, one-line errors."
+"""The `infcam` command as a user runs it: a real subprocess, real files, one-line errors. The error paths after a
+command's first run go through the same `main` in this process (`infcam_here`): the interpreter's start-up, not
+the check, is what a subprocess would add."""
 import subprocess, sys, os
 from pathlib import Path
 import pytest, torch
@@ -9,6 +11,16 @@ SHARED = Path(__file__).resolve().parents[2] / 'shared' / 'reference' / 'sample_
 def infcam(*args, cwd=None):
     return subprocess.run([sys.executable, '-c', 'import sys; from infcam.cli import main; sys.exit(main())', *args],
                           capture_output=True, text=True, cwd=cwd, timeout=300)
+
+def infcam_here(*args):
+    "`main(args)` in this process, its exit status and output as a subprocess would give them."
+    import contextlib, io
+    from infcam.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try: rc = main(list(args))
+        except SystemExit as e: rc = e.code
+    return subprocess.CompletedProcess(list(args), rc, out.getvalue(), err.getvalue())
 
 def assert_one_line_error(r, *needles):
     assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
@@ -40,12 +52,12 @@ def test_preview_user_clip_and_errors(tmp_path):
     assert video_info(tmp_path / 'ok.mp4')['frames'] == 9
     assert_one_line_error(infcam('preview', '--video', str(tmp_path / 'short.mp4'), '--frames', '17', '--out', str(tmp_path / 'x.mp4')),
                           'too short', '9 frames')
-    assert_one_line_error(infcam('preview', '--video', str(tmp_path / 'nope.mp4'), '--out', str(tmp_path / 'x.mp4')), 'nope.mp4')
-    assert_one_line_error(infcam('preview', '--video', str(tmp_path / 'short.mp4'), '--frames', '9', '--height', '40',
-                                 '--width', '48', '--out', str(tmp_path / 'x.mp4')), 'multiple of 16')
-    assert_one_line_error(infcam('preview', '--frames', '10', '--out', str(tmp_path / 'x.mp4')), '10')
+    assert_one_line_error(infcam_here('preview', '--video', str(tmp_path / 'nope.mp4'), '--out', str(tmp_path / 'x.mp4')), 'nope.mp4')
+    assert_one_line_error(infcam_here('preview', '--video', str(tmp_path / 'short.mp4'), '--frames', '9', '--height', '40',
+                                      '--width', '48', '--out', str(tmp_path / 'x.mp4')), 'multiple of 16')
+    assert_one_line_error(infcam_here('preview', '--frames', '10', '--out', str(tmp_path / 'x.mp4')), '10')
     bad = tmp_path / 'bad.yaml'; bad.write_text('keyframes:\n  - {t: 0, yaw: 0}\n')
-    assert_one_line_error(infcam('preview', '--trajectory', str(bad), '--frames', '9', '--out', str(tmp_path / 'x.mp4')), 'bad.yaml')
+    assert_one_line_error(infcam_here('preview', '--trajectory', str(bad), '--frames', '9', '--out', str(tmp_path / 'x.mp4')), 'bad.yaml')
     assert not (tmp_path / 'x.mp4').exists()
 
 @pytest.mark.skipif(not SHARED.exists(), reason=f"sample clips not found at {SHARED} (../shared beside the checkout)")
@@ -65,21 +77,22 @@ def test_synth_and_resume(tmp_path):
     before = {p: p.stat().st_mtime_ns for p in scene.rglob('*')}
     assert infcam(*args).returncode == 0
     assert {p: p.stat().st_mtime_ns for p in scene.rglob('*')} == before      # complete scenes are skipped
-    assert_one_line_error(infcam('synth', '--out', str(tmp_path / 'x'), '--frames', '10'), '10')
+    assert_one_line_error(infcam_here('synth', '--out', str(tmp_path / 'x'), '--frames', '10'), '10')
 
 def test_weights_check_and_convert(tmp_path):
     from infcam.testing import make_tiny_release
     rel = make_tiny_release(tmp_path / 'release')
     r = infcam('weights', 'check', str(rel), '--size', 'tiny')
     assert r.returncode == 0 and 'usable' in r.stdout, (r.stdout, r.stderr)
-    r = infcam('weights', 'check', str(rel))                                 # the released shapes: tiny tensors are wrong
+    r = infcam_here('weights', 'check', str(rel))                            # the released shapes: tiny tensors are wrong
     assert r.returncode == 2 and 'expected' in r.stdout
     ckpt = next(rel.rglob('*.ckpt'))
     r = infcam('weights', 'convert', str(ckpt), str(tmp_path / 'out.safetensors'), '--num-heads', '4')
     assert r.returncode == 0, r.stderr
-    assert_one_line_error(infcam('weights', 'convert', str(ckpt), str(tmp_path / 'out.safetensors'), '--num-heads', '4'), 'already exists')
+    assert_one_line_error(infcam_here('weights', 'convert', str(ckpt), str(tmp_path / 'out.safetensors'), '--num-heads', '4'),
+                          'already exists')
     next(rel.rglob('Wan2.1_VAE.pth')).unlink()
-    r = infcam('weights', 'check', str(rel), '--size', 'tiny')
+    r = infcam_here('weights', 'check', str(rel), '--size', 'tiny')
     assert r.returncode == 2 and 'Wan2.1_VAE.pth' in r.stdout + r.stderr
 
 def test_prepare_caches_and_resumes(tmp_path):
