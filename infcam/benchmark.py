@@ -4,7 +4,7 @@
 
 # %% ../nbs/51_benchmark.ipynb #381f5d21
 from __future__ import annotations
-import dataclasses, hashlib, importlib.resources, json, math, os, shlex, shutil, subprocess, sys, time
+import dataclasses, hashlib, json, math, os, shlex, shutil, subprocess, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,13 +19,13 @@ from .cameras import (relative_poses, rigid_inverse, homogeneous, latent_frame_i
                             focal_mm_to_px, pixel_intrinsics, num_latent_frames)
 
 # %% auto #0
-__all__ = ['VARIANTS', 'BASELINES', 'REFERENCE', 'BENCH_CAPTION', 'SMALL_MODEL', 'BACKBONE_DIR', 'PAIR_SPLITS', 'ROW_FIELDS',
-           'TEXT_FIELDS', 'PAIR_KEY', 'TEST_SPLITS', 'CAMERA_ERRORS', 'SCORING_SETTINGS', 'BenchConfig',
-           'check_bench_values', 'check_bench_setup', 'bench_codec', 'make_data', 'backbone_settings', 'find_backbone',
-           'ensure_backbone', 'EvalPair', 'eval_pairs', 'train_command', 'train_variant', 'copy_source',
-           'homography_warp', 'first_frame_warp', 'TrainedMethod', 'score', 'scorer_versions', 'code_fingerprint',
-           'scorer_tag', 'read_rows', 'write_table', 'sample_path', 'evaluate', 'summarize', 'markdown_table',
-           'learning_table', 'paired_difference', 'findings', 'plot_summary', 'plot_samples', 'run_benchmark']
+__all__ = ['VARIANTS', 'BASELINES', 'REFERENCE', 'BENCH_CAPTION', 'SMALL_MODEL', 'PAIR_SPLITS', 'ROW_FIELDS', 'TEXT_FIELDS',
+           'PAIR_KEY', 'TEST_SPLITS', 'CAMERA_ERRORS', 'SCORING_SETTINGS', 'BenchConfig', 'check_bench_values',
+           'check_bench_setup', 'bench_codec', 'make_data', 'backbone_settings', 'find_backbone', 'ensure_backbone',
+           'EvalPair', 'eval_pairs', 'train_command', 'train_variant', 'copy_source', 'homography_warp',
+           'first_frame_warp', 'TrainedMethod', 'score', 'scorer_versions', 'code_fingerprint', 'scorer_tag',
+           'read_rows', 'write_table', 'sample_path', 'evaluate', 'summarize', 'markdown_table', 'learning_table',
+           'paired_difference', 'findings', 'plot_summary', 'plot_samples', 'run_benchmark']
 
 # %% ../nbs/51_benchmark.ipynb #eb901696
 VARIANTS = {
@@ -214,8 +214,6 @@ def make_data(root, cfg:BenchConfig, progress:bool=True) -> dict:
     return dict(train=root / 'train', test=root / 'test')
 
 # %% ../nbs/51_benchmark.ipynb #17750d0c
-BACKBONE_DIR = Path(str(importlib.resources.files('infcam') / 'backbones'))   # backbones shipped with the package
-
 def backbone_settings(cfg:BenchConfig) -> dict:
     """Everything that determines the pretrained backbone: its model, the clips it sees, the pretraining and the
     diffusion."""
@@ -230,12 +228,12 @@ def backbone_settings(cfg:BenchConfig) -> dict:
 # %% ../nbs/51_benchmark.ipynb #88709d76
 def find_backbone(cfg:BenchConfig, folders=None) -> Path|None:
     """A pretrained backbone of `cfg` (its `backbone_settings` in the file's metadata) shipped with the package
-    (`BACKBONE_DIR`) or in the cache."""
+    or in the cache (`backbone_dirs`)."""
     from safetensors import safe_open
-    from infcam.core import cache_dir
+    from infcam.checkpoints import backbone_dirs
     from infcam.models import WanConfig
     want = backbone_settings(cfg)
-    for folder in folders or (BACKBONE_DIR, cache_dir() / 'backbones'):
+    for folder in folders or backbone_dirs():
         for f in sorted(Path(folder).glob('*.safetensors')) if Path(folder).is_dir() else []:
             try:
                 with safe_open(str(f), 'pt') as h: meta = h.metadata() or {}
@@ -254,12 +252,12 @@ def ensure_backbone(cfg:BenchConfig, data:dict, progress:bool=True) -> Path:
         if not Path(cfg.base).exists(): raise InfcamError(f"base weights not found: {cfg.base}")
         return Path(cfg.base)
     if (f := find_backbone(cfg)) is not None: return f
-    from infcam.core import cache_dir
+    from infcam.checkpoints import backbone_dirs
     from infcam.models import InfCamConfig
     from infcam.pretrain import pretrain_backbone
     settings = backbone_settings(cfg)
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-    out = cache_dir() / 'backbones' / f'{cfg.preset}-{key}.safetensors'
+    out = backbone_dirs()[-1] / f'{cfg.preset}-{key}.safetensors'     # the cache's
     return pretrain_backbone(data['train'], out, InfCamConfig.preset(cfg.preset, **cfg.model).wan(), cfg.pretrain_steps,
                              num_frames=cfg.num_frames, codec=cfg.codec, batch_size=cfg.pretrain_batch,
                              lr=cfg.pretrain_lr, shift=cfg.shift, prediction=cfg.prediction, caption=cfg.caption,
@@ -501,7 +499,8 @@ PAIR_KEY = ('split', 'scene', 'pair', 'source_camera', 'target_camera')
 
 def read_rows(path) -> pd.DataFrame:
     "The per-clip rows `evaluate` wrote to the CSV `path` (columns `ROW_FIELDS`), as a DataFrame."
-    return pd.read_csv(path, dtype={k: str for k in TEXT_FIELDS}, float_precision='round_trip')
+    # the Python engine parses numbers with Python's float(): every written value is read back bit for bit
+    return pd.read_csv(path, dtype={k: str for k in TEXT_FIELDS}, engine='python')
 
 def write_table(df:pd.DataFrame, path) -> Path:
     "Write the DataFrame `df` to the CSV `path` atomically, without its index."

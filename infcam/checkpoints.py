@@ -4,7 +4,7 @@
 
 # %% ../nbs/40_checkpoints.ipynb #8433fdae
 from __future__ import annotations
-import json, os, random, re, shutil, tempfile
+import importlib.resources, json, os, random, re, shutil, tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,14 +12,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .core import InfcamError
+from .core import InfcamError, cache_dir, file_sha256
 from .models import WanConfig, InfCamConfig, WanDiT, InfCamDiT
 from .scheduler import FlowMatchScheduler
 
 # %% auto #0
-__all__ = ['as_infcam_config', 'build_model', 'rng_state', 'set_rng_state', 'list_checkpoints', 'write_checkpoint_files',
-           'publish', 'save_checkpoint', 'prune_checkpoints', 'read_checkpoint', 'load_trained', 'trained_scheduler',
-           'TrainingRun', 'training_run']
+__all__ = ['BACKBONE_DIR', 'as_infcam_config', 'build_model', 'rng_state', 'set_rng_state', 'list_checkpoints',
+           'write_checkpoint_files', 'publish', 'save_checkpoint', 'prune_checkpoints', 'read_checkpoint',
+           'backbone_dirs', 'base_record', 'find_base', 'load_trained', 'trained_scheduler', 'TrainingRun',
+           'training_run']
 
 # %% ../nbs/40_checkpoints.ipynb #4b9a6361
 def as_infcam_config(config:InfCamConfig|WanConfig|str|dict, **fields) -> InfCamConfig:
@@ -85,10 +86,10 @@ def list_checkpoints(folder) -> list[Path]:
     return sorted(cks, key=lambda p: int(_CKPT.match(p.name)[1]))
 
 def write_checkpoint_files(module, tmp:Path, step:int, tensors:dict, optimizer_state:dict, **extra):
-    """Write `trainable.safetensors` (`tensors`; config, scheduler, base, seed in its metadata) and `state.pt` into
-    folder `tmp`."""
+    "Write `trainable.safetensors` (`tensors`; config, scheduler, base, seed as metadata) and `state.pt` into `tmp`."
     from infcam.weights import save_safetensors
     meta = dict(format='infcam-train/1', step=str(step), seed=str(module.seed), base=module.base or '',
+                base_sha256=module.base_sha256,
                 config=json.dumps(module.config.to_dict()), scheduler=json.dumps(module.scheduler.to_dict()))
     save_safetensors(tensors, tmp / 'trainable.safetensors', meta)
     torch.save(dict(step=step, seed=module.seed, rng=rng_state(), optimizer=optimizer_state, **extra), tmp / 'state.pt')
@@ -144,11 +145,37 @@ def read_checkpoint(path) -> tuple[dict[str, Tensor], dict, dict]:
         if not isinstance(st, dict): raise InfcamError(f"{path / 'state.pt'} is not a training state (a dict)")
     return tensors, meta, st
 
+# %% ../nbs/40_checkpoints.ipynb #16be4688
+BACKBONE_DIR = Path(str(importlib.resources.files('infcam') / 'backbones'))   # backbones shipped with the package
+
+def backbone_dirs() -> tuple[Path, Path]:
+    "Where pretrained backbones are kept: those shipped with the package (`BACKBONE_DIR`), then the cache's."
+    return BACKBONE_DIR, cache_dir() / 'backbones'
+
+def base_record(base) -> tuple[str|None, str]:
+    """How a run records its frozen backbone `base`: `(absolute path, sha256)` of a weights file, `(path, '')` of a
+    folder, `('<in-memory>', '')` for a model passed in memory, `(None, '')` for none (a seeded random backbone)."""
+    if base is None: return None, ''
+    if not isinstance(base, (str, Path)): return '<in-memory>', ''
+    return os.path.abspath(base), file_sha256(base) if Path(base).is_file() else ''
+
+def find_base(path, sha256:str='', folders=None) -> Path:
+    """The backbone file recorded as `path` with `sha256`: `path` while it holds those bytes (any `path` when no hash
+    was recorded), else the file with that hash among `folders` (default: `backbone_dirs()`)."""
+    p = Path(path)
+    if not sha256 or (p.is_file() and file_sha256(p) == sha256): return p
+    folders = [Path(d) for d in (folders or backbone_dirs())]
+    for f in (f for d in folders if d.is_dir() for f in sorted(d.glob('*.safetensors'))):
+        if file_sha256(f) == sha256: return f
+    raise InfcamError(f"the backbone weights the checkpoint was trained on (sha256 {sha256[:12]}...) are "
+                      f"{'no longer' if p.is_file() else 'not'} in {p}, nor in {', '.join(map(str, folders))}; "
+                      "give the file as base=")
+
 # %% ../nbs/40_checkpoints.ipynb #6d0d3cac
 def load_trained(path, base=None, dtype:torch.dtype=torch.float32, device='cpu') -> InfCamDiT:
     """An eval-mode `InfCamDiT` for inference from a training checkpoint folder (or its `trainable.safetensors`):
-    the frozen backbone rebuilt from `base` (default: the base recorded in the checkpoint, else the seeded random
-    backbone of its preset) plus the trained tensors."""
+    the frozen backbone rebuilt from `base` (default: the base recorded in the checkpoint, found by `find_base`, else
+    the seeded random backbone of its preset) plus the trained tensors."""
     path = Path(path)
     if path.suffix == '.safetensors': path = path.parent
     tensors, meta, _ = read_checkpoint(path)
@@ -156,7 +183,8 @@ def load_trained(path, base=None, dtype:torch.dtype=torch.float32, device='cpu')
     cfg = InfCamConfig.from_dict(meta['config'])
     if base is None and meta.get('base') == '<in-memory>':
         raise InfcamError(f"{path} was trained on a backbone passed in memory; give its weights as base=")
-    model = build_model(cfg, base or meta.get('base') or None, int(meta.get('seed', 0)))
+    if base is None and meta.get('base'): base = find_base(meta['base'], meta.get('base_sha256', ''))
+    model = build_model(cfg, base, int(meta.get('seed', 0)))
     sd = model.state_dict()
     if bad := [k for k in tensors if k not in sd or sd[k].shape != tensors[k].shape]:
         raise InfcamError(f"{path}: tensors {bad[:3]} do not fit the model of its config")

@@ -522,9 +522,10 @@ def load_run_pipeline(run:TrainingRun, s:GenerateSettings, weights=None):
 def run_hashes(run:TrainingRun) -> dict:
     "`{component: [{file, bytes, sha256}]}` of a run's trained tensors and the backbone it was trained on (if a file)."
     files = {'infcam': [run.checkpoint / 'trainable.safetensors']}
-    from infcam.checkpoints import read_checkpoint
-    base = read_checkpoint(run.checkpoint)[1].get('base') or ''
-    if base and Path(base).is_file(): files['dit'] = [Path(base)]
+    from infcam.checkpoints import find_base, read_checkpoint
+    meta = read_checkpoint(run.checkpoint)[1]
+    base = find_base(meta['base'], meta.get('base_sha256', '')) if meta.get('base') else None
+    if base is not None and base.is_file(): files['dit'] = [base]
     return {k: [dict(file=str(f), bytes=f.stat().st_size, sha256=file_sha256(f)) for f in v] for k, v in files.items()}
 
 # %% ../nbs/32_generate.ipynb #7ff55199

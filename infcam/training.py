@@ -17,8 +17,8 @@ from .core import InfcamError, atomic_path, folder_lock, write_figure, check_int
 from .models import InfCamConfig
 from .scheduler import FlowMatchScheduler
 from .processes import is_global_zero, leave_new_group
-from .checkpoints import (build_model, list_checkpoints, prune_checkpoints, read_checkpoint, save_checkpoint,
-                                set_rng_state)
+from .checkpoints import (base_record, build_model, list_checkpoints, prune_checkpoints, read_checkpoint,
+                                save_checkpoint, set_rng_state)
 from .zero import deepspeed_engine, is_zero_param, load_zero_shards, save_zero_checkpoint, zero_full_param
 
 # %% auto #0
@@ -113,7 +113,7 @@ class InfCamModule(L.LightningModule):
             skip = '' if self.config.warp_module else '.zero_conv.'     # unused without the warping module
             for n, p in self.model.named_parameters(): p.requires_grad_(not (skip and skip in n))
             self.trainable = [n for n, p in self.model.named_parameters() if p.requires_grad]
-        self.base = None if base is None else str(base) if isinstance(base, (str, Path)) else '<in-memory>'
+        self.base, self.base_sha256 = base_record(base)              # the backbone file's path and SHA-256
         self.seed, self.opt_kw = seed, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
         self.scheduler = FlowMatchScheduler(shift=shift, prediction=prediction)
         self.warmup, self.lr_schedule, self.max_steps, self.caption = warmup, lr_schedule, None, caption
@@ -401,7 +401,8 @@ def check_fit_args(max_steps:int, batch_size:int=1, accumulate:int=1, every:int=
 def run_config(module:InfCamModule, **settings) -> dict:
     """The JSON record of a run (`config.json`): the module's model, base, seed, optimizer and diffusion settings, then
     `settings`."""
-    return json.loads(json.dumps(dict(model=module.config.to_dict(), base=module.base, seed=module.seed,
+    return json.loads(json.dumps(dict(model=module.config.to_dict(), base=module.base, base_sha256=module.base_sha256,
+                                      seed=module.seed,
                                       optimizer=dict(module.opt_kw),
                       train_backbone=module.train_backbone, scheduler=module.scheduler.to_dict(),
                       lr_schedule=dict(warmup=module.warmup, schedule=module.lr_schedule), caption=module.caption,
@@ -412,7 +413,9 @@ def check_resumable(run_dir, rec:dict):
     if not (Path(run_dir) / 'config.json').is_file(): return
     try: old = json.loads((Path(run_dir) / 'config.json').read_text())
     except (OSError, ValueError): old = {}
-    if diff := config_diff(old, {k: v for k, v in rec.items() if k not in RESUMABLE}):
+    rec = {k: v for k, v in rec.items() if k not in RESUMABLE}
+    if rec.get('base_sha256') and old.get('base_sha256') == rec['base_sha256']: rec.pop('base')   # same weights, moved
+    if diff := config_diff(old, rec):
         raise InfcamError(f"{run_dir} holds a run trained with other settings ({'; '.join(diff[:4])}); resume it with "
                           f"the same settings, or train into a new run directory")
 

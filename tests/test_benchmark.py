@@ -20,7 +20,8 @@ def smoke(tmp_path_factory):
     of the camera modules on it, 6 methods scored). The other variants differ only in their training command, which
     51_benchmark checks with the trainer's own parser (and test_training the trainer's ablation flags)."""
     import papermill as pm
-    from infcam.benchmark import find_backbone, BACKBONE_DIR
+    from infcam.benchmark import find_backbone
+    from infcam.checkpoints import BACKBONE_DIR
     # the committed backbone must serve the smoke budget (else the fixture would pretrain one for many minutes)
     assert find_backbone(BenchConfig.budget("smoke"), [BACKBONE_DIR]) is not None, "no backbone shipped in infcam/backbones"
     d = tmp_path_factory.mktemp("abl")

@@ -1,3 +1,5 @@
+import json
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -162,7 +164,7 @@ def test_train_cli(ds, tmp_path, capsys, monkeypatch):
     assert r.returncode == 0 and "--max-steps" in r.stdout
 
 
-def test_build_from_base_module(tmp_path):
+def test_build_from_base_module(tmp_path, monkeypatch):
     from infcam.models import WanConfig, WanDiT
     from infcam.checkpoints import build_model
     from infcam.weights import save_safetensors
@@ -176,6 +178,22 @@ def test_build_from_base_module(tmp_path):
     assert b.model.gradient_checkpointing and b.base == str(tmp_path / "wan.safetensors")
     ck = save_checkpoint(b, tmp_path / "ck", 5)
     assert torch.equal(load_trained(ck).state_dict()["blocks.1.ffn.0.weight"], wan.state_dict()["blocks.1.ffn.0.weight"])
+    # the base moves into the cache's backbones (as a shipped backbone does when the package is reinstalled elsewhere):
+    # the checkpoint finds it by its SHA-256, and a run resumes with the moved file
+    from infcam.training import check_resumable, run_config
+    monkeypatch.setenv("INFCAM_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "run").mkdir(); (tmp_path / "run" / "config.json").write_text(json.dumps(run_config(b)))
+    (tmp_path / "cache" / "backbones").mkdir(parents=True)
+    os.replace(tmp_path / "wan.safetensors", tmp_path / "cache" / "backbones" / "wan.safetensors")
+    assert torch.equal(load_trained(ck).state_dict()["blocks.1.ffn.0.weight"], wan.state_dict()["blocks.1.ffn.0.weight"])
+    moved = InfCamModule("tiny", base=tmp_path / "cache" / "backbones" / "wan.safetensors", verbose=False)
+    check_resumable(tmp_path / "run", run_config(moved))
+    other = WanDiT(WanConfig.preset("tiny")); save_safetensors(other.state_dict(), tmp_path / "other.safetensors")
+    with pytest.raises(InfcamError, match="other settings"):
+        check_resumable(tmp_path / "run", run_config(InfCamModule("tiny", base=tmp_path / "other.safetensors", verbose=False)))
+    os.remove(tmp_path / "cache" / "backbones" / "wan.safetensors")
+    with pytest.raises(InfcamError, match="trained on .* not in"):
+        load_trained(ck)
     with pytest.raises(InfcamError, match="in memory"):
         load_trained(save_checkpoint(a, tmp_path / "ck2", 5))
     with pytest.raises(InfcamError, match="cannot change in_dim"):
