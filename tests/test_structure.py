@@ -139,6 +139,17 @@ def test_readme_module_table_matches_the_notebooks():
     assert len(exported) > 20 and rows == exported
 
 
+def test_module_docstrings_are_their_notebooks_whole_description():
+    "nbdev exports only the first line of a notebook's `> ` description: each is one line, so the module says it all."
+    for nb in sorted(ROOT.glob('nbs/[0-9][0-9]_*.ipynb')):
+        first = ''.join(json.loads(nb.read_text())['cells'][0]['source'])
+        quoted = [l for l in first.splitlines() if l.startswith('> ')]
+        path = ROOT / (_notebook_code(nb)[0].replace('.', '/') + '.py')
+        path = path if path.is_file() else path.with_suffix('') / '__init__.py'
+        doc = ast.get_docstring(ast.parse(path.read_text()), clean=False)
+        assert len(quoted) == 1 and doc == quoted[0][2:], f"{nb.name}: description in {len(quoted)} lines, module: {doc!r}"
+
+
 # --- classes read in one place: no method bolted onto an infcam class from outside its body --------------------------
 PATCH_ALLOWED = {   # (module, function): why this one is patched onto an infcam class instead of written in its body
 }
