@@ -52,7 +52,7 @@ class GenerateSettings:
     focal_mm: float|None = None        # the source lens, one way at most: mm on a 23.76 mm sensor,
     fov: float|None = None             #   horizontal field of view in degrees (< 180),
     fx: float|None = None              #   pixels at height x width,
-    estimate: str|None = None          #   or estimated from the clip (`ESTIMATE_METHODS`); none given: 24 mm
+    estimate: str|None = None          #   or estimated from the clip (`ESTIMATE_METHODS`); none: `DEFAULT_FOCAL_MM`
     memory: str = 'resident'           # where the parts live (`MEMORY_MODES`); offloading needs a GPU
     device: str|None = None            # cuda, cuda:1, cpu; None: cuda if available
     dtype: str = 'bf16'                # the DiT's weights (`DTYPE_CHOICES`)
