@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Run a test file (pytest) or a notebook (nbdev_test) N times in a row and count the runs that failed.
+# Run a test file or folder (pytest) or a notebook (nbdev_test) N times in a row and count the runs that failed.
 #   tests/repeat.sh FILE N [pytest args...]     e.g. tests/repeat.sh tests/test_generate.py 10 -k sharded
+#   tests/repeat.sh tests 10 --ignore tests/test_benchmark.py      (every test file but one)
 # Every run goes on to the end (a flaky test shows how often it fails); the output of each failed run is kept in
 # $REPEAT_LOGS (default: a temporary folder). Exit status 0 only when all N runs passed.
 set -u
 if [ $# -lt 2 ] || ! [[ "$2" =~ ^[1-9][0-9]*$ ]]; then
-  echo "usage: tests/repeat.sh FILE N [pytest args...]   (FILE: a tests/*.py file or an nbs/*.ipynb notebook)" >&2; exit 2
+  echo "usage: tests/repeat.sh FILE N [pytest args...]   (FILE: a tests/*.py file, the tests folder or an nbs/*.ipynb notebook)" >&2; exit 2
 fi
 file=$1; n=$2; shift 2
-if [ ! -f "$file" ]; then echo "repeat.sh: no such file: $file" >&2; exit 2; fi
+if [ ! -e "$file" ]; then echo "repeat.sh: no such file or folder: $file" >&2; exit 2; fi
 logs=${REPEAT_LOGS:-$(mktemp -d -t repeat.XXXXXX)}; mkdir -p "$logs"
 fails=0
 for i in $(seq 1 "$n"); do
