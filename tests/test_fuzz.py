@@ -511,7 +511,7 @@ def test_checkpoint_folders_follow_the_umask(tmp_path):
     from infcam.scheduler import FlowMatchScheduler
     m = build_model('tiny', seed=0)
     names = m.freeze_base()
-    module = SimpleNamespace(model=m, config=m.config, seed=0, base=None, scheduler=FlowMatchScheduler(),
+    module = SimpleNamespace(model=m, config=m.config, seed=0, base=None, base_sha256='', scheduler=FlowMatchScheduler(),
                              trainable_state=lambda: {n: m.state_dict()[n] for n in names})
     old = os.umask(0o022)
     try:
