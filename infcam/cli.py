@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     "The `infcam` argument parser: every registered subcommand."
     p = argparse.ArgumentParser(prog='infcam',
                                 description='InfCam workbench: camera-controlled video-to-video generation.')
+    from infcam import __version__
+    p.add_argument('--version', action='version', version=f'infcam {__version__}')
     sub = p.add_subparsers(dest='command', metavar='COMMAND')
     sub.required = True
     for add in SUBCOMMANDS.values(): add(sub)
