@@ -414,7 +414,9 @@ def check_resumable(run_dir, rec:dict):
     try: old = json.loads((Path(run_dir) / 'config.json').read_text())
     except (OSError, ValueError): old = {}
     rec = {k: v for k, v in rec.items() if k not in RESUMABLE}
-    if rec.get('base_sha256') and old.get('base_sha256') == rec['base_sha256']: rec.pop('base')   # same weights, moved
+    moved = rec.get('base_sha256') and old.get('base_sha256') == rec['base_sha256']              # same bytes, moved
+    unhashed = 'base_sha256' not in old and old.get('base') and os.path.abspath(old['base']) == rec.get('base')
+    if moved or unhashed: rec.pop('base')          # (a run from before hashes: its base was recorded as given)
     if diff := config_diff(old, rec):
         raise InfcamError(f"{run_dir} holds a run trained with other settings ({'; '.join(diff[:4])}); resume it with "
                           f"the same settings, or train into a new run directory")

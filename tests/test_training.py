@@ -188,6 +188,11 @@ def test_build_from_base_module(tmp_path, monkeypatch):
     assert torch.equal(load_trained(ck).state_dict()["blocks.1.ffn.0.weight"], wan.state_dict()["blocks.1.ffn.0.weight"])
     moved = InfCamModule("tiny", base=tmp_path / "cache" / "backbones" / "wan.safetensors", verbose=False)
     check_resumable(tmp_path / "run", run_config(moved))
+    # a run recorded before hashes named its base as given (relative to where it ran): it still resumes on that file
+    monkeypatch.chdir(tmp_path)
+    old = run_config(moved); old.pop("base_sha256"); old["base"] = "cache/backbones/wan.safetensors"
+    (tmp_path / "old").mkdir(); (tmp_path / "old" / "config.json").write_text(json.dumps(old))
+    check_resumable(tmp_path / "old", run_config(moved))
     other = WanDiT(WanConfig.preset("tiny")); save_safetensors(other.state_dict(), tmp_path / "other.safetensors")
     with pytest.raises(InfcamError, match="other settings"):
         check_resumable(tmp_path / "run", run_config(InfCamModule("tiny", base=tmp_path / "other.safetensors", verbose=False)))
